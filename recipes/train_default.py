@@ -145,6 +145,8 @@ def train(
         focal_warmup_steps=args.focal_warmup,
         warmup_sample_steps=args.warmup_shape_steps if args.warmup_shapes else 0,
         warmup_sample_prob=args.shape_prob if args.warmup_shapes else 0.0,
+        multimask_warmup_steps=args.multimask_warmup,
+        multimask_prob=args.multimask_prob,
         freeze=("image_encoder.backbone",),
         checkpoint_dir=str(args.work_dir),
         checkpoint_every=args.checkpoint_every,
@@ -258,11 +260,11 @@ def main() -> None:
         default=1,
         help="torch threads (1 is fastest on a busy 2-core machine)",
     )
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=30000)
     parser.add_argument(
         "--time-budget-min",
         type=float,
-        default=25.0,
+        default=70.0,
         help="step-loop budget; the LR schedule ends at steps or budget, whichever first",
     )
     parser.add_argument("--masks", type=int, default=16, help="masks per image per step")
@@ -291,13 +293,25 @@ def main() -> None:
     parser.add_argument(
         "--warmup-shape-steps",
         type=int,
-        default=300,
+        default=3000,
         help="first steps on the synthetic shapes: they teach click localisation quickly",
+    )
+    parser.add_argument(
+        "--multimask-warmup",
+        type=int,
+        default=3000,
+        help="steps before the 3 ambiguity outputs are used (single output until then)",
+    )
+    parser.add_argument(
+        "--multimask-prob",
+        type=float,
+        default=0.5,
+        help="after the multimask warm-up, share of click-first masks trained best-of-3",
     )
     parser.add_argument(
         "--shape-prob",
         type=float,
-        default=0.5,
+        default=0.25,
         help="after the warm-up, share of steps still on synthetic shapes",
     )
     parser.add_argument(
@@ -309,8 +323,8 @@ def main() -> None:
     parser.add_argument(
         "--holdout", type=int, default=8, help="BSDS images held out for monitoring"
     )
-    parser.add_argument("--eval-every", type=int, default=200)
-    parser.add_argument("--checkpoint-every", type=int, default=25)
+    parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--output", type=Path, default=PACKAGED_WEIGHTS)
     parser.add_argument("--only-cache", action="store_true")
     parser.add_argument("--skip-eval", action="store_true")

@@ -291,3 +291,28 @@ def test_warmup_samples_are_used_first(shapes_cache, tmp_path) -> None:
     for _ in range(5):
         t.train_step()
     assert log == ["warm", "warm", "main", "main", "main"]
+
+
+def test_multimask_warmup_trains_the_single_output_first(shapes_cache, tmp_path) -> None:
+    model0, train, _ = shapes_cache
+    with pytest.raises(ValueError, match="multimask_prob"):
+        _config(tmp_path, steps=2, multimask_prob=1.5)
+    model = build_composer_tiny(config=TINY, pretrained_backbone=False)
+    model.load_state_dict(model0.state_dict())
+    calls: list[tuple[int, bool]] = []
+    decoder_forward = model.mask_decoder.forward
+
+    def spy(*args, **kwargs):
+        calls.append((t.step, bool(kwargs["multimask_output"])))
+        return decoder_forward(*args, **kwargs)
+
+    model.mask_decoder.forward = spy  # type: ignore[method-assign]
+    cfg = _config(
+        tmp_path, steps=8, box_prob=0.0, multimask_warmup_steps=4, multimask_prob=1.0
+    )
+    t = Trainer(model, cfg, train)
+    for _ in range(8):
+        t.train_step()
+    # Single output only before the warm-up ends; then the first round of every click uses 3.
+    assert not any(mm for step, mm in calls if step < 4)
+    assert all(any(mm for s, mm in calls if s == step) for step in range(4, 8))
