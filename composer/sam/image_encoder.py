@@ -16,6 +16,9 @@ from torch import nn
 
 from .common import LayerNorm2d, MLPBlock
 
+# Largest query block of a global attention (tokens); see Attention.forward.
+QUERY_BLOCK_TOKENS = 1024
+
 
 class ImageEncoderViT(nn.Module):
     """ViT backbone producing SAM's image embedding.
@@ -254,10 +257,22 @@ class Attention(nn.Module):
         # qkv features are laid out as (3, heads, head_dim), the official order.
         qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, H*W, head_dim)
-        bias = None
+        # Global attention over a large grid (SAM: 64x64 tokens, a 12 x 4096 x 4096 logit
+        # matrix per image) runs in blocks of query rows, so the bias and the attention
+        # weights exist for one block at a time: peak memory falls ~4x, results are the same.
+        rows = h if h * w <= QUERY_BLOCK_TOKENS else max(1, QUERY_BLOCK_TOKENS // w)
         if self.use_rel_pos:
-            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w), (h, w))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+            r_h = get_rel_pos(h, h, self.rel_pos_h).to(q.dtype)
+            r_w = get_rel_pos(w, w, self.rel_pos_w).to(q.dtype)
+        outs = []
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            qb = q[:, :, r0 * w : r1 * w]
+            bias = None
+            if self.use_rel_pos:
+                bias = _rel_pos_bias_rows(qb, r_h[r0:r1], r_w, (r1 - r0, w), (h, w))
+            outs.append(F.scaled_dot_product_attention(qb, k, v, attn_mask=bias, scale=self.scale))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         out = out.transpose(1, 2).reshape(b, h, w, dim)
         return self.proj(out)
 
@@ -360,10 +375,22 @@ def decomposed_rel_pos_bias(
     Returns:
         (B, heads, q_h * q_w, k_h * k_w) bias in q's dtype.
     """
+    r_h = get_rel_pos(q_size[0], k_size[0], rel_pos_h).to(q.dtype)
+    r_w = get_rel_pos(q_size[1], k_size[1], rel_pos_w).to(q.dtype)
+    return _rel_pos_bias_rows(q, r_h, r_w, q_size, k_size)
+
+
+def _rel_pos_bias_rows(
+    q: torch.Tensor,
+    r_h: torch.Tensor,
+    r_w: torch.Tensor,
+    q_size: tuple[int, int],
+    k_size: tuple[int, int],
+) -> torch.Tensor:
+    """:func:`decomposed_rel_pos_bias` from gathered tables ``r_h`` (q_h, k_h, C) and ``r_w``
+    (q_w, k_w, C); ``q`` and ``r_h`` may be a block of query rows."""
     q_h, q_w = q_size
     k_h, k_w = k_size
-    r_h = get_rel_pos(q_h, k_h, rel_pos_h).to(q.dtype)
-    r_w = get_rel_pos(q_w, k_w, rel_pos_w).to(q.dtype)
     b, n, _, c = q.shape
     grid_q = q.reshape(b, n, q_h, q_w, c)
     rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, r_h)

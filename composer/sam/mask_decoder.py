@@ -118,12 +118,16 @@ class MaskDecoder(nn.Module):
             [output_tokens.unsqueeze(0).expand(n, -1, -1), sparse_prompt_embeddings], dim=1
         )
 
-        # One image embedding is shared by all prompts; broadcasting replaces the copy.
-        src = image_embeddings + dense_prompt_embeddings
-        pos_src = image_pe.expand(n, -1, -1, -1)
-        b, c, h, w = src.shape
-
-        hs, keys = self.transformer(src, pos_src, tokens)
+        # One image embedding is shared by all prompts; broadcasting replaces the copy. Without
+        # mask inputs the dense embedding is one broadcast vector, so the transformer gets the
+        # image tokens once (batch 1) and projects them once for all prompts.
+        dense = dense_prompt_embeddings
+        if image_embeddings.shape[0] == 1 and n > 1 and dense.stride(0) == 0:
+            dense = dense[:1]
+        src = image_embeddings + dense
+        hs, keys = self.transformer(src, image_pe, tokens)
+        keys = keys.expand(n, -1, -1)  # a no-op unless the transformer had no blocks
+        b, c, h, w = n, src.shape[1], src.shape[2], src.shape[3]
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 

@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -323,6 +324,8 @@ class PreparedSample:
         valid: (L, L) bool: inside the image and not ignored.
         input_size: (h, w) of ``image``.
         features: cached backbone features for ``image`` (None until computed).
+        embedding: cached (1, C, g, g) image embedding of a frozen encoder (None until
+            computed); takes precedence over ``features`` and ``image``.
     """
 
     image_id: str
@@ -331,6 +334,7 @@ class PreparedSample:
     valid: np.ndarray
     input_size: tuple[int, int]
     features: tuple | None = None
+    embedding: Any = None
     masks_index: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
 
 

@@ -458,11 +458,13 @@ class Trainer:
 
 
 def embed_sample(model: Any, sample: PreparedSample) -> torch.Tensor:
-    """(1, C, g, g) image embedding of a sample: its cached backbone features through
-    ``image_encoder.forward_neck``, or its input-frame image through the whole encoder
-    (without gradient when the encoder is frozen)."""
+    """(1, C, g, g) image embedding of a sample: its cached embedding (frozen encoders), its
+    cached backbone features through ``image_encoder.forward_neck``, or its input-frame image
+    through the whole encoder (without gradient when the encoder is frozen)."""
     enc = model.image_encoder
     device = model.pixel_mean.device
+    if sample.embedding is not None:
+        return sample.embedding.to(device, torch.float32)
     if sample.features is not None:
         if not hasattr(enc, "forward_neck"):
             raise TypeError(f"{type(enc).__name__} cannot consume cached features")

@@ -463,3 +463,57 @@ def test_vit_b_prompts_match(vit_b: dict[str, Any]) -> None:
         prompt = first_prompt(cases[name])
         out = assert_decode_parity(vit_b["ours"], vit_b["ref"], emb, emb, prompt, multimask)
         assert out["masks"].shape == (1, 3 if multimask else 1, 256, 256)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_attention_fast_paths_equal_the_plain_order(shared: bool) -> None:
+    from composer.sam.transformer import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(256, 8, downsample_rate=2)
+    b, t, n = 5, 7, 300
+    tokens = torch.randn(b, t, 256)
+    image = torch.randn(1 if shared else b, n, 256)
+    full = image.expand(b, -1, -1)
+    ref = attn(tokens, full, full)
+    assert torch.allclose(attn.tokens_to_image(tokens, image, image), ref, atol=1e-5)
+    ref2 = attn(full, tokens, tokens)
+    assert torch.allclose(attn.image_to_tokens(image, tokens, tokens), ref2, atol=1e-5)
+    # Many tokens: falls back to the plain order.
+    many = torch.randn(b, 20, 256)
+    assert torch.allclose(
+        attn.tokens_to_image(many, image, image), attn(many, full, full), atol=1e-5
+    )
+
+
+def test_decoder_shares_the_image_tokens_without_changing_outputs() -> None:
+    from composer.sam.build import build_sam
+
+    model = build_sam("vit_tiny_test")
+    pe = model.prompt_encoder
+    g = pe.image_embedding_size
+    emb = torch.randn(1, pe.embed_dim, *g)
+    pts = torch.rand(6, 1, 2) * model.image_encoder.img_size
+    sparse, dense = pe(points=(pts, torch.ones(6, 1, dtype=torch.int64)), boxes=None, masks=None)
+    assert dense.stride(0) == 0  # the no-mask embedding is a broadcast view
+    with torch.no_grad():
+        fast = model.mask_decoder(emb, pe.get_dense_pe(), sparse, dense, True)
+        slow = model.mask_decoder(emb, pe.get_dense_pe(), sparse, dense.contiguous(), True)
+    for a, b in zip(fast, slow, strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_global_attention_in_query_blocks_equals_one_block(monkeypatch) -> None:
+    import composer.sam.image_encoder as ie
+
+    torch.manual_seed(0)
+    attn = ie.Attention(64, num_heads=4, use_rel_pos=True, input_size=(40, 36))
+    with torch.no_grad():
+        attn.rel_pos_h.normal_()
+        attn.rel_pos_w.normal_()
+    x = torch.randn(1, 40, 36, 64)
+    with torch.no_grad():
+        blocked = attn(x)  # 1440 tokens > QUERY_BLOCK_TOKENS: 28-row blocks
+        monkeypatch.setattr(ie, "QUERY_BLOCK_TOKENS", 10**9)
+        whole = attn(x)
+    assert torch.allclose(blocked, whole, atol=1e-5)
