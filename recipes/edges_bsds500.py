@@ -69,17 +69,11 @@ class BoundaryAdapter:
         return {f"edges/{k}": v for k, v in self.evaluator.evaluate().items()}
 
 
-def load_segmenter(name: str | None) -> Any:
-    """``composer.load_segmenter(name)``; None is the default model."""
+def load_segmenter(name: str | None, checkpoint: str | None = None) -> Any:
+    """``composer.load_segmenter(name, checkpoint)``; None is the default model."""
     import composer
 
-    try:
-        loader = composer.load_segmenter
-    except (AttributeError, ImportError) as exc:
-        raise SystemExit(
-            f"composer.load_segmenter is not available in this checkout ({exc})"
-        ) from exc
-    return loader(name) if name is not None else loader()
+    return composer.load_segmenter(name, checkpoint=checkpoint)
 
 
 def evaluate_edges(
@@ -117,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model", default=None, help="composer.load_segmenter name (default model)"
     )
+    parser.add_argument(
+        "--checkpoint", default=None, help="weights file or registered name for --model"
+    )
     parser.add_argument("--split", choices=("val", "test"), default="test")
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument("--out", default=None, help="folder for report.json and PNG maps")
@@ -131,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    segmenter = load_segmenter(args.model)
+    segmenter = load_segmenter(args.model, args.checkpoint)
     values = [float(v) for v in args.nms_sweep.split(",")] if args.nms_sweep else [args.nms]
     rows = list(PAPER_ROWS)
     for nms in values:

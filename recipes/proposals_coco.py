@@ -46,17 +46,11 @@ PAPER_ROWS = [
 ]
 
 
-def load_segmenter(name: str | None) -> Any:
-    """``composer.load_segmenter(name)``; None is the default model."""
+def load_segmenter(name: str | None, checkpoint: str | None = None) -> Any:
+    """``composer.load_segmenter(name, checkpoint)``; None is the default model."""
     import composer
 
-    try:
-        loader = composer.load_segmenter
-    except (AttributeError, ImportError) as exc:
-        raise SystemExit(
-            f"composer.load_segmenter is not available in this checkout ({exc})"
-        ) from exc
-    return loader(name) if name is not None else loader()
+    return composer.load_segmenter(name, checkpoint=checkpoint)
 
 
 def evaluate_proposals(
@@ -95,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         "--model", default=None, help="composer.load_segmenter name (default model)"
     )
     parser.add_argument(
+        "--checkpoint", default=None, help="weights file or registered name for --model"
+    )
+    parser.add_argument(
         "--split", choices=("val", "test"), default="val", help="only val has public ground truth"
     )
     parser.add_argument(
@@ -118,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ProposalConfig.single_output() if args.single_output else ProposalConfig()
     if args.points_per_side != cfg.points_per_side and not args.single_output:
         cfg = ProposalConfig(points_per_side=args.points_per_side)
-    segmenter = load_segmenter(args.model)
+    segmenter = load_segmenter(args.model, args.checkpoint)
     report = evaluate_proposals(segmenter, dataset, args.limit, cfg, args.out)
     m = report["metrics"]
     big = cfg.max_proposals

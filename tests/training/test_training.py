@@ -168,9 +168,22 @@ def test_composer_tiny_geometry_and_fp16_export(tmp_path) -> None:
     path = export_fp16(model, tmp_path / "w.pt")
     sd = torch.load(path, weights_only=True)
     assert all(v.dtype == torch.float16 for v in sd.values() if v.is_floating_point())
+    assert not any(k.startswith("image_encoder.backbone.") for k in sd)  # packaged format
     again = build_composer_tiny(checkpoint=path, config=cfg)
     k = "mask_decoder.iou_token.weight"
     assert torch.allclose(again.state_dict()[k], model.state_dict()[k], atol=1e-2)
+    # The backbone of a trained-parts-only file is the ImageNet one from the pip package.
+    imagenet = build_composer_tiny(config=cfg, pretrained_backbone=True)
+    b = "image_encoder.backbone._blocks.3._depthwise_conv.weight"
+    assert torch.equal(again.state_dict()[b], imagenet.state_dict()[b])
+    full = build_composer_tiny(
+        checkpoint=export_fp16(model, tmp_path / "full.pt", include_backbone=True), config=cfg
+    )
+    assert torch.allclose(full.state_dict()[b], model.state_dict()[b], atol=1e-2)
+    del sd[k]
+    torch.save(sd, tmp_path / "broken.pt")
+    with pytest.raises(ValueError, match="iou_token"):
+        build_composer_tiny(checkpoint=tmp_path / "broken.pt", config=cfg)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -307,9 +320,7 @@ def test_multimask_warmup_trains_the_single_output_first(shapes_cache, tmp_path)
         return decoder_forward(*args, **kwargs)
 
     model.mask_decoder.forward = spy  # type: ignore[method-assign]
-    cfg = _config(
-        tmp_path, steps=8, box_prob=0.0, multimask_warmup_steps=4, multimask_prob=1.0
-    )
+    cfg = _config(tmp_path, steps=8, box_prob=0.0, multimask_warmup_steps=4, multimask_prob=1.0)
     t = Trainer(model, cfg, train)
     for _ in range(8):
         t.train_step()
