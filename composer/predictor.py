@@ -71,7 +71,7 @@ class SamPredictor(PromptableSegmenter):
         self.model_id = model_id or getattr(model, "model_id", None) or (
             f"{type(model.image_encoder).__name__}-{weights_fingerprint(model)}"
         )
-        self.img_size = int(self.model.image_encoder.img_size)
+        self.img_size = int(getattr(self.model.image_encoder, "img_size"))  # noqa: B009
         self.mask_threshold = float(getattr(model, "mask_threshold", 0.0))
         mis = getattr(model.prompt_encoder, "mask_input_size", (self.img_size // 4, self.img_size // 4))
         self.low_res_size = (int(mis[0]), int(mis[1]))

@@ -131,7 +131,7 @@ class EdgeTask:
         if len(dets):
             logits = torch.from_numpy(dets.extras["low_res_logits"])
             up = LowResUpsampler(
-                tuple(logits.shape[-2:]), emb.pad_size, emb.input_size, emb.original_size
+                (int(logits.shape[-2]), int(logits.shape[-1])), emb.pad_size, emb.input_size, emb.original_size
             )
             thr = float(self.segmenter.mask_threshold)
             edges = mask_boundary_edges(logits, up, thr, cfg.boundary)

@@ -185,11 +185,12 @@ class FelzHuttConfig:
 
 
 class _ClassicTask:
-    config_cls: type = object
+    config_cls: Any = object
     name = ""
+    config: Any
 
     def __init__(self, config: Any = None, **overrides: Any) -> None:
-        cfg = config if config is not None else self.config_cls()
+        cfg: Any = config if config is not None else self.config_cls()
         if not isinstance(cfg, self.config_cls):
             raise TypeError(
                 f"config must be a {self.config_cls.__name__}, got {type(cfg).__name__}"

@@ -204,7 +204,9 @@ def annotate_folder(
     }
 
     def assemble() -> dict[str, Any]:
-        images, anns, failures = [], [], []
+        images: list[dict[str, Any]] = []
+        anns: list[dict[str, Any]] = []
+        failures: list[dict[str, Any]] = []
         for image_id, path in enumerate(files, start=1):
             rec = records.get(path.name)
             if rec is None:

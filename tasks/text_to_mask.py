@@ -223,9 +223,10 @@ class TextToMaskTask:
             from composer.models.clip import DEFAULT_TEMPLATES
 
             templates = cfg.templates if cfg.templates is not None else DEFAULT_TEMPLATES
+            assert self.clip is not None
             text = self._text_cache.setdefault(
                 prompt, self.clip.encode_text([prompt], templates)[0]
-            )  # type: ignore[union-attr]
+            )
         sims = (crop_emb @ text).astype(np.float32)
         order = np.argsort(-sims, kind="stable")
         order = order[sims[order] >= cfg.min_text_score][: cfg.max_masks]

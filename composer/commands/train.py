@@ -113,6 +113,7 @@ def _samples(items: Any, model: Any, frozen: bool, mirror: bool) -> list[Any]:
             if not len(s.masks_index):
                 continue
             if frozen:
+                assert s.image is not None
                 with torch.no_grad():
                     s.embedding = model.image_encoder(image_to_input(model, s.image)).cpu()
                 s.image = None
