@@ -16,6 +16,10 @@ from torch import nn
 from .common import MLP, LayerNorm2d
 
 
+# Prompts decoded together inside one call (see MaskDecoder.predict_masks).
+PROMPT_CHUNK = 16
+
+
 class MaskDecoder(nn.Module):
     """Predicts mask logits and their IoU from image and prompt embeddings.
 
@@ -113,6 +117,21 @@ class MaskDecoder(nn.Module):
             raise ValueError(
                 f"dense_prompt_embeddings batch {dense_prompt_embeddings.shape[0]} != {n} prompts"
             )
+        if n > PROMPT_CHUNK:
+            # Decode in chunks of prompts: the per-prompt image tokens and upscaled maps
+            # (~20 MB per prompt at SAM's size) then bound memory instead of the batch size.
+            parts = [
+                self.predict_masks(
+                    image_embeddings
+                    if image_embeddings.shape[0] == 1
+                    else image_embeddings[s : s + PROMPT_CHUNK],
+                    image_pe,
+                    sparse_prompt_embeddings[s : s + PROMPT_CHUNK],
+                    dense_prompt_embeddings[s : s + PROMPT_CHUNK],
+                )
+                for s in range(0, n, PROMPT_CHUNK)
+            ]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat(
             [output_tokens.unsqueeze(0).expand(n, -1, -1), sparse_prompt_embeddings], dim=1

@@ -517,3 +517,22 @@ def test_global_attention_in_query_blocks_equals_one_block(monkeypatch) -> None:
         monkeypatch.setattr(ie, "QUERY_BLOCK_TOKENS", 10**9)
         whole = attn(x)
     assert torch.allclose(blocked, whole, atol=1e-5)
+
+
+def test_decoder_prompt_chunks_equal_one_pass(monkeypatch) -> None:
+    import composer.sam.mask_decoder as md
+    from composer.sam.build import build_sam
+
+    model = build_sam("vit_tiny_test")
+    pe = model.prompt_encoder
+    emb = torch.randn(1, pe.embed_dim, *pe.image_embedding_size)
+    n = md.PROMPT_CHUNK * 2 + 3
+    pts = torch.rand(n, 2, 2) * model.image_encoder.img_size
+    masks = torch.randn(n, 1, *pe.mask_input_size)
+    sparse, dense = pe(points=(pts, torch.ones(n, 2, dtype=torch.int64)), boxes=None, masks=masks)
+    with torch.no_grad():
+        chunked = model.mask_decoder(emb, pe.get_dense_pe(), sparse, dense, True)
+        monkeypatch.setattr(md, "PROMPT_CHUNK", 10**6)
+        whole = model.mask_decoder(emb, pe.get_dense_pe(), sparse, dense, True)
+    for a, b in zip(chunked, whole, strict=True):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
