@@ -1,0 +1,58 @@
+"""The packaged composer_tiny weights: integrity, loading, and a sanity check of the model."""
+
+from __future__ import annotations
+
+import hashlib
+
+import cv2
+import numpy as np
+import pytest
+
+from composer.sam.composer_tiny import PACKAGED_WEIGHTS, SHIPPED_SHA256
+
+
+def test_packaged_weights_are_the_registered_file() -> None:
+    assert PACKAGED_WEIGHTS.is_file(), "composer/weights/composer_tiny.pt is part of the package"
+    assert PACKAGED_WEIGHTS.stat().st_size < 5_000_000
+    assert hashlib.sha256(PACKAGED_WEIGHTS.read_bytes()).hexdigest() == SHIPPED_SHA256
+
+
+def test_packaged_model_segments_an_object_from_one_click() -> None:
+    from composer import load_segmenter
+    from composer.segmenters import DEFAULT_ORDER
+
+    seg = load_segmenter("composer_tiny")
+    assert "composer_tiny-packaged" in seg.model_id
+    assert "composer_tiny" not in DEFAULT_ORDER  # below classic on the click benchmarks
+    rng = np.random.default_rng(0)
+    image = (200 + rng.integers(0, 20, (300, 400, 3))).astype(np.uint8)
+    disk = np.zeros((300, 400), np.uint8)
+    cv2.circle(disk, (250, 140), 70, 1, -1)
+    image[disk > 0] = (30, 60, 160)
+    emb = seg.embed(image)
+    dets = seg.predict(emb, points=np.array([[[250, 140]]]), labels=np.array([[1]]))
+    masks = dets.masks.to_dense()
+    gt = disk > 0
+    best = masks[int(np.argmax(dets.scores))]
+    assert (best & gt).sum() / (best | gt).sum() > 0.8
+    # A click on the background does not return the disk.
+    dets = seg.predict(emb, points=np.array([[[40, 40]]]), labels=np.array([[1]]))
+    top = dets.masks.to_dense()[int(np.argmax(dets.scores))]
+    assert (top & gt).sum() / max((top | gt).sum(), 1) < 0.5
+
+
+@pytest.mark.parametrize("damage", ["truncate", "other_arch"])
+def test_damaged_composer_tiny_file_is_refused(tmp_path, damage) -> None:
+    import torch
+
+    from composer.sam.composer_tiny import build_composer_tiny
+
+    path = tmp_path / "w.pt"
+    if damage == "truncate":
+        path.write_bytes(PACKAGED_WEIGHTS.read_bytes()[:1000])
+    else:
+        state = torch.load(PACKAGED_WEIGHTS, weights_only=True)
+        state["mask_decoder.iou_token.weight"] = torch.zeros(1, 7)
+        torch.save(state, path)
+    with pytest.raises(ValueError):
+        build_composer_tiny(checkpoint=path)
