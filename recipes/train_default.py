@@ -32,7 +32,7 @@ Why these settings (measured here, on this CPU):
   * multimask warm-up (3000 steps with the single output only): with SAM's best-of-3 loss
     from step 0 the three outputs became fixed "object slots" (the image's most salient
     regions) that ignored where the click was; held-out single-click mIoU stayed at 0.15-0.25
-    for a whole run (the previous shipped attempt: GrabCut 0.043). Training the single output
+    for a whole run (the previous attempt: GrabCut 0.043). Training the single output
     first forces the decoder to use the click position;
   * synthetic warm-up (3000 steps, then a quarter of the steps): shapes on training images,
     where click -> region is learnt fastest;
