@@ -1,6 +1,6 @@
 """The SAM data engine's fully automatic stage, then retraining, on composer_tiny.
 
-Command (after ``recipes/train_default.py``; ~25 min on one core of the 2-core CPU)::
+Command (after ``recipes/train_default.py``; ~35 min on one core of the 2-core CPU)::
 
     OMP_NUM_THREADS=1 python recipes/data_engine.py --weights composer/weights/composer_tiny.pt \\
         --work-dir ~/.cache/sam-composer/data_engine
