@@ -151,7 +151,14 @@ class Masks:
         """(N,) int64 pixel counts."""
         if not self._rles:
             return np.zeros(0, dtype=np.int64)
-        return np.asarray(mask_utils.area(self._rles), dtype=np.int64)
+        # pycocotools' area() sizes a scratch array as uint8 from the RLE count, which NumPy 2
+        # rejects beyond 255 masks (OverflowError); ask in chunks of at most 255.
+        return np.concatenate(
+            [
+                np.asarray(mask_utils.area(self._rles[i : i + 255]), dtype=np.int64)
+                for i in range(0, len(self._rles), 255)
+            ]
+        )
 
     def boxes(self) -> np.ndarray:
         """(N, 4) float32 tight XYXY boxes in pixels (x1, y1 exclusive); zeros for empty masks."""

@@ -118,3 +118,16 @@ def test_edge_map_checks():
         EdgeMap(np.array([[2.0]]))
     with pytest.raises(ValueError):
         EdgeMap(np.zeros(3))
+
+
+def test_area_and_coco_export_of_more_than_255_masks() -> None:
+    # pycocotools' area() overflows a uint8 scratch array beyond 255 RLEs under NumPy 2.
+    dense = np.zeros((300, 20, 30), bool)
+    for i in range(300):
+        dense[i, : 1 + i % 20, : 1 + i % 30] = True
+    masks = Masks.from_dense(dense)
+    expected = dense.reshape(300, -1).sum(1)
+    assert np.array_equal(masks.area, expected)
+    dets = Detections(boxes=masks.boxes(), scores=np.ones(300, np.float32), masks=masks)
+    anns = dets.to_coco(image_id=1)
+    assert len(anns) == 300 and [a["area"] for a in anns] == expected.tolist()
