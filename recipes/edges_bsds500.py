@@ -69,13 +69,6 @@ class BoundaryAdapter:
         return {f"edges/{k}": v for k, v in self.evaluator.evaluate().items()}
 
 
-def load_segmenter(name: str | None, checkpoint: str | None = None) -> Any:
-    """``composer.load_segmenter(name, checkpoint)``; None is the default model."""
-    import composer
-
-    return composer.load_segmenter(name, checkpoint=checkpoint)
-
-
 def evaluate_edges(
     segmenter: Any,
     split: str = "test",
@@ -128,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    segmenter = load_segmenter(args.model, args.checkpoint)
+    import composer
+
+    segmenter = composer.load_segmenter(args.model, checkpoint=args.checkpoint)
     values = [float(v) for v in args.nms_sweep.split(",")] if args.nms_sweep else [args.nms]
     rows = list(PAPER_ROWS)
     for nms in values:

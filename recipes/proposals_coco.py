@@ -46,13 +46,6 @@ PAPER_ROWS = [
 ]
 
 
-def load_segmenter(name: str | None, checkpoint: str | None = None) -> Any:
-    """``composer.load_segmenter(name, checkpoint)``; None is the default model."""
-    import composer
-
-    return composer.load_segmenter(name, checkpoint=checkpoint)
-
-
 def evaluate_proposals(
     segmenter: Any,
     dataset: CocoDataset,
@@ -115,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ProposalConfig.single_output() if args.single_output else ProposalConfig()
     if args.points_per_side != cfg.points_per_side and not args.single_output:
         cfg = ProposalConfig(points_per_side=args.points_per_side)
-    segmenter = load_segmenter(args.model, args.checkpoint)
+    import composer
+
+    segmenter = composer.load_segmenter(args.model, checkpoint=args.checkpoint)
     report = evaluate_proposals(segmenter, dataset, args.limit, cfg, args.out)
     m = report["metrics"]
     big = cfg.max_proposals

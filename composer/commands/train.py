@@ -148,10 +148,9 @@ def run(args: argparse.Namespace) -> int:
     if args.val_data:
         val_items = list(coco_items(args.val_data, args.val_images))
     else:
+        # Every k-th image is held out (spread over the dataset's order).
         n_val = int(round(len(items) * args.val_fraction)) if len(items) > 1 else 0
-        step = max(1, len(items) // n_val) if n_val else 0
-        val_ids = {i for i in range(0, len(items), step)} if n_val else set()
-        val_ids = set(sorted(val_ids)[:n_val])
+        val_ids = set(range(0, len(items), len(items) // n_val)[:n_val]) if n_val else set()
         val_items = [it for i, it in enumerate(items) if i in val_ids]
         items = [it for i, it in enumerate(items) if i not in val_ids]
     t0 = time.perf_counter()
