@@ -351,7 +351,11 @@ class AutomaticMaskGenerator:
         prompts = Prompts(
             points=points.astype(np.float32)[:, None, :], labels=np.ones((n, 1), dtype=np.int64)
         )
-        out = self.segmenter.decode(emb, prompts, cfg.multimask)
+        if cfg.pred_iou_thresh > 0.0 and getattr(self.segmenter, "skips_low_iou", False):
+            # masks that the IoU filter below drops are not computed (exact: same survivors)
+            out = self.segmenter.decode(emb, prompts, cfg.multimask, min_iou=cfg.pred_iou_thresh)
+        else:
+            out = self.segmenter.decode(emb, prompts, cfg.multimask)
         m = out.iou_pred.shape[1]
         low_res = tuple(int(v) for v in out.logits.shape[-2:])
         logits = out.logits.reshape(n * m, *low_res)

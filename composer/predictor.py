@@ -9,6 +9,7 @@ official ``SamPredictor`` is kept for existing code.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,8 @@ class SamPredictor(PromptableSegmenter):
         mis = getattr(model.prompt_encoder, "mask_input_size", (self.img_size // 4, self.img_size // 4))
         self.low_res_size = (int(mis[0]), int(mis[1]))
         self.prompt_batch = int(prompt_batch)
+        # the official-structured decoder can skip masks below an IoU threshold
+        self.skips_low_iou = "min_iou" in inspect.signature(model.mask_decoder.forward).parameters
         self._embedding: ImageEmbedding | None = None
 
     @property
@@ -115,8 +118,18 @@ class SamPredictor(PromptableSegmenter):
         return out
 
     @torch.inference_mode()
-    def decode(self, embedding: ImageEmbedding, prompts: Prompts, multimask: bool = True) -> MaskLogits:
-        """Prompt encoder + mask decoder for validated prompts in original-image pixels."""
+    def decode(
+        self,
+        embedding: ImageEmbedding,
+        prompts: Prompts,
+        multimask: bool = True,
+        min_iou: float | None = None,
+    ) -> MaskLogits:
+        """Prompt encoder + mask decoder for validated prompts in original-image pixels.
+
+        ``min_iou``: masks of prompts whose returned outputs all have a predicted IoU <= it
+        are not computed (``SKIPPED_LOGIT``, i.e. empty); see ``MaskDecoder.forward``.
+        """
         dev = self.device
         points = boxes = masks = None
         if prompts.points is not None:
@@ -135,6 +148,7 @@ class SamPredictor(PromptableSegmenter):
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
+            **({} if min_iou is None else {"min_iou": float(min_iou)}),
         )
         return MaskLogits(logits.float(), iou.float())
 

@@ -389,3 +389,42 @@ def test_any_promptable_segmenter_matches_its_predict():
     assert (iou.max(axis=1) >= 0.99).all()
     assert ((dets.extras["stability_score"] > 0) & (dets.extras["stability_score"] <= 1)).all()
     assert Prompts.create(dets.extras["point_coords"][:, None], image_size=(90, 140)) is not None
+
+
+def test_iou_gated_decoding_keeps_the_same_masks():
+    """With composer.sam's decoder the generator skips the masks its IoU filter drops: same output."""
+    from composer.sam.build import build_sam
+    from composer.sam.mask_decoder import SKIPPED_LOGIT
+
+    torch.manual_seed(0)
+    model = build_sam("vit_tiny_test")
+    seg = SamPredictor(model)
+    assert seg.skips_low_iou
+    image = scene()
+    probe = AutomaticMaskGenerator(
+        seg, points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0
+    ).generate(image)
+    thr = float(np.min(probe.extras["predicted_iou"])) - 1e-4  # the probe's masks pass
+    settings = dict(points_per_side=6, pred_iou_thresh=thr, stability_score_thresh=0.0)
+    calls: list[dict] = []
+    skipped: list[int] = []
+    decode = seg.decode
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        out = decode(*args, **kwargs)
+        skipped.append(int((out.logits == SKIPPED_LOGIT).flatten(1).all(1).sum()))
+        return out
+
+    seg.decode = spy  # type: ignore[method-assign]
+    gated = AutomaticMaskGenerator(seg, **settings).generate(image)
+    assert calls and all(c.get("min_iou") == thr for c in calls)
+    assert sum(skipped) > 0  # some prompts' masks were never computed
+    seg.decode = decode  # type: ignore[method-assign]
+    seg.skips_low_iou = False
+    plain = AutomaticMaskGenerator(seg, **settings).generate(image)
+    assert 0 < len(gated) == len(plain)
+    assert [r["counts"] for r in gated.masks.rles] == [r["counts"] for r in plain.masks.rles]
+    np.testing.assert_allclose(
+        gated.extras["predicted_iou"], plain.extras["predicted_iou"], atol=1e-6
+    )

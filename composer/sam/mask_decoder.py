@@ -18,6 +18,8 @@ from .common import MLP, LayerNorm2d
 
 # Prompts decoded together inside one call (see MaskDecoder.predict_masks).
 PROMPT_CHUNK = 16
+#: Logit of masks not computed because their predicted IoU is below ``min_iou`` (an empty mask).
+SKIPPED_LOGIT = -1.0e4
 
 
 class MaskDecoder(nn.Module):
@@ -75,6 +77,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        min_iou: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode B prompts against one image (or B images, one prompt each).
 
@@ -84,19 +87,26 @@ class MaskDecoder(nn.Module):
             sparse_prompt_embeddings: (B, T, D) float point/box tokens.
             dense_prompt_embeddings: (B, D, h, w) float mask-input embedding.
             multimask_output: return the 3 multimask outputs instead of the single one.
+            min_iou: when given, the masks of a prompt whose returned outputs all have a
+                predicted IoU <= ``min_iou`` are not computed (the IoU head does not need them)
+                and are filled with :data:`SKIPPED_LOGIT`; its ``iou_pred`` is exact. For
+                callers that drop such masks anyway (automatic generation's IoU filter): the
+                upscaling, most of a prompt's cost, then runs only for prompts that can survive.
 
         Returns:
             masks: (B, M, 4h, 4w) float mask logits in the low-res frame (256x256 for SAM: the
                 padded model input scaled by 1/4); M = 3 if ``multimask_output`` else 1.
             iou_pred: (B, M) float predicted IoU of each mask.
         """
+        chosen = slice(1, None) if multimask_output else slice(0, 1)
         masks, iou_pred = self.predict_masks(
             image_embeddings=image_embeddings,
             image_pe=image_pe,
             sparse_prompt_embeddings=sparse_prompt_embeddings,
             dense_prompt_embeddings=dense_prompt_embeddings,
+            min_iou=min_iou,
+            outputs=chosen,
         )
-        chosen = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, chosen], iou_pred[:, chosen]
 
     def predict_masks(
@@ -105,8 +115,14 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        min_iou: float | None = None,
+        outputs: slice = slice(None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All ``num_mask_tokens`` outputs: (B, 4, 4h, 4w) logits and (B, 4) IoU; see forward."""
+        """All ``num_mask_tokens`` outputs: (B, 4, 4h, 4w) logits and (B, 4) IoU; see forward.
+
+        With ``min_iou``, a prompt whose outputs selected by ``outputs`` all have a predicted
+        IoU <= ``min_iou`` gets :data:`SKIPPED_LOGIT` masks instead of computed ones.
+        """
         n = sparse_prompt_embeddings.shape[0]
         if image_embeddings.shape[0] not in (1, n):
             raise ValueError(
@@ -128,6 +144,8 @@ class MaskDecoder(nn.Module):
                     image_pe,
                     sparse_prompt_embeddings[s : s + PROMPT_CHUNK],
                     dense_prompt_embeddings[s : s + PROMPT_CHUNK],
+                    min_iou,
+                    outputs,
                 )
                 for s in range(0, n, PROMPT_CHUNK)
             ]
@@ -150,12 +168,24 @@ class MaskDecoder(nn.Module):
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
-        upscaled = self.output_upscaling(keys.transpose(1, 2).reshape(b, c, h, w))
+        iou_pred = self.iou_prediction_head(iou_token_out)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             dim=1,
         )  # (B, num_mask_tokens, D / 8)
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
-        iou_pred = self.iou_prediction_head(iou_token_out)
-        return masks, iou_pred
+        if min_iou is not None:
+            need = (iou_pred[:, outputs] > min_iou).any(dim=1)
+            if not bool(need.all()):
+                masks = hyper_in.new_full((b, self.num_mask_tokens, 4 * h, 4 * w), SKIPPED_LOGIT)
+                idx = torch.nonzero(need).reshape(-1)
+                if idx.numel():
+                    masks[idx] = self._masks(keys[idx], hyper_in[idx], h, w)
+                return masks, iou_pred
+        return self._masks(keys, hyper_in, h, w), iou_pred
+
+    def _masks(self, keys: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(B or 1, h*w, D) image tokens and (B, K, D/8) hypernetwork outputs -> (B, K, 4h, 4w)."""
+        b, c = hyper_in.shape[0], keys.shape[-1]
+        upscaled = self.output_upscaling(keys.expand(b, -1, -1).transpose(1, 2).reshape(b, c, h, w))
+        c, hh, ww = upscaled.shape[1:]
+        return (hyper_in @ upscaled.reshape(b, c, hh * ww)).reshape(b, -1, hh, ww)

@@ -71,12 +71,16 @@ class PromptableSegmenter(ABC):
         mask_threshold: logit threshold that binarises masks (0.0 for SAM).
         low_res_size: (h, w) of the decoder's low-res logits, also the ``mask_input`` size.
         prompt_batch: prompts decoded per forward pass; bounds memory for many prompts.
+        skips_low_iou: ``decode`` accepts ``min_iou=t`` and may then leave the masks of prompts
+            whose predicted IoUs are all <= t uncomputed (empty); their IoUs stay exact.
+            Callers that drop those masks anyway (the automatic generator) pass it.
     """
 
     model_id: str = "segmenter"
     mask_threshold: float = 0.0
     low_res_size: tuple[int, int] = (256, 256)
     prompt_batch: int = 64
+    skips_low_iou: bool = False
 
     @abstractmethod
     def embed(self, image: Any) -> ImageEmbedding: ...

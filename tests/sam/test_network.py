@@ -536,3 +536,26 @@ def test_decoder_prompt_chunks_equal_one_pass(monkeypatch) -> None:
         whole = model.mask_decoder(emb, pe.get_dense_pe(), sparse, dense, True)
     for a, b in zip(chunked, whole, strict=True):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_decoder_skips_only_masks_below_min_iou(multimask: bool) -> None:
+    import composer.sam.mask_decoder as md
+    from composer.sam.build import build_sam
+
+    model = build_sam("vit_tiny_test")
+    pe = model.prompt_encoder
+    emb = torch.randn(1, pe.embed_dim, *pe.image_embedding_size)
+    n = md.PROMPT_CHUNK + 5  # two chunks
+    pts = torch.rand(n, 1, 2) * model.image_encoder.img_size
+    sparse, dense = pe(points=(pts, torch.ones(n, 1, dtype=torch.int64)), boxes=None, masks=None)
+    args = (emb, pe.get_dense_pe(), sparse, dense, multimask)
+    with torch.no_grad():
+        masks, iou = model.mask_decoder(*args)
+        thr = float(iou.max(dim=1).values.median())  # about half the prompts survive
+        gated, gated_iou = model.mask_decoder(*args, min_iou=thr)
+    keep = (iou > thr).any(dim=1)
+    assert 0 < int(keep.sum()) < n
+    assert torch.allclose(gated_iou, iou, atol=1e-5)
+    assert torch.allclose(gated[keep], masks[keep], atol=1e-4)
+    assert bool((gated[~keep] == md.SKIPPED_LOGIT).all())
