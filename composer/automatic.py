@@ -353,7 +353,8 @@ class AutomaticMaskGenerator:
         )
         if cfg.pred_iou_thresh > 0.0 and getattr(self.segmenter, "skips_low_iou", False):
             # masks that the IoU filter below drops are not computed (exact: same survivors)
-            out = self.segmenter.decode(emb, prompts, cfg.multimask, min_iou=cfg.pred_iou_thresh)
+            decode: Any = self.segmenter.decode
+            out = decode(emb, prompts, cfg.multimask, min_iou=cfg.pred_iou_thresh)
         else:
             out = self.segmenter.decode(emb, prompts, cfg.multimask)
         m = out.iou_pred.shape[1]

@@ -78,7 +78,8 @@ class SamPredictor(PromptableSegmenter):
         self.low_res_size = (int(mis[0]), int(mis[1]))
         self.prompt_batch = int(prompt_batch)
         # the official-structured decoder can skip masks below an IoU threshold
-        self.skips_low_iou = "min_iou" in inspect.signature(model.mask_decoder.forward).parameters
+        decoder: Any = model.mask_decoder
+        self.skips_low_iou = "min_iou" in inspect.signature(decoder.forward).parameters
         self._embedding: ImageEmbedding | None = None
 
     @property

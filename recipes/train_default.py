@@ -335,6 +335,13 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--output", type=Path, default=PACKAGED_WEIGHTS)
+    parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from these composer_tiny weights (fine-tuning stage; a fresh --work-dir "
+        "gives it its own schedule and checkpoints)",
+    )
     parser.add_argument("--only-cache", action="store_true")
     parser.add_argument("--skip-eval", action="store_true")
     parser.add_argument(
@@ -347,7 +354,9 @@ def main() -> None:
     if args.eval_only:
         evaluate(build_composer_tiny(checkpoint=args.output), args.work_dir / "results.json")
         return
-    model = build_composer_tiny(pretrained_backbone=True)
+    model = build_composer_tiny(checkpoint=args.init, pretrained_backbone=True)
+    if args.init is not None:
+        logging.info("initialised from %s (new schedule in %s)", args.init, args.work_dir)
     per_id = build_cache(args, model)
     logging.info("feature cache: %d entries", sum(len(v) for v in per_id.values()))
     if args.only_cache:

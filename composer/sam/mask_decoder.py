@@ -15,7 +15,6 @@ from torch import nn
 
 from .common import MLP, LayerNorm2d
 
-
 # Prompts decoded together inside one call (see MaskDecoder.predict_masks).
 PROMPT_CHUNK = 16
 #: Logit of masks not computed because their predicted IoU is below ``min_iou`` (an empty mask).
@@ -164,7 +163,7 @@ class MaskDecoder(nn.Module):
         src = image_embeddings + dense
         hs, keys = self.transformer(src, image_pe, tokens)
         keys = keys.expand(n, -1, -1)  # a no-op unless the transformer had no blocks
-        b, c, h, w = n, src.shape[1], src.shape[2], src.shape[3]
+        b, h, w = n, src.shape[2], src.shape[3]
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
