@@ -10,10 +10,10 @@ shared 2-core CPU, plus ~5 min each of feature caching and evaluation; both resu
 
 Stage 1 (``--stage scratch``) learns to localise clicks (warm-ups below, one corrective round);
 stage 2 (``--stage finetune``, a fresh schedule from stage 1's weights) trains SAM's iterative
-session properly: 3 corrective rounds per mask and smaller masks (>= ~1.2% of the image). It
+session properly: 3 corrective rounds per mask and smaller masks (>= ~1.8% of a BSDS image). It
 raised mIoU@5 from 0.724 to 0.804 on GrabCut and single-click mIoU from 0.574 to 0.626 on
-Berkeley; a variant with one corrective round and masks down to 0.5% of the image (38 min) was
-worse everywhere (GrabCut 0.554 at one click) and was dropped.
+Berkeley; a variant with one corrective round and masks down to 0.7% of the image (a shorter
+run, 38 min) was worse on both sets (GrabCut 0.554, Berkeley 0.587 at one click) and was dropped.
 
 Stages (each resumes where it stopped; interrupting is normal):
   1. feature cache: frozen EfficientNet-Lite0 (ImageNet) features of every training image x 4
