@@ -479,10 +479,16 @@ def test_attention_fast_paths_equal_the_plain_order(shared: bool) -> None:
     assert torch.allclose(attn.tokens_to_image(tokens, image, image), ref, atol=1e-5)
     ref2 = attn(full, tokens, tokens)
     assert torch.allclose(attn.image_to_tokens(image, tokens, tokens), ref2, atol=1e-5)
+    # the residual is added inside the last matmul (shared or per-prompt residual)
+    res = torch.randn(image.shape[0], n, 256)
+    assert torch.allclose(attn.image_to_tokens(image, tokens, tokens, res), res + ref2, atol=1e-5)
     # Many tokens: falls back to the plain order.
     many = torch.randn(b, 20, 256)
     assert torch.allclose(
         attn.tokens_to_image(many, image, image), attn(many, full, full), atol=1e-5
+    )
+    assert torch.allclose(
+        attn.image_to_tokens(image, many, many, res), res + attn(full, many, many), atol=1e-5
     )
 
 
