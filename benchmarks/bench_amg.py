@@ -18,6 +18,7 @@ Prints one row per generator and the ratios official / ours; ``--json`` writes t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -54,6 +55,8 @@ class _Timer:
         self.calls = 0
 
     def wrap(self, fn: Any) -> Any:
+        # functools.wraps keeps fn's signature visible (SamPredictor looks for ``min_iou``)
+        @functools.wraps(fn)
         def inner(*args: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter()
             try:
