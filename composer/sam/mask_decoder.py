@@ -90,7 +90,8 @@ class MaskDecoder(nn.Module):
                 predicted IoU <= ``min_iou`` are not computed (the IoU head does not need them)
                 and are filled with :data:`SKIPPED_LOGIT`; its ``iou_pred`` is exact. For
                 callers that drop such masks anyway (automatic generation's IoU filter): the
-                upscaling, most of a prompt's cost, then runs only for prompts that can survive.
+                upscaling (a third to a half of a prompt's cost for SAM's sizes on a CPU) then
+                runs only for prompts that can survive.
 
         Returns:
             masks: (B, M, 4h, 4w) float mask logits in the low-res frame (256x256 for SAM: the
