@@ -296,8 +296,8 @@ class Attention(nn.Module):
 def _softmax_few(x: Tensor) -> Tensor:
     """Softmax over a short last axis (the few prompt tokens) for inference.
 
-    ``torch.softmax`` over ~7 elements per row is ~5x slower on the CPU than this: max, exp in
-    place, and the row sums as a matmul with ones. Same values to float rounding; under autograd
+    ``torch.softmax`` over ~7 elements per row is several times slower on the CPU than this: max,
+    exp in place, and the row sums as a matmul with ones. Same values to float rounding; under autograd
     the plain softmax is used (the in-place steps would break the backward pass).
     """
     if torch.is_grad_enabled() and x.requires_grad:
