@@ -107,7 +107,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         from composer.automatic import AutomaticMaskGenerator
         from composer.predictor import SamPredictor
 
-        gen = AutomaticMaskGenerator(SamPredictor(model), **settings)
+        predictor = SamPredictor(model)
+        if args.no_iou_gate:
+            predictor.skips_low_iou = False  # every prompt's masks are upscaled
+        gen = AutomaticMaskGenerator(predictor, **settings)
     base_rss = _status_kb("VmRSS")
     reset = _reset_peak_rss()
     tracemalloc.start()
@@ -160,6 +163,8 @@ def _run_worker(impl: str, args: argparse.Namespace, masks_out: str) -> dict[str
     ]
     if args.no_filters:
         cmd.append("--no-filters")
+    if args.no_iou_gate:
+        cmd.append("--no-iou-gate")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{impl} worker failed:\n{proc.stderr[-4000:]}")
@@ -198,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         "is post-processed, as in the edge and proposal protocols)",
     )
     parser.add_argument(
+        "--no-iou-gate",
+        action="store_true",
+        help="ours decodes the masks of every prompt (the decoder's min_iou gate off; same "
+        "masks, the cost a model whose prompts all pass pred_iou_thresh would pay)",
+    )
+    parser.add_argument(
         "--only", choices=("official", "ours"), default=None, help="run one side only"
     )
     parser.add_argument("--json", default=None, help="write the results here")
@@ -222,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "model": args.model,
         "no_filters": args.no_filters,
+        "no_iou_gate": args.no_iou_gate,
         "cpu_count": os.cpu_count(),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -233,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             results["match"] = _match(files["official"], files["ours"])
     header = f"{'generator':<10} {'total s':>9} {'encoder s':>10} {'decoder s':>10} {'other s':>9} {'peak RSS MB':>12} {'py heap MB':>11} {'masks':>6}"
     settings = "no IoU/stability filters" if args.no_filters else "official defaults"
+    if args.no_iou_gate:
+        settings += ", ours without the IoU gate"
     print(
         f"AMG on {Path(args.image).name}, {args.points_per_side}x{args.points_per_side} grid, "
         f"{settings}, seed {args.seed}, ours on {args.model} modules, {os.cpu_count()} CPUs"

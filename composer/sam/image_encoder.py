@@ -265,12 +265,18 @@ class Attention(nn.Module):
             r_h = get_rel_pos(h, h, self.rel_pos_h).to(q.dtype)
             r_w = get_rel_pos(w, w, self.rel_pos_w).to(q.dtype)
         outs = []
+        buffer = None  # the bias of one block, reused: a fresh ~200 MB tensor per block costs
+        # page faults on every write (twice the time of the attention itself for SAM's 64x64)
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
             qb = q[:, :, r0 * w : r1 * w]
             bias = None
             if self.use_rel_pos:
-                bias = _rel_pos_bias_rows(qb, r_h[r0:r1], r_w, (r1 - r0, w), (h, w))
+                if torch.is_grad_enabled() and (qb.requires_grad or r_h.requires_grad):
+                    pass  # autograd records no out= writes: a fresh tensor per block
+                elif buffer is None or buffer.shape[2] != (r1 - r0) * w:
+                    buffer = qb.new_empty(b, self.num_heads, (r1 - r0) * w, h * w)
+                bias = _rel_pos_bias_rows(qb, r_h[r0:r1], r_w, (r1 - r0, w), (h, w), out=buffer)
             outs.append(F.scaled_dot_product_attention(qb, k, v, attn_mask=bias, scale=self.scale))
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         out = out.transpose(1, 2).reshape(b, h, w, dim)
@@ -386,14 +392,21 @@ def _rel_pos_bias_rows(
     r_w: torch.Tensor,
     q_size: tuple[int, int],
     k_size: tuple[int, int],
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`decomposed_rel_pos_bias` from gathered tables ``r_h`` (q_h, k_h, C) and ``r_w``
-    (q_w, k_w, C); ``q`` and ``r_h`` may be a block of query rows."""
+    (q_w, k_w, C); ``q`` and ``r_h`` may be a block of query rows. ``out``: a contiguous
+    (B, heads, q_h * q_w, k_h * k_w) tensor to write the bias into."""
     q_h, q_w = q_size
     k_h, k_w = k_size
     b, n, _, c = q.shape
     grid_q = q.reshape(b, n, q_h, q_w, c)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, r_h)
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, r_w)
-    bias = rel_h[..., :, None] + rel_w[..., None, :]
-    return bias.reshape(b, n, q_h * q_w, k_h * k_w)
+    # einsum may return permuted strides; contiguous terms make the broadcast sum come out
+    # contiguous too, so the final reshape is a view and not a copy of the whole bias.
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, r_h).contiguous()
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, r_w).contiguous()
+    shape = (b, n, q_h, q_w, k_h, k_w)
+    if out is None:
+        return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, n, q_h * q_w, k_h * k_w)
+    torch.add(rel_h[..., :, None], rel_w[..., None, :], out=out.view(shape))
+    return out

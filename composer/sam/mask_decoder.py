@@ -15,8 +15,14 @@ from torch import nn
 
 from .common import MLP, LayerNorm2d
 
-# Prompts decoded together inside one call (see MaskDecoder.predict_masks).
+# Most prompts decoded together inside one call (see MaskDecoder.predict_masks).
 PROMPT_CHUNK = 16
+# On the CPU, the most bytes of one chunk's per-prompt image tokens (chunk x h*w x D floats)
+# and of its upscaled maps. Tensors of this size are recycled by the C allocator; larger ones
+# (glibc maps those over 32 MiB afresh) pay page faults on every write and fall out of the
+# last-level cache: for SAM (4 MiB of tokens per prompt) chunks of 4 instead of 16 prompts made
+# the decoder 1.3-1.4x faster (benchmarks/bench_decoder.py). Other devices use PROMPT_CHUNK.
+CHUNK_BYTES = 16 * 2**20
 #: Logit of masks not computed because their predicted IoU is below ``min_iou`` (an empty mask).
 SKIPPED_LOGIT = -1.0e4
 
@@ -133,36 +139,57 @@ class MaskDecoder(nn.Module):
             raise ValueError(
                 f"dense_prompt_embeddings batch {dense_prompt_embeddings.shape[0]} != {n} prompts"
             )
-        if n > PROMPT_CHUNK:
-            # Decode in chunks of prompts: the per-prompt image tokens and upscaled maps
-            # (~20 MB per prompt at SAM's size) then bound memory instead of the batch size.
-            parts = [
-                self.predict_masks(
+        # One image embedding is shared by all prompts; broadcasting replaces the copy. Without
+        # mask inputs the dense embedding is one broadcast vector, so the transformer gets the
+        # image tokens once (batch 1) and projects them once for all prompts (``shared`` keeps
+        # those projections across the chunks below).
+        dense = dense_prompt_embeddings
+        shared: dict | None = None
+        if image_embeddings.shape[0] == 1 and n > 1 and dense.stride(0) == 0:
+            src = image_embeddings + dense[:1]
+            shared = {}
+        _, d, h, w = image_embeddings.shape
+        chunk = PROMPT_CHUNK
+        if image_embeddings.device.type == "cpu":
+            chunk = max(1, min(chunk, CHUNK_BYTES // (4 * h * w * d)))
+        # Decode in chunks of prompts: the per-prompt image tokens and upscaled maps (~20 MB per
+        # prompt at SAM's size) then bound memory instead of the batch size.
+        parts = []
+        for s in range(0, max(n, 1), chunk):
+            if shared is None:
+                one = (
                     image_embeddings
                     if image_embeddings.shape[0] == 1
-                    else image_embeddings[s : s + PROMPT_CHUNK],
-                    image_pe,
-                    sparse_prompt_embeddings[s : s + PROMPT_CHUNK],
-                    dense_prompt_embeddings[s : s + PROMPT_CHUNK],
-                    min_iou,
-                    outputs,
+                    else image_embeddings[s : s + chunk]
                 )
-                for s in range(0, n, PROMPT_CHUNK)
-            ]
-            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+                src = one + dense[s : s + chunk]
+            parts.append(
+                self._decode_chunk(
+                    src, image_pe, sparse_prompt_embeddings[s : s + chunk], min_iou, outputs, shared
+                )
+            )
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _decode_chunk(
+        self,
+        src: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        min_iou: float | None,
+        outputs: slice,
+        shared: dict | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`predict_masks` for one chunk of B prompts; ``src`` is the (1 or B, D, h, w)
+        image embedding plus dense prompt embedding; ``shared`` caches projections of a
+        batch-1 ``src`` between chunks (None: nothing is shared)."""
+        n = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat(
             [output_tokens.unsqueeze(0).expand(n, -1, -1), sparse_prompt_embeddings], dim=1
         )
-
-        # One image embedding is shared by all prompts; broadcasting replaces the copy. Without
-        # mask inputs the dense embedding is one broadcast vector, so the transformer gets the
-        # image tokens once (batch 1) and projects them once for all prompts.
-        dense = dense_prompt_embeddings
-        if image_embeddings.shape[0] == 1 and n > 1 and dense.stride(0) == 0:
-            dense = dense[:1]
-        src = image_embeddings + dense
-        hs, keys = self.transformer(src, image_pe, tokens)
+        hs, keys = self.transformer(src, image_pe, tokens, shared=shared)
         keys = keys.expand(n, -1, -1)  # a no-op unless the transformer had no blocks
         b, h, w = n, src.shape[2], src.shape[3]
         iou_token_out = hs[:, 0, :]
@@ -186,6 +213,21 @@ class MaskDecoder(nn.Module):
     def _masks(self, keys: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B or 1, h*w, D) image tokens and (B, K, D/8) hypernetwork outputs -> (B, K, 4h, 4w)."""
         b, c = hyper_in.shape[0], keys.shape[-1]
+        # The upscaled maps are 2x the image tokens' size per prompt (D/8 channels at 4x the
+        # side): run the upscaler on sub-chunks within the same byte budget.
+        step = b if keys.device.type != "cpu" else max(1, CHUNK_BYTES // (4 * 2 * h * w * c))
+        if b > step:
+            return torch.cat(
+                [
+                    self._masks(
+                        keys[s : s + step] if keys.shape[0] > 1 else keys,
+                        hyper_in[s : s + step],
+                        h,
+                        w,
+                    )
+                    for s in range(0, b, step)
+                ]
+            )
         upscaled = self.output_upscaling(keys.expand(b, -1, -1).transpose(1, 2).reshape(b, c, h, w))
         c, hh, ww = upscaled.shape[1:]
         return (hyper_in @ upscaled.reshape(b, c, hh * ww)).reshape(b, -1, hh, ww)

@@ -78,7 +78,11 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(
-        self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor
+        self,
+        image_embedding: Tensor,
+        image_pe: Tensor,
+        point_embedding: Tensor,
+        shared: dict | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Run the blocks and a final token-to-image attention.
 
@@ -88,6 +92,10 @@ class TwoWayTransformer(nn.Module):
             image_pe: (B, D, h, w) or (1, D, h, w) float positional encoding of the grid.
             point_embedding: (B, T, D) float prompt and output tokens; also used as their
                 positional encoding.
+            shared: a dict that keeps the projections of a batch-1 ``image_embedding``
+                between calls with the same image embedding and positional encoding (a caller
+                decoding many prompts in chunks passes one dict to every chunk); None: no
+                caching.
 
         Returns:
             queries: (B, T, D) float updated tokens.
@@ -106,7 +114,11 @@ class TwoWayTransformer(nn.Module):
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(
-                queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe
+                queries=queries,
+                keys=keys,
+                query_pe=point_embedding,
+                key_pe=key_pe,
+                shared=shared if keys.shape[0] == 1 else None,
             )
         attn_out = self.final_attn_token_to_image.tokens_to_image(
             queries + point_embedding, keys + key_pe, keys
@@ -156,10 +168,16 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(
-        self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor
+        self,
+        queries: Tensor,
+        keys: Tensor,
+        query_pe: Tensor,
+        key_pe: Tensor,
+        shared: dict | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """(B, T, D) tokens and (B, N, D) image tokens, with their positional encodings,
-        -> updated (B, T, D) tokens and (B, N, D) image tokens."""
+        """(B, T, D) tokens and (B or 1, N, D) image tokens, with their positional encodings,
+        -> updated (B, T, D) tokens and (B, N, D) image tokens. ``shared``: a cache for the
+        projections of batch-1 image tokens (see ``TwoWayTransformer.forward``)."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -168,13 +186,22 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm1(queries)
 
         q = queries + query_pe
-        k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image.tokens_to_image(q, k, keys))
+        if shared is None:
+            k = keys + key_pe
+        else:
+            k = shared.get((id(self), "k"))
+            if k is None:
+                k = shared[(id(self), "k")] = keys + key_pe
+        queries = self.norm2(
+            queries + self.cross_attn_token_to_image.tokens_to_image(q, k, keys, shared)
+        )
 
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(self.cross_attn_image_to_token.image_to_tokens(k, q, queries, keys))
+        keys = self.norm4(
+            self.cross_attn_image_to_token.image_to_tokens(k, q, queries, keys, shared)
+        )
         return queries, keys
 
 
@@ -225,21 +252,33 @@ class Attention(nn.Module):
         """(internal, D) weight of a projection -> (heads, c, D)."""
         return linear.weight.reshape(self.num_heads, -1, linear.weight.shape[1])
 
-    def tokens_to_image(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def tokens_to_image(
+        self, q: Tensor, k: Tensor, v: Tensor, shared: dict | None = None
+    ) -> Tensor:
         """Few queries (B, T, D) attend to many keys/values (B or 1, N, D) -> (B, T, D).
 
         Same result as ``forward``; see the module docstring for the order of operations.
+        ``shared`` caches the projections of batch-1 keys/values between calls.
         """
         b, t, d = q.shape
         n = k.shape[1]
         heads, c = self.num_heads, self.internal_dim // self.num_heads
         qh = self._separate_heads(self.q_proj(q))  # (B, H, T, c)
         if k.shape[0] == 1 and b > 1:
-            # Shared image tokens: project them once; broadcasting matmuls do the rest.
-            kh = self._separate_heads(self.k_proj(k))  # (1, H, N, c)
-            vh = self._separate_heads(self.v_proj(v))
-            attn = torch.softmax((qh @ kh.transpose(-1, -2)) / math.sqrt(c), dim=-1)
-            return self.out_proj(self._recombine_heads(attn @ vh))
+            # Shared image tokens: project them once, and put all prompts' queries of a head
+            # in one matrix, (H, B*T, c), so no prompt gets a broadcast copy of the keys.
+            cached = None if shared is None else shared.get((id(self), "kv"))
+            if cached is None:
+                kh = self._separate_heads(self.k_proj(k))[0]  # (H, N, c)
+                vh = self._separate_heads(self.v_proj(v))[0]
+                if shared is not None:
+                    shared[(id(self), "kv")] = (kh, vh)
+            else:
+                kh, vh = cached
+            qs = qh.transpose(0, 1).reshape(heads, b * t, c)
+            attn = torch.softmax((qs @ kh.transpose(-1, -2)) / math.sqrt(c), dim=-1)
+            out = (attn @ vh).reshape(heads, b, t, c).transpose(0, 1)  # (B, H, T, c)
+            return self.out_proj(self._recombine_heads(out))
         if k.shape[0] != b or 2 * heads * t >= d:
             return self.forward(q, k, v)  # few image tokens or many queries: classic order
         # Fold W_k into the queries: (B, H, T, D); scores against the raw image tokens.
@@ -253,12 +292,18 @@ class Attention(nn.Module):
         return self.out_proj(self._recombine_heads(out))
 
     def image_to_tokens(
-        self, q: Tensor, k: Tensor, v: Tensor, residual: Tensor | None = None
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        residual: Tensor | None = None,
+        shared: dict | None = None,
     ) -> Tensor:
         """Many queries (B or 1, N, D) attend to few keys/values (B, T, D) -> (B, N, D).
 
         Same result as ``forward`` (broadcast over a shared query batch of 1), plus
         ``residual`` (broadcastable to (B, N, D)) when given, added inside the last matmul.
+        ``shared`` caches the projection of batch-1 queries between calls.
         """
         b, t, d = k.shape
         n = q.shape[1]
@@ -270,9 +315,16 @@ class Attention(nn.Module):
         vh = self._separate_heads(self.v_proj(v))
         scale = 1.0 / math.sqrt(c)
         if q.shape[0] == 1 and b > 1:
-            qh = self._separate_heads(self.q_proj(q))  # (1, H, N, c), once
-            attn = _softmax_few((qh @ kh.transpose(-1, -2)) * scale)  # (B, H, N, T)
-            attn = attn.permute(0, 2, 1, 3).reshape(b, n, heads * t)
+            # Shared image queries: project them once; one matrix per head holds every
+            # prompt's keys, (H, c, B*T), so the queries are never copied per prompt.
+            qh = None if shared is None else shared.get((id(self), "q"))
+            if qh is None:
+                qh = self._separate_heads(self.q_proj(q))[0]  # (H, N, c)
+                if shared is not None:
+                    shared[(id(self), "q")] = qh
+            ks = kh.permute(1, 3, 0, 2).reshape(heads, c, b * t)
+            attn = _softmax_few((qh @ ks).view(heads, n, b, t) * scale)  # (H, N, B, T)
+            attn = attn.permute(2, 1, 0, 3).reshape(b, n, heads * t)
         else:
             # Fold W_q (and the scale) into the token keys; the bias term varies over the
             # tokens, so it stays. Scores stay in (B, N, H*T) order: no permuted copies.

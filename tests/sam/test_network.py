@@ -544,6 +544,47 @@ def test_decoder_prompt_chunks_equal_one_pass(monkeypatch) -> None:
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
 
 
+def test_decoder_chunks_share_image_projections(monkeypatch) -> None:
+    """Prompts without mask input share the image tokens: chunks sized by CHUNK_BYTES reuse
+    one cached set of projections and give the outputs of one unchunked pass."""
+    import composer.sam.mask_decoder as md
+    from composer.sam.build import build_sam
+
+    model = build_sam("vit_tiny_test")
+    pe = model.prompt_encoder
+    emb = torch.randn(1, pe.embed_dim, *pe.image_embedding_size)
+    n = 11
+    pts = torch.rand(n, 2, 2) * model.image_encoder.img_size
+    sparse, dense = pe(points=(pts, torch.ones(n, 2, dtype=torch.int64)), boxes=None, masks=None)
+    assert dense.stride(0) == 0
+    per_prompt = 4 * emb[0].numel()
+    calls = []
+    real = model.mask_decoder._decode_chunk
+
+    def spy(src, image_pe, sparse_chunk, min_iou, outputs, shared):
+        calls.append((src.shape[0], sparse_chunk.shape[0], shared))
+        return real(src, image_pe, sparse_chunk, min_iou, outputs, shared)
+
+    with torch.no_grad():
+        monkeypatch.setattr(md, "CHUNK_BYTES", 3 * per_prompt)
+        monkeypatch.setattr(model.mask_decoder, "_decode_chunk", spy)
+        chunked = model.mask_decoder(emb, pe.get_dense_pe(), sparse, dense, True)
+        assert [c[1] for c in calls] == [3, 3, 3, 2]
+        assert all(c[0] == 1 for c in calls)  # image tokens passed once, not per prompt
+        shared = calls[0][2]
+        assert shared and all(c[2] is shared for c in calls)
+        monkeypatch.setattr(md, "CHUNK_BYTES", 10**12)
+        whole = model.mask_decoder(emb, pe.get_dense_pe(), sparse, dense, True)
+        # the plain (official) order: every prompt gets its own copy of the image tokens
+        per_prompt_dense = dense.contiguous()
+        plain = model.mask_decoder(
+            emb.expand(n, -1, -1, -1), pe.get_dense_pe(), sparse, per_prompt_dense, True
+        )
+    for a, b, c in zip(chunked, whole, plain, strict=True):
+        assert a.shape == b.shape == c.shape
+        assert torch.allclose(a, b, atol=1e-4) and torch.allclose(a, c, atol=1e-4)
+
+
 @pytest.mark.parametrize("multimask", [True, False])
 def test_decoder_skips_only_masks_below_min_iou(multimask: bool) -> None:
     import composer.sam.mask_decoder as md
