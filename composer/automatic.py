@@ -48,6 +48,10 @@ logger = logging.getLogger(__name__)
 _CHUNK_BYTES = 64 << 20
 
 
+#: AmgConfig fields a segmenter may recommend through its ``amg_thresholds``.
+RECOMMENDABLE_FIELDS = ("pred_iou_thresh", "stability_score_thresh", "stability_score_offset")
+
+
 @dataclass(frozen=True)
 class AmgConfig:
     """Settings of automatic mask generation; the defaults are the official generator's.
@@ -136,6 +140,24 @@ class AmgConfig:
         if frac is not None and not 0.0 < frac <= 1.0:
             raise ValueError(f"max_mask_area_fraction must be in (0, 1] or None, got {frac}")
 
+    @classmethod
+    def for_segmenter(
+        cls, segmenter: Any, base: AmgConfig | None = None, **overrides: Any
+    ) -> AmgConfig:
+        """``base`` (default: the official defaults) with the segmenter's recommended quality
+        thresholds, then ``overrides``.
+
+        A segmenter whose IoU head or logit scale differs from SAM's may carry
+        ``amg_thresholds`` (a dict of ``pred_iou_thresh`` / ``stability_score_thresh`` /
+        ``stability_score_offset`` values chosen on validation data, e.g. composer_tiny's by
+        ``recipes/calibrate_amg.py``); SAM and segmenters without it keep ``base``'s values.
+        """
+        cfg = cls() if base is None else base
+        recommended = getattr(segmenter, "amg_thresholds", None) or {}
+        values = {k: float(v) for k, v in recommended.items() if k in RECOMMENDABLE_FIELDS}
+        values.update(overrides)
+        return dataclasses.replace(cfg, **values) if values else cfg
+
     def layer_grids(self) -> list[np.ndarray]:
         """(N_i, 2) float64 XY grids in [0, 1], one per crop layer."""
         if self.point_grids is not None:
@@ -217,7 +239,8 @@ class AutomaticMaskGenerator:
 
     Args:
         segmenter: the promptable segmenter.
-        config: settings (default: the official generator's defaults).
+        config: settings (default: the official generator's defaults, with the segmenter's
+            recommended quality thresholds where it has them: ``AmgConfig.for_segmenter``).
         cache: shared embedding cache; when None each crop is embedded directly (no reuse).
         **overrides: individual ``AmgConfig`` fields replacing those of ``config``; passing
             ``point_grids`` alone implies ``points_per_side=None``.
@@ -237,7 +260,7 @@ class AutomaticMaskGenerator:
         for attr in ("decode", "model_id"):
             if not hasattr(segmenter, attr):
                 raise TypeError(f"segmenter has no {attr!r}; expected a PromptableSegmenter")
-        config = AmgConfig() if config is None else config
+        config = AmgConfig.for_segmenter(segmenter) if config is None else config
         if not isinstance(config, AmgConfig):
             raise TypeError(f"config must be an AmgConfig, got {type(config).__name__}")
         if overrides:

@@ -46,13 +46,14 @@ class EverythingTask:
 
     Args:
         segmenter: any ``PromptableSegmenter``.
-        config: AMG settings (default :data:`SA1B_CONFIG`; ``crop_n_layers=2`` is closer to the
-            paper's 2x2 + 4x4 crops at about 3x the cost).
+        config: AMG settings (default :data:`SA1B_CONFIG` with the segmenter's recommended
+            quality thresholds, see ``AmgConfig.for_segmenter``; ``crop_n_layers=2`` is closer
+            to the paper's 2x2 + 4x4 crops at about 3x the cost).
     """
 
     def __init__(self, segmenter: Any, config: AmgConfig | None = None) -> None:
         self.segmenter = segmenter
-        self.config = SA1B_CONFIG if config is None else config
+        self.config = AmgConfig.for_segmenter(segmenter, SA1B_CONFIG) if config is None else config
         if not isinstance(self.config, AmgConfig):
             raise TypeError(f"config must be an AmgConfig, got {type(self.config).__name__}")
 
@@ -159,7 +160,7 @@ def annotate_folder(
             ids are 1-based positions in that order.
         segmenter: any ``PromptableSegmenter``.
         out_json: output path.
-        config: AMG settings (default :data:`SA1B_CONFIG`).
+        config: AMG settings (default as in :class:`EverythingTask`).
         cache: embedding cache (default: a new one, cleared after each image).
         suffixes: image file suffixes to include (case-insensitive).
         limit: process only the first ``limit`` images.

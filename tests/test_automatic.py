@@ -228,6 +228,27 @@ def test_official_defaults_and_cache(model):
     assert cache.get(image, seg) is not None and cache.encoder_calls == 5
 
 
+def test_config_for_segmenter_takes_recommended_thresholds(model):
+    seg = SamPredictor(model)
+    assert seg.amg_thresholds is None
+    assert AmgConfig.for_segmenter(seg) == AmgConfig()  # SAM: the official defaults
+    seg.amg_thresholds = {
+        "pred_iou_thresh": 0.4,
+        "stability_score_thresh": 0.6,
+        "box_nms_thresh": 0.1,
+    }
+    cfg = AmgConfig.for_segmenter(seg)
+    assert (cfg.pred_iou_thresh, cfg.stability_score_thresh) == (0.4, 0.6)
+    assert cfg.box_nms_thresh == 0.7  # only quality thresholds can be recommended
+    base = AmgConfig(points_per_side=8, crop_n_layers=1)
+    cfg = AmgConfig.for_segmenter(seg, base, stability_score_thresh=0.9)
+    assert (cfg.points_per_side, cfg.crop_n_layers) == (8, 1)
+    assert (cfg.pred_iou_thresh, cfg.stability_score_thresh) == (0.4, 0.9)  # overrides win
+    amg = AutomaticMaskGenerator(seg, points_per_side=4)
+    assert (amg.config.pred_iou_thresh, amg.config.points_per_side) == (0.4, 4)
+    assert AutomaticMaskGenerator(seg, AmgConfig()).config.pred_iou_thresh == 0.88
+
+
 def test_outputs_filters_and_options(model):
     image = scene()
     seg = SamPredictor(model)

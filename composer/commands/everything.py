@@ -14,8 +14,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--points-per-side", type=int, default=32, help="prompt grid per side (default 32)")
-    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    p.add_argument("--stability-thresh", type=float, default=0.95)
+    p.add_argument(
+        "--pred-iou-thresh", type=float, default=None,
+        help="default: 0.88 (official), or the model's calibrated value (composer_tiny)",
+    )
+    p.add_argument(
+        "--stability-thresh", type=float, default=None,
+        help="default: 0.95 (official), or the model's calibrated value (composer_tiny)",
+    )
     p.add_argument("--crop-n-layers", type=int, default=0, help="crop layers (SA-1B style: 1 or 2)")
     p.add_argument("--min-region-area", type=int, default=0, help="remove islands/holes below this area")
     p.add_argument("--sa1b", action="store_true", help="SA-1B settings (crops, cleanup, big-mask filter)")
@@ -30,15 +36,22 @@ def run(args: argparse.Namespace) -> int:
     from ..io.image import load_image
     from ..io.visualize import write_detections
 
-    if args.sa1b:
-        config = SA1B_CONFIG
-    else:
-        config = AmgConfig(
-            points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
-            stability_score_thresh=args.stability_thresh, crop_n_layers=args.crop_n_layers,
-            min_mask_region_area=args.min_region_area,
-        )
     seg = load_model(args)
+    thresholds = {
+        k: v
+        for k, v in (
+            ("pred_iou_thresh", args.pred_iou_thresh),
+            ("stability_score_thresh", args.stability_thresh),
+        )
+        if v is not None
+    }
+    if args.sa1b:
+        config = AmgConfig.for_segmenter(seg, SA1B_CONFIG, **thresholds)
+    else:
+        config = AmgConfig.for_segmenter(
+            seg, points_per_side=args.points_per_side, crop_n_layers=args.crop_n_layers,
+            min_mask_region_area=args.min_region_area, **thresholds,
+        )
     print(describe(seg))
     src = Path(args.input)
     out = Path(args.out)

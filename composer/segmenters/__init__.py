@@ -78,7 +78,12 @@ def _load_sam(name: str, checkpoint: Any = None, **kwargs: Any) -> PromptableSeg
 
 def _load_composer_tiny(name: str, checkpoint: Any = None, **kwargs: Any) -> PromptableSegmenter:
     from ..predictor import SamPredictor
-    from ..sam.composer_tiny import MODEL_NAME, PACKAGED_WEIGHTS, build_composer_tiny
+    from ..sam.composer_tiny import (
+        AMG_THRESHOLDS,
+        MODEL_NAME,
+        PACKAGED_WEIGHTS,
+        build_composer_tiny,
+    )
 
     ckpt = PACKAGED_WEIGHTS if checkpoint is None else checkpoint
     if checkpoint is None and not PACKAGED_WEIGHTS.is_file():
@@ -87,11 +92,14 @@ def _load_composer_tiny(name: str, checkpoint: Any = None, **kwargs: Any) -> Pro
         )
     model = build_composer_tiny(ckpt)
     tag = "packaged" if checkpoint is None else "custom"
-    return SamPredictor(
+    segmenter = SamPredictor(
         model,
         model_id=kwargs.pop("model_id", None) or f"{MODEL_NAME}-{tag}-" + _fingerprint(model),
         **kwargs,
     )
+    # the automatic generator's quality filters, chosen for this model on BSDS500 val
+    segmenter.amg_thresholds = dict(AMG_THRESHOLDS)
+    return segmenter
 
 
 def _fingerprint(model: Any) -> str:

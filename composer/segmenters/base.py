@@ -74,6 +74,10 @@ class PromptableSegmenter(ABC):
         skips_low_iou: ``decode`` accepts ``min_iou=t`` and may then leave the masks of prompts
             whose predicted IoUs are all <= t uncomputed (empty); their IoUs stay exact.
             Callers that drop those masks anyway (the automatic generator) pass it.
+        amg_thresholds: None, or recommended automatic-generation quality thresholds for a
+            model whose predicted IoU or logit scale is calibrated unlike SAM's (keys
+            ``pred_iou_thresh``, ``stability_score_thresh``, ``stability_score_offset``); used
+            by ``AmgConfig.for_segmenter`` when no explicit settings are given.
     """
 
     model_id: str = "segmenter"
@@ -81,6 +85,7 @@ class PromptableSegmenter(ABC):
     low_res_size: tuple[int, int] = (256, 256)
     prompt_batch: int = 64
     skips_low_iou: bool = False
+    amg_thresholds: dict[str, float] | None = None
 
     @abstractmethod
     def embed(self, image: Any) -> ImageEmbedding: ...

@@ -41,6 +41,34 @@ def test_packaged_model_segments_an_object_from_one_click() -> None:
     assert (top & gt).sum() / max((top | gt).sum(), 1) < 0.5
 
 
+def test_packaged_model_finds_the_object_with_generator_defaults() -> None:
+    """composer_tiny's IoU head and logits are calibrated unlike SAM's: the generator's default
+    config takes the model's recommended thresholds (chosen on BSDS500 val), so it finds the
+    object; an explicit config or override still wins."""
+    from composer import load_segmenter
+    from composer.automatic import AmgConfig, AutomaticMaskGenerator
+    from composer.sam.composer_tiny import AMG_THRESHOLDS
+
+    seg = load_segmenter("composer_tiny")
+    assert seg.amg_thresholds == AMG_THRESHOLDS
+    amg = AutomaticMaskGenerator(seg, points_per_side=8)
+    for key, value in AMG_THRESHOLDS.items():
+        assert getattr(amg.config, key) == value
+    assert AutomaticMaskGenerator(seg, AmgConfig()).config.pred_iou_thresh == 0.88
+    assert AutomaticMaskGenerator(seg, pred_iou_thresh=0.5).config.pred_iou_thresh == 0.5
+    rng = np.random.default_rng(0)
+    image = (200 + rng.integers(0, 20, (300, 400, 3))).astype(np.uint8)
+    disk = np.zeros((300, 400), np.uint8)
+    cv2.circle(disk, (250, 140), 70, 1, -1)
+    image[disk > 0] = (30, 60, 160)
+    dets = amg.generate(image)
+    assert len(dets) > 0
+    masks = dets.masks.to_dense()
+    gt = disk > 0
+    ious = (masks & gt).sum(axis=(1, 2)) / (masks | gt).sum(axis=(1, 2))
+    assert ious.max() > 0.8
+
+
 @pytest.mark.parametrize("damage", ["truncate", "other_arch"])
 def test_damaged_composer_tiny_file_is_refused(tmp_path, damage) -> None:
     import torch

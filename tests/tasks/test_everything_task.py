@@ -91,3 +91,33 @@ def test_annotate_folder_incremental_and_resumable(tmp_path):
         f.write('{"file_name": "a.p')
     assert len(annotate_folder(src, ToySegmenter(), out, config=SMALL)["images"]) == 2
     assert np.isfinite([a["stability_score"] for a in anns]).all()
+
+
+def test_everything_cli_uses_the_models_thresholds(tmp_path, capsys):
+    """`sam-composer everything IMAGE --model composer_tiny` finds the object with the model's
+    calibrated thresholds; explicit thresholds on the command line still apply."""
+    import cv2
+
+    from composer.cli import main
+
+    rng = np.random.default_rng(0)
+    image = (200 + rng.integers(0, 20, (300, 400, 3))).astype(np.uint8)
+    cv2.circle(image, (250, 140), 70, (30, 60, 160), -1)
+    path = tmp_path / "disk.png"
+    cv2.imwrite(str(path), image[:, :, ::-1])
+    out = tmp_path / "out"
+    args = [
+        "everything",
+        str(path),
+        "--out",
+        str(out),
+        "--model",
+        "composer_tiny",
+        "--points-per-side",
+        "8",
+    ]
+    assert main(args) == 0
+    assert (out / "disk.json").is_file() and (out / "disk_overlay.png").is_file()
+    assert int(capsys.readouterr().out.splitlines()[-1].split()[0]) >= 1
+    assert main([*args, "--pred-iou-thresh", "1.5"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("0 masks")
