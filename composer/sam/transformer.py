@@ -18,7 +18,10 @@ multiply-adds each). Here
   constant over the softmax axis) and ``sum_n a_n (W_v x_n + b_v)`` = ``W_v (sum_n a_n x_n) + b_v``,
   which costs ~2 H T N D instead of ~N D^2 (2.3x fewer for SAM's D = 256, H = 8, T = 7); the
   image-to-token attention likewise folds ``W_q`` into the token keys and ``W_out`` into the
-  token values.
+  token values;
+* where the image tokens are shared, all prompts' tokens of a head form one matrix (no
+  broadcast copy of the image tokens per prompt), and a caller decoding prompts in chunks
+  passes one ``shared`` dict so those projections are computed once per call.
 
 Outputs equal the official ones to float rounding (tests compare with ``segment_anything``).
 """
@@ -26,6 +29,8 @@ Outputs equal the official ones to float rounding (tests compare with ``segment_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -186,12 +191,7 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm1(queries)
 
         q = queries + query_pe
-        if shared is None:
-            k = keys + key_pe
-        else:
-            k = shared.get((id(self), "k"))
-            if k is None:
-                k = shared[(id(self), "k")] = keys + key_pe
+        k = _cached(shared, (id(self), "k"), lambda: keys + key_pe)
         queries = self.norm2(
             queries + self.cross_attn_token_to_image.tokens_to_image(q, k, keys, shared)
         )
@@ -267,14 +267,14 @@ class Attention(nn.Module):
         if k.shape[0] == 1 and b > 1:
             # Shared image tokens: project them once, and put all prompts' queries of a head
             # in one matrix, (H, B*T, c), so no prompt gets a broadcast copy of the keys.
-            cached = None if shared is None else shared.get((id(self), "kv"))
-            if cached is None:
-                kh = self._separate_heads(self.k_proj(k))[0]  # (H, N, c)
-                vh = self._separate_heads(self.v_proj(v))[0]
-                if shared is not None:
-                    shared[(id(self), "kv")] = (kh, vh)
-            else:
-                kh, vh = cached
+            kh, vh = _cached(  # each (H, N, c)
+                shared,
+                (id(self), "kv"),
+                lambda: (
+                    self._separate_heads(self.k_proj(k))[0],
+                    self._separate_heads(self.v_proj(v))[0],
+                ),
+            )
             qs = qh.transpose(0, 1).reshape(heads, b * t, c)
             attn = torch.softmax((qs @ kh.transpose(-1, -2)) / math.sqrt(c), dim=-1)
             out = (attn @ vh).reshape(heads, b, t, c).transpose(0, 1)  # (B, H, T, c)
@@ -317,11 +317,9 @@ class Attention(nn.Module):
         if q.shape[0] == 1 and b > 1:
             # Shared image queries: project them once; one matrix per head holds every
             # prompt's keys, (H, c, B*T), so the queries are never copied per prompt.
-            qh = None if shared is None else shared.get((id(self), "q"))
-            if qh is None:
-                qh = self._separate_heads(self.q_proj(q))[0]  # (H, N, c)
-                if shared is not None:
-                    shared[(id(self), "q")] = qh
+            qh = _cached(  # (H, N, c)
+                shared, (id(self), "q"), lambda: self._separate_heads(self.q_proj(q))[0]
+            )
             ks = kh.permute(1, 3, 0, 2).reshape(heads, c, b * t)
             attn = _softmax_few((qh @ ks).view(heads, n, b, t) * scale)  # (H, N, B, T)
             attn = attn.permute(2, 1, 0, 3).reshape(b, n, heads * t)
@@ -343,6 +341,16 @@ class Attention(nn.Module):
         if residual is None:
             return attn @ vo
         return torch.baddbmm(residual.expand(b, n, d), attn, vo)
+
+
+def _cached(shared: dict | None, key: Any, compute: Callable[[], Any]) -> Any:
+    """``compute()``, kept in ``shared`` under ``key`` for later calls (no cache: None)."""
+    if shared is None:
+        return compute()
+    value = shared.get(key)
+    if value is None:
+        value = shared[key] = compute()
+    return value
 
 
 def _softmax_few(x: Tensor) -> Tensor:
