@@ -7,7 +7,8 @@ many prompts pass ``pred_iou_thresh`` 0.88, the decode time with the IoU gate
 without it, the same two calls in chunks of 16 prompts (before the decoder's byte budget,
 ``CHUNK_BYTES``), and the upscaler's time for 16 prompts.
 
-Part 2, the trained ``composer_tiny``: automatic mask generation at the official defaults on
+Part 2, the trained ``composer_tiny``: automatic mask generation at the generator's defaults
+(official, with composer_tiny's calibrated thresholds: predicted IoU > 0.3, stability >= 0.7) on
 the first ``--images`` BSDS500 test images, with the gate and without it (same masks).
 
 Command (one thread, as in the notes)::
@@ -99,7 +100,9 @@ def tiny_amg(n_images: int) -> None:
         t0 = time.perf_counter()
         counts[gate] = [len(amg.generate(image)) for image in images]
         per = (time.perf_counter() - t0) / len(images)
-        print(f"composer_tiny AMG (defaults, {len(images)} BSDS test images), gate {gate}: "
+        cfg = amg.config
+        print(f"composer_tiny AMG (defaults, pred_iou_thresh {cfg.pred_iou_thresh}, stability "
+              f"{cfg.stability_score_thresh}; {len(images)} BSDS test images), gate {gate}: "
               f"{per:.2f} s per image, masks {sum(counts[gate])}")
     seg.skips_low_iou = True
     assert counts[True] == counts[False], "the gate changed the masks"
