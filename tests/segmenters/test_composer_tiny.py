@@ -17,6 +17,16 @@ def test_packaged_weights_are_the_registered_file() -> None:
     assert hashlib.sha256(PACKAGED_WEIGHTS.read_bytes()).hexdigest() == SHIPPED_SHA256
 
 
+def _disk_scene() -> tuple[np.ndarray, np.ndarray]:
+    """A textured light background with a blue disk (centre (250, 140), radius 70)."""
+    rng = np.random.default_rng(0)
+    image = (200 + rng.integers(0, 20, (300, 400, 3))).astype(np.uint8)
+    disk = np.zeros((300, 400), np.uint8)
+    cv2.circle(disk, (250, 140), 70, 1, -1)
+    image[disk > 0] = (30, 60, 160)
+    return image, disk
+
+
 def test_packaged_model_segments_an_object_from_one_click() -> None:
     from composer import load_segmenter
     from composer.segmenters import DEFAULT_ORDER
@@ -24,11 +34,7 @@ def test_packaged_model_segments_an_object_from_one_click() -> None:
     seg = load_segmenter("composer_tiny")
     assert "composer_tiny-packaged" in seg.model_id
     assert "composer_tiny" not in DEFAULT_ORDER  # below classic on the click benchmarks
-    rng = np.random.default_rng(0)
-    image = (200 + rng.integers(0, 20, (300, 400, 3))).astype(np.uint8)
-    disk = np.zeros((300, 400), np.uint8)
-    cv2.circle(disk, (250, 140), 70, 1, -1)
-    image[disk > 0] = (30, 60, 160)
+    image, disk = _disk_scene()
     emb = seg.embed(image)
     dets = seg.predict(emb, points=np.array([[[250, 140]]]), labels=np.array([[1]]))
     masks = dets.masks.to_dense()
@@ -56,11 +62,7 @@ def test_packaged_model_finds_the_object_with_generator_defaults() -> None:
         assert getattr(amg.config, key) == value
     assert AutomaticMaskGenerator(seg, AmgConfig()).config.pred_iou_thresh == 0.88
     assert AutomaticMaskGenerator(seg, pred_iou_thresh=0.5).config.pred_iou_thresh == 0.5
-    rng = np.random.default_rng(0)
-    image = (200 + rng.integers(0, 20, (300, 400, 3))).astype(np.uint8)
-    disk = np.zeros((300, 400), np.uint8)
-    cv2.circle(disk, (250, 140), 70, 1, -1)
-    image[disk > 0] = (30, 60, 160)
+    image, disk = _disk_scene()
     dets = amg.generate(image)
     assert len(dets) > 0
     masks = dets.masks.to_dense()
