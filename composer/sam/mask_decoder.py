@@ -151,7 +151,7 @@ class MaskDecoder(nn.Module):
         _, d, h, w = image_embeddings.shape
         chunk = PROMPT_CHUNK
         if image_embeddings.device.type == "cpu":
-            chunk = max(1, min(chunk, CHUNK_BYTES // (4 * h * w * d)))
+            chunk = max(1, min(chunk, CHUNK_BYTES // (image_embeddings.element_size() * h * w * d)))
         # Decode in chunks of prompts: the per-prompt image tokens and upscaled maps (~20 MB per
         # prompt at SAM's size) then bound memory instead of the batch size.
         parts = []
@@ -215,7 +215,11 @@ class MaskDecoder(nn.Module):
         b, c = hyper_in.shape[0], keys.shape[-1]
         # The upscaled maps are 2x the image tokens' size per prompt (D/8 channels at 4x the
         # side): run the upscaler on sub-chunks within the same byte budget.
-        step = b if keys.device.type != "cpu" else max(1, CHUNK_BYTES // (4 * 2 * h * w * c))
+        step = (
+            b
+            if keys.device.type != "cpu"
+            else max(1, CHUNK_BYTES // (keys.element_size() * 2 * h * w * c))
+        )
         if b > step:
             return torch.cat(
                 [
