@@ -154,7 +154,9 @@ class AmgConfig:
         """
         cfg = cls() if base is None else base
         recommended = getattr(segmenter, "amg_thresholds", None) or {}
-        values = {k: float(v) for k, v in recommended.items() if k in RECOMMENDABLE_FIELDS}
+        values: dict[str, Any] = {
+            k: float(v) for k, v in recommended.items() if k in RECOMMENDABLE_FIELDS
+        }
         values.update(overrides)
         return dataclasses.replace(cfg, **values) if values else cfg
 

@@ -75,13 +75,30 @@ def unlabelled_folder(work: Path) -> Path:
 def automatic_stage(args: argparse.Namespace, images: Path) -> Path:
     out = args.work_dir / "automatic.json"
     segmenter = load_segmenter("composer_tiny", checkpoint=str(args.weights))
-    config = AmgConfig(
-        points_per_side=args.points_per_side,
-        pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_thresh,
-        box_nms_thresh=0.7,
-        min_mask_region_area=100,
-        max_mask_area_fraction=0.95,
+    # The model's own quality thresholds (chosen on BSDS val by recipes/calibrate_amg.py)
+    # unless given: SAM's 0.88 / 0.95 keep almost nothing of composer_tiny's masks.
+    explicit = {
+        k: v
+        for k, v in (
+            ("pred_iou_thresh", args.pred_iou_thresh),
+            ("stability_score_thresh", args.stability_thresh),
+        )
+        if v is not None
+    }
+    config = AmgConfig.for_segmenter(
+        segmenter,
+        AmgConfig(
+            points_per_side=args.points_per_side,
+            box_nms_thresh=0.7,
+            min_mask_region_area=100,
+            max_mask_area_fraction=0.95,
+        ),
+        **explicit,
+    )
+    logging.info(
+        "automatic stage thresholds: predicted IoU > %.2f, stability >= %.2f",
+        config.pred_iou_thresh,
+        config.stability_score_thresh,
     )
     t = time.perf_counter()
     doc = annotate_folder(images, segmenter, out, config=config, limit=args.limit)
@@ -145,8 +162,18 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=None, help="unlabelled images folder")
     parser.add_argument("--limit", type=int, default=None, help="first N unlabelled images")
     parser.add_argument("--points-per-side", type=int, default=16)
-    parser.add_argument("--pred-iou-thresh", type=float, default=0.8)
-    parser.add_argument("--stability-thresh", type=float, default=0.9)
+    parser.add_argument(
+        "--pred-iou-thresh",
+        type=float,
+        default=None,
+        help="default: the model's calibrated value (composer_tiny: AMG_THRESHOLDS)",
+    )
+    parser.add_argument(
+        "--stability-thresh",
+        type=float,
+        default=None,
+        help="default: the model's calibrated value (composer_tiny: AMG_THRESHOLDS)",
+    )
     parser.add_argument("--steps", type=int, default=1500, help="fine-tuning steps per run")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--threads", type=int, default=1)

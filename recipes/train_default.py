@@ -8,6 +8,17 @@ shared 2-core CPU, plus ~5 min each of feature caching and evaluation; both resu
     OMP_NUM_THREADS=1 python recipes/train_default.py --stage finetune \
         --init ~/.cache/sam-composer/train_run/stage1.pt --work-dir ~/.cache/sam-composer/train_ft
 
+Stage 3 (``--stage objects``, from stage 2's weights; optional ``--hires``)::
+
+    OMP_NUM_THREADS=1 python recipes/train_default.py --stage objects --hires \
+        --init ~/.cache/sam-composer/train_ft/stage2.pt --work-dir ~/.cache/sam-composer/train_obj_hr
+
+adds whole objects and small masks: the COCO subset's training half (its images after the
+first ``COCO_HOLDOUT`` = 40 in json order; the first 40 are evaluation only) next to the BSDS
+regions, COCO masks down to 8 low-res pixels (~0.2% of the input square), drawn in about 30%
+of the steps. ``--hires`` adds the high-resolution mask path (stride-8 backbone features added
+to the decoder's upscaled embedding, zero at first so stage 2's masks are where it starts).
+
 Stage 1 (``--stage scratch``) learns to localise clicks (warm-ups below, one corrective round);
 stage 2 (``--stage finetune``, a fresh schedule from stage 1's weights) trains SAM's iterative
 session properly: 3 corrective rounds per mask and smaller masks (>= ~1.8% of a BSDS image). It
@@ -60,6 +71,7 @@ loss 0.361, GrabCut 0.624 top-1 / 0.688 oracle at one click and 0.804 at five, B
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -75,10 +87,14 @@ from composer.sam.composer_tiny import (
     export_fp16,
 )
 from composer.training.data import (
+    COCO_HOLDOUT,
     Variant,
     bsds_items,
+    coco_items,
+    coco_subset_split,
     evaluation_bsds_ids,
     make_variants,
+    paste_composites,
     synthetic_shapes,
 )
 from composer.training.evaluate import evaluate_samples
@@ -100,6 +116,20 @@ STAGE_DEFAULTS: dict[str, dict[str, object]] = {
         "multimask_warmup": 0,
         "shape_prob": 0.1,
         "min_area": 50,
+    },
+    # Stage 3: whole objects and small masks from the COCO subset's training half.
+    "objects": {
+        "time_budget_min": 60.0,
+        "steps": 12000,
+        "lr": 3e-4,
+        "warmup": 100,
+        "corrective": 3,
+        "no_point_rounds": 1,
+        "warmup_shape_steps": 0,
+        "multimask_warmup": 0,
+        "shape_prob": 0.1,
+        "min_area": 50,
+        "coco_train": True,
     },
 }
 
@@ -138,10 +168,54 @@ def build_cache(args: argparse.Namespace, model: torch.nn.Module) -> dict[str, l
             args.warmup_shapes, size=512, seed=1, backgrounds=[it.image for it in items]
         )
         args.shape_paths = cache.build(model, shapes, lambda _: [Variant()], low_res=CACHE_LOW_RES)
+    args.coco_paths = []
+    args.paste_paths = []
+    if args.coco_train:
+        # The COCO subset's training half only: its first COCO_HOLDOUT images are evaluation.
+        from composer.data.coco import coco_subset
+
+        ds = coco_subset()
+        ids = coco_subset_split("train")
+        coco = list(coco_items(ds.coco, ds.image_dir, image_ids=ids))
+        logging.info(
+            "COCO subset training half: %d images (first %d held out), %d instances",
+            len(coco),
+            COCO_HOLDOUT,
+            sum(it.layers.shape[0] for it in coco),
+        )
+        args.coco_paths = cache.build(
+            model,
+            coco,
+            lambda it: make_variants(args.variants, seed=zlib.crc32(it.image_id.encode())),
+            low_res=CACHE_LOW_RES,
+        )
+        args.paste_paths = []
+        if args.paste:
+            # Copy-paste images: COCO training-half objects (weighted 3x) and BSDS regions cut
+            # onto training images of both sets.
+            held = holdout_ids([it.image_id for it in items], args.holdout)
+            bsds = [it for it in items if it.image_id not in held]
+            composites = paste_composites(
+                args.paste,
+                coco * 3 + bsds,
+                [it.image for it in bsds + coco],
+                size=512,
+                seed=2,
+            )
+            logging.info("copy-paste composites: %d images", len(composites))
+            args.paste_paths = cache.build(
+                model, composites, lambda _: [Variant()], low_res=CACHE_LOW_RES
+            )
     return {
         it.image_id: paths[i * args.variants : (i + 1) * args.variants]
         for i, it in enumerate(items)
     }
+
+
+def holdout_ids(ids: list[str], n_holdout: int) -> set[str]:
+    """The ``n_holdout`` BSDS training images held out to monitor training (evenly spaced)."""
+    ids = sorted(ids)
+    return set(ids[:: max(1, len(ids) // max(n_holdout, 1))][:n_holdout]) if n_holdout else set()
 
 
 def split_holdout(
@@ -149,7 +223,7 @@ def split_holdout(
 ) -> tuple[list[Path], list[Path]]:
     """Hold out ``n_holdout`` BSDS training images (identity variant only) to monitor training."""
     ids = sorted(samples_of_id)
-    held = set(ids[:: max(1, len(ids) // max(n_holdout, 1))][:n_holdout]) if n_holdout else set()
+    held = holdout_ids(ids, n_holdout)
     train = [p for i in ids if i not in held for p in samples_of_id[i]]
     val = [samples_of_id[i][0] for i in sorted(held)]
     return train, val
@@ -170,6 +244,21 @@ def train(
         len(items_paths) - len(val_paths),
         len(val),
     )
+    if args.coco_paths:
+        coco = cache.load_all(args.coco_paths, min_area=args.coco_min_area, low_res=low)
+        logging.info(
+            "COCO samples %d (x%d in the draw pool), %d masks",
+            len(coco),
+            args.coco_repeat,
+            sum(len(s.masks_index) for s in coco),
+        )
+        samples = samples + coco * args.coco_repeat
+    if args.paste_paths:
+        pasted = cache.load_all(args.paste_paths, min_area=args.coco_min_area, low_res=low)
+        logging.info(
+            "copy-paste samples %d, %d masks", len(pasted), sum(len(s.masks_index) for s in pasted)
+        )
+        samples = samples + pasted
     config = TrainConfig(
         steps=args.steps,
         time_budget_s=args.time_budget_min * 60,
@@ -371,6 +460,36 @@ def main() -> None:
         help="start from these composer_tiny weights (fine-tuning stage; a fresh --work-dir "
         "gives it its own schedule and checkpoints)",
     )
+    parser.add_argument(
+        "--coco-train",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help=f"also train on the COCO subset's training half (images after the first "
+        f"{COCO_HOLDOUT} in json order; stage 'objects' turns it on)",
+    )
+    parser.add_argument(
+        "--coco-repeat", type=int, default=2, help="COCO samples' weight in the draw pool"
+    )
+    parser.add_argument(
+        "--paste",
+        type=int,
+        default=0,
+        help="copy-paste composite images (whole objects on other training images; needs "
+        "--coco-train)",
+    )
+    parser.add_argument(
+        "--coco-min-area",
+        type=int,
+        default=8,
+        help="smallest COCO mask in low-res pixels (8 of 64x64: ~0.2%% of the input square)",
+    )
+    parser.add_argument(
+        "--hires",
+        action=argparse.BooleanOptionalAction,
+        default=ComposerTinyConfig().hires,
+        help="the high-resolution mask path (stride-8 backbone features added to the "
+        "decoder's upscaled embedding); an --init file without it starts the branch at zero",
+    )
     parser.add_argument("--only-cache", action="store_true")
     parser.add_argument("--skip-eval", action="store_true")
     parser.add_argument(
@@ -387,15 +506,19 @@ def main() -> None:
     stage, _ = parser.parse_known_args()
     parser.set_defaults(**STAGE_DEFAULTS[stage.stage])
     args = parser.parse_args()
-    if args.stage == "finetune" and args.init is None:
-        parser.error("--stage finetune needs --init WEIGHTS (the stage-1 output)")
+    if args.stage != "scratch" and args.init is None:
+        parser.error(f"--stage {args.stage} needs --init WEIGHTS (the previous stage's output)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    config = dataclasses.replace(ComposerTinyConfig(), hires=args.hires)
     if args.eval_only:
-        evaluate(build_composer_tiny(checkpoint=args.output), args.work_dir / "results.json")
+        evaluate(
+            build_composer_tiny(checkpoint=args.output, config=config),
+            args.work_dir / "results.json",
+        )
         return
-    model = build_composer_tiny(checkpoint=args.init, pretrained_backbone=True)
+    model = build_composer_tiny(checkpoint=args.init, pretrained_backbone=True, config=config)
     if args.init is not None:
         logging.info("initialised from %s (new schedule in %s)", args.init, args.work_dir)
     per_id = build_cache(args, model)
@@ -407,7 +530,7 @@ def main() -> None:
     out = export_fp16(model, args.output)
     logging.info("exported fp16 weights to %s (%.2f MB)", out, out.stat().st_size / 1e6)
     if not args.skip_eval:
-        shipped = build_composer_tiny(checkpoint=out)
+        shipped = build_composer_tiny(checkpoint=out, config=config)
         evaluate(shipped, args.work_dir / "results.json")
 
 

@@ -224,6 +224,34 @@ class PyramidNeck(nn.Module):
         return self.norm2(self.conv2(x))
 
 
+class HiResBranch(nn.Module):
+    """Stride-8 backbone features -> the decoder's high-resolution map (HQ-SAM style).
+
+    3x3 conv -> LayerNorm2d -> GELU -> 1x1 conv. The last conv starts at zero, so adding the
+    branch to a trained model leaves its masks unchanged until the branch is trained.
+
+    Args:
+        in_channels: channels of the stride-8 features.
+        out_dim: channels of the map (the decoder's ``hires_dim``, D/8).
+        hidden_dim: width of the 3x3 conv.
+    """
+
+    def __init__(self, in_channels: int, out_dim: int, hidden_dim: int = 32) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, hidden_dim, 3, padding=1)
+        self.norm = LayerNorm2d(hidden_dim)
+        self.conv2 = nn.Conv2d(hidden_dim, out_dim, 1)
+        nn.init.zeros_(self.conv2.weight)
+        if self.conv2.bias is not None:
+            nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, f8: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, in_channels, S/8, S/8) -> (B, out_dim, *size) float (resized when they differ)."""
+        if tuple(f8.shape[-2:]) != tuple(size):
+            f8 = F.interpolate(f8, size=size, mode="bilinear", align_corners=False)
+        return self.conv2(F.gelu(self.norm(self.conv1(f8))))
+
+
 @dataclass(frozen=True)
 class CnnEncoderConfig:
     """Shape of a :class:`CnnImageEncoder`.
@@ -233,12 +261,16 @@ class CnnEncoderConfig:
         neck_dim: width of the fused pyramid map.
         out_dim: channels of the image embedding (the decoder's ``transformer_dim``).
         out_stride: the embedding's stride, 16 (SAM's) or 32.
+        hires_dim: 0, or the channels of a :class:`HiResBranch` map at 4x the embedding side
+            that the encoder packs after the embedding's channels (``pixel_unshuffle(4)``:
+            16 x hires_dim more channels) for a ``MaskDecoder`` with that ``hires_dim``.
     """
 
     img_size: int = 512
     neck_dim: int = 128
     out_dim: int = 128
     out_stride: int = 16
+    hires_dim: int = 0
 
     def __post_init__(self) -> None:
         if self.img_size <= 0 or self.img_size % 32 != 0:
@@ -268,6 +300,11 @@ class CnnImageEncoder(nn.Module):
         self.neck = PyramidNeck(
             self.backbone.out_channels, config.neck_dim, config.out_dim, config.out_stride
         )
+        self.hires: HiResBranch | None = (
+            HiResBranch(self.backbone.out_channels[0], config.hires_dim)
+            if config.hires_dim
+            else None
+        )
 
     @property
     def embedding_size(self) -> int:
@@ -279,11 +316,18 @@ class CnnImageEncoder(nn.Module):
         return self.backbone(x)
 
     def forward_neck(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Backbone features -> (B, out_dim, S/out_stride, S/out_stride) float image embedding."""
-        return self.neck(feats)
+        """Backbone features -> (B, out_dim [+ 16 hires_dim], g, g) float image embedding,
+        g = S/out_stride (the high-resolution map packed after the embedding, if any)."""
+        emb = self.neck(feats)
+        if self.hires is None:
+            return emb
+        g = emb.shape[-1]
+        hires = self.hires(feats[0].to(emb.dtype), (4 * emb.shape[-2], 4 * g))
+        return torch.cat([emb, F.pixel_unshuffle(hires, 4)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) float normalised, padded input -> (B, out_dim, g, g), g = S/out_stride.
+        """(B, 3, S, S) float normalised, padded input -> (B, out_dim [+ 16 hires_dim], g, g),
+        g = S/out_stride (see :meth:`forward_neck`).
 
         Raises:
             ValueError: the input is not (B, 3, img_size, img_size).

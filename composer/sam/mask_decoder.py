@@ -11,6 +11,7 @@ outputs 1..3 are the multimask (ambiguity-aware) outputs.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP, LayerNorm2d
@@ -37,6 +38,11 @@ class MaskDecoder(nn.Module):
         activation: activation class of the upscaler.
         iou_head_depth: linear layers of the IoU head.
         iou_head_hidden_dim: hidden width of the IoU head.
+        hires_dim: 0 (SAM) or D/8: the image embedding then carries, after its D channels, a
+            high-resolution feature map of D/8 channels at the upscaled (4h, 4w) size, packed
+            by ``pixel_unshuffle(4)`` into D/8 x 16 channels (see :func:`pack_hires`). It is
+            added to the upscaled embedding before the hypernetwork product (as in HQ-SAM),
+            so the masks can follow image edges finer than the embedding grid.
     """
 
     def __init__(
@@ -48,11 +54,17 @@ class MaskDecoder(nn.Module):
         activation: type[nn.Module] = nn.GELU,
         iou_head_depth: int = 3,
         iou_head_hidden_dim: int = 256,
+        hires_dim: int = 0,
     ) -> None:
         super().__init__()
         if transformer_dim % 8 != 0:
             raise ValueError(f"transformer_dim must be a multiple of 8, got {transformer_dim}")
+        if hires_dim not in (0, transformer_dim // 8):
+            raise ValueError(
+                f"hires_dim must be 0 or transformer_dim // 8 = {transformer_dim // 8}, got {hires_dim}"
+            )
         self.transformer_dim = transformer_dim
+        self.hires_dim = hires_dim
         self.transformer = transformer
         self.num_multimask_outputs = num_multimask_outputs
 
@@ -105,6 +117,7 @@ class MaskDecoder(nn.Module):
             iou_pred: (B, M) float predicted IoU of each mask.
         """
         chosen = slice(1, None) if multimask_output else slice(0, 1)
+        image_embeddings, hires = self.split_embedding(image_embeddings)
         masks, iou_pred = self.predict_masks(
             image_embeddings=image_embeddings,
             image_pe=image_pe,
@@ -112,8 +125,29 @@ class MaskDecoder(nn.Module):
             dense_prompt_embeddings=dense_prompt_embeddings,
             min_iou=min_iou,
             outputs=chosen,
+            hires=hires,
         )
         return masks[:, chosen], iou_pred[:, chosen]
+
+    def split_embedding(
+        self, image_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, D [+ 16 hires_dim], h, w) -> the D-channel embedding and the (B, hires_dim, 4h,
+        4w) high-resolution map (None when ``hires_dim`` is 0).
+
+        Raises:
+            ValueError: the embedding has the wrong number of channels for this decoder.
+        """
+        d = self.transformer_dim
+        want = d + 16 * self.hires_dim
+        if image_embeddings.ndim != 4 or image_embeddings.shape[1] != want:
+            raise ValueError(
+                f"image embedding must have {want} channels for this decoder, got shape "
+                f"{tuple(image_embeddings.shape)}"
+            )
+        if not self.hires_dim:
+            return image_embeddings, None
+        return image_embeddings[:, :d], F.pixel_shuffle(image_embeddings[:, d:], 4)
 
     def predict_masks(
         self,
@@ -123,13 +157,17 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         min_iou: float | None = None,
         outputs: slice = slice(None),
+        hires: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All ``num_mask_tokens`` outputs: (B, 4, 4h, 4w) logits and (B, 4) IoU; see forward.
 
         With ``min_iou``, a prompt whose outputs selected by ``outputs`` all have a predicted
         IoU <= ``min_iou`` gets :data:`SKIPPED_LOGIT` masks instead of computed ones.
+        ``hires``: (1 or B, D/8, 4h, 4w) map added to the upscaled embedding (``hires_dim``).
         """
         n = sparse_prompt_embeddings.shape[0]
+        if hires is not None and hires.shape[0] not in (1, n):
+            raise ValueError(f"hires batch {hires.shape[0]} must be 1 or the number of prompts {n}")
         if image_embeddings.shape[0] not in (1, n):
             raise ValueError(
                 f"image_embeddings batch {image_embeddings.shape[0]} must be 1 or the number "
@@ -163,9 +201,16 @@ class MaskDecoder(nn.Module):
                     else image_embeddings[s : s + chunk]
                 )
                 src = one + dense[s : s + chunk]
+            hr = hires if hires is None or hires.shape[0] == 1 else hires[s : s + chunk]
             parts.append(
                 self._decode_chunk(
-                    src, image_pe, sparse_prompt_embeddings[s : s + chunk], min_iou, outputs, shared
+                    src,
+                    image_pe,
+                    sparse_prompt_embeddings[s : s + chunk],
+                    min_iou,
+                    outputs,
+                    shared,
+                    hr,
                 )
             )
         if len(parts) == 1:
@@ -180,10 +225,12 @@ class MaskDecoder(nn.Module):
         min_iou: float | None,
         outputs: slice,
         shared: dict | None,
+        hires: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`predict_masks` for one chunk of B prompts; ``src`` is the (1 or B, D, h, w)
         image embedding plus dense prompt embedding; ``shared`` caches projections of a
-        batch-1 ``src`` between chunks (None: nothing is shared)."""
+        batch-1 ``src`` between chunks (None: nothing is shared); ``hires`` the chunk's (1 or
+        B) high-resolution maps."""
         n = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat(
@@ -206,12 +253,21 @@ class MaskDecoder(nn.Module):
                 masks = hyper_in.new_full((b, self.num_mask_tokens, 4 * h, 4 * w), SKIPPED_LOGIT)
                 idx = torch.nonzero(need).reshape(-1)
                 if idx.numel():
-                    masks[idx] = self._masks(keys[idx], hyper_in[idx], h, w)
+                    hr = hires if hires is None or hires.shape[0] == 1 else hires[idx]
+                    masks[idx] = self._masks(keys[idx], hyper_in[idx], h, w, hr)
                 return masks, iou_pred
-        return self._masks(keys, hyper_in, h, w), iou_pred
+        return self._masks(keys, hyper_in, h, w, hires), iou_pred
 
-    def _masks(self, keys: torch.Tensor, hyper_in: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """(B or 1, h*w, D) image tokens and (B, K, D/8) hypernetwork outputs -> (B, K, 4h, 4w)."""
+    def _masks(
+        self,
+        keys: torch.Tensor,
+        hyper_in: torch.Tensor,
+        h: int,
+        w: int,
+        hires: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B or 1, h*w, D) image tokens and (B, K, D/8) hypernetwork outputs -> (B, K, 4h, 4w);
+        ``hires`` (1 or B, D/8, 4h, 4w) is added to the upscaled maps."""
         b, c = hyper_in.shape[0], keys.shape[-1]
         # The upscaled maps are 2x the image tokens' size per prompt (D/8 channels at 4x the
         # side): run the upscaler on sub-chunks within the same byte budget.
@@ -228,10 +284,13 @@ class MaskDecoder(nn.Module):
                         hyper_in[s : s + step],
                         h,
                         w,
+                        hires if hires is None or hires.shape[0] == 1 else hires[s : s + step],
                     )
                     for s in range(0, b, step)
                 ]
             )
         upscaled = self.output_upscaling(keys.expand(b, -1, -1).transpose(1, 2).reshape(b, c, h, w))
+        if hires is not None:
+            upscaled = upscaled + hires
         c, hh, ww = upscaled.shape[1:]
         return (hyper_in @ upscaled.reshape(b, c, hh * ww)).reshape(b, -1, hh, ww)

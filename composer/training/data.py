@@ -129,14 +129,22 @@ def bsds_items(
 
 
 def coco_items(
-    ann_file: str | Path, image_dir: str | Path, min_area: float = 0.0, max_instances: int = 64
+    ann_file: Any,
+    image_dir: str | Path,
+    min_area: float = 0.0,
+    max_instances: int = 64,
+    image_ids: Sequence[int] | None = None,
 ) -> Iterator[SegmentationItem]:
-    """Items of a COCO/LVIS json: one binary layer per non-crowd instance (largest first)."""
+    """Items of a COCO/LVIS json (path or loaded ``COCO``): one binary layer per non-crowd
+    instance (largest first).
+
+    ``image_ids`` restricts (and orders) the images, e.g. :func:`coco_subset_split`.
+    """
     from pycocotools import mask as mask_utils
 
     from ..data.coco import CocoDataset
 
-    ds = CocoDataset(ann_file, image_dir)
+    ds = CocoDataset(ann_file, image_dir, image_ids=image_ids)
     for image_id in ds.image_ids:
         rec = ds.coco.imgs[image_id]
         h, w = int(rec["height"]), int(rec["width"])
@@ -153,6 +161,34 @@ def coco_items(
             rle = ds.coco.annToRLE(a)
             layers[i][mask_utils.decode(rle).astype(bool)] = 1
         yield SegmentationItem(f"coco/{image_id}", ds.item(image_id).load_image(), layers)
+
+
+# The shared COCO val2017 subset is both training data and an evaluation set: its first
+# COCO_HOLDOUT images in json order (what ``--limit N``, N <= 40, evaluates) are never trained
+# on; the remaining images are the training half.
+COCO_HOLDOUT = 40
+
+
+def coco_subset_split(split: str, data_root: str | Path | None = None) -> list[int]:
+    """Image ids of one half of the shared COCO subset, in json order.
+
+    Args:
+        split: ``"holdout"`` (the first :data:`COCO_HOLDOUT` images: evaluation only) or
+            ``"train"`` (the rest).
+        data_root: the data root (default: :func:`composer.data.paths.data_root`).
+    """
+    if split not in ("train", "holdout"):
+        raise ValueError(f"split must be 'train' or 'holdout', got {split!r}")
+    from ..data.coco import TINY80, CocoDataset
+
+    if data_root is not None:
+        base = Path(data_root) / TINY80
+        ids = CocoDataset(base / "annotations" / "instances_val2017.json", base / "val2017").image_ids
+    else:
+        from ..data.coco import coco_subset
+
+        ids = coco_subset().image_ids
+    return list(ids[:COCO_HOLDOUT] if split == "holdout" else ids[COCO_HOLDOUT:])
 
 
 def interactive_items(dataset: Iterable) -> Iterator[SegmentationItem]:
@@ -222,6 +258,93 @@ def synthetic_shapes(
             layer[inside] = j
         items.append(
             SegmentationItem(f"shapes/{seed}/{i}", img.clip(0, 255).astype(np.uint8), layer[None])
+        )
+    return items
+
+
+def paste_composites(
+    n: int,
+    sources: Sequence[SegmentationItem],
+    backgrounds: Sequence[np.ndarray],
+    size: int = 512,
+    seed: int = 0,
+    max_objects: int = 3,
+    min_source_frac: float = 0.01,
+    feather: float = 1.0,
+) -> list[SegmentationItem]:
+    """Copy-paste training images: whole masks cut from ``sources`` onto other backgrounds.
+
+    Each item pastes 1..``max_objects`` masks (each a random labelled mask of a random source
+    item covering at least ``min_source_frac`` of its image), scaled so the object's box side
+    is 20-70% of the image side, randomly mirrored, at a random place, over a random crop of a
+    background. Later objects occlude earlier ones; the alpha edge is feathered by a Gaussian
+    of ``feather`` pixels so the paste seam is not a trivial cue. The labels are the visible
+    parts of the pasted objects (the background is unlabelled: no mask is sampled there).
+    Teaches whole, salient objects (Ghiasi et al. 2021, "Simple Copy-Paste").
+
+    Args:
+        n: number of images.
+        sources: items whose labelled masks are cut out (e.g. COCO instances, BSDS regions).
+        backgrounds: (H, W, 3) uint8 images.
+        size: side of the square output images.
+        seed: RNG seed (same seed, same images).
+        max_objects: most objects per image.
+        min_source_frac: smallest source mask as a fraction of its image.
+        feather: sigma of the alpha blur in pixels (0: hard edges).
+    """
+    if n < 0 or size < 16 or not sources or not backgrounds:
+        raise ValueError("need n >= 0, size >= 16, and non-empty sources and backgrounds")
+    rng = np.random.default_rng(seed)
+
+    def random_mask() -> tuple[np.ndarray, np.ndarray] | None:
+        for _ in range(20):
+            it = sources[int(rng.integers(len(sources)))]
+            layer = it.layers[int(rng.integers(it.layers.shape[0]))]
+            labels = [v for v in np.unique(layer).tolist() if v not in (0, IGNORE_LABEL)]
+            if not labels:
+                continue
+            m = layer == labels[int(rng.integers(len(labels)))]
+            if m.mean() < min_source_frac:
+                continue
+            ys, xs = np.nonzero(m)
+            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+            return it.image[y0:y1, x0:x1], m[y0:y1, x0:x1]
+        return None
+
+    items = []
+    for i in range(n):
+        bg = backgrounds[int(rng.integers(len(backgrounds)))]
+        h, w = bg.shape[:2]
+        side = int(min(h, w) * rng.uniform(0.6, 1.0))
+        y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        img = cv2.resize(bg[y0 : y0 + side, x0 : x0 + side], (size, size)).astype(np.float32)
+        layer = np.zeros((size, size), np.uint16)
+        k = 0
+        for _ in range(int(rng.integers(1, max_objects + 1))):
+            got = random_mask()
+            if got is None:
+                continue
+            patch, m = got
+            scale = size * rng.uniform(0.2, 0.7) / max(patch.shape[:2])
+            ph = max(2, min(size, int(patch.shape[0] * scale)))
+            pw = max(2, min(size, int(patch.shape[1] * scale)))
+            patch = cv2.resize(patch, (pw, ph), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+            alpha = cv2.resize(m.astype(np.float32), (pw, ph), interpolation=cv2.INTER_LINEAR)
+            if rng.random() < 0.5:
+                patch, alpha = patch[:, ::-1], alpha[:, ::-1]
+            if feather > 0:
+                alpha = cv2.GaussianBlur(np.ascontiguousarray(alpha), (0, 0), feather)
+            py, px = int(rng.integers(0, size - ph + 1)), int(rng.integers(0, size - pw + 1))
+            region = img[py : py + ph, px : px + pw]
+            region[:] = region * (1 - alpha[..., None]) + patch * alpha[..., None]
+            k += 1
+            layer[py : py + ph, px : px + pw][alpha >= 0.5] = k
+        if k == 0:
+            continue
+        items.append(
+            SegmentationItem(
+                f"paste/{seed}/{i}", img.clip(0, 255).astype(np.uint8), layer[None]
+            )
         )
     return items
 

@@ -561,9 +561,10 @@ def test_decoder_chunks_share_image_projections(monkeypatch) -> None:
     calls = []
     real = model.mask_decoder._decode_chunk
 
-    def spy(src, image_pe, sparse_chunk, min_iou, outputs, shared):
+    def spy(src, image_pe, sparse_chunk, min_iou, outputs, shared, hires=None):
         calls.append((src.shape[0], sparse_chunk.shape[0], shared))
-        return real(src, image_pe, sparse_chunk, min_iou, outputs, shared)
+        assert hires is None  # SAM has no hi-res path
+        return real(src, image_pe, sparse_chunk, min_iou, outputs, shared, hires)
 
     with torch.no_grad():
         monkeypatch.setattr(md, "CHUNK_BYTES", 3 * per_prompt)

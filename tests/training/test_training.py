@@ -186,6 +186,115 @@ def test_composer_tiny_geometry_and_fp16_export(tmp_path) -> None:
         build_composer_tiny(checkpoint=tmp_path / "broken.pt", config=cfg)
 
 
+def test_hires_path_starts_as_identity_and_is_chunk_exact(tmp_path, monkeypatch) -> None:
+    """The hi-res mask path: packed into the embedding, zero at first (an earlier stage's
+    checkpoint loads unchanged), then added to the upscaled maps alike in every chunk."""
+    import dataclasses
+
+    from composer.sam import mask_decoder as md
+    from composer.sam.composer_tiny import export_fp16
+
+    cfg = ComposerTinyConfig(
+        img_size=128,
+        embed_dim=32,
+        neck_dim=32,
+        decoder_depth=1,
+        decoder_heads=4,
+        decoder_mlp_dim=64,
+        iou_head_hidden_dim=32,
+    )
+    torch.manual_seed(0)
+    plain = build_composer_tiny(config=cfg, pretrained_backbone=False)
+    path = export_fp16(plain, tmp_path / "plain.pt")
+    plain = build_composer_tiny(checkpoint=path, config=cfg)
+    hr_cfg = dataclasses.replace(cfg, hires=True)
+    hires = build_composer_tiny(checkpoint=path, config=hr_cfg)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        e0, e1 = plain.image_encoder(x), hires.image_encoder(x)
+    assert e0.shape == (1, 32, 4, 4) and e1.shape == (1, 32 + 16 * 4, 4, 4)
+    pe = plain.prompt_encoder
+    pts = (torch.rand(6, 2, 2) * 128, torch.ones(6, 2, dtype=torch.int))
+    with torch.no_grad():
+        sparse, dense = pe(points=pts, boxes=None, masks=None)
+        m0, i0 = plain.mask_decoder(e0, pe.get_dense_pe(), sparse, dense, True)
+        m1, i1 = hires.mask_decoder(e1, pe.get_dense_pe(), sparse, dense, True)
+    assert torch.equal(m0, m1) and torch.equal(i0, i1)  # zero-initialised branch: identity
+    # The wrong embedding for a decoder is named, not silently decoded.
+    with pytest.raises(ValueError, match="channels"):
+        plain.mask_decoder(e1, pe.get_dense_pe(), sparse, dense, True)
+    # A trained (non-zero) branch changes the masks only through the hi-res map, the same
+    # in one pass, in chunks of prompts, per image batch and with the IoU gate.
+    torch.nn.init.normal_(hires.image_encoder.hires.conv2.weight, std=0.5)
+    with torch.no_grad():
+        e1 = hires.image_encoder(x)
+        full, iou = hires.mask_decoder(e1, pe.get_dense_pe(), sparse, dense, True)
+        assert (full - m0).abs().max() > 1e-3
+        monkeypatch.setattr(md, "PROMPT_CHUNK", 2)
+        monkeypatch.setattr(md, "CHUNK_BYTES", 1)
+        chunked, _ = hires.mask_decoder(e1, pe.get_dense_pe(), sparse, dense, True)
+        batched, _ = hires.mask_decoder(e1.expand(6, -1, -1, -1), pe.get_dense_pe(), sparse, dense, True)
+        thr = float(iou.max(dim=1).values.median())
+        gated, _ = hires.mask_decoder(e1, pe.get_dense_pe(), sparse, dense, True, min_iou=thr)
+    assert torch.allclose(chunked, full, atol=1e-5) and torch.allclose(batched, full, atol=1e-5)
+    keep = (iou > thr).any(dim=1)
+    assert 0 < int(keep.sum()) < 6
+    assert torch.allclose(gated[keep], full[keep], atol=1e-5)
+    assert (gated[~keep] == md.SKIPPED_LOGIT).all()
+    # Its weights round-trip through the packaged format.
+    again = build_composer_tiny(checkpoint=export_fp16(hires, tmp_path / "hr.pt"), config=hr_cfg)
+    k = "image_encoder.hires.conv2.weight"
+    assert torch.allclose(again.state_dict()[k], hires.state_dict()[k], atol=1e-2)
+    # A config without the path refuses a file with it (names the keys).
+    with pytest.raises(ValueError, match="hires"):
+        build_composer_tiny(checkpoint=tmp_path / "hr.pt", config=cfg)
+    # Without a config, the file decides (shipped architecture, with or without the path).
+    for flag in (False, True):
+        arch = dataclasses.replace(ComposerTinyConfig(), hires=flag)
+        f = export_fp16(
+            build_composer_tiny(config=arch, pretrained_backbone=False), tmp_path / f"{flag}.pt"
+        )
+        auto = build_composer_tiny(checkpoint=f)
+        assert (auto.image_encoder.hires is not None) is flag
+        assert auto.mask_decoder.hires_dim == (16 if flag else 0)
+
+
+def test_paste_composites_label_the_visible_pasted_objects() -> None:
+    from composer.training.data import paste_composites
+
+    # One source: a red square (label 3) on black; backgrounds: uniform grey.
+    src_img = np.zeros((60, 60, 3), np.uint8)
+    src_img[10:50, 10:50] = (255, 0, 0)
+    layer = np.zeros((1, 60, 60), np.uint16)
+    layer[0, 10:50, 10:50] = 3
+    source = SegmentationItem("src", src_img, layer)
+    bg = np.full((80, 100, 3), 128, np.uint8)
+    out = paste_composites(12, [source], [bg], size=64, seed=5, max_objects=2, feather=0.0)
+    again = paste_composites(12, [source], [bg], size=64, seed=5, max_objects=2, feather=0.0)
+    assert len(out) == 12 and all(np.array_equal(a.image, b.image) for a, b in zip(out, again, strict=True))
+    for it in out:
+        assert it.image.shape == (64, 64, 3) and it.layers.shape == (1, 64, 64)
+        lab = it.layers[0]
+        assert 1 <= lab.max() <= 2
+        # Labelled pixels are the pasted (red) object, unlabelled ones the grey background.
+        red = (it.image[..., 0] > 200) & (it.image[..., 1] < 50)
+        assert np.array_equal(lab > 0, red)
+    with pytest.raises(ValueError):
+        paste_composites(1, [], [bg])
+
+
+def test_coco_subset_split_is_disjoint_and_ordered(coco_dir) -> None:
+    from composer.data.coco import coco_subset
+    from composer.training.data import COCO_HOLDOUT, coco_subset_split
+
+    held, train = coco_subset_split("holdout"), coco_subset_split("train")
+    ids = coco_subset().image_ids
+    assert held == ids[:COCO_HOLDOUT] and train == ids[COCO_HOLDOUT:]
+    assert not set(held) & set(train) and len(held) + len(train) == len(ids)
+    with pytest.raises(ValueError, match="split"):
+        coco_subset_split("test")
+
+
 # --------------------------------------------------------------------------- the loop
 @pytest.fixture(scope="module")
 def shapes_cache(tmp_path_factory):
