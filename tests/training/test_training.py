@@ -156,6 +156,7 @@ def test_composer_tiny_geometry_and_fp16_export(tmp_path) -> None:
         decoder_heads=4,
         decoder_mlp_dim=64,
         iou_head_hidden_dim=32,
+        hires=False,
     )
     model = build_composer_tiny(config=cfg, pretrained_backbone=False)
     assert model.image_encoder.img_size == 128 and cfg.embedding_size == 4
@@ -202,6 +203,7 @@ def test_hires_path_starts_as_identity_and_is_chunk_exact(tmp_path, monkeypatch)
         decoder_heads=4,
         decoder_mlp_dim=64,
         iou_head_hidden_dim=32,
+        hires=False,
     )
     torch.manual_seed(0)
     plain = build_composer_tiny(config=cfg, pretrained_backbone=False)
