@@ -169,25 +169,18 @@ def coco_items(
 COCO_HOLDOUT = 40
 
 
-def coco_subset_split(split: str, data_root: str | Path | None = None) -> list[int]:
-    """Image ids of one half of the shared COCO subset, in json order.
+def coco_subset_split(split: str) -> list[int]:
+    """Image ids of one half of the shared COCO subset (``$SAM_COMPOSER_DATA``), in json order.
 
     Args:
         split: ``"holdout"`` (the first :data:`COCO_HOLDOUT` images: evaluation only) or
             ``"train"`` (the rest).
-        data_root: the data root (default: :func:`composer.data.paths.data_root`).
     """
     if split not in ("train", "holdout"):
         raise ValueError(f"split must be 'train' or 'holdout', got {split!r}")
-    from ..data.coco import TINY80, CocoDataset
+    from ..data.coco import coco_subset
 
-    if data_root is not None:
-        base = Path(data_root) / TINY80
-        ids = CocoDataset(base / "annotations" / "instances_val2017.json", base / "val2017").image_ids
-    else:
-        from ..data.coco import coco_subset
-
-        ids = coco_subset().image_ids
+    ids = coco_subset().image_ids
     return list(ids[:COCO_HOLDOUT] if split == "holdout" else ids[COCO_HOLDOUT:])
 
 
