@@ -107,7 +107,7 @@ from composer.training.features import FeatureCache
 from composer.training.losses import LossWeights
 from composer.training.trainer import TrainConfig, Trainer
 
-# Settings of the two stages of the shipped model (explicit flags override them).
+# Settings of the three stages of the shipped model (explicit flags override them).
 STAGE_DEFAULTS: dict[str, dict[str, object]] = {
     "scratch": {},
     "finetune": {
@@ -122,22 +122,15 @@ STAGE_DEFAULTS: dict[str, dict[str, object]] = {
         "shape_prob": 0.1,
         "min_area": 50,
     },
-    # Stage 3: whole objects and small masks from the COCO subset's training half.
-    "objects": {
-        "time_budget_min": 60.0,
-        "steps": 12000,
-        "lr": 3e-4,
-        "warmup": 100,
-        "corrective": 3,
-        "no_point_rounds": 1,
-        "warmup_shape_steps": 0,
-        "multimask_warmup": 0,
-        "shape_prob": 0.1,
-        "min_area": 50,
-        "coco_train": True,
-        "paste": 800,
-        "hires": True,
-    },
+}
+# Stage 3: stage 2's session plus whole objects and small masks (the COCO subset's training
+# half, copy-paste images) and the hi-res mask path.
+STAGE_DEFAULTS["objects"] = {
+    **STAGE_DEFAULTS["finetune"],
+    "lr": 3e-4,
+    "coco_train": True,
+    "paste": 800,
+    "hires": True,
 }
 
 CACHE_NAME = "efficientnet_lite0-512-128"

@@ -28,6 +28,17 @@ from composer.training.prompts import (
 )
 from composer.training.trainer import TrainConfig, Trainer
 
+# composer_tiny's geometry (stride 32) at a test size, without the hi-res path.
+SMALL = ComposerTinyConfig(
+    img_size=128,
+    embed_dim=32,
+    neck_dim=32,
+    decoder_depth=1,
+    decoder_heads=4,
+    decoder_mlp_dim=64,
+    iou_head_hidden_dim=32,
+    hires=False,
+)
 TINY = ComposerTinyConfig(
     img_size=128,
     embed_stride=16,
@@ -148,16 +159,7 @@ def test_variants_and_prepare_sample() -> None:
 def test_composer_tiny_geometry_and_fp16_export(tmp_path) -> None:
     from composer.sam.composer_tiny import export_fp16
 
-    cfg = ComposerTinyConfig(
-        img_size=128,
-        embed_dim=32,
-        neck_dim=32,
-        decoder_depth=1,
-        decoder_heads=4,
-        decoder_mlp_dim=64,
-        iou_head_hidden_dim=32,
-        hires=False,
-    )
+    cfg = SMALL
     model = build_composer_tiny(config=cfg, pretrained_backbone=False)
     assert model.image_encoder.img_size == 128 and cfg.embedding_size == 4
     with torch.no_grad():
@@ -195,16 +197,7 @@ def test_hires_path_starts_as_identity_and_is_chunk_exact(tmp_path, monkeypatch)
     from composer.sam import mask_decoder as md
     from composer.sam.composer_tiny import export_fp16
 
-    cfg = ComposerTinyConfig(
-        img_size=128,
-        embed_dim=32,
-        neck_dim=32,
-        decoder_depth=1,
-        decoder_heads=4,
-        decoder_mlp_dim=64,
-        iou_head_hidden_dim=32,
-        hires=False,
-    )
+    cfg = SMALL
     torch.manual_seed(0)
     plain = build_composer_tiny(config=cfg, pretrained_backbone=False)
     path = export_fp16(plain, tmp_path / "plain.pt")
