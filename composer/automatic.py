@@ -151,13 +151,16 @@ class AmgConfig:
         ``amg_thresholds`` (a dict of ``pred_iou_thresh`` / ``stability_score_thresh`` /
         ``stability_score_offset`` values chosen on validation data, e.g. composer_tiny's by
         ``recipes/calibrate_amg.py``); SAM and segmenters without it keep ``base``'s values.
+        A threshold override of None means "not given" (a CLI flag left at its default).
         """
         cfg = cls() if base is None else base
         recommended = getattr(segmenter, "amg_thresholds", None) or {}
         values: dict[str, Any] = {
             k: float(v) for k, v in recommended.items() if k in RECOMMENDABLE_FIELDS
         }
-        values.update(overrides)
+        values.update(
+            (k, v) for k, v in overrides.items() if v is not None or k not in RECOMMENDABLE_FIELDS
+        )
         return dataclasses.replace(cfg, **values) if values else cfg
 
     def layer_grids(self) -> list[np.ndarray]:

@@ -76,15 +76,7 @@ def automatic_stage(args: argparse.Namespace, images: Path) -> Path:
     out = args.work_dir / "automatic.json"
     segmenter = load_segmenter("composer_tiny", checkpoint=str(args.weights))
     # The model's own quality thresholds (chosen on BSDS val by recipes/calibrate_amg.py)
-    # unless given: SAM's 0.88 / 0.95 keep almost nothing of composer_tiny's masks.
-    explicit = {
-        k: v
-        for k, v in (
-            ("pred_iou_thresh", args.pred_iou_thresh),
-            ("stability_score_thresh", args.stability_thresh),
-        )
-        if v is not None
-    }
+    # unless given (None): SAM's 0.88 / 0.95 keep almost nothing of composer_tiny's masks.
     config = AmgConfig.for_segmenter(
         segmenter,
         AmgConfig(
@@ -93,7 +85,8 @@ def automatic_stage(args: argparse.Namespace, images: Path) -> Path:
             min_mask_region_area=100,
             max_mask_area_fraction=0.95,
         ),
-        **explicit,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_thresh,
     )
     logging.info(
         "automatic stage thresholds: predicted IoU > %.2f, stability >= %.2f",

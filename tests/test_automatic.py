@@ -244,6 +244,9 @@ def test_config_for_segmenter_takes_recommended_thresholds(model):
     cfg = AmgConfig.for_segmenter(seg, base, stability_score_thresh=0.9)
     assert (cfg.points_per_side, cfg.crop_n_layers) == (8, 1)
     assert (cfg.pred_iou_thresh, cfg.stability_score_thresh) == (0.4, 0.9)  # overrides win
+    # A None threshold is "not given" (a CLI flag at its default): the recommendation stays.
+    cfg = AmgConfig.for_segmenter(seg, base, pred_iou_thresh=None, stability_score_thresh=0.9)
+    assert (cfg.pred_iou_thresh, cfg.stability_score_thresh) == (0.4, 0.9)
     amg = AutomaticMaskGenerator(seg, points_per_side=4)
     assert (amg.config.pred_iou_thresh, amg.config.points_per_side) == (0.4, 4)
     assert AutomaticMaskGenerator(seg, AmgConfig()).config.pred_iou_thresh == 0.88

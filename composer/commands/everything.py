@@ -37,13 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from ..io.visualize import write_detections
 
     seg = load_model(args)
+    # None (flag not given): the model's recommended value, see AmgConfig.for_segmenter.
     thresholds = {
-        k: v
-        for k, v in (
-            ("pred_iou_thresh", args.pred_iou_thresh),
-            ("stability_score_thresh", args.stability_thresh),
-        )
-        if v is not None
+        "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_thresh,
     }
     if args.sa1b:
         config = AmgConfig.for_segmenter(seg, SA1B_CONFIG, **thresholds)

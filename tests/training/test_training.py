@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -28,17 +30,6 @@ from composer.training.prompts import (
 )
 from composer.training.trainer import TrainConfig, Trainer
 
-# composer_tiny's geometry (stride 32) at a test size, without the hi-res path.
-SMALL = ComposerTinyConfig(
-    img_size=128,
-    embed_dim=32,
-    neck_dim=32,
-    decoder_depth=1,
-    decoder_heads=4,
-    decoder_mlp_dim=64,
-    iou_head_hidden_dim=32,
-    hires=False,
-)
 TINY = ComposerTinyConfig(
     img_size=128,
     embed_stride=16,
@@ -50,6 +41,8 @@ TINY = ComposerTinyConfig(
     iou_head_hidden_dim=32,
     mask_in_chans=8,
 )
+# composer_tiny's own geometry (stride 32) at TINY's size, without the hi-res path.
+SMALL = dataclasses.replace(TINY, embed_stride=32, mask_in_chans=16, hires=False)
 
 
 @pytest.fixture(autouse=True, scope="module")
