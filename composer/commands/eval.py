@@ -58,6 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     common(pt, ("grabcut", "berkeley", "coco", "bsds500"), "grabcut")
     add_model_args(pt)
     pt.add_argument("--clicks", type=int, default=20, help="maximum clicks per object (default 20)")
+    pt.add_argument("--zoom-in", action="store_true",
+                    help="after the first click, predict in a crop around the object (RITM's zoom-in)")
+    pt.add_argument("--zoom-expansion", type=float, default=1.4, help="zoom-in crop expansion (default 1.4)")
     pt.set_defaults(func=run_points)
 
 
@@ -224,7 +227,13 @@ def run_points(args: argparse.Namespace) -> int:
     seg = load_model(args)
     print(describe(seg))
     report_clicks = tuple(k for k in (1, 2, 3, 5, 9, 20) if k <= args.clicks)
-    ev = PointEvaluator(max_clicks=args.clicks, report_clicks=report_clicks)
+    zoom = None
+    if args.zoom_in:
+        from ..interactive import ZoomIn
+
+        zoom = ZoomIn(expansion=args.zoom_expansion)
+        print(f"zoom-in: {zoom}")
+    ev = PointEvaluator(max_clicks=args.clicks, report_clicks=report_clicks, zoom_in=zoom)
     report = run(seg, dataset, [ev], limit=args.limit, out_dir=args.out)
     return _finish(report, args, "points")
 

@@ -16,6 +16,9 @@ Click simulation (SAM paper App. D.1, the RITM/fBRS standard):
 - Multimask: the first click asks for 3 masks. Later clicks ask for one mask: with more than
   one prompt SAM returns its fourth, single-mask token (paper App. A), which is also the
   official predictor's usage. ``multimask_after_first=True`` keeps 3 masks throughout.
+- Zoom-in (optional, off by default as in the SAM paper; RITM-style evaluations use it): after
+  the first click, predict in a crop around the current mask and the positive clicks
+  (:class:`~composer.interactive.ZoomIn`); the masks are scored in the whole image.
 - Scoring: per click, ``iou`` of the most confident mask (highest predicted IoU, the paper's
   default) and ``oracle_iou``, the best of the returned masks against the GT. The next click
   is placed from the most confident mask. IoU ignores the ``ignore`` pixels.
@@ -36,6 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..embedding import ImageEmbedding
+from ..interactive import ClickSession, ZoomIn
 from ..segmenters.base import Segmenter
 from .base import threshold_name
 
@@ -152,6 +156,8 @@ def simulate_clicks(
     use_prev_logits: bool = True,
     multimask_after_first: bool = False,
     image_id: Hashable = None,
+    zoom_in: ZoomIn | None = None,
+    image: Any = None,
 ) -> ClickTrace:
     """Run the click protocol (see the module docstring) for one object.
 
@@ -164,6 +170,9 @@ def simulate_clicks(
         use_prev_logits: feed the chosen mask's ``low_res_logits`` back as ``mask_input``.
         multimask_after_first: ask for 3 masks on every click, not only the first.
         image_id: recorded in the trace.
+        zoom_in: predict later clicks in a crop around the object
+            (:class:`~composer.interactive.ZoomIn`); needs ``image``.
+        image: the embedded image (only needed for ``zoom_in``).
 
     Returns:
         A ClickTrace with up to ``max_clicks`` clicks (fewer once no error is left).
@@ -187,35 +196,18 @@ def simulate_clicks(
             f"ground-truth mask of {image_id!r} has no foreground pixel outside the ignore region"
         )
 
-    points: list[np.ndarray] = []
-    labels: list[int] = []
+    session = ClickSession(
+        segmenter, image, embedding, zoom_in=zoom_in, use_prev_logits=use_prev_logits
+    )
     ious: list[float] = []
     oracle: list[float] = []
     scores: list[float] = []
     pred: np.ndarray | None = None
-    prev_logits: np.ndarray | None = None
     for step in range(int(max_clicks)):
         click = next_click(gt, pred, ign)
         if click is None:
             break
-        points.append(click[0])
-        labels.append(click[1])
-        mask_input = None
-        if use_prev_logits and prev_logits is not None:
-            mask_input = prev_logits[None, None]
-        dets = segmenter.predict(
-            embedding,
-            points=np.stack(points)[None],
-            labels=np.asarray(labels, np.int64)[None],
-            mask_input=mask_input,
-            multimask=step == 0 or multimask_after_first,
-        )
-        if len(dets) == 0 or dets.masks is None:
-            dense = np.zeros((1, *gt.shape), bool)
-            conf = np.zeros(1, np.float32)
-        else:
-            dense = dets.masks.to_dense()
-            conf = np.zeros(len(dets), np.float32) if dets.scores is None else dets.scores
+        dense, conf = session.click(click[0], click[1], multimask=step == 0 or multimask_after_first)
         if dense.shape[1:] != gt.shape:
             raise ValueError(
                 f"segmenter returned masks of size {dense.shape[1:]} for an image of size {gt.shape}"
@@ -226,8 +218,7 @@ def simulate_clicks(
         oracle.append(max(all_ious))
         scores.append(float(conf[top]))
         pred = dense[top]
-        low = dets.extras.get("low_res_logits") if len(dets) else None
-        prev_logits = None if low is None else np.asarray(low[top], np.float32)
+    points, labels = session.points, session.labels
     return ClickTrace(
         image_id=image_id,
         points=np.asarray(points, np.float32).reshape(-1, 2),
@@ -236,7 +227,7 @@ def simulate_clicks(
         oracle_ious=np.asarray(oracle, np.float64),
         predicted_ious=np.asarray(scores, np.float32),
         max_clicks=int(max_clicks),
-        meta={"gt_area": int(gt.sum())},
+        meta={"gt_area": int(gt.sum()), "encoder_calls": session.encoder_calls},
     )
 
 
@@ -258,6 +249,7 @@ class PointEvaluator:
             are dropped.
         use_prev_logits: see :func:`simulate_clicks`.
         multimask_after_first: see :func:`simulate_clicks`.
+        zoom_in: see :func:`simulate_clicks` (``run_clicks`` then needs the image).
 
     Metrics: ``points/mIoU@k``, ``points/oracle_mIoU@k``, ``points/NoC@85``,
     ``points/NoF@85`` (one pair per threshold), ``points/n_masks``.
@@ -273,6 +265,7 @@ class PointEvaluator:
         *,
         use_prev_logits: bool = True,
         multimask_after_first: bool = False,
+        zoom_in: ZoomIn | None = None,
     ) -> None:
         if int(max_clicks) < 1:
             raise ValueError(f"max_clicks must be >= 1, got {max_clicks}")
@@ -287,6 +280,7 @@ class PointEvaluator:
         self.report_clicks = tuple(k for k in clicks if k <= self.max_clicks)
         self.use_prev_logits = bool(use_prev_logits)
         self.multimask_after_first = bool(multimask_after_first)
+        self.zoom_in = zoom_in
         self.traces: list[ClickTrace] = []
 
     def run_clicks(
@@ -296,6 +290,7 @@ class PointEvaluator:
         gt_mask: np.ndarray,
         ignore: np.ndarray | None = None,
         image_id: Hashable = None,
+        image: Any = None,
     ) -> ClickTrace:
         """:func:`simulate_clicks` with this evaluator's settings (does not record the trace)."""
         return simulate_clicks(
@@ -307,6 +302,8 @@ class PointEvaluator:
             use_prev_logits=self.use_prev_logits,
             multimask_after_first=self.multimask_after_first,
             image_id=image_id,
+            zoom_in=self.zoom_in,
+            image=image,
         )
 
     def reset(self) -> None:

@@ -89,6 +89,17 @@ def _identity(x: Any) -> Any:
     return x
 
 
+def _protocol(ev: Any) -> dict[str, Any]:
+    """The click-protocol settings of a point evaluator, for the report."""
+    zoom = getattr(ev, "zoom_in", None)
+    return {
+        "max_clicks": getattr(ev, "max_clicks", None),
+        "use_prev_logits": getattr(ev, "use_prev_logits", None),
+        "multimask_after_first": getattr(ev, "multimask_after_first", None),
+        "zoom_in": None if zoom is None else dataclasses.asdict(zoom),
+    }
+
+
 def _iter_items(dataset: Any, limit: int | None) -> Iterator[tuple[int, Callable[[], Any]]]:
     """Yield (index, fetch) pairs so that a failing item read is caught per item."""
     if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
@@ -224,7 +235,9 @@ def run(
                 traces: dict[int, list[Any]] = {id(ev): [] for ev in evs}
                 for mask_id, gt, ignore in point_targets(item):
                     for ev in evs:
-                        tr = ev.run_clicks(task_or_segmenter, emb, gt, ignore, image_id=image_id)
+                        tr = ev.run_clicks(
+                            task_or_segmenter, emb, gt, ignore, image_id=image_id, image=image
+                        )
                         tr.meta["mask_id"] = mask_id
                         traces[id(ev)].append(tr)
                 for ev in evs:
@@ -296,6 +309,7 @@ def run(
         "dataset_size": len(dataset) if hasattr(dataset, "__len__") else None,  # type: ignore[arg-type]
         "limit": limit,
         "evaluators": [type(ev).__name__ for ev in evs],
+        "protocols": [_protocol(ev) for ev in evs if _is_point_evaluator(ev)],
         "n_images": len(per_image),
         "n_failed": len([f for f in failures if "index" in f]),
         "interrupted": interrupted,

@@ -244,3 +244,19 @@ def test_item_ground_truth_adapter_feeds_gt_from_items(coco_dir):
         ev.process(1, None)
     with pytest.raises(TypeError):
         ItemGroundTruth(object(), lambda item: item)
+
+
+def test_points_cli_with_zoom_in_records_the_protocol(grabcut3, tmp_path):
+    """``eval points --zoom-in`` on one real image with the classic segmenter: later clicks are
+    predicted in crops (more encoder calls), and the report names the protocol."""
+    from composer.cli import main
+
+    out = tmp_path / "zoom"
+    args = ["eval", "points", "--model", "classic", "--dataset", "grabcut", "--limit", "1"]
+    assert main([*args, "--clicks", "3", "--zoom-in", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (protocol,) = report["meta"]["protocols"]
+    assert protocol["zoom_in"]["expansion"] == 1.4 and protocol["max_clicks"] == 3
+    assert report["meta"]["failures"] == [] and 0.0 < report["metrics"]["points/mIoU@3"] <= 1.0
+    per_mask = json.loads(next(out.glob("points_per_mask*.json")).read_text())
+    assert per_mask

@@ -1,0 +1,297 @@
+"""Interactive click sessions, with optional zoom-in around the object.
+
+Zoom-in is the test-time crop of RITM (Sofiiuk et al. 2022, "Reviving Iterative Training with
+Mask Guidance"), used by the interactive-segmentation literature (FocalClick, SimpleClick): after
+the first click(s) the image is cropped to the current prediction and the positive clicks,
+expanded by ``expansion``; the crop is embedded on its own, so the object fills the encoder's
+input and its boundary gets the decoder's full low-res grid. The crop is kept while it still
+holds every click and overlaps the new box by ``recompute_iou``; otherwise it is recomputed
+(one more encoder call). The previous mask prompt is carried across frames
+(:func:`reframe_logits`).
+
+Example::
+
+    session = ClickSession(segmenter, image, zoom_in=ZoomIn())
+    for xy, label in clicks:
+        masks, scores = session.click(xy, label)   # full-image (M, H, W) bool, (M,) float
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .embedding import ImageEmbedding
+from .io.image import load_image
+
+#: Logit used for pixels of a mask prompt that lie outside the previous frame.
+OUTSIDE_LOGIT = -20.0
+
+
+@dataclass(frozen=True)
+class ZoomIn:
+    """Zoom-in settings (RITM's defaults: expansion 1.4, recompute below a box IoU of 0.5).
+
+    Attributes:
+        skip_clicks: clicks predicted on the whole image before zooming (>= 1: the first
+            crop needs a prediction).
+        expansion: crop side = ``expansion`` x the side of the box around the prediction and
+            the positive clicks (per axis).
+        min_crop: smallest crop side in pixels (small objects keep some context).
+        recompute_iou: a new crop is embedded when the new box overlaps the current crop less
+            than this (or a click falls outside it).
+    """
+
+    skip_clicks: int = 1
+    expansion: float = 1.4
+    min_crop: int = 96
+    recompute_iou: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.skip_clicks < 1:
+            raise ValueError(f"skip_clicks must be >= 1, got {self.skip_clicks}")
+        if not self.expansion >= 1.0:
+            raise ValueError(f"expansion must be >= 1, got {self.expansion}")
+        if self.min_crop < 8:
+            raise ValueError(f"min_crop must be >= 8 pixels, got {self.min_crop}")
+        if not 0.0 <= self.recompute_iou <= 1.0:
+            raise ValueError(f"recompute_iou must be in [0, 1], got {self.recompute_iou}")
+
+
+def zoom_box(
+    mask: np.ndarray | None,
+    points: np.ndarray,
+    image_size: tuple[int, int],
+    expansion: float = 1.4,
+    min_crop: int = 96,
+) -> np.ndarray:
+    """Integer XYXY crop (x1, y1 exclusive) around a mask and points, expanded and kept inside.
+
+    Args:
+        mask: (H, W) bool current prediction (None or empty: the points alone).
+        points: (K, 2) XY pixel coordinates to keep inside (at least one).
+        image_size: (H, W).
+        expansion: side multiplier around the tight box.
+        min_crop: smallest side (capped by the image side).
+    """
+    h, w = int(image_size[0]), int(image_size[1])
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    if len(pts) == 0:
+        raise ValueError("zoom_box needs at least one point")
+    x0, y0 = pts.min(0)
+    x1, y1 = pts.max(0) + 1
+    if mask is not None and mask.any():
+        ys = np.flatnonzero(mask.any(1))
+        xs = np.flatnonzero(mask.any(0))
+        x0, x1 = min(x0, xs[0]), max(x1, xs[-1] + 1)
+        y0, y1 = min(y0, ys[0]), max(y1, ys[-1] + 1)
+    out = []
+    for lo, hi, side in ((x0, x1, w), (y0, y1, h)):
+        length = min(max((hi - lo) * expansion, min_crop), side)
+        centre = (lo + hi) / 2
+        a = int(round(centre - length / 2))
+        a = min(max(a, 0), side - int(round(length)))
+        out.append((a, a + int(round(length))))
+    return np.array([out[0][0], out[1][0], out[0][1], out[1][1]], np.int64)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two XYXY boxes."""
+    iw = max(0.0, float(min(a[2], b[2]) - max(a[0], b[0])))
+    ih = max(0.0, float(min(a[3], b[3]) - max(a[1], b[1])))
+    inter = iw * ih
+    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _frame_origin(embedding: ImageEmbedding) -> tuple[int, int]:
+    box = embedding.crop_box
+    return (0, 0) if box is None else (int(box[0]), int(box[1]))
+
+
+def reframe_logits(
+    logits: np.ndarray, source: ImageEmbedding, target: ImageEmbedding
+) -> np.ndarray:
+    """Low-res mask logits (h, w) of ``source``'s frame -> the same-size logits of ``target``'s.
+
+    Both embeddings are of one image (whole, or crops with ``crop_box`` in its pixels). The
+    logits go up to the source frame's pixels (as masks are upsampled), into image
+    coordinates, are cut to the target frame (``OUTSIDE_LOGIT`` where the source did not
+    reach) and go down through the target's resize-and-pad geometry.
+    """
+    lo = torch.as_tensor(np.asarray(logits, np.float32))
+    if lo.ndim != 2:
+        raise ValueError(f"logits must be (h, w), got shape {tuple(lo.shape)}")
+    low_hw = tuple(lo.shape)
+    x = lo[None, None]
+    s = source.pad_size
+    x = F.interpolate(x, (s, s), mode="bilinear", align_corners=False)
+    ih, iw = source.input_size
+    x = F.interpolate(x[..., :ih, :iw], tuple(source.original_size), mode="bilinear", align_corners=False)
+    sx, sy = _frame_origin(source)
+    tx, ty = _frame_origin(target)
+    th, tw = target.original_size
+    canvas = torch.full((1, 1, th, tw), OUTSIDE_LOGIT)
+    # Overlap of the source frame with the target frame, in target coordinates.
+    ox0, oy0 = max(sx - tx, 0), max(sy - ty, 0)
+    ox1 = min(sx - tx + source.original_size[1], tw)
+    oy1 = min(sy - ty + source.original_size[0], th)
+    if ox1 > ox0 and oy1 > oy0:
+        canvas[..., oy0:oy1, ox0:ox1] = x[
+            ..., oy0 + ty - sy : oy1 + ty - sy, ox0 + tx - sx : ox1 + tx - sx
+        ]
+    jh, jw = target.input_size
+    y = F.interpolate(canvas, (jh, jw), mode="bilinear", align_corners=False)
+    padded = torch.full((1, 1, target.pad_size, target.pad_size), OUTSIDE_LOGIT)
+    padded[..., :jh, :jw] = y
+    out = F.interpolate(padded, low_hw, mode="bilinear", align_corners=False, antialias=True)
+    return out[0, 0].numpy()
+
+
+class ClickSession:
+    """One object's click session on one image: all clicks so far, the previous mask prompt,
+    and (with ``zoom_in``) the crop it is predicted in.
+
+    Args:
+        segmenter: any Segmenter (``embed``, ``predict``).
+        image: (H, W, 3) array, path or PIL image; needed to embed crops.
+        embedding: the whole image's embedding from ``segmenter`` (computed when None).
+        zoom_in: zoom-in settings, or None to predict on the whole image throughout.
+        use_prev_logits: feed the chosen mask's low-res logits back as the next mask prompt.
+
+    Attributes:
+        encoder_calls: crop embeddings computed by this session (not counting ``embedding``).
+        crop_box: XYXY of the current zoom crop, or None (whole image).
+    """
+
+    def __init__(
+        self,
+        segmenter: Any,
+        image: Any = None,
+        embedding: ImageEmbedding | None = None,
+        zoom_in: ZoomIn | None = None,
+        use_prev_logits: bool = True,
+    ) -> None:
+        if image is None and (embedding is None or zoom_in is not None):
+            raise ValueError("ClickSession needs the image (to embed it, or crops of it for zoom-in)")
+        self.segmenter = segmenter
+        self.image = None if image is None else load_image(image)
+        self.full = segmenter.embed(self.image) if embedding is None else embedding
+        if self.image is not None and tuple(self.image.shape[:2]) != tuple(self.full.original_size):
+            raise ValueError(
+                f"image size {self.image.shape[:2]} differs from the embedding's {self.full.original_size}"
+            )
+        self.zoom_in = zoom_in
+        self.use_prev_logits = bool(use_prev_logits)
+        self.points: list[np.ndarray] = []
+        self.labels: list[int] = []
+        self.frame = self.full
+        self.prev_logits: np.ndarray | None = None
+        self.prediction: np.ndarray | None = None
+        self.encoder_calls = 0
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.full.original_size)  # type: ignore[return-value]
+
+    @property
+    def crop_box(self) -> np.ndarray | None:
+        box = self.frame.crop_box
+        return None if box is None else np.asarray(box, np.int64)
+
+    def _choose_frame(self) -> ImageEmbedding:
+        z = self.zoom_in
+        if z is None or len(self.points) <= z.skip_clicks or self.prediction is None:
+            return self.frame
+        pts = np.stack(self.points)
+        positive = pts[np.asarray(self.labels) == 1]
+        box = zoom_box(
+            self.prediction,
+            positive if len(positive) else pts,
+            self.image_size,
+            z.expansion,
+            z.min_crop,
+        )
+        current = self.crop_box
+        if current is not None:
+            inside = (
+                (pts[:, 0] >= current[0])
+                & (pts[:, 0] < current[2])
+                & (pts[:, 1] >= current[1])
+                & (pts[:, 1] < current[3])
+            ).all()
+            if inside and box_iou(box, current) >= z.recompute_iou:
+                return self.frame
+        assert self.image is not None
+        x0, y0, x1, y1 = (int(v) for v in box)
+        emb = self.segmenter.embed(np.ascontiguousarray(self.image[y0:y1, x0:x1]))
+        self.encoder_calls += 1
+        return dataclasses.replace(emb, crop_box=(x0, y0, x1, y1))
+
+    def click(
+        self, point: Any, label: int, multimask: bool | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Add one click and predict.
+
+        Args:
+            point: (x, y) in image pixels (inside the image).
+            label: 1 positive, 0 negative.
+            multimask: three masks instead of one; default: only on the first click.
+
+        Returns:
+            masks (M, H, W) bool in image pixels and scores (M,) float32 (predicted IoU). The
+            most confident mask becomes the session's prediction (and next mask prompt).
+        """
+        xy = np.asarray(point, np.float32).reshape(2)
+        h, w = self.image_size
+        if not (np.isfinite(xy).all() and 0 <= xy[0] < w and 0 <= xy[1] < h):
+            raise ValueError(f"click {tuple(xy)} is outside the {w}x{h} image")
+        if int(label) not in (0, 1):
+            raise ValueError(f"click label must be 0 or 1, got {label}")
+        self.points.append(xy)
+        self.labels.append(int(label))
+        if multimask is None:
+            multimask = len(self.points) == 1
+        frame = self._choose_frame()
+        mask_input = None
+        if self.use_prev_logits and self.prev_logits is not None:
+            prev = self.prev_logits
+            if frame is not self.frame:
+                prev = reframe_logits(prev, self.frame, frame)
+            mask_input = prev[None, None]
+        self.frame = frame
+        ox, oy = _frame_origin(frame)
+        pts = np.stack(self.points) - np.array([ox, oy], np.float32)
+        dets = self.segmenter.predict(
+            frame,
+            points=pts[None],
+            labels=np.asarray(self.labels, np.int64)[None],
+            mask_input=mask_input,
+            multimask=bool(multimask),
+        )
+        if len(dets) == 0 or dets.masks is None:
+            local = np.zeros((1, *frame.original_size), bool)
+            scores = np.zeros(1, np.float32)
+        else:
+            local = dets.masks.to_dense()
+            scores = (
+                np.zeros(len(dets), np.float32)
+                if dets.scores is None
+                else np.asarray(dets.scores, np.float32)
+            )
+        if frame.crop_box is None:
+            masks = local
+        else:
+            masks = np.zeros((len(local), h, w), bool)
+            fh, fw = frame.original_size
+            masks[:, oy : oy + fh, ox : ox + fw] = local
+        top = int(np.argmax(scores))
+        self.prediction = masks[top]
+        low = dets.extras.get("low_res_logits") if len(dets) else None
+        self.prev_logits = None if low is None else np.asarray(low[top], np.float32)
+        return masks, scores
