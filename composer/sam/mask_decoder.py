@@ -43,6 +43,9 @@ class MaskDecoder(nn.Module):
             by ``pixel_unshuffle(4)`` into D/8 x 16 channels (see :func:`pack_hires`). It is
             added to the upscaled embedding before the hypernetwork product (as in HQ-SAM),
             so the masks can follow image edges finer than the embedding grid.
+        map_dim: 0 (SAM) or D/8: the dense prompt embedding then carries the prompt encoder's
+            packed click maps after its D channels; they are added to the upscaled embedding
+            like the hi-res map.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class MaskDecoder(nn.Module):
         iou_head_depth: int = 3,
         iou_head_hidden_dim: int = 256,
         hires_dim: int = 0,
+        map_dim: int = 0,
     ) -> None:
         super().__init__()
         if transformer_dim % 8 != 0:
@@ -63,8 +67,13 @@ class MaskDecoder(nn.Module):
             raise ValueError(
                 f"hires_dim must be 0 or transformer_dim // 8 = {transformer_dim // 8}, got {hires_dim}"
             )
+        if map_dim not in (0, transformer_dim // 8):
+            raise ValueError(
+                f"map_dim must be 0 or transformer_dim // 8 = {transformer_dim // 8}, got {map_dim}"
+            )
         self.transformer_dim = transformer_dim
         self.hires_dim = hires_dim
+        self.map_dim = map_dim
         self.transformer = transformer
         self.num_multimask_outputs = num_multimask_outputs
 
@@ -118,6 +127,9 @@ class MaskDecoder(nn.Module):
         """
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         image_embeddings, hires = self.split_embedding(image_embeddings)
+        dense_prompt_embeddings, maps = self.split_dense(dense_prompt_embeddings)
+        if maps is not None:
+            hires = maps if hires is None else hires + maps
         masks, iou_pred = self.predict_masks(
             image_embeddings=image_embeddings,
             image_pe=image_pe,
@@ -149,6 +161,31 @@ class MaskDecoder(nn.Module):
             return image_embeddings, None
         return image_embeddings[:, :d], F.pixel_shuffle(image_embeddings[:, d:], 4)
 
+    def split_dense(
+        self, dense_prompt_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, D [+ 16 map_dim], h, w) -> the D-channel dense embedding and the (B, map_dim,
+        4h, 4w) click-map features (None when ``map_dim`` is 0).
+
+        Raises:
+            ValueError: the dense embedding has the wrong number of channels for this decoder.
+        """
+        d = self.transformer_dim
+        want = d + 16 * self.map_dim
+        if dense_prompt_embeddings.ndim != 4 or dense_prompt_embeddings.shape[1] != want:
+            raise ValueError(
+                f"dense prompt embedding must have {want} channels for this decoder, got shape "
+                f"{tuple(dense_prompt_embeddings.shape)}"
+            )
+        if not self.map_dim:
+            return dense_prompt_embeddings, None
+        dense = dense_prompt_embeddings[:, :d]
+        if dense.shape[0] > 1 and bool((dense == dense[:1]).all()):
+            # No mask inputs: one broadcast vector again, so the decoder can share the image
+            # tokens' transformer pass between prompts (exact).
+            dense = dense[:1].expand_as(dense)
+        return dense, F.pixel_shuffle(dense_prompt_embeddings[:, d:], 4)
+
     def predict_masks(
         self,
         image_embeddings: torch.Tensor,
@@ -163,7 +200,8 @@ class MaskDecoder(nn.Module):
 
         With ``min_iou``, a prompt whose outputs selected by ``outputs`` all have a predicted
         IoU <= ``min_iou`` gets :data:`SKIPPED_LOGIT` masks instead of computed ones.
-        ``hires``: (1 or B, D/8, 4h, 4w) map added to the upscaled embedding (``hires_dim``).
+        ``hires``: (1 or B, D/8, 4h, 4w) map added to the upscaled embedding (``hires_dim``,
+        plus the click maps with ``map_dim``).
         """
         n = sparse_prompt_embeddings.shape[0]
         if hires is not None and hires.shape[0] not in (1, n):

@@ -4,6 +4,12 @@ Parameter names equal the official ones (``pe_layer.positional_encoding_gaussian
 ``point_embeddings.{0..3}``, ``not_a_point_embed``, ``mask_downscaling.*``, ``no_mask_embed``).
 All coordinates here are in the *model input frame*: pixels of the resized image before padding,
 i.e. the caller has already scaled original-image coordinates by ``img_size / max(H, W)``.
+
+Optional click maps (``map_dim`` > 0; composer_tiny, not SAM): the clicks and the mask input are
+also drawn at the decoder's low-res size (RITM-style disk maps) and encoded by a small conv
+branch (:class:`ClickMapBranch`) into ``map_dim`` channels, which the decoder adds to its
+upscaled embedding. They travel packed (``pixel_unshuffle(4)``) after the D channels of the
+dense embedding, so every caller passes them through unchanged.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import math
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .common import LayerNorm2d
@@ -83,6 +90,60 @@ class PositionEmbeddingRandom(nn.Module):
         return self._pe_encoding(coords.to(gaussian.dtype))
 
 
+class ClickMapBranch(nn.Module):
+    """Clicks and mask input at the low-res size -> (B, out_dim, 4h, 4w) features.
+
+    Input channels: positive clicks, negative clicks (Gaussian disks of ``sigma`` low-res
+    pixels), the mask input squashed (``tanh(logits / 4)``) and a mask-given flag. The last
+    conv starts at zero, so a model gains the branch without changing its masks.
+    """
+
+    in_chans = 4
+
+    def __init__(self, out_dim: int, hidden: int = 16, sigma: float = 1.0) -> None:
+        super().__init__()
+        self.sigma = float(sigma)
+        self.conv1 = nn.Conv2d(self.in_chans, hidden, kernel_size=3, padding=1)
+        self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(hidden, out_dim, kernel_size=3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(cast(torch.Tensor, self.conv2.bias))
+
+    def rasterize(
+        self,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        masks: torch.Tensor | None,
+        bs: int,
+        size: tuple[int, int],
+        input_size: tuple[int, int],
+        device: torch.device,
+    ) -> torch.Tensor:
+        """(B, 4, *size) float maps of the prompts; points in the input frame."""
+        h, w = size
+        maps = torch.zeros((bs, self.in_chans, h, w), device=device)
+        if points is not None and points[0].shape[1] > 0:
+            coords, labels = points
+            # Point (input-frame pixel index) -> low-res pixel units, centres aligned.
+            gx = (coords[..., 0].float() + 0.5) * (w / input_size[1]) - 0.5
+            gy = (coords[..., 1].float() + 0.5) * (h / input_size[0]) - 0.5
+            ys = torch.arange(h, device=device, dtype=torch.float32)
+            xs = torch.arange(w, device=device, dtype=torch.float32)
+            dy = (ys[None, None, :] - gy[..., None]) ** 2  # (B, N, h)
+            dx = (xs[None, None, :] - gx[..., None]) ** 2  # (B, N, w)
+            d2 = dy[..., :, None] + dx[..., None, :]  # (B, N, h, w)
+            g = torch.exp(-d2 / (2 * self.sigma**2))
+            for ch, label in ((0, 1), (1, 0)):
+                sel = (labels == label)[..., None, None]
+                maps[:, ch] = torch.where(sel, g, torch.zeros_like(g)).amax(dim=1)
+        if masks is not None:
+            maps[:, 2] = torch.tanh(masks[:, 0].float() / 4)
+            maps[:, 3] = 1.0
+        return maps
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.act(self.conv1(maps)))
+
+
 class PromptEncoder(nn.Module):
     """Encodes point, box and mask prompts for the mask decoder.
 
@@ -92,6 +153,8 @@ class PromptEncoder(nn.Module):
         input_image_size: (H, W) of the padded model input, e.g. (1024, 1024).
         mask_in_chans: hidden channels of the mask-input downscaler.
         activation: activation class of the mask-input downscaler.
+        map_dim: 0 (SAM) or D/8: click-map channels packed after the dense embedding (see the
+            module docstring); the decoder needs the same ``map_dim``.
     """
 
     def __init__(
@@ -101,6 +164,7 @@ class PromptEncoder(nn.Module):
         input_image_size: tuple[int, int],
         mask_in_chans: int,
         activation: type[nn.Module] = nn.GELU,
+        map_dim: int = 0,
     ) -> None:
         super().__init__()
         if embed_dim % 2 != 0:
@@ -130,6 +194,8 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self.map_dim = int(map_dim)
+        self.click_maps = ClickMapBranch(self.map_dim) if self.map_dim else None
 
     def get_dense_pe(self) -> torch.Tensor:
         """(1, D, h, w) float positional encoding of the image-embedding grid."""
@@ -240,7 +306,8 @@ class PromptEncoder(nn.Module):
         Returns:
             sparse: (B, T, D) float tokens, T = N (+1 padding token when no box) (+2 per box).
             dense: (B, D, h, w) float embedding of the mask input (or the learned no-mask
-                embedding broadcast over the grid).
+                embedding broadcast over the grid); with ``map_dim``, (B, D + 16 map_dim, h, w)
+                with the packed click maps after the D channels.
 
         Raises:
             ValueError: on wrong shapes, unknown labels or inconsistent batch sizes.
@@ -264,4 +331,10 @@ class PromptEncoder(nn.Module):
         else:
             h, w = self.image_embedding_size
             dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(bs, -1, h, w)
+        if self.click_maps is not None:
+            raster = self.click_maps.rasterize(
+                points, masks, bs, self.mask_input_size, self.input_image_size, self._get_device()
+            )
+            packed = F.pixel_unshuffle(self.click_maps(raster.to(dense.dtype)), 4)
+            dense = torch.cat([dense.expand(bs, -1, -1, -1), packed], dim=1)
         return sparse, dense

@@ -41,8 +41,9 @@ TINY = ComposerTinyConfig(
     iou_head_hidden_dim=32,
     mask_in_chans=8,
 )
-# composer_tiny's own geometry (stride 32) at TINY's size, without the hi-res path.
-SMALL = dataclasses.replace(TINY, embed_stride=32, mask_in_chans=16, hires=False)
+# composer_tiny's own geometry (stride 32) at TINY's size, without the hi-res path and the
+# click maps.
+SMALL = dataclasses.replace(TINY, embed_stride=32, mask_in_chans=16, hires=False, click_maps=False)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -238,13 +239,79 @@ def test_hires_path_starts_as_identity_and_is_chunk_exact(tmp_path, monkeypatch)
         build_composer_tiny(checkpoint=tmp_path / "hr.pt", config=cfg)
     # Without a config, the file decides (shipped architecture, with or without the path).
     for flag in (False, True):
-        arch = dataclasses.replace(ComposerTinyConfig(), hires=flag)
+        arch = dataclasses.replace(ComposerTinyConfig(), hires=flag, click_maps=not flag)
         f = export_fp16(
             build_composer_tiny(config=arch, pretrained_backbone=False), tmp_path / f"{flag}.pt"
         )
         auto = build_composer_tiny(checkpoint=f)
         assert (auto.image_encoder.hires is not None) is flag
         assert auto.mask_decoder.hires_dim == (16 if flag else 0)
+        assert auto.mask_decoder.map_dim == (0 if flag else 16)
+        assert (auto.prompt_encoder.click_maps is None) is flag
+
+
+def test_click_maps_start_as_identity_follow_clicks_and_are_chunk_exact(tmp_path, monkeypatch) -> None:
+    """The click maps: drawn where the clicks are, zero at first (an earlier stage's checkpoint
+    loads unchanged), then added per prompt alike in one pass, in chunks and with mask inputs."""
+    from composer.sam import mask_decoder as md
+    from composer.sam.composer_tiny import export_fp16
+
+    torch.manual_seed(0)
+    path = export_fp16(build_composer_tiny(config=SMALL, pretrained_backbone=False), tmp_path / "p.pt")
+    plain = build_composer_tiny(checkpoint=path, config=SMALL)
+    cm_cfg = dataclasses.replace(SMALL, click_maps=True)
+    cm = build_composer_tiny(checkpoint=path, config=cm_cfg)
+    branch = cm.prompt_encoder.click_maps
+    assert branch is not None and plain.prompt_encoder.click_maps is None
+    # Rasterisation: a positive click at input pixel (40, 72) peaks at low-res pixel
+    # (40.5 * 16 / 128 - 0.5) = (4.5, 8.5) -> pixels 4..5 / 8..9 of a 16x16 map; labels -1 draw nothing.
+    pts = (torch.tensor([[[40.0, 72.0], [0.0, 0.0]]]), torch.tensor([[1, -1]]))
+    logits = torch.full((1, 1, 16, 16), -8.0)
+    raster = branch.rasterize(pts, logits, 1, (16, 16), (128, 128), torch.device("cpu"))
+    peak = divmod(int(raster[0, 0].argmax()), 16)
+    assert peak[0] in (8, 9) and peak[1] in (4, 5) and raster[0, 1].max() == 0
+    assert torch.allclose(raster[0, 2], torch.tanh(torch.tensor(-2.0)).expand(16, 16))
+    assert (raster[0, 3] == 1).all()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        emb = plain.image_encoder(x)
+    pe = plain.prompt_encoder.get_dense_pe()
+    pts = (torch.rand(6, 3, 2) * 128, torch.randint(0, 2, (6, 3)))
+    masks = torch.randn(6, 1, 16, 16) * 4
+    with torch.no_grad():
+        for m_in in (None, masks):
+            s0, d0 = plain.prompt_encoder(points=pts, boxes=None, masks=m_in)
+            s1, d1 = cm.prompt_encoder(points=pts, boxes=None, masks=m_in)
+            assert d1.shape == (6, 32 + 16 * 4, 4, 4)
+            r0 = plain.mask_decoder(emb, pe, s0, d0, True)
+            r1 = cm.mask_decoder(emb, pe, s1, d1, True)
+            assert all(torch.equal(a, b) for a, b in zip(r0, r1, strict=True))  # identity
+        with pytest.raises(ValueError, match="channels"):
+            plain.mask_decoder(emb, pe, s1, d1, True)
+    # A trained branch changes the masks most at the clicks, the same in one pass, in chunks
+    # of prompts and with the IoU gate.
+    torch.nn.init.normal_(branch.conv2.weight, std=0.5)
+    with torch.no_grad():
+        for m_in in (None, masks):
+            sparse, dense = cm.prompt_encoder(points=pts, boxes=None, masks=m_in)
+            full, iou = cm.mask_decoder(emb, pe, sparse, dense, True)
+            base, _ = plain.mask_decoder(emb, pe, *plain.prompt_encoder(points=pts, boxes=None, masks=m_in), True)
+            assert (full - base).abs().max() > 1e-3
+            with monkeypatch.context() as mp:
+                mp.setattr(md, "PROMPT_CHUNK", 2)
+                mp.setattr(md, "CHUNK_BYTES", 1)
+                chunked, _ = cm.mask_decoder(emb, pe, sparse, dense, True)
+            thr = float(iou.max(dim=1).values.median())
+            gated, _ = cm.mask_decoder(emb, pe, sparse, dense, True, min_iou=thr)
+            assert torch.allclose(chunked, full, atol=1e-5)
+            keep = (iou > thr).any(dim=1)
+            assert torch.allclose(gated[keep], full[keep], atol=1e-5)
+    # The weights round-trip through the packaged format; a config without the branch refuses them.
+    again = build_composer_tiny(checkpoint=export_fp16(cm, tmp_path / "cm.pt"), config=cm_cfg)
+    k = "prompt_encoder.click_maps.conv2.weight"
+    assert torch.allclose(again.state_dict()[k], cm.state_dict()[k], atol=1e-2)
+    with pytest.raises(ValueError, match="click_maps"):
+        build_composer_tiny(checkpoint=tmp_path / "cm.pt", config=SMALL)
 
 
 def test_paste_composites_label_the_visible_pasted_objects() -> None:
@@ -349,6 +416,24 @@ def test_training_decreases_loss_and_improves_heldout_miou(shapes_cache, tmp_pat
     assert not torch.equal(
         sd0["mask_decoder.iou_token.weight"], sd1["mask_decoder.iou_token.weight"]
     )
+    # The click maps (TINY has them) start at zero and learn.
+    assert sd1["prompt_encoder.click_maps.conv2.weight"].abs().max() > 0
+
+
+def test_first_round_weight_is_a_normalised_round_weight(shapes_cache, tmp_path) -> None:
+    model0, train, _ = shapes_cache
+    with pytest.raises(ValueError, match="first_round_weight"):
+        _config(tmp_path, steps=1, first_round_weight=0.0)
+
+    def first_loss(**kw) -> float:
+        m = build_composer_tiny(config=TINY, pretrained_backbone=False)
+        m.load_state_dict(model0.state_dict())
+        return Trainer(m, _config(tmp_path, steps=1, **kw), train).train_step().loss
+
+    # One round: the weight normalises away. Several rounds: it changes the mix.
+    one = dict(num_corrective=0, no_point_rounds=0)
+    assert first_loss(**one) == pytest.approx(first_loss(**one, first_round_weight=7.0), rel=1e-6)
+    assert first_loss() != pytest.approx(first_loss(first_round_weight=7.0), rel=1e-4)
 
 
 def test_resume_gives_the_same_state(shapes_cache, tmp_path) -> None:
