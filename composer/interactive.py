@@ -2,9 +2,10 @@
 
 Zoom-in is the test-time crop of RITM (Sofiiuk et al. 2022, "Reviving Iterative Training with
 Mask Guidance"), used by the interactive-segmentation literature (FocalClick, SimpleClick): after
-the first click(s) the image is cropped to the current prediction and the positive clicks,
-expanded by ``expansion``; the crop is embedded on its own, so the object fills the encoder's
-input and its boundary gets the decoder's full low-res grid. The crop is kept while it still
+the first click(s) the image is cropped to the current prediction, the positive clicks and the
+newest click, expanded by ``expansion``; the crop is embedded on its own, so the object fills the
+encoder's input and its boundary gets the decoder's full low-res grid. Older clicks outside the
+crop are left out of its prompt. The crop is kept while it still
 holds every click and overlaps the new box by ``recompute_iou``; otherwise it is recomputed
 (one more encoder call). The previous mask prompt is carried across frames
 (:func:`reframe_logits`).
@@ -40,8 +41,8 @@ class ZoomIn:
     Attributes:
         skip_clicks: clicks predicted on the whole image before zooming (>= 1: the first
             crop needs a prediction).
-        expansion: crop side = ``expansion`` x the side of the box around the prediction and
-            the positive clicks (per axis).
+        expansion: crop side = ``expansion`` x the side of the box around the prediction, the
+            positive clicks and the newest click (per axis).
         min_crop: smallest crop side in pixels (small objects keep some context).
         recompute_iou: a new crop is embedded when the new box overlaps the current crop less
             than this (or a click falls outside it).
@@ -107,6 +108,12 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     inter = iw * ih
     union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
     return inter / union if union > 0 else 0.0
+
+
+def _inside(points: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """(K,) bool: which (K, 2) XY points lie in the XYXY box (x1, y1 exclusive)."""
+    x, y = points[:, 0], points[:, 1]
+    return (x >= box[0]) & (x < box[2]) & (y >= box[1]) & (y < box[3])
 
 
 def _frame_origin(embedding: ImageEmbedding) -> tuple[int, int]:
@@ -209,22 +216,13 @@ class ClickSession:
         if z is None or len(self.points) <= z.skip_clicks or self.prediction is None:
             return self.frame
         pts = np.stack(self.points)
-        positive = pts[np.asarray(self.labels) == 1]
-        box = zoom_box(
-            self.prediction,
-            positive if len(positive) else pts,
-            self.image_size,
-            z.expansion,
-            z.min_crop,
-        )
+        # The box holds the mask, the positive clicks and the newest click (so a far negative
+        # click is still seen); older negative clicks outside it are left out of the crop.
+        keep = (np.asarray(self.labels) == 1) | (np.arange(len(pts)) == len(pts) - 1)
+        box = zoom_box(self.prediction, pts[keep], self.image_size, z.expansion, z.min_crop)
         current = self.crop_box
         if current is not None:
-            inside = (
-                (pts[:, 0] >= current[0])
-                & (pts[:, 0] < current[2])
-                & (pts[:, 1] >= current[1])
-                & (pts[:, 1] < current[3])
-            ).all()
+            inside = _inside(pts[keep], current).all()
             if inside and box_iou(box, current) >= z.recompute_iou:
                 return self.frame
         assert self.image is not None
@@ -266,11 +264,17 @@ class ClickSession:
             mask_input = prev[None, None]
         self.frame = frame
         ox, oy = _frame_origin(frame)
-        pts = np.stack(self.points) - np.array([ox, oy], np.float32)
+        pts = np.stack(self.points)
+        labels = np.asarray(self.labels, np.int64)
+        if frame.crop_box is not None:
+            # Clicks outside the crop are not prompts of it (the newest one is always inside).
+            inside = _inside(pts, np.asarray(frame.crop_box))
+            pts, labels = pts[inside], labels[inside]
+        pts = pts - np.array([ox, oy], np.float32)
         dets = self.segmenter.predict(
             frame,
             points=pts[None],
-            labels=np.asarray(self.labels, np.int64)[None],
+            labels=labels[None],
             mask_input=mask_input,
             multimask=bool(multimask),
         )

@@ -131,6 +131,15 @@ def test_click_session_zooms_after_the_first_click_and_pastes_back() -> None:
     # A click near the same box keeps the crop (no new encoder call).
     s.click((99, 59), 0)
     assert s.encoder_calls == 1
+    # A far negative click widens the crop to reach it; once the crop moves on, older clicks
+    # outside it are left out of its prompt (a crop-sized segmenter may reject them).
+    s.click((5, 5), 0)
+    assert s.encoder_calls == 2 and s.crop_box[0] == 0 and s.crop_box[1] == 0
+    s.click((100, 60), 1)
+    x0, y0, x1, y1 = s.crop_box
+    assert s.encoder_calls == 3 and x0 > 5
+    sent = seg.calls[-1]["points"]
+    assert len(sent) == 4 and (sent >= 0).all() and (sent[:, 0] < x1 - x0).all()
     with pytest.raises(ValueError, match="outside"):
         s.click((W + 5, 10), 1)
     with pytest.raises(ValueError, match="label"):
