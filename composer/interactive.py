@@ -187,7 +187,9 @@ class ClickSession:
         if image is None and (embedding is None or zoom_in is not None):
             raise ValueError("ClickSession needs the image (to embed it, or crops of it for zoom-in)")
         self.segmenter = segmenter
-        self.image = None if image is None else load_image(image)
+        # The pixels are only needed to embed the image or crops of it (no per-object copy else).
+        need_image = embedding is None or zoom_in is not None
+        self.image = load_image(image) if need_image else None
         self.full = segmenter.embed(self.image) if embedding is None else embedding
         if self.image is not None and tuple(self.image.shape[:2]) != tuple(self.full.original_size):
             raise ValueError(

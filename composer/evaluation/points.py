@@ -17,8 +17,8 @@ Click simulation (SAM paper App. D.1, the RITM/fBRS standard):
   one prompt SAM returns its fourth, single-mask token (paper App. A), which is also the
   official predictor's usage. ``multimask_after_first=True`` keeps 3 masks throughout.
 - Zoom-in (optional, off by default as in the SAM paper; RITM-style evaluations use it): after
-  the first click, predict in a crop around the current mask and the positive clicks
-  (:class:`~composer.interactive.ZoomIn`); the masks are scored in the whole image.
+  the first click, predict in a crop around the current mask, the positive clicks and the
+  newest click (:class:`~composer.interactive.ZoomIn`); the masks are scored in the whole image.
 - Scoring: per click, ``iou`` of the most confident mask (highest predicted IoU, the paper's
   default) and ``oracle_iou``, the best of the returned masks against the GT. The next click
   is placed from the most confident mask. IoU ignores the ``ignore`` pixels.

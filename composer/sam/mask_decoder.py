@@ -141,6 +141,21 @@ class MaskDecoder(nn.Module):
         )
         return masks[:, chosen], iou_pred[:, chosen]
 
+    def _unpack(
+        self, x: torch.Tensor, extra_dim: int, what: str
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, D [+ 16 extra_dim], h, w) -> the D channels and the (B, extra_dim, 4h, 4w) map
+        packed after them by ``pixel_unshuffle(4)`` (None when ``extra_dim`` is 0)."""
+        d = self.transformer_dim
+        want = d + 16 * extra_dim
+        if x.ndim != 4 or x.shape[1] != want:
+            raise ValueError(
+                f"{what} must have {want} channels for this decoder, got shape {tuple(x.shape)}"
+            )
+        if not extra_dim:
+            return x, None
+        return x[:, :d], F.pixel_shuffle(x[:, d:], 4)
+
     def split_embedding(
         self, image_embeddings: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -150,16 +165,7 @@ class MaskDecoder(nn.Module):
         Raises:
             ValueError: the embedding has the wrong number of channels for this decoder.
         """
-        d = self.transformer_dim
-        want = d + 16 * self.hires_dim
-        if image_embeddings.ndim != 4 or image_embeddings.shape[1] != want:
-            raise ValueError(
-                f"image embedding must have {want} channels for this decoder, got shape "
-                f"{tuple(image_embeddings.shape)}"
-            )
-        if not self.hires_dim:
-            return image_embeddings, None
-        return image_embeddings[:, :d], F.pixel_shuffle(image_embeddings[:, d:], 4)
+        return self._unpack(image_embeddings, self.hires_dim, "image embedding")
 
     def split_dense(
         self, dense_prompt_embeddings: torch.Tensor
@@ -170,21 +176,12 @@ class MaskDecoder(nn.Module):
         Raises:
             ValueError: the dense embedding has the wrong number of channels for this decoder.
         """
-        d = self.transformer_dim
-        want = d + 16 * self.map_dim
-        if dense_prompt_embeddings.ndim != 4 or dense_prompt_embeddings.shape[1] != want:
-            raise ValueError(
-                f"dense prompt embedding must have {want} channels for this decoder, got shape "
-                f"{tuple(dense_prompt_embeddings.shape)}"
-            )
-        if not self.map_dim:
-            return dense_prompt_embeddings, None
-        dense = dense_prompt_embeddings[:, :d]
-        if dense.shape[0] > 1 and bool((dense == dense[:1]).all()):
+        dense, maps = self._unpack(dense_prompt_embeddings, self.map_dim, "dense prompt embedding")
+        if maps is not None and dense.shape[0] > 1 and bool((dense == dense[:1]).all()):
             # No mask inputs: one broadcast vector again, so the decoder can share the image
             # tokens' transformer pass between prompts (exact).
             dense = dense[:1].expand_as(dense)
-        return dense, F.pixel_shuffle(dense_prompt_embeddings[:, d:], 4)
+        return dense, maps
 
     def predict_masks(
         self,
