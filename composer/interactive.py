@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from .embedding import ImageEmbedding
 from .io.image import load_image
+from .segmenters.base import upsample_logits
 
 #: Logit used for pixels of a mask prompt that lie outside the previous frame.
 OUTSIDE_LOGIT = -20.0
@@ -135,11 +136,7 @@ def reframe_logits(
     if lo.ndim != 2:
         raise ValueError(f"logits must be (h, w), got shape {tuple(lo.shape)}")
     low_hw = tuple(lo.shape)
-    x = lo[None, None]
-    s = source.pad_size
-    x = F.interpolate(x, (s, s), mode="bilinear", align_corners=False)
-    ih, iw = source.input_size
-    x = F.interpolate(x[..., :ih, :iw], tuple(source.original_size), mode="bilinear", align_corners=False)
+    x = upsample_logits(lo[None, None], source)
     sx, sy = _frame_origin(source)
     tx, ty = _frame_origin(target)
     th, tw = target.original_size

@@ -24,7 +24,7 @@ disks and the previous mask at the 64x64 low-res size, a small conv branch added
 decoder's upscaled embedding, zero at first) and SAM's full session (8 corrective rounds, 2
 without a new point), the first prompt's round weighted 5x a later round
 (``--first-round-weight``) so that it keeps about a third of the loss. After it: 85% / 84% of new
-clicks honoured.
+clicks honoured (both measured by ``recipes/click_honour.py``).
 
 Stage 3 (``--stage objects``, from stage 2's weights) adds whole
 objects and small masks: the COCO subset's training half (its images after the first

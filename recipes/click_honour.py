@@ -1,0 +1,72 @@
+"""How often a segmenter honours a new corrective click (the pixel under it gets its label).
+
+Runs the point protocol's clicks (centre of the largest error region, previous logits fed back,
+``composer.interactive.ClickSession``) on GrabCut or Berkeley and counts, for every click, whether
+the chosen mask afterwards has the click's label at the click's pixel, split by positive and
+negative clicks. A model that ignores its corrections stalls in NoC; this measures it directly.
+
+Command (numbers in recipes/README.md, training section)::
+
+    OMP_NUM_THREADS=1 python recipes/click_honour.py --model composer_tiny --dataset grabcut
+    OMP_NUM_THREADS=1 python recipes/click_honour.py --model composer_tiny \
+        --checkpoint ~/.cache/sam-composer/train_obj_paste/stage3.pt     # stage 3, before
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from composer.evaluation.points import next_click
+from composer.interactive import ClickSession
+
+
+def honoured_clicks(segmenter: Any, items: Iterable[Any], max_clicks: int = 20) -> dict[str, Any]:
+    """Per-label counts of clicks whose pixel has the click's label in the next prediction.
+
+    ``items`` need ``load_image()``, ``gt_mask`` and ``ignore`` (GrabCut/Berkeley items). Returns
+    ``{"positive": (honoured, total), "negative": (honoured, total)}``.
+    """
+    counts = {1: [0, 0], 0: [0, 0]}
+    for item in items:
+        image = item.load_image()
+        session = ClickSession(segmenter, image)
+        pred = None
+        for _ in range(int(max_clicks)):
+            click = next_click(item.gt_mask, pred, item.ignore)
+            if click is None:
+                break
+            masks, scores = session.click(click[0], click[1])
+            pred = masks[int(np.argmax(scores))]
+            x, y = int(click[0][0]), int(click[0][1])
+            counts[click[1]][0] += int(pred[y, x] == bool(click[1]))
+            counts[click[1]][1] += 1
+    return {"positive": tuple(counts[1]), "negative": tuple(counts[0])}
+
+
+def main() -> None:
+    import torch
+
+    import composer
+    from composer.data.interactive import Berkeley, GrabCut
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="composer_tiny")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--dataset", choices=("grabcut", "berkeley"), default="grabcut")
+    parser.add_argument("--clicks", type=int, default=20)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    seg = composer.load_segmenter(args.model, checkpoint=args.checkpoint)
+    ds = GrabCut() if args.dataset == "grabcut" else Berkeley()
+    out = honoured_clicks(seg, ds, args.clicks)
+    print(f"{seg.model_id} on {args.dataset}, {args.clicks} clicks per object")
+    for kind, (ok, n) in out.items():
+        print(f"  {kind} clicks honoured: {ok}/{n} = {ok / max(n, 1):.1%}")
+
+
+if __name__ == "__main__":
+    main()
