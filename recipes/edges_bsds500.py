@@ -32,7 +32,7 @@ from composer.data.bsds import BSDS500  # noqa: E402
 from composer.embedding import EmbeddingCache  # noqa: E402
 from composer.evaluation.edges_bsds import BoundaryEvaluator  # noqa: E402
 from composer.evaluation.runner import run  # noqa: E402
-from tasks.edges import EdgeConfig, EdgeTask  # noqa: E402
+from tasks.edges import EdgeConfig, EdgeTask, parse_refine  # noqa: E402
 
 logger = logging.getLogger("recipes.edges_bsds500")
 
@@ -116,6 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--nms-sweep", default=None, help="comma-separated NMS thresholds (use on val)"
     )
+    parser.add_argument(
+        "--refine",
+        default="auto",
+        help="guided-filter refinement of the mask maps: auto (the model's recommendation), "
+        "off (the paper's procedure) or RADIUS,EPS",
+    )
+    parser.add_argument(
+        "--refine-sweep",
+        default=None,
+        help="semicolon-separated --refine values, e.g. 'off;8,0.01;16,0.01' (use on val)",
+    )
     parser.add_argument("--points-per-side", type=int, default=16)
     parser.add_argument("--workers", type=int, default=None, help="BSDS evaluator processes")
     args = parser.parse_args(argv)
@@ -125,19 +136,26 @@ def main(argv: list[str] | None = None) -> int:
 
     segmenter = composer.load_segmenter(args.model, checkpoint=args.checkpoint)
     values = [float(v) for v in args.nms_sweep.split(",")] if args.nms_sweep else [args.nms]
+    try:
+        refines = [parse_refine(v) for v in (args.refine_sweep or args.refine).split(";")]
+    except ValueError as e:
+        parser.error(str(e))
     rows = list(PAPER_ROWS)
     for nms in values:
-        cfg = EdgeConfig(points_per_side=args.points_per_side, box_nms_thresh=nms)
-        out = None if args.out is None else str(Path(args.out) / f"nms{nms:g}")
-        report = evaluate_edges(segmenter, args.split, args.limit, cfg, out, args.workers)
-        m = report["metrics"]
-        n = report["meta"]["n_images"]
-        label = f"{segmenter.model_id} nms={nms:g} ({args.split}, {n} img)"
-        rows.append(
-            (label, m.get("edges/ODS"), m.get("edges/OIS"), m.get("edges/AP"), m.get("edges/R50"))
-        )
-        if report["meta"]["n_failed"]:
-            print(f"warning: {report['meta']['n_failed']} images failed; see report.json")
+        for refine in refines:
+            cfg = EdgeConfig(points_per_side=args.points_per_side, box_nms_thresh=nms, refine=refine)
+            setting = cfg.refine_setting(segmenter)
+            tag = "off" if setting is None else f"r{setting[0]}e{setting[1]:g}"
+            out = None if args.out is None else str(Path(args.out) / f"nms{nms:g}_{tag}")
+            report = evaluate_edges(segmenter, args.split, args.limit, cfg, out, args.workers)
+            m = report["metrics"]
+            n = report["meta"]["n_images"]
+            label = f"{segmenter.model_id} nms={nms:g} refine={tag} ({args.split}, {n} img)"
+            rows.append(
+                (label, m.get("edges/ODS"), m.get("edges/OIS"), m.get("edges/AP"), m.get("edges/R50"))
+            )
+            if report["meta"]["n_failed"]:
+                print(f"warning: {report['meta']['n_failed']} images failed; see report.json")
     print_table(rows)
     return 0
 

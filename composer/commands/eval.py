@@ -37,6 +37,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--thresholds", type=int, default=99, help="benchmark thresholds (default 99)")
     e.add_argument("--workers", type=int, default=2, help="processes for the boundary matcher")
     e.add_argument("--points-per-side", type=int, default=16, help="grid of the segmenter edge task")
+    e.add_argument("--edge-refine", default="auto", metavar="auto|off|R,EPS",
+                   help="guided-filter refinement of the mask maps before the Sobel filter: the "
+                        "model's recommendation (auto, default), off (the paper's procedure) or "
+                        "radius,eps")
     e.set_defaults(func=run_edges)
 
     pr = esub.add_parser("proposals", help="class-agnostic mask proposals, AR@10/100/1000")
@@ -134,11 +138,19 @@ def run_edges(args: argparse.Namespace) -> int:
 
     dataset = _dataset(args)
     if args.method == "segmenter":
-        from tasks.edges import EdgeConfig, EdgeTask
+        from tasks.edges import EdgeConfig, EdgeTask, parse_refine
 
+        try:
+            refine = parse_refine(args.edge_refine)
+        except ValueError as e:
+            raise SystemExit(f"sam-composer eval edges: {e}") from None
         seg = load_model(args)
         print(describe(seg))
-        task: Any = EdgeTask(seg, EdgeConfig(points_per_side=args.points_per_side))
+        cfg = EdgeConfig(points_per_side=args.points_per_side, refine=refine)
+        setting = cfg.refine_setting(seg)
+        how = "off" if setting is None else f"guided filter r={setting[0]} eps={setting[1]:g}"
+        print(f"edge refinement: {how}")
+        task: Any = EdgeTask(seg, cfg)
     else:
         from tasks.edges_classic import make_classic_task
 

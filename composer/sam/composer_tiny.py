@@ -76,6 +76,15 @@ SHIPPED_METRICS: dict[str, Any] = {
 # image, precision .631, recall .373, F1 .469; on test .473; official values F1 .030).
 AMG_THRESHOLDS: dict[str, float] = {"pred_iou_thresh": 0.2, "stability_score_thresh": 0.7}
 
+# Guided-filter refinement (radius, eps) of the mask maps in the edge task: the 64x64 low-res
+# masks put every boundary on an 8-input-pixel grid, and a colour guided filter of the image
+# moves their transitions onto the image's edges. Chosen on the first 30 BSDS500 val images
+# (edge ODS: off .552; r8/eps .01 .669; r12/.01 .667; r16/.01 .652; r16/.03 .648; r24/.03 .612)
+# by
+#   OMP_NUM_THREADS=1 python recipes/edges_bsds500.py --model composer_tiny --split val \
+#       --limit 30 --refine-sweep "off;8,0.01;12,0.01;16,0.01;16,0.03;24,0.03" --workers 1
+EDGE_REFINE: tuple[int, float] = (8, 0.01)
+
 
 @dataclass(frozen=True)
 class ComposerTinyConfig:

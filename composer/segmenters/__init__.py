@@ -80,6 +80,7 @@ def _load_composer_tiny(name: str, checkpoint: Any = None, **kwargs: Any) -> Pro
     from ..predictor import SamPredictor
     from ..sam.composer_tiny import (
         AMG_THRESHOLDS,
+        EDGE_REFINE,
         MODEL_NAME,
         PACKAGED_WEIGHTS,
         build_composer_tiny,
@@ -99,6 +100,8 @@ def _load_composer_tiny(name: str, checkpoint: Any = None, **kwargs: Any) -> Pro
     )
     # the automatic generator's quality filters, chosen for this model on BSDS500 val
     segmenter.amg_thresholds = dict(AMG_THRESHOLDS)
+    # the edge task's guided refinement of the coarse mask maps, chosen on BSDS500 val
+    segmenter.edge_refine = EDGE_REFINE
     return segmenter
 
 

@@ -78,6 +78,9 @@ class PromptableSegmenter(ABC):
             model whose predicted IoU or logit scale is calibrated unlike SAM's (keys
             ``pred_iou_thresh``, ``stability_score_thresh``, ``stability_score_offset``); used
             by ``AmgConfig.for_segmenter`` when no explicit settings are given.
+        edge_refine: None, or the recommended ``(radius, eps)`` of the guided filter that the
+            edge task (``tasks.edges``, refine ``"auto"``) applies to each mask's probability
+            map, for a model whose low-res masks are too coarse for edge detection.
     """
 
     model_id: str = "segmenter"
@@ -86,6 +89,7 @@ class PromptableSegmenter(ABC):
     prompt_batch: int = 64
     skips_low_iou: bool = False
     amg_thresholds: dict[str, float] | None = None
+    edge_refine: tuple[int, float] | None = None
 
     @abstractmethod
     def embed(self, image: Any) -> ImageEmbedding: ...

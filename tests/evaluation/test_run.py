@@ -260,3 +260,29 @@ def test_points_cli_with_zoom_in_records_the_protocol(grabcut3, tmp_path):
     assert report["meta"]["failures"] == [] and 0.0 < report["metrics"]["points/mIoU@3"] <= 1.0
     per_mask = json.loads(next(out.glob("points_per_mask*.json")).read_text())
     assert per_mask
+
+
+def test_edges_cli_applies_the_models_guided_refinement(bsds_dir, tmp_path, capsys):
+    """``eval edges`` on one real BSDS500 val image with the packaged composer_tiny: ``auto``
+    uses the model's recommended guided filter, ``off`` the paper's procedure; a bad value is
+    refused before any work."""
+    from composer.cli import main
+    from composer.sam.composer_tiny import EDGE_REFINE
+
+    base = ["eval", "edges", "--model", "composer_tiny", "--split", "val", "--limit", "1",
+            "--thresholds", "9", "--workers", "1", "--points-per-side", "6"]
+    metrics = {}
+    for how in ("auto", "off"):
+        out = tmp_path / how
+        assert main([*base, "--edge-refine", how, "--out", str(out)]) == 0
+        printed = capsys.readouterr().out
+        r, eps = EDGE_REFINE
+        expected = f"guided filter r={r} eps={eps:g}" if how == "auto" else "edge refinement: off"
+        assert expected in printed
+        report = json.loads((out / "report.json").read_text())
+        assert report["meta"]["n_failed"] == 0
+        metrics[how] = report["metrics"]["edges/ODS"]
+        assert 0.0 < metrics[how] <= 1.0
+    assert metrics["auto"] != metrics["off"]
+    with pytest.raises(SystemExit, match="RADIUS,EPS"):
+        main([*base, "--edge-refine", "8", "--out", str(tmp_path / "bad")])

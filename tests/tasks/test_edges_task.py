@@ -7,13 +7,23 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from _toy_segmenter import ToySegmenter, toy_scene
 from scipy import ndimage
 
+from composer.amg_utils import LowResUpsampler
 from composer.embedding import EmbeddingCache
+from composer.refine import GuidedFilter
 from composer.structures import EdgeMap
 from tasks.base import TaskContext
-from tasks.edges import EdgeConfig, EdgeTask, conv_tri, edge_nms
+from tasks.edges import (
+    EdgeConfig,
+    EdgeTask,
+    conv_tri,
+    edge_nms,
+    mask_boundary_edges,
+    parse_refine,
+)
 
 
 def _true_boundaries(image: np.ndarray) -> np.ndarray:
@@ -104,3 +114,45 @@ def test_edge_nms_agrees_with_pyedgeeval():
     assert ((ours > 0) != (ref > 0)).mean() < 0.005
     same = (ours > 0) == (ref > 0)
     np.testing.assert_allclose(ours[same], ref[same], atol=1e-12)
+
+
+def test_guided_refinement_moves_mask_edges_onto_image_edges():
+    # image edge at column 30; mask A's soft boundary is 2 px off it (at 32), mask B has a
+    # phantom boundary at column 60 inside the flat bright area
+    image = np.full((48, 80, 3), 40, np.uint8)
+    image[:, 30:] = 200
+    cols = np.arange(80, dtype=np.float32)
+    logits = torch.from_numpy(
+        np.stack([np.tile((cols - 32) / 2, (48, 1)), np.tile((cols - 60) / 2, (48, 1))])
+    )
+    identity = LowResUpsampler((48, 80), 80, (48, 80), (48, 80))
+    plain = mask_boundary_edges(logits, identity, 0.0, "outer")[24]
+    refined = mask_boundary_edges(logits, identity, 0.0, "outer", GuidedFilter(image, 8, 1e-2))[24]
+    assert int(np.argmax(plain[:45])) == 32 and int(np.argmax(refined[:45])) == 29
+    # without refinement the phantom boundary is as strong as the real one; with it, weak
+    assert plain[45:].max() == pytest.approx(plain[:45].max(), rel=1e-3)
+    assert refined[45:].max() < 0.25 * refined[:45].max()
+
+
+def test_edge_refine_settings_and_parsing():
+    seg = ToySegmenter()
+    assert EdgeConfig().refine == "auto" and EdgeConfig().refine_setting(seg) is None
+    seg.edge_refine = (3, 0.02)  # a model's recommendation
+    assert EdgeConfig().refine_setting(seg) == (3, 0.02)
+    assert EdgeConfig(refine="off").refine_setting(seg) is None
+    assert EdgeConfig(refine=(5, 0.1)).refine_setting(seg) == (5, 0.1)
+    assert parse_refine("auto") == "auto" and parse_refine(" off ") == "off"
+    assert parse_refine("8,0.01") == (8, 0.01) == parse_refine("8:0.01")
+    for bad in ("8", "x,1", "0,0.01", "8,0", "8,0.1,2"):
+        with pytest.raises(ValueError):
+            parse_refine(bad)
+    for bad_cfg in ("on", (0, 0.1), (2, -1.0), (2.5, 0.1), 3):
+        with pytest.raises(ValueError):
+            EdgeConfig(refine=bad_cfg)  # type: ignore[arg-type]
+    # the task records and applies it; edges still lie on the scene's boundaries
+    image = toy_scene()
+    edges = EdgeTask(seg, EdgeConfig(points_per_side=8))(image)
+    assert edges.meta["refine"] == (3, 0.02)
+    band = ndimage.binary_dilation(_true_boundaries(image), iterations=2)
+    assert band[edges.edges > 0.3].mean() > 0.9
+    assert EdgeTask(seg, EdgeConfig(points_per_side=8, refine="off"))(image).meta["refine"] is None

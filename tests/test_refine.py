@@ -1,0 +1,113 @@
+"""composer.refine: running-sum box means and the colour guided filter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from composer.refine import GuidedFilter, box_mean
+
+
+def _brute_box_mean(x: np.ndarray, r: int) -> np.ndarray:
+    h, w = x.shape
+    out = np.empty_like(x, dtype=np.float64)
+    for i in range(h):
+        for j in range(w):
+            out[i, j] = x[max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1].mean()
+    return out
+
+
+@pytest.mark.parametrize("r", [1, 2, 5, 9, 40])
+def test_box_mean_is_the_clipped_window_mean(r):
+    x = np.random.default_rng(r).random((13, 17)).astype(np.float32)
+    got = box_mean(torch.from_numpy(x)[None, None], r)[0, 0].numpy()
+    np.testing.assert_allclose(got, _brute_box_mean(x, r), atol=1e-5)
+    assert box_mean(torch.from_numpy(x), 0) is not None
+
+
+def _guided_reference(image: np.ndarray, p: np.ndarray, r: int, eps: float) -> np.ndarray:
+    """He et al.'s colour guided filter written out per pixel (float64, brute-force windows)."""
+    guide = image.astype(np.float64) / 255.0
+    h, w = p.shape
+    a = np.zeros((h, w, 3))
+    b = np.zeros((h, w))
+    for i in range(h):
+        for j in range(w):
+            win = (slice(max(0, i - r), i + r + 1), slice(max(0, j - r), j + r + 1))
+            Iw = guide[win].reshape(-1, 3)
+            pw = p[win].reshape(-1)
+            mu, pm = Iw.mean(0), pw.mean()
+            cov = (Iw - mu).T @ (Iw - mu) / len(pw)
+            a[i, j] = np.linalg.solve(cov + eps * np.eye(3), (Iw * pw[:, None]).mean(0) - mu * pm)
+            b[i, j] = pm - a[i, j] @ mu
+    ma = np.stack([_brute_box_mean(a[..., c], r) for c in range(3)], -1)
+    return (ma * guide).sum(-1) + _brute_box_mean(b, r)
+
+
+def test_guided_filter_matches_the_per_pixel_definition():
+    rng = np.random.default_rng(0)
+    image = (rng.random((14, 19, 3)) * 255).astype(np.uint8)
+    p = rng.random((14, 19)).astype(np.float32)
+    got = GuidedFilter(image, 2, 1e-2)(torch.from_numpy(p)[None])[0].numpy()
+    np.testing.assert_allclose(got, _guided_reference(image, p, 2, 1e-2), atol=1e-4)
+
+
+def test_guided_filter_moves_a_misplaced_transition_to_the_image_edge():
+    # image: dark left of column 30, bright from it; the mask's soft edge is centred at 36
+    image = np.full((40, 64, 3), 40, np.uint8)
+    image[:, 30:] = 200
+    cols = np.arange(64, dtype=np.float32)
+    prob = 1 / (1 + np.exp(-(cols - 36) / 1.5))
+    p = torch.from_numpy(np.tile(prob, (40, 1)))[None, None]
+    q = GuidedFilter(image, 8, 1e-2)(p)[0, 0].numpy()
+    assert q.shape == (40, 64)
+    step_p, step_q = np.diff(prob), np.diff(q[20])
+    assert int(np.argmax(step_p)) == 35  # the input's steepest step: 35 -> 36
+    assert int(np.argmax(step_q)) == 29  # the output's: 29 -> 30, the image edge
+    assert step_q[29] > 3 * np.delete(step_q, 29).max()
+    # left of the edge the map is flattened towards zero, right of it kept above
+    assert q[20, :30].max() < 0.05 and q[20, 30] > 0.25
+    assert np.isclose(q[20, 1:29], q[20, 1:29].mean(), atol=0.02).all()
+
+
+def test_guided_filter_on_a_flat_guide_only_smooths_and_grey_guides_work():
+    p = torch.rand(2, 1, 20, 25)
+    flat = GuidedFilter(np.full((20, 25, 3), 128, np.uint8), 3, 1e-3)(p)
+    # zero guide variance: a = 0, so q is the mean of the window means of p
+    np.testing.assert_allclose(flat.numpy(), box_mean(box_mean(p, 3), 3).numpy(), atol=1e-5)
+    grey = GuidedFilter(np.full((20, 25), 0.5, np.float32), 3, 1e-3)(p[:, 0])
+    assert grey.shape == (2, 20, 25)
+    np.testing.assert_allclose(grey.numpy(), flat[:, 0].numpy(), atol=1e-5)
+
+
+def test_guided_filter_window_agrees_with_the_whole_image_inside():
+    rng = np.random.default_rng(1)
+    image = (rng.random((50, 60, 3)) * 255).astype(np.uint8)
+    p = torch.from_numpy(rng.random((50, 60)).astype(np.float32))
+    gf = GuidedFilter(image, 3, 1e-2)
+    whole = gf(p[None])[0]
+    y0, y1, x0, x1 = 10, 45, 0, 30
+    part = gf(p[y0:y1, x0:x1][None], (y0, y1, x0, x1))[0]
+    m = 2 * gf.radius
+    # exact away from the window's inner sides (the left side is the image's own border)
+    np.testing.assert_allclose(
+        part[m:-m, : -m].numpy(), whole[y0 + m : y1 - m, x0 : x1 - m].numpy(), atol=1e-5
+    )
+
+
+def test_guided_filter_rejects_bad_arguments():
+    image = np.zeros((10, 12, 3), np.uint8)
+    with pytest.raises(ValueError, match="radius"):
+        GuidedFilter(image, 0, 1e-2)
+    with pytest.raises(ValueError, match="eps"):
+        GuidedFilter(image, 2, 0.0)
+    with pytest.raises(ValueError, match="guide image"):
+        GuidedFilter(np.zeros((10, 12, 2), np.uint8), 2, 1e-2)
+    gf = GuidedFilter(image, 2, 1e-2)
+    with pytest.raises(ValueError, match="guide window is"):
+        gf(torch.zeros(1, 10, 13))
+    with pytest.raises(ValueError, match="not inside"):
+        gf(torch.zeros(1, 5, 5), (8, 13, 0, 5))
+    with pytest.raises(ValueError, match="window is"):
+        gf(torch.zeros(1, 5, 6), (0, 5, 0, 5))
