@@ -98,7 +98,6 @@ class EdgeConfig:
             return None if rec is None else _check_refine(rec)
         return _check_refine(self.refine)
 
-
     def amg_config(self) -> AmgConfig:
         """The AMG settings of the procedure: no quality filters, no crops, logits kept."""
         return AmgConfig(
