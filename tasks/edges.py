@@ -249,20 +249,22 @@ def mask_boundary_edges(
 
 
 def _refine_maps(prob: torch.Tensor, refine: GuidedFilter, floor: float = 0.05) -> torch.Tensor:
-    """Guided-filter (C, 1, H, W) probability maps, each only inside the box where it exceeds
-    ``floor``, padded by the filter's reach (elsewhere the map is near zero and stays so)."""
-    out = prob.clone()
+    """Guided-filter (C, 1, H, W) probability maps in place, each only inside the box where it
+    exceeds ``floor``, padded by the filter's reach (elsewhere the map is near zero and stays
+    so); returns ``prob``."""
     height, width = prob.shape[-2:]
     pad = 2 * refine.radius + 2
     for i in range(len(prob)):
-        rows = torch.nonzero((prob[i, 0] > floor).any(dim=1)).flatten()
-        cols = torch.nonzero((prob[i, 0] > floor).any(dim=0)).flatten()
+        above = prob[i, 0] > floor
+        rows = torch.nonzero(above.any(dim=1)).flatten()
         if not len(rows):
             continue
+        cols = torch.nonzero(above.any(dim=0)).flatten()
         y0, y1 = max(0, int(rows[0]) - pad), min(height, int(rows[-1]) + 1 + pad)
         x0, x1 = max(0, int(cols[0]) - pad), min(width, int(cols[-1]) + 1 + pad)
-        out[i, 0, y0:y1, x0:x1] = refine(prob[i, 0, y0:y1, x0:x1], (y0, y1, x0, x1)).clamp_(0, 1)
-    return out
+        window = prob[i, 0, y0:y1, x0:x1]
+        window.copy_(refine(window, (y0, y1, x0, x1)).clamp_(0.0, 1.0))
+    return prob
 
 
 # --------------------------------------------------------------------------- edge NMS
