@@ -76,15 +76,18 @@ def evaluate_edges(
     config: EdgeConfig | None = None,
     out: str | None = None,
     workers: int | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> dict[str, Any]:
-    """Run the edge task over a BSDS500 split; returns the harness report."""
+    """Run the edge task over a BSDS500 split; returns the harness report. Pass one ``cache``
+    to several runs (a sweep) so each image is embedded once."""
     dataset = BSDS500(split)
     out_dir = Path(out) if out else None
     adapter = BoundaryAdapter(
         BoundaryEvaluator(workers=workers), dataset, None if out_dir is None else out_dir / "png"
     )
     task = EdgeTask(segmenter, config)
-    return run(task, dataset, adapter, cache=EmbeddingCache(), limit=limit, out_dir=out_dir)
+    cache = EmbeddingCache() if cache is None else cache
+    return run(task, dataset, adapter, cache=cache, limit=limit, out_dir=out_dir)
 
 
 def _fmt(v: float | None) -> str:
@@ -141,13 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     rows = list(PAPER_ROWS)
+    cache = EmbeddingCache()  # shared by the sweep's settings: one encoder pass per image
     for nms in values:
         for refine in refines:
             cfg = EdgeConfig(points_per_side=args.points_per_side, box_nms_thresh=nms, refine=refine)
             setting = cfg.refine_setting(segmenter)
             tag = "off" if setting is None else f"r{setting[0]}e{setting[1]:g}"
             out = None if args.out is None else str(Path(args.out) / f"nms{nms:g}_{tag}")
-            report = evaluate_edges(segmenter, args.split, args.limit, cfg, out, args.workers)
+            report = evaluate_edges(
+                segmenter, args.split, args.limit, cfg, out, args.workers, cache=cache
+            )
             m = report["metrics"]
             n = report["meta"]["n_images"]
             label = f"{segmenter.model_id} nms={nms:g} refine={tag} ({args.split}, {n} img)"

@@ -82,9 +82,10 @@ click; stage 2, 4937 steps in 60.0 min (0.7 s per step: five decoder rounds per 
 loss 0.361, GrabCut 0.624 top-1 / 0.688 oracle at one click and 0.804 at five, Berkeley 0.626 /
 0.688 and 0.770; stage 3, 8183 steps in 60.0 min, last-50 loss 0.303, GrabCut 0.649
 top-1 / 0.742 oracle at one click and 0.844 at five, Berkeley 0.624 / 0.717 and 0.811; stage 4
-(shipped), 3030 steps in 60.0 min (1.2 s per step: eleven decoder rounds per mask), last-50 loss 0.250 (rounds weighted differently, not comparable with earlier stages), GrabCut
-0.677 / 0.747 / 0.868, Berkeley 0.637 / 0.710 / 0.841, NoC@90 GrabCut 9.74 -> 7.32 and
-Berkeley 15.25 -> 11.64; the
+(shipped), 3030 steps in 60.0 min (1.2 s per step: eleven decoder rounds per mask), last-50
+loss 0.250 (rounds weighted differently, not comparable with earlier stages), GrabCut 0.677 /
+0.747 / 0.868, Berkeley 0.637 / 0.710 / 0.841, NoC@90 GrabCut 9.74 -> 7.32 and Berkeley
+15.25 -> 11.64 (a longer stage 4 that was not shipped: recipes/README.md); the
 same stage without copy-paste images (``--paste 0``, 5555 steps): GrabCut 0.635 / 0.713 / 0.837,
 Berkeley 0.625 / 0.694 / 0.790. Image encoder 0.14-0.21 s per 512-px image (1 thread, loaded
 machine). See ``SHIPPED_METRICS`` in composer/sam/composer_tiny.py and --work-dir/results.json.
