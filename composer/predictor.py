@@ -18,7 +18,7 @@ from PIL import Image
 
 from .embedding import ImageEmbedding
 from .io.image import load_image
-from .segmenters.base import MaskLogits, PromptableSegmenter, upsample_logits
+from .segmenters.base import MaskLogits, PromptableSegmenter, refine_image, upsample_logits
 from .structures import Prompts
 
 
@@ -102,12 +102,15 @@ class SamPredictor(PromptableSegmenter):
         x = torch.tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         x = self.model.preprocess(x.float())
         features = self.model.image_encoder(x)
+        # a refining model keeps the image for predict's GrabCut refinement (mask_refine)
+        extras = {} if self.mask_refine is None else {"image": torch.tensor(arr)}
         return ImageEmbedding(
             features=features,
             original_size=(int(arr.shape[0]), int(arr.shape[1])),
             input_size=(int(resized.shape[0]), int(resized.shape[1])),
             pad_size=self.img_size,
             model_id=self.model_id,
+            extras=extras,
         )
 
     def _to_input_frame(self, coords: np.ndarray, embedding: ImageEmbedding) -> np.ndarray:
@@ -197,7 +200,8 @@ class SamPredictor(PromptableSegmenter):
         ``predict(point_coords=None, point_labels=None, box=None, mask_input=None,
         multimask_output=True, return_logits=False)`` after ``set_image`` follows the official
         SamPredictor: one prompt; returns ``(masks (C, H, W) bool or float logits,
-        scores (C,) float32, low_res_logits (C, h, w) float32)`` as numpy arrays.
+        scores (C,) float32, low_res_logits (C, h, w) float32)`` as numpy arrays. Boolean
+        masks get the segmenter's ``mask_refine`` (if any); logits are the decoder's.
         """
         if (args and isinstance(args[0], ImageEmbedding)) or "embedding" in kwargs:
             return super().predict(*args, **kwargs)
@@ -215,5 +219,10 @@ class SamPredictor(PromptableSegmenter):
         prompts = Prompts.create(point_coords, point_labels, box_arr, mi, image_size=emb.original_size)
         out = self.decode(emb, prompts, multimask_output)
         up = upsample_logits(out.logits, emb)[0]
-        masks = up if return_logits else up > self.mask_threshold
-        return masks.cpu().numpy(), out.iou_pred[0].cpu().numpy(), out.logits[0].cpu().numpy()
+        masks = (up if return_logits else up > self.mask_threshold).cpu().numpy()
+        if not return_logits and self.mask_refine is not None:
+            image = refine_image(emb)
+            pts = None if prompts.points is None else prompts.points[0]
+            lbl = None if prompts.labels is None else prompts.labels[0]
+            masks = np.stack([self.mask_refine(image, m, pts, lbl) for m in masks])
+        return masks, out.iou_pred[0].cpu().numpy(), out.logits[0].cpu().numpy()

@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="SAM Table 5: mask AP from detector boxes")
     p.add_argument("--model", default=None, help="composer.load_segmenter name (default model)")
     p.add_argument("--checkpoint", default=None, help="segmenter weights file or hub name")
+    p.add_argument("--mask-refine", default="auto", metavar="auto|off|BAND[,ITERS]",
+                   help="GrabCut refinement of the masks (auto: the model's recommendation)")
     p.add_argument(
         "--detector", default=None, help="ssd (default), a torchvision arch, or a results .json"
     )
@@ -228,9 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         dataset = CocoDataset(args.coco, args.images)
     else:
         dataset = coco_subset()
+    from composer.commands.common import describe, parse_mask_refine
+
+    refine = parse_mask_refine(args.mask_refine)
     segmenter = load_segmenter(args.model, args.checkpoint)
+    if refine != "auto":
+        segmenter.mask_refine = refine
     detector = load_detector(args.detector, score_threshold=args.score_threshold)
-    print(f"segmenter: {segmenter.model_id}\ndetector: {detector.model_id}\ndataset: {dataset!r}")
+    print(f"{describe(segmenter)}\ndetector: {detector.model_id}\ndataset: {dataset!r}")
     out = Path(args.out) if args.out else None
     result = evaluate(
         segmenter, dataset, detector, args.boxes, args.score_threshold, args.limit, out

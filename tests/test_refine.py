@@ -1,12 +1,13 @@
-"""composer.refine: running-sum box means and the colour guided filter."""
+"""composer.refine: running-sum box means, the colour guided filter, GrabCut band refinement."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from composer.refine import GuidedFilter, box_mean
+from composer.refine import GrabCutRefine, GuidedFilter, box_mean
 
 
 def _brute_box_mean(x: np.ndarray, r: int) -> np.ndarray:
@@ -112,3 +113,73 @@ def test_guided_filter_rejects_bad_arguments():
         gf(torch.zeros(1, 5, 5), (8, 13, 0, 5))
     with pytest.raises(ValueError, match="window is"):
         gf(torch.zeros(1, 5, 6), (0, 5, 0, 5))
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def _ellipse_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Noisy textured background, a noisy red ellipse; and a coarse mask of it: the ellipse
+    drawn on a grid of 40-px cells, upsampled bilinearly (a low-res decoder's boundary) and
+    shifted by (6, 4) px."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(90, 140, (240, 320, 3)).astype(np.uint8)
+    gt = np.zeros((240, 320), np.uint8)
+    cv2.ellipse(gt, (150, 120), (80, 55), 20, 0, 360, 1, -1)
+    obj = np.clip(rng.normal((200, 40, 50), 12, (240, 320, 3)), 0, 255).astype(np.uint8)
+    image[gt > 0] = obj[gt > 0]
+    low = cv2.resize(gt.astype(np.float32), (8, 6), interpolation=cv2.INTER_AREA)
+    coarse = cv2.resize(low, (320, 240), interpolation=cv2.INTER_LINEAR) > 0.5
+    coarse = np.roll(coarse, (4, 6), axis=(0, 1))
+    return image, gt > 0, coarse
+
+
+def test_grabcut_refine_snaps_a_coarse_boundary_to_the_object() -> None:
+    image, gt, coarse = _ellipse_scene()
+    before = _iou(coarse, gt)
+    out = GrabCutRefine(band=16)(image, coarse)
+    assert out.dtype == bool and out.shape == gt.shape
+    assert before < 0.9
+    assert _iou(out, gt) > 0.97
+
+
+def test_grabcut_refine_relabels_only_the_band_and_honours_clicks() -> None:
+    image, gt, _ = _ellipse_scene()
+    # a mask that misses the object's right half: far from its boundary nothing may change
+    half = gt.copy()
+    half[:, 150:] = False
+    ref = GrabCutRefine(band=8, ref_size=320)
+    bw = ref.band_pixels(gt.shape)
+    assert bw == 8
+    out = ref(image, half)
+    dist_out = cv2.distanceTransform((~half).astype(np.uint8), cv2.DIST_L2, 5)
+    dist_in = cv2.distanceTransform(half.astype(np.uint8), cv2.DIST_L2, 5)
+    far = (dist_out > bw + 1) | (dist_in > bw + 1)
+    assert np.array_equal(out[far], half[far])
+    assert _iou(out, gt) > _iou(half, gt) + 0.05  # the band grew onto the object
+    # a negative click inside the band stays background
+    y, x = 120, 150 + bw // 2
+    assert gt[y, x]
+    clicked = ref(image, half, points=np.array([[x, y], [100, 120]]), labels=np.array([0, 1]))
+    assert not clicked[y, x]
+    # clicks outside the image or padding labels are ignored
+    same = ref(image, half, points=np.array([[-5, 3], [x, y]]), labels=np.array([1, -1]))
+    assert np.array_equal(same, out)
+
+
+def test_grabcut_refine_leaves_degenerate_masks_and_refuses_bad_input() -> None:
+    image, gt, coarse = _ellipse_scene()
+    ref = GrabCutRefine()
+    empty = np.zeros_like(gt)
+    assert not ref(image, empty).any()
+    assert ref(image, ~empty).all()
+    grey = ref(image[..., 0], coarse)
+    assert grey.shape == gt.shape
+    with pytest.raises(ValueError, match="does not match"):
+        ref(image, coarse[:-1])
+    with pytest.raises(ValueError, match="uint8"):
+        ref(image.astype(np.float32), coarse)
+    for bad in ({"band": 0}, {"iters": 0}, {"ref_size": 0}):
+        with pytest.raises(ValueError):
+            GrabCutRefine(**bad)

@@ -12,15 +12,45 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "(default: the best one available here)")
     p.add_argument("--checkpoint", default=None,
                    help="weights file or registered weights name (see `sam-composer weights list`)")
+    p.add_argument("--mask-refine", default="auto", metavar="auto|off|BAND[,ITERS]",
+                   help="GrabCut refinement of returned masks in a band around their boundary: "
+                        "the model's recommendation (auto, default), off, or the band's "
+                        "half-width in pixels at a 512-px image side and GrabCut iterations")
+
+
+def parse_mask_refine(text: str) -> Any:
+    """``--mask-refine``: "auto", None (off) or a GrabCutRefine."""
+    from ..refine import GrabCutRefine
+
+    text = str(text).strip().lower()
+    if text in ("auto", "off"):
+        return None if text == "off" else "auto"
+    parts = text.replace(":", ",").split(",")
+    try:
+        if len(parts) > 2:
+            raise ValueError(text)
+        band = float(parts[0])
+        iters = int(parts[1]) if len(parts) == 2 else GrabCutRefine.iters
+    except ValueError:
+        raise ValueError(f"--mask-refine must be auto, off or BAND[,ITERS], got {text!r}") from None
+    return GrabCutRefine(band=band, iters=iters)
 
 
 def load_model(args: argparse.Namespace) -> Any:
     from ..segmenters import load_segmenter
 
-    return load_segmenter(args.model, checkpoint=args.checkpoint)
+    seg = load_segmenter(args.model, checkpoint=args.checkpoint)
+    refine = parse_mask_refine(getattr(args, "mask_refine", "auto"))
+    if refine != "auto":
+        seg.mask_refine = refine
+    return seg
 
 
 def describe(segmenter: Any) -> str:
     """One line naming the backend and weights that ran, printed by every command."""
     desc = getattr(segmenter, "description", None)
-    return f"segmenter: {segmenter.model_id}" + (f" ({desc})" if desc else "")
+    line = f"segmenter: {segmenter.model_id}" + (f" ({desc})" if desc else "")
+    refine = getattr(segmenter, "mask_refine", None)
+    if refine is not None:
+        line += f"; masks refined by GrabCut (band {refine.band:g} px at 512, {refine.iters} iterations)"
+    return line

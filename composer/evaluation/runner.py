@@ -139,6 +139,15 @@ def _model_id(runner: Any) -> str | None:
     return None
 
 
+def _mask_refine(runner: Any) -> Any:
+    """The segmenter's predict-time mask refinement (``mask_refine``), as JSON, or None."""
+    for obj in (runner, getattr(runner, "segmenter", None)):
+        refine = getattr(obj, "mask_refine", None)
+        if refine is not None:
+            return _jsonable(refine)
+    return None
+
+
 def _strict(obj: Any) -> Any:
     """NaN/inf -> None so the file is standard JSON (e.g. an undefined R50)."""
     if isinstance(obj, float) and not np.isfinite(obj):
@@ -303,6 +312,7 @@ def run(
     meta: dict[str, Any] = {
         "mode": "points" if points_mode else "task",
         "model_id": _model_id(task_or_segmenter),
+        "mask_refine": _mask_refine(task_or_segmenter),
         "task": type(task_or_segmenter).__name__,
         "config": _jsonable(getattr(task_or_segmenter, "config", None)),
         "dataset": dataset_name,

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..refine import GrabCutRefine
 from .cnn_encoder import LITE_PIXEL_MEAN, LITE_PIXEL_STD, CnnEncoderConfig, CnnImageEncoder
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -85,6 +86,14 @@ AMG_THRESHOLDS: dict[str, float] = {"pred_iou_thresh": 0.2, "stability_score_thr
 # (edge ODS: off .552; r8/eps .01 .669; r12/.01 .667; r16/.01 .652; r16/.03 .648; r24/.03 .612;
 # recipes/README.md, "guided refinement"); on test ODS .568 -> .678 (val-tuned Canny .639).
 EDGE_REFINE: tuple[int, float] = (8, 0.01)
+
+# GrabCut refinement of every mask ``predict`` returns (``PromptableSegmenter.mask_refine``):
+# the 64x64 masks find the object but draw its boundary on the 8-px grid, so the model stalls
+# below 85-90% IoU. Chosen on held-out training data (the 8 BSDS500 training images held out by
+# recipes/train_default.py, 56 regions, 20 clicks; recipes/README.md, "mask refinement"):
+# NoC@85/90 off 9.39 / 13.09; band 8: 7.02 / 10.54; band 16: 7.02 / 10.18; band 24: 7.11 / 10.59;
+# band 16 with 1 / 4 iterations: 7.16 / 10.23, 7.07 / 10.18.
+MASK_REFINE = GrabCutRefine(band=16.0, iters=2)
 
 
 @dataclass(frozen=True)

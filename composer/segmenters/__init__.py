@@ -81,6 +81,7 @@ def _load_composer_tiny(name: str, checkpoint: Any = None, **kwargs: Any) -> Pro
     from ..sam.composer_tiny import (
         AMG_THRESHOLDS,
         EDGE_REFINE,
+        MASK_REFINE,
         MODEL_NAME,
         PACKAGED_WEIGHTS,
         build_composer_tiny,
@@ -102,6 +103,8 @@ def _load_composer_tiny(name: str, checkpoint: Any = None, **kwargs: Any) -> Pro
     segmenter.amg_thresholds = dict(AMG_THRESHOLDS)
     # the edge task's guided refinement of the coarse mask maps, chosen on BSDS500 val
     segmenter.edge_refine = EDGE_REFINE
+    # GrabCut refinement of the returned masks' boundaries, chosen on held-out training images
+    segmenter.mask_refine = MASK_REFINE
     return segmenter
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..embedding import ImageEmbedding
+from ..refine import GrabCutRefine
 from ..structures import Detections, Masks, Prompts
 
 
@@ -81,6 +83,10 @@ class PromptableSegmenter(ABC):
         edge_refine: None, or the recommended ``(radius, eps)`` of the guided filter that the
             edge task (``tasks.edges``, refine ``"auto"``) applies to each mask's probability
             map, for a model whose low-res masks are too coarse for edge detection.
+        mask_refine: None, or a :class:`~composer.refine.GrabCutRefine` that ``predict``
+            (``refine="auto"``) applies to every returned mask: a band around the upsampled
+            low-res boundary is relabelled by GrabCut with the image. The backend's ``embed``
+            then keeps the image in ``extras["image"]`` (set it before embedding).
     """
 
     model_id: str = "segmenter"
@@ -90,6 +96,7 @@ class PromptableSegmenter(ABC):
     skips_low_iou: bool = False
     amg_thresholds: dict[str, float] | None = None
     edge_refine: tuple[int, float] | None = None
+    mask_refine: GrabCutRefine | None = None
 
     @abstractmethod
     def embed(self, image: Any) -> ImageEmbedding: ...
@@ -100,7 +107,7 @@ class PromptableSegmenter(ABC):
 
     def predict(self, embedding: ImageEmbedding, points: Any = None, labels: Any = None,
                 boxes: Any = None, mask_input: Any = None, multimask: bool = True,
-                keep_low_res: bool = True) -> Detections:
+                keep_low_res: bool = True, refine: Any = "auto") -> Detections:
         """Masks for N prompts of the embedded image in one call.
 
         Args:
@@ -111,15 +118,20 @@ class PromptableSegmenter(ABC):
             mask_input: (N, 1, h, w) low-res logits from an earlier ``low_res_logits``.
             multimask: three masks per prompt (ambiguity-aware) instead of one.
             keep_low_res: keep (h, w) float32 logits per mask in ``extras["low_res_logits"]``.
+            refine: ``"auto"`` (the segmenter's ``mask_refine``, if any), ``"off"``, or a
+                :class:`~composer.refine.GrabCutRefine`. Only the returned masks are refined;
+                ``low_res_logits`` stay the decoder's (they are what ``mask_input`` expects).
 
         Returns:
             Detections of N*M items, prompt-major (M = 3 if multimask else 1): masks at the
             original resolution, ``scores`` = predicted IoU, extras ``predicted_iou``,
-            ``prompt_index``, ``mask_index`` and (optionally) ``low_res_logits``.
+            ``prompt_index``, ``mask_index`` and (optionally) ``low_res_logits``;
+            ``meta["refine"]`` is the refinement used, as a dict (None for none).
 
         Raises:
             ValueError: empty prompt set, NaN, malformed boxes, prompts outside the image,
-                or an embedding from another model.
+                an embedding from another model, or a refinement with an embedding that
+                carries no image.
         """
         embedding.check_model(self.model_id)
         prompts = Prompts.create(points, labels, boxes, mask_input, image_size=embedding.original_size)
@@ -128,27 +140,52 @@ class PromptableSegmenter(ABC):
                 f"mask_input must be (N, 1, {self.low_res_size[0]}, {self.low_res_size[1]}) for "
                 f"{self.model_id}, got {prompts.mask_input.shape}"
             )
-        return self._predict_prompts(embedding, prompts, multimask, keep_low_res)
+        refiner = self.resolve_refine(refine)
+        image = None if refiner is None else refine_image(embedding)
+        return self._predict_prompts(embedding, prompts, multimask, keep_low_res, refiner, image)
+
+    def resolve_refine(self, refine: Any) -> GrabCutRefine | None:
+        """The mask refinement that ``predict(refine=...)`` applies (None: none)."""
+        if isinstance(refine, GrabCutRefine):
+            return refine
+        if refine == "auto":
+            return self.mask_refine
+        if refine == "off" or refine is None:
+            return None
+        raise ValueError(f"refine must be 'auto', 'off' or a GrabCutRefine, got {refine!r}")
 
     @torch.no_grad()
     def _predict_prompts(self, embedding: ImageEmbedding, prompts: Prompts, multimask: bool,
-                         keep_low_res: bool) -> Detections:
+                         keep_low_res: bool, refiner: GrabCutRefine | None = None,
+                         image: np.ndarray | None = None) -> Detections:
         h, w = embedding.original_size
         parts: list[Detections] = []
         n = len(prompts)
         for start in range(0, n, self.prompt_batch):
             sel = slice(start, min(n, start + self.prompt_batch))
             out = self.decode(embedding, prompts[sel], multimask)
-            parts.append(self._to_detections(out, embedding, start, keep_low_res))
+            dets = self._to_detections(out, embedding, start, keep_low_res, refiner, image,
+                                       prompts[sel])
+            parts.append(dets)
         dets = Detections.concatenate(parts) if parts else Detections.empty((h, w))
-        dets.meta.update(model_id=self.model_id, image_size=(h, w))
+        dets.meta.update(model_id=self.model_id, image_size=(h, w),
+                         refine=None if refiner is None else dataclasses.asdict(refiner))
         return dets
 
     def _to_detections(self, out: MaskLogits, embedding: ImageEmbedding, offset: int,
-                       keep_low_res: bool) -> Detections:
+                       keep_low_res: bool, refiner: GrabCutRefine | None = None,
+                       image: np.ndarray | None = None,
+                       prompts: Prompts | None = None) -> Detections:
         n, m = out.iou_pred.shape
         binary = upsample_logits(out.logits, embedding) > self.mask_threshold
         dense = binary.reshape(n * m, *binary.shape[-2:]).cpu().numpy()
+        if refiner is not None and image is not None:
+            for i in range(n):
+                pts = lbl = None
+                if prompts is not None and prompts.points is not None and prompts.labels is not None:
+                    pts, lbl = prompts.points[i], prompts.labels[i]
+                for j in range(m):
+                    dense[i * m + j] = refiner(image, dense[i * m + j], pts, lbl)
         masks = Masks.from_dense(dense)
         iou = out.iou_pred.reshape(-1).float().cpu().numpy()
         extras: dict[str, np.ndarray] = {
@@ -159,6 +196,21 @@ class PromptableSegmenter(ABC):
         if keep_low_res:
             extras["low_res_logits"] = out.logits.reshape(n * m, *out.logits.shape[-2:]).float().cpu().numpy()
         return Detections.from_masks(masks, scores=iou, extras=extras)
+
+
+def refine_image(embedding: ImageEmbedding) -> np.ndarray:
+    """The (H, W, 3) uint8 image a refining backend keeps in ``extras["image"]``."""
+    img = embedding.extras.get("image")
+    if img is None:
+        raise ValueError(
+            f"mask refinement needs the image, and this embedding of {embedding.model_id} "
+            "carries none (extras['image']): set the segmenter's mask_refine before embedding, "
+            "or predict with refine='off'"
+        )
+    arr = img.cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+    if arr.shape[:2] != tuple(embedding.original_size):
+        raise ValueError(f"extras['image'] is {arr.shape}, the embedding's image {embedding.original_size}")
+    return arr
 
 
 def best_per_prompt(dets: Detections) -> Detections:

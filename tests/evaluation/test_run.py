@@ -286,3 +286,34 @@ def test_edges_cli_applies_the_models_guided_refinement(bsds_dir, tmp_path, caps
     assert metrics["auto"] != metrics["off"]
     with pytest.raises(SystemExit, match="RADIUS,EPS"):
         main([*base, "--edge-refine", "8", "--out", str(tmp_path / "bad")])
+
+
+def test_points_cli_mask_refine_switch(grabcut3, tmp_path, capsys):
+    """``--mask-refine`` on one real GrabCut image with composer_tiny: auto takes the model's
+    GrabCut refinement (printed, and recorded in the report), off turns it off, BAND,ITERS
+    sets one; a bad value is refused."""
+    from composer.cli import main
+    from composer.commands.common import parse_mask_refine
+    from composer.refine import GrabCutRefine
+    from composer.sam.composer_tiny import MASK_REFINE
+
+    assert parse_mask_refine("auto") == "auto" and parse_mask_refine("OFF") is None
+    assert parse_mask_refine("8") == GrabCutRefine(8.0, GrabCutRefine.iters)
+    assert parse_mask_refine("12,1") == GrabCutRefine(12.0, 1)
+    for bad in ("x", "1,2,3", "0"):
+        with pytest.raises(ValueError):
+            parse_mask_refine(bad)
+    base = ["eval", "points", "--model", "composer_tiny", "--dataset", "grabcut", "--limit", "1",
+            "--clicks", "2"]
+    reports = {}
+    for how in ("auto", "off"):
+        out = tmp_path / how
+        assert main([*base, "--mask-refine", how, "--out", str(out)]) == 0
+        printed = capsys.readouterr().out
+        assert ("masks refined by GrabCut" in printed) == (how == "auto")
+        reports[how] = json.loads((out / "report.json").read_text())
+        assert reports[how]["meta"]["failures"] == []
+    assert reports["auto"]["meta"]["mask_refine"] == dataclasses.asdict(MASK_REFINE)
+    assert reports["off"]["meta"]["mask_refine"] is None
+    assert reports["auto"]["metrics"]["points/mIoU@1"] != reports["off"]["metrics"]["points/mIoU@1"]
+    assert main([*base, "--mask-refine", "bad", "--out", str(tmp_path / "bad")]) == 2

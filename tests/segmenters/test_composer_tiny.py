@@ -86,3 +86,47 @@ def test_damaged_composer_tiny_file_is_refused(tmp_path, damage) -> None:
         torch.save(state, path)
     with pytest.raises(ValueError):
         build_composer_tiny(checkpoint=path)
+
+
+def test_packaged_model_refines_returned_masks_with_grabcut() -> None:
+    """composer_tiny's 64x64 masks are refined by GrabCut in a band around their boundary:
+    the returned masks fit the object better, ``low_res_logits`` stay the decoder's, both APIs
+    agree, and ``refine`` switches it per call."""
+    import dataclasses
+
+    from composer import load_segmenter
+    from composer.sam.composer_tiny import MASK_REFINE
+
+    seg = load_segmenter("composer_tiny")
+    assert seg.mask_refine == MASK_REFINE
+    image, disk = _disk_scene()
+    gt = disk > 0
+    emb = seg.embed(image)
+    assert tuple(emb.extras["image"].shape) == image.shape
+    pts, lbl = np.array([[[250, 140]]]), np.array([[1]])
+    ref = seg.predict(emb, points=pts, labels=lbl)
+    raw = seg.predict(emb, points=pts, labels=lbl, refine="off")
+    assert ref.meta["refine"] == dataclasses.asdict(MASK_REFINE) and raw.meta["refine"] is None
+    np.testing.assert_array_equal(ref.extras["low_res_logits"], raw.extras["low_res_logits"])
+    np.testing.assert_array_equal(ref.scores, raw.scores)
+    top = int(np.argmax(raw.scores))
+
+    def iou(m: np.ndarray) -> float:
+        return float((m & gt).sum() / max((m | gt).sum(), 1))
+
+    before, after = iou(raw.masks.to_dense()[top]), iou(ref.masks.to_dense()[top])
+    assert after > 0.95 and after > before + 0.01
+    seg.set_image(image)
+    masks, scores, _ = seg.predict(point_coords=[[250, 140]], point_labels=[1])
+    np.testing.assert_array_equal(masks, ref.masks.to_dense())
+    logits, _, _ = seg.predict(point_coords=[[250, 140]], point_labels=[1], return_logits=True)
+    np.testing.assert_array_equal(logits > 0, raw.masks.to_dense())
+    # An embedding made with refinement off keeps no image: asking for refinement is an error.
+    seg.mask_refine = None
+    plain = seg.embed(image)
+    assert "image" not in plain.extras
+    assert seg.predict(plain, points=pts, labels=lbl).meta["refine"] is None
+    with pytest.raises(ValueError, match="carries none"):
+        seg.predict(plain, points=pts, labels=lbl, refine=MASK_REFINE)
+    with pytest.raises(ValueError, match="refine must be"):
+        seg.predict(emb, points=pts, labels=lbl, refine="grabcut")
