@@ -58,8 +58,9 @@ def main() -> None:
     titles.append(f"box: predicted IoU {boxed.scores[0]:.2f}")
     panels(pics, titles, "quickstart.png")
 
-    amg = composer.AutomaticMaskGenerator(seg, cache=cache, points_per_side=16,
-                                          pred_iou_thresh=0.7, stability_score_thresh=0.8)
+    # the model's calibrated thresholds where it has them (composer_tiny), else 0.7 / 0.8
+    loose = {} if seg.amg_thresholds else {"pred_iou_thresh": 0.7, "stability_score_thresh": 0.8}
+    amg = composer.AutomaticMaskGenerator(seg, cache=cache, points_per_side=16, **loose)
     everything = amg.generate(image)
     panels([image, overlay(image, everything.masks, alpha=0.6)],
            ["image", f"segment everything: {len(everything)} masks"], "everything.png")

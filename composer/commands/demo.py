@@ -50,9 +50,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_automatic:
         from ..automatic import AutomaticMaskGenerator
 
-        # thresholds below the official 0.88 / 0.95: every backend's scores are on its own scale
-        amg = AutomaticMaskGenerator(seg, cache=cache, points_per_side=16, pred_iou_thresh=0.5,
-                                     stability_score_thresh=0.8)
+        # every backend's scores are on its own scale: the model's calibrated thresholds where
+        # it has them (composer_tiny), else 0.5 / 0.8 rather than SAM's official 0.88 / 0.95
+        loose = {} if getattr(seg, "amg_thresholds", None) else {
+            "pred_iou_thresh": 0.5, "stability_score_thresh": 0.8}
+        amg = AutomaticMaskGenerator(seg, cache=cache, points_per_side=16, **loose)
         auto = amg.generate(image)
         summary["automatic"] = write_detections(auto, image, out, stem="everything", mask_pngs=False)
         summary["automatic"]["n_masks"] = len(auto)

@@ -151,7 +151,7 @@ BACKENDS: dict[str, Backend] = {
 # Without a name, load_segmenter() takes the first backend of this list that works here
 # without a download: official SAM weights in the cache, then the packaged trained model,
 # then the weights-free classic backend (always available).
-DEFAULT_ORDER: tuple[str, ...] = ("vit_h", "vit_l", "vit_b", "vit_t", "classic")
+DEFAULT_ORDER: tuple[str, ...] = ("vit_h", "vit_l", "vit_b", "vit_t", "composer_tiny", "classic")
 
 
 def default_segmenter_name() -> str:

@@ -33,7 +33,8 @@ def test_packaged_model_segments_an_object_from_one_click() -> None:
 
     seg = load_segmenter("composer_tiny")
     assert "composer_tiny-packaged" in seg.model_id
-    assert "composer_tiny" not in DEFAULT_ORDER  # below classic on the click benchmarks
+    # the default without official SAM weights: after the SAM names, before classic
+    assert DEFAULT_ORDER.index("composer_tiny") == DEFAULT_ORDER.index("classic") - 1
     image, disk = _disk_scene()
     emb = seg.embed(image)
     dets = seg.predict(emb, points=np.array([[[250, 140]]]), labels=np.array([[1]]))
@@ -130,3 +131,33 @@ def test_packaged_model_refines_returned_masks_with_grabcut() -> None:
         seg.predict(plain, points=pts, labels=lbl, refine=MASK_REFINE)
     with pytest.raises(ValueError, match="refine must be"):
         seg.predict(emb, points=pts, labels=lbl, refine="grabcut")
+
+
+def test_composer_tiny_is_the_default_without_official_weights(monkeypatch, tmp_path) -> None:
+    from composer import load_segmenter
+    from composer.segmenters import default_segmenter_name
+
+    monkeypatch.setenv("SAM_COMPOSER_HOME", str(tmp_path))  # no official SAM weights cached
+    assert default_segmenter_name() == "composer_tiny"
+    seg = load_segmenter()
+    assert "composer_tiny-packaged" in seg.model_id and seg.mask_refine is not None
+
+
+def test_demo_runs_the_shipped_model_end_to_end(monkeypatch, tmp_path, capsys) -> None:
+    """``make demo`` (``python -m composer demo``) on a machine without official SAM weights
+    uses composer_tiny: the point and box prompts find the astronaut's face and the shuttle
+    patch, and segment-everything (the model's calibrated thresholds) returns masks."""
+    import json
+
+    from composer.cli import main
+
+    monkeypatch.setenv("SAM_COMPOSER_HOME", str(tmp_path / "home"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "segmenter: composer_tiny-packaged" in printed and "masks refined by GrabCut" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["segmenter"].startswith("composer_tiny-packaged")
+    assert summary["automatic"]["n_masks"] > 0 and summary["cache"]["encoder_calls"] == 1
+    for name in ("prompts_overlay.png", "everything_overlay.png", "prompts.json"):
+        assert (out / name).stat().st_size > 0
