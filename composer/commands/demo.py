@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
         # every backend's scores are on its own scale: the model's calibrated thresholds where
         # it has them (composer_tiny), else 0.5 / 0.8 rather than SAM's official 0.88 / 0.95
-        loose = {} if getattr(seg, "amg_thresholds", None) else {
+        loose: dict[str, Any] = {} if getattr(seg, "amg_thresholds", None) else {
             "pred_iou_thresh": 0.5, "stability_score_thresh": 0.8}
         amg = AutomaticMaskGenerator(seg, cache=cache, points_per_side=16, **loose)
         auto = amg.generate(image)
