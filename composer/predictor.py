@@ -18,7 +18,7 @@ from PIL import Image
 
 from .embedding import ImageEmbedding
 from .io.image import load_image
-from .segmenters.base import MaskLogits, PromptableSegmenter, refine_image, upsample_logits
+from .segmenters.base import MaskLogits, PromptableSegmenter, upsample_logits
 from .structures import Prompts
 
 
@@ -220,9 +220,9 @@ class SamPredictor(PromptableSegmenter):
         out = self.decode(emb, prompts, multimask_output)
         up = upsample_logits(out.logits, emb)[0]
         masks = (up if return_logits else up > self.mask_threshold).cpu().numpy()
-        if not return_logits and self.mask_refine is not None:
-            image = refine_image(emb)
+        refiner, image = (None, None) if return_logits else self.refinement(emb)
+        if refiner is not None and image is not None:
             pts = None if prompts.points is None else prompts.points[0]
             lbl = None if prompts.labels is None else prompts.labels[0]
-            masks = np.stack([self.mask_refine(image, m, pts, lbl) for m in masks])
+            masks = np.stack([refiner(image, m, pts, lbl) for m in masks])
         return masks, out.iou_pred[0].cpu().numpy(), out.logits[0].cpu().numpy()

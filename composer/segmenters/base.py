@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -15,6 +16,7 @@ from ..embedding import ImageEmbedding
 from ..refine import GrabCutRefine
 from ..structures import Detections, Masks, Prompts
 
+logger = logging.getLogger(__name__)
 
 @runtime_checkable
 class Segmenter(Protocol):
@@ -130,8 +132,8 @@ class PromptableSegmenter(ABC):
 
         Raises:
             ValueError: empty prompt set, NaN, malformed boxes, prompts outside the image,
-                an embedding from another model, or a refinement with an embedding that
-                carries no image.
+                an embedding from another model, or an explicit refiner with an embedding
+                that carries no image (see ``refinement``).
         """
         embedding.check_model(self.model_id)
         prompts = Prompts.create(points, labels, boxes, mask_input, image_size=embedding.original_size)
@@ -140,9 +142,31 @@ class PromptableSegmenter(ABC):
                 f"mask_input must be (N, 1, {self.low_res_size[0]}, {self.low_res_size[1]}) for "
                 f"{self.model_id}, got {prompts.mask_input.shape}"
             )
-        refiner = self.resolve_refine(refine)
-        image = None if refiner is None else refine_image(embedding)
+        refiner, image = self.refinement(embedding, refine)
         return self._predict_prompts(embedding, prompts, multimask, keep_low_res, refiner, image)
+
+    def refinement(
+        self, embedding: ImageEmbedding, refine: Any = "auto"
+    ) -> tuple[GrabCutRefine | None, np.ndarray | None]:
+        """(refiner, image) for ``predict(refine=...)``; (None, None) for no refinement.
+
+        ``"auto"`` with an embedding that carries no image (made before ``mask_refine`` was
+        set, or read from an older disk cache) logs a warning and returns the decoder's masks;
+        an explicit refiner then raises ``ValueError``.
+        """
+        refiner = self.resolve_refine(refine)
+        if refiner is None:
+            return None, None
+        if "image" not in embedding.extras and not isinstance(refine, GrabCutRefine):
+            if not getattr(self, "_warned_no_image", False):
+                logger.warning(
+                    "%s: the embedding carries no image (made before mask_refine was set, or "
+                    "from an older cache), so its masks are not refined; re-embed the image",
+                    self.model_id,
+                )
+                self._warned_no_image = True
+            return None, None
+        return refiner, refine_image(embedding)
 
     def resolve_refine(self, refine: Any) -> GrabCutRefine | None:
         """The mask refinement that ``predict(refine=...)`` applies (None: none)."""

@@ -89,11 +89,12 @@ def test_damaged_composer_tiny_file_is_refused(tmp_path, damage) -> None:
         build_composer_tiny(checkpoint=path)
 
 
-def test_packaged_model_refines_returned_masks_with_grabcut() -> None:
+def test_packaged_model_refines_returned_masks_with_grabcut(caplog) -> None:
     """composer_tiny's 64x64 masks are refined by GrabCut in a band around their boundary:
     the returned masks fit the object better, ``low_res_logits`` stay the decoder's, both APIs
     agree, and ``refine`` switches it per call."""
     import dataclasses
+    import logging
 
     from composer import load_segmenter
     from composer.sam.composer_tiny import MASK_REFINE
@@ -117,16 +118,28 @@ def test_packaged_model_refines_returned_masks_with_grabcut() -> None:
 
     before, after = iou(raw.masks.to_dense()[top]), iou(ref.masks.to_dense()[top])
     assert after > 0.95 and after > before + 0.01
+    # a zoomed-in click (crop embedding) is refined in the crop's frame
+    from composer.interactive import ClickSession, ZoomIn
+
+    session = ClickSession(seg, image, embedding=emb, zoom_in=ZoomIn())
+    session.click((250, 140), 1)
+    zoomed, _ = session.click((300, 140), 1)
+    assert session.encoder_calls == 1 and iou(zoomed[0]) > 0.95
     seg.set_image(image)
     masks, scores, _ = seg.predict(point_coords=[[250, 140]], point_labels=[1])
     np.testing.assert_array_equal(masks, ref.masks.to_dense())
     logits, _, _ = seg.predict(point_coords=[[250, 140]], point_labels=[1], return_logits=True)
     np.testing.assert_array_equal(logits > 0, raw.masks.to_dense())
-    # An embedding made with refinement off keeps no image: asking for refinement is an error.
+    # An embedding made with refinement off keeps no image: "auto" then warns and returns the
+    # decoder's masks (an older disk cache must not break), an explicit refiner is an error.
     seg.mask_refine = None
     plain = seg.embed(image)
     assert "image" not in plain.extras
-    assert seg.predict(plain, points=pts, labels=lbl).meta["refine"] is None
+    seg.mask_refine = MASK_REFINE
+    with caplog.at_level(logging.WARNING, logger="composer.segmenters.base"):
+        fallback = seg.predict(plain, points=pts, labels=lbl)
+    assert fallback.meta["refine"] is None and "carries no image" in caplog.text
+    np.testing.assert_array_equal(fallback.masks.to_dense(), raw.masks.to_dense())
     with pytest.raises(ValueError, match="carries none"):
         seg.predict(plain, points=pts, labels=lbl, refine=MASK_REFINE)
     with pytest.raises(ValueError, match="refine must be"):
