@@ -224,5 +224,6 @@ class SamPredictor(PromptableSegmenter):
         if refiner is not None and image is not None:
             pts = None if prompts.points is None else prompts.points[0]
             lbl = None if prompts.labels is None else prompts.labels[0]
-            masks = np.stack([refiner(image, m, pts, lbl) for m in masks])
+            for m in masks:
+                refiner.refine_inplace(image, m, pts, lbl)
         return masks, out.iou_pred[0].cpu().numpy(), out.logits[0].cpu().numpy()

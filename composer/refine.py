@@ -184,7 +184,22 @@ class GrabCutRefine:
             (H, W) bool. An empty or full mask, or one GrabCut cannot model (e.g. a band with
             no colour on one side), comes back unchanged.
         """
-        m = np.asarray(mask, dtype=bool)
+        out = np.array(mask, dtype=bool)
+        self.refine_inplace(image, out, points, labels)
+        return out
+
+    def refine_inplace(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+    ) -> bool:
+        """Refine the writable (H, W) bool ``mask`` in place (only inside its padded bounding
+        box); the arguments are those of ``__call__``. Returns whether GrabCut ran."""
+        if not isinstance(mask, np.ndarray) or mask.dtype != bool or mask.ndim != 2:
+            raise ValueError(f"mask must be an (H, W) bool array, got {getattr(mask, 'shape', None)}")
+        m = mask
         img = np.asarray(image)
         if img.ndim == 2:
             img = np.repeat(img[..., None], 3, axis=2)
@@ -193,7 +208,7 @@ class GrabCutRefine:
         if img.dtype != np.uint8:
             raise ValueError(f"image must be uint8, got {img.dtype}")
         if not m.any() or m.all():
-            return m.copy()
+            return False
         h, w = m.shape
         bw = self.band_pixels((h, w))
         ys = np.flatnonzero(m.any(axis=1))
@@ -221,7 +236,7 @@ class GrabCutRefine:
                 cv2.circle(tri, (int(x) - x0, int(y) - y0), radius, int(value), -1)
         fg = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
         if fg.all() or not fg.any():
-            return m.copy()
+            return False
         bgr = np.ascontiguousarray(img[y0:y1, x0:x1, ::-1])
         bgd_model = np.zeros((1, 65), np.float64)
         fgd_model = np.zeros((1, 65), np.float64)
@@ -230,7 +245,6 @@ class GrabCutRefine:
             cv2.grabCut(bgr, tri, (0, 0, 0, 0), bgd_model, fgd_model, self.iters, cv2.GC_INIT_WITH_MASK)
         except cv2.error as exc:  # too few samples for a colour model: keep the mask
             logger.debug("GrabCut refinement skipped: %s", exc)
-            return m.copy()
-        out = m.copy()
-        out[y0:y1, x0:x1] = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
-        return out
+            return False
+        m[y0:y1, x0:x1] = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
+        return True

@@ -176,6 +176,11 @@ def test_grabcut_refine_leaves_degenerate_masks_and_refuses_bad_input() -> None:
     assert ref(image, ~empty).all()
     grey = ref(image[..., 0], coarse)
     assert grey.shape == gt.shape
+    inplace = coarse.copy()
+    assert ref.refine_inplace(image, inplace) and np.array_equal(inplace, ref(image, coarse))
+    assert not ref.refine_inplace(image, empty.copy())
+    with pytest.raises(ValueError, match="bool array"):
+        ref.refine_inplace(image, coarse.astype(np.uint8))
     with pytest.raises(ValueError, match="does not match"):
         ref(image, coarse[:-1])
     with pytest.raises(ValueError, match="uint8"):

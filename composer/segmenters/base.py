@@ -209,7 +209,7 @@ class PromptableSegmenter(ABC):
                 if prompts is not None and prompts.points is not None and prompts.labels is not None:
                     pts, lbl = prompts.points[i], prompts.labels[i]
                 for j in range(m):
-                    dense[i * m + j] = refiner(image, dense[i * m + j], pts, lbl)
+                    refiner.refine_inplace(image, dense[i * m + j], pts, lbl)
         masks = Masks.from_dense(dense)
         iou = out.iou_pred.reshape(-1).float().cpu().numpy()
         extras: dict[str, np.ndarray] = {
