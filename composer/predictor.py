@@ -103,7 +103,7 @@ class SamPredictor(PromptableSegmenter):
         x = self.model.preprocess(x.float())
         features = self.model.image_encoder(x)
         # a refining model keeps the image for predict's GrabCut refinement (mask_refine)
-        extras = {} if self.mask_refine is None else {"image": torch.tensor(arr)}
+        extras = self.image_extras(arr)
         return ImageEmbedding(
             features=features,
             original_size=(int(arr.shape[0]), int(arr.shape[1])),

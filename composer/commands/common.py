@@ -52,5 +52,6 @@ def describe(segmenter: Any) -> str:
     line = f"segmenter: {segmenter.model_id}" + (f" ({desc})" if desc else "")
     refine = getattr(segmenter, "mask_refine", None)
     if refine is not None:
-        line += f"; masks refined by GrabCut (band {refine.band:g} px at 512, {refine.iters} iterations)"
+        line += (f"; masks refined by GrabCut (band {refine.band:g} px at {refine.ref_size}, "
+                 f"{refine.iters} iterations)")
     return line

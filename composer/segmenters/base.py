@@ -168,6 +168,11 @@ class PromptableSegmenter(ABC):
             return None, None
         return refiner, refine_image(embedding)
 
+    def image_extras(self, rgb: np.ndarray) -> dict[str, torch.Tensor]:
+        """``{"image": ...}`` for ``embed`` to add to the embedding's extras when the segmenter
+        refines its masks (``mask_refine``), else ``{}``."""
+        return {} if self.mask_refine is None else {"image": torch.tensor(np.asarray(rgb))}
+
     def resolve_refine(self, refine: Any) -> GrabCutRefine | None:
         """The mask refinement that ``predict(refine=...)`` applies (None: none)."""
         if isinstance(refine, GrabCutRefine):

@@ -222,6 +222,7 @@ class ClassicSegmenter(PromptableSegmenter):
             "edges": torch.from_numpy(edges),
             "palette": torch.from_numpy(colours.astype(np.float32)),
             "palette_index": torch.from_numpy(index),
+            **self.image_extras(rgb),
         }
         features = torch.from_numpy(work.astype(np.float32)).permute(2, 0, 1)[None].contiguous()
         return ImageEmbedding(

@@ -103,6 +103,23 @@ def test_box_prompt(seg: ClassicSegmenter, disk_case) -> None:
     assert _iou(dets.masks.to_dense()[0], disk) > 0.9
 
 
+def test_mask_refinement_can_be_switched_on() -> None:
+    """classic carries no mask refinement; set one and ``embed`` keeps the image for it."""
+    from composer.refine import GrabCutRefine
+
+    img, disk = _disk_image()
+    plain = ClassicSegmenter()
+    assert plain.mask_refine is None and "image" not in plain.embed(img).extras
+    refining = ClassicSegmenter()
+    refining.mask_refine = GrabCutRefine(band=8)
+    emb = refining.embed(img)
+    np.testing.assert_array_equal(emb.extras["image"].numpy(), img)
+    dets = refining.predict(emb, points=[[170, 110]])
+    assert dets.meta["refine"]["band"] == 8.0
+    best = dets.masks.to_dense()[int(np.argmax(dets.scores))]
+    assert _iou(best, disk) > 0.9
+
+
 def test_positive_and_negative_points(seg: ClassicSegmenter, disk_case) -> None:
     emb, disk = disk_case
     dets = best_per_prompt(seg.predict(emb, points=[[170, 110], [20, 20]], labels=[1, 0]))
