@@ -102,15 +102,6 @@ class DetectorTask:
         return self.detector(context.image, context.image_id)
 
 
-def load_segmenter(name: str | None, checkpoint: str | None) -> Any:
-    """``composer.load_segmenter(name, checkpoint=...)``; None is the default model."""
-    try:
-        from composer.segmenters import load_segmenter as loader
-    except ImportError as exc:
-        raise SystemExit(f"composer.segmenters.load_segmenter is not available ({exc})") from exc
-    return loader(name, checkpoint=checkpoint)
-
-
 def evaluate(
     segmenter: Any,
     dataset: CocoDataset,
@@ -230,12 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         dataset = CocoDataset(args.coco, args.images)
     else:
         dataset = coco_subset()
-    from composer.commands.common import describe, parse_mask_refine
+    from composer.commands.common import describe, load_model
 
-    refine = parse_mask_refine(args.mask_refine)
-    segmenter = load_segmenter(args.model, args.checkpoint)
-    if refine != "auto":
-        segmenter.mask_refine = refine
+    segmenter = load_model(args)  # --model, --checkpoint and --mask-refine, as the CLI does
     detector = load_detector(args.detector, score_threshold=args.score_threshold)
     print(f"{describe(segmenter)}\ndetector: {detector.model_id}\ndataset: {dataset!r}")
     out = Path(args.out) if args.out else None

@@ -191,11 +191,9 @@ class PromptableSegmenter(ABC):
         parts: list[Detections] = []
         n = len(prompts)
         for start in range(0, n, self.prompt_batch):
-            sel = slice(start, min(n, start + self.prompt_batch))
-            out = self.decode(embedding, prompts[sel], multimask)
-            dets = self._to_detections(out, embedding, start, keep_low_res, refiner, image,
-                                       prompts[sel])
-            parts.append(dets)
+            chunk = prompts[start : min(n, start + self.prompt_batch)]
+            out = self.decode(embedding, chunk, multimask)
+            parts.append(self._to_detections(out, embedding, start, keep_low_res, refiner, image, chunk))
         dets = Detections.concatenate(parts) if parts else Detections.empty((h, w))
         dets.meta.update(model_id=self.model_id, image_size=(h, w),
                          refine=None if refiner is None else dataclasses.asdict(refiner))
