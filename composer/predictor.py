@@ -201,7 +201,8 @@ class SamPredictor(PromptableSegmenter):
         multimask_output=True, return_logits=False)`` after ``set_image`` follows the official
         SamPredictor: one prompt; returns ``(masks (C, H, W) bool or float logits,
         scores (C,) float32, low_res_logits (C, h, w) float32)`` as numpy arrays. Boolean
-        masks get the segmenter's ``mask_refine`` (if any); logits are the decoder's.
+        masks get the segmenter's ``mask_refine`` (if any); logits are the decoder's (averaged
+        with the mirrored image's under ``flip_tta`` when there is no ``mask_input``).
         """
         if (args and isinstance(args[0], ImageEmbedding)) or "embedding" in kwargs:
             return super().predict(*args, **kwargs)
@@ -217,7 +218,7 @@ class SamPredictor(PromptableSegmenter):
         box_arr = None if box is None else np.asarray(box, np.float32).reshape(1, 4)
         mi = None if mask_input is None else np.asarray(mask_input, np.float32).reshape(1, 1, *np.shape(mask_input)[-2:])
         prompts = Prompts.create(point_coords, point_labels, box_arr, mi, image_size=emb.original_size)
-        out = self.decode(emb, prompts, multimask_output)
+        out = self.decode_tta(emb, prompts, multimask_output, self.resolve_tta("auto", emb))
         up = upsample_logits(out.logits, emb)[0]
         masks = (up if return_logits else up > self.mask_threshold).cpu().numpy()
         refiner, image = (None, None) if return_logits else self.refinement(emb)

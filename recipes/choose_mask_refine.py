@@ -9,11 +9,18 @@ Runs the 20-click point protocol (``composer.evaluation.PointEvaluator``, the sa
   the reported COCO rows use the first 20).
 
 and prints one row per setting: mIoU@1 / oracle@1 / @3 / @5 and NoC@85 / NoC@90.
+``--tta off,flip`` runs every setting without and with flip test-time augmentation of the
+first click (``PromptableSegmenter.flip_tta``); the default runs them as the model ships.
 
     OMP_NUM_THREADS=1 python recipes/choose_mask_refine.py --set bsds_heldout \\
-        --settings "off;8,2;16,1;16,2;16,4;24,2" --out runs/mask_refine_bsds_heldout
+        --settings "off;8,2;16,1;16,2;16,4;24,2" --tta off --out runs/mask_refine_bsds_heldout
     OMP_NUM_THREADS=1 python recipes/choose_mask_refine.py --set coco_tune \\
-        --settings "off;8,2;16,2" --out runs/mask_refine_coco_tune
+        --settings "off;8,2;16,2" --tta off --out runs/mask_refine_coco_tune
+    # flip TTA (composer_tiny's FLIP_TTA), with the shipped refinement
+    OMP_NUM_THREADS=1 python recipes/choose_mask_refine.py --set bsds_heldout \\
+        --settings "16,2" --tta off,flip --out runs/flip_tta_bsds_heldout
+    OMP_NUM_THREADS=1 python recipes/choose_mask_refine.py --set coco_tune \\
+        --settings "16,2" --tta off,flip --out runs/flip_tta_coco_tune
 """
 
 from __future__ import annotations
@@ -80,6 +87,9 @@ def main() -> None:
     parser.add_argument("--set", choices=("bsds_heldout", "coco_tune"), default="bsds_heldout")
     parser.add_argument("--settings", default="off;8,2;16,1;16,2;16,4;24,2",
                         help="';'-separated --mask-refine values (off or BAND[,ITERS])")
+    parser.add_argument("--tta", default="auto",
+                        help="','-separated flip test-time augmentation values to run every "
+                             "setting with: auto (the model's FLIP_TTA), off, flip")
     parser.add_argument("--model", default="composer_tiny")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--clicks", type=int, default=20)
@@ -91,17 +101,24 @@ def main() -> None:
     refiners = {s: parse_mask_refine(s) for s in settings}  # refuse bad values before any work
     if any(r == "auto" for r in refiners.values()):
         raise SystemExit("--settings takes off or BAND[,ITERS], not auto")
+    ttas = [t.strip() for t in args.tta.split(",") if t.strip()]
+    if not ttas or any(t not in ("auto", "off", "flip") for t in ttas):
+        raise SystemExit(f"--tta takes auto, off or flip (','-separated), got {args.tta!r}")
     dataset = bsds_heldout() if args.set == "bsds_heldout" else coco_tune()
     seg = load_segmenter(args.model, checkpoint=args.checkpoint)
     out = Path(args.out)
     summary = {}
     header = "| setting | " + " | ".join(c for c, _ in COLUMNS) + " | s |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
-    for text, refiner in refiners.items():
+    shipped_tta = bool(seg.flip_tta)
+    runs = [(f"{s}" if t == "auto" else f"{s}+{t}", r, shipped_tta if t == "auto" else t == "flip")
+            for s, r in refiners.items() for t in ttas]
+    for text, refiner, flip in runs:
         seg.mask_refine = refiner
+        seg.flip_tta = flip
         ev = PointEvaluator(max_clicks=args.clicks, report_clicks=tuple(k for k in (1, 3, 5) if k <= args.clicks))
         t0 = time.perf_counter()
-        report = run(seg, dataset, [ev], limit=args.limit, out_dir=out / text.replace(",", "_"))
+        report = run(seg, dataset, [ev], limit=args.limit, out_dir=out / text.replace(",", "_").replace("+", "_"))
         secs = time.perf_counter() - t0
         m = report["metrics"]
         summary[text] = {**{c: m.get(k, float("nan")) for c, k in COLUMNS}, "n_masks": m["points/n_masks"], "s": secs}

@@ -16,6 +16,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="GrabCut refinement of returned masks in a band around their boundary: "
                         "the model's recommendation (auto, default), off, or the band's "
                         "half-width in pixels at a 512-px image side and GrabCut iterations")
+    p.add_argument("--tta", default="auto", choices=("auto", "flip", "off"),
+                   help="test-time augmentation of prompts without a previous mask (first "
+                        "clicks, boxes): average with the mirrored image's output (flip), none "
+                        "(off), or the model's recommendation (auto, default)")
 
 
 def parse_mask_refine(text: str) -> Any:
@@ -43,6 +47,9 @@ def load_model(args: argparse.Namespace) -> Any:
     refine = parse_mask_refine(getattr(args, "mask_refine", "auto"))
     if refine != "auto":
         seg.mask_refine = refine
+    tta = getattr(args, "tta", "auto")
+    if tta != "auto":
+        seg.flip_tta = tta == "flip"
     return seg
 
 
@@ -54,4 +61,6 @@ def describe(segmenter: Any) -> str:
     if refine is not None:
         line += (f"; masks refined by GrabCut (band {refine.band:g} px at {refine.ref_size}, "
                  f"{refine.iters} iterations)")
+    if getattr(segmenter, "flip_tta", False):
+        line += "; first prompts averaged with the mirrored image (flip TTA)"
     return line

@@ -148,6 +148,15 @@ def _mask_refine(runner: Any) -> Any:
     return None
 
 
+def _flip_tta(runner: Any) -> bool | None:
+    """The segmenter's ``flip_tta`` (None when the runner has no promptable segmenter)."""
+    for obj in (runner, getattr(runner, "segmenter", None)):
+        flip = getattr(obj, "flip_tta", None)
+        if flip is not None:
+            return bool(flip)
+    return None
+
+
 def _strict(obj: Any) -> Any:
     """NaN/inf -> None so the file is standard JSON (e.g. an undefined R50)."""
     if isinstance(obj, float) and not np.isfinite(obj):
@@ -313,6 +322,7 @@ def run(
         "mode": "points" if points_mode else "task",
         "model_id": _model_id(task_or_segmenter),
         "mask_refine": _mask_refine(task_or_segmenter),
+        "flip_tta": _flip_tta(task_or_segmenter),
         "task": type(task_or_segmenter).__name__,
         "config": _jsonable(getattr(task_or_segmenter, "config", None)),
         "dataset": dataset_name,

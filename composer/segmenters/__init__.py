@@ -81,6 +81,7 @@ def _load_composer_tiny(name: str, checkpoint: Any = None, **kwargs: Any) -> Pro
     from ..sam.composer_tiny import (
         AMG_THRESHOLDS,
         EDGE_REFINE,
+        FLIP_TTA,
         MASK_REFINE,
         MODEL_NAME,
         PACKAGED_WEIGHTS,
@@ -105,6 +106,8 @@ def _load_composer_tiny(name: str, checkpoint: Any = None, **kwargs: Any) -> Pro
     segmenter.edge_refine = EDGE_REFINE
     # GrabCut refinement of the returned masks' boundaries, chosen on held-out training images
     segmenter.mask_refine = MASK_REFINE
+    # flip test-time augmentation of first clicks and boxes, chosen on the same held-out data
+    segmenter.flip_tta = FLIP_TTA
     return segmenter
 
 

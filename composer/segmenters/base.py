@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -89,6 +90,12 @@ class PromptableSegmenter(ABC):
             (``refine="auto"``) applies to every returned mask: a band around the upsampled
             low-res boundary is relabelled by GrabCut with the image. The backend's ``embed``
             then keeps the image in ``extras["image"]`` (set it before embedding).
+        flip_tta: ``predict`` (``tta="auto"``) averages, for prompts without a ``mask_input``
+            (first clicks, boxes), the decoder's logits and predicted IoUs with those of the
+            horizontally mirrored image and prompts (test-time augmentation; one more encoder
+            run per image, memoised, the first time such a prompt is decoded). Prompts with a
+            ``mask_input`` (later clicks) and the automatic generator (``decode``) are not
+            mirrored. The backend's ``embed`` then keeps the image in ``extras["image"]``.
     """
 
     model_id: str = "segmenter"
@@ -99,6 +106,7 @@ class PromptableSegmenter(ABC):
     amg_thresholds: dict[str, float] | None = None
     edge_refine: tuple[int, float] | None = None
     mask_refine: GrabCutRefine | None = None
+    flip_tta: bool = False
 
     @abstractmethod
     def embed(self, image: Any) -> ImageEmbedding: ...
@@ -109,7 +117,7 @@ class PromptableSegmenter(ABC):
 
     def predict(self, embedding: ImageEmbedding, points: Any = None, labels: Any = None,
                 boxes: Any = None, mask_input: Any = None, multimask: bool = True,
-                keep_low_res: bool = True, refine: Any = "auto") -> Detections:
+                keep_low_res: bool = True, refine: Any = "auto", tta: Any = "auto") -> Detections:
         """Masks for N prompts of the embedded image in one call.
 
         Args:
@@ -123,17 +131,21 @@ class PromptableSegmenter(ABC):
             refine: ``"auto"`` (the segmenter's ``mask_refine``, if any), ``"off"``, or a
                 :class:`~composer.refine.GrabCutRefine`. Only the returned masks are refined;
                 ``low_res_logits`` stay the decoder's (they are what ``mask_input`` expects).
+            tta: ``"auto"`` (the segmenter's ``flip_tta``), ``"flip"`` or ``"off"``: average
+                the outputs of prompts without ``mask_input`` with the mirrored image's (see
+                ``decode_tta``); ``low_res_logits`` and scores are then the averages.
 
         Returns:
             Detections of N*M items, prompt-major (M = 3 if multimask else 1): masks at the
             original resolution, ``scores`` = predicted IoU, extras ``predicted_iou``,
             ``prompt_index``, ``mask_index`` and (optionally) ``low_res_logits``;
-            ``meta["refine"]`` is the refinement used, as a dict (None for none).
+            ``meta["refine"]`` is the refinement used, as a dict (None for none), and
+            ``meta["tta"]`` ``"flip"`` or None.
 
         Raises:
             ValueError: empty prompt set, NaN, malformed boxes, prompts outside the image,
-                an embedding from another model, or an explicit refiner with an embedding
-                that carries no image (see ``refinement``).
+                an embedding from another model, or an explicit refiner or ``tta="flip"``
+                with an embedding that carries no image (see ``refinement``).
         """
         embedding.check_model(self.model_id)
         prompts = Prompts.create(points, labels, boxes, mask_input, image_size=embedding.original_size)
@@ -143,7 +155,8 @@ class PromptableSegmenter(ABC):
                 f"{self.model_id}, got {prompts.mask_input.shape}"
             )
         refiner, image = self.refinement(embedding, refine)
-        return self._predict_prompts(embedding, prompts, multimask, keep_low_res, refiner, image)
+        flip = self.resolve_tta(tta, embedding)
+        return self._predict_prompts(embedding, prompts, multimask, keep_low_res, refiner, image, flip)
 
     def refinement(
         self, embedding: ImageEmbedding, refine: Any = "auto"
@@ -170,8 +183,68 @@ class PromptableSegmenter(ABC):
 
     def image_extras(self, rgb: np.ndarray) -> dict[str, torch.Tensor]:
         """``{"image": ...}`` for ``embed`` to add to the embedding's extras when the segmenter
-        refines its masks (``mask_refine``), else ``{}``."""
-        return {} if self.mask_refine is None else {"image": torch.tensor(np.asarray(rgb))}
+        refines its masks (``mask_refine``) or mirrors prompts (``flip_tta``), else ``{}``."""
+        keep = self.mask_refine is not None or self.flip_tta
+        return {"image": torch.tensor(np.asarray(rgb))} if keep else {}
+
+    def resolve_tta(self, tta: Any = "auto", embedding: ImageEmbedding | None = None) -> bool:
+        """Whether ``predict(tta=...)`` mirrors prompts without ``mask_input``.
+
+        ``"auto"`` follows ``flip_tta`` and, for an embedding without the image (an older
+        disk cache), quietly falls back to no mirroring; ``"flip"`` then raises ``ValueError``.
+        """
+        if tta == "auto":
+            flip = bool(self.flip_tta)
+        elif tta == "flip":
+            flip = True
+        elif tta == "off" or tta is None:
+            flip = False
+        else:
+            raise ValueError(f"tta must be 'auto', 'flip' or 'off', got {tta!r}")
+        if flip and embedding is not None and "image" not in embedding.extras:
+            if tta == "flip":
+                raise ValueError(
+                    f"tta='flip' needs the image, and this embedding of {embedding.model_id} carries "
+                    "none (extras['image']): set the segmenter's flip_tta before embedding"
+                )
+            return False
+        return flip
+
+    def mirrored_embedding(self, embedding: ImageEmbedding) -> ImageEmbedding:
+        """The embedding of the horizontally mirrored image of ``embedding`` (from its
+        ``extras["image"]``); the last two are memoised, so a click session embeds once more."""
+        memo: OrderedDict[int, tuple[ImageEmbedding, ImageEmbedding]] = self.__dict__.setdefault(
+            "_mirror_memo", OrderedDict()
+        )
+        hit = memo.get(id(embedding))
+        if hit is not None and hit[0] is embedding:
+            memo.move_to_end(id(embedding))
+            return hit[1]
+        image = refine_image(embedding)
+        mirrored = self.embed(np.ascontiguousarray(image[:, ::-1]))
+        memo[id(embedding)] = (embedding, mirrored)
+        while len(memo) > 2:
+            memo.popitem(last=False)
+        return mirrored
+
+    def decode_tta(self, embedding: ImageEmbedding, prompts: Prompts, multimask: bool = True,
+                   flip: bool = True) -> MaskLogits:
+        """``decode``, averaged with the mirrored image's output when ``flip`` is set and the
+        prompts carry no ``mask_input``.
+
+        The mirrored prompts are decoded against ``mirrored_embedding``; their low-res logits
+        are mirrored back about the valid (unpadded) region and averaged with the direct ones
+        there (padding columns keep the direct logits), and the predicted IoUs are averaged.
+        """
+        out = self.decode(embedding, prompts, multimask)
+        if not flip or prompts.mask_input is not None:
+            return out
+        mirrored = self.mirrored_embedding(embedding)
+        back = self.decode(mirrored, mirror_prompts(prompts, embedding.original_size[1]), multimask)
+        valid_w = embedding.input_size[1] * out.logits.shape[-1] / embedding.pad_size
+        logits, valid = mirror_low_res(back.logits, valid_w)
+        averaged = torch.where(valid, (out.logits + logits.to(out.logits)) / 2, out.logits)
+        return MaskLogits(averaged, (out.iou_pred + back.iou_pred.to(out.iou_pred)) / 2)
 
     def resolve_refine(self, refine: Any) -> GrabCutRefine | None:
         """The mask refinement that ``predict(refine=...)`` applies (None: none)."""
@@ -186,17 +259,18 @@ class PromptableSegmenter(ABC):
     @torch.no_grad()
     def _predict_prompts(self, embedding: ImageEmbedding, prompts: Prompts, multimask: bool,
                          keep_low_res: bool, refiner: GrabCutRefine | None = None,
-                         image: np.ndarray | None = None) -> Detections:
+                         image: np.ndarray | None = None, flip: bool = False) -> Detections:
         h, w = embedding.original_size
         parts: list[Detections] = []
         n = len(prompts)
         for start in range(0, n, self.prompt_batch):
             chunk = prompts[start : min(n, start + self.prompt_batch)]
-            out = self.decode(embedding, chunk, multimask)
+            out = self.decode_tta(embedding, chunk, multimask, flip)
             parts.append(self._to_detections(out, embedding, start, keep_low_res, refiner, image, chunk))
         dets = Detections.concatenate(parts) if parts else Detections.empty((h, w))
         dets.meta.update(model_id=self.model_id, image_size=(h, w),
-                         refine=None if refiner is None else dataclasses.asdict(refiner))
+                         refine=None if refiner is None else dataclasses.asdict(refiner),
+                         tta="flip" if flip else None)
         return dets
 
     def _to_detections(self, out: MaskLogits, embedding: ImageEmbedding, offset: int,
@@ -223,6 +297,37 @@ class PromptableSegmenter(ABC):
         if keep_low_res:
             extras["low_res_logits"] = out.logits.reshape(n * m, *out.logits.shape[-2:]).float().cpu().numpy()
         return Detections.from_masks(masks, scores=iou, extras=extras)
+
+
+def mirror_prompts(prompts: Prompts, width: int) -> Prompts:
+    """Prompts of the horizontally mirrored image of ``width`` pixels: pixel column x becomes
+    ``width - 1 - x`` (points) and a box's x0, x1 become ``width - 1 - x1``, ``width - 1 - x0``."""
+    points = boxes = None
+    if prompts.points is not None:
+        points = prompts.points.copy()
+        points[..., 0] = width - 1 - points[..., 0]
+    if prompts.boxes is not None:
+        boxes = prompts.boxes.copy()
+        boxes[:, [0, 2]] = width - 1 - prompts.boxes[:, [2, 0]]
+    return dataclasses.replace(prompts, points=points, boxes=boxes)
+
+
+def mirror_low_res(logits: torch.Tensor, valid_w: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror low-res logits (..., h, w) about the centre of their valid region.
+
+    ``valid_w`` is the unpadded width in low-res pixels (``input_size[1] * w / pad_size``, may
+    be fractional): column c takes the (linearly interpolated) value at ``valid_w - 1 - c``,
+    which maps the centre of a mirrored input pixel back onto the original's. Returns the
+    mirrored logits and a (w,) bool mask of the columns inside the valid region.
+    """
+    w = logits.shape[-1]
+    cols = torch.arange(w, dtype=torch.float64, device=logits.device)
+    src = (valid_w - 1 - cols).clamp(0, w - 1)
+    i0 = src.floor().long()
+    i1 = (i0 + 1).clamp(max=w - 1)
+    frac = (src - i0).to(logits.dtype)
+    mirrored = logits[..., i0] * (1 - frac) + logits[..., i1] * frac
+    return mirrored, cols < valid_w
 
 
 def refine_image(embedding: ImageEmbedding) -> np.ndarray:

@@ -130,16 +130,19 @@ def test_packaged_model_refines_returned_masks_with_grabcut(caplog) -> None:
     np.testing.assert_array_equal(masks, ref.masks.to_dense())
     logits, _, _ = seg.predict(point_coords=[[250, 140]], point_labels=[1], return_logits=True)
     np.testing.assert_array_equal(logits > 0, raw.masks.to_dense())
-    # An embedding made with refinement off keeps no image: "auto" then warns and returns the
-    # decoder's masks (an older disk cache must not break), an explicit refiner is an error.
-    seg.mask_refine = None
+    # An embedding made with refinement and flip TTA off keeps no image: "auto" then warns and
+    # returns the decoder's masks (an older disk cache must not break), an explicit refiner is an error.
+    seg.mask_refine, seg.flip_tta = None, False
     plain = seg.embed(image)
     assert "image" not in plain.extras
     seg.mask_refine = MASK_REFINE
     with caplog.at_level(logging.WARNING, logger="composer.segmenters.base"):
         fallback = seg.predict(plain, points=pts, labels=lbl)
     assert fallback.meta["refine"] is None and "carries no image" in caplog.text
-    np.testing.assert_array_equal(fallback.masks.to_dense(), raw.masks.to_dense())
+    # nor mirrored (flip_tta needs the image too): the decoder's own masks
+    bare = seg.predict(emb, points=pts, labels=lbl, refine="off", tta="off")
+    np.testing.assert_array_equal(fallback.masks.to_dense(), bare.masks.to_dense())
+    seg.flip_tta = True
     with pytest.raises(ValueError, match="carries none"):
         seg.predict(plain, points=pts, labels=lbl, refine=MASK_REFINE)
     with pytest.raises(ValueError, match="refine must be"):

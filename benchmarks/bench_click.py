@@ -1,0 +1,91 @@
+"""What one click costs with composer_tiny's predict-time options, side by side in one run.
+
+On the GrabCut images (the first ``--images``), for every combination of flip test-time
+augmentation (``tta``: off / flip) and GrabCut mask refinement (``refine``: off / the shipped
+band): the encoder pass (``embed``), the first click (which, with flip TTA, includes the
+mirrored image's encoder pass) and a second click fed the first one's logits (never mirrored).
+Each image is embedded afresh for each combination, so the mirrored embedding is never reused.
+Prints median seconds, the time to the first mask (embed + first click) and the ratios to the
+plain decoder (tta off, refine off).
+
+Command (one thread, as in the notes)::
+
+    python benchmarks/bench_click.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--images", type=int, default=10, help="first N GrabCut images")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from composer import load_segmenter
+    from composer.data.interactive import GrabCut
+    from composer.evaluation.points import next_click
+
+    seg = load_segmenter("composer_tiny")
+    items = [GrabCut()[i] for i in range(args.images)]
+    images = [it.load_image() for it in items]
+    seg.embed(images[0])  # warm-up
+    rows = []
+    for tta, refine in itertools.product(("off", "flip"), ("off", "auto")):
+        embed_s, first_s, second_s = [], [], []
+        for it, image in zip(items, images, strict=True):
+            t0 = time.perf_counter()
+            emb = seg.embed(image)
+            t1 = time.perf_counter()
+            click = next_click(it.gt_mask, None, it.ignore)
+            assert click is not None
+            pts, lbl = click[0][None, None], np.array([[click[1]]])
+            first = seg.predict(emb, points=pts, labels=lbl, refine=refine, tta=tta)
+            t2 = time.perf_counter()
+            top = int(np.argmax(first.scores))
+            second_click = next_click(it.gt_mask, first.masks.to_dense()[top], it.ignore)
+            if second_click is not None:
+                pts2 = np.concatenate([pts, second_click[0][None, None]], axis=1)
+                lbl2 = np.array([[click[1], second_click[1]]])
+                low = first.extras["low_res_logits"][top][None, None]
+                seg.predict(emb, points=pts2, labels=lbl2, mask_input=low, multimask=False,
+                            refine=refine, tta=tta)
+                second_s.append(time.perf_counter() - t2)
+            embed_s.append(t1 - t0)
+            first_s.append(t2 - t1)
+        rows.append({
+            "tta": tta,
+            "refine": refine,
+            "embed_s": float(np.median(embed_s)),
+            "first_click_s": float(np.median(first_s)),
+            "second_click_s": float(np.median(second_s)) if second_s else None,
+        })
+    base = rows[0]
+    print(f"composer_tiny, {len(items)} GrabCut images, {args.threads} thread(s), median seconds")
+    print(f"{'tta':>5} {'refine':>7} {'embed':>7} {'1st click':>10} {'1st mask':>9} {'x plain':>8} "
+          f"{'2nd click':>10} {'x plain':>8}")
+    base_mask = base["embed_s"] + base["first_click_s"]
+    for r in rows:
+        second = r["second_click_s"] or float("nan")
+        mask = r["embed_s"] + r["first_click_s"]
+        r["first_mask_s"] = mask
+        print(f"{r['tta']:>5} {r['refine']:>7} {r['embed_s']:7.3f} {r['first_click_s']:10.3f} "
+              f"{mask:9.3f} {mask / base_mask:8.2f} {second:10.3f} "
+              f"{second / (base['second_click_s'] or float('nan')):8.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"threads": args.threads, "images": len(items), "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

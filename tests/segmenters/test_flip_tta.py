@@ -1,0 +1,163 @@
+"""Flip test-time augmentation (``PromptableSegmenter.flip_tta`` / ``predict(tta=...)``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from composer.embedding import ImageEmbedding
+from composer.segmenters.base import (
+    MaskLogits,
+    PromptableSegmenter,
+    mirror_low_res,
+    mirror_prompts,
+)
+from composer.structures import Prompts
+
+
+class _Cones(PromptableSegmenter):
+    """A mirror-equivariant toy backend: cones of three radii around the first point, in a
+    128x128 low-res frame over a 512 padded square (SAM's pixel-centre convention), with a
+    predicted IoU that depends on which side of the image the point is."""
+
+    model_id = "cones"
+    low_res_size = (128, 128)
+
+    def __init__(self) -> None:
+        self.embeds = 0
+
+    def embed(self, image):
+        self.embeds += 1
+        h, w = image.shape[:2]
+        s = 512 / max(h, w)
+        return ImageEmbedding(
+            torch.zeros(1, 1, 2, 2),
+            (h, w),
+            (int(h * s + 0.5), int(w * s + 0.5)),
+            512,
+            self.model_id,
+            extras=self.image_extras(image),
+        )
+
+    def decode(self, embedding, prompts, multimask=True):
+        oh, ow = embedding.original_size
+        ih, iw = embedding.input_size
+        p = torch.as_tensor(prompts.points[:, 0], dtype=torch.float32)
+        x = (p[:, 0] + 0.5) * iw / ow / 4
+        y = (p[:, 1] + 0.5) * ih / oh / 4
+        yy, xx = torch.meshgrid(torch.arange(128) + 0.5, torch.arange(128) + 0.5, indexing="ij")
+        d = torch.sqrt((xx - x[:, None, None]) ** 2 + (yy - y[:, None, None]) ** 2)
+        radii = torch.tensor([3.0, 6.0, 12.0] if multimask else [6.0])
+        logits = (radii[None, :, None, None] - d[:, None]) / 2
+        if prompts.mask_input is not None:
+            logits = logits + 0.0 * torch.as_tensor(prompts.mask_input)
+        left = (p[:, 0] < ow / 2).float()[:, None]
+        iou = 0.5 + 0.4 * left * torch.ones(1, len(radii))
+        return MaskLogits(logits.float(), iou.float())
+
+
+def _image(h: int, w: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, (h, w, 3), np.uint8)
+
+
+def test_mirror_low_res_flips_the_valid_region_and_interpolates_fractional_widths() -> None:
+    logits = torch.arange(2 * 8, dtype=torch.float32).reshape(1, 2, 8)
+    mirrored, valid = mirror_low_res(logits, 6.0)
+    assert valid.tolist() == [True] * 6 + [False] * 2
+    np.testing.assert_array_equal(mirrored[..., :6], logits[..., :6].flip(-1))
+    mirrored, valid = mirror_low_res(logits, 5.5)  # column c takes the value at 4.5 - c
+    assert valid.tolist() == [True] * 6 + [False] * 2
+    np.testing.assert_allclose(mirrored[0, 0, :5], [4.5, 3.5, 2.5, 1.5, 0.5])
+    assert float(mirrored[0, 0, 5]) == 0.0  # clamped at the first column
+
+
+def test_mirror_prompts_maps_pixel_columns_and_boxes() -> None:
+    prompts = Prompts.create(
+        points=[[[0, 5], [9, 7]]], labels=[[1, 0]], boxes=[[1, 2, 4, 6]], image_size=(20, 10)
+    )
+    m = mirror_prompts(prompts, 10)
+    np.testing.assert_array_equal(m.points, [[[9, 5], [0, 7]]])
+    np.testing.assert_array_equal(m.boxes, [[5, 2, 8, 6]])
+    np.testing.assert_array_equal(m.labels, prompts.labels)
+    np.testing.assert_array_equal(prompts.points, [[[0, 5], [9, 7]]])  # not modified
+
+
+@pytest.mark.parametrize("size", [(90, 140), (200, 61), (200, 85), (37, 37)])
+def test_flip_tta_of_a_mirror_equivariant_model_changes_no_mask(size) -> None:
+    """Averaging with the mirrored image's output is geometrically consistent: for a
+    mirror-equivariant backend the logits agree (up to interpolation when the unpadded width is
+    not a whole number of low-res pixels) and the predicted IoU is the mean of both sides."""
+    seg = _Cones()
+    seg.flip_tta = True
+    h, w = size
+    emb = seg.embed(_image(h, w))
+    pts, lbl = np.array([[[w * 0.3, h * 0.6]]], np.float32), np.array([[1]])
+    plain = seg.predict(emb, pts, lbl, tta="off")
+    tta = seg.predict(emb, pts, lbl)
+    assert plain.meta["tta"] is None and tta.meta["tta"] == "flip"
+    whole = emb.input_size[1] // 4  # a last, partly padded column is clamped, not compared
+    diff = np.abs(plain.extras["low_res_logits"] - tta.extras["low_res_logits"])[..., :whole]
+    assert diff.max() < 0.1
+    # the mirrored point is on the right half: its IoU 0.5 averages with the direct 0.9
+    np.testing.assert_allclose(tta.scores, 0.7, atol=1e-6)
+    np.testing.assert_allclose(plain.scores, 0.9, atol=1e-6)
+    mismatch = (plain.masks.to_dense() ^ tta.masks.to_dense()).sum(axis=(1, 2))
+    assert mismatch.max() <= 0.01 * h * w
+    # one more encoder run for the mirrored image, memoised for later prompts
+    assert seg.embeds == 2
+    seg.predict(emb, pts, lbl)
+    assert seg.embeds == 2
+
+
+def test_flip_tta_skips_mask_inputs_and_needs_the_image() -> None:
+    seg = _Cones()
+    emb = seg.embed(_image(60, 80))  # flip_tta off: no image kept
+    assert "image" not in emb.extras
+    pts, lbl = np.array([[[20, 30]]], np.float32), np.array([[1]])
+    seg.flip_tta = True
+    # "auto" with an embedding that has no image (an older cache) falls back quietly
+    assert seg.predict(emb, pts, lbl).meta["tta"] is None
+    with pytest.raises(ValueError, match="carries none"):
+        seg.predict(emb, pts, lbl, tta="flip")
+    with pytest.raises(ValueError, match="tta must be"):
+        seg.predict(emb, pts, lbl, tta="mirror")
+    emb = seg.embed(_image(60, 80))
+    calls = seg.embeds
+    later = seg.predict(emb, pts, lbl, mask_input=np.zeros((1, 1, 128, 128), np.float32))
+    np.testing.assert_allclose(later.scores, 0.9)  # a later click (mask input): not mirrored
+    assert seg.embeds == calls
+    # the official-style single-prompt API has no "tta" argument: it follows flip_tta
+    tta = seg.predict(emb, pts, lbl)
+    np.testing.assert_allclose(tta.scores, 0.7, atol=1e-6)
+
+
+def test_packaged_composer_tiny_mirrors_first_prompts() -> None:
+    """composer_tiny ships with flip TTA on (``FLIP_TTA``); both APIs agree, later clicks of a
+    click session are not mirrored, and the CLI's ``--tta off`` turns it off."""
+    import argparse
+
+    from composer import load_segmenter
+    from composer.commands.common import add_model_args, describe, load_model
+    from composer.sam.composer_tiny import FLIP_TTA
+
+    seg = load_segmenter("composer_tiny")
+    assert seg.flip_tta is FLIP_TTA is True
+    rng = np.random.default_rng(0)
+    image = (200 + rng.integers(0, 20, (120, 170, 3))).astype(np.uint8)
+    image[30:90, 60:130] = (30, 60, 160)
+    emb = seg.embed(image)
+    pts, lbl = np.array([[[95, 60]]]), np.array([[1]])
+    tta = seg.predict(emb, points=pts, labels=lbl, refine="off")
+    plain = seg.predict(emb, points=pts, labels=lbl, refine="off", tta="off")
+    assert tta.meta["tta"] == "flip" and not np.allclose(tta.scores, plain.scores)
+    seg.set_image(image)
+    logits, scores, low = seg.predict(point_coords=[[95, 60]], point_labels=[1], return_logits=True)
+    np.testing.assert_allclose(scores, tta.scores, atol=1e-6)
+    np.testing.assert_allclose(low, tta.extras["low_res_logits"], atol=1e-5)
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    args = parser.parse_args(["--model", "composer_tiny", "--tta", "off"])
+    off = load_model(args)
+    assert off.flip_tta is False and "flip TTA" not in describe(off)
+    assert "flip TTA" in describe(seg)
