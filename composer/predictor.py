@@ -227,4 +227,5 @@ class SamPredictor(PromptableSegmenter):
             lbl = None if prompts.labels is None else prompts.labels[0]
             for m in masks:
                 refiner.refine_inplace(image, m, pts, lbl)
-        return masks, out.iou_pred[0].cpu().numpy(), out.logits[0].cpu().numpy()
+        low = out.logits if out.feedback is None else out.feedback
+        return masks, out.iou_pred[0].cpu().numpy(), low[0].cpu().numpy()

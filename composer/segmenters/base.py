@@ -43,10 +43,14 @@ class MaskLogits:
         logits: (N, M, h, w) float32 mask logits in the low-res frame: the padded square
             encoder input (side ``embedding.pad_size``) scaled to (h, w).
         iou_pred: (N, M) float32 predicted IoU per mask.
+        feedback: optional (N, M, h, w) logits to hand back as ``low_res_logits`` (the
+            ``mask_input`` of a later prompt) instead of ``logits``; flip TTA keeps the direct
+            decoder's logits there, the kind of mask prompt the model was trained with.
     """
 
     logits: torch.Tensor
     iou_pred: torch.Tensor
+    feedback: torch.Tensor | None = None
 
 
 def upsample_logits(logits: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
@@ -93,9 +97,11 @@ class PromptableSegmenter(ABC):
         flip_tta: ``predict`` (``tta="auto"``) averages, for prompts without a ``mask_input``
             (first clicks, boxes), the decoder's logits and predicted IoUs with those of the
             horizontally mirrored image and prompts (test-time augmentation; one more encoder
-            run per image, memoised, the first time such a prompt is decoded). Prompts with a
-            ``mask_input`` (later clicks) and the automatic generator (``decode``) are not
-            mirrored. The backend's ``embed`` then keeps the image in ``extras["image"]``.
+            run per image, memoised, the first time such a prompt is decoded). The masks and
+            scores are the averages; ``low_res_logits`` stay the direct decoder's (a later
+            prompt's ``mask_input``). Prompts with a ``mask_input`` (later clicks) and the
+            automatic generator (``decode``) are not mirrored. The backend's ``embed`` then
+            keeps the image in ``extras["image"]``.
     """
 
     model_id: str = "segmenter"
@@ -133,7 +139,8 @@ class PromptableSegmenter(ABC):
                 ``low_res_logits`` stay the decoder's (they are what ``mask_input`` expects).
             tta: ``"auto"`` (the segmenter's ``flip_tta``), ``"flip"`` or ``"off"``: average
                 the outputs of prompts without ``mask_input`` with the mirrored image's (see
-                ``decode_tta``); ``low_res_logits`` and scores are then the averages.
+                ``decode_tta``); masks and scores are then the averages, ``low_res_logits``
+                the direct decoder's.
 
         Returns:
             Detections of N*M items, prompt-major (M = 3 if multimask else 1): masks at the
@@ -235,6 +242,9 @@ class PromptableSegmenter(ABC):
         The mirrored prompts are decoded against ``mirrored_embedding``; their low-res logits
         are mirrored back about the valid (unpadded) region and averaged with the direct ones
         there (padding columns keep the direct logits), and the predicted IoUs are averaged.
+        ``feedback`` keeps the direct logits: fed back as a later click's ``mask_input`` they
+        are the mask prompt the model was trained with (averaged logits, a first variant, cost
+        clicks on held-out data; ``recipes/README.md``, "Flip TTA").
         """
         out = self.decode(embedding, prompts, multimask)
         if not flip or prompts.mask_input is not None:
@@ -244,7 +254,8 @@ class PromptableSegmenter(ABC):
         valid_w = embedding.input_size[1] * out.logits.shape[-1] / embedding.pad_size
         logits, valid = mirror_low_res(back.logits, valid_w)
         averaged = torch.where(valid, (out.logits + logits.to(out.logits)) / 2, out.logits)
-        return MaskLogits(averaged, (out.iou_pred + back.iou_pred.to(out.iou_pred)) / 2)
+        iou = (out.iou_pred + back.iou_pred.to(out.iou_pred)) / 2
+        return MaskLogits(averaged, iou, feedback=out.logits)
 
     def resolve_refine(self, refine: Any) -> GrabCutRefine | None:
         """The mask refinement that ``predict(refine=...)`` applies (None: none)."""
@@ -295,7 +306,8 @@ class PromptableSegmenter(ABC):
             "mask_index": np.tile(np.arange(m), n),
         }
         if keep_low_res:
-            extras["low_res_logits"] = out.logits.reshape(n * m, *out.logits.shape[-2:]).float().cpu().numpy()
+            low = out.logits if out.feedback is None else out.feedback
+            extras["low_res_logits"] = low.reshape(n * m, *low.shape[-2:]).float().cpu().numpy()
         return Detections.from_masks(masks, scores=iou, extras=extras)
 
 

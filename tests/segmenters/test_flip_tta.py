@@ -96,9 +96,15 @@ def test_flip_tta_of_a_mirror_equivariant_model_changes_no_mask(size) -> None:
     plain = seg.predict(emb, pts, lbl, tta="off")
     tta = seg.predict(emb, pts, lbl)
     assert plain.meta["tta"] is None and tta.meta["tta"] == "flip"
+    prompts = Prompts.create(pts, lbl, image_size=emb.original_size)
+    direct = seg.decode(emb, prompts)
+    averaged = seg.decode_tta(emb, prompts)
     whole = emb.input_size[1] // 4  # a last, partly padded column is clamped, not compared
-    diff = np.abs(plain.extras["low_res_logits"] - tta.extras["low_res_logits"])[..., :whole]
-    assert diff.max() < 0.1
+    diff = (averaged.logits - direct.logits).abs()[..., :whole]
+    assert float(diff.max()) < 0.1
+    assert averaged.feedback is not None and torch.equal(averaged.feedback, direct.logits)
+    # the returned low-res logits (a later prompt's mask_input) stay the direct decoder's
+    np.testing.assert_array_equal(tta.extras["low_res_logits"], plain.extras["low_res_logits"])
     # the mirrored point is on the right half: its IoU 0.5 averages with the direct 0.9
     np.testing.assert_allclose(tta.scores, 0.7, atol=1e-6)
     np.testing.assert_allclose(plain.scores, 0.9, atol=1e-6)
