@@ -110,11 +110,13 @@ EDGE_REFINE: tuple[int, float] = (8, 0.01)
 MASK_REFINE = GrabCutRefine(band=16.0, iters=2)
 
 # Flip test-time augmentation of prompts without a previous mask (``flip_tta``: first clicks and
-# boxes average their logits and predicted IoUs with the mirrored image's). Chosen on the same
-# held-out data with the shipped refinement (20 clicks) by
+# boxes average their logits and predicted IoUs with the mirrored image's; the direct logits are
+# what later clicks feed back). Chosen on the same held-out data with the shipped refinement (20
+# clicks) by
 #   OMP_NUM_THREADS=1 python recipes/choose_mask_refine.py --set bsds_heldout --settings 16,2 --tta flip
-# mIoU@1 / oracle@1 / NoC@90: BSDS held-out .555 / .629 / 10.20 -> .562 / .658 / 10.38; COCO
-# images 21-40 .256 / .347 / 17.57 -> .268 / .362 / 17.66 (recipes/README.md, "Flip TTA").
+# mIoU@1 / oracle@1 / NoC@85 / NoC@90, off -> flip: BSDS held-out .555 / .629 / 7.02 / 10.20 ->
+# .563 / .658 / 6.86 / 10.16; COCO images 21-40 (--set coco_tune) .256 / .347 / 15.57 / 17.57 ->
+# .268 / .362 / 15.55 / 17.60 (recipes/README.md, "Flip TTA").
 FLIP_TTA = True
 
 
