@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from ..refine import GrabCutRefine
 from ..structures import Detections, Masks, Prompts
 
 logger = logging.getLogger(__name__)
+# guards every segmenter's memo of mirrored embeddings (a module lock keeps segmenters picklable)
+_MIRROR_LOCK = threading.Lock()
 
 @runtime_checkable
 class Segmenter(Protocol):
@@ -223,15 +226,17 @@ class PromptableSegmenter(ABC):
         memo: OrderedDict[int, tuple[ImageEmbedding, ImageEmbedding]] = self.__dict__.setdefault(
             "_mirror_memo", OrderedDict()
         )
-        hit = memo.get(id(embedding))
-        if hit is not None and hit[0] is embedding:
-            memo.move_to_end(id(embedding))
-            return hit[1]
+        with _MIRROR_LOCK:
+            hit = memo.get(id(embedding))
+            if hit is not None and hit[0] is embedding:
+                memo.move_to_end(id(embedding))
+                return hit[1]
         image = refine_image(embedding)
         mirrored = self.embed(np.ascontiguousarray(image[:, ::-1]))
-        memo[id(embedding)] = (embedding, mirrored)
-        while len(memo) > 2:
-            memo.popitem(last=False)
+        with _MIRROR_LOCK:
+            memo[id(embedding)] = (embedding, mirrored)
+            while len(memo) > 2:
+                memo.popitem(last=False)
         return mirrored
 
     def decode_tta(self, embedding: ImageEmbedding, prompts: Prompts, multimask: bool = True,
