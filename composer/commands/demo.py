@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         summary["automatic"] = write_detections(auto, image, out, stem="everything", mask_pngs=False)
         summary["automatic"]["n_masks"] = len(auto)
     summary["cache"] = cache.stats()
+    summary["mirror_encoder_calls"] = int(getattr(seg, "mirror_encoder_calls", 0))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     for what, d in (("point prompt", best), ("box prompt:  ", box_dets)):
         score = float(np.asarray(d.scores)[0])
@@ -66,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{what}: score {score:.3f}, area {area} px")
     if "automatic" in summary:
         print(f"segment everything: {summary['automatic']['n_masks']} masks")
-    print(f"encoder calls: {cache.encoder_calls} for all of the above")
+    mirrored = int(getattr(seg, "mirror_encoder_calls", 0))
+    print(f"encoder calls: {cache.encoder_calls} for all of the above"
+          + (f", plus {mirrored} for the mirrored image (flip TTA)" if mirrored else ""))
     print(f"outputs in {out}/: prompts_overlay.png, prompts_mask*.png, prompts.json"
           + (", everything_overlay.png, everything.json" if "automatic" in summary else "")
           + ", summary.json")

@@ -105,6 +105,8 @@ class PromptableSegmenter(ABC):
             prompt's ``mask_input``). Prompts with a ``mask_input`` (later clicks) and the
             automatic generator (``decode``) are not mirrored. The backend's ``embed`` then
             keeps the image in ``extras["image"]``.
+        mirror_encoder_calls: encoder passes made for flip TTA's mirrored images (outside any
+            ``EmbeddingCache``, whose ``encoder_calls`` do not include them).
     """
 
     model_id: str = "segmenter"
@@ -116,6 +118,7 @@ class PromptableSegmenter(ABC):
     edge_refine: tuple[int, float] | None = None
     mask_refine: GrabCutRefine | None = None
     flip_tta: bool = False
+    mirror_encoder_calls: int = 0
 
     @abstractmethod
     def embed(self, image: Any) -> ImageEmbedding: ...
@@ -222,7 +225,8 @@ class PromptableSegmenter(ABC):
 
     def mirrored_embedding(self, embedding: ImageEmbedding) -> ImageEmbedding:
         """The embedding of the horizontally mirrored image of ``embedding`` (from its
-        ``extras["image"]``); the last two are memoised, so a click session embeds once more."""
+        ``extras["image"]``); the last two are memoised, so a click session embeds once more.
+        These encoder passes bypass any ``EmbeddingCache``; ``mirror_encoder_calls`` counts them."""
         memo: OrderedDict[int, tuple[ImageEmbedding, ImageEmbedding]] = self.__dict__.setdefault(
             "_mirror_memo", OrderedDict()
         )
@@ -234,6 +238,7 @@ class PromptableSegmenter(ABC):
         image = refine_image(embedding)
         mirrored = self.embed(np.ascontiguousarray(image[:, ::-1]))
         with _MIRROR_LOCK:
+            self.mirror_encoder_calls += 1
             memo[id(embedding)] = (embedding, mirrored)
             while len(memo) > 2:
                 memo.popitem(last=False)

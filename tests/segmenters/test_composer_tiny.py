@@ -175,5 +175,8 @@ def test_demo_runs_the_shipped_model_end_to_end(monkeypatch, tmp_path, capsys) -
     summary = json.loads((out / "summary.json").read_text())
     assert summary["segmenter"].startswith("composer_tiny-packaged")
     assert summary["automatic"]["n_masks"] > 0 and summary["cache"]["encoder_calls"] == 1
+    # flip TTA's one mirrored pass (point and box prompts share it) is reported, not hidden
+    assert summary["mirror_encoder_calls"] == 1
+    assert "plus 1 for the mirrored image (flip TTA)" in printed
     for name in ("prompts_overlay.png", "everything_overlay.png", "prompts.json"):
         assert (out / name).stat().st_size > 0

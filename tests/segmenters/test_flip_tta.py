@@ -111,9 +111,9 @@ def test_flip_tta_of_a_mirror_equivariant_model_changes_no_mask(size) -> None:
     mismatch = (plain.masks.to_dense() ^ tta.masks.to_dense()).sum(axis=(1, 2))
     assert mismatch.max() <= 0.01 * h * w
     # one more encoder run for the mirrored image, memoised for later prompts
-    assert seg.embeds == 2
+    assert seg.embeds == 2 and seg.mirror_encoder_calls == 1
     seg.predict(emb, pts, lbl)
-    assert seg.embeds == 2
+    assert seg.embeds == 2 and seg.mirror_encoder_calls == 1
 
 
 def test_flip_tta_skips_mask_inputs_and_needs_the_image() -> None:
