@@ -116,6 +116,8 @@ def _finish(report: dict[str, Any], args: argparse.Namespace, title: str) -> int
     cache = meta.get("cache")
     if cache:
         print(f"  cache: {cache}")
+    if meta.get("mirror_encoder_calls"):
+        print(f"  mirrored-image encoder calls (flip TTA, outside the cache): {meta['mirror_encoder_calls']}")
     print(f"report: {Path(args.out) / 'report.json'}")
     return 0 if not meta.get("n_failed") or meta.get("n_images") else 1
 

@@ -157,6 +157,15 @@ def _flip_tta(runner: Any) -> bool | None:
     return None
 
 
+def _mirror_calls(runner: Any) -> int:
+    """The segmenter's ``mirror_encoder_calls`` so far (0 without a promptable segmenter)."""
+    for obj in (runner, getattr(runner, "segmenter", None)):
+        calls = getattr(obj, "mirror_encoder_calls", None)
+        if calls is not None:
+            return int(calls)
+    return 0
+
+
 def _strict(obj: Any) -> Any:
     """NaN/inf -> None so the file is standard JSON (e.g. an undefined R50)."""
     if isinstance(obj, float) and not np.isfinite(obj):
@@ -235,6 +244,7 @@ def run(
         ev.reset()
 
     cache_start = {k: int(getattr(cache, k, 0)) for k in _CACHE_KEYS}
+    mirror_start = _mirror_calls(task_or_segmenter)
     per_image: list[list[Any]] = []
     failures: list[dict[str, Any]] = []
     n_masks = 0
@@ -342,6 +352,8 @@ def run(
             "per_image": per_image,
         },
         "cache": {k: int(getattr(cache, k, 0)) - cache_start[k] for k in _CACHE_KEYS},
+        # flip TTA's mirrored-image encoder passes (outside the cache)
+        "mirror_encoder_calls": _mirror_calls(task_or_segmenter) - mirror_start,
         "failures": failures,
         "files": [],
     }

@@ -317,3 +317,24 @@ def test_points_cli_mask_refine_switch(grabcut3, tmp_path, capsys):
     assert reports["off"]["meta"]["mask_refine"] is None
     assert reports["auto"]["metrics"]["points/mIoU@1"] != reports["off"]["metrics"]["points/mIoU@1"]
     assert main([*base, "--mask-refine", "bad", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_points_cli_tta_switch(grabcut3, tmp_path, capsys):
+    """``--tta`` on one real GrabCut image with composer_tiny: auto takes the model's flip TTA
+    (printed, recorded in the report with its mirrored encoder pass), off turns it off."""
+    from composer.cli import main
+
+    base = ["eval", "points", "--model", "composer_tiny", "--dataset", "grabcut", "--limit", "1",
+            "--clicks", "1", "--mask-refine", "off"]
+    reports = {}
+    for how in ("auto", "off"):
+        out = tmp_path / how
+        assert main([*base, "--tta", how, "--out", str(out)]) == 0
+        printed = capsys.readouterr().out
+        assert ("flip TTA" in printed) == (how == "auto")
+        reports[how] = json.loads((out / "report.json").read_text())["meta"]
+    assert reports["auto"]["flip_tta"] is True and reports["off"]["flip_tta"] is False
+    assert reports["auto"]["mirror_encoder_calls"] == 1 and reports["off"]["mirror_encoder_calls"] == 0
+    assert reports["auto"]["cache"]["encoder_calls"] == reports["off"]["cache"]["encoder_calls"] == 1
+    with pytest.raises(SystemExit):
+        main([*base, "--tta", "mirror", "--out", str(tmp_path / "bad")])
