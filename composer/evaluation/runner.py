@@ -139,31 +139,19 @@ def _model_id(runner: Any) -> str | None:
     return None
 
 
-def _mask_refine(runner: Any) -> Any:
-    """The segmenter's predict-time mask refinement (``mask_refine``), as JSON, or None."""
+def _segmenter_attr(runner: Any, name: str) -> Any:
+    """``name`` of the run's promptable segmenter (the runner itself or its ``segmenter``),
+    or None when neither has it set."""
     for obj in (runner, getattr(runner, "segmenter", None)):
-        refine = getattr(obj, "mask_refine", None)
-        if refine is not None:
-            return _jsonable(refine)
-    return None
-
-
-def _flip_tta(runner: Any) -> bool | None:
-    """The segmenter's ``flip_tta`` (None when the runner has no promptable segmenter)."""
-    for obj in (runner, getattr(runner, "segmenter", None)):
-        flip = getattr(obj, "flip_tta", None)
-        if flip is not None:
-            return bool(flip)
+        value = getattr(obj, name, None)
+        if value is not None:
+            return value
     return None
 
 
 def _mirror_calls(runner: Any) -> int:
     """The segmenter's ``mirror_encoder_calls`` so far (0 without a promptable segmenter)."""
-    for obj in (runner, getattr(runner, "segmenter", None)):
-        calls = getattr(obj, "mirror_encoder_calls", None)
-        if calls is not None:
-            return int(calls)
-    return 0
+    return int(_segmenter_attr(runner, "mirror_encoder_calls") or 0)
 
 
 def _strict(obj: Any) -> Any:
@@ -331,8 +319,10 @@ def run(
     meta: dict[str, Any] = {
         "mode": "points" if points_mode else "task",
         "model_id": _model_id(task_or_segmenter),
-        "mask_refine": _mask_refine(task_or_segmenter),
-        "flip_tta": _flip_tta(task_or_segmenter),
+        # predict-time mask refinement (as JSON) and flip TTA; None without a promptable segmenter
+        "mask_refine": _jsonable(_segmenter_attr(task_or_segmenter, "mask_refine")),
+        "flip_tta": (None if (flip := _segmenter_attr(task_or_segmenter, "flip_tta")) is None
+                     else bool(flip)),
         "task": type(task_or_segmenter).__name__,
         "config": _jsonable(getattr(task_or_segmenter, "config", None)),
         "dataset": dataset_name,

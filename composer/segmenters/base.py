@@ -353,13 +353,14 @@ def mirror_low_res(logits: torch.Tensor, valid_w: float) -> tuple[torch.Tensor, 
 
 
 def refine_image(embedding: ImageEmbedding) -> np.ndarray:
-    """The (H, W, 3) uint8 image a refining backend keeps in ``extras["image"]``."""
+    """The (H, W, 3) uint8 image a refining or mirroring backend keeps in ``extras["image"]``
+    (``mask_refine``, ``flip_tta``)."""
     img = embedding.extras.get("image")
     if img is None:
         raise ValueError(
-            f"mask refinement needs the image, and this embedding of {embedding.model_id} "
-            "carries none (extras['image']): set the segmenter's mask_refine before embedding, "
-            "or predict with refine='off'"
+            f"mask refinement and flip TTA need the image, and this embedding of "
+            f"{embedding.model_id} carries none (extras['image']): set the segmenter's "
+            "mask_refine or flip_tta before embedding, or predict with refine='off', tta='off'"
         )
     arr = img.cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
     if arr.shape[:2] != tuple(embedding.original_size):

@@ -133,7 +133,7 @@ def test_flip_tta_skips_mask_inputs_and_needs_the_image() -> None:
     later = seg.predict(emb, pts, lbl, mask_input=np.zeros((1, 1, 128, 128), np.float32))
     np.testing.assert_allclose(later.scores, 0.9)  # a later click (mask input): not mirrored
     assert seg.embeds == calls
-    # the official-style single-prompt API has no "tta" argument: it follows flip_tta
+    # the same first click without a mask input is mirrored ("auto" follows flip_tta)
     tta = seg.predict(emb, pts, lbl)
     np.testing.assert_allclose(tta.scores, 0.7, atol=1e-6)
 
