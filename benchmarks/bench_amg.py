@@ -11,6 +11,7 @@ decoder is recorded too, so the post-processing cost can be read off.
 Command (BSDS500 test image 100007, official defaults, 32x32 grid)::
 
     .venv/bin/python benchmarks/bench_amg.py --points-per-side 32
+    python benchmarks/bench_amg.py --points-per-side 32 --device cuda   # on a GPU machine
 
 Prints one row per generator and the ratios official / ours; ``--json`` writes them.
 """
@@ -58,14 +59,23 @@ class _Timer:
         # functools.wraps keeps fn's signature visible (SamPredictor looks for ``min_iou``)
         @functools.wraps(fn)
         def inner(*args: Any, **kwargs: Any) -> Any:
+            _sync()
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
+                _sync()  # CUDA runs asynchronously: time the kernels, not their launch
                 self.seconds += time.perf_counter() - t0
                 self.calls += 1
 
         return inner
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def _build_model(seed: int, kind: str) -> Any:
@@ -93,6 +103,13 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
     image = load_image(args.image)
     model = _build_model(args.seed, args.model if args.impl == "ours" else "official")
+    model = model.to(args.device)
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False  # both sides in IEEE float32
+        torch.backends.cudnn.allow_tf32 = False
+        with torch.no_grad():  # warm-up: CUDA context, kernels, allocator (not timed)
+            model.image_encoder(torch.zeros(1, 3, 1024, 1024, device=args.device))
+        torch.cuda.reset_peak_memory_stats()
     enc, dec = _Timer(), _Timer()
     model.image_encoder.forward = enc.wrap(model.image_encoder.forward)
     model.mask_decoder.forward = dec.wrap(model.mask_decoder.forward)
@@ -117,6 +134,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     with torch.no_grad():
         out = gen.generate(image)
+    _sync()
     seconds = time.perf_counter() - t0
     _, py_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -140,6 +158,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "python_heap_peak_mb": py_peak / 2**20,
         "n_masks": len(rles),
         "torch_threads": torch.get_num_threads(),
+        "device": args.device,
+        "cuda_peak_mb": (torch.cuda.max_memory_allocated() / 2**20
+                         if args.device.startswith("cuda") else None),
         "image_size": list(np.asarray(image).shape[:2]),
     }
 
@@ -160,6 +181,8 @@ def _run_worker(impl: str, args: argparse.Namespace, masks_out: str) -> dict[str
         args.model,
         "--masks-out",
         masks_out,
+        "--device",
+        args.device,
     ]
     if args.no_filters:
         cmd.append("--no-filters")
@@ -210,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only", choices=("official", "ours"), default=None, help="run one side only"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (default) or cuda: where both networks run"
     )
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument(

@@ -11,6 +11,7 @@ plain decoder (tta off, refine off).
 Command (one thread, as in the notes)::
 
     python benchmarks/bench_click.py --threads 1
+    python benchmarks/bench_click.py --device cuda --dataset berkeley   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -28,24 +29,35 @@ import torch
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--images", type=int, default=10, help="first N GrabCut images")
+    parser.add_argument("--images", type=int, default=10, help="first N images of the dataset")
+    parser.add_argument("--dataset", choices=("grabcut", "berkeley"), default="grabcut")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from composer import load_segmenter
-    from composer.data.interactive import GrabCut
+    from composer.data.interactive import Berkeley, GrabCut
     from composer.evaluation.points import next_click
 
-    seg = load_segmenter("composer_tiny")
-    items = [GrabCut()[i] for i in range(args.images)]
+    seg = load_segmenter("composer_tiny", device=args.device)
+    data = GrabCut() if args.dataset == "grabcut" else Berkeley()
+    items = [data[i] for i in range(args.images)]
     images = [it.load_image() for it in items]
-    seg.embed(images[0])  # warm-up
+    for _ in range(2):  # warm-up (CUDA: context, kernels, allocator)
+        seg.predict(seg.embed(images[0]), points=np.array([[[5.0, 5.0]]]), labels=np.ones((1, 1)))
+
+    def sync() -> None:  # CUDA runs asynchronously: time the work, not its launch
+        if seg.device.type == "cuda":
+            torch.cuda.synchronize()
+
     rows = []
     for tta, refine in itertools.product(("off", "flip"), ("off", "auto")):
         embed_s, first_s, second_s = [], [], []
         for it, image in zip(items, images, strict=True):
+            sync()
             t0 = time.perf_counter()
             emb = seg.embed(image)
+            sync()
             t1 = time.perf_counter()
             click = next_click(it.gt_mask, None, it.ignore)
             assert click is not None
@@ -71,7 +83,8 @@ def main() -> int:
             "second_click_s": float(np.median(second_s)) if second_s else None,
         })
     base = rows[0]
-    print(f"composer_tiny, {len(items)} GrabCut images, {args.threads} thread(s), median seconds")
+    print(f"composer_tiny on {seg.device}, {len(items)} {args.dataset} images, "
+          f"{args.threads} thread(s), median seconds")
     print(f"{'tta':>5} {'refine':>7} {'embed':>7} {'1st click':>10} {'1st mask':>9} {'x plain':>8} "
           f"{'2nd click':>10} {'x plain':>8}")
     base_mask = base["embed_s"] + base["first_click_s"]
@@ -83,7 +96,9 @@ def main() -> int:
               f"{mask:9.3f} {mask / base_mask:8.2f} {second:10.3f} "
               f"{second / (base['second_click_s'] or float('nan')):8.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"threads": args.threads, "images": len(items), "rows": rows}, indent=2))
+        meta = {"threads": args.threads, "images": len(items), "dataset": args.dataset,
+                "device": str(seg.device)}
+        args.json.write_text(json.dumps({**meta, "rows": rows}, indent=2))
     return 0
 
 

@@ -20,6 +20,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation of prompts without a previous mask (first "
                         "clicks, boxes): average with the mirrored image's output (flip), none "
                         "(off), or the model's recommendation (auto, default)")
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                   help="where the network runs: CUDA when torch sees a GPU, else the CPU "
+                        "(auto, default), or the device named; the classic backend always "
+                        "runs on the CPU")
 
 
 def parse_mask_refine(text: str) -> Any:
@@ -43,7 +47,9 @@ def parse_mask_refine(text: str) -> Any:
 def load_model(args: argparse.Namespace) -> Any:
     from ..segmenters import load_segmenter
 
-    seg = load_segmenter(args.model, checkpoint=args.checkpoint)
+    seg = load_segmenter(
+        args.model, checkpoint=args.checkpoint, device=getattr(args, "device", "auto")
+    )
     refine = parse_mask_refine(getattr(args, "mask_refine", "auto"))
     if refine != "auto":
         seg.mask_refine = refine
@@ -53,10 +59,16 @@ def load_model(args: argparse.Namespace) -> Any:
     return seg
 
 
+def segmenter_device(segmenter: Any) -> str:
+    """The device a segmenter's network runs on ("cpu" for the classic backend)."""
+    return str(getattr(segmenter, "device", "cpu"))
+
+
 def describe(segmenter: Any) -> str:
     """One line naming the backend and weights that ran, printed by every command."""
     desc = getattr(segmenter, "description", None)
     line = f"segmenter: {segmenter.model_id}" + (f" ({desc})" if desc else "")
+    line += f"; on {segmenter_device(segmenter)}"
     refine = getattr(segmenter, "mask_refine", None)
     if refine is not None:
         line += (f"; masks refined by GrabCut (band {refine.band:g} px at {refine.ref_size}, "

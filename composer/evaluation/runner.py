@@ -323,6 +323,9 @@ def run(
         "mask_refine": _jsonable(_segmenter_attr(task_or_segmenter, "mask_refine")),
         "flip_tta": (None if (flip := _segmenter_attr(task_or_segmenter, "flip_tta")) is None
                      else bool(flip)),
+        # where the network ran (timings depend on it); None without a promptable segmenter
+        "device": (None if (dev := _segmenter_attr(task_or_segmenter, "device")) is None
+                   else str(dev)),
         "task": type(task_or_segmenter).__name__,
         "config": _jsonable(getattr(task_or_segmenter, "config", None)),
         "dataset": dataset_name,

@@ -28,6 +28,7 @@ __all__ = [
     "Segmenter",
     "best_per_prompt",
     "load_segmenter",
+    "resolve_device",
 ]
 
 
@@ -46,9 +47,47 @@ class Backend:
     description: str
 
 
-def _load_classic(name: str, checkpoint: Any = None, **kwargs: Any) -> PromptableSegmenter:
+def resolve_device(device: Any = "auto") -> Any:
+    """The ``torch.device`` a ``device`` argument names.
+
+    Args:
+        device: "auto" or None (CUDA when torch sees a GPU, else the CPU), "cpu", "cuda",
+            "cuda:N", "mps", or a ``torch.device``.
+
+    Raises:
+        ValueError: an unknown device name, or an accelerator torch cannot use here (the
+            message says why, e.g. a CPU-only torch build or no visible GPU).
+    """
+    import torch
+
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "torch sees no GPU"
+            raise ValueError(f"device {device!r} asked for, but {why}; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} GPU(s)"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} asked for, but MPS is not available here")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+    return dev
+
+
+def _load_classic(
+    name: str, checkpoint: Any = None, device: Any = None, **kwargs: Any
+) -> PromptableSegmenter:
     if checkpoint is not None:
         raise ValueError(f"the classic backend has no weights; got checkpoint={checkpoint!r}")
+    if device is not None and device.type != "cpu":
+        raise ValueError(f"the classic backend runs on the CPU only; got device={str(device)!r}")
     return ClassicSegmenter(**kwargs)
 
 
@@ -61,7 +100,9 @@ SAM_WEIGHTS = {
 }
 
 
-def _load_sam(name: str, checkpoint: Any = None, **kwargs: Any) -> PromptableSegmenter:
+def _load_sam(
+    name: str, checkpoint: Any = None, device: Any = None, **kwargs: Any
+) -> PromptableSegmenter:
     # imported here: the SAM network pulls in far more than the classic backend needs
     from ..predictor import SamPredictor
     from ..sam import build_sam
@@ -73,10 +114,12 @@ def _load_sam(name: str, checkpoint: Any = None, **kwargs: Any) -> PromptableSeg
         from ..hub import resolve_checkpoint
 
         checkpoint = resolve_checkpoint(SAM_WEIGHTS[arch])
-    return SamPredictor(build_sam(arch, checkpoint), **kwargs)
+    return SamPredictor(build_sam(arch, checkpoint, device=device or "cpu"), **kwargs)
 
 
-def _load_composer_tiny(name: str, checkpoint: Any = None, **kwargs: Any) -> PromptableSegmenter:
+def _load_composer_tiny(
+    name: str, checkpoint: Any = None, device: Any = None, **kwargs: Any
+) -> PromptableSegmenter:
     from ..predictor import SamPredictor
     from ..sam.composer_tiny import (
         AMG_THRESHOLDS,
@@ -93,7 +136,7 @@ def _load_composer_tiny(name: str, checkpoint: Any = None, **kwargs: Any) -> Pro
         raise ValueError(
             f"the packaged {MODEL_NAME} weights are missing: expected {PACKAGED_WEIGHTS}"
         )
-    model = build_composer_tiny(ckpt)
+    model = build_composer_tiny(ckpt, device=device or "cpu")
     tag = "packaged" if checkpoint is None else "custom"
     segmenter = SamPredictor(
         model,
@@ -166,7 +209,7 @@ def default_segmenter_name() -> str:
 
 
 def load_segmenter(
-    name: str | None = None, checkpoint: Any = None, **kwargs: Any
+    name: str | None = None, checkpoint: Any = None, device: Any = "auto", **kwargs: Any
 ) -> PromptableSegmenter:
     """Build a segmenter by backend name.
 
@@ -177,6 +220,9 @@ def load_segmenter(
             means the registered official weights for SAM names (from the cache; an error
             names the download command when absent) and the packaged weights for
             "composer_tiny"; must be None for "classic".
+        device: where the network runs: "auto" (default: CUDA when torch sees a GPU, else
+            the CPU), "cpu", "cuda", "cuda:N", "mps" or a ``torch.device``. The classic
+            backend runs on the CPU ("auto" gives it the CPU; an accelerator is an error).
         **kwargs: passed to the backend's constructor (e.g. ``config=ClassicConfig(...)``
             for "classic", ``prompt_batch``).
 
@@ -184,14 +230,16 @@ def load_segmenter(
         The segmenter (``model_id``, ``embed``, ``predict``).
 
     Raises:
-        ValueError: unknown name (the message lists the valid ones) or a checkpoint given
-            to a backend without weights.
+        ValueError: unknown name (the message lists the valid ones), a checkpoint given
+            to a backend without weights, or a device this machine cannot use.
     """
     key = default_segmenter_name() if name is None else str(name).strip().lower()
     backend = BACKENDS.get(key)
     if backend is None:
         raise ValueError(f"unknown segmenter {name!r}; valid names: {sorted(BACKENDS)}")
-    segmenter = backend.loader(key, checkpoint, **kwargs)
+    auto = device is None or (isinstance(device, str) and device.strip().lower() == "auto")
+    dev = resolve_device("cpu" if auto and key == "classic" else device)
+    segmenter = backend.loader(key, checkpoint, device=dev, **kwargs)
     weights = (
         "none"
         if key == "classic"
@@ -207,11 +255,12 @@ def load_segmenter(
         f"backend {key}{' (default)' if name is None else ''}: {backend.description}; weights: {weights}"
     )
     logger.info(
-        "segmenter: %s%s (%s), weights: %s, model_id %s",
+        "segmenter: %s%s (%s), weights: %s, model_id %s, device %s",
         key,
         " [default]" if name is None else "",
         backend.description,
         "none" if checkpoint is None else checkpoint,
         segmenter.model_id,
+        dev,
     )
     return segmenter

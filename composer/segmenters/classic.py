@@ -175,6 +175,11 @@ class ClassicSegmenter(PromptableSegmenter):
         self.description = "no learned weights: superpixel geodesics + GrabCut"
 
     # ------------------------------------------------------------------ embed
+    @property
+    def device(self) -> torch.device:
+        """Always the CPU: superpixels, geodesics and GrabCut run in NumPy and OpenCV."""
+        return torch.device("cpu")
+
     def embed(self, image: Any) -> ImageEmbedding:
         """Precompute everything that does not depend on the prompts.
 

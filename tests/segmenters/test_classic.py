@@ -281,14 +281,16 @@ def test_load_segmenter_sam_names_route_to_build_sam(
     import composer.predictor
     import composer.sam
 
-    calls = []
+    calls, devices = [], []
 
     class FakePredictor:
         def __init__(self, model, **kwargs):
             self.model, self.model_id = model, "fake"
 
     monkeypatch.setattr(
-        composer.sam, "build_sam", lambda name, ckpt: calls.append((name, ckpt)) or "net"
+        composer.sam,
+        "build_sam",
+        lambda name, ckpt, device: calls.append((name, ckpt)) or devices.append(device) or "net",
     )
     monkeypatch.setattr(composer.predictor, "SamPredictor", FakePredictor)
     monkeypatch.setenv("SAM_COMPOSER_HOME", str(tmp_path))
@@ -307,6 +309,10 @@ def test_load_segmenter_sam_names_route_to_build_sam(
         ("vit_h", tmp_path / "sam_vit_h_4b8939.pth"),
         ("vit_h", tmp_path / "sam_vit_h_4b8939.pth"),
     ]
+    # device="auto" (the default) resolved once, to a torch.device
+    import torch
+
+    assert [d.type for d in devices] == ["cuda" if torch.cuda.is_available() else "cpu"] * 3
 
 
 # ---------------------------------------------------------------------- real data
