@@ -205,3 +205,21 @@ def test_training_steps_with_mixed_precision_on_the_gpu(tmp_path) -> None:
     assert len(losses) == 30 and np.isfinite(losses).all()
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
     assert (tmp_path / "ck" / "last.pt").exists()
+
+
+def test_accelerator_chunks_decode_like_one_pass(pair, image, monkeypatch) -> None:
+    """On CUDA the decoder takes larger chunks of prompts (ACCEL_CHUNK_BYTES): same logits."""
+    from composer.sam import mask_decoder as md
+
+    _, gpu = pair
+    emb = gpu.embed(image)
+    rng = np.random.default_rng(0)
+    pts = (rng.random((100, 1, 2)) * 250).astype(np.float32)
+    from composer.structures import Prompts
+
+    prompts = Prompts.create(points=pts, labels=np.ones((100, 1)), image_size=image.shape[:2])
+    whole = gpu.decode(emb, prompts)
+    monkeypatch.setattr(md, "ACCEL_CHUNK_BYTES", 1)  # chunks of PROMPT_CHUNK
+    chunked = gpu.decode(emb, prompts)
+    assert (whole.logits - chunked.logits).abs().max() < 1e-4
+    assert (whole.iou_pred - chunked.iou_pred).abs().max() < 1e-5

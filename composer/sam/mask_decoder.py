@@ -22,8 +22,12 @@ PROMPT_CHUNK = 16
 # and of its upscaled maps. Tensors of this size are recycled by the C allocator; larger ones
 # (glibc maps those over 32 MiB afresh) pay page faults on every write and fall out of the
 # last-level cache: for SAM (4 MiB of tokens per prompt) chunks of 4 instead of 16 prompts made
-# the decoder 1.3-1.4x faster (benchmarks/bench_decoder.py). Other devices use PROMPT_CHUNK.
+# the decoder 1.3-1.4x faster (benchmarks/bench_decoder.py).
 CHUNK_BYTES = 16 * 2**20
+# On an accelerator, where each chunk pays kernel-launch latency, chunks hold at least
+# PROMPT_CHUNK prompts and grow to this many bytes of per-prompt image tokens (64 prompts of
+# SAM in float32, ~0.4 GB of activations with the upscaled maps).
+ACCEL_CHUNK_BYTES = 256 * 2**20
 #: Logit of masks not computed because their predicted IoU is below ``min_iou`` (an empty mask).
 SKIPPED_LOGIT = -1.0e4
 
@@ -222,9 +226,11 @@ class MaskDecoder(nn.Module):
             src = image_embeddings + dense[:1]
             shared = {}
         _, d, h, w = image_embeddings.shape
-        chunk = PROMPT_CHUNK
+        per_prompt = image_embeddings.element_size() * h * w * d
         if image_embeddings.device.type == "cpu":
-            chunk = max(1, min(chunk, CHUNK_BYTES // (image_embeddings.element_size() * h * w * d)))
+            chunk = max(1, min(PROMPT_CHUNK, CHUNK_BYTES // per_prompt))
+        else:
+            chunk = max(PROMPT_CHUNK, ACCEL_CHUNK_BYTES // per_prompt)
         # Decode in chunks of prompts: the per-prompt image tokens and upscaled maps (~20 MB per
         # prompt at SAM's size) then bound memory instead of the batch size.
         parts = []

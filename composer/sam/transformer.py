@@ -117,13 +117,16 @@ class TwoWayTransformer(nn.Module):
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             queries, keys = layer(
                 queries=queries,
                 keys=keys,
                 query_pe=point_embedding,
                 key_pe=key_pe,
-                shared=shared if keys.shape[0] == 1 else None,
+                # only the input image tokens are the same for every call that shares the
+                # cache: after a block they belong to this call's prompts, even when there is
+                # one prompt (a batch of 1 is not a shared image then)
+                shared=shared if i == 0 and keys.shape[0] == 1 else None,
             )
         attn_out = self.final_attn_token_to_image.tokens_to_image(
             queries + point_embedding, keys + key_pe, keys

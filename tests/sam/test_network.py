@@ -544,9 +544,11 @@ def test_decoder_prompt_chunks_equal_one_pass(monkeypatch) -> None:
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
 
 
-def test_decoder_chunks_share_image_projections(monkeypatch) -> None:
+@pytest.mark.parametrize("per_chunk", [3, 1])
+def test_decoder_chunks_share_image_projections(monkeypatch, per_chunk: int) -> None:
     """Prompts without mask input share the image tokens: chunks sized by CHUNK_BYTES reuse
-    one cached set of projections and give the outputs of one unchunked pass."""
+    one cached set of projections and give the outputs of one unchunked pass (chunks of one
+    prompt too: after the first block the image tokens are that prompt's, not shared)."""
     import composer.sam.mask_decoder as md
     from composer.sam.build import build_sam
 
@@ -567,10 +569,10 @@ def test_decoder_chunks_share_image_projections(monkeypatch) -> None:
         return real(src, image_pe, sparse_chunk, min_iou, outputs, shared, hires)
 
     with torch.no_grad():
-        monkeypatch.setattr(md, "CHUNK_BYTES", 3 * per_prompt)
+        monkeypatch.setattr(md, "CHUNK_BYTES", per_chunk * per_prompt)
         monkeypatch.setattr(model.mask_decoder, "_decode_chunk", spy)
         chunked = model.mask_decoder(emb, pe.get_dense_pe(), sparse, dense, True)
-        assert [c[1] for c in calls] == [3, 3, 3, 2]
+        assert [c[1] for c in calls] == ([3, 3, 3, 2] if per_chunk == 3 else [1] * n)
         assert all(c[0] == 1 for c in calls)  # image tokens passed once, not per prompt
         shared = calls[0][2]
         assert shared and all(c[2] is shared for c in calls)
