@@ -5,6 +5,9 @@ augmentation (``tta``: off / flip) and GrabCut mask refinement (``refine``: off 
 band): the encoder pass (``embed``), the first click (which, with flip TTA, includes the
 mirrored image's encoder pass) and a second click fed the first one's logits (never mirrored).
 Each image is embedded afresh for each combination, so the mirrored embedding is never reused.
+With ``composer.refine.REFINE_THREADS`` > 1 (the default on a machine of several cores: the
+three first-click masks are refined side by side) the default combination runs once more with
+the masks refined one after the other (``refine/1t``). ``--threads`` sets torch's threads only.
 Prints median seconds, the time to the first mask (embed + first click) and the ratios to the
 plain decoder (tta off, refine off).
 
@@ -50,8 +53,15 @@ def main() -> int:
         if seg.device.type == "cuda":
             torch.cuda.synchronize()
 
+    import composer.refine
+
+    threads = composer.refine.REFINE_THREADS
     rows = []
-    for tta, refine in itertools.product(("off", "flip"), ("off", "auto")):
+    combos = [(t, r, threads) for t, r in itertools.product(("off", "flip"), ("off", "auto"))]
+    if threads > 1:  # the default once more with the masks refined one after the other
+        combos.append(("flip", "auto", 1))
+    for tta, refine, refine_threads in combos:
+        composer.refine.REFINE_THREADS = refine_threads
         embed_s, first_s, second_s = [], [], []
         for it, image in zip(items, images, strict=True):
             sync()
@@ -78,6 +88,7 @@ def main() -> int:
         rows.append({
             "tta": tta,
             "refine": refine,
+            "refine_threads": refine_threads if refine != "off" else None,
             "embed_s": float(np.median(embed_s)),
             "first_click_s": float(np.median(first_s)),
             "second_click_s": float(np.median(second_s)) if second_s else None,
@@ -85,14 +96,15 @@ def main() -> int:
     base = rows[0]
     print(f"composer_tiny on {seg.device}, {len(items)} {args.dataset} images, "
           f"{args.threads} thread(s), median seconds")
-    print(f"{'tta':>5} {'refine':>7} {'embed':>7} {'1st click':>10} {'1st mask':>9} {'x plain':>8} "
+    print(f"{'tta':>5} {'refine':>9} {'embed':>7} {'1st click':>10} {'1st mask':>9} {'x plain':>8} "
           f"{'2nd click':>10} {'x plain':>8}")
     base_mask = base["embed_s"] + base["first_click_s"]
     for r in rows:
         second = r["second_click_s"] or float("nan")
         mask = r["embed_s"] + r["first_click_s"]
         r["first_mask_s"] = mask
-        print(f"{r['tta']:>5} {r['refine']:>7} {r['embed_s']:7.3f} {r['first_click_s']:10.3f} "
+        label = r["refine"] + (f"/{r['refine_threads']}t" if r["refine_threads"] else "")
+        print(f"{r['tta']:>5} {label:>9} {r['embed_s']:7.3f} {r['first_click_s']:10.3f} "
               f"{mask:9.3f} {mask / base_mask:8.2f} {second:10.3f} "
               f"{second / (base['second_click_s'] or float('nan')):8.2f}")
     if args.json:

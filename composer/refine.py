@@ -19,6 +19,9 @@ image's own boundary without the object's extent changing.
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,3 +251,50 @@ class GrabCutRefine:
             return False
         m[y0:y1, x0:x1] = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
         return True
+
+
+#: Threads that refine the masks of one ``predict`` call side by side (OpenCV's GrabCut
+#: releases the GIL; each mask is refined alone, its random generator seeded in its own
+#: thread, so the masks do not depend on this number). 1 refines in the calling thread.
+REFINE_THREADS = max(1, min(4, os.cpu_count() or 1))
+_POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    global _POOL, _POOL_SIZE
+    with _POOL_LOCK:
+        if _POOL is None or _POOL_SIZE != threads:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)
+            _POOL = ThreadPoolExecutor(threads, thread_name_prefix="grabcut-refine")
+            _POOL_SIZE = threads
+        return _POOL
+
+
+def refine_masks(
+    refiner: GrabCutRefine,
+    image: np.ndarray,
+    masks: np.ndarray,
+    points: list[np.ndarray | None] | None = None,
+    labels: list[np.ndarray | None] | None = None,
+    threads: int | None = None,
+) -> None:
+    """Refine each (H, W) bool mask of the writable (N, H, W) ``masks`` in place with
+    ``refiner``, mask ``i`` with ``points[i]`` / ``labels[i]`` (or none), on up to ``threads``
+    threads (default :data:`REFINE_THREADS`). The result is the same whatever ``threads``."""
+    n = len(masks)
+    pts = [None] * n if points is None else list(points)
+    lbl = [None] * n if labels is None else list(labels)
+    if len(pts) != n or len(lbl) != n:
+        raise ValueError(f"{n} masks but {len(pts)} point sets and {len(lbl)} label sets")
+    workers = min(n, REFINE_THREADS if threads is None else max(1, int(threads)))
+    if workers <= 1:
+        for i in range(n):
+            refiner.refine_inplace(image, masks[i], pts[i], lbl[i])
+        return
+    jobs = [_pool(workers).submit(refiner.refine_inplace, image, masks[i], pts[i], lbl[i])
+            for i in range(n)]
+    for job in jobs:
+        job.result()  # re-raises a worker's error here

@@ -188,3 +188,33 @@ def test_grabcut_refine_leaves_degenerate_masks_and_refuses_bad_input() -> None:
     for bad in ({"band": 0}, {"iters": 0}, {"ref_size": 0}):
         with pytest.raises(ValueError):
             GrabCutRefine(**bad)
+
+
+def test_refine_masks_in_threads_equals_one_thread() -> None:
+    """Masks refined side by side (each its own seeded GrabCut) equal those refined in turn."""
+    from skimage import data
+
+    from composer.refine import refine_masks
+
+    image = np.ascontiguousarray(data.astronaut()[::2, ::2, :3])
+    rng = np.random.default_rng(0)
+    masks = np.zeros((6, 256, 256), bool)
+    for i in range(6):  # coarse blocky masks of different places and sizes
+        y, x = rng.integers(20, 150, 2)
+        hh, ww = rng.integers(40, 100, 2)
+        masks[i, y : y + hh, x : x + ww] = True
+    pts = [np.array([[x + 5.0, y + 5.0]]) for y, x in (np.argwhere(m)[0] for m in masks)]
+    lbl = [np.array([1])] * 6
+    refiner = GrabCutRefine(band=16, iters=2)
+    serial, parallel = masks.copy(), masks.copy()
+    refine_masks(refiner, image, serial, pts, lbl, threads=1)
+    for _ in range(2):  # the pool is reused across calls
+        again = masks.copy()
+        refine_masks(refiner, image, again, pts, lbl, threads=3)
+        np.testing.assert_array_equal(again, serial)
+        parallel = again
+    assert (parallel != masks).any()  # GrabCut did change them
+    with pytest.raises(ValueError, match="point sets"):
+        refine_masks(refiner, image, masks.copy(), pts[:2], lbl[:2])
+    with pytest.raises(ValueError, match="bool"):  # a worker's error reaches the caller
+        refine_masks(refiner, image, masks.astype(np.uint8), threads=2)

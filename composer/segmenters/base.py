@@ -302,12 +302,14 @@ class PromptableSegmenter(ABC):
         binary = upsample_logits(out.logits, embedding) > self.mask_threshold
         dense = binary.reshape(n * m, *binary.shape[-2:]).cpu().numpy()
         if refiner is not None and image is not None:
-            for i in range(n):
-                pts = lbl = None
-                if prompts is not None and prompts.points is not None and prompts.labels is not None:
-                    pts, lbl = prompts.points[i], prompts.labels[i]
-                for j in range(m):
-                    refiner.refine_inplace(image, dense[i * m + j], pts, lbl)
+            from ..refine import refine_masks
+
+            pts = lbl = None
+            if prompts is not None and prompts.points is not None and prompts.labels is not None:
+                # mask k belongs to prompt k // m and is refined with that prompt's clicks
+                pts = [prompts.points[k // m] for k in range(n * m)]
+                lbl = [prompts.labels[k // m] for k in range(n * m)]
+            refine_masks(refiner, image, dense, pts, lbl)
         masks = Masks.from_dense(dense)
         iou = out.iou_pred.reshape(-1).float().cpu().numpy()
         extras: dict[str, np.ndarray] = {
