@@ -258,18 +258,21 @@ class GrabCutRefine:
 #: thread, so the masks do not depend on this number). 1 refines in the calling thread.
 REFINE_THREADS = max(1, min(4, os.cpu_count() or 1))
 _POOL: ThreadPoolExecutor | None = None
-_POOL_SIZE = 0
+_POOL_KEY: tuple[int, int] = (0, 0)  # (threads, process id)
 _POOL_LOCK = threading.Lock()
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
-    global _POOL, _POOL_SIZE
+    """The shared refinement pool of ``threads`` threads; a new one in a forked child (whose
+    copy of the parent's pool has no threads) or when ``threads`` changed."""
+    global _POOL, _POOL_KEY
+    key = (threads, os.getpid())
     with _POOL_LOCK:
-        if _POOL is None or _POOL_SIZE != threads:
-            if _POOL is not None:
+        if _POOL is None or _POOL_KEY != key:
+            if _POOL is not None and _POOL_KEY[1] == key[1]:
                 _POOL.shutdown(wait=False)
             _POOL = ThreadPoolExecutor(threads, thread_name_prefix="grabcut-refine")
-            _POOL_SIZE = threads
+            _POOL_KEY = key
         return _POOL
 
 

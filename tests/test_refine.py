@@ -218,3 +218,32 @@ def test_refine_masks_in_threads_equals_one_thread() -> None:
         refine_masks(refiner, image, masks.copy(), pts[:2], lbl[:2])
     with pytest.raises(ValueError, match="bool"):  # a worker's error reaches the caller
         refine_masks(refiner, image, masks.astype(np.uint8), threads=2)
+
+
+def test_refine_masks_works_in_a_forked_child() -> None:
+    """A child forked after the pool exists (evaluation workers) gets a pool of its own."""
+    import multiprocessing as mp
+
+    from composer.refine import refine_masks
+
+    image, masks = _fork_case()
+    refine_masks(GrabCutRefine(), image, masks.copy(), threads=2)  # the parent's pool exists
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        child = pool.apply_async(_refine_in_child).get(timeout=60)
+    expected = masks.copy()
+    refine_masks(GrabCutRefine(), image, expected, threads=1)
+    np.testing.assert_array_equal(child, expected)
+
+
+def _fork_case() -> tuple[np.ndarray, np.ndarray]:
+    image, gt, coarse = _ellipse_scene()
+    return image, np.stack([coarse, gt])
+
+
+def _refine_in_child() -> np.ndarray:
+    from composer.refine import refine_masks
+
+    image, masks = _fork_case()
+    refine_masks(GrabCutRefine(), image, masks, threads=2)
+    return masks
