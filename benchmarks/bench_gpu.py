@@ -33,6 +33,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_encoder import _input  # noqa: E402  (resize + preprocess, as the CPU benchmark)
+
 
 def _image(device: torch.device) -> torch.Tensor:
     from composer.data.paths import dataset_dir
@@ -47,17 +49,6 @@ def _image(device: torch.device) -> torch.Tensor:
 
         arr = (resize(data.astronaut(), (321, 481), anti_aliasing=True) * 255).astype("uint8")
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().to(device)
-
-
-def _input(model: Any, image: torch.Tensor) -> torch.Tensor:
-    import torch.nn.functional as F
-
-    side = int(model.image_encoder.img_size)
-    h, w = image.shape[-2:]
-    scale = side / max(h, w)
-    size = (int(h * scale + 0.5), int(w * scale + 0.5))
-    x = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-    return model.preprocess(x)[None]
 
 
 def _median_ms(fn: Callable[[], Any], repeats: int) -> float:

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
-
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "calibrate_amg.py"
+from _modules import load_recipe
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("calibrate_amg", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("calibrate_amg")
 
 
 def test_score_pairs_counts_precision_recall_after_filters_and_nms() -> None:

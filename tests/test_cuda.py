@@ -136,16 +136,12 @@ def test_edges_match_the_cpu(pair, image) -> None:
 
 def _official_helpers():
     """The suite's seeded official models (tests/sam/test_network.py), loaded by path."""
-    import importlib.util
     from pathlib import Path
 
+    from _modules import load_file
+
     pytest.importorskip("segment_anything")
-    path = Path(__file__).parent / "sam" / "test_network.py"
-    spec = importlib.util.spec_from_file_location("_sam_test_network", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(Path(__file__).parent / "sam" / "test_network.py", "_sam_test_network")
 
 
 @pytest.mark.parametrize("arch", ["vit_tiny_test", "vit_b"])

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _modules import load_recipe
 
 from composer.embedding import ImageEmbedding
 from composer.structures import Detections, Masks
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "first_click_slots.py"
 H, W = 40, 50
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("first_click_slots", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("first_click_slots")
 
 
 @dataclass
