@@ -241,8 +241,9 @@ class ClickSession:
             multimask: three masks instead of one; default: only on the first click.
 
         Returns:
-            masks (M, H, W) bool in image pixels and scores (M,) float32 (predicted IoU). The
-            most confident mask becomes the session's prediction (and next mask prompt).
+            masks (M, H, W) bool in image pixels and scores (M,) float32 (predicted IoU, or the
+            segmenter's ``mask_rank`` score on a multimask click). The highest-scored mask
+            becomes the session's prediction (and next mask prompt).
         """
         xy = np.asarray(point, np.float32).reshape(2)
         h, w = self.image_size

@@ -18,7 +18,7 @@ from PIL import Image
 
 from .embedding import ImageEmbedding
 from .io.image import load_image
-from .segmenters.base import MaskLogits, PromptableSegmenter, upsample_logits
+from .segmenters.base import MaskLogits, PromptableSegmenter, refine_image, upsample_logits
 from .structures import Prompts
 
 
@@ -201,7 +201,8 @@ class SamPredictor(PromptableSegmenter):
         multimask_output=True, return_logits=False)`` after ``set_image`` follows the official
         SamPredictor: one prompt; returns ``(masks (C, H, W) bool or float logits,
         scores (C,) float32, low_res_logits (C, h, w) float32)`` as numpy arrays. Boolean
-        masks get the segmenter's ``mask_refine`` (if any); logits are the decoder's (averaged
+        masks get the segmenter's ``mask_refine`` (if any), and boolean multimask outputs are
+        scored under its ``mask_rank`` (if any); logits are the decoder's (averaged
         with the mirrored image's under ``flip_tta`` when there is no ``mask_input``).
         """
         if (args and isinstance(args[0], ImageEmbedding)) or "embedding" in kwargs:
@@ -227,5 +228,9 @@ class SamPredictor(PromptableSegmenter):
             lbl = None if prompts.labels is None else prompts.labels[0]
             for m in masks:
                 refiner.refine_inplace(image, m, pts, lbl)
+        scores = out.iou_pred[0].float().cpu().numpy()
+        ranker = None if return_logits or not multimask_output else self.resolve_rank("auto", emb)
+        if ranker is not None:
+            scores = (scores + ranker.weight * ranker.contrasts(refine_image(emb), masks)).astype(np.float32)
         low = out.logits if out.feedback is None else out.feedback
-        return masks, out.iou_pred[0].cpu().numpy(), low[0].cpu().numpy()
+        return masks, scores, low[0].cpu().numpy()

@@ -11,6 +11,9 @@ Runs the 20-click point protocol (``composer.evaluation.PointEvaluator``, the sa
 and prints one row per setting: mIoU@1 / oracle@1 / @3 / @5 and NoC@85 / NoC@90.
 ``--tta off,flip`` runs every setting without and with flip test-time augmentation of the
 first click (``PromptableSegmenter.flip_tta``); the default runs them as the model ships.
+The first click's masks are ranked by predicted IoU alone (``--mask-rank off``, the default:
+the refinement and flip TTA were chosen before the contrast ranking, ``choose_mask_rank.py``);
+``--mask-rank auto`` uses the model's shipped ranking.
 
     OMP_NUM_THREADS=1 python recipes/choose_mask_refine.py --set bsds_heldout \\
         --settings "off;8,2;16,1;16,2;16,4;24,2" --tta off --out runs/mask_refine_bsds_heldout
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_default import holdout_ids  # noqa: E402
 
-from composer.commands.common import parse_mask_refine  # noqa: E402
+from composer.commands.common import parse_mask_rank, parse_mask_refine  # noqa: E402
 from composer.evaluation import PointEvaluator, run  # noqa: E402
 from composer.segmenters import load_segmenter  # noqa: E402
 from composer.training.data import bsds_ids, coco_subset_split, evaluation_bsds_ids  # noqa: E402
@@ -93,6 +96,8 @@ def main() -> None:
     parser.add_argument("--model", default="composer_tiny")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--clicks", type=int, default=20)
+    parser.add_argument("--mask-rank", default="off",
+                        help="off (default: predicted IoU alone), auto (shipped) or a weight")
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument("--out", required=True, help="folder for one report per setting and summary.json")
     args = parser.parse_args()
@@ -106,6 +111,9 @@ def main() -> None:
         raise SystemExit(f"--tta takes auto, off or flip (','-separated), got {args.tta!r}")
     dataset = bsds_heldout() if args.set == "bsds_heldout" else coco_tune()
     seg = load_segmenter(args.model, checkpoint=args.checkpoint)
+    rank = parse_mask_rank(args.mask_rank)
+    if rank != "auto":
+        seg.mask_rank = rank
     out = Path(args.out)
     summary = {}
     header = "| setting | " + " | ".join(c for c, _ in COLUMNS) + " | s |"

@@ -61,9 +61,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     seg = composer.load_segmenter(args.model, checkpoint=args.checkpoint)
-    # the decoder's own masks: GrabCut refinement fixes the click pixels, and flip TTA averages
-    # the first click with another image
-    seg.mask_refine, seg.flip_tta = None, False
+    # the decoder's own masks: GrabCut refinement fixes the click pixels, flip TTA averages the
+    # first click with another image, and the contrast ranking picks a first mask by the image
+    seg.mask_refine, seg.flip_tta, seg.mask_rank = None, False, None
     ds = GrabCut() if args.dataset == "grabcut" else Berkeley()
     out = honoured_clicks(seg, ds, args.clicks)
     print(f"{seg.model_id} on {args.dataset}, {args.clicks} clicks per object")

@@ -3,7 +3,8 @@
 For every object of each set, the point protocol's first click (the interior point farthest
 from the boundary, ``composer.evaluation.points.next_click``) goes through a ``ClickSession``
 exactly as in ``sam-composer eval points``, with the model's shipped predict-time settings
-(``--tta`` / ``--mask-refine`` override them). All three masks are kept: their IoU with the
+(``--tta`` / ``--mask-refine`` / ``--mask-rank`` override them; the README's table ranks by
+predicted IoU alone, ``--mask-rank off``, as shipped before the contrast ranking). All three masks are kept: their IoU with the
 ground truth, their predicted IoU and their area. Prints, per set and output slot: mean IoU,
 mean predicted IoU, mean area, how often the slot is the best of the three (oracle) and how
 often the model ranks it first; then top-1 and oracle mIoU.
@@ -18,7 +19,7 @@ on the tuning sets. Sets: ``bsds_heldout``, ``coco_tune`` (see ``choose_mask_ref
 first 20 images): the last four are the README's benchmark rows.
 
     OMP_NUM_THREADS=1 python recipes/first_click_slots.py --sets bsds_heldout coco_tune \\
-        grabcut berkeley bsds20 coco20 --calibrate --out runs/first_click_slots
+        grabcut berkeley bsds20 coco20 --mask-rank off --calibrate --out runs/first_click_slots
 
 ``--out`` keeps one ``SET.npy`` per set (columns: 3 predicted IoUs, 3 IoUs, 3 mask areas as a
 fraction of the image, the ground truth's area, the item index); a re-run loads them instead
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from choose_mask_refine import bsds_heldout, coco_tune  # noqa: E402
 
-from composer.commands.common import parse_mask_refine  # noqa: E402
+from composer.commands.common import parse_mask_rank, parse_mask_refine  # noqa: E402
 from composer.evaluation.points import mask_iou, next_click  # noqa: E402
 from composer.evaluation.runner import _item_image, point_targets  # noqa: E402
 from composer.interactive import ClickSession  # noqa: E402
@@ -136,6 +137,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--tta", default="auto", choices=("auto", "flip", "off"))
     parser.add_argument("--mask-refine", default="auto")
+    parser.add_argument("--mask-rank", default="auto", help="auto (shipped), off, or a weight")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--calibrate", action="store_true",
                         help="fit per-slot IoU calibration on the tuning sets (needs them in --sets)")
@@ -158,6 +160,9 @@ def main() -> None:
             refine = parse_mask_refine(args.mask_refine)
             if refine != "auto":
                 seg.mask_refine = refine
+            rank = parse_mask_rank(args.mask_rank)
+            if rank != "auto":
+                seg.mask_rank = rank
             if args.tta != "auto":
                 seg.flip_tta = args.tta == "flip"
         t0 = time.perf_counter()

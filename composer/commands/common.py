@@ -20,6 +20,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation of prompts without a previous mask (first "
                         "clicks, boxes): average with the mirrored image's output (flip), none "
                         "(off), or the model's recommendation (auto, default)")
+    p.add_argument("--mask-rank", default="auto", metavar="auto|off|WEIGHT",
+                   help="how a multimask prompt's masks are scored: predicted IoU plus WEIGHT "
+                        "times the colour contrast at each mask's boundary, predicted IoU alone "
+                        "(off), or the model's recommendation (auto, default)")
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
                    help="where the network runs: CUDA when torch sees a GPU, else the CPU "
                         "(auto, default), or the device named; the classic backend always "
@@ -44,6 +48,19 @@ def parse_mask_refine(text: str) -> Any:
     return GrabCutRefine(band=band, iters=iters)
 
 
+def parse_mask_rank(text: str) -> Any:
+    """``--mask-rank``: "auto", None (off) or a ContrastRank of that weight."""
+    from ..refine import ContrastRank
+
+    text = str(text).strip().lower()
+    if text in ("auto", "off"):
+        return None if text == "off" else "auto"
+    try:
+        return ContrastRank(weight=float(text))
+    except ValueError:
+        raise ValueError(f"--mask-rank must be auto, off or a weight >= 0, got {text!r}") from None
+
+
 def load_model(args: argparse.Namespace) -> Any:
     from ..segmenters import load_segmenter
 
@@ -53,6 +70,9 @@ def load_model(args: argparse.Namespace) -> Any:
     refine = parse_mask_refine(getattr(args, "mask_refine", "auto"))
     if refine != "auto":
         seg.mask_refine = refine
+    rank = parse_mask_rank(getattr(args, "mask_rank", "auto"))
+    if rank != "auto":
+        seg.mask_rank = rank
     tta = getattr(args, "tta", "auto")
     if tta != "auto":
         seg.flip_tta = tta == "flip"
@@ -75,4 +95,20 @@ def describe(segmenter: Any) -> str:
                  f"{refine.iters} iterations)")
     if getattr(segmenter, "flip_tta", False):
         line += "; first prompts averaged with the mirrored image (flip TTA)"
+    rank = getattr(segmenter, "mask_rank", None)
+    if rank is not None:
+        line += f"; masks ranked by predicted IoU + {rank.weight:g} x boundary colour contrast"
     return line
+
+
+def score_text(dets: Any, i: int) -> str:
+    """"score S" of item ``i`` of ``dets``, with its predicted IoU when the score is a contrast
+    ranking's (``mask_rank``: predicted IoU + weight x contrast)."""
+    import numpy as np
+
+    text = f"score {float(np.asarray(dets.scores)[i]):.3f}"
+    extras = getattr(dets, "extras", None) or {}
+    if "contrast" in extras and "predicted_iou" in extras:
+        text += (f" (predicted IoU {float(extras['predicted_iou'][i]):.3f}, "
+                 f"contrast {float(extras['contrast'][i]):.3f})")
+    return text

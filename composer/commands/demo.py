@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import add_model_args, describe, load_model
+from .common import add_model_args, describe, load_model, score_text
 
 # The astronaut picture (512 x 512) from scikit-image: a point on the face, a box on the shuttle
 DEMO_POINT = (270.0, 140.0)
@@ -62,9 +62,8 @@ def run(args: argparse.Namespace) -> int:
     summary["mirror_encoder_calls"] = int(getattr(seg, "mirror_encoder_calls", 0))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     for what, d in (("point prompt", best), ("box prompt:  ", box_dets)):
-        score = float(np.asarray(d.scores)[0])
         area = int(d.masks.area[0]) if d.masks is not None else 0
-        print(f"{what}: score {score:.3f}, area {area} px")
+        print(f"{what}: {score_text(d, 0)}, area {area} px")
     if "automatic" in summary:
         print(f"segment everything: {summary['automatic']['n_masks']} masks")
     mirrored = int(getattr(seg, "mirror_encoder_calls", 0))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import add_model_args, describe, load_model
+from .common import add_model_args, describe, load_model, score_text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         prompt_boxes=box_arr,
     )
     for i in range(len(dets)):
-        print(f"mask {i}: prompt {int(dets.extras['prompt_index'][i])}, score {float(dets.scores[i]):.3f}, "
+        print(f"mask {i}: prompt {int(dets.extras['prompt_index'][i])}, {score_text(dets, i)}, "
               f"area {int(dets.masks.area[i])} px")
     print(f"wrote {len(written['masks'])} mask PNGs, {written['overlay']} and {written['json']}")
     return 0

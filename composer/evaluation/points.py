@@ -19,8 +19,9 @@ Click simulation (SAM paper App. D.1, the RITM/fBRS standard):
 - Zoom-in (optional, off by default as in the SAM paper; RITM-style evaluations use it): after
   the first click, predict in a crop around the current mask, the positive clicks and the
   newest click (:class:`~composer.interactive.ZoomIn`); the masks are scored in the whole image.
-- Scoring: per click, ``iou`` of the most confident mask (highest predicted IoU, the paper's
-  default) and ``oracle_iou``, the best of the returned masks against the GT. The next click
+- Scoring: per click, ``iou`` of the most confident mask (highest score: the predicted IoU, the
+  paper's default, or a segmenter's ``mask_rank`` score such as composer_tiny's predicted IoU
+  plus boundary contrast) and ``oracle_iou``, the best of the returned masks against the GT. The next click
   is placed from the most confident mask. IoU ignores the ``ignore`` pixels.
 
 NoC@t = the first click whose IoU reaches t, or ``max_clicks`` if none does; NoF@t counts

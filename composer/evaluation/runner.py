@@ -321,6 +321,8 @@ def run(
         "model_id": _model_id(task_or_segmenter),
         # predict-time mask refinement (as JSON) and flip TTA; None without a promptable segmenter
         "mask_refine": _jsonable(_segmenter_attr(task_or_segmenter, "mask_refine")),
+        # how multimask outputs are ranked (ContrastRank as JSON, None: predicted IoU alone)
+        "mask_rank": _jsonable(_segmenter_attr(task_or_segmenter, "mask_rank")),
         "flip_tta": (None if (flip := _segmenter_attr(task_or_segmenter, "flip_tta")) is None
                      else bool(flip)),
         # where the network ran (timings depend on it); None without a promptable segmenter

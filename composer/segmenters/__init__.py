@@ -125,6 +125,7 @@ def _load_composer_tiny(
         AMG_THRESHOLDS,
         EDGE_REFINE,
         FLIP_TTA,
+        MASK_RANK,
         MASK_REFINE,
         MODEL_NAME,
         PACKAGED_WEIGHTS,
@@ -151,6 +152,8 @@ def _load_composer_tiny(
     segmenter.mask_refine = MASK_REFINE
     # flip test-time augmentation of first clicks and boxes, chosen on the same held-out data
     segmenter.flip_tta = FLIP_TTA
+    # first-click masks ranked by predicted IoU and boundary colour contrast, chosen likewise
+    segmenter.mask_rank = MASK_RANK
     return segmenter
 
 

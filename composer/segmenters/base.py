@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..embedding import ImageEmbedding
-from ..refine import GrabCutRefine
+from ..refine import ContrastRank, GrabCutRefine
 from ..structures import Detections, Masks, Prompts
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,13 @@ class PromptableSegmenter(ABC):
             keeps the image in ``extras["image"]``.
         mirror_encoder_calls: encoder passes made for flip TTA's mirrored images (outside any
             ``EmbeddingCache``, whose ``encoder_calls`` do not include them).
+        mask_rank: None, or a :class:`~composer.refine.ContrastRank` that ``predict``
+            (``rank="auto"``) uses to score the masks of multimask prompts: ``scores`` become
+            the predicted IoU plus ``weight`` times the colour contrast at each (refined)
+            mask's boundary, so the three masks of a first click are ranked by both
+            (``extras["predicted_iou"]`` keeps the IoU head's values). Single-mask prompts and
+            the automatic generator keep the predicted IoU. The backend's ``embed`` then keeps
+            the image in ``extras["image"]``.
     """
 
     model_id: str = "segmenter"
@@ -119,6 +126,7 @@ class PromptableSegmenter(ABC):
     mask_refine: GrabCutRefine | None = None
     flip_tta: bool = False
     mirror_encoder_calls: int = 0
+    mask_rank: ContrastRank | None = None
 
     @abstractmethod
     def embed(self, image: Any) -> ImageEmbedding: ...
@@ -129,7 +137,8 @@ class PromptableSegmenter(ABC):
 
     def predict(self, embedding: ImageEmbedding, points: Any = None, labels: Any = None,
                 boxes: Any = None, mask_input: Any = None, multimask: bool = True,
-                keep_low_res: bool = True, refine: Any = "auto", tta: Any = "auto") -> Detections:
+                keep_low_res: bool = True, refine: Any = "auto", tta: Any = "auto",
+                rank: Any = "auto") -> Detections:
         """Masks for N prompts of the embedded image in one call.
 
         Args:
@@ -147,18 +156,23 @@ class PromptableSegmenter(ABC):
                 the outputs of prompts without ``mask_input`` with the mirrored image's (see
                 ``decode_tta``); masks and scores are then the averages, ``low_res_logits``
                 the direct decoder's.
+            rank: ``"auto"`` (the segmenter's ``mask_rank``, if any), ``"off"``, or a
+                :class:`~composer.refine.ContrastRank`: with ``multimask``, ``scores`` are the
+                predicted IoU plus the rank's weight times each returned mask's colour
+                contrast (``extras["contrast"]``); without it the rank is not applied.
 
         Returns:
             Detections of N*M items, prompt-major (M = 3 if multimask else 1): masks at the
-            original resolution, ``scores`` = predicted IoU, extras ``predicted_iou``,
-            ``prompt_index``, ``mask_index`` and (optionally) ``low_res_logits``;
-            ``meta["refine"]`` is the refinement used, as a dict (None for none), and
+            original resolution, ``scores`` = predicted IoU (plus the contrast term under a
+            rank), extras ``predicted_iou``, ``prompt_index``, ``mask_index`` and
+            (optionally) ``low_res_logits`` and ``contrast``; ``meta["refine"]`` and
+            ``meta["rank"]`` are the refinement and rank used, as dicts (None for none), and
             ``meta["tta"]`` ``"flip"`` or None.
 
         Raises:
             ValueError: empty prompt set, NaN, malformed boxes, prompts outside the image,
-                an embedding from another model, or an explicit refiner or ``tta="flip"``
-                with an embedding that carries no image (see ``refinement``).
+                an embedding from another model, or an explicit refiner, rank or
+                ``tta="flip"`` with an embedding that carries no image (see ``refinement``).
         """
         embedding.check_model(self.model_id)
         prompts = Prompts.create(points, labels, boxes, mask_input, image_size=embedding.original_size)
@@ -168,8 +182,12 @@ class PromptableSegmenter(ABC):
                 f"{self.model_id}, got {prompts.mask_input.shape}"
             )
         refiner, image = self.refinement(embedding, refine)
+        ranker = self.resolve_rank(rank, embedding) if multimask else None
+        if ranker is not None and image is None:
+            image = refine_image(embedding)
         flip = self.resolve_tta(tta, embedding)
-        return self._predict_prompts(embedding, prompts, multimask, keep_low_res, refiner, image, flip)
+        return self._predict_prompts(embedding, prompts, multimask, keep_low_res, refiner, image,
+                                     flip, ranker)
 
     def refinement(
         self, embedding: ImageEmbedding, refine: Any = "auto"
@@ -196,8 +214,9 @@ class PromptableSegmenter(ABC):
 
     def image_extras(self, rgb: np.ndarray) -> dict[str, torch.Tensor]:
         """``{"image": ...}`` for ``embed`` to add to the embedding's extras when the segmenter
-        refines its masks (``mask_refine``) or mirrors prompts (``flip_tta``), else ``{}``."""
-        keep = self.mask_refine is not None or self.flip_tta
+        refines its masks (``mask_refine``), mirrors prompts (``flip_tta``) or ranks masks by
+        their colour contrast (``mask_rank``), else ``{}``."""
+        keep = self.mask_refine is not None or self.flip_tta or self.mask_rank is not None
         return {"image": torch.tensor(np.asarray(rgb))} if keep else {}
 
     def resolve_tta(self, tta: Any = "auto", embedding: ImageEmbedding | None = None) -> bool:
@@ -277,27 +296,56 @@ class PromptableSegmenter(ABC):
             return None
         raise ValueError(f"refine must be 'auto', 'off' or a GrabCutRefine, got {refine!r}")
 
+    def resolve_rank(self, rank: Any = "auto", embedding: ImageEmbedding | None = None
+                     ) -> ContrastRank | None:
+        """The mask ranking ``predict(rank=...)`` applies (None: predicted IoU alone).
+
+        ``"auto"`` follows ``mask_rank`` and, for an embedding without the image (an older
+        disk cache), quietly falls back to the predicted IoU; an explicit ``ContrastRank``
+        then raises ``ValueError``.
+        """
+        if isinstance(rank, ContrastRank):
+            ranker: ContrastRank | None = rank
+        elif rank == "auto":
+            ranker = self.mask_rank
+        elif rank == "off" or rank is None:
+            return None
+        else:
+            raise ValueError(f"rank must be 'auto', 'off' or a ContrastRank, got {rank!r}")
+        if ranker is not None and embedding is not None and "image" not in embedding.extras:
+            if isinstance(rank, ContrastRank):
+                raise ValueError(
+                    f"a ContrastRank needs the image, and this embedding of {embedding.model_id} "
+                    "carries none (extras['image']): set the segmenter's mask_rank before embedding"
+                )
+            return None
+        return ranker
+
     @torch.no_grad()
     def _predict_prompts(self, embedding: ImageEmbedding, prompts: Prompts, multimask: bool,
                          keep_low_res: bool, refiner: GrabCutRefine | None = None,
-                         image: np.ndarray | None = None, flip: bool = False) -> Detections:
+                         image: np.ndarray | None = None, flip: bool = False,
+                         ranker: ContrastRank | None = None) -> Detections:
         h, w = embedding.original_size
         parts: list[Detections] = []
         n = len(prompts)
         for start in range(0, n, self.prompt_batch):
             chunk = prompts[start : min(n, start + self.prompt_batch)]
             out = self.decode_tta(embedding, chunk, multimask, flip)
-            parts.append(self._to_detections(out, embedding, start, keep_low_res, refiner, image, chunk))
+            parts.append(self._to_detections(out, embedding, start, keep_low_res, refiner, image,
+                                             chunk, ranker))
         dets = Detections.concatenate(parts) if parts else Detections.empty((h, w))
         dets.meta.update(model_id=self.model_id, image_size=(h, w),
                          refine=None if refiner is None else dataclasses.asdict(refiner),
+                         rank=None if ranker is None else dataclasses.asdict(ranker),
                          tta="flip" if flip else None)
         return dets
 
     def _to_detections(self, out: MaskLogits, embedding: ImageEmbedding, offset: int,
                        keep_low_res: bool, refiner: GrabCutRefine | None = None,
                        image: np.ndarray | None = None,
-                       prompts: Prompts | None = None) -> Detections:
+                       prompts: Prompts | None = None,
+                       ranker: ContrastRank | None = None) -> Detections:
         n, m = out.iou_pred.shape
         binary = upsample_logits(out.logits, embedding) > self.mask_threshold
         dense = binary.reshape(n * m, *binary.shape[-2:]).cpu().numpy()
@@ -317,10 +365,15 @@ class PromptableSegmenter(ABC):
             "prompt_index": np.repeat(np.arange(offset, offset + n), m),
             "mask_index": np.tile(np.arange(m), n),
         }
+        scores = iou
+        if ranker is not None and image is not None and m > 1:
+            contrast = ranker.contrasts(image, dense)
+            extras["contrast"] = contrast
+            scores = (iou + ranker.weight * contrast).astype(np.float32)
         if keep_low_res:
             low = out.logits if out.feedback is None else out.feedback
             extras["low_res_logits"] = low.reshape(n * m, *low.shape[-2:]).float().cpu().numpy()
-        return Detections.from_masks(masks, scores=iou, extras=extras)
+        return Detections.from_masks(masks, scores=scores, extras=extras)
 
 
 def mirror_prompts(prompts: Prompts, width: int) -> Prompts:
@@ -355,14 +408,15 @@ def mirror_low_res(logits: torch.Tensor, valid_w: float) -> tuple[torch.Tensor, 
 
 
 def refine_image(embedding: ImageEmbedding) -> np.ndarray:
-    """The (H, W, 3) uint8 image a refining or mirroring backend keeps in ``extras["image"]``
-    (``mask_refine``, ``flip_tta``)."""
+    """The (H, W, 3) uint8 image a refining, mirroring or ranking backend keeps in
+    ``extras["image"]`` (``mask_refine``, ``flip_tta``, ``mask_rank``)."""
     img = embedding.extras.get("image")
     if img is None:
         raise ValueError(
-            f"mask refinement and flip TTA need the image, and this embedding of "
-            f"{embedding.model_id} carries none (extras['image']): set the segmenter's "
-            "mask_refine or flip_tta before embedding, or predict with refine='off', tta='off'"
+            f"mask refinement, flip TTA and contrast ranking need the image, and this embedding "
+            f"of {embedding.model_id} carries none (extras['image']): set the segmenter's "
+            "mask_refine, flip_tta or mask_rank before embedding, or predict with refine='off', "
+            "tta='off', rank='off'"
         )
     arr = img.cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
     if arr.shape[:2] != tuple(embedding.original_size):

@@ -338,3 +338,33 @@ def test_points_cli_tta_switch(grabcut3, tmp_path, capsys):
     assert reports["auto"]["cache"]["encoder_calls"] == reports["off"]["cache"]["encoder_calls"] == 1
     with pytest.raises(SystemExit):
         main([*base, "--tta", "mirror", "--out", str(tmp_path / "bad")])
+
+
+def test_points_cli_mask_rank_switch(grabcut3, tmp_path, capsys):
+    """``--mask-rank`` on one real GrabCut image with composer_tiny: auto takes the model's
+    contrast ranking (printed, recorded in the report), off ranks by predicted IoU alone, a
+    number sets the weight; a bad value is refused."""
+    from composer.cli import main
+    from composer.commands.common import parse_mask_rank
+    from composer.refine import ContrastRank
+    from composer.sam.composer_tiny import MASK_RANK
+
+    assert parse_mask_rank("AUTO") == "auto" and parse_mask_rank("off") is None
+    assert parse_mask_rank("0.5") == ContrastRank(weight=0.5)
+    for bad in ("x", "-1", "nan"):
+        with pytest.raises(ValueError):
+            parse_mask_rank(bad)
+    base = ["eval", "points", "--model", "composer_tiny", "--dataset", "grabcut", "--limit", "1",
+            "--clicks", "1", "--tta", "off"]
+    reports = {}
+    for how in ("auto", "off", "0.5"):
+        out = tmp_path / how
+        assert main([*base, "--mask-rank", how, "--out", str(out)]) == 0
+        printed = capsys.readouterr().out
+        assert ("boundary colour contrast" in printed) == (how != "off")
+        reports[how] = json.loads((out / "report.json").read_text())["meta"]
+        assert reports[how]["failures"] == []
+    assert reports["auto"]["mask_rank"] == dataclasses.asdict(MASK_RANK)
+    assert reports["off"]["mask_rank"] is None
+    assert reports["0.5"]["mask_rank"]["weight"] == 0.5
+    assert main([*base, "--mask-rank", "-2", "--out", str(tmp_path / "bad")]) == 2

@@ -97,7 +97,7 @@ def test_packaged_model_refines_returned_masks_with_grabcut(caplog) -> None:
     import logging
 
     from composer import load_segmenter
-    from composer.sam.composer_tiny import MASK_REFINE
+    from composer.sam.composer_tiny import MASK_RANK, MASK_REFINE
 
     seg = load_segmenter("composer_tiny")
     assert seg.mask_refine == MASK_REFINE
@@ -110,7 +110,12 @@ def test_packaged_model_refines_returned_masks_with_grabcut(caplog) -> None:
     raw = seg.predict(emb, points=pts, labels=lbl, refine="off")
     assert ref.meta["refine"] == dataclasses.asdict(MASK_REFINE) and raw.meta["refine"] is None
     np.testing.assert_array_equal(ref.extras["low_res_logits"], raw.extras["low_res_logits"])
-    np.testing.assert_array_equal(ref.scores, raw.scores)
+    # the predicted IoUs are the decoder's; the ranking scores add each mask's contrast
+    np.testing.assert_array_equal(ref.extras["predicted_iou"], raw.extras["predicted_iou"])
+    assert seg.mask_rank == MASK_RANK and ref.meta["rank"] == dataclasses.asdict(MASK_RANK)
+    np.testing.assert_allclose(
+        ref.scores, ref.extras["predicted_iou"] + MASK_RANK.weight * ref.extras["contrast"], rtol=1e-6
+    )
     top = int(np.argmax(raw.scores))
 
     def iou(m: np.ndarray) -> float:
@@ -128,20 +133,24 @@ def test_packaged_model_refines_returned_masks_with_grabcut(caplog) -> None:
     seg.set_image(image)
     masks, scores, _ = seg.predict(point_coords=[[250, 140]], point_labels=[1])
     np.testing.assert_array_equal(masks, ref.masks.to_dense())
+    np.testing.assert_allclose(scores, ref.scores, rtol=1e-6)  # the official API ranks alike
     logits, _, _ = seg.predict(point_coords=[[250, 140]], point_labels=[1], return_logits=True)
     np.testing.assert_array_equal(logits > 0, raw.masks.to_dense())
-    # An embedding made with refinement and flip TTA off keeps no image: "auto" then warns and
-    # returns the decoder's masks (an older disk cache must not break), an explicit refiner is an error.
-    seg.mask_refine, seg.flip_tta = None, False
+    # An embedding made with refinement, flip TTA and ranking off keeps no image: "auto" then
+    # warns and returns the decoder's masks (an older disk cache must not break), an explicit
+    # refiner is an error.
+    seg.mask_refine, seg.flip_tta, seg.mask_rank = None, False, None
     plain = seg.embed(image)
     assert "image" not in plain.extras
-    seg.mask_refine = MASK_REFINE
+    seg.mask_refine, seg.mask_rank = MASK_REFINE, MASK_RANK
     with caplog.at_level(logging.WARNING, logger="composer.segmenters.base"):
         fallback = seg.predict(plain, points=pts, labels=lbl)
     assert fallback.meta["refine"] is None and "carries no image" in caplog.text
+    assert fallback.meta["rank"] is None  # nor ranked by contrast
     # nor mirrored (flip_tta needs the image too): the decoder's own masks
-    bare = seg.predict(emb, points=pts, labels=lbl, refine="off", tta="off")
+    bare = seg.predict(emb, points=pts, labels=lbl, refine="off", tta="off", rank="off")
     np.testing.assert_array_equal(fallback.masks.to_dense(), bare.masks.to_dense())
+    np.testing.assert_array_equal(fallback.scores, bare.scores)
     seg.flip_tta = True
     with pytest.raises(ValueError, match="carries none"):
         seg.predict(plain, points=pts, labels=lbl, refine=MASK_REFINE)
@@ -178,5 +187,7 @@ def test_demo_runs_the_shipped_model_end_to_end(monkeypatch, tmp_path, capsys) -
     # flip TTA's one mirrored pass (point and box prompts share it) is reported, not hidden
     assert summary["mirror_encoder_calls"] == 1
     assert "plus 1 for the mirrored image (flip TTA)" in printed
+    # the point prompt's score is the contrast ranking's, printed with its two terms
+    assert "point prompt: score" in printed and "(predicted IoU " in printed
     for name in ("prompts_overlay.png", "everything_overlay.png", "prompts.json"):
         assert (out / name).stat().st_size > 0

@@ -156,10 +156,12 @@ def test_packaged_composer_tiny_mirrors_first_prompts() -> None:
     pts, lbl = np.array([[[95, 60]]]), np.array([[1]])
     tta = seg.predict(emb, points=pts, labels=lbl, refine="off")
     plain = seg.predict(emb, points=pts, labels=lbl, refine="off", tta="off")
-    assert tta.meta["tta"] == "flip" and not np.allclose(tta.scores, plain.scores)
+    assert tta.meta["tta"] == "flip"
+    assert not np.allclose(tta.extras["predicted_iou"], plain.extras["predicted_iou"])
     seg.set_image(image)
     logits, scores, low = seg.predict(point_coords=[[95, 60]], point_labels=[1], return_logits=True)
-    np.testing.assert_allclose(scores, tta.scores, atol=1e-6)
+    # logits are not ranked (no binary masks): their scores are the predicted IoUs
+    np.testing.assert_allclose(scores, tta.extras["predicted_iou"], atol=1e-6)
     np.testing.assert_allclose(low, tta.extras["low_res_logits"], atol=1e-5)
     parser = argparse.ArgumentParser()
     add_model_args(parser)

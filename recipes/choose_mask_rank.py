@@ -1,0 +1,142 @@
+"""Choose how a first click's three masks are ranked: predicted IoU plus a weighted boundary contrast.
+
+composer_tiny's IoU head under-rates whole objects (``first_click_slots.py``: on GrabCut the
+largest mask is the best of three for 32 of 50 objects and ranked first 4 times).
+:class:`composer.refine.ContrastRank` adds ``weight`` times the colour contrast across each
+mask's boundary (one minus the Bhattacharyya coefficient of Lab histograms, ``bins`` per
+channel, of ``band``-px strips inside and outside the mask) to the predicted IoU.
+
+For every object of the tuning sets (``bsds_heldout`` and ``coco_tune``, the held-out training
+data the mask refinement and flip TTA were chosen on; ``choose_mask_refine.py``) the point
+protocol's first click goes through a ``ClickSession`` with the model's shipped refinement and
+TTA and no ranking; its three masks are kept with their predicted IoU, their IoU with the ground
+truth and their contrast under each (bins, band) variant. Prints, per variant, the first-click
+mIoU (top-1 by the ranking score) of each set for each weight of the grid, and the weight with
+the best mean over the tuning sets (the smallest among ties). Other sets (``first_click_slots``'
+names) can be added to see what the choice does there; the choice uses the tuning sets only.
+
+    OMP_NUM_THREADS=1 python recipes/choose_mask_rank.py --out runs/mask_rank
+
+``--out`` keeps one ``SET.npy`` per set (columns: 3 predicted IoUs, 3 IoUs, then 3 contrasts
+per variant in the printed order); a re-run loads them (``--fresh`` recomputes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from first_click_slots import SETS, TUNING, dataset  # noqa: E402
+
+from composer.evaluation.points import mask_iou, next_click  # noqa: E402
+from composer.evaluation.runner import _item_image, point_targets  # noqa: E402
+from composer.interactive import ClickSession  # noqa: E402
+from composer.refine import ContrastRank  # noqa: E402
+from composer.segmenters import load_segmenter  # noqa: E402
+
+WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+
+
+def first_click_contrasts(seg: Any, items: Any, ranks: list[ContrastRank]) -> np.ndarray:
+    """(objects, 6 + 3 * len(ranks)): predicted IoUs and IoUs of the three first-click masks
+    (ranked by predicted IoU alone), then each rank's contrasts of those masks."""
+    rows = []
+    for k in range(len(items)):
+        item = items[k]
+        image = _item_image(item)
+        emb = seg.embed(image)
+        for _, gt, ignore in point_targets(item):
+            click = next_click(gt, None, ignore)
+            if click is None:
+                continue
+            masks, scores = ClickSession(seg, image, emb).click(click[0], click[1], multimask=True)
+            if len(masks) != 3:
+                raise ValueError(f"expected 3 masks for a first click, got {len(masks)}")
+            row = [*scores, *(mask_iou(m, gt, ignore) for m in masks)]
+            for rank in ranks:
+                row.extend(rank.contrasts(image, masks))
+            rows.append(row)
+    return np.asarray(rows, np.float64).reshape(-1, 6 + 3 * len(ranks))
+
+
+def top1(a: np.ndarray, scores: np.ndarray) -> float:
+    """Mean IoU of the mask with the highest score per object (0 for no objects)."""
+    if len(a) == 0:
+        return 0.0
+    return float(a[np.arange(len(a)), scores.argmax(1) + 3].mean())
+
+
+def ranked(a: np.ndarray, variant: int, weight: float) -> np.ndarray:
+    """(objects, 3) ranking scores: predicted IoU + weight * the variant's contrast."""
+    return a[:, :3] + weight * a[:, 6 + 3 * variant : 9 + 3 * variant]
+
+
+def choose_weight(data: dict[str, np.ndarray], sets: list[str], variant: int,
+                  weights: tuple[float, ...] = WEIGHTS) -> tuple[float, float]:
+    """(weight, mean top-1 over ``sets``): the best weight, the smallest among ties."""
+    best_w, best = weights[0], -1.0
+    for w in sorted(weights):
+        m = float(np.mean([top1(data[s], ranked(data[s], variant, w)) for s in sets]))
+        if m > best + 1e-12:
+            best_w, best = w, m
+    return best_w, best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="+", default=list(TUNING), choices=SETS)
+    parser.add_argument("--model", default="composer_tiny")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--bins", nargs="+", type=int, default=[8, 16])
+    parser.add_argument("--bands", nargs="+", type=float, default=[16.0, 32.0],
+                        help="strip widths in pixels at a 512-px image side")
+    parser.add_argument("--fresh", action="store_true", help="recompute sets saved in --out")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    if not set(TUNING) <= set(args.sets):
+        parser.error(f"--sets must include the tuning sets {TUNING}")
+    ranks = [ContrastRank(band=band, bins=bins) for band in args.bands for bins in args.bins]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seg = None
+    data: dict[str, np.ndarray] = {}
+    for name in args.sets:
+        path = out / f"{name}.npy"
+        if path.is_file() and not args.fresh:
+            data[name] = np.load(path)
+            if data[name].shape[1] != 6 + 3 * len(ranks):
+                parser.error(f"{path} was made with other --bins/--bands; add --fresh")
+            continue
+        if seg is None:
+            seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device)
+            seg.mask_rank = None  # the masks ranked by predicted IoU alone; contrasts added here
+        t0 = time.perf_counter()
+        data[name] = first_click_contrasts(seg, dataset(name), ranks)
+        np.save(path, data[name])
+        print(f"{name}: {len(data[name])} objects in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    names = list(data)
+    tuning = list(TUNING)
+    print(f"\nfirst-click mIoU (top-1 by predicted IoU + weight x contrast); choice on {', '.join(tuning)}")
+    for v, rank in enumerate(ranks):
+        print(f"\n### {rank.bins} bins, {rank.band:g}-px strips")
+        print("| weight | " + " | ".join(names) + " | tuning mean |")
+        print("|---|" + "---|" * (len(names) + 1))
+        for w in WEIGHTS:
+            vals = [top1(data[s], ranked(data[s], v, w)) for s in names]
+            mean = float(np.mean([top1(data[s], ranked(data[s], v, w)) for s in tuning]))
+            print(f"| {w:g} | " + " | ".join(f"{x:.3f}" for x in vals) + f" | {mean:.3f} |")
+        w, m = choose_weight(data, tuning, v)
+        print(f"best weight on the tuning sets: {w:g} (mean top-1 {m:.3f})")
+
+
+if __name__ == "__main__":
+    main()

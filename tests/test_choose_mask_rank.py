@@ -1,0 +1,69 @@
+"""recipes/choose_mask_rank.py: the first click's masks with their contrasts, and the weight choice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from _modules import load_recipe
+
+from composer.embedding import ImageEmbedding
+from composer.refine import ContrastRank
+from composer.structures import Detections, Masks
+
+H, W = 40, 50
+
+
+@dataclass
+class Item:
+    image_id: str
+    gt_mask: np.ndarray
+    ignore: None = None
+
+    def load_image(self) -> np.ndarray:
+        image = np.full((H, W, 3), 30, np.uint8)
+        image[self.gt_mask] = (250, 200, 10)
+        return image
+
+
+class ThreeMasks:
+    """Always the same three masks and predicted IoUs."""
+
+    model_id = "three"
+
+    def __init__(self, masks: np.ndarray, scores: list[float]) -> None:
+        self.masks, self.scores = masks, np.asarray(scores, np.float32)
+
+    def embed(self, image):
+        return ImageEmbedding(torch.zeros(1, 1, 1, 1), (H, W), (H, W), W, self.model_id)
+
+    def predict(self, emb, points=None, labels=None, boxes=None, mask_input=None, multimask=True):
+        return Detections.from_masks(Masks.from_dense(self.masks), self.scores)
+
+
+def test_contrast_lifts_the_object_mask_over_an_overrated_part() -> None:
+    mod = load_recipe("choose_mask_rank")
+    gt = np.zeros((H, W), bool)
+    gt[10:30, 10:30] = True
+    half = gt.copy()
+    half[:, 20:] = False
+    corner = np.zeros_like(gt)
+    corner[10:15, 10:15] = True
+    seg = ThreeMasks(np.stack([gt, half, corner]), [0.3, 0.9, 0.5])
+    ranks = [ContrastRank(band=4.0, ref_size=50), ContrastRank(band=4.0, ref_size=50, bins=16)]
+    rows = mod.first_click_contrasts(seg, [Item("a", gt)], ranks)
+    assert rows.shape == (1, 12)
+    np.testing.assert_allclose(rows[0, :3], [0.3, 0.9, 0.5], atol=1e-6)
+    np.testing.assert_allclose(rows[0, 3:6], [1.0, 0.5, 25 / 400])
+    image = Item("a", gt).load_image()
+    np.testing.assert_allclose(rows[0, 6:9], ranks[0].contrasts(image, seg.masks), atol=1e-6)
+    assert rows[0, 6] == pytest.approx(1.0) and rows[0, 7] < 0.8  # the object's edge is all colour
+    # predicted IoU alone picks the half (contrast .47); with weight 2 the whole square wins
+    assert mod.top1(rows, mod.ranked(rows, 0, 0.0)) == pytest.approx(0.5)
+    assert mod.top1(rows, mod.ranked(rows, 0, 2.0)) == pytest.approx(1.0)
+    data = {"bsds_heldout": rows, "coco_tune": rows}
+    w, best = mod.choose_weight(data, ["bsds_heldout", "coco_tune"], 0)
+    assert best == pytest.approx(1.0) and 1.0 < w <= 2.0  # the smallest weight that gets there
+    assert mod.choose_weight(data, ["bsds_heldout"], 0, weights=(0.0,)) == (0.0, pytest.approx(0.5))
