@@ -2,11 +2,13 @@
 
 On the GrabCut images (the first ``--images``), for every combination of flip test-time
 augmentation (``tta``: off / flip) and GrabCut mask refinement (``refine``: off / the shipped
-band): the encoder pass (``embed``), the first click (which, with flip TTA, includes the
-mirrored image's encoder pass) and a second click fed the first one's logits (never mirrored).
+band), without the contrast ranking of the first click's masks, then the shipped default (both
+and the ranking, ``rank``): the encoder pass (``embed``), the first click (which, with flip TTA,
+includes the mirrored image's encoder pass) and a second click fed the first one's logits
+(never mirrored).
 Each image is embedded afresh for each combination, so the mirrored embedding is never reused.
 With ``composer.refine.REFINE_THREADS`` > 1 (the default on a machine of several cores: the
-three first-click masks are refined side by side) the default combination runs once more with
+three first-click masks are refined side by side) the default runs once more with
 the masks refined one after the other (``refine/1t``). ``--threads`` sets torch's threads only.
 Prints median seconds, the time to the first mask (embed + first click) and the ratios to the
 plain decoder (tta off, refine off).
@@ -57,10 +59,11 @@ def main() -> int:
 
     threads = composer.refine.REFINE_THREADS
     rows = []
-    combos = [(t, r, threads) for t, r in itertools.product(("off", "flip"), ("off", "auto"))]
+    combos = [(t, r, "off", threads) for t, r in itertools.product(("off", "flip"), ("off", "auto"))]
+    combos.append(("flip", "auto", "auto", threads))  # the shipped default
     if threads > 1:  # the default once more with the masks refined one after the other
-        combos.append(("flip", "auto", 1))
-    for tta, refine, refine_threads in combos:
+        combos.append(("flip", "auto", "auto", 1))
+    for tta, refine, rank, refine_threads in combos:
         composer.refine.REFINE_THREADS = refine_threads
         embed_s, first_s, second_s = [], [], []
         for it, image in zip(items, images, strict=True):
@@ -72,7 +75,7 @@ def main() -> int:
             click = next_click(it.gt_mask, None, it.ignore)
             assert click is not None
             pts, lbl = click[0][None, None], np.array([[click[1]]])
-            first = seg.predict(emb, points=pts, labels=lbl, refine=refine, tta=tta)
+            first = seg.predict(emb, points=pts, labels=lbl, refine=refine, tta=tta, rank=rank)
             t2 = time.perf_counter()
             top = int(np.argmax(first.scores))
             second_click = next_click(it.gt_mask, first.masks.to_dense()[top], it.ignore)
@@ -88,6 +91,7 @@ def main() -> int:
         rows.append({
             "tta": tta,
             "refine": refine,
+            "rank": rank,
             "refine_threads": refine_threads if refine != "off" else None,
             "embed_s": float(np.median(embed_s)),
             "first_click_s": float(np.median(first_s)),
@@ -96,7 +100,7 @@ def main() -> int:
     base = rows[0]
     print(f"composer_tiny on {seg.device}, {len(items)} {args.dataset} images, "
           f"{args.threads} thread(s), median seconds")
-    print(f"{'tta':>5} {'refine':>9} {'embed':>7} {'1st click':>10} {'1st mask':>9} {'x plain':>8} "
+    print(f"{'tta':>5} {'refine':>9} {'rank':>5} {'embed':>7} {'1st click':>10} {'1st mask':>9} {'x plain':>8} "
           f"{'2nd click':>10} {'x plain':>8}")
     base_mask = base["embed_s"] + base["first_click_s"]
     for r in rows:
@@ -104,7 +108,7 @@ def main() -> int:
         mask = r["embed_s"] + r["first_click_s"]
         r["first_mask_s"] = mask
         label = r["refine"] + (f"/{r['refine_threads']}t" if r["refine_threads"] else "")
-        print(f"{r['tta']:>5} {label:>9} {r['embed_s']:7.3f} {r['first_click_s']:10.3f} "
+        print(f"{r['tta']:>5} {label:>9} {r['rank']:>5} {r['embed_s']:7.3f} {r['first_click_s']:10.3f} "
               f"{mask:9.3f} {mask / base_mask:8.2f} {second:10.3f} "
               f"{second / (base['second_click_s'] or float('nan')):8.2f}")
     if args.json:
