@@ -37,7 +37,8 @@ class InstanceConfig:
             COCO evaluates 100).
         refine: one extra pass with the most confident mask's low-res logits as
             ``mask_input`` and the same box (paper App. D.4).
-        multimask: three masks per box, keeping the one with the highest predicted IoU
+        multimask: three masks per box, keeping the one with the highest score (predicted IoU,
+            plus the boundary contrast under the segmenter's ``mask_rank``)
             (False: SAM's single unambiguous output, the usual choice for boxes).
         min_box_size: boxes thinner than this (pixels, after clipping to the image) are dropped.
     """
