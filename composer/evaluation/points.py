@@ -21,8 +21,8 @@ Click simulation (SAM paper App. D.1, the RITM/fBRS standard):
   newest click (:class:`~composer.interactive.ZoomIn`); the masks are scored in the whole image.
 - Scoring: per click, ``iou`` of the most confident mask (highest score: the predicted IoU, the
   paper's default, or a segmenter's ``mask_rank`` score such as composer_tiny's predicted IoU
-  plus boundary contrast) and ``oracle_iou``, the best of the returned masks against the GT. The next click
-  is placed from the most confident mask. IoU ignores the ``ignore`` pixels.
+  plus boundary contrast) and ``oracle_iou``, the best of the returned masks against the GT.
+  The next click is placed from the most confident mask. IoU ignores the ``ignore`` pixels.
 
 NoC@t = the first click whose IoU reaches t, or ``max_clicks`` if none does; NoF@t counts
 masks that never reach t within ``max_clicks`` (RITM counts NoC == max_clicks instead, which

@@ -182,7 +182,9 @@ class PromptableSegmenter(ABC):
                 f"{self.model_id}, got {prompts.mask_input.shape}"
             )
         refiner, image = self.refinement(embedding, refine)
-        ranker = self.resolve_rank(rank, embedding) if multimask else None
+        ranker = self.resolve_rank(rank, embedding)  # validated even when there is nothing to rank
+        if not multimask:
+            ranker = None
         if ranker is not None and image is None:
             image = refine_image(embedding)
         flip = self.resolve_tta(tta, embedding)

@@ -125,6 +125,8 @@ def test_predict_ranks_multimask_outputs_by_iou_plus_contrast() -> None:
     assert fallback.meta["rank"] is None
     with pytest.raises(ValueError, match="rank must be"):
         seg.predict(emb, points=pts, labels=[[1]], rank="contrast")
+    with pytest.raises(ValueError, match="rank must be"):  # refused even with one mask per prompt
+        seg.predict(emb, points=pts, labels=[[1]], multimask=False, rank="contrast")
 
     from composer.interactive import ClickSession
 
