@@ -212,13 +212,8 @@ class GrabCutRefine:
             raise ValueError(f"image must be uint8, got {img.dtype}")
         if not m.any() or m.all():
             return False
-        h, w = m.shape
-        bw = self.band_pixels((h, w))
-        ys = np.flatnonzero(m.any(axis=1))
-        xs = np.flatnonzero(m.any(axis=0))
-        pad = 3 * bw
-        y0, y1 = max(0, ys[0] - pad), min(h, ys[-1] + pad + 1)
-        x0, x1 = max(0, xs[0] - pad), min(w, xs[-1] + pad + 1)
+        bw = self.band_pixels(m.shape)
+        y0, y1, x0, x1 = _padded_bbox(m, 3 * bw)
         crop = m[y0:y1, x0:x1].astype(np.uint8)
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * bw + 1, 2 * bw + 1))
         inner = cv2.erode(crop, kernel, borderType=cv2.BORDER_REPLICATE)
@@ -251,6 +246,16 @@ class GrabCutRefine:
             return False
         m[y0:y1, x0:x1] = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
         return True
+
+
+def _padded_bbox(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the bounding box of a non-empty (H, W) bool mask grown by ``pad``
+    pixels on every side, clipped to the image (end exclusive)."""
+    h, w = mask.shape
+    ys = np.flatnonzero(mask.any(axis=1))
+    xs = np.flatnonzero(mask.any(axis=0))
+    return (max(0, int(ys[0]) - pad), min(h, int(ys[-1]) + pad + 1),
+            max(0, int(xs[0]) - pad), min(w, int(xs[-1]) + pad + 1))
 
 
 #: Threads that refine the masks of one ``predict`` call side by side (OpenCV's GrabCut
@@ -363,12 +368,8 @@ class ContrastRank:
             raise ValueError(f"mask {m.shape} does not match the image {lab_bins.shape[:2]}")
         if not m.any() or m.all():
             return 0.0
-        h, w = m.shape
-        bw = self.band_pixels((h, w))
-        ys = np.flatnonzero(m.any(axis=1))
-        xs = np.flatnonzero(m.any(axis=0))
-        y0, y1 = max(0, ys[0] - bw - 1), min(h, ys[-1] + bw + 2)
-        x0, x1 = max(0, xs[0] - bw - 1), min(w, xs[-1] + bw + 2)
+        bw = self.band_pixels(m.shape)
+        y0, y1, x0, x1 = _padded_bbox(m, bw + 1)
         crop = m[y0:y1, x0:x1]
         c8 = crop.astype(np.uint8)
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * bw + 1, 2 * bw + 1))
