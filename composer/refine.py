@@ -149,12 +149,18 @@ class GrabCutRefine:
         ref_size: the longest side ``band`` refers to (512: composer_tiny's input side).
         seed: seed of OpenCV's random generator for GrabCut's k-means initialisation, set
             before every call so a mask is always refined the same way.
+        max_side: an image whose longest side exceeds this is refined at that scale (the
+            mask's padded box and band scaled down, GrabCut run there, and only the band's
+            pixels taken back from the upsampled result), so a 12-megapixel photo costs about
+            what a 1024-px one does; 0 always works at full resolution. Images up to this size
+            are refined exactly as without it.
     """
 
     band: float = 16.0
     iters: int = 2
     ref_size: int = 512
     seed: int = 0
+    max_side: int = 1024
 
     def __post_init__(self) -> None:
         if not self.band > 0:
@@ -163,6 +169,8 @@ class GrabCutRefine:
             raise ValueError(f"iters must be >= 1, got {self.iters}")
         if self.ref_size < 1:
             raise ValueError(f"ref_size must be >= 1, got {self.ref_size}")
+        if self.max_side < 0:
+            raise ValueError(f"max_side must be >= 0, got {self.max_side}")
 
     def band_pixels(self, size: tuple[int, int]) -> int:
         """The band's half-width in pixels of an image of ``size`` (H, W)."""
@@ -212,9 +220,57 @@ class GrabCutRefine:
             raise ValueError(f"image must be uint8, got {img.dtype}")
         if not m.any() or m.all():
             return False
-        bw = self.band_pixels(m.shape)
+        pts = labs = None
+        if points is not None and labels is not None:
+            pts = np.asarray(points, np.float64).reshape(-1, 2)
+            labs = np.asarray(labels).reshape(-1)
+            if len(pts) != len(labs):
+                raise ValueError(f"{len(pts)} points but {len(labs)} labels")
+        h, w = m.shape
+        bw = self.band_pixels((h, w))
         y0, y1, x0, x1 = _padded_bbox(m, 3 * bw)
-        crop = m[y0:y1, x0:x1].astype(np.uint8)
+        scale = 1.0
+        if self.max_side and max(h, w) > self.max_side:
+            scale = self.max_side / max(h, w)
+        if scale == 1.0:
+            out = self._grabcut(img[y0:y1, x0:x1], m[y0:y1, x0:x1], bw, pts, labs, (x0, y0))
+            if out is None:
+                return False
+            m[y0:y1, x0:x1] = out[0]
+            return True
+        # A large image: GrabCut on the crop scaled to max_side (its band scaled alike), and
+        # only the band's pixels taken from the upsampled result; the rest keeps full resolution.
+        ch, cw = y1 - y0, x1 - x0
+        sw, sh = max(1, int(round(cw * scale))), max(1, int(round(ch * scale)))
+        crop = m[y0:y1, x0:x1]
+        small_img = cv2.resize(img[y0:y1, x0:x1], (sw, sh), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(crop.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA) >= 0.5
+        if not small.any() or small.all():
+            return False
+        small_pts = None if pts is None else (pts - (x0, y0)) * (sw / cw, sh / ch)
+        out = self._grabcut(small_img, small, max(2, int(round(bw * scale))), small_pts, labs, (0, 0))
+        if out is None:
+            return False
+        refined, band = out
+        up = cv2.resize(refined.astype(np.float32), (cw, ch), interpolation=cv2.INTER_LINEAR) >= 0.5
+        up_band = cv2.resize(band.astype(np.uint8), (cw, ch), interpolation=cv2.INTER_NEAREST) > 0
+        crop[up_band] = up[up_band]
+        return True
+
+    def _grabcut(
+        self,
+        img: np.ndarray,
+        crop_mask: np.ndarray,
+        bw: int,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        origin: tuple[int, int],
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """GrabCut in a band of half-width ``bw`` around ``crop_mask`` (H, W bool) of the
+        (H, W, 3) uint8 RGB ``img``; ``points`` are in the frame whose (0, 0) is ``origin`` of
+        the crop. Returns (refined mask, the band GrabCut could relabel), or None when it did
+        not run."""
+        crop = crop_mask.astype(np.uint8)
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * bw + 1, 2 * bw + 1))
         inner = cv2.erode(crop, kernel, borderType=cv2.BORDER_REPLICATE)
         outer = cv2.dilate(crop, kernel, borderType=cv2.BORDER_REPLICATE)
@@ -223,19 +279,18 @@ class GrabCutRefine:
         tri[outer == 0] = cv2.GC_BGD
         if points is not None and labels is not None:
             radius = max(2, bw // 3)
-            pts = np.asarray(points).reshape(-1, 2)
-            labs = np.asarray(labels).reshape(-1)
-            if len(pts) != len(labs):
-                raise ValueError(f"{len(pts)} points but {len(labs)} labels")
-            for (x, y), lab in zip(pts, labs, strict=True):
-                if lab not in (0, 1) or not (x0 <= x < x1 and y0 <= y < y1):
+            ox, oy = origin
+            ch, cw = crop.shape
+            for (x, y), lab in zip(points, labels, strict=True):
+                if lab not in (0, 1) or not (ox <= x < ox + cw and oy <= y < oy + ch):
                     continue
                 value = cv2.GC_FGD if lab == 1 else cv2.GC_BGD
-                cv2.circle(tri, (int(x) - x0, int(y) - y0), radius, int(value), -1)
+                cv2.circle(tri, (int(x) - ox, int(y) - oy), radius, int(value), -1)
         fg = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
         if fg.all() or not fg.any():
-            return False
-        bgr = np.ascontiguousarray(img[y0:y1, x0:x1, ::-1])
+            return None
+        band = (tri == cv2.GC_PR_FGD) | (tri == cv2.GC_PR_BGD)
+        bgr = np.ascontiguousarray(img[..., ::-1])
         bgd_model = np.zeros((1, 65), np.float64)
         fgd_model = np.zeros((1, 65), np.float64)
         cv2.setRNGSeed(self.seed)
@@ -243,9 +298,8 @@ class GrabCutRefine:
             cv2.grabCut(bgr, tri, (0, 0, 0, 0), bgd_model, fgd_model, self.iters, cv2.GC_INIT_WITH_MASK)
         except cv2.error as exc:  # too few samples for a colour model: keep the mask
             logger.debug("GrabCut refinement skipped: %s", exc)
-            return False
-        m[y0:y1, x0:x1] = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
-        return True
+            return None
+        return (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD), band
 
 
 def _padded_bbox(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:
@@ -329,6 +383,8 @@ class ContrastRank:
         ref_size: the longest side ``band`` refers to.
         bins: histogram bins per Lab channel.
         min_pixels: fewer pixels than this on either side gives a contrast of 0.
+        max_side: ``contrasts`` of an image whose longest side exceeds this are measured on
+            the image and masks scaled to it (the strips scale alike); 0: full resolution.
     """
 
     weight: float = 2.0
@@ -336,6 +392,7 @@ class ContrastRank:
     ref_size: int = 512
     bins: int = 8
     min_pixels: int = 10
+    max_side: int = 1024
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.weight) and self.weight >= 0):
@@ -346,6 +403,8 @@ class ContrastRank:
             raise ValueError(f"ref_size must be >= 1, got {self.ref_size}")
         if not 2 <= self.bins <= 64:
             raise ValueError(f"bins must be in [2, 64], got {self.bins}")
+        if self.max_side < 0:
+            raise ValueError(f"max_side must be >= 0, got {self.max_side}")
 
     def band_pixels(self, size: tuple[int, int]) -> int:
         """The strips' width in pixels of an image of ``size`` (H, W)."""
@@ -387,6 +446,18 @@ class ContrastRank:
         return float(min(1.0, max(0.0, 1.0 - coefficient)))
 
     def contrasts(self, image: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        """(N,) float32 contrasts of the (N, H, W) bool ``masks`` of ``image``."""
-        lab_bins = self.lab(image)
-        return np.array([self.contrast(lab_bins, m) for m in masks], np.float32)
+        """(N,) float32 contrasts of the (N, H, W) bool ``masks`` of ``image`` (scaled to
+        ``max_side`` first when the image is larger)."""
+        img = np.asarray(image)
+        h, w = img.shape[:2]
+        if not self.max_side or max(h, w) <= self.max_side:
+            lab_bins = self.lab(img)
+            return np.array([self.contrast(lab_bins, m) for m in masks], np.float32)
+        scale = self.max_side / max(h, w)
+        size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+        lab_bins = self.lab(cv2.resize(np.ascontiguousarray(img), size, interpolation=cv2.INTER_AREA))
+        out = []
+        for m in masks:
+            small = cv2.resize(np.asarray(m, np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5
+            out.append(self.contrast(lab_bins, small))
+        return np.array(out, np.float32)

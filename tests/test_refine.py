@@ -185,9 +185,30 @@ def test_grabcut_refine_leaves_degenerate_masks_and_refuses_bad_input() -> None:
         ref(image, coarse[:-1])
     with pytest.raises(ValueError, match="uint8"):
         ref(image.astype(np.float32), coarse)
-    for bad in ({"band": 0}, {"iters": 0}, {"ref_size": 0}):
+    for bad in ({"band": 0}, {"iters": 0}, {"ref_size": 0}, {"max_side": -1}):
         with pytest.raises(ValueError):
             GrabCutRefine(**bad)
+
+
+def test_grabcut_refine_of_a_large_image_works_at_max_side() -> None:
+    """An image larger than ``max_side`` is refined at that scale: about the full-resolution
+    result (and as good against the truth), far from the band untouched; an image within
+    ``max_side`` is refined exactly as at full resolution."""
+    image, gt, coarse = _ellipse_scene()
+    big = cv2.resize(image, None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST)  # 1280 x 960
+    big_gt = cv2.resize(gt.astype(np.uint8), None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST) > 0
+    big_coarse = cv2.resize(coarse.astype(np.uint8), None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST) > 0
+    full = GrabCutRefine(band=16, max_side=0)(big, big_coarse)
+    scaled_ref = GrabCutRefine(band=16, max_side=640)
+    scaled = scaled_ref(big, big_coarse, points=np.array([[600, 480]]), labels=np.array([1]))
+    assert _iou(full, big_gt) > 0.97 and _iou(scaled, big_gt) > 0.97 and _iou(full, scaled) > 0.97
+    bw = scaled_ref.band_pixels(big.shape[:2])
+    dist_out = cv2.distanceTransform((~big_coarse).astype(np.uint8), cv2.DIST_L2, 5)
+    dist_in = cv2.distanceTransform(big_coarse.astype(np.uint8), cv2.DIST_L2, 5)
+    far = (dist_out > bw + 8) | (dist_in > bw + 8)  # + a few px for the nearest upsampling
+    assert np.array_equal(scaled[far], big_coarse[far])
+    within = GrabCutRefine(band=16, max_side=320)(image, coarse)
+    assert np.array_equal(within, GrabCutRefine(band=16, max_side=0)(image, coarse))
 
 
 def test_refine_masks_in_threads_equals_one_thread() -> None:

@@ -59,6 +59,21 @@ def test_contrast_is_high_across_a_colour_edge_and_zero_inside_a_uniform_region(
                                [1.0, 0.0, rank.contrast(lab, half)], atol=1e-6)
 
 
+def test_contrasts_of_a_large_image_are_measured_at_max_side() -> None:
+    image, disk = _disk_image()  # 160 px wide
+    half = disk.copy()
+    half[:, 80:] = False
+    masks = np.stack([disk, half])
+    exact = ContrastRank(band=8.0, ref_size=160, max_side=0).contrasts(image, masks)
+    # within max_side: the same numbers
+    np.testing.assert_array_equal(ContrastRank(band=8.0, ref_size=160, max_side=160).contrasts(image, masks), exact)
+    big = cv2.resize(image, None, fx=8, fy=8, interpolation=cv2.INTER_NEAREST)  # 1280 px
+    big_masks = np.stack([cv2.resize(m.astype(np.uint8), None, fx=8, fy=8, interpolation=cv2.INTER_NEAREST) > 0
+                          for m in masks])
+    scaled = ContrastRank(band=8.0, ref_size=160, max_side=320).contrasts(big, big_masks)
+    np.testing.assert_allclose(scaled, exact, atol=0.05)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_contrast_in_the_bounding_box_equals_the_whole_image_definition(seed) -> None:
     rng = np.random.default_rng(seed)
@@ -72,7 +87,8 @@ def test_contrast_in_the_bounding_box_equals_the_whole_image_definition(seed) ->
 
 
 def test_contrast_rank_refuses_bad_arguments() -> None:
-    for kwargs in ({"weight": -1.0}, {"weight": float("nan")}, {"band": 0.0}, {"ref_size": 0}, {"bins": 1}):
+    for kwargs in ({"weight": -1.0}, {"weight": float("nan")}, {"band": 0.0}, {"ref_size": 0}, {"bins": 1},
+                   {"max_side": -1}):
         with pytest.raises(ValueError):
             ContrastRank(**kwargs)
     rank = ContrastRank()
