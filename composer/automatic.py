@@ -78,6 +78,13 @@ class AmgConfig:
         multimask: three masks per point prompt (official) instead of one.
         keep_low_res_logits: keep each output's low-res logits in
             ``extras["low_res_logits"]`` ((N, h, w) float32, in its crop's low-res frame).
+        max_side: None (official: every candidate at full resolution), or a side: an image
+            whose longest side exceeds it is processed at that size (the candidates'
+            upsampling, stability, boxes, NMS and small-region removal, with
+            ``min_mask_region_area`` scaled alike) from the embeddings of the full image (and
+            its crops), and the kept masks are upsampled to full resolution (bilinear, 0.5) at
+            the end. The cost then follows ``max_side``, not the photo's megapixels; images up
+            to that size are processed exactly as without it.
     """
 
     points_per_side: int | None = 32
@@ -95,6 +102,7 @@ class AmgConfig:
     max_mask_area_fraction: float | None = None
     multimask: bool = True
     keep_low_res_logits: bool = False
+    max_side: int | None = None
 
     def __post_init__(self) -> None:
         if (self.points_per_side is None) == (self.point_grids is None):
@@ -139,6 +147,8 @@ class AmgConfig:
         frac = self.max_mask_area_fraction
         if frac is not None and not 0.0 < frac <= 1.0:
             raise ValueError(f"max_mask_area_fraction must be in (0, 1] or None, got {frac}")
+        if self.max_side is not None and int(self.max_side) < 1:
+            raise ValueError(f"max_side must be >= 1 or None, got {self.max_side}")
 
     @classmethod
     def for_segmenter(
@@ -307,11 +317,21 @@ class AutomaticMaskGenerator:
         arr = load_image(image)
         height, width = arr.shape[:2]
         cfg = self.config
+        if cfg.max_side is not None and max(height, width) > cfg.max_side:
+            return self._generate_scaled(arr)
+        return self._to_detections(self._candidates(arr), (height, width))
+
+    def _candidates(self, arr: np.ndarray, full: np.ndarray | None = None,
+                    min_region_area: int | None = None) -> _Candidates:
+        """The kept candidates of ``arr``; ``full``: the full-resolution image that ``arr`` is
+        a scaled copy of (its crops are embedded instead, see ``_embed``)."""
+        height, width = arr.shape[:2]
+        cfg = self.config
         crop_boxes, layers = generate_crop_boxes(
             (height, width), cfg.crop_n_layers, cfg.crop_overlap_ratio
         )
         parts = [
-            self._process_crop(arr, box, layer)
+            self._process_crop(arr, box, layer, full)
             for box, layer in zip(crop_boxes, layers, strict=True)
             if len(self._grids[layer])
         ]
@@ -320,14 +340,59 @@ class AutomaticMaskGenerator:
             cb = torch.as_tensor(data.crop_boxes)
             area = ((cb[:, 2] - cb[:, 0]) * (cb[:, 3] - cb[:, 1])).float()
             data = data.select(_nms(data.boxes, 1.0 / area, cfg.crop_nms_thresh))
-        if cfg.min_mask_region_area > 0 and len(data):
-            data = self._remove_small_regions(data, (height, width))
-        return self._to_detections(data, (height, width))
+        min_area = cfg.min_mask_region_area if min_region_area is None else min_region_area
+        if min_area > 0 and len(data):
+            data = self._remove_small_regions(data, (height, width), min_area)
+        return data
+
+    def _generate_scaled(self, arr: np.ndarray) -> Detections:
+        """``generate`` of an image larger than ``max_side``: candidates at that size, the kept
+        masks upsampled to the image's."""
+        import cv2
+
+        height, width = arr.shape[:2]
+        cfg = self.config
+        assert cfg.max_side is not None
+        scale = cfg.max_side / max(height, width)
+        sw, sh = max(1, int(round(width * scale))), max(1, int(round(height * scale)))
+        small = cv2.resize(arr, (sw, sh), interpolation=cv2.INTER_AREA)
+        min_area = int(round(cfg.min_mask_region_area * (sw * sh) / (width * height)))
+        if cfg.min_mask_region_area > 0:
+            min_area = max(1, min_area)
+        data = self._candidates(small, full=arr, min_region_area=min_area)
+        fx, fy = width / sw, height / sh
+        rles, boxes = [], torch.zeros((len(data), 4), dtype=torch.int64)
+        for i, rle in enumerate(data.rles):
+            m = mask_utils.decode(rle).astype(np.float32)
+            up = cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) >= 0.5
+            t = torch.from_numpy(np.ascontiguousarray(up.T))[None]
+            boxes[i] = mask_boxes_transposed(t)[0]
+            rles.append(encode_rles_transposed(up.T[None], (0, 0, width, height), (height, width))[0])
+        data.rles = rles
+        data.boxes = boxes
+        data.points = data.points * np.array([[fx, fy]])
+        cb = data.crop_boxes.astype(np.float64) * np.array([[fx, fy, fx, fy]])
+        data.crop_boxes = np.minimum(np.round(cb), [[width, height, width, height]]).astype(np.int64)
+        dets = self._to_detections(data, (height, width))
+        dets.meta["max_side"] = {"max_side": cfg.max_side, "processed_size": (sh, sw)}
+        return dets
 
     __call__ = generate
 
     # ------------------------------------------------------------------ per crop
-    def _embed(self, image: np.ndarray, crop_box: CropBox) -> ImageEmbedding:
+    def _embed(self, image: np.ndarray, crop_box: CropBox,
+               full: np.ndarray | None = None) -> ImageEmbedding:
+        if full is not None:
+            # ``image`` is ``full`` scaled down: embed the same crop of the full image (the
+            # encoder resizes it to its input side anyway, and the full image's embedding is
+            # the one other tasks share through the cache) and give it the scaled crop's size
+            h, w = image.shape[:2]
+            fh, fw = full.shape[:2]
+            x0, y0, x1, y1 = (int(v) for v in crop_box)
+            fbox = (int(round(x0 * fw / w)), int(round(y0 * fh / h)),
+                    min(fw, int(round(x1 * fw / w))), min(fh, int(round(y1 * fh / h))))
+            emb = self._embed(full, fbox)
+            return dataclasses.replace(emb, original_size=(y1 - y0, x1 - x0))
         height, width = image.shape[:2]
         box = None if tuple(crop_box) == (0, 0, width, height) else tuple(crop_box)
         if self.cache is not None:
@@ -346,9 +411,10 @@ class AutomaticMaskGenerator:
             self._upsamplers[key] = up
         return up
 
-    def _process_crop(self, image: np.ndarray, crop_box: CropBox, layer: int) -> _Candidates:
+    def _process_crop(self, image: np.ndarray, crop_box: CropBox, layer: int,
+                      full: np.ndarray | None = None) -> _Candidates:
         cfg = self.config
-        emb = self._embed(image, crop_box)
+        emb = self._embed(image, crop_box, full)
         crop_h, crop_w = emb.original_size
         points = self._grids[layer] * np.array([[crop_w, crop_h]], dtype=np.float64)
         parts = [
@@ -449,9 +515,10 @@ class AutomaticMaskGenerator:
         )
 
     # ------------------------------------------------------------------ post-processing
-    def _remove_small_regions(self, data: _Candidates, image_size: tuple[int, int]) -> _Candidates:
-        """Fill small holes, drop small islands, then NMS preferring unchanged masks."""
-        area = self.config.min_mask_region_area
+    def _remove_small_regions(self, data: _Candidates, image_size: tuple[int, int],
+                              area: int) -> _Candidates:
+        """Fill holes and drop islands below ``area`` pixels, then NMS preferring unchanged
+        masks."""
         height, width = image_size
         new_rles: list[dict | None] = []
         boxes = torch.zeros((len(data), 4), dtype=torch.int64)

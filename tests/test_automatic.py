@@ -452,3 +452,46 @@ def test_iou_gated_decoding_keeps_the_same_masks():
     np.testing.assert_allclose(
         gated.extras["predicted_iou"], plain.extras["predicted_iou"], atol=1e-6
     )
+
+
+def test_max_side_processes_a_large_image_at_that_size() -> None:
+    """``max_side``: a large image's candidates are processed at that size from the full image's
+    (cached) embedding, and the kept masks come back at full resolution, close to the
+    full-resolution run's; an image within ``max_side`` gives exactly the same output."""
+    import cv2
+    from skimage import data
+
+    from composer import load_segmenter
+
+    seg = load_segmenter("composer_tiny")
+    image = np.ascontiguousarray(data.astronaut()[::2, ::2, :3])  # 256 x 256
+    big = cv2.resize(image, None, fx=3, fy=2, interpolation=cv2.INTER_CUBIC)  # 768 x 512
+    cfg = dict(points_per_side=6, min_mask_region_area=30)
+    cache = EmbeddingCache()
+    cache.get(big, seg)
+    scaled = AutomaticMaskGenerator(seg, cache=cache, max_side=384, **cfg).generate(big)
+    assert cache.encoder_calls == 1  # the full image's embedding, shared
+    assert scaled.meta["max_side"] == {"max_side": 384, "processed_size": (256, 384)}
+    full = AutomaticMaskGenerator(seg, cache=cache, **cfg).generate(big)
+    assert len(scaled) > 0 and abs(len(scaled) - len(full)) <= max(1, len(full) // 5)
+    assert scaled.masks.image_size == (512, 768)
+    rs, rf = scaled.masks.to_coco_rles(), full.masks.to_coco_rles()
+    best = np.asarray(mask_utils.iou(rs, rf, [0] * len(rf))).max(axis=1)
+    assert np.median(best) > 0.9
+    # boxes are the upsampled masks' tight boxes; points and crop boxes in full-image pixels
+    for m, box in zip(scaled.masks.to_dense(), scaled.boxes, strict=True):
+        ys, xs = np.nonzero(m)
+        assert tuple(box) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    assert (scaled.extras["crop_box"] == [[0, 0, 768, 512]]).all()
+    pts = scaled.extras["point_coords"]
+    assert pts[:, 0].max() > 384 and pts[:, 0].max() < 768 and pts[:, 1].max() < 512
+    # crop layers embed crops of the full image too
+    crops = AutomaticMaskGenerator(seg, max_side=384, points_per_side=4, crop_n_layers=1).generate(big)
+    cb = crops.extras["crop_box"]
+    assert len(crops) and cb[:, 2].max() <= 768 and cb[:, 3].max() <= 512 and (cb[:, :2] >= 0).all()
+    within = AutomaticMaskGenerator(seg, max_side=256, **cfg).generate(image)
+    plain = AutomaticMaskGenerator(seg, **cfg).generate(image)
+    assert within.masks.to_coco_rles() == plain.masks.to_coco_rles()
+    assert "max_side" not in within.meta
+    with pytest.raises(ValueError, match="max_side"):
+        AmgConfig(max_side=0)

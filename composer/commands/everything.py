@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop-n-layers", type=int, default=0, help="crop layers (SA-1B style: 1 or 2)")
     p.add_argument("--min-region-area", type=int, default=0, help="remove islands/holes below this area")
     p.add_argument("--sa1b", action="store_true", help="SA-1B settings (crops, cleanup, big-mask filter)")
+    p.add_argument("--max-side", type=int, default=None,
+                   help="process images whose longest side exceeds this at that size and upsample "
+                        "the kept masks (fast on large photos; default: full resolution, official)")
     p.add_argument("--limit", type=int, default=None, help="folder mode: only the first N images")
     p.set_defaults(func=run)
 
@@ -43,11 +46,11 @@ def run(args: argparse.Namespace) -> int:
         "stability_score_thresh": args.stability_thresh,
     }
     if args.sa1b:
-        config = AmgConfig.for_segmenter(seg, SA1B_CONFIG, **thresholds)
+        config = AmgConfig.for_segmenter(seg, SA1B_CONFIG, max_side=args.max_side, **thresholds)
     else:
         config = AmgConfig.for_segmenter(
             seg, points_per_side=args.points_per_side, crop_n_layers=args.crop_n_layers,
-            min_mask_region_area=args.min_region_area, **thresholds,
+            min_mask_region_area=args.min_region_area, max_side=args.max_side, **thresholds,
         )
     print(describe(seg))
     src = Path(args.input)

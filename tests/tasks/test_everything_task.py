@@ -121,3 +121,11 @@ def test_everything_cli_uses_the_models_thresholds(tmp_path, capsys):
     assert int(capsys.readouterr().out.splitlines()[-1].split()[0]) >= 1
     assert main([*args, "--pred-iou-thresh", "1.5"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("0 masks")
+    # --max-side: the 400-px image processed at 200 px, the masks written at 400 x 300
+    import json
+
+    assert main([*args, "--max-side", "200", "--out", str(tmp_path / "small")]) == 0
+    assert int(capsys.readouterr().out.splitlines()[-1].split()[0]) >= 1
+    record = json.loads((tmp_path / "small" / "disk.json").read_text())
+    assert record["image_size"] == [300, 400]
+    assert record["meta"]["max_side"] == {"max_side": 200, "processed_size": [150, 200]}
