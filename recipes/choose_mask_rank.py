@@ -33,11 +33,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from first_click_slots import SETS, TUNING, dataset  # noqa: E402
+from first_click_slots import SETS, TUNING, dataset, first_click_masks  # noqa: E402
 
-from composer.evaluation.points import mask_iou, next_click  # noqa: E402
-from composer.evaluation.runner import _item_image, point_targets  # noqa: E402
-from composer.interactive import ClickSession  # noqa: E402
+from composer.evaluation.points import mask_iou  # noqa: E402
 from composer.refine import ContrastRank  # noqa: E402
 from composer.segmenters import load_segmenter  # noqa: E402
 
@@ -48,21 +46,11 @@ def first_click_contrasts(seg: Any, items: Any, ranks: list[ContrastRank]) -> np
     """(objects, 6 + 3 * len(ranks)): predicted IoUs and IoUs of the three first-click masks
     (ranked by predicted IoU alone), then each rank's contrasts of those masks."""
     rows = []
-    for k in range(len(items)):
-        item = items[k]
-        image = _item_image(item)
-        emb = seg.embed(image)
-        for _, gt, ignore in point_targets(item):
-            click = next_click(gt, None, ignore)
-            if click is None:
-                continue
-            masks, scores = ClickSession(seg, image, emb).click(click[0], click[1], multimask=True)
-            if len(masks) != 3:
-                raise ValueError(f"expected 3 masks for a first click, got {len(masks)}")
-            row = [*scores, *(mask_iou(m, gt, ignore) for m in masks)]
-            for rank in ranks:
-                row.extend(rank.contrasts(image, masks))
-            rows.append(row)
+    for _, image, gt, ignore, masks, scores in first_click_masks(seg, items):
+        row = [*scores, *(mask_iou(m, gt, ignore) for m in masks)]
+        for rank in ranks:
+            row.extend(rank.contrasts(image, masks))
+        rows.append(row)
     return np.asarray(rows, np.float64).reshape(-1, 6 + 3 * len(ranks))
 
 

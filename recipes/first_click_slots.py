@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +77,10 @@ def dataset(name: str) -> Any:
     raise ValueError(f"unknown set {name!r}; valid: {SETS}")
 
 
-def first_clicks(seg: Any, items: Any) -> np.ndarray:
-    """(objects, 11): predicted IoUs, IoUs and areas of the 3 masks, gt area, item index."""
-    rows = []
+def first_click_masks(seg: Any, items: Any) -> Iterator[tuple[int, np.ndarray, np.ndarray, Any,
+                                                             np.ndarray, np.ndarray]]:
+    """For every object of ``items`` with a first click (the point protocol's): (item index,
+    image, ground truth, ignore mask or None, the 3 masks, their scores) from a ``ClickSession``."""
     for k in range(len(items)):
         item = items[k]
         image = _item_image(item)
@@ -90,9 +92,16 @@ def first_clicks(seg: Any, items: Any) -> np.ndarray:
             masks, scores = ClickSession(seg, image, emb).click(click[0], click[1], multimask=True)
             if len(masks) != 3:
                 raise ValueError(f"expected 3 masks for a first click, got {len(masks)}")
-            ious = [mask_iou(m, gt, ignore) for m in masks]
-            areas = masks.reshape(3, -1).mean(1)
-            rows.append(np.concatenate([scores, ious, areas, [gt.mean(), k]]))
+            yield k, image, gt, ignore, masks, scores
+
+
+def first_clicks(seg: Any, items: Any) -> np.ndarray:
+    """(objects, 11): predicted IoUs, IoUs and areas of the 3 masks, gt area, item index."""
+    rows = []
+    for k, _, gt, ignore, masks, scores in first_click_masks(seg, items):
+        ious = [mask_iou(m, gt, ignore) for m in masks]
+        areas = masks.reshape(3, -1).mean(1)
+        rows.append(np.concatenate([scores, ious, areas, [gt.mean(), k]]))
     return np.asarray(rows, np.float64).reshape(-1, 11)
 
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from _modules import load_recipe
+from _modules import load_file, load_recipe
 
-from composer.embedding import ImageEmbedding
 from composer.refine import ContrastRank
-from composer.structures import Detections, Masks
 
-H, W = 40, 50
+# the same fake segmenter (three fixed masks and scores) as the first-click-slots test
+_slots = load_file(Path(__file__).with_name("test_first_click_slots.py"), "_slots_for_rank")
+ThreeMasks, H, W = _slots.ThreeMasks, _slots.H, _slots.W
 
 
 @dataclass
@@ -26,21 +26,6 @@ class Item:
         image = np.full((H, W, 3), 30, np.uint8)
         image[self.gt_mask] = (250, 200, 10)
         return image
-
-
-class ThreeMasks:
-    """Always the same three masks and predicted IoUs."""
-
-    model_id = "three"
-
-    def __init__(self, masks: np.ndarray, scores: list[float]) -> None:
-        self.masks, self.scores = masks, np.asarray(scores, np.float32)
-
-    def embed(self, image):
-        return ImageEmbedding(torch.zeros(1, 1, 1, 1), (H, W), (H, W), W, self.model_id)
-
-    def predict(self, emb, points=None, labels=None, boxes=None, mask_input=None, multimask=True):
-        return Detections.from_masks(Masks.from_dense(self.masks), self.scores)
 
 
 def test_contrast_lifts_the_object_mask_over_an_overrated_part() -> None:
