@@ -361,15 +361,12 @@ class AutomaticMaskGenerator:
             min_area = max(1, min_area)
         data = self._candidates(small, full=arr, min_region_area=min_area)
         fx, fy = width / sw, height / sh
-        rles, boxes = [], torch.zeros((len(data), 4), dtype=torch.int64)
-        for i, rle in enumerate(data.rles):
+        rles = []
+        for rle in data.rles:  # the output boxes come from these masks (``_to_detections``)
             m = mask_utils.decode(rle).astype(np.float32)
             up = cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) >= 0.5
-            t = torch.from_numpy(np.ascontiguousarray(up.T))[None]
-            boxes[i] = mask_boxes_transposed(t)[0]
             rles.append(encode_rles_transposed(up.T[None], (0, 0, width, height), (height, width))[0])
         data.rles = rles
-        data.boxes = boxes
         data.points = data.points * np.array([[fx, fy]])
         cb = data.crop_boxes.astype(np.float64) * np.array([[fx, fy, fx, fy]])
         data.crop_boxes = np.minimum(np.round(cb), [[width, height, width, height]]).astype(np.int64)

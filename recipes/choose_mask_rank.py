@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from first_click_slots import SETS, TUNING, dataset, first_click_masks  # noqa: E402
+from first_click_slots import SETS, TUNING, dataset, first_click_masks, per_set_arrays  # noqa: E402
 
 from composer.evaluation.points import mask_iou  # noqa: E402
 from composer.refine import ContrastRank  # noqa: E402
@@ -92,24 +91,19 @@ def main() -> None:
     if not set(TUNING) <= set(args.sets):
         parser.error(f"--sets must include the tuning sets {TUNING}")
     ranks = [ContrastRank(band=band, bins=bins) for band in args.bands for bins in args.bins]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seg = None
-    data: dict[str, np.ndarray] = {}
-    for name in args.sets:
-        path = out / f"{name}.npy"
-        if path.is_file() and not args.fresh:
-            data[name] = np.load(path)
-            if data[name].shape[1] != 6 + 3 * len(ranks):
-                parser.error(f"{path} was made with other --bins/--bands; add --fresh")
-            continue
-        if seg is None:
+    segs: list[Any] = []
+
+    def compute(name: str) -> np.ndarray:
+        if not segs:  # loaded once, and only when a set is not saved yet
             seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device)
             seg.mask_rank = None  # the masks ranked by predicted IoU alone; contrasts added here
-        t0 = time.perf_counter()
-        data[name] = first_click_contrasts(seg, dataset(name), ranks)
-        np.save(path, data[name])
-        print(f"{name}: {len(data[name])} objects in {time.perf_counter() - t0:.0f} s", flush=True)
+            segs.append(seg)
+        return first_click_contrasts(segs[0], dataset(name), ranks)
+
+    data = per_set_arrays(Path(args.out), args.sets, args.fresh, compute)
+    for name, a in data.items():
+        if a.shape[1] != 6 + 3 * len(ranks):
+            parser.error(f"{args.out}/{name}.npy was made with other --bins/--bands; add --fresh")
 
     names = list(data)
     tuning = list(TUNING)

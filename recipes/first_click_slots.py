@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,24 @@ def first_click_masks(seg: Any, items: Any) -> Iterator[tuple[int, np.ndarray, n
             yield k, image, gt, ignore, masks, scores
 
 
+def per_set_arrays(out: Path, names: list[str], fresh: bool,
+                   compute: Callable[[str], np.ndarray]) -> dict[str, np.ndarray]:
+    """``{name: array}``: ``out/NAME.npy`` where it exists (unless ``fresh``), else
+    ``compute(name)``, saved there and timed."""
+    out.mkdir(parents=True, exist_ok=True)
+    data: dict[str, np.ndarray] = {}
+    for name in names:
+        path = out / f"{name}.npy"
+        if path.is_file() and not fresh:
+            data[name] = np.load(path)
+            continue
+        t0 = time.perf_counter()
+        data[name] = compute(name)
+        np.save(path, data[name])
+        print(f"{name}: {len(data[name])} objects in {time.perf_counter() - t0:.0f} s", flush=True)
+    return data
+
+
 def first_clicks(seg: Any, items: Any) -> np.ndarray:
     """(objects, 11): predicted IoUs, IoUs and areas of the 3 masks, gt area, item index."""
     rows = []
@@ -155,16 +173,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.calibrate and not set(TUNING) <= set(args.sets):
         parser.error(f"--calibrate needs the tuning sets {TUNING} in --sets")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seg = None
-    data: dict[str, np.ndarray] = {}
-    for name in args.sets:
-        path = out / f"{name}.npy"
-        if path.is_file() and not args.fresh:
-            data[name] = np.load(path)
-            continue
-        if seg is None:
+    segs: list[Any] = []
+
+    def compute(name: str) -> np.ndarray:
+        if not segs:  # loaded once, and only when a set is not saved yet
             seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device)
             refine = parse_mask_refine(args.mask_refine)
             if refine != "auto":
@@ -174,10 +186,10 @@ def main() -> None:
                 seg.mask_rank = rank
             if args.tta != "auto":
                 seg.flip_tta = args.tta == "flip"
-        t0 = time.perf_counter()
-        data[name] = first_clicks(seg, dataset(name))
-        np.save(path, data[name])
-        print(f"{name}: {len(data[name])} objects in {time.perf_counter() - t0:.0f} s", flush=True)
+            segs.append(seg)
+        return first_clicks(segs[0], dataset(name))
+
+    data = per_set_arrays(Path(args.out), args.sets, args.fresh, compute)
 
     print("\n| set | objects | top-1 | oracle | slot | mean IoU | mean predicted IoU | mean area "
           "| best of 3 | ranked first |")

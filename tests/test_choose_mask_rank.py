@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +15,8 @@ _slots = load_file(Path(__file__).with_name("test_first_click_slots.py"), "_slot
 ThreeMasks, H, W = _slots.ThreeMasks, _slots.H, _slots.W
 
 
-@dataclass
-class Item:
-    image_id: str
-    gt_mask: np.ndarray
-    ignore: None = None
+class Item(_slots.Item):
+    """The slots test's item with a coloured object on a dark background."""
 
     def load_image(self) -> np.ndarray:
         image = np.full((H, W, 3), 30, np.uint8)

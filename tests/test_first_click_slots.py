@@ -79,3 +79,19 @@ def test_calibration_reranks_an_underrated_slot() -> None:
     a = data["other"]
     assert mod.top1(a, a[:, :3]) < 0.65
     assert mod.top1(a, mod.calibrated(a, coef)) == pytest.approx(a[:, 3:6].max(1).mean())
+
+
+def test_per_set_arrays_saves_loads_and_recomputes(tmp_path) -> None:
+    mod = _load()
+    calls = []
+
+    def compute(name: str) -> np.ndarray:
+        calls.append(name)
+        return np.full((2, 3), len(calls), np.float64)
+
+    first = mod.per_set_arrays(tmp_path, ["a", "b"], False, compute)
+    assert calls == ["a", "b"] and (tmp_path / "a.npy").is_file()
+    again = mod.per_set_arrays(tmp_path, ["a", "b"], False, compute)  # loaded, not computed
+    assert calls == ["a", "b"] and all(np.array_equal(first[k], again[k]) for k in first)
+    fresh = mod.per_set_arrays(tmp_path, ["b"], True, compute)
+    assert calls == ["a", "b", "b"] and fresh["b"][0, 0] == 3
