@@ -161,6 +161,17 @@ STAGE_DEFAULTS["clicks"] = {
     "first_round_weight": 5.0,
 }
 
+# Stage 5: stage 4 plus salient-object images (one large pasted object each, as in GrabCut or
+# Berkeley photos) and, for half of the masks, the truly best first-round output carried forward
+# (the contrast ranking at inference often feeds back the whole object the IoU head rates low).
+STAGE_DEFAULTS["salient"] = {
+    **STAGE_DEFAULTS["clicks"],
+    "lr": 2e-4,
+    "time_budget_min": 50.0,
+    "paste_salient": 800,
+    "feedback_oracle_prob": 0.5,
+}
+
 CACHE_NAME = "efficientnet_lite0-512-128"
 CACHE_LOW_RES = 128  # stored label layers; subsampled to the model's low-res side on load
 
@@ -230,6 +241,17 @@ def build_cache(args: argparse.Namespace, model: torch.nn.Module) -> dict[str, l
                 size=512,
                 seed=2,
             )
+            if args.paste_salient:
+                composites += paste_composites(
+                    args.paste_salient,
+                    coco * 3 + bsds,
+                    [it.image for it in bsds + coco],
+                    size=512,
+                    seed=3,
+                    max_objects=1,
+                    min_source_frac=0.03,
+                    scale=(0.35, 0.85),
+                )
             logging.info("copy-paste composites: %d images", len(composites))
             args.paste_paths = cache.build(
                 model, composites, lambda _: [Variant()], low_res=CACHE_LOW_RES
@@ -303,6 +325,7 @@ def train(
         warmup_sample_prob=args.shape_prob if args.warmup_shapes else 0.0,
         multimask_warmup_steps=args.multimask_warmup,
         multimask_prob=args.multimask_prob,
+        feedback_oracle_prob=args.feedback_oracle_prob,
         freeze=("image_encoder.backbone",),
         checkpoint_dir=str(args.work_dir),
         checkpoint_every=args.checkpoint_every,
@@ -511,6 +534,20 @@ def main() -> None:
         default=0,
         help="copy-paste composite images (whole objects on other training images; needs "
         "--coco-train)",
+    )
+    parser.add_argument(
+        "--paste-salient",
+        type=int,
+        default=0,
+        help="more copy-paste images with one large object each (box side 35-85%% of the "
+        "image; stage 'salient' turns them on; needs --paste)",
+    )
+    parser.add_argument(
+        "--feedback-oracle-prob",
+        type=float,
+        default=0.0,
+        help="chance that the truly best output, not the highest predicted IoU, is carried to "
+        "the next round (TrainConfig.feedback_oracle_prob)",
     )
     parser.add_argument(
         "--coco-min-area",

@@ -264,6 +264,7 @@ def paste_composites(
     max_objects: int = 3,
     min_source_frac: float = 0.01,
     feather: float = 1.0,
+    scale: tuple[float, float] = (0.2, 0.7),
 ) -> list[SegmentationItem]:
     """Copy-paste training images: whole masks cut from ``sources`` onto other backgrounds.
 
@@ -273,7 +274,9 @@ def paste_composites(
     background. Later objects occlude earlier ones; the alpha edge is feathered by a Gaussian
     of ``feather`` pixels so the paste seam is not a trivial cue. The labels are the visible
     parts of the pasted objects (the background is unlabelled: no mask is sampled there).
-    Teaches whole, salient objects (Ghiasi et al. 2021, "Simple Copy-Paste").
+    Teaches whole, salient objects (Ghiasi et al. 2021, "Simple Copy-Paste"). With
+    ``max_objects=1`` and a larger ``scale`` the images look like salient-object photos (one
+    large object, as in GrabCut or Berkeley).
 
     Args:
         n: number of images.
@@ -284,9 +287,12 @@ def paste_composites(
         max_objects: most objects per image.
         min_source_frac: smallest source mask as a fraction of its image.
         feather: sigma of the alpha blur in pixels (0: hard edges).
+        scale: range of the object's box side as a fraction of the image side.
     """
     if n < 0 or size < 16 or not sources or not backgrounds:
         raise ValueError("need n >= 0, size >= 16, and non-empty sources and backgrounds")
+    if not 0 < scale[0] <= scale[1] <= 1:
+        raise ValueError(f"scale must be 0 < low <= high <= 1, got {scale}")
     rng = np.random.default_rng(seed)
 
     def random_mask() -> tuple[np.ndarray, np.ndarray] | None:
@@ -318,9 +324,9 @@ def paste_composites(
             if got is None:
                 continue
             patch, m = got
-            scale = size * rng.uniform(0.2, 0.7) / max(patch.shape[:2])
-            ph = max(2, min(size, int(patch.shape[0] * scale)))
-            pw = max(2, min(size, int(patch.shape[1] * scale)))
+            factor = size * rng.uniform(*scale) / max(patch.shape[:2])
+            ph = max(2, min(size, int(patch.shape[0] * factor)))
+            pw = max(2, min(size, int(patch.shape[1] * factor)))
             patch = cv2.resize(patch, (pw, ph), interpolation=cv2.INTER_LINEAR).astype(np.float32)
             alpha = cv2.resize(m.astype(np.float32), (pw, ph), interpolation=cv2.INTER_LINEAR)
             if rng.random() < 0.5:

@@ -87,6 +87,11 @@ class TrainConfig:
             localise the click first (measured: on synthetic shapes, mIoU of a centre click
             stayed ~0.47 with best-of-3 from step 0, while single-output training localised
             within ~2500 steps).
+        feedback_oracle_prob: chance, per mask and round, that the mask carried to the next
+            round (as mask prompt and for the corrective click) is the output with the highest
+            true IoU instead of the highest predicted IoU (SAM). Inference may rank outputs by
+            more than the predicted IoU (composer_tiny's contrast ranking often picks the whole
+            object its head rates low), so the decoder must also learn to correct those masks.
         freeze: parameter-name prefixes that are not trained.
         amp: mixed precision; None = on for CUDA (float16 + grad scaling), off on CPU.
         checkpoint_dir: where ``last.pt`` goes (None disables checkpoints).
@@ -114,6 +119,7 @@ class TrainConfig:
     warmup_sample_prob: float = 0.0
     multimask_prob: float = 1.0
     multimask_warmup_steps: int = 0
+    feedback_oracle_prob: float = 0.0
     freeze: tuple[str, ...] = ("image_encoder",)
     amp: bool | None = None
     checkpoint_dir: str | None = None
@@ -133,6 +139,10 @@ class TrainConfig:
             raise ValueError(f"multimask_prob must be in [0, 1], got {self.multimask_prob}")
         if not self.first_round_weight > 0:
             raise ValueError(f"first_round_weight must be positive, got {self.first_round_weight}")
+        if not 0.0 <= self.feedback_oracle_prob <= 1.0:
+            raise ValueError(
+                f"feedback_oracle_prob must be in [0, 1], got {self.feedback_oracle_prob}"
+            )
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
@@ -340,12 +350,17 @@ class Trainer:
                     total = total + out.total * share
                     mask_l += float(out.mask) * share
                     iou_l += float(out.iou) * share
-                    # The mask carried forward is the one with the highest predicted IoU.
+                    # The mask carried forward is the one with the highest predicted IoU
+                    # (or, at feedback_oracle_prob, the truly best one).
                     sel = iou_pred.detach().float().argmax(1)
                     rows = torch.arange(len(g), device=self.device)
-                    chosen = logits.detach()[rows, sel].float()
                     if r == 0:
                         first_iou.append(out.true_iou[rows, sel])
+                    if c.feedback_oracle_prob > 0 and logits.shape[1] > 1:
+                        swap = torch.from_numpy(rng.random(len(g)) < c.feedback_oracle_prob)
+                        best = out.true_iou.detach().float().argmax(1)
+                        sel = torch.where(swap.to(sel.device), best, sel)
+                    chosen = logits.detach()[rows, sel].float()
                     if r + 1 < n_rounds:
                         mask_in[gi] = chosen[:, None]
                         if plan[r]:

@@ -513,3 +513,76 @@ def test_multimask_warmup_trains_the_single_output_first(shapes_cache, tmp_path)
     # Single output only before the warm-up ends; then the first round of every click uses 3.
     assert not any(mm for step, mm in calls if step < 4)
     assert all(any(mm for s, mm in calls if s == step) for step in range(4, 8))
+
+
+def test_feedback_oracle_prob_carries_the_truly_best_output(shapes_cache, tmp_path, monkeypatch) -> None:
+    import composer.training.trainer as trainer_mod
+
+    model0, train, _ = shapes_cache
+    with pytest.raises(ValueError, match="feedback_oracle_prob"):
+        _config(tmp_path, steps=1, feedback_oracle_prob=1.5)
+    outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    real_loss = trainer_mod.promptable_loss
+
+    def loss_spy(logits, iou_pred, *args, **kwargs):
+        out = real_loss(logits, iou_pred, *args, **kwargs)
+        outputs.append((logits.detach().clone(), iou_pred.detach().clone(), out.true_iou.clone()))
+        return out
+
+    monkeypatch.setattr(trainer_mod, "promptable_loss", loss_spy)
+
+    def first_feedback(p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Round 0's logits, predicted and true IoUs, and the mask prompt of round 1."""
+        outputs.clear()
+        m = build_composer_tiny(config=TINY, pretrained_backbone=False)
+        m.load_state_dict(model0.state_dict())
+        cfg = _config(
+            tmp_path,
+            steps=1,
+            box_prob=0.0,
+            multimask_prob=1.0,
+            num_corrective=1,
+            no_point_rounds=0,
+            feedback_oracle_prob=p,
+        )
+        t = Trainer(m, cfg, train)
+        prompts: list[torch.Tensor | None] = []
+        real_decode = t.decode
+
+        def decode_spy(emb, coords, labels, boxes, mask_in, multimask):
+            prompts.append(None if mask_in is None else mask_in.detach().clone())
+            return real_decode(emb, coords, labels, boxes, mask_in, multimask)
+
+        t.decode = decode_spy  # type: ignore[method-assign]
+        t.train_step()
+        assert prompts[0] is None and prompts[1] is not None
+        logits, iou_pred, true_iou = outputs[0]
+        return logits, iou_pred, true_iou, prompts[1][:, 0]
+
+    rows = torch.arange(4)
+    logits, iou_pred, true_iou, fed = first_feedback(0.0)
+    assert logits.shape[1] == 3 and torch.equal(fed, logits[rows, iou_pred.argmax(1)])
+    logits, iou_pred, true_iou, fed = first_feedback(1.0)
+    assert torch.equal(fed, logits[rows, true_iou.argmax(1)])
+    # The two choices differ on this step, so the check above can fail.
+    assert not torch.equal(iou_pred.argmax(1), true_iou.argmax(1))
+
+
+def test_paste_composites_scale_and_single_object() -> None:
+    from composer.training.data import paste_composites
+
+    src_img = np.zeros((60, 60, 3), np.uint8)
+    src_img[10:50, 10:50] = (255, 0, 0)
+    layer = np.zeros((1, 60, 60), np.uint16)
+    layer[0, 10:50, 10:50] = 3
+    source = SegmentationItem("src", src_img, layer)
+    bg = np.full((80, 100, 3), 128, np.uint8)
+    out = paste_composites(10, [source], [bg], size=100, seed=1, max_objects=1, scale=(0.6, 0.8))
+    for it in out:
+        lab = it.layers[0]
+        assert lab.max() == 1
+        ys, xs = np.nonzero(lab)
+        side = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
+        assert 58 <= side <= 82, side
+    with pytest.raises(ValueError, match="scale"):
+        paste_composites(1, [source], [bg], scale=(0.5, 1.5))
