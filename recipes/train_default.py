@@ -26,6 +26,10 @@ without a new point), the first prompt's round weighted 5x a later round
 (``--first-round-weight``) so that it keeps about a third of the loss. After it: 85% / 84% of new
 clicks honoured (both measured by ``recipes/click_honour.py``).
 
+``--stage salient`` (from the packaged stage-4 file; tried, not shipped: recipes/README.md)
+adds 800 copy-paste images with one large object each and carries the truly best first-round
+output forward for half of the masks; it lowered first-click mIoU on the tuning sets.
+
 Stage 3 (``--stage objects``, from stage 2's weights) adds whole
 objects and small masks: the COCO subset's training half (its images after the first
 ``COCO_HOLDOUT`` = 40 in json order; the first 40 are evaluation only) next to the BSDS regions,
