@@ -593,6 +593,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.stage != "scratch" and args.init is None:
         parser.error(f"--stage {args.stage} needs --init WEIGHTS (the previous stage's output)")
+    if args.paste and not args.coco_train:
+        parser.error("--paste needs --coco-train (the composites cut out COCO training objects)")
+    if args.paste_salient and not args.paste:
+        parser.error("--paste-salient needs --paste (they are added to those composites)")
+    if not 0.0 <= args.feedback_oracle_prob <= 1.0:
+        parser.error(f"--feedback-oracle-prob must be in [0, 1], got {args.feedback_oracle_prob}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
