@@ -318,16 +318,19 @@ def test_click_maps_start_as_identity_follow_clicks_and_are_chunk_exact(tmp_path
         build_composer_tiny(checkpoint=tmp_path / "cm.pt", config=SMALL)
 
 
-def test_paste_composites_label_the_visible_pasted_objects() -> None:
-    from composer.training.data import paste_composites
-
-    # One source: a red square (label 3) on black; backgrounds: uniform grey.
+def _red_square_on_grey() -> tuple[SegmentationItem, np.ndarray]:
+    """A paste source, a red square (label 3) on black, and a uniform grey background."""
     src_img = np.zeros((60, 60, 3), np.uint8)
     src_img[10:50, 10:50] = (255, 0, 0)
     layer = np.zeros((1, 60, 60), np.uint16)
     layer[0, 10:50, 10:50] = 3
-    source = SegmentationItem("src", src_img, layer)
-    bg = np.full((80, 100, 3), 128, np.uint8)
+    return SegmentationItem("src", src_img, layer), np.full((80, 100, 3), 128, np.uint8)
+
+
+def test_paste_composites_label_the_visible_pasted_objects() -> None:
+    from composer.training.data import paste_composites
+
+    source, bg = _red_square_on_grey()
     out = paste_composites(12, [source], [bg], size=64, seed=5, max_objects=2, feather=0.0)
     again = paste_composites(12, [source], [bg], size=64, seed=5, max_objects=2, feather=0.0)
     assert len(out) == 12 and all(np.array_equal(a.image, b.image) for a, b in zip(out, again, strict=True))
@@ -571,12 +574,7 @@ def test_feedback_oracle_prob_carries_the_truly_best_output(shapes_cache, tmp_pa
 def test_paste_composites_scale_and_single_object() -> None:
     from composer.training.data import paste_composites
 
-    src_img = np.zeros((60, 60, 3), np.uint8)
-    src_img[10:50, 10:50] = (255, 0, 0)
-    layer = np.zeros((1, 60, 60), np.uint16)
-    layer[0, 10:50, 10:50] = 3
-    source = SegmentationItem("src", src_img, layer)
-    bg = np.full((80, 100, 3), 128, np.uint8)
+    source, bg = _red_square_on_grey()
     out = paste_composites(10, [source], [bg], size=100, seed=1, max_objects=1, scale=(0.6, 0.8))
     for it in out:
         lab = it.layers[0]
