@@ -165,9 +165,10 @@ STAGE_DEFAULTS["clicks"] = {
     "first_round_weight": 5.0,
 }
 
-# Stage 5 (tried, not shipped; recipes/README.md): stage 4 plus salient-object images (one large pasted object each, as in GrabCut or
-# Berkeley photos) and, for half of the masks, the truly best first-round output carried forward
-# (the contrast ranking at inference often feeds back the whole object the IoU head rates low).
+# Stage 5 (tried, not shipped; recipes/README.md): stage 4 plus salient-object images (one
+# large pasted object each, as in GrabCut or Berkeley photos) and, for half of the masks, the
+# truly best first-round output carried forward (the contrast ranking at inference often feeds
+# back the whole object the IoU head rates low).
 STAGE_DEFAULTS["salient"] = {
     **STAGE_DEFAULTS["clicks"],
     "lr": 2e-4,
