@@ -26,13 +26,8 @@ class Item(_slots.Item):
 
 def test_contrast_lifts_the_object_mask_over_an_overrated_part() -> None:
     mod = load_recipe("choose_mask_rank")
-    gt = np.zeros((H, W), bool)
-    gt[10:30, 10:30] = True
-    half = gt.copy()
-    half[:, 20:] = False
-    corner = np.zeros_like(gt)
-    corner[10:15, 10:15] = True
-    seg = ThreeMasks(np.stack([gt, half, corner]), [0.3, 0.9, 0.5])
+    gt, masks = _slots.square_half_corner()
+    seg = ThreeMasks(masks, [0.3, 0.9, 0.5])
     ranks = [ContrastRank(band=4.0, ref_size=50), ContrastRank(band=4.0, ref_size=50, bins=16)]
     rows = mod.first_click_contrasts(seg, [Item("a", gt)], ranks)
     assert rows.shape == (1, 12)

@@ -44,15 +44,21 @@ class ThreeMasks:
         return Detections.from_masks(Masks.from_dense(self.masks), self.scores)
 
 
-def test_first_clicks_record_every_slot() -> None:
-    mod = _load()
+def square_half_corner() -> tuple[np.ndarray, np.ndarray]:
+    """The ground truth (a square) and ThreeMasks' masks: the square, its left half, a corner."""
     gt = np.zeros((H, W), bool)
     gt[10:30, 10:30] = True
     half = gt.copy()
     half[:, 20:] = False
     corner = np.zeros_like(gt)
     corner[10:15, 10:15] = True
-    seg = ThreeMasks(np.stack([gt, half, corner]), [0.2, 0.9, 0.5])
+    return gt, np.stack([gt, half, corner])
+
+
+def test_first_clicks_record_every_slot() -> None:
+    mod = _load()
+    gt, masks = square_half_corner()
+    seg = ThreeMasks(masks, [0.2, 0.9, 0.5])
     rows = mod.first_clicks(seg, [Item("a", gt), Item("b", gt)])
     assert rows.shape == (2, 11)
     np.testing.assert_allclose(rows[0, :3], [0.2, 0.9, 0.5], atol=1e-6)

@@ -402,11 +402,17 @@ def _config(tmp_path, steps: int, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+def _copy_of(model0) -> torch.nn.Module:
+    """A fresh TINY composer_tiny with ``model0``'s weights (each test trains its own copy)."""
+    model = build_composer_tiny(config=TINY, pretrained_backbone=False)
+    model.load_state_dict(model0.state_dict())
+    return model
+
+
 def test_training_decreases_loss_and_improves_heldout_miou(shapes_cache, tmp_path) -> None:
     model0, train, val = shapes_cache
     torch.manual_seed(0)
-    model = build_composer_tiny(config=TINY, pretrained_backbone=False)
-    model.load_state_dict(model0.state_dict())
+    model = _copy_of(model0)
     before = evaluate_samples(model, val, max_masks=4)
     trainer = Trainer(model, _config(tmp_path, steps=70), train)
     hist = trainer.fit()
@@ -433,8 +439,7 @@ def test_first_round_weight_is_a_normalised_round_weight(shapes_cache, tmp_path)
         _config(tmp_path, steps=1, first_round_weight=0.0)
 
     def first_loss(**kw) -> float:
-        m = build_composer_tiny(config=TINY, pretrained_backbone=False)
-        m.load_state_dict(model0.state_dict())
+        m = _copy_of(model0)
         return Trainer(m, _config(tmp_path, steps=1, **kw), train).train_step().loss
 
     # One round: the weight normalises away. Several rounds: it changes the mix.
@@ -445,21 +450,15 @@ def test_first_round_weight_is_a_normalised_round_weight(shapes_cache, tmp_path)
 
 def test_resume_gives_the_same_state(shapes_cache, tmp_path) -> None:
     model0, train, _ = shapes_cache
-
-    def fresh() -> torch.nn.Module:
-        m = build_composer_tiny(config=TINY, pretrained_backbone=False)
-        m.load_state_dict(model0.state_dict())
-        return m
-
     cfg = _config(tmp_path, steps=6, box_prob=0.5)
-    a = Trainer(fresh(), cfg, train)
+    a = Trainer(_copy_of(model0), cfg, train)
     for _ in range(3):
         a.train_step()
     ckpt = a.save_checkpoint(tmp_path / "mid.pt")
     for _ in range(3):
         a.train_step()
 
-    b = Trainer(fresh(), cfg, train)
+    b = Trainer(_copy_of(model0), cfg, train)
     assert b.resume(ckpt) and b.step == 3
     assert not b.resume(tmp_path / "missing.pt")
     for _ in range(3):
@@ -486,8 +485,7 @@ def test_warmup_samples_are_used_first(shapes_cache, tmp_path) -> None:
             return super().__getitem__(i)
 
     log: list[str] = []
-    model = build_composer_tiny(config=TINY, pretrained_backbone=False)
-    model.load_state_dict(model0.state_dict())
+    model = _copy_of(model0)
     cfg = _config(tmp_path, steps=5, warmup_sample_steps=2, warmup_sample_prob=0.0)
     t = Trainer(model, cfg, Recording(train, "main", log), Recording(val[:2], "warm", log))
     for _ in range(5):
@@ -499,8 +497,7 @@ def test_multimask_warmup_trains_the_single_output_first(shapes_cache, tmp_path)
     model0, train, _ = shapes_cache
     with pytest.raises(ValueError, match="multimask_prob"):
         _config(tmp_path, steps=2, multimask_prob=1.5)
-    model = build_composer_tiny(config=TINY, pretrained_backbone=False)
-    model.load_state_dict(model0.state_dict())
+    model = _copy_of(model0)
     calls: list[tuple[int, bool]] = []
     decoder_forward = model.mask_decoder.forward
 
@@ -537,8 +534,7 @@ def test_feedback_oracle_prob_carries_the_truly_best_output(shapes_cache, tmp_pa
     def first_feedback(p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Round 0's logits, predicted and true IoUs, and the mask prompt of round 1."""
         outputs.clear()
-        m = build_composer_tiny(config=TINY, pretrained_backbone=False)
-        m.load_state_dict(model0.state_dict())
+        m = _copy_of(model0)
         cfg = _config(
             tmp_path,
             steps=1,
