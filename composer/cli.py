@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("segment", "everything", "instances", "text", "eval", "train", "weights", "demo")
+COMMANDS = ("segment", "everything", "instances", "text", "eval", "train", "weights", "export", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

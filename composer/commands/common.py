@@ -8,10 +8,11 @@ from typing import Any
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
-                   help="segmenter: vit_b, vit_l, vit_h, vit_t, composer_tiny, classic "
+                   help="segmenter: vit_b, vit_l, vit_h, vit_t, composer_tiny, classic, onnx "
                         "(default: the best one available here)")
     p.add_argument("--checkpoint", default=None,
-                   help="weights file or registered weights name (see `sam-composer weights list`)")
+                   help="weights file or registered weights name (see `sam-composer weights "
+                        "list`); for --model onnx, the folder `sam-composer export` wrote")
     p.add_argument("--mask-refine", default="auto", metavar="auto|off|BAND[,ITERS]",
                    help="GrabCut refinement of returned masks in a band around their boundary: "
                         "the model's recommendation (auto, default), off, or the band's "

@@ -44,11 +44,12 @@ class LayerNorm2d(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.eps = eps
+        self.num_channels = int(num_channels)  # a constant (not a traced shape) under export
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float -> (B, C, H, W) float, each pixel's C values normalised."""
         # F.layer_norm on a channels-last view is one fused kernel instead of five passes.
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (self.num_channels,), self.weight, self.bias, self.eps)
         return y.permute(0, 3, 1, 2)
 
 

@@ -272,8 +272,10 @@ class Attention(nn.Module):
             qb = q[:, :, r0 * w : r1 * w]
             bias = None
             if self.use_rel_pos:
-                if torch.is_grad_enabled() and (qb.requires_grad or r_h.requires_grad):
-                    pass  # autograd records no out= writes: a fresh tensor per block
+                if torch.jit.is_tracing() or (
+                    torch.is_grad_enabled() and (qb.requires_grad or r_h.requires_grad)
+                ):
+                    pass  # autograd and the ONNX tracer record no out= writes: a fresh tensor
                 elif buffer is None or buffer.shape[2] != (r1 - r0) * w:
                     buffer = qb.new_empty(b, self.num_heads, (r1 - r0) * w, h * w)
                 bias = _rel_pos_bias_rows(qb, r_h[r0:r1], r_w, (r1 - r0, w), (h, w), out=buffer)

@@ -91,6 +91,21 @@ def _load_classic(
     return ClassicSegmenter(**kwargs)
 
 
+def _load_onnx(
+    name: str, checkpoint: Any = None, device: Any = None, **kwargs: Any
+) -> PromptableSegmenter:
+    if checkpoint is None:
+        raise ValueError(
+            "the onnx backend needs an export folder: checkpoint=DIR "
+            "(written by `sam-composer export --model NAME --out DIR`)"
+        )
+    if device is not None and device.type != "cpu":
+        raise ValueError(f"the onnx backend runs on the CPU (ONNX Runtime); got device={str(device)!r}")
+    from .onnx import OnnxSegmenter
+
+    return OnnxSegmenter(checkpoint, **kwargs)
+
+
 # official weights each SAM architecture loads when no checkpoint is given
 SAM_WEIGHTS = {
     "vit_b": "sam_vit_b",
@@ -190,6 +205,9 @@ BACKENDS: dict[str, Backend] = {
         _load_composer_tiny,
         "the project's trained model: EfficientNet-Lite0 + SAM decoder, weights in the package",
     ),
+    "onnx": Backend(
+        "onnx", _load_onnx, "an ONNX export (sam-composer export) run by ONNX Runtime on the CPU"
+    ),
     "sam": Backend("sam", _load_sam, "SAM ViT-H (alias of vit_h)"),
     "vit_b": Backend("vit_b", _load_sam, "SAM ViT-B"),
     "vit_l": Backend("vit_l", _load_sam, "SAM ViT-L"),
@@ -218,14 +236,14 @@ def load_segmenter(
 
     Args:
         name: a key of ``BACKENDS`` ("classic", "composer_tiny", "sam", "vit_b", "vit_l",
-            "vit_h", "vit_t"); None picks the best available (``default_segmenter_name()``).
+            "vit_h", "vit_t", "onnx"); None picks the best available (``default_segmenter_name()``).
         checkpoint: weights (a path or a registered weights name, see ``build_sam``); None
             means the registered official weights for SAM names (from the cache; an error
             names the download command when absent) and the packaged weights for
-            "composer_tiny"; must be None for "classic".
+            "composer_tiny"; the export folder for "onnx"; must be None for "classic".
         device: where the network runs: "auto" (default: CUDA when torch sees a GPU, else
-            the CPU), "cpu", "cuda", "cuda:N", "mps" or a ``torch.device``. The classic
-            backend runs on the CPU ("auto" gives it the CPU; an accelerator is an error).
+            the CPU), "cpu", "cuda", "cuda:N", "mps" or a ``torch.device``. The classic and
+            onnx backends run on the CPU ("auto" gives them the CPU; an accelerator is an error).
         **kwargs: passed to the backend's constructor (e.g. ``config=ClassicConfig(...)``
             for "classic", ``prompt_batch``).
 
@@ -241,7 +259,7 @@ def load_segmenter(
     if backend is None:
         raise ValueError(f"unknown segmenter {name!r}; valid names: {sorted(BACKENDS)}")
     auto = device is None or (isinstance(device, str) and device.strip().lower() == "auto")
-    dev = resolve_device("cpu" if auto and key == "classic" else device)
+    dev = resolve_device("cpu" if auto and key in ("classic", "onnx") else device)
     segmenter = backend.loader(key, checkpoint, device=dev, **kwargs)
     weights = (
         "none"

@@ -1,0 +1,366 @@
+"""ONNX export of a promptable segmenter: the image encoder and the prompt decoder as two graphs.
+
+``export_onnx`` writes, into one folder:
+
+- ``encoder.onnx``: input ``image`` (1, 3, S, S) float32, the *normalised and zero-padded*
+  model input (``Sam.preprocess`` of the image resized so its longest side is S); output
+  ``image_embeddings`` (1, C, h, w) float32, exactly what ``SamPredictor.embed`` keeps.
+- ``decoder.onnx``: the prompt encoder and the mask decoder for one prompt, with the official
+  SAM ONNX model's input convention (``segment_anything.utils.onnx.SamOnnxModel``):
+  ``image_embeddings`` (1, C, h, w); ``point_coords`` (1, N, 2) float32 XY in the model-input
+  frame (pixel indices of the resized image); ``point_labels`` (1, N) float32: 1 positive,
+  0 negative, 2 / 3 a box's top-left / bottom-right corner, -1 padding (a prompt without a
+  box ends with one padding point at (0, 0)); ``mask_input`` (1, 1, 4h, 4w) low-res logits
+  and ``has_mask_input`` (1,) float32 0 or 1. Outputs ``low_res_masks`` (1, 4, 4h, 4w) and
+  ``iou_predictions`` (1, 4): all four mask tokens, the single-mask output first and the three
+  multimask outputs after it (the caller slices, as ``MaskDecoder.forward`` does).
+- ``model.json``: what a runtime needs besides the graphs (input side, pixel mean and std,
+  low-res size, mask threshold, model id, opset, the segmenter's predict-time settings) and the
+  parity measured against the PyTorch model at export time.
+
+Any ``SamPredictor`` backend exports (``composer_tiny``, ``vit_b`` / ``vit_l`` / ``vit_h``,
+``vit_t``): the graphs are traced from its modules, so the decoder graph computes the same
+tokens as :class:`~composer.sam.prompt_encoder.PromptEncoder` (including composer_tiny's click
+maps and hi-res path). ``composer.segmenters.onnx.OnnxSegmenter`` runs the folder with
+ONNX Runtime behind the usual segmenter interface. Needs the ``onnx`` extra
+(``pip install "sam-composer[onnx]"``: onnx, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+META_FILE = "model.json"
+FORMAT = "sam-composer-onnx/1"
+#: Label codes of ``point_labels`` in the decoder graph (the official ONNX model's).
+PAD_LABEL, NEG_LABEL, POS_LABEL, BOX_TL_LABEL, BOX_BR_LABEL = -1, 0, 1, 2, 3
+
+
+def require_onnx() -> tuple[Any, Any]:
+    """``(onnx, onnxruntime)``, or ImportError naming the extra to install."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "ONNX export and the onnx backend need the onnx extra: "
+            'pip install "sam-composer[onnx]" (onnx, onnxruntime)'
+        ) from exc
+    return onnx, onnxruntime
+
+
+class EncoderGraph(nn.Module):
+    """The image encoder on a preprocessed (1, 3, S, S) input."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.image_encoder: Any = model.image_encoder
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(image)  # type: ignore[no-any-return]
+
+
+class DecoderGraph(nn.Module):
+    """Prompt encoder + mask decoder for one prompt, with label-coded points (see module doc).
+
+    Equal to ``PromptEncoder.forward`` followed by ``MaskDecoder`` for every prompt it
+    accepts: points then box corners (labels 2, 3), or points then one padding point when
+    there is no box; the mask input when ``has_mask_input`` is 1, the learned no-mask
+    embedding when it is 0. Branches on the prompt's kind become arithmetic on the labels, so
+    one graph serves every prompt.
+    """
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.prompt_encoder: Any = model.prompt_encoder
+        self.mask_decoder: Any = model.mask_decoder
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pe = self.prompt_encoder
+        labels = point_labels[..., None]
+        enc = pe.pe_layer.forward_with_coords(point_coords + 0.5, pe.input_image_size)
+        sparse = torch.where(labels == PAD_LABEL, pe.not_a_point_embed.weight, enc)
+        for code in (NEG_LABEL, POS_LABEL, BOX_TL_LABEL, BOX_BR_LABEL):
+            sparse = sparse + (labels == code).to(sparse.dtype) * pe.point_embeddings[code].weight
+        has = has_mask_input.reshape(1, 1, 1, 1).to(mask_input.dtype)
+        h, w = pe.image_embedding_size
+        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, h, w)
+        dense = has * pe.mask_downscaling(mask_input) + (1 - has) * no_mask
+        if pe.click_maps is not None:
+            dense = torch.cat([dense, self._click_maps(point_coords, point_labels, mask_input, has)], 1)
+        dec = self.mask_decoder
+        emb, hires = dec.split_embedding(image_embeddings)
+        dense, maps = dec.split_dense(dense)
+        if maps is not None:
+            hires = maps if hires is None else hires + maps
+        masks, iou = dec.predict_masks(
+            image_embeddings=emb,
+            image_pe=pe.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            outputs=slice(0, None),
+            hires=hires,
+        )
+        return masks, iou  # type: ignore[no-any-return]
+
+    def _click_maps(self, coords: torch.Tensor, labels: torch.Tensor, mask_input: torch.Tensor,
+                    has: torch.Tensor) -> torch.Tensor:
+        """``ClickMapBranch`` on the clicks (labels 0 / 1; box corners and padding are not
+        clicks) and, when given, the mask input; packed as ``PromptEncoder`` packs it."""
+        pe = self.prompt_encoder
+        branch = pe.click_maps
+        h, w = pe.mask_input_size
+        ih, iw = pe.input_image_size
+        gx = (coords[..., 0] + 0.5) * (w / iw) - 0.5
+        gy = (coords[..., 1] + 0.5) * (h / ih) - 0.5
+        ys = torch.arange(h, dtype=torch.float32)
+        xs = torch.arange(w, dtype=torch.float32)
+        d2 = ((ys[None, None, :] - gy[..., None]) ** 2)[..., :, None] + (
+            (xs[None, None, :] - gx[..., None]) ** 2
+        )[..., None, :]
+        g = torch.exp(-d2 / (2 * branch.sigma**2))  # (1, N, h, w)
+        sel = labels[..., None, None]
+        pos = torch.where(sel == POS_LABEL, g, torch.zeros_like(g)).amax(dim=1)
+        neg = torch.where(sel == NEG_LABEL, g, torch.zeros_like(g)).amax(dim=1)
+        mask = has[:, 0] * torch.tanh(mask_input[:, 0] / 4)
+        flag = has[:, 0].expand(1, h, w)
+        raster = torch.stack([pos, neg, mask, flag], dim=1)
+        return torch.nn.functional.pixel_unshuffle(branch(raster), 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxExport:
+    """What ``export_onnx`` wrote: the folder, its files and the metadata (``model.json``)."""
+
+    directory: Path
+    encoder: Path
+    decoder: Path
+    meta: dict[str, Any]
+
+
+def _settings(segmenter: Any) -> dict[str, Any]:
+    """The segmenter's predict-time settings (``mask_refine``, ``mask_rank``, ``flip_tta``,
+    ``amg_thresholds``, ``edge_refine``) as JSON values; ``OnnxSegmenter`` restores them."""
+    refine, rank, edge = segmenter.mask_refine, segmenter.mask_rank, segmenter.edge_refine
+    return {
+        "mask_refine": None if refine is None else dataclasses.asdict(refine),
+        "mask_rank": None if rank is None else dataclasses.asdict(rank),
+        "flip_tta": bool(segmenter.flip_tta),
+        "amg_thresholds": None if segmenter.amg_thresholds is None else dict(segmenter.amg_thresholds),
+        "edge_refine": None if edge is None else [float(v) for v in edge],
+    }
+
+
+def _example_prompt(low: int, s: int, n_points: int = 2) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    coords = torch.rand((1, n_points, 2), generator=g) * (s - 1)
+    labels = torch.tensor([[1.0] + [0.0] * (n_points - 2) + [-1.0]])
+    return coords, labels, torch.randn((1, 1, low, low), generator=g), torch.ones(1)
+
+
+def export_onnx(
+    model: str | Any = "composer_tiny",
+    out_dir: str | os.PathLike[str] = "onnx",
+    checkpoint: Any = None,
+    opset: int = 17,
+    check: bool = True,
+) -> OnnxExport:
+    """Export a segmenter's encoder and decoder to ONNX (see the module doc for the graphs).
+
+    Args:
+        model: a backend name for ``load_segmenter`` ("composer_tiny", "vit_b", ...) or a
+            ``SamPredictor`` (e.g. one loaded with custom weights).
+        out_dir: folder to write (created; existing export files are replaced).
+        checkpoint: weights for a backend name (as ``load_segmenter``); None: its default.
+        opset: ONNX opset of the graphs.
+        check: run both graphs with ONNX Runtime on a real-sized random input and on random
+            prompts, and record the largest absolute difference from the PyTorch model in
+            ``model.json`` (``parity``); a difference above 1e-3 raises ``ValueError``.
+
+    Returns:
+        ``OnnxExport`` with the written paths and the metadata.
+
+    Raises:
+        ValueError: ``model`` is not a backend with a PyTorch SAM-structured model (the classic
+            backend has no network), or the exported graphs disagree with the model.
+        ImportError: the ``onnx`` extra is not installed.
+    """
+    onnx, _ = require_onnx()
+    from ..predictor import SamPredictor
+    from ..segmenters import load_segmenter
+
+    seg = load_segmenter(model, checkpoint=checkpoint, device="cpu") if isinstance(model, str) else model
+    if not isinstance(seg, SamPredictor):
+        raise ValueError(
+            f"{getattr(seg, 'model_id', model)} has no PyTorch network to export; "
+            "ONNX export needs a SAM-structured backend (composer_tiny, vit_b, vit_l, vit_h, vit_t)"
+        )
+    net = seg.model.float().eval()
+    if next(net.parameters()).device.type != "cpu":
+        net = net.cpu()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    s, low = seg.img_size, seg.low_res_size[0]
+    image = torch.randn((1, 3, s, s), generator=torch.Generator().manual_seed(0))
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        features = net.image_encoder(image)
+    enc_path, dec_path = out / ENCODER_FILE, out / DECODER_FILE
+    _export(EncoderGraph(net), (image,), enc_path, ["image"], ["image_embeddings"], {}, opset)
+    prompt = _example_prompt(low, s)
+    _export(
+        DecoderGraph(net),
+        (features, *prompt),
+        dec_path,
+        ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
+        ["low_res_masks", "iou_predictions"],
+        {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+        opset,
+    )
+    for path in (enc_path, dec_path):
+        onnx.checker.check_model(str(path))
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "model_id": seg.model_id,
+        "img_size": int(s),
+        "low_res_size": [int(v) for v in seg.low_res_size],
+        "embedding_shape": [int(v) for v in features.shape],
+        "pixel_mean": [float(v) for v in net.pixel_mean.reshape(-1)],
+        "pixel_std": [float(v) for v in net.pixel_std.reshape(-1)],
+        "mask_threshold": float(seg.mask_threshold),
+        "opset": int(opset),
+        "torch": torch.__version__,
+        "settings": _settings(seg),
+    }
+    if check:
+        meta["parity"] = check_parity(net, enc_path, dec_path, image, features, low)
+        worst = max(meta["parity"].values())
+        if worst > 1e-3:
+            raise ValueError(f"the exported graphs differ from the model by up to {worst:.2e}")
+    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    logger.info("exported %s to %s in %.1f s", seg.model_id, out, time.perf_counter() - t0)
+    return OnnxExport(out, enc_path, dec_path, meta)
+
+
+def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: list[str],
+            outputs: list[str], dynamic: dict[str, dict[int, str]], opset: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    # The tracer warns about every Python branch on a shape; the graphs are checked against
+    # the model instead (``check_parity``), over the prompt kinds the branches tell apart.
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Constant folding")
+        torch.onnx.export(
+            module.eval(), args, str(tmp), input_names=inputs, output_names=outputs,
+            dynamic_axes=dynamic or None, opset_version=opset, dynamo=False,
+            do_constant_folding=True,
+        )
+    os.replace(tmp, path)
+
+
+def session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session of ``path`` (``threads`` intra-op threads; None: ORT's)."""
+    _, ort = require_onnx()
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def decoder_inputs(coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None,
+                   low: tuple[int, int], box: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The decoder graph's feed for one prompt in the model-input frame: points (K, 2) with
+    labels (K,) (0 / 1 / -1), an optional XYXY box, an optional (1, 1, *low) mask input."""
+    pts = [np.asarray(coords, np.float32).reshape(-1, 2)]
+    lab = [np.asarray(labels, np.float32).reshape(-1)]
+    if box is not None:
+        pts.append(np.asarray(box, np.float32).reshape(2, 2))
+        lab.append(np.array([BOX_TL_LABEL, BOX_BR_LABEL], np.float32))
+    else:
+        pts.append(np.zeros((1, 2), np.float32))
+        lab.append(np.array([PAD_LABEL], np.float32))
+    has = mask_input is not None
+    mask = (np.asarray(mask_input, np.float32).reshape(1, 1, *low) if has
+            else np.zeros((1, 1, *low), np.float32))
+    return {
+        "point_coords": np.concatenate(pts)[None],
+        "point_labels": np.concatenate(lab)[None],
+        "mask_input": mask,
+        "has_mask_input": np.array([1.0 if has else 0.0], np.float32),
+    }
+
+
+def check_parity(net: Any, encoder: Path, decoder: Path, image: torch.Tensor,
+                 features: torch.Tensor, low: int) -> dict[str, float]:
+    """Largest absolute differences between the graphs (run by ONNX Runtime) and ``net``:
+    the embedding, and the decoder's logits and IoUs over four prompt kinds (one click; clicks
+    with a mask input; a box; clicks and a box)."""
+    enc = session(encoder)
+    got = enc.run(None, {"image": image.numpy()})[0]
+    diff = {"embedding": float(np.abs(got - features.numpy()).max())}
+    dec = session(decoder)
+    s = int(image.shape[-1])
+    rng = np.random.default_rng(0)
+    cases = [
+        (rng.uniform(0, s - 1, (1, 2)), np.array([1]), None, None),
+        (rng.uniform(0, s - 1, (3, 2)), np.array([1, 0, 1]), rng.normal(size=(1, 1, low, low)), None),
+        (np.zeros((0, 2)), np.zeros(0), None, np.array([0.2, 0.3, 0.7, 0.8]) * s),
+        (rng.uniform(0, s - 1, (2, 2)), np.array([1, 0]), None, np.array([0.1, 0.1, 0.6, 0.9]) * s),
+    ]
+    logit_diff = iou_diff = 0.0
+    for coords, labels, mask, box in cases:
+        feed = decoder_inputs(coords, labels, mask, (low, low), box)
+        masks, iou = dec.run(None, {"image_embeddings": features.numpy(), **feed})
+        ref_masks, ref_iou = _torch_decode(net, features, coords, labels, mask, box)
+        logit_diff = max(logit_diff, float(np.abs(masks[:, 1:] - ref_masks[0]).max()),
+                         float(np.abs(masks[:, :1] - ref_masks[1]).max()))
+        iou_diff = max(iou_diff, float(np.abs(iou[:, 1:] - ref_iou[0]).max()),
+                       float(np.abs(iou[:, :1] - ref_iou[1]).max()))
+    diff.update(logits=logit_diff, iou=iou_diff)
+    return diff
+
+
+@torch.inference_mode()
+def _torch_decode(net: Any, features: torch.Tensor, coords: np.ndarray, labels: np.ndarray,
+                  mask: np.ndarray | None, box: np.ndarray | None) -> tuple[list[np.ndarray], ...]:
+    """The PyTorch model's (multimask, single) logits and IoUs for one prompt."""
+    points = None
+    if len(coords):
+        points = (torch.as_tensor(coords, dtype=torch.float32)[None],
+                  torch.as_tensor(labels, dtype=torch.int64)[None])
+    boxes = None if box is None else torch.as_tensor(box, dtype=torch.float32)[None]
+    masks = None if mask is None else torch.as_tensor(mask, dtype=torch.float32)
+    sparse, dense = net.prompt_encoder(points=points, boxes=boxes, masks=masks)
+    out_m, out_i = [], []
+    for multimask in (True, False):
+        m, i = net.mask_decoder(image_embeddings=features, image_pe=net.prompt_encoder.get_dense_pe(),
+                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                multimask_output=multimask)
+        out_m.append(m.numpy())
+        out_i.append(i.numpy())
+    return out_m, out_i

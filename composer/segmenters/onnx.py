@@ -1,0 +1,140 @@
+"""The ``onnx`` backend: a folder written by ``composer.export.export_onnx``, run by ONNX Runtime.
+
+``load_segmenter("onnx", checkpoint=DIR)`` (or ``OnnxSegmenter(DIR)``) returns a
+``PromptableSegmenter``: every task, the automatic generator, click sessions and the
+evaluation harness use it as they use the PyTorch backend it was exported from, with that
+backend's predict-time settings (``model.json``: mask refinement, contrast ranking, flip TTA,
+automatic-mask thresholds, edge refinement). It needs only numpy, onnxruntime and this package
+at run time; no PyTorch model is built. Embeddings carry the exported model's id, so a cached
+embedding of the PyTorch model is refused (and the other way round): the two agree to ~1e-5
+in the logits, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..embedding import ImageEmbedding
+from ..export.onnx import DECODER_FILE, ENCODER_FILE, FORMAT, META_FILE, decoder_inputs, session
+from ..io.image import load_image
+from ..predictor import resize_longest_side
+from ..refine import ContrastRank, GrabCutRefine
+from ..structures import Prompts
+from .base import MaskLogits, PromptableSegmenter
+
+
+def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """``model.json`` of an export folder, checked; ValueError names what is missing."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not an ONNX export folder (sam-composer export --format onnx)")
+    missing = [f for f in (ENCODER_FILE, DECODER_FILE, META_FILE) if not (root / f).is_file()]
+    if missing:
+        raise ValueError(f"{root} is not a complete ONNX export: missing {', '.join(missing)}")
+    try:
+        meta = json.loads((root / META_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{root / META_FILE} is not readable JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{root / META_FILE} is not a {FORMAT} file (format {meta.get('format')!r})")
+    return meta
+
+
+class OnnxSegmenter(PromptableSegmenter):
+    """A promptable segmenter running an exported encoder and decoder with ONNX Runtime.
+
+    Args:
+        directory: the export folder (``encoder.onnx``, ``decoder.onnx``, ``model.json``).
+        threads: ONNX Runtime intra-op threads (None: its default, all cores).
+        settings: apply the exported backend's predict-time settings (default); False gives
+            the bare decoder (no refinement, ranking or TTA).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], threads: int | None = None,
+                 settings: bool = True) -> None:
+        self.directory = Path(directory)
+        self.meta = read_meta(self.directory)
+        self.model_id = f"onnx-{self.meta['model_id']}"
+        self.img_size = int(self.meta["img_size"])
+        self.low_res_size = (int(self.meta["low_res_size"][0]), int(self.meta["low_res_size"][1]))
+        self.mask_threshold = float(self.meta["mask_threshold"])
+        self._mean = np.asarray(self.meta["pixel_mean"], np.float32).reshape(3, 1, 1)
+        self._std = np.asarray(self.meta["pixel_std"], np.float32).reshape(3, 1, 1)
+        self._encoder, self._decoder = (
+            self._session(self.directory / f, threads) for f in (ENCODER_FILE, DECODER_FILE)
+        )
+        if settings:
+            self._apply(self.meta.get("settings") or {})
+
+    @staticmethod
+    def _session(path: Path, threads: int | None) -> Any:
+        try:
+            return session(path, threads)
+        except ImportError:
+            raise
+        except Exception as exc:  # onnxruntime's own exception types (bad protobuf, bad graph)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"ONNX Runtime cannot load {path}: {first}") from exc
+
+    def _apply(self, s: dict[str, Any]) -> None:
+        if s.get("mask_refine"):
+            self.mask_refine = GrabCutRefine(**s["mask_refine"])
+        if s.get("mask_rank"):
+            self.mask_rank = ContrastRank(**s["mask_rank"])
+        self.flip_tta = bool(s.get("flip_tta", False))
+        if s.get("amg_thresholds"):
+            self.amg_thresholds = {k: float(v) for k, v in s["amg_thresholds"].items()}
+        if s.get("edge_refine"):
+            radius, eps = s["edge_refine"]
+            self.edge_refine = (int(radius), float(eps))
+
+    def embed(self, image: Any) -> ImageEmbedding:
+        """Run the encoder graph once (resize, normalise and pad as ``SamPredictor.embed``)."""
+        arr = load_image(image)
+        resized = resize_longest_side(arr, self.img_size)
+        h, w = resized.shape[:2]
+        x = np.zeros((1, 3, self.img_size, self.img_size), np.float32)
+        x[0, :, :h, :w] = (resized.transpose(2, 0, 1).astype(np.float32) - self._mean) / self._std
+        features = self._encoder.run(None, {"image": x})[0]
+        return ImageEmbedding(
+            features=torch.from_numpy(np.ascontiguousarray(features)),
+            original_size=(int(arr.shape[0]), int(arr.shape[1])),
+            input_size=(int(h), int(w)),
+            pad_size=self.img_size,
+            model_id=self.model_id,
+            extras=self.image_extras(arr),
+        )
+
+    def decode(self, embedding: ImageEmbedding, prompts: Prompts, multimask: bool = True) -> MaskLogits:
+        """The decoder graph, one prompt at a time (it takes batch 1, as the official export)."""
+        embedding.check_model(self.model_id)
+        oh, ow = embedding.original_size
+        ih, iw = embedding.input_size
+        scale = np.array([iw / ow, ih / oh], np.float32)
+        features = embedding.features.detach().cpu().float().numpy()
+        chosen = slice(1, None) if multimask else slice(0, 1)
+        logits, ious = [], []
+        for i in range(len(prompts)):
+            coords = labels = np.zeros((0,), np.float32)
+            if prompts.points is not None and prompts.labels is not None:
+                coords = prompts.points[i].astype(np.float32) * scale
+                labels = prompts.labels[i]
+            box = None
+            if prompts.boxes is not None:
+                box = (prompts.boxes[i].reshape(2, 2).astype(np.float32) * scale).reshape(4)
+            mask = None if prompts.mask_input is None else prompts.mask_input[i]
+            feed = decoder_inputs(coords, labels, mask, self.low_res_size, box)
+            m, q = self._decoder.run(None, {"image_embeddings": features, **feed})
+            logits.append(m[:, chosen])
+            ious.append(q[:, chosen])
+        if not logits:
+            k = 3 if multimask else 1
+            return MaskLogits(torch.zeros((0, k, *self.low_res_size)), torch.zeros((0, k)))
+        return MaskLogits(torch.from_numpy(np.concatenate(logits)),
+                          torch.from_numpy(np.concatenate(ious)))

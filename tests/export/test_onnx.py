@@ -1,0 +1,178 @@
+"""ONNX export (``composer.export``) and the ``onnx`` backend against the PyTorch models."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+if os.environ.get("CI") == "true":
+    import onnxruntime  # noqa: F401  (the test extra installs it: under CI its absence fails)
+else:
+    pytest.importorskip("onnxruntime")
+
+from composer.cli import main as cli_main  # noqa: E402
+from composer.export import export_onnx  # noqa: E402
+from composer.interactive import ClickSession  # noqa: E402
+from composer.predictor import SamPredictor  # noqa: E402
+from composer.sam.build import build_sam_from_config  # noqa: E402
+from composer.sam.configs import CONFIGS  # noqa: E402
+from composer.segmenters import _load_onnx, load_segmenter  # noqa: E402
+from composer.segmenters.onnx import OnnxSegmenter  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    img = (rng.random((150, 220, 3)) * 70).astype(np.uint8)
+    img[35:110, 60:160] = (200, 60, 40)
+    img[60:90, 90:130] = (30, 160, 220)
+    return img
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The packaged composer_tiny (hi-res path, click maps, refinement, TTA, ranking), exported."""
+    seg = load_segmenter("composer_tiny", device="cpu")
+    out = export_onnx(seg, tmp_path_factory.mktemp("onnx_tiny"))
+    return seg, out
+
+
+def small_vit_sam() -> SamPredictor:
+    """SAM's ViT architecture (windowed + global attention, relative positions) at a small
+    size, seeded random weights."""
+    cfg = dataclasses.replace(
+        CONFIGS["vit_b"], encoder_embed_dim=48, encoder_depth=2, encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,), img_size=256, window_size=4, mlp_ratio=2.0,
+        out_chans=64, prompt_embed_dim=64, mask_in_chans=8, decoder_mlp_dim=128,
+        decoder_num_heads=2, iou_head_hidden_dim=64,
+    )
+    model = build_sam_from_config(cfg, seed=0)
+    with torch.no_grad():  # random init leaves norms trivial: perturb every tensor
+        g = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    return SamPredictor(model)
+
+
+def _prompt_cases(h: int, w: int) -> list[dict]:
+    return [
+        dict(points=[[0.4 * w, 0.45 * h]], labels=[1]),
+        dict(points=[[0.4 * w, 0.45 * h], [0.75 * w, 0.2 * h]], labels=[1, 0]),
+        dict(boxes=[[0.25 * w, 0.2 * h, 0.75 * w, 0.75 * h]]),
+        dict(points=[[0.5 * w, 0.5 * h]], labels=[0], boxes=[[0.25 * w, 0.2 * h, 0.75 * w, 0.75 * h]]),
+        # three prompts of padded points in one call
+        dict(points=[[[10.0, 10.0], [0, 0]], [[0.6 * w, 0.5 * h], [0.3 * w, 0.3 * h]],
+                     [[w - 1.0, h - 1.0], [5.0, 7.0]]],
+             labels=[[1, -1], [1, 0], [1, 1]]),
+    ]
+
+
+def _compare(ref, ours, image, tol=2e-4):
+    er, eo = ref.embed(image), ours.embed(image)
+    torch.testing.assert_close(eo.features, er.features, atol=tol, rtol=0)
+    h, w = image.shape[:2]
+    for case in _prompt_cases(h, w):
+        for multimask in (True, False):
+            kw = dict(multimask=multimask, refine="off", tta="off", rank="off")
+            dr, do = ref.predict(er, **case, **kw), ours.predict(eo, **case, **kw)
+            np.testing.assert_allclose(do.extras["low_res_logits"], dr.extras["low_res_logits"],
+                                       atol=tol * 10, rtol=0)
+            np.testing.assert_allclose(do.scores, dr.scores, atol=tol, rtol=0)
+            a, b = do.masks.to_dense(), dr.masks.to_dense()
+            assert (a != b).mean() < 1e-3
+
+
+def test_export_records_parity_and_settings(tiny):
+    seg, out = tiny
+    meta = json.loads((out.directory / "model.json").read_text())
+    assert meta["format"] == "sam-composer-onnx/1"
+    assert meta["model_id"] == seg.model_id
+    assert meta["img_size"] == 512 and meta["low_res_size"] == [64, 64]
+    assert max(meta["parity"].values()) < 1e-4
+    assert meta["settings"]["flip_tta"] is True
+    assert meta["settings"]["mask_refine"]["band"] == seg.mask_refine.band
+    assert meta["settings"]["mask_rank"]["weight"] == seg.mask_rank.weight
+
+
+def test_onnx_backend_matches_composer_tiny(tiny, image):
+    seg, out = tiny
+    ours = load_segmenter("onnx", checkpoint=out.directory)
+    assert isinstance(ours, OnnxSegmenter) and ours.model_id == f"onnx-{seg.model_id}"
+    assert (ours.flip_tta, ours.mask_refine, ours.mask_rank) == (seg.flip_tta, seg.mask_refine, seg.mask_rank)
+    assert ours.amg_thresholds == seg.amg_thresholds and ours.edge_refine == seg.edge_refine
+    _compare(seg, ours, image)
+
+
+def test_onnx_click_session_follows_the_torch_one(tiny, image):
+    """First click with the shipped settings (refine, flip TTA, contrast rank), then two
+    corrective clicks that feed the previous logits back as mask input (the click-map path)."""
+    seg, out = tiny
+    ours = OnnxSegmenter(out.directory)
+    sessions = [ClickSession(s, image, s.embed(image)) for s in (seg, ours)]
+    for point, label in (((100, 70), 1), ((150, 60), 0), ((70, 100), 1)):
+        (mr, sr), (mo, so) = (s.click(point, label) for s in sessions)
+        np.testing.assert_allclose(so, sr, atol=1e-3, rtol=0)
+        assert (mo != mr).mean() < 2e-3
+
+
+def test_onnx_embedding_is_refused_by_torch_model(tiny, image):
+    seg, out = tiny
+    emb = OnnxSegmenter(out.directory).embed(image)
+    with pytest.raises(ValueError, match="onnx-"):
+        seg.predict(emb, points=[[10, 10]], labels=[1])
+
+
+def test_sam_vit_architecture_exports(tmp_path, image):
+    ref = small_vit_sam()
+    out = export_onnx(ref, tmp_path)
+    assert max(out.meta["parity"].values()) < 1e-4
+    assert out.meta["settings"] == {"mask_refine": None, "mask_rank": None, "flip_tta": False,
+                                    "amg_thresholds": None, "edge_refine": None}
+    ours = OnnxSegmenter(out.directory)
+    assert ours.mask_refine is None and not ours.flip_tta
+    _compare(ref, ours, image)
+
+
+def test_bad_folders_and_backends(tmp_path, tiny):
+    with pytest.raises(ValueError, match="export folder"):
+        load_segmenter("onnx")
+    with pytest.raises(ValueError, match="not an ONNX export folder"):
+        OnnxSegmenter(tmp_path / "nowhere")
+    (tmp_path / "encoder.onnx").write_bytes(b"x")
+    with pytest.raises(ValueError, match="missing decoder.onnx, model.json"):
+        OnnxSegmenter(tmp_path)
+    (tmp_path / "decoder.onnx").write_bytes(b"x")
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not readable JSON"):
+        OnnxSegmenter(tmp_path)
+    (tmp_path / "model.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ValueError, match="sam-composer-onnx/1"):
+        OnnxSegmenter(tmp_path)
+    meta = json.loads((tiny[1].directory / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="ONNX Runtime cannot load .*encoder.onnx"):
+        OnnxSegmenter(tmp_path)
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        _load_onnx("onnx", tiny[1].directory, device=torch.device("cuda"))
+    with pytest.raises(ValueError, match="no PyTorch network"):
+        export_onnx("classic", tmp_path / "classic")
+
+
+def test_cli_export_and_segment(tmp_path, capsys, image):
+    from PIL import Image
+
+    assert cli_main(["export", "--model", "classic", "--out", str(tmp_path / "c")]) == 2
+    assert "no PyTorch network" in capsys.readouterr().err
+    out = tmp_path / "onnx"
+    assert cli_main(["export", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "largest |ONNX Runtime - PyTorch|" in text and (out / "decoder.onnx").is_file()
+    Image.fromarray(image).save(tmp_path / "img.png")
+    assert cli_main(["segment", str(tmp_path / "img.png"), "--model", "onnx", "--checkpoint",
+                     str(out), "--point", "100,70", "--out", str(tmp_path / "seg")]) == 0
+    assert (tmp_path / "seg" / "img_mask000.png").is_file()
