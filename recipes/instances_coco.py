@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=None, help="segmenter weights file or hub name")
     p.add_argument("--mask-refine", default="auto", metavar="auto|off|BAND[,ITERS]",
                    help="GrabCut refinement of the masks (auto: the model's recommendation)")
+    p.add_argument("--tta", default="auto", choices=("auto", "flip", "off"),
+                   help="flip test-time augmentation of the box prompts (auto: the model's "
+                        "recommendation)")
     p.add_argument(
         "--detector", default=None, help="ssd (default), a torchvision arch, or a results .json"
     )
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset = coco_subset()
     from composer.commands.common import describe, load_model
 
-    segmenter = load_model(args)  # --model, --checkpoint and --mask-refine, as the CLI does
+    segmenter = load_model(args)  # --model, --checkpoint, --mask-refine and --tta, as the CLI does
     detector = load_detector(args.detector, score_threshold=args.score_threshold)
     print(f"{describe(segmenter)}\ndetector: {detector.model_id}\ndataset: {dataset!r}")
     out = Path(args.out) if args.out else None

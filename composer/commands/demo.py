@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     summary["cache"] = cache.stats()
     summary["mirror_encoder_calls"] = int(getattr(seg, "mirror_encoder_calls", 0))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    for what, d in (("point prompt", best), ("box prompt:  ", box_dets)):
+    for what, d in (("point prompt", best), ("box prompt  ", box_dets)):
         area = int(d.masks.area[0]) if d.masks is not None else 0
         print(f"{what}: {score_text(d, 0)}, area {area} px")
     if "automatic" in summary:

@@ -5,7 +5,7 @@ Example (fine-tune SAM ViT-B, encoder frozen, on your own annotations)::
     sam-composer train --data annotations.json --images images/ --model vit_b --out runs/ft
 
 Every non-crowd instance is a training mask; each image is seen as itself and mirrored. The
-loop is :class:`composer.training.Trainer` (SAM's simulated interactive session, focal + dice
+loop is :class:`composer.training.trainer.Trainer` (SAM's simulated interactive session, focal + dice
 on the best of 3 outputs, IoU MSE). With a frozen image encoder (the default) every image is
 embedded once up front, so a step only costs the prompt encoder and the mask decoder. A share
 of the images (``--val-fraction``, or ``--val-data``) is held out and the single-click mIoU on
@@ -71,7 +71,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--val-fraction", type=float, default=0.1, help="share of images held out (no --val-data)"
     )
     p.add_argument("--max-images", type=int, default=None, help="use the first N images only")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                   help="where training runs: CUDA when torch sees a GPU, else the CPU (auto, "
+                        "default), or the device named")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -136,7 +138,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if (args.val_data is None) != (args.val_images is None):
         raise ValueError("--val-data and --val-images go together")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from ..segmenters import resolve_device
+
+    device = resolve_device(args.device)  # a device this machine cannot use: a one-line error
+    print(f"training on {device}")
     torch.manual_seed(args.seed)
     model, start = build_model(args.model, args.checkpoint, args.random_init)
     model.to(device)
