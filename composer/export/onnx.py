@@ -111,10 +111,7 @@ class DecoderGraph(nn.Module):
         if pe.click_maps is not None:
             dense = torch.cat([dense, self._click_maps(point_coords, point_labels, mask_input, has)], 1)
         dec = self.mask_decoder
-        emb, hires = dec.split_embedding(image_embeddings)
-        dense, maps = dec.split_dense(dense)
-        if maps is not None:
-            hires = maps if hires is None else hires + maps
+        emb, dense, hires = dec.split_inputs(image_embeddings, dense)
         masks, iou = dec.predict_masks(
             image_embeddings=emb,
             image_pe=pe.get_dense_pe(),

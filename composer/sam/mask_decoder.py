@@ -130,10 +130,9 @@ class MaskDecoder(nn.Module):
             iou_pred: (B, M) float predicted IoU of each mask.
         """
         chosen = slice(1, None) if multimask_output else slice(0, 1)
-        image_embeddings, hires = self.split_embedding(image_embeddings)
-        dense_prompt_embeddings, maps = self.split_dense(dense_prompt_embeddings)
-        if maps is not None:
-            hires = maps if hires is None else hires + maps
+        image_embeddings, dense_prompt_embeddings, hires = self.split_inputs(
+            image_embeddings, dense_prompt_embeddings
+        )
         masks, iou_pred = self.predict_masks(
             image_embeddings=image_embeddings,
             image_pe=image_pe,
@@ -144,6 +143,18 @@ class MaskDecoder(nn.Module):
             hires=hires,
         )
         return masks[:, chosen], iou_pred[:, chosen]
+
+    def split_inputs(
+        self, image_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The D-channel image embedding, the D-channel dense prompt embedding and the map
+        added to the upscaled embedding (the hi-res map plus the click maps; None without
+        either), from the packed inputs of :meth:`forward`."""
+        image_embeddings, hires = self.split_embedding(image_embeddings)
+        dense_prompt_embeddings, maps = self.split_dense(dense_prompt_embeddings)
+        if maps is not None:
+            hires = maps if hires is None else hires + maps
+        return image_embeddings, dense_prompt_embeddings, hires
 
     def _unpack(
         self, x: torch.Tensor, extra_dim: int, what: str
