@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
+        # OSError: an output path that is a file, not writable, or a full disk
         print(f"sam-composer {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -249,12 +249,25 @@ class ClickSession:
         h, w = self.image_size
         if not (np.isfinite(xy).all() and 0 <= xy[0] < w and 0 <= xy[1] < h):
             raise ValueError(f"click {tuple(xy)} is outside the {w}x{h} image")
-        if int(label) not in (0, 1):
+        if label not in (0, 1):
             raise ValueError(f"click label must be 0 or 1, got {label}")
         self.points.append(xy)
         self.labels.append(int(label))
         if multimask is None:
             multimask = len(self.points) == 1
+        frame_before = self.frame
+        try:
+            return self._predict(bool(multimask))
+        except BaseException:
+            # a click that fails (or is interrupted) leaves the session as it was
+            self.points.pop()
+            self.labels.pop()
+            self.frame = frame_before
+            raise
+
+    def _predict(self, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Predict from all clicks so far (the newest last) and update the session."""
+        h, w = self.image_size
         frame = self._choose_frame()
         mask_input = None
         if self.use_prev_logits and self.prev_logits is not None:

@@ -25,7 +25,8 @@ from .structures import Prompts
 def preprocess_shape(old_h: int, old_w: int, long_side: int) -> tuple[int, int]:
     """(h, w) after resizing so the longest side equals ``long_side`` (rounded like the official code)."""
     scale = long_side * 1.0 / max(old_h, old_w)
-    return int(old_h * scale + 0.5), int(old_w * scale + 0.5)
+    # at least one pixel: a 3 x 5000 strip would otherwise round its short side to 0
+    return max(1, int(old_h * scale + 0.5)), max(1, int(old_w * scale + 0.5))
 
 
 def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:

@@ -30,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from ..segmenters.base import best_per_prompt
 
     image = load_image(args.image)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
     pts = [parse_floats(s, (2, 3), "--point") for s in args.point]
     boxes = [parse_floats(s, (4,), "--box") for s in args.box]
     if not pts and not boxes:
@@ -39,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     points = labels = None
     if pts:
         points = np.array([[p[0], p[1]] for p in pts], np.float32)[None]
+        bad = [p[2] for p in pts if len(p) == 3 and p[2] not in (0.0, 1.0)]
+        if bad:
+            raise ValueError(f"--point LABEL must be 1 (foreground) or 0 (background), got {bad[0]:g}")
         labels = np.array([[int(p[2]) if len(p) == 3 else 1 for p in pts]])
     box_arr = np.array(boxes, np.float32) if boxes else None
     seg = load_model(args)

@@ -150,15 +150,19 @@ def load_state_into(
 def _describe_load_error(err: BaseException, file: Path) -> str:
     lines = str(err).strip().splitlines()
     cause = f"{type(err).__name__}: {lines[0][:300] if lines else ''}"
+    size = file.stat().st_size
+    with file.open("rb") as fin:
+        head = fin.read(4)
+    is_zip_start = head == b"PK\x03\x04"
+    if size and not is_zip_start and not head.startswith(b"\x80"):
+        # torch.save writes a zip archive; legacy files are pickles (protocol 2+ starts 0x80)
+        return "the file is not a PyTorch checkpoint (neither a zip archive nor a pickle)"
     if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
         return (
             "it holds Python objects other than tensors and plain containers, which "
             "weights_only=True refuses to unpickle because a checkpoint is untrusted input "
             f"({cause})"
         )
-    size = file.stat().st_size
-    with file.open("rb") as fin:
-        is_zip_start = fin.read(4) == b"PK\x03\x04"
     if is_zip_start and not zipfile.is_zipfile(file):
         # torch.save writes a zip archive whose directory sits at the end of the file.
         return f"the file is truncated ({size} bytes; the end of the archive is missing) ({cause})"

@@ -30,8 +30,11 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
             raise ValueError(f"integer image has negative values (min {int(arr.min())})")
         if hi <= 255:
             return arr.astype(np.uint8)
-        # 16-bit (or wider) data: scale the type's full range down to 8 bits
-        bits = 16 if hi <= 65535 else 32
+        # Wider data: scale the range of the smallest bit depth that holds it (9..16 bits, else
+        # 32) down to 8 bits, so 12-bit sensor data in a 16-bit file is not left nearly black
+        # and one pixel just above 255 does not darken the whole image 256-fold.
+        bits = max(9, int(hi).bit_length())
+        bits = bits if bits <= 16 else 32
         return (arr.astype(np.float64) / (2**bits - 1) * 255 + 0.5).astype(np.uint8)
     raise ValueError(f"unsupported image dtype {arr.dtype}")
 
@@ -94,6 +97,8 @@ def load_image(image: ImageLike) -> np.ndarray:
         return _from_pil(image)
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder, not an image file")
         if not path.is_file():
             raise ValueError(f"image file not found: {path}")
         if path.stat().st_size == 0:
@@ -102,6 +107,10 @@ def load_image(image: ImageLike) -> np.ndarray:
             with Image.open(path) as img:
                 img.load()
                 return _from_pil(img)
+        except Image.DecompressionBombError as exc:
+            raise ValueError(
+                f"cannot read image {path}: {exc} (raise PIL.Image.MAX_IMAGE_PIXELS to allow it)"
+            ) from exc
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise ValueError(f"cannot read image {path}: {exc}") from exc
     try:

@@ -452,7 +452,7 @@ class CocoJsonDetector:
         self.model_id = model_id or default_id
         self._by_image: dict[int, list[Mapping[str, Any]]] = {}
         for i, e in enumerate(entries):
-            if "image_id" not in e or "bbox" not in e:
+            if not isinstance(e, Mapping) or "image_id" not in e or "bbox" not in e:
                 raise ValueError(f"results entry {i} lacks image_id or bbox: {e!r}"[:200])
             self._by_image.setdefault(int(e["image_id"]), []).append(e)
 

@@ -257,7 +257,7 @@ class PromptableSegmenter(ABC):
                 memo.move_to_end(id(embedding))
                 return hit[1]
         image = refine_image(embedding)
-        mirrored = self.embed(np.ascontiguousarray(image[:, ::-1]))
+        mirrored = self.embed(image[:, ::-1].copy())  # a copy: a width-1 view keeps its negative stride
         with _MIRROR_LOCK:
             self.mirror_encoder_calls += 1
             memo[id(embedding)] = (embedding, mirrored)

@@ -1,0 +1,98 @@
+"""Odd inputs found by an audit of the CLI and the API: each gets a result or a one-line error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from composer.cli import main as cli_main
+from composer.hub.checkpoint import load_state_dict_file
+from composer.interactive import ClickSession
+from composer.io.image import load_image
+from composer.models.detectors import CocoJsonDetector
+from composer.segmenters import load_segmenter
+
+
+@pytest.fixture(scope="module")
+def seg():
+    return load_segmenter("composer_tiny", device="cpu")  # refinement, flip TTA, ranking on
+
+
+def test_16bit_data_is_scaled_by_its_bit_depth(tmp_path):
+    g = np.full((8, 8), 100, np.uint16)
+    g[0, 0] = 256  # one pixel just over 8 bits: 9-bit range, not the 16-bit one
+    Image.fromarray(g).save(tmp_path / "a.png")
+    assert load_image(tmp_path / "a.png")[1, 1, 0] == round(100 / 511 * 255)
+    g12 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 64)  # 12-bit data, max 4032
+    Image.fromarray(g12).save(tmp_path / "b.png")
+    assert load_image(tmp_path / "b.png").max() == round(4032 / 4095 * 255)
+    full = np.array([[0, 65535]], np.uint16)
+    assert load_image(full)[0, :, 0].tolist() == [0, 255]
+
+
+def test_folders_and_decompression_bombs_are_one_line_errors(tmp_path):
+    (tmp_path / "x.jpg").mkdir()
+    with pytest.raises(ValueError, match="is a folder, not an image file"):
+        load_image(tmp_path / "x.jpg")
+    Image.new("1", (20000, 10000)).save(tmp_path / "bomb.png")
+    with pytest.raises(ValueError, match="MAX_IMAGE_PIXELS"):
+        load_image(tmp_path / "bomb.png")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (50, 1, 3), (3, 5000, 3)])
+def test_degenerate_shapes_segment_with_flip_tta(seg, shape):
+    image = np.full(shape, 90, np.uint8)
+    emb = seg.embed(image)
+    dets = seg.predict(emb, points=[[0, 0]], labels=[1])
+    assert dets.meta["tta"] == "flip" and dets.masks.image_size == shape[:2]
+
+
+def test_a_failed_click_leaves_the_session_unchanged(seg, monkeypatch):
+    image = np.full((40, 60, 3), 90, np.uint8)
+    image[10:30, 20:40] = 200
+    session = ClickSession(seg, image, seg.embed(image))
+    session.click((30, 20), 1)
+    before = (len(session.points), session.frame, session.prediction.copy())
+    with pytest.raises(ValueError, match="label must be 0 or 1"):
+        session.click((5, 5), 0.5)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("decoder failed")
+
+    monkeypatch.setattr(seg, "predict", boom)
+    with pytest.raises(RuntimeError):
+        session.click((5, 5), 0)
+    monkeypatch.undo()
+    assert (len(session.points), session.frame) == before[:2]
+    np.testing.assert_array_equal(session.prediction, before[2])
+    session.click((5, 5), 0)
+    assert session.labels == [1, 0]
+
+
+def test_cli_refuses_bad_labels_and_output_paths(tmp_path, capsys):
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(tmp_path / "img.png")
+    base = ["segment", str(tmp_path / "img.png"), "--out"]
+    assert cli_main([*base, str(tmp_path / "o"), "--point", "10,10,0.9"]) == 2
+    assert "LABEL must be 1 (foreground) or 0 (background), got 0.9" in capsys.readouterr().err
+    assert cli_main([*base, str(tmp_path / "o"), "--point", "10,10,-1"]) == 2
+    (tmp_path / "afile").write_text("x")
+    assert cli_main([*base, str(tmp_path / "afile"), "--point", "10,10"]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    # an OSError from deeper down (here: a folder inside a file) is a one-line error too
+    assert cli_main(["export", "--no-check", "--out", str(tmp_path / "afile" / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sam-composer export: error:") and "Traceback" not in err
+
+
+def test_random_bytes_as_checkpoint(tmp_path):
+    (tmp_path / "rand.pt").write_bytes(np.random.default_rng(0).bytes(4096).replace(b"\x80", b"\x00"))
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint") as e:
+        load_state_dict_file(tmp_path / "rand.pt")
+    assert "weights_only" not in str(e.value)
+
+
+def test_results_json_of_non_objects(tmp_path):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="results entry 0 lacks image_id or bbox"):
+        CocoJsonDetector(tmp_path / "list.json")
