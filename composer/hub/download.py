@@ -66,8 +66,9 @@ def cached_path(spec: WeightsSpec | str) -> Path:
 def resolve_checkpoint(name_or_path: str | os.PathLike[str], download: bool = False) -> Path:
     """Turn an explicit path or a registered weights name into a local checkpoint file.
 
-    Order: an existing file path is returned as is; a registered name gives its packaged file
-    or its cached file; a missing registered file is downloaded only when ``download`` is True.
+    Order: an existing file path is returned as is; a registered name (or the bare file name
+    of registered weights, e.g. "sam_vit_b_01ec64.pth") gives its packaged file or its cached
+    file; a missing registered file is downloaded only when ``download`` is True.
 
     Args:
         name_or_path: a checkpoint path, or a name in ``WEIGHTS`` such as "sam_vit_b".
@@ -89,6 +90,10 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str], download: bool = Fa
         raise ValueError(f"checkpoint {path} exists but is not a file")
     name = os.fspath(name_or_path)
     spec = WEIGHTS.get(name) if isinstance(name, str) else None
+    if spec is None and path.name == name:
+        # a bare file name of registered weights (e.g. "sam_vit_b_01ec64.pth", not in the
+        # working folder): the cached copy, where `weights import` and `download` put it
+        spec = next((s for s in WEIGHTS.values() if s.filename == name), None)
     if spec is None:
         if isinstance(name_or_path, str) and os.sep not in name and not path.suffix:
             raise ValueError(
@@ -110,7 +115,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str], download: bool = Fa
     raise ValueError(
         f"weights {spec.name!r} are not in the cache: expected the file {local}. "
         f"Fetch it with `sam-composer weights download {spec.name}` (downloads {spec.url}), "
-        "or pass download=True. Offline: download that URL on another machine, then run "
+        "or call composer.hub.resolve_checkpoint(name, download=True). Offline: download that URL on another machine, then run "
         f"`sam-composer weights import PATH --name {spec.name}`."
     )
 

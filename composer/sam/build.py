@@ -217,6 +217,11 @@ def _load_weights(model: Sam, checkpoint: str | os.PathLike[str], arch: str) -> 
             "composer.hub.load_checkpoint unavailable (%s); loading the file directly", err
         )
         hub_load = None
+    if hub_load is not None:
+        from ..hub import resolve_checkpoint
+
+        # errors of finding the file (not cached, no such file) are not "does not fit" errors
+        checkpoint = resolve_checkpoint(checkpoint)
     try:
         if hub_load is not None:
             hub_load(model, checkpoint)

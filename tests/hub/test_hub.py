@@ -219,6 +219,9 @@ def test_resolve_order(home: Path, payload: Path, monkeypatch: pytest.MonkeyPatc
     path = hub.resolve_checkpoint(spec.name, download=True)
     assert path == home / spec.filename and path.is_file()
     assert hub.resolve_checkpoint(spec.name) == path  # now cached, no download asked
+    # the bare file name of registered weights finds the cached copy from any folder
+    monkeypatch.chdir(payload.parent.parent)
+    assert hub.resolve_checkpoint(spec.filename) == path
     with pytest.raises(ValueError, match="neither an existing file nor a registered.*sam_vit_b"):
         hub.resolve_checkpoint("sam_vit_q")
     with pytest.raises(ValueError, match="does not exist"):
@@ -358,3 +361,21 @@ def test_load_checkpoint_by_registered_name(
     assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
     with pytest.raises(TypeError, match="torch.nn.Module"):
         hub.load_checkpoint("not a model", payload)  # type: ignore[arg-type]
+
+
+def test_build_sam_reports_uncached_weights_as_such(home: Path) -> None:
+    from composer.sam.build import build_sam
+
+    with pytest.raises(ValueError) as err:
+        build_sam("vit_b", checkpoint="sam_vit_b")
+    message = str(err.value)
+    assert message.startswith("weights 'sam_vit_b' are not in the cache")
+    assert "does not fit" not in message and "resolve_checkpoint(name, download=True)" in message
+
+
+def test_weights_list_shows_the_packaged_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from composer.cli import main
+
+    assert main(["weights", "list"]) == 0
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("composer_tiny "))
+    assert row.split()[2] == "yes"
