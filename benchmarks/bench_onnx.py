@@ -9,7 +9,9 @@ first ``--images`` of BSDS500 test), the PyTorch segmenter (``load_segmenter(MOD
   warm-up;
 - decoder: one first click (``predict`` with ``refine``, ``tta`` and ``rank`` off, so only the
   prompt encoder, the mask decoder and the upsampling count), median over ``--prompts``
-  clicks per image.
+  clicks per image;
+- segment everything: ``AutomaticMaskGenerator`` (32 x 32 points, the model's thresholds)
+  on the first image, embedding included, best of two runs (``--amg-side 0`` skips it).
 
 Both see identical prompts; the script also prints the largest difference of their low-res
 logits over those prompts. Command::
@@ -40,6 +42,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--images", type=int, default=6)
     ap.add_argument("--prompts", type=int, default=20)
+    ap.add_argument("--amg-side", type=int, default=32, help="AMG points per side (0: skip)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -83,6 +86,19 @@ def main() -> None:
                     res[name]["enc"].append(enc)
                     res[name]["dec"].extend(dec)
             worst = max(worst, float(np.abs(logits["torch"] - logits["onnx"]).max()))
+        amg: dict[str, float] = {}
+        if args.amg_side > 0:
+            from composer.automatic import AutomaticMaskGenerator
+
+            for name, seg in (("torch", ref), ("onnx", ours)):
+                gen = AutomaticMaskGenerator(seg, points_per_side=args.amg_side)
+                runs = []
+                for _ in range(2):
+                    t = time.perf_counter()
+                    n_masks = len(gen.generate(images[0]))
+                    runs.append(time.perf_counter() - t)
+                amg[name] = min(runs)
+                print(f"{name}: segment everything {n_masks} masks")
     med = {k: {p: statistics.median(v[p]) for p in v} for k, v in res.items()}
     print(f"{ref.model_id}, {args.threads} thread(s), {len(images)} BSDS500 test images, "
           f"{args.prompts} clicks each; export {export_s:.1f} s, parity "
@@ -93,9 +109,14 @@ def main() -> None:
     print(f"ratio torch/onnx: encoder {med['torch']['enc'] / med['onnx']['enc']:.2f}x, "
           f"decoder {med['torch']['dec'] / med['onnx']['dec']:.2f}x; "
           f"largest low-res logit difference {worst:.1e}")
+    if amg:
+        print(f"segment everything ({args.amg_side}x{args.amg_side} points): torch "
+              f"{amg['torch']:.1f} s, onnx {amg['onnx']:.1f} s, ratio "
+              f"{amg['torch'] / amg['onnx']:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"model_id": ref.model_id, "threads": args.threads,
-                                               "median": med, "max_logit_diff": worst}, indent=2))
+                                               "median": med, "amg_s": amg,
+                                               "max_logit_diff": worst}, indent=2))
 
 
 if __name__ == "__main__":

@@ -5,15 +5,18 @@
 - ``encoder.onnx``: input ``image`` (1, 3, S, S) float32, the *normalised and zero-padded*
   model input (``Sam.preprocess`` of the image resized so its longest side is S); output
   ``image_embeddings`` (1, C, h, w) float32, exactly what ``SamPredictor.embed`` keeps.
-- ``decoder.onnx``: the prompt encoder and the mask decoder for one prompt, with the official
-  SAM ONNX model's input convention (``segment_anything.utils.onnx.SamOnnxModel``):
-  ``image_embeddings`` (1, C, h, w); ``point_coords`` (1, N, 2) float32 XY in the model-input
-  frame (pixel indices of the resized image); ``point_labels`` (1, N) float32: 1 positive,
+- ``decoder.onnx``: the prompt encoder and the mask decoder for a batch of B prompts of one
+  image, with the official SAM ONNX model's input convention
+  (``segment_anything.utils.onnx.SamOnnxModel``, which takes B = 1):
+  ``image_embeddings`` (1, C, h, w); ``point_coords`` (B, N, 2) float32 XY in the model-input
+  frame (pixel indices of the resized image); ``point_labels`` (B, N) float32: 1 positive,
   0 negative, 2 / 3 a box's top-left / bottom-right corner, -1 padding (a prompt without a
-  box ends with one padding point at (0, 0)); ``mask_input`` (1, 1, 4h, 4w) low-res logits
-  and ``has_mask_input`` (1,) float32 0 or 1. Outputs ``low_res_masks`` (1, 4, 4h, 4w) and
-  ``iou_predictions`` (1, 4): all four mask tokens, the single-mask output first and the three
-  multimask outputs after it (the caller slices, as ``MaskDecoder.forward`` does).
+  box ends with one padding point at (0, 0)); ``mask_input`` (B, 1, 4h, 4w) low-res logits
+  and ``has_mask_input`` (B,) float32 0 or 1. Outputs ``low_res_masks`` (B, 4, 4h, 4w) and
+  ``iou_predictions`` (B, 4): all four mask tokens, the single-mask output first and the three
+  multimask outputs after it (the caller slices, as ``MaskDecoder.forward`` does). B may be
+  1 to ``max_batch`` (``model.json``; the decoder's CPU chunk size, e.g. 16 for composer_tiny,
+  4 for SAM's ViTs): the traced graph holds one chunk.
 - ``model.json``: what a runtime needs besides the graphs (input side, pixel mean and std,
   low-res size, mask threshold, model id, opset, the segmenter's predict-time settings) and the
   parity measured against the PyTorch model at export time.
@@ -76,7 +79,8 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    """Prompt encoder + mask decoder for one prompt, with label-coded points (see module doc).
+    """Prompt encoder + mask decoder for B prompts of one image, with label-coded points (see
+    the module doc).
 
     Equal to ``PromptEncoder.forward`` followed by ``MaskDecoder`` for every prompt it
     accepts: points then box corners (labels 2, 3), or points then one padding point when
@@ -104,9 +108,8 @@ class DecoderGraph(nn.Module):
         sparse = torch.where(labels == PAD_LABEL, pe.not_a_point_embed.weight, enc)
         for code in (NEG_LABEL, POS_LABEL, BOX_TL_LABEL, BOX_BR_LABEL):
             sparse = sparse + (labels == code).to(sparse.dtype) * pe.point_embeddings[code].weight
-        has = has_mask_input.reshape(1, 1, 1, 1).to(mask_input.dtype)
-        h, w = pe.image_embedding_size
-        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, h, w)
+        has = has_mask_input.reshape(-1, 1, 1, 1).to(mask_input.dtype)
+        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
         dense = has * pe.mask_downscaling(mask_input) + (1 - has) * no_mask
         if pe.click_maps is not None:
             dense = torch.cat([dense, self._click_maps(point_coords, point_labels, mask_input, has)], 1)
@@ -137,12 +140,12 @@ class DecoderGraph(nn.Module):
         d2 = ((ys[None, None, :] - gy[..., None]) ** 2)[..., :, None] + (
             (xs[None, None, :] - gx[..., None]) ** 2
         )[..., None, :]
-        g = torch.exp(-d2 / (2 * branch.sigma**2))  # (1, N, h, w)
+        g = torch.exp(-d2 / (2 * branch.sigma**2))  # (B, N, h, w)
         sel = labels[..., None, None]
         pos = torch.where(sel == POS_LABEL, g, torch.zeros_like(g)).amax(dim=1)
         neg = torch.where(sel == NEG_LABEL, g, torch.zeros_like(g)).amax(dim=1)
         mask = has[:, 0] * torch.tanh(mask_input[:, 0] / 4)
-        flag = has[:, 0].expand(1, h, w)
+        flag = has[:, 0] * torch.ones_like(mask)
         raster = torch.stack([pos, neg, mask, flag], dim=1)
         return torch.nn.functional.pixel_unshuffle(branch(raster), 4)
 
@@ -170,11 +173,24 @@ def _settings(segmenter: Any) -> dict[str, Any]:
     }
 
 
-def _example_prompt(low: int, s: int, n_points: int = 2) -> tuple[torch.Tensor, ...]:
+def _example_prompt(low: int, s: int, batch: int) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(0)
-    coords = torch.rand((1, n_points, 2), generator=g) * (s - 1)
-    labels = torch.tensor([[1.0] + [0.0] * (n_points - 2) + [-1.0]])
-    return coords, labels, torch.randn((1, 1, low, low), generator=g), torch.ones(1)
+    coords = torch.rand((batch, 2, 2), generator=g) * (s - 1)
+    labels = torch.tensor([[1.0, -1.0]]).repeat(batch, 1)
+    return coords, labels, torch.randn((batch, 1, low, low), generator=g), torch.ones(batch)
+
+
+def max_prompt_batch(net: Any, features: torch.Tensor) -> int:
+    """The most prompts one call of the traced decoder graph takes: ``MaskDecoder`` decodes
+    on the CPU in chunks (of prompts, and of upscaled maps) within a byte budget, and a trace
+    records one chunk, so a larger batch would be cut short."""
+    from ..sam.mask_decoder import CHUNK_BYTES, PROMPT_CHUNK
+
+    d = int(net.mask_decoder.transformer_dim)
+    h, w = (int(v) for v in features.shape[-2:])
+    chunk = max(1, min(PROMPT_CHUNK, CHUNK_BYTES // (4 * h * w * d)))
+    step = max(1, CHUNK_BYTES // (4 * 2 * h * w * d))
+    return min(chunk, step)
 
 
 def export_onnx(
@@ -226,14 +242,17 @@ def export_onnx(
         features = net.image_encoder(image)
     enc_path, dec_path = out / ENCODER_FILE, out / DECODER_FILE
     _export(EncoderGraph(net), (image,), enc_path, ["image"], ["image_embeddings"], {}, opset)
-    prompt = _example_prompt(low, s)
+    max_batch = max_prompt_batch(net, features)
+    batch = {0: "num_prompts"}
     _export(
         DecoderGraph(net),
-        (features, *prompt),
+        (features, *_example_prompt(low, s, min(2, max_batch))),
         dec_path,
         ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
         ["low_res_masks", "iou_predictions"],
-        {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+        {"point_coords": {**batch, 1: "num_points"}, "point_labels": {**batch, 1: "num_points"},
+         "mask_input": batch, "has_mask_input": batch, "low_res_masks": batch,
+         "iou_predictions": batch},
         opset,
     )
     for path in (enc_path, dec_path):
@@ -244,6 +263,7 @@ def export_onnx(
         "img_size": int(s),
         "low_res_size": [int(v) for v in seg.low_res_size],
         "embedding_shape": [int(v) for v in features.shape],
+        "max_batch": int(max_batch),
         "pixel_mean": [float(v) for v in net.pixel_mean.reshape(-1)],
         "pixel_std": [float(v) for v in net.pixel_std.reshape(-1)],
         "mask_threshold": float(seg.mask_threshold),
@@ -252,7 +272,7 @@ def export_onnx(
         "settings": _settings(seg),
     }
     if check:
-        meta["parity"] = check_parity(net, enc_path, dec_path, image, features, low)
+        meta["parity"] = check_parity(net, enc_path, dec_path, image, features, low, max_batch)
         worst = max(meta["parity"].values())
         if worst > 1e-3:
             raise ValueError(f"the exported graphs differ from the model by up to {worst:.2e}")
@@ -290,50 +310,68 @@ def session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
 
 
 def decoder_inputs(coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None,
-                   low: tuple[int, int], box: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The decoder graph's feed for one prompt in the model-input frame: points (K, 2) with
-    labels (K,) (0 / 1 / -1), an optional XYXY box, an optional (1, 1, *low) mask input."""
-    pts = [np.asarray(coords, np.float32).reshape(-1, 2)]
-    lab = [np.asarray(labels, np.float32).reshape(-1)]
-    if box is not None:
-        pts.append(np.asarray(box, np.float32).reshape(2, 2))
-        lab.append(np.array([BOX_TL_LABEL, BOX_BR_LABEL], np.float32))
+                   low: tuple[int, int], boxes: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The decoder graph's feed for B prompts in the model-input frame.
+
+    Args:
+        coords: (B, K, 2) (or (K, 2) for one prompt; K may be 0) point XY.
+        labels: (B, K) (or (K,)) labels 1 / 0 / -1.
+        mask_input: None, or (B, 1, *low) low-res logits.
+        low: the low-res size (h, w).
+        boxes: None, or (B, 4) (or (4,)) XYXY boxes: appended as two corner points; without
+            them every prompt ends with one padding point, as ``PromptEncoder`` does.
+    """
+    pts = np.asarray(coords, np.float32)
+    pts = pts.reshape(1, -1, 2) if pts.ndim < 3 else pts
+    b = pts.shape[0]
+    lab = np.asarray(labels, np.float32).reshape(b, -1)
+    if boxes is not None:
+        corners = np.asarray(boxes, np.float32).reshape(b, 2, 2)
+        extra = np.broadcast_to(np.array([BOX_TL_LABEL, BOX_BR_LABEL], np.float32), (b, 2))
     else:
-        pts.append(np.zeros((1, 2), np.float32))
-        lab.append(np.array([PAD_LABEL], np.float32))
+        corners = np.zeros((b, 1, 2), np.float32)
+        extra = np.full((b, 1), PAD_LABEL, np.float32)
     has = mask_input is not None
-    mask = (np.asarray(mask_input, np.float32).reshape(1, 1, *low) if has
-            else np.zeros((1, 1, *low), np.float32))
+    mask = (np.asarray(mask_input, np.float32).reshape(b, 1, *low) if has
+            else np.zeros((b, 1, *low), np.float32))
     return {
-        "point_coords": np.concatenate(pts)[None],
-        "point_labels": np.concatenate(lab)[None],
+        "point_coords": np.ascontiguousarray(np.concatenate([pts, corners], axis=1)),
+        "point_labels": np.ascontiguousarray(np.concatenate([lab, extra], axis=1)),
         "mask_input": mask,
-        "has_mask_input": np.array([1.0 if has else 0.0], np.float32),
+        "has_mask_input": np.full(b, 1.0 if has else 0.0, np.float32),
     }
 
 
 def check_parity(net: Any, encoder: Path, decoder: Path, image: torch.Tensor,
-                 features: torch.Tensor, low: int) -> dict[str, float]:
+                 features: torch.Tensor, low: int, max_batch: int = 1) -> dict[str, float]:
     """Largest absolute differences between the graphs (run by ONNX Runtime) and ``net``:
     the embedding, and the decoder's logits and IoUs over four prompt kinds (one click; clicks
-    with a mask input; a box; clicks and a box)."""
+    with a mask input; a box; clicks and a box), each as one prompt and as a batch of
+    ``max_batch`` prompts."""
     enc = session(encoder)
     got = enc.run(None, {"image": image.numpy()})[0]
     diff = {"embedding": float(np.abs(got - features.numpy()).max())}
     dec = session(decoder)
     s = int(image.shape[-1])
     rng = np.random.default_rng(0)
-    cases = [
-        (rng.uniform(0, s - 1, (1, 2)), np.array([1]), None, None),
-        (rng.uniform(0, s - 1, (3, 2)), np.array([1, 0, 1]), rng.normal(size=(1, 1, low, low)), None),
-        (np.zeros((0, 2)), np.zeros(0), None, np.array([0.2, 0.3, 0.7, 0.8]) * s),
-        (rng.uniform(0, s - 1, (2, 2)), np.array([1, 0]), None, np.array([0.1, 0.1, 0.6, 0.9]) * s),
-    ]
+
+    def case(b: int, k: int, with_mask: bool, with_box: bool) -> tuple[Any, ...]:
+        coords = rng.uniform(0, s - 1, (b, k, 2))
+        labels = rng.integers(0, 2, (b, k))
+        labels[:, :1] = 1
+        if k > 2:
+            labels[0, -1] = -1  # a padding point inside a prompt
+        corners = np.sort(rng.uniform(0, s - 1, (b, 2, 2)), axis=1).reshape(b, 4)
+        mask = rng.normal(size=(b, 1, low, low)) if with_mask else None
+        return coords, labels, mask, corners if with_box else None
+
+    cases = [case(b, k, m, x) for b in sorted({1, max_batch})
+             for k, m, x in ((1, False, False), (3, True, False), (0, False, True), (2, False, True))]
     logit_diff = iou_diff = 0.0
-    for coords, labels, mask, box in cases:
-        feed = decoder_inputs(coords, labels, mask, (low, low), box)
+    for coords, labels, mask, boxes in cases:
+        feed = decoder_inputs(coords, labels, mask, (low, low), boxes)
         masks, iou = dec.run(None, {"image_embeddings": features.numpy(), **feed})
-        ref_masks, ref_iou = _torch_decode(net, features, coords, labels, mask, box)
+        ref_masks, ref_iou = _torch_decode(net, features, coords, labels, mask, boxes)
         logit_diff = max(logit_diff, float(np.abs(masks[:, 1:] - ref_masks[0]).max()),
                          float(np.abs(masks[:, :1] - ref_masks[1]).max()))
         iou_diff = max(iou_diff, float(np.abs(iou[:, 1:] - ref_iou[0]).max()),
@@ -344,15 +382,15 @@ def check_parity(net: Any, encoder: Path, decoder: Path, image: torch.Tensor,
 
 @torch.inference_mode()
 def _torch_decode(net: Any, features: torch.Tensor, coords: np.ndarray, labels: np.ndarray,
-                  mask: np.ndarray | None, box: np.ndarray | None) -> tuple[list[np.ndarray], ...]:
-    """The PyTorch model's (multimask, single) logits and IoUs for one prompt."""
+                  mask: np.ndarray | None, boxes: np.ndarray | None) -> tuple[list[np.ndarray], ...]:
+    """The PyTorch model's (multimask, single) logits and IoUs for B prompts."""
     points = None
-    if len(coords):
-        points = (torch.as_tensor(coords, dtype=torch.float32)[None],
-                  torch.as_tensor(labels, dtype=torch.int64)[None])
-    boxes = None if box is None else torch.as_tensor(box, dtype=torch.float32)[None]
+    if coords.shape[1]:
+        points = (torch.as_tensor(coords, dtype=torch.float32),
+                  torch.as_tensor(labels, dtype=torch.int64))
+    box_t = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32)
     masks = None if mask is None else torch.as_tensor(mask, dtype=torch.float32)
-    sparse, dense = net.prompt_encoder(points=points, boxes=boxes, masks=masks)
+    sparse, dense = net.prompt_encoder(points=points, boxes=box_t, masks=masks)
     out_m, out_i = [], []
     for multimask in (True, False):
         m, i = net.mask_decoder(image_embeddings=features, image_pe=net.prompt_encoder.get_dense_pe(),

@@ -64,6 +64,8 @@ class OnnxSegmenter(PromptableSegmenter):
         self.img_size = int(self.meta["img_size"])
         self.low_res_size = (int(self.meta["low_res_size"][0]), int(self.meta["low_res_size"][1]))
         self.mask_threshold = float(self.meta["mask_threshold"])
+        #: prompts per call of the decoder graph (the traced chunk; see ``export_onnx``)
+        self.max_batch = max(1, int(self.meta.get("max_batch", 1)))
         self._mean = np.asarray(self.meta["pixel_mean"], np.float32).reshape(3, 1, 1)
         self._std = np.asarray(self.meta["pixel_std"], np.float32).reshape(3, 1, 1)
         self._encoder, self._decoder = (
@@ -112,24 +114,25 @@ class OnnxSegmenter(PromptableSegmenter):
         )
 
     def decode(self, embedding: ImageEmbedding, prompts: Prompts, multimask: bool = True) -> MaskLogits:
-        """The decoder graph, one prompt at a time (it takes batch 1, as the official export)."""
+        """The decoder graph on chunks of at most ``max_batch`` prompts (``model.json``)."""
         embedding.check_model(self.model_id)
         oh, ow = embedding.original_size
         ih, iw = embedding.input_size
         scale = np.array([iw / ow, ih / oh], np.float32)
         features = embedding.features.detach().cpu().float().numpy()
         chosen = slice(1, None) if multimask else slice(0, 1)
+        n = len(prompts)
         logits, ious = [], []
-        for i in range(len(prompts)):
-            coords = labels = np.zeros((0,), np.float32)
-            if prompts.points is not None and prompts.labels is not None:
-                coords = prompts.points[i].astype(np.float32) * scale
-                labels = prompts.labels[i]
-            box = None
-            if prompts.boxes is not None:
-                box = (prompts.boxes[i].reshape(2, 2).astype(np.float32) * scale).reshape(4)
-            mask = None if prompts.mask_input is None else prompts.mask_input[i]
-            feed = decoder_inputs(coords, labels, mask, self.low_res_size, box)
+        for s in range(0, n, self.max_batch):
+            part = prompts[s : min(n, s + self.max_batch)]
+            b = len(part)
+            coords, labels = np.zeros((b, 0, 2), np.float32), np.zeros((b, 0), np.float32)
+            if part.points is not None and part.labels is not None:
+                coords, labels = part.points.astype(np.float32) * scale, part.labels
+            boxes = None
+            if part.boxes is not None:
+                boxes = (part.boxes.reshape(b, 2, 2).astype(np.float32) * scale).reshape(b, 4)
+            feed = decoder_inputs(coords, labels, part.mask_input, self.low_res_size, boxes)
             m, q = self._decoder.run(None, {"image_embeddings": features, **feed})
             logits.append(m[:, chosen])
             ious.append(q[:, chosen])

@@ -69,6 +69,9 @@ def _prompt_cases(h: int, w: int) -> list[dict]:
         dict(points=[[[10.0, 10.0], [0, 0]], [[0.6 * w, 0.5 * h], [0.3 * w, 0.3 * h]],
                      [[w - 1.0, h - 1.0], [5.0, 7.0]]],
              labels=[[1, -1], [1, 0], [1, 1]]),
+        # more prompts than one call of the decoder graph takes (max_batch): chunked
+        dict(points=np.stack([np.linspace(1, w - 2, 21), np.linspace(1, h - 2, 21)], 1)[:, None],
+             labels=np.ones((21, 1), int)),
     ]
 
 
@@ -94,6 +97,7 @@ def test_export_records_parity_and_settings(tiny):
     assert meta["model_id"] == seg.model_id
     assert meta["img_size"] == 512 and meta["low_res_size"] == [64, 64]
     assert max(meta["parity"].values()) < 1e-4
+    assert meta["max_batch"] == 16  # composer_tiny's CPU decoder chunk
     assert meta["settings"]["flip_tta"] is True
     assert meta["settings"]["mask_refine"]["band"] == seg.mask_refine.band
     assert meta["settings"]["mask_rank"]["weight"] == seg.mask_rank.weight
