@@ -9,6 +9,7 @@ halved per layer), predicted IoU > 0.88, stability >= 0.92, small components and
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -20,7 +21,8 @@ from typing import Any
 
 from composer.automatic import AmgConfig, AutomaticMaskGenerator
 from composer.embedding import EmbeddingCache
-from composer.io.image import load_image
+from composer.io.image import IMAGE_SUFFIXES, load_image
+from composer.io.visualize import json_finite
 from composer.structures import Detections
 
 from .base import TaskContext
@@ -38,7 +40,6 @@ SA1B_CONFIG = AmgConfig(
     max_mask_area_fraction=0.95,
 )
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class EverythingTask:
@@ -78,7 +79,8 @@ def detections_to_annotations(
     """COCO annotation records (SA-1B fields) of one image's masks.
 
     Boxes and crop boxes are XYWH in image pixels; ``segmentation`` is compressed RLE with
-    ``counts`` as str; ``point_coords`` is ``[[x, y]]``.
+    ``counts`` as str; ``point_coords`` is ``[[x, y]]``; a NaN ``predicted_iou`` or
+    ``stability_score`` is None (JSON null).
     """
     if dets.masks is None:
         raise ValueError("detections_to_annotations needs masks")
@@ -98,9 +100,9 @@ def detections_to_annotations(
         }
         ex = dets.extras
         if "predicted_iou" in ex:
-            ann["predicted_iou"] = float(ex["predicted_iou"][i])
+            ann["predicted_iou"] = json_finite(float(ex["predicted_iou"][i]))
         if "stability_score" in ex:
-            ann["stability_score"] = float(ex["stability_score"][i])
+            ann["stability_score"] = json_finite(float(ex["stability_score"][i]))
         if "point_coords" in ex:
             ann["point_coords"] = [[float(v) for v in ex["point_coords"][i]]]
         if "crop_box" in ex:
@@ -111,19 +113,65 @@ def detections_to_annotations(
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
+    """Strict JSON (NaN as null), fsync'ed, via a temporary file and a rename."""
     tmp = path.with_name(path.name + ".part")
     with open(tmp, "w") as f:
-        json.dump(data, f)
+        json.dump(json_finite(data), f, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def _read_log(path: Path) -> dict[str, dict[str, Any]]:
-    """Per-image records of an earlier (possibly interrupted) run; a torn last line is ignored."""
+def run_settings(task: EverythingTask) -> dict[str, Any]:
+    """What decides the masks of an annotate_folder run, as stored in its record log.
+
+    The model id, the AMG config (explicit point grids as a digest; ``points_per_batch`` and
+    ``keep_low_res_logits`` left out: they do not change the masks) and the segmenter's mask
+    refinement, mask ranking and flip TTA. JSON-normal (lists, not tuples).
+    """
+    config = dataclasses.asdict(task.config)
+    for key in ("points_per_batch", "keep_low_res_logits"):
+        config.pop(key, None)
+    if config.get("point_grids") is not None:
+        digest = hashlib.sha1(json.dumps(config["point_grids"]).encode()).hexdigest()[:16]
+        config["point_grids"] = f"sha1:{digest}"
+
+    def setting(name: str) -> Any:
+        v = getattr(task.segmenter, name, None)
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        return repr(v) if dataclasses.is_dataclass(v) else type(v).__name__
+
+    settings = {
+        "model_id": task.model_id,
+        "config": config,
+        "segmenter": {k: setting(k) for k in ("mask_refine", "mask_rank", "flip_tta")},
+    }
+    return json_finite(json.loads(json.dumps(settings)))
+
+
+def _settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``"name old (now new)"`` for each differing setting (config fields by their name)."""
+    def flat(d: dict[str, Any]) -> dict[str, Any]:
+        out = {"model_id": d.get("model_id")}
+        for group in ("config", "segmenter"):
+            out.update(d.get(group) or {})
+        return out
+
+    a, b = flat(old), flat(new)
+    return [f"{k} {a.get(k)!r} (now {b.get(k)!r})" for k in sorted(a.keys() | b.keys(), key=str)
+            if a.get(k) != b.get(k)]
+
+
+def _read_log(path: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """Settings header and per-image records of an earlier (possibly interrupted) run.
+
+    A torn line (crash mid-write) is ignored. Returns ``(None, {})`` when there is no log.
+    """
+    settings: dict[str, Any] | None = None
     done: dict[str, dict[str, Any]] = {}
     if not path.exists():
-        return done
+        return settings, done
     with open(path) as f:
         for line in f:
             try:
@@ -131,8 +179,11 @@ def _read_log(path: Path) -> dict[str, dict[str, Any]]:
             except json.JSONDecodeError:
                 logger.warning("ignoring a torn record in %s", path)
                 continue
-            done[rec["file_name"]] = rec
-    return done
+            if "settings" in rec:
+                settings = rec["settings"]
+            else:
+                done[rec["file_name"]] = rec
+    return settings, done
 
 
 def annotate_folder(
@@ -152,8 +203,11 @@ def annotate_folder(
     Each image's result is appended (and fsync'ed) to ``<out_json>.records.jsonl`` as soon as it
     is computed, and ``out_json`` is rewritten atomically (temporary file + rename) every
     ``write_every`` images and at the end, so an interruption never loses finished images.
-    With ``resume`` an existing record log is read back: finished images are skipped, failed
-    ones are retried. A failing image is logged and listed under ``"failures"``.
+    The log starts with the run's settings (:func:`run_settings`: model id, AMG config,
+    segmenter settings). With ``resume`` an existing record log is read back: finished images
+    are skipped, failed ones are retried; a log written with other settings is refused (its
+    masks would be mislabelled). A failing image is logged on one line at WARNING (traceback at
+    INFO, shown with -v) and listed under ``"failures"``.
 
     Args:
         folder: folder of images (not recursive), processed in sorted file-name order; image
@@ -163,8 +217,9 @@ def annotate_folder(
         config: AMG settings (default as in :class:`EverythingTask`).
         cache: embedding cache (default: a new one, cleared after each image).
         suffixes: image file suffixes to include (case-insensitive).
-        limit: process only the first ``limit`` images.
-        resume: reuse the record log of an earlier run.
+        limit: process only the first ``limit`` (>= 1) images.
+        resume: reuse the record log of an earlier run with the same settings; False starts
+            afresh (the old log is deleted, ``out_json`` rewritten).
         write_every: rewrite ``out_json`` after this many new images.
 
     Returns:
@@ -174,23 +229,42 @@ def annotate_folder(
         ``failures`` (file_name, error).
 
     Raises:
-        ValueError: ``folder`` is not a directory or ``write_every`` < 1.
+        ValueError: ``folder`` is not a directory or has no images, ``limit`` or
+            ``write_every`` < 1, or (``resume``) the log holds another run's settings.
     """
     src = Path(folder)
     if not src.is_dir():
         raise ValueError(f"not a folder: {src}")
     if write_every < 1:
         raise ValueError(f"write_every must be >= 1, got {write_every}")
+    if limit is not None and int(limit) < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
     out_path = Path(out_json)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     log_path = out_path.with_name(out_path.name + ".records.jsonl")
     wanted = {s.lower() for s in suffixes}
-    files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in wanted)
+    files = sorted(p for p in src.iterdir() if p.suffix.lower() in wanted and p.is_file())
+    if not files:
+        raise ValueError(f"no images ({', '.join(suffixes)}) in {src}")
     if limit is not None:
-        files = files[: max(0, int(limit))]
+        files = files[: int(limit)]
     task = EverythingTask(segmenter, config)
-    records = _read_log(log_path) if resume else {}
-    if not resume and log_path.exists():
+    settings = run_settings(task)
+    old_settings, records = _read_log(log_path) if resume else (None, {})
+    if old_settings != settings:
+        if any("error" not in rec for rec in records.values()):
+            what = (
+                "was written without recorded settings"
+                if old_settings is None
+                else "holds masks of other settings: "
+                + ", ".join(_settings_diff(old_settings, settings))
+            )
+            raise ValueError(
+                f"{log_path} {what}; write to a fresh output folder (--out) or recompute every "
+                "image (--overwrite, resume=False)"
+            )
+        records = {}  # only failures: nothing to keep
+    if not records and log_path.exists():  # no finished work to keep (or not resuming)
         log_path.unlink()
     own_cache = cache is None
     cache = EmbeddingCache() if cache is None else cache
@@ -235,6 +309,8 @@ def annotate_folder(
 
     new = 0
     with open(log_path, "a") as log:
+        if not log_path.stat().st_size:
+            log.write(json.dumps({"settings": settings}, allow_nan=False) + "\n")
         for image_id, path in enumerate(files, start=1):
             prev = records.get(path.name)
             if prev is not None and "error" not in prev:
@@ -249,16 +325,18 @@ def annotate_folder(
                     "annotations": detections_to_annotations(dets, image_id, 1),
                 }
             except Exception as exc:  # one bad image must not stop the folder
-                logger.exception("annotate_folder: %s failed", path.name)
+                error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+                logger.warning("annotate_folder: %s failed: %s", path.name, error)
+                logger.info("annotate_folder: %s failed", path.name, exc_info=True)
                 rec = {
                     "file_name": path.name,
-                    "error": f"{type(exc).__name__}: {exc}",
+                    "error": error,
                     "traceback": traceback.format_exc(limit=-3),
                 }
             finally:
                 if own_cache:
                     cache.clear()
-            log.write(json.dumps(rec) + "\n")
+            log.write(json.dumps(json_finite(rec), allow_nan=False) + "\n")
             log.flush()
             os.fsync(log.fileno())
             records[path.name] = rec

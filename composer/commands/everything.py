@@ -5,14 +5,30 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..io.image import IMAGE_SUFFIXES
 from .common import add_model_args, describe, load_model
+from .instances import image_files
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("everything", help="segment everything in an image (or a folder -> COCO json)")
+    p = sub.add_parser(
+        "everything",
+        help="segment everything in an image (or a folder -> COCO json)",
+        description="An image: <stem>_overlay.png and <stem>.json in --out. A folder: one "
+        "COCO json, annotations.json, with each image logged as it finishes "
+        "(annotations.json.records.jsonl, with the model and settings), so a rerun with the "
+        "same settings resumes; an unreadable image is reported, skipped and listed under "
+        '"failures". Exit status 0 when every image succeeded, 1 when some failed, 2 for '
+        "unusable input (no images, bad flags, a log of other settings without --overwrite).",
+    )
     p.add_argument("input", help="image file, or a folder of images (writes one COCO json)")
     add_model_args(p)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="folder mode: recompute every image instead of resuming an earlier run in --out "
+             "(needed when the model or settings changed)",
+    )
     p.add_argument("--points-per-side", type=int, default=32, help="prompt grid per side (default 32)")
     p.add_argument(
         "--pred-iou-thresh", type=float, default=None,
@@ -39,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from ..io.image import load_image
     from ..io.visualize import write_detections
 
+    src = Path(args.input)
+    image_files(src, args.limit)  # unusable input fails here, before the model loads
     seg = load_model(args)
     # None (flag not given): the model's recommended value, see AmgConfig.for_segmenter.
     thresholds = {
@@ -53,13 +71,19 @@ def run(args: argparse.Namespace) -> int:
             min_mask_region_area=args.min_region_area, max_side=args.max_side, **thresholds,
         )
     print(describe(seg))
-    src = Path(args.input)
     out = Path(args.out)
     if src.is_dir():
-        coco = annotate_folder(src, seg, out / "annotations.json", config=config, limit=args.limit)
+        coco = annotate_folder(
+            src, seg, out / "annotations.json", config=config, suffixes=IMAGE_SUFFIXES,
+            limit=args.limit, resume=not args.overwrite,
+        )
+        n_failed = len(coco.get("failures", []))
         print(f"{len(coco['images'])} images, {len(coco['annotations'])} masks, "
-              f"{len(coco.get('failures', []))} failed -> {out / 'annotations.json'}")
-        return 0 if not coco.get("failures") or coco["images"] else 1
+              f"{n_failed} failed -> {out / 'annotations.json'}")
+        if n_failed:
+            print(f"{n_failed} of {n_failed + len(coco['images'])} images failed "
+                  f"(listed under \"failures\" in {out / 'annotations.json'})")
+        return 1 if n_failed else 0
     image = load_image(src)
     dets = AutomaticMaskGenerator(seg, config).generate(image)
     written = write_detections(dets, image, out, stem=src.stem, mask_pngs=False)

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from .common import add_model_args, describe, load_model
-from .instances import add_detector_args, image_files, load_detector_from_args, write_result
+from .instances import (
+    EXIT_HELP,
+    OUT_HELP,
+    add_detector_args,
+    image_files,
+    load_detector_from_args,
+    process_images,
+    write_result,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="segment the objects a text prompt names",
         description="detector strategy (default): the prompt is matched to the "
         "detector's classes and their boxes are segmented; clip "
-        "strategy: mask proposals ranked by an open_clip model.",
+        "strategy: mask proposals ranked by an open_clip model. " + EXIT_HELP,
     )
     p.add_argument("input", help="image file or folder of images")
     p.add_argument("prompt", help='what to segment, e.g. "a red car"')
@@ -41,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--refine", action="store_true", help="refinement pass on the masks")
     p.add_argument("--limit", type=int, default=None, help="folder mode: only the first N images")
-    p.add_argument("--out", required=True, help="output folder (overlay PNG + JSON per image)")
+    p.add_argument("--out", required=True, help=OUT_HELP)
     p.set_defaults(func=run)
 
 
@@ -56,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.prompt.strip():
         raise ValueError("the prompt is empty")
-    files = image_files(Path(args.input), args.limit)
+    src = Path(args.input)
+    files = image_files(src, args.limit)
     seg = load_model(args)
     print(describe(seg))
     if args.strategy == "detector":
@@ -84,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         task = TextToMaskTask(seg, cfg, clip=clip)
     cache = EmbeddingCache()
     out = Path(args.out)
-    for path in files:
+
+    def one(path: Path, stem: str) -> dict[str, Any]:
         image = load_image(path)
         dets = task(TaskContext(image, path.stem, cache), args.prompt)
         if "matched_class" in dets.meta:
@@ -94,12 +105,14 @@ def run(args: argparse.Namespace) -> int:
             )
         if dets.labels is None:  # open vocabulary: the prompt is the class
             dets.extras["class_name"] = np.array([args.prompt] * len(dets), dtype=object)
-        written = write_result(dets, image, out, path.stem)
+        written = write_result(dets, image, out, stem)
         if len(dets) == 0:
             print(f"{path.name}: {dets.meta.get('message', 'nothing found')}")
-            continue
-        scores = ", ".join(f"{s:.2f}" for s in (dets.scores if dets.scores is not None else [])[:5])
-        print(
-            f"{path.name}: {len(dets)} masks (scores {scores}) -> {written['overlay']}, {written['json']}"
-        )
-    return 0
+        else:
+            shown = [] if dets.scores is None else dets.scores[:5].tolist()
+            scores = ", ".join(f"{s:.2f}" for s in shown)
+            print(f"{path.name}: {len(dets)} masks (scores {scores}) -> {written['overlay']}, "
+                  f"{written['json']}")
+        return {"count": len(dets), "json": written["json"], "overlay": written["overlay"]}
+
+    return process_images("text", src, files, out, one)

@@ -11,6 +11,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageLike = Any  # str | os.PathLike | np.ndarray | PIL.Image.Image
 
+#: File suffixes taken as images when a folder is read (instances, text, everything): formats
+#: that :func:`load_image` (Pillow) reads.
+IMAGE_SUFFIXES = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
+    ".ppm", ".pgm", ".pbm", ".pnm",
+)
+
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,10 +118,22 @@ def write_detections(dets: Detections, image: np.ndarray, out_dir: str | os.Path
         record["detections"].append(item)
     jpath = out / f"{stem}.json"
     tmp = jpath.with_suffix(".json.part")
-    tmp.write_text(json.dumps(record, indent=1))
+    tmp.write_text(json.dumps(json_finite(record), indent=1, allow_nan=False))
     os.replace(tmp, jpath)
     written["json"] = str(jpath)
     return written
+
+
+def json_finite(obj: Any) -> Any:
+    """JSON-like ``obj`` with NaN and infinite floats as None (JSON null), so that
+    ``json.dumps(..., allow_nan=False)`` writes valid JSON (a NaN score from NaN weights)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_finite(v) for v in obj]
+    return obj
 
 
 def _jsonable(v: Any) -> bool:
