@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from composer.automatic import AmgConfig, AutomaticMaskGenerator
 from composer.embedding import EmbeddingCache
 from composer.io.image import IMAGE_SUFFIXES, load_image
 from composer.io.visualize import json_finite
+from composer.runner import LocalEngine
 from composer.structures import Detections
 
 from .base import TaskContext
@@ -186,6 +187,49 @@ def _read_log(path: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, An
     return settings, done
 
 
+@dataclasses.dataclass
+class _FolderState:
+    """A worker's state in :func:`annotate_folder`: the task and the embedding cache."""
+
+    task: EverythingTask
+    cache: EmbeddingCache | None
+    own_cache: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class _FolderSetup:
+    """Picklable recipe of a worker's state: its own task on a copy of the segmenter."""
+
+    segmenter: Any
+    config: AmgConfig
+
+    def __call__(self) -> _FolderState:
+        return _FolderState(EverythingTask(self.segmenter, self.config), None)
+
+
+def _annotate_one(state: _FolderState, item: tuple[int, str]) -> dict[str, Any]:
+    """One image's record for the log: size and annotations, or the error and a traceback
+    (an unreadable image or a failed generation is that image's failure, not the run's)."""
+    image_id, name = item
+    path = Path(name)
+    cache = state.cache if state.cache is not None else EmbeddingCache()
+    try:
+        image = load_image(path)
+        dets = state.task(TaskContext(image, image_id, cache, {"path": str(path)}))
+        return {
+            "file_name": path.name,
+            "height": int(image.shape[0]),
+            "width": int(image.shape[1]),
+            "annotations": detections_to_annotations(dets, image_id, 1),
+        }
+    except Exception as exc:  # one bad image must not stop the folder
+        error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        return {"file_name": path.name, "error": error, "traceback": traceback.format_exc(limit=-3)}
+    finally:
+        if state.own_cache:
+            cache.clear()
+
+
 def annotate_folder(
     folder: str | os.PathLike[str],
     segmenter: Any,
@@ -197,6 +241,7 @@ def annotate_folder(
     limit: int | None = None,
     resume: bool = True,
     write_every: int = 10,
+    engine: Any = None,
 ) -> dict[str, Any]:
     """Segment every image of a folder and write one COCO-style annotation json.
 
@@ -221,6 +266,11 @@ def annotate_folder(
         resume: reuse the record log of an earlier run with the same settings; False starts
             afresh (the old log is deleted, ``out_json`` rewritten).
         write_every: rewrite ``out_json`` after this many new images.
+        engine: where the images are segmented (``composer.runner``): None (this process), a
+            ``LocalEngine(workers, threads)`` or a ``RayEngine``. With several workers each
+            gets a copy of ``segmenter`` (pickled once) and its own embedding cache (``cache``
+            is then unused); results are logged here as they finish, in any order, and the
+            json is the same as a sequential run's.
 
     Returns:
         The written COCO dict: ``info``, ``images`` (id, file_name, height, width),
@@ -307,35 +357,31 @@ def annotate_folder(
             "failures": failures,
         }
 
+    pending = [
+        (image_id, str(path))
+        for image_id, path in enumerate(files, start=1)
+        if path.name not in records or "error" in records[path.name]
+    ]
+    engine = LocalEngine(1) if engine is None else engine
+    setup: Callable[[], _FolderState]
+    if isinstance(engine, LocalEngine) and engine.workers == 1:
+        # this process: the caller's segmenter and cache, nothing pickled
+        def setup() -> _FolderState:
+            return _FolderState(task, cache, own_cache)
+    else:
+        setup = _FolderSetup(segmenter, task.config)
     new = 0
     with open(log_path, "a") as log:
         if not log_path.stat().st_size:
             log.write(json.dumps({"settings": settings}, allow_nan=False) + "\n")
-        for image_id, path in enumerate(files, start=1):
-            prev = records.get(path.name)
-            if prev is not None and "error" not in prev:
-                continue
-            try:
-                image = load_image(path)
-                dets = task(TaskContext(image, image_id, cache, {"path": str(path)}))
-                rec = {
-                    "file_name": path.name,
-                    "height": int(image.shape[0]),
-                    "width": int(image.shape[1]),
-                    "annotations": detections_to_annotations(dets, image_id, 1),
-                }
-            except Exception as exc:  # one bad image must not stop the folder
-                error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-                logger.warning("annotate_folder: %s failed: %s", path.name, error)
-                logger.info("annotate_folder: %s failed", path.name, exc_info=True)
-                rec = {
-                    "file_name": path.name,
-                    "error": error,
-                    "traceback": traceback.format_exc(limit=-3),
-                }
-            finally:
-                if own_cache:
-                    cache.clear()
+        for k, rec, error in engine.imap(setup, _annotate_one, pending):
+            path = Path(pending[k][1])
+            if error is not None:  # the worker itself failed (died, or its setup failed)
+                rec = {"file_name": path.name, "error": error}
+            if "error" in rec:
+                logger.warning("annotate_folder: %s failed: %s", path.name, rec["error"])
+                if rec.get("traceback"):
+                    logger.info("annotate_folder: %s failed:\n%s", path.name, rec["traceback"])
             log.write(json.dumps(json_finite(rec), allow_nan=False) + "\n")
             log.flush()
             os.fsync(log.fileno())

@@ -45,6 +45,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="process images whose longest side exceeds this at that size and upsample "
                         "the kept masks (fast on large photos; default: full resolution, official)")
     p.add_argument("--limit", type=int, default=None, help="folder mode: only the first N images")
+    p.add_argument("--workers", type=int, default=1,
+                   help="folder mode: images segmented in parallel, each worker with its own "
+                        "copy of the model (default 1: this process)")
+    p.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help="folder mode: worker processes on this machine (local, default) or "
+                        "Ray actors (ray; needs the ray extra; --ray-address for a cluster)")
+    p.add_argument("--threads-per-worker", type=int, default=None,
+                   help="torch/OpenCV threads of each worker (default: 1 with several "
+                        "workers, else unchanged)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster address for --engine ray (default: a local Ray instance)")
     p.set_defaults(func=run)
 
 
@@ -54,9 +65,14 @@ def run(args: argparse.Namespace) -> int:
     from ..automatic import AmgConfig, AutomaticMaskGenerator
     from ..io.image import load_image
     from ..io.visualize import write_detections
+    from ..runner import make_engine
 
     src = Path(args.input)
     image_files(src, args.limit)  # unusable input fails here, before the model loads
+    threads = args.threads_per_worker
+    if threads is None and (args.workers > 1 or args.engine == "ray"):
+        threads = 1
+    engine = make_engine(args.engine, args.workers, threads, args.ray_address)
     seg = load_model(args)
     # None (flag not given): the model's recommended value, see AmgConfig.for_segmenter.
     thresholds = {
@@ -75,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if src.is_dir():
         coco = annotate_folder(
             src, seg, out / "annotations.json", config=config, suffixes=IMAGE_SUFFIXES,
-            limit=args.limit, resume=not args.overwrite,
+            limit=args.limit, resume=not args.overwrite, engine=engine,
         )
         n_failed = len(coco.get("failures", []))
         print(f"{len(coco['images'])} images, {len(coco['annotations'])} masks, "

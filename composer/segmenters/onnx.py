@@ -59,6 +59,7 @@ class OnnxSegmenter(PromptableSegmenter):
     def __init__(self, directory: str | os.PathLike[str], threads: int | None = None,
                  settings: bool = True) -> None:
         self.directory = Path(directory)
+        self.threads = threads
         self.meta = read_meta(self.directory)
         self.model_id = f"onnx-{self.meta['model_id']}"
         self.img_size = int(self.meta["img_size"])
@@ -73,6 +74,20 @@ class OnnxSegmenter(PromptableSegmenter):
         )
         if settings:
             self._apply(self.meta.get("settings") or {})
+
+    def __getstate__(self) -> dict[str, Any]:
+        # ONNX Runtime sessions do not pickle: a copy (e.g. for a batch-run worker process)
+        # opens the export folder again, keeping every setting of this object.
+        state = dict(self.__dict__)
+        del state["_encoder"], state["_decoder"]
+        state.pop("_mirror_memo", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._encoder, self._decoder = (
+            self._session(self.directory / f, self.threads) for f in (ENCODER_FILE, DECODER_FILE)
+        )
 
     @staticmethod
     def _session(path: Path, threads: int | None) -> Any:

@@ -1,0 +1,233 @@
+"""Engines that map a function over many items with per-worker state: local processes or Ray.
+
+A batch run over images needs, in every worker, something expensive to build once (a
+segmenter, a task) and then a cheap call per image. An engine gets both as picklable
+callables: ``setup()`` builds the worker's state once, ``fn(state, item)`` handles one item.
+``imap`` yields ``(index, result, error)`` as items finish, in any order, so the caller can
+record each result at once (an interruption loses only unfinished items); an exception in
+``fn`` is that item's ``error`` (one line, ``"Type: message"``) and the run goes on.
+
+- :class:`LocalEngine` (default): ``workers=1`` runs in this process; more workers are spawned
+  processes (``concurrent.futures`` with the ``spawn`` start method, so CUDA and threads are
+  safe), each with ``threads`` torch/OpenCV threads.
+- :class:`RayEngine`: one Ray actor per worker, on a local Ray instance or a cluster
+  (``address``); needs the ``ray`` extra (``pip install "sam-composer[ray]"``).
+
+Both send the state's recipe (``setup``) to each worker once and only items and results per
+call; results must be picklable (plain dicts, numpy arrays, ``Detections``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+Result = tuple[int, Any, str | None]
+
+
+def error_text(exc: BaseException) -> str:
+    """``"Type: message"`` on one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Engine(Protocol):
+    """Maps ``fn(state, item)`` over items, ``state = setup()`` built once per worker."""
+
+    workers: int
+
+    def imap(self, setup: Callable[[], Any], fn: Callable[[Any, Any], Any],
+             items: Sequence[Any]) -> Iterator[Result]: ...
+
+
+def _set_threads(threads: int | None) -> None:
+    if not threads:
+        return
+    import cv2
+    import torch
+
+    torch.set_num_threads(int(threads))
+    cv2.setNumThreads(int(threads))
+
+
+def _call(state: Any, fn: Callable[[Any, Any], Any], index: int, item: Any) -> Result:
+    try:
+        return index, fn(state, item), None
+    except Exception as exc:  # one bad item must not stop the run
+        logger.info("item %d failed", index, exc_info=True)
+        return index, None, error_text(exc)
+
+
+# Per-process state of LocalEngine's worker processes (set by the pool initializer).
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _init_worker(setup: Callable[[], Any], threads: int | None) -> None:
+    _set_threads(threads)
+    _WORKER_STATE["state"] = setup()
+
+
+def _run_in_worker(fn: Callable[[Any, Any], Any], index: int, item: Any) -> Result:
+    return _call(_WORKER_STATE["state"], fn, index, item)
+
+
+class LocalEngine:
+    """This machine: ``workers`` processes (1: this process, no pickling at all).
+
+    Args:
+        workers: worker processes (>= 1).
+        threads: torch/OpenCV threads per worker process (None: leave the defaults; with
+            several workers on few cores, 1 avoids oversubscription). Ignored for
+            ``workers=1``, which uses this process's settings.
+    """
+
+    def __init__(self, workers: int = 1, threads: int | None = None) -> None:
+        if int(workers) < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if threads is not None and int(threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.workers = int(workers)
+        self.threads = None if threads is None else int(threads)
+
+    def __repr__(self) -> str:
+        return f"LocalEngine(workers={self.workers}, threads={self.threads})"
+
+    def imap(self, setup: Callable[[], Any], fn: Callable[[Any, Any], Any],
+             items: Sequence[Any]) -> Iterator[Result]:
+        if not items:
+            return
+        if self.workers == 1:
+            state = setup()
+            for i, item in enumerate(items):
+                yield _call(state, fn, i, item)
+            return
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(
+            max_workers=min(self.workers, len(items)), mp_context=ctx,
+            initializer=_init_worker, initargs=(setup, self.threads),
+        ) as pool:
+            futures = {pool.submit(_run_in_worker, fn, i, item): i for i, item in enumerate(items)}
+            try:
+                for fut in cf.as_completed(futures):
+                    try:
+                        yield fut.result()
+                    except cf.BrokenExecutor as exc:
+                        # a worker died (killed, out of memory, failed setup): this item and
+                        # the ones still queued cannot finish; each is reported as failed
+                        yield futures[fut], None, error_text(exc) or "worker process died"
+            finally:
+                for fut in futures:
+                    fut.cancel()
+
+
+class _RayWorker:
+    """A Ray actor's body: the state built once, then one call per item."""
+
+    def __init__(self, setup: Callable[[], Any], fn: Callable[[Any, Any], Any],
+                 threads: int) -> None:
+        _set_threads(threads)
+        self.fn = fn
+        self.state = setup()
+
+    def run(self, index: int, item: Any) -> Result:
+        return _call(self.state, self.fn, index, item)
+
+
+class RayEngine:
+    """Ray actors, one per worker, each holding its own ``setup()`` state.
+
+    Args:
+        workers: actors (>= 1).
+        address: a Ray cluster address (e.g. ``"auto"`` or ``"ray://host:10001"``); None
+            starts (or reuses) a local Ray instance.
+        cpus_per_worker: CPUs each actor reserves; also its torch/OpenCV threads.
+        init_kwargs: extra arguments of ``ray.init`` (a local instance gets
+            ``include_dashboard=False`` unless given).
+    """
+
+    def __init__(self, workers: int = 2, address: str | None = None, cpus_per_worker: int = 1,
+                 init_kwargs: dict[str, Any] | None = None) -> None:
+        if int(workers) < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if int(cpus_per_worker) < 1:
+            raise ValueError(f"cpus_per_worker must be >= 1, got {cpus_per_worker}")
+        self.workers = int(workers)
+        self.address = address
+        self.cpus_per_worker = int(cpus_per_worker)
+        self.init_kwargs = dict(init_kwargs or {})
+
+    def __repr__(self) -> str:
+        return f"RayEngine(workers={self.workers}, address={self.address!r})"
+
+    def _ray(self) -> Any:
+        try:
+            import ray
+        except ImportError as exc:
+            raise ImportError(
+                'the Ray engine needs Ray: pip install "sam-composer[ray]"'
+            ) from exc
+        if not ray.is_initialized():
+            kwargs = {"include_dashboard": False, "log_to_driver": False, **self.init_kwargs}
+            if self.address is None:
+                kwargs.setdefault("num_cpus", max(os.cpu_count() or 1,
+                                                  self.workers * self.cpus_per_worker))
+            ray.init(address=self.address, **kwargs)
+        return ray
+
+    def imap(self, setup: Callable[[], Any], fn: Callable[[Any, Any], Any],
+             items: Sequence[Any]) -> Iterator[Result]:
+        if not items:
+            return
+        ray = self._ray()
+        worker: Any = ray.remote(num_cpus=self.cpus_per_worker)(_RayWorker)
+        actors = [worker.remote(setup, fn, self.cpus_per_worker)
+                  for _ in range(min(self.workers, len(items)))]
+        pending: dict[Any, tuple[int, Any]] = {}
+        queue = list(enumerate(items))[::-1]
+
+        def submit(actor: Any) -> None:
+            i, item = queue.pop()
+            pending[actor.run.remote(i, item)] = (i, actor)
+
+        last_death = ""
+        try:
+            for actor in actors:
+                if queue:
+                    submit(actor)
+            while pending:
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                i, actor = pending.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except Exception as exc:  # the actor died (its setup failed, or it crashed)
+                    last_death = error_text(exc)
+                    yield i, None, last_death
+                    continue  # this actor is gone; the others take the rest
+                if queue:
+                    submit(actor)
+            while queue:  # every actor died
+                i, _ = queue.pop()
+                yield i, None, f"RuntimeError: no Ray worker left (the last died of {last_death})"
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+
+
+def make_engine(name: str = "local", workers: int = 1, threads: int | None = None,
+                address: str | None = None) -> Engine:
+    """An engine by name: ``"local"`` (:class:`LocalEngine`) or ``"ray"`` (:class:`RayEngine`,
+    ``threads`` CPUs per actor, default 1)."""
+    key = str(name).strip().lower()
+    if key == "local":
+        if address is not None:
+            raise ValueError("an address is for the Ray engine; the local engine has none")
+        return LocalEngine(workers, threads)
+    if key == "ray":
+        return RayEngine(workers, address=address, cpus_per_worker=threads or 1)
+    raise ValueError(f"unknown engine {name!r}: use local or ray")

@@ -1,0 +1,133 @@
+"""composer.runner: local processes and Ray actors give every item's result or error once."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from composer.automatic import AmgConfig
+from composer.runner import LocalEngine, RayEngine, make_engine
+from composer.segmenters import load_segmenter
+from tasks.everything import annotate_folder
+
+
+class Offset:
+    """A picklable setup: the worker's state is (offset, pid of the worker)."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+    def __call__(self) -> tuple[int, int]:
+        return self.offset, os.getpid()
+
+
+def add(state: tuple[int, int], item: int) -> tuple[int, int]:
+    if item == 3:
+        raise ValueError("item three is bad\nsecond line")
+    return state[0] + item, state[1]
+
+
+def failing_setup() -> None:
+    raise RuntimeError("no model here")
+
+
+def _check(results, n: int) -> set[int]:
+    """Every index once; item 3 failed on one line; the others are item + 100. Worker pids."""
+    assert sorted(i for i, _, _ in results) == list(range(n))
+    pids = set()
+    for i, value, error in results:
+        if i == 3:
+            assert value is None and error == "ValueError: item three is bad second line"
+        else:
+            assert error is None and value[0] == i + 100
+            pids.add(value[1])
+    return pids
+
+
+def test_local_engine_in_this_process_and_in_workers():
+    items = list(range(7))
+    one = list(LocalEngine(1).imap(Offset(100), add, items))
+    assert [i for i, _, _ in one] == items  # in order, here
+    assert _check(one, 7) == {os.getpid()}
+    many = list(LocalEngine(2, threads=1).imap(Offset(100), add, items))
+    pids = _check(many, 7)
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+
+
+def test_local_engine_reports_a_failed_setup_per_item():
+    results = list(LocalEngine(2).imap(failing_setup, add, [0, 1, 2]))
+    assert sorted(i for i, _, _ in results) == [0, 1, 2]
+    assert all(v is None and e for _, v, e in results)
+    with pytest.raises(RuntimeError, match="no model here"):  # in this process: raised
+        list(LocalEngine(1).imap(failing_setup, add, [0]))
+
+
+def test_engine_arguments():
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        LocalEngine(0)
+    with pytest.raises(ValueError, match="unknown engine"):
+        make_engine("dask")
+    with pytest.raises(ValueError, match="address is for the Ray engine"):
+        make_engine("local", address="auto")
+    assert isinstance(make_engine("ray", 2), RayEngine)
+    assert list(LocalEngine(2).imap(Offset(0), add, [])) == []
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, grabcut_dir) -> Path:
+    """Three small real photos and one unreadable file."""
+    src = tmp_path_factory.mktemp("images")
+    for k, photo in enumerate(sorted((grabcut_dir / "data_GT").glob("*.jpg"))[:3]):
+        im = Image.open(photo)
+        im.thumbnail((160, 160))
+        im.save(src / f"{k}.jpg")
+    (src / "9.png").write_text("not an image")
+    return src
+
+
+def _annotate(folder: Path, out: Path, engine) -> dict:
+    seg = load_segmenter("composer_tiny", device="cpu")
+    config = AmgConfig.for_segmenter(seg, points_per_side=8)
+    return annotate_folder(folder, seg, out / "a.json", config=config, engine=engine,
+                           resume=False)
+
+
+def _same_run(a: dict, b: dict) -> None:
+    assert a["images"] == b["images"] and a["failures"] == b["failures"]
+    assert len(a["annotations"]) == len(b["annotations"]) > 0
+    for x, y in zip(a["annotations"], b["annotations"], strict=True):
+        assert x["segmentation"] == y["segmentation"] and x["bbox"] == y["bbox"]
+        assert np.isclose(x["predicted_iou"], y["predicted_iou"], atol=1e-5)
+
+
+def test_annotate_folder_with_worker_processes(folder, tmp_path):
+    seq = _annotate(folder, tmp_path / "seq", None)
+    par = _annotate(folder, tmp_path / "par", LocalEngine(2, threads=1))
+    _same_run(seq, par)
+    assert [f["file_name"] for f in par["failures"]] == ["9.png"]
+    log = (tmp_path / "par" / "a.json.records.jsonl").read_text().splitlines()
+    assert json.loads(log[0])["settings"]["model_id"] == seq["info"]["model_id"]
+    assert len(log) == 1 + 4  # settings, then one record per image as it finished
+
+
+def test_ray_engine(folder, tmp_path):
+    ray = pytest.importorskip("ray") if os.environ.get("CI") != "true" else __import__("ray")
+    try:
+        # Ray workers import this test module by name: give them its folder
+        here = str(Path(__file__).resolve().parent)
+        env = {"PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+        engine = RayEngine(2, init_kwargs={"num_cpus": 2, "runtime_env": {"env_vars": env}})
+        results = list(engine.imap(Offset(100), add, list(range(7))))
+        assert os.getpid() not in _check(results, 7)
+        failed = list(engine.imap(failing_setup, add, [0, 1, 2]))
+        assert sorted(i for i, _, _ in failed) == [0, 1, 2]
+        assert all(v is None and "no model here" in e for _, v, e in failed)
+        _same_run(_annotate(folder, tmp_path / "seq", None),
+                  _annotate(folder, tmp_path / "ray", engine))
+    finally:
+        ray.shutdown()
