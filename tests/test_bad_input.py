@@ -96,3 +96,12 @@ def test_results_json_of_non_objects(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="results entry 0 lacks image_id or bbox"):
         CocoJsonDetector(tmp_path / "list.json")
+
+
+def test_a_rerun_into_the_same_folder_leaves_no_stale_mask_pngs(tmp_path):
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(tmp_path / "img.png")
+    base = ["segment", str(tmp_path / "img.png"), "--point", "30,20", "--out", str(tmp_path / "o")]
+    assert cli_main([*base, "--multimask"]) == 0
+    assert len(list((tmp_path / "o").glob("img_mask*.png"))) == 3
+    assert cli_main(base) == 0
+    assert sorted(p.name for p in (tmp_path / "o").glob("img_mask*.png")) == ["img_mask000.png"]

@@ -6,6 +6,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -86,12 +87,18 @@ def write_detections(dets: Detections, image: np.ndarray, out_dir: str | os.Path
                      extra_meta: dict[str, Any] | None = None, mask_pngs: bool = True) -> dict[str, Any]:
     """Write mask PNGs, an overlay PNG and a JSON (RLE, boxes, scores, extras) for one image.
 
+    Mask PNGs ``<stem>_maskNNN.png`` of an earlier call with this stem are removed first, so
+    the folder never mixes two runs' masks. NaN scores are written as JSON null.
+
     Returns:
         A dict with the written paths: ``masks`` (list), ``overlay``, ``json``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Any] = {"masks": []}
+    # mask PNGs of an earlier run with this stem would sit beside the new ones as if current
+    for old in out.glob(f"{glob_escape(stem)}_mask[0-9][0-9][0-9].png"):
+        old.unlink()
     if dets.masks is not None and mask_pngs:
         for i, m in enumerate(dets.masks.to_dense()):
             written["masks"].append(str(save_png(m.astype(np.uint8) * 255, out / f"{stem}_mask{i:03d}.png")))
