@@ -23,7 +23,7 @@ from composer.automatic import AmgConfig, AutomaticMaskGenerator
 from composer.embedding import EmbeddingCache
 from composer.io.image import IMAGE_SUFFIXES, load_image
 from composer.io.visualize import json_finite
-from composer.runner import LocalEngine
+from composer.runner import LocalEngine, error_text
 from composer.structures import Detections
 
 from .base import TaskContext
@@ -223,8 +223,8 @@ def _annotate_one(state: _FolderState, item: tuple[int, str]) -> dict[str, Any]:
             "annotations": detections_to_annotations(dets, image_id, 1),
         }
     except Exception as exc:  # one bad image must not stop the folder
-        error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-        return {"file_name": path.name, "error": error, "traceback": traceback.format_exc(limit=-3)}
+        return {"file_name": path.name, "error": error_text(exc),
+                "traceback": traceback.format_exc(limit=-3)}
     finally:
         if state.own_cache:
             cache.clear()

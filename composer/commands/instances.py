@@ -14,6 +14,7 @@ from typing import Any
 
 from ..io.image import IMAGE_SUFFIXES
 from ..io.visualize import json_finite
+from ..runner import error_text
 from .common import add_model_args, describe, load_model
 
 logger = logging.getLogger(__name__)
@@ -165,12 +166,6 @@ def write_result(dets: Any, image: Any, out: Path, stem: str) -> dict[str, Any]:
     )
 
 
-def error_line(exc: BaseException) -> str:
-    """``"Type: message"`` of an exception on one line."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def process_images(
     command: str,
     src: Path,
@@ -198,7 +193,7 @@ def process_images(
             images.append({"file_name": path.name, "output": stem, **process(path, stem)})
         except Exception as exc:  # one bad image must not stop the folder
             logger.info("%s: %s failed", command, path.name, exc_info=True)
-            failures.append({"file_name": path.name, "error": error_line(exc)})
+            failures.append({"file_name": path.name, "error": error_text(exc)})
             print(f"{path.name}: failed: {failures[-1]['error']}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     summary = out / f"{SUMMARY_STEM}.json"
