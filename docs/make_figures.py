@@ -52,10 +52,13 @@ def main() -> None:
     point, box = np.array([[270.0, 140.0]]), np.array([[330.0, 10.0, 470.0, 150.0]])
     multi = seg.predict(emb, points=point)
     pics = [overlay(image, multi.masks[i], points=point) for i in range(len(multi))]
-    titles = [f"point, mask {i}: predicted IoU {multi.scores[i]:.2f}" for i in range(len(multi))]
+    iou = multi.extras["predicted_iou"]
+    # with a contrast ranking (composer_tiny) the score is predicted IoU + weight x contrast
+    titles = [f"point, mask {i}: predicted IoU {iou[i]:.2f}, score {multi.scores[i]:.2f}"
+              for i in range(len(multi))]
     boxed = best_per_prompt(seg.predict(emb, boxes=box))
     pics.append(overlay(image, boxed.masks, boxes=box))
-    titles.append(f"box: predicted IoU {boxed.scores[0]:.2f}")
+    titles.append(f"box: predicted IoU {boxed.extras['predicted_iou'][0]:.2f}")
     panels(pics, titles, "quickstart.png")
 
     # the model's calibrated thresholds where it has them (composer_tiny), else 0.7 / 0.8
