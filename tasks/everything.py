@@ -22,7 +22,7 @@ from typing import Any
 from composer.automatic import AmgConfig, AutomaticMaskGenerator
 from composer.embedding import EmbeddingCache
 from composer.io.image import IMAGE_SUFFIXES, load_image
-from composer.io.visualize import json_finite
+from composer.io.visualize import json_finite, write_json
 from composer.runner import LocalEngine, error_text
 from composer.structures import Detections
 
@@ -111,16 +111,6 @@ def detections_to_annotations(
             ann["crop_box"] = [cx0, cy0, cx1 - cx0, cy1 - cy0]
         out.append(ann)
     return out
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    """Strict JSON (NaN as null), fsync'ed, via a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w") as f:
-        json.dump(json_finite(data), f, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def run_settings(task: EverythingTask) -> dict[str, Any]:
@@ -388,9 +378,9 @@ def annotate_folder(
             records[path.name] = rec
             new += 1
             if new % write_every == 0:
-                _write_json_atomic(out_path, assemble())
+                write_json(out_path, assemble(), fsync=True)
     result = assemble()
-    _write_json_atomic(out_path, result)
+    write_json(out_path, result, fsync=True)
     n_masks = len(result["annotations"])
     logger.info(
         "annotate_folder: %d images, %d masks, %d failures -> %s",

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -13,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.image import IMAGE_SUFFIXES
-from ..io.visualize import json_finite
+from ..io.visualize import write_json
 from ..runner import error_text
 from .common import add_model_args, describe, load_model
 
@@ -131,13 +129,6 @@ def output_stems(files: Sequence[Path], reserved: Sequence[str] = ()) -> list[st
         taken.add(stem.lower())
         stems.append(stem)
     return stems
-
-
-def write_json(path: Path, data: Any, indent: int | None = 1) -> None:
-    """Write ``data`` as strict JSON (NaN/infinity as null) atomically (temporary file + rename)."""
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(json_finite(data), indent=indent, allow_nan=False))
-    os.replace(tmp, path)
 
 
 def write_result(dets: Any, image: Any, out: Path, stem: str) -> dict[str, Any]:

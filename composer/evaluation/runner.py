@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import time
@@ -34,6 +33,7 @@ import numpy as np
 
 from ..embedding import EmbeddingCache
 from ..io.image import load_image
+from ..io.visualize import write_json
 from ..structures import Detections
 from .base import Evaluator, threshold_name
 
@@ -154,22 +154,8 @@ def _mirror_calls(runner: Any) -> int:
     return int(_segmenter_attr(runner, "mirror_encoder_calls") or 0)
 
 
-def _strict(obj: Any) -> Any:
-    """NaN/inf -> None so the file is standard JSON (e.g. an undefined R50)."""
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_strict(v) for v in obj]
-    return obj
-
-
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".part")
-    text = json.dumps(_strict(_jsonable(data)), indent=2, allow_nan=False)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_json(path, _jsonable(data), indent=2)  # NaN (e.g. an undefined R50) -> null
 
 
 def run(

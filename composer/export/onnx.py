@@ -31,6 +31,7 @@ ONNX Runtime behind the usual segmenter interface. Needs the ``onnx`` extra
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -230,9 +231,11 @@ def export_onnx(
             f"{getattr(seg, 'model_id', model)} has no PyTorch network to export; "
             "ONNX export needs a SAM-structured backend (composer_tiny, vit_b, vit_l, vit_h, vit_t)"
         )
-    net = seg.model.float().eval()
-    if next(net.parameters()).device.type != "cpu":
-        net = net.cpu()
+    net = seg.model
+    first = next(net.parameters())
+    if first.dtype != torch.float32 or first.device.type != "cpu":
+        # trace a float32 CPU copy; the caller's segmenter keeps its device and precision
+        net = copy.deepcopy(net).float().cpu().eval()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     s, low = seg.img_size, seg.low_res_size[0]

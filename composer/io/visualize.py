@@ -123,11 +123,7 @@ def write_detections(dets: Detections, image: np.ndarray, out_dir: str | os.Path
         for k, v in scalar_extras.items():
             item[k] = np.asarray(v[i]).tolist()
         record["detections"].append(item)
-    jpath = out / f"{stem}.json"
-    tmp = jpath.with_suffix(".json.part")
-    tmp.write_text(json.dumps(json_finite(record), indent=1, allow_nan=False))
-    os.replace(tmp, jpath)
-    written["json"] = str(jpath)
+    written["json"] = str(write_json(out / f"{stem}.json", record, indent=1))
     return written
 
 
@@ -141,6 +137,22 @@ def json_finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [json_finite(v) for v in obj]
     return obj
+
+
+def write_json(path: str | os.PathLike[str], data: Any, indent: int | None = None,
+               fsync: bool = False) -> Path:
+    """Write ``data`` as standard JSON (NaN and infinity as null, :func:`json_finite`)
+    atomically: a temporary ``.part`` file renamed over ``path``, so a reader never sees half a
+    file; ``fsync`` also flushes it to disk first (logs an interruption must not lose)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(json_finite(data), indent=indent, allow_nan=False))
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
 
 
 def _jsonable(v: Any) -> bool:
