@@ -224,3 +224,65 @@ def test_accelerator_chunks_decode_like_one_pass(pair, image, monkeypatch) -> No
     chunked = gpu.decode(emb, prompts)
     assert (whole.logits - chunked.logits).abs().max() < 1e-4
     assert (whole.iou_pred - chunked.iou_pred).abs().max() < 1e-5
+
+
+def test_onnx_export_of_a_gpu_model(pair, image, tmp_path) -> None:
+    """``export_onnx`` of a model on CUDA traces a CPU copy: the caller's model stays on the
+    GPU, and the exported graphs (run by ONNX Runtime on the CPU) agree with it."""
+    pytest.importorskip("onnxruntime")
+    from composer.export import export_onnx
+
+    _, gpu = pair
+    out = export_onnx(gpu, tmp_path / "onnx")
+    assert max(out.meta["parity"].values()) < 1e-3
+    assert {p.device.type for p in gpu.model.parameters()} == {"cuda"}
+    ours = composer.load_segmenter("onnx", checkpoint=out.directory)
+    assert ours.device.type == "cpu"
+    e_gpu, e_onnx = gpu.embed(image), ours.embed(image)
+    assert (e_gpu.features.cpu() - e_onnx.features).abs().max() < 1e-3
+    kw = dict(points=[[128, 100]], labels=[1], refine="off", tta="off", rank="off")
+    a, b = gpu.predict(e_gpu, **kw), ours.predict(e_onnx, **kw)
+    assert np.abs(a.scores - b.scores).max() < 2e-3
+    for ma, mb in zip(a.masks.to_dense(), b.masks.to_dense(), strict=True):
+        assert _iou(ma, mb) > 0.98
+
+
+def test_everything_in_worker_processes_on_the_gpu(image, tmp_path) -> None:
+    """``annotate_folder`` with two spawned workers, each with its own copy of a CUDA model,
+    writes what one process writes."""
+    from PIL import Image
+
+    from composer.automatic import AmgConfig
+    from composer.runner import LocalEngine
+    from tasks.everything import annotate_folder
+
+    src = tmp_path / "images"
+    src.mkdir()
+    for k in range(3):
+        Image.fromarray(np.ascontiguousarray(np.rot90(image, k))).save(src / f"{k}.png")
+    seg = composer.load_segmenter("composer_tiny", device="cuda")
+    config = AmgConfig.for_segmenter(seg, points_per_side=8)
+    # the spawned workers run with torch's default precision (TF32 convolutions): so does
+    # the one-process run here (this module turns TF32 off for its CPU comparisons)
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
+    try:
+        seq = annotate_folder(src, seg, tmp_path / "seq.json", config=config, resume=False)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    par = annotate_folder(src, seg, tmp_path / "par.json", config=config, resume=False,
+                          engine=LocalEngine(2, threads=1))
+    assert seq["failures"] == par["failures"] == []
+    assert seq["images"] == par["images"]
+    assert len(seq["annotations"]) > 0
+    assert abs(len(seq["annotations"]) - len(par["annotations"])) <= 1
+    from pycocotools import mask as mask_utils
+
+    def dense(anns, image_id):
+        return [mask_utils.decode(a["segmentation"]) for a in anns if a["image_id"] == image_id]
+
+    matched = []  # a borderline mask may flip a threshold: nearly every mask has its twin
+    for im in seq["images"]:
+        a, b = dense(seq["annotations"], im["id"]), dense(par["annotations"], im["id"])
+        matched += [max((_iou(m, n) for n in b), default=0.0) > 0.95 for m in a]
+    assert np.mean(matched) >= 0.9, matched

@@ -89,6 +89,12 @@ class OnnxSegmenter(PromptableSegmenter):
             self._session(self.directory / f, self.threads) for f in (ENCODER_FILE, DECODER_FILE)
         )
 
+    @property
+    def device(self) -> torch.device:
+        """Always the CPU: the sessions run ONNX Runtime's CPU provider; embeddings hold CPU
+        tensors."""
+        return torch.device("cpu")
+
     @staticmethod
     def _session(path: Path, threads: int | None) -> Any:
         try:

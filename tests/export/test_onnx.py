@@ -107,6 +107,7 @@ def test_onnx_backend_matches_composer_tiny(tiny, image):
     seg, out = tiny
     ours = load_segmenter("onnx", checkpoint=out.directory)
     assert isinstance(ours, OnnxSegmenter) and ours.model_id == f"onnx-{seg.model_id}"
+    assert ours.device.type == "cpu"
     assert (ours.flip_tta, ours.mask_refine, ours.mask_rank) == (seg.flip_tta, seg.mask_refine, seg.mask_rank)
     assert ours.amg_thresholds == seg.amg_thresholds and ours.edge_refine == seg.edge_refine
     _compare(seg, ours, image)
