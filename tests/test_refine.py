@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _processes import gpu_visible
 
 from composer.refine import GrabCutRefine, GuidedFilter, box_mean
 
@@ -243,6 +244,21 @@ def test_refine_masks_in_threads_equals_one_thread() -> None:
 
 def test_refine_masks_works_in_a_forked_child() -> None:
     """A child forked after the pool exists (evaluation workers) gets a pool of its own."""
+    if not gpu_visible():
+        _fork_after_the_pool()
+        return
+    # This process may hold a CUDA context (a GPU machine's worker after a CUDA test), and
+    # CUDA does not survive fork(): the same parent-and-forked-child check runs in a fresh
+    # process, which never touches CUDA.
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        pool.submit(_fork_after_the_pool).result(timeout=180)
+
+
+def _fork_after_the_pool() -> None:
+    """Refine in this process (its pool starts), then in a forked child: the same masks."""
     import multiprocessing as mp
 
     from composer.refine import refine_masks

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _processes import gpu_visible
 from scipy.optimize import linear_sum_assignment
 from skimage.morphology import thin as skimage_thin
 
@@ -246,8 +247,10 @@ def test_evaluator_counts_and_keys(tmp_path: Path):
 def test_workers_and_precomputed_counts_agree():
     items = [("a", *_toy(seed=0)), ("b", *_toy(seed=1))]
     serial = BoundaryEvaluator(thresholds=5)
-    # fork: spawned workers would re-import the package (slow on a busy 2-core machine)
-    pooled = BoundaryEvaluator(thresholds=5, workers=2, mp_context="fork")
+    # fork: spawned workers would re-import the package (slow on a busy 2-core machine); but
+    # never from a process that may hold a CUDA context (see _processes)
+    context = "spawn" if gpu_visible() else "fork"
+    pooled = BoundaryEvaluator(thresholds=5, workers=2, mp_context=context)
     manual = BoundaryEvaluator(thresholds=5)
     for iid, pb, gts in items:
         serial.process(iid, pb, gts)

@@ -25,7 +25,7 @@ from composer.structures import Detections
 
 
 @pytest.fixture(scope="module")
-def ssd() -> SsdMobileNetDetector:
+def ssd(ssd_files) -> SsdMobileNetDetector:
     return SsdMobileNetDetector(score_threshold=0.3)
 
 

@@ -169,7 +169,7 @@ def test_no_detections_gives_empty_result_with_message(image, caplog):
     assert out.to_coco(image_id=9) == []
 
 
-def test_ssd_boxes_on_a_photo(image):
+def test_ssd_boxes_on_a_photo(image, ssd_files):
     seg = CountingSam()
     out = InstanceTask(seg, load_detector(score_threshold=0.5))(
         TaskContext(image, "astro", EmbeddingCache())

@@ -83,7 +83,7 @@ class SpyDetector:
         return self.inner(image, image_id)
 
 
-def test_detector_strategy(caplog):
+def test_detector_strategy(caplog, ssd_files):
     seg = SamPredictor(build_sam("vit_tiny_test"))
     det = SpyDetector()
     task = TextToMaskTask(
