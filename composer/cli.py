@@ -12,7 +12,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("segment", "everything", "instances", "text", "eval", "train", "weights", "export", "demo")
+COMMANDS = (
+    "segment", "everything", "instances", "text", "eval", "train", "weights", "export", "convert",
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

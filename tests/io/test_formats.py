@@ -1,0 +1,205 @@
+"""Polygons of masks and the conversions of ``sam-composer convert`` (COCO polygons, YOLO)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from composer.cli import main as cli_main
+from composer.io.formats import convert, read_annotations
+from composer.io.visualize import write_detections
+from composer.structures import Detections, Masks
+from composer.structures.masks import mask_polygons, merge_polygons
+
+
+def raster(polys, h, w) -> np.ndarray:
+    parts = [p for p in polys if len(p) >= 6]
+    if not parts:
+        return np.zeros((h, w), bool)
+    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(parts, h, w))).astype(bool)
+
+
+def blobs(seed: int, h: int = 60, w: int = 80) -> np.ndarray:
+    """Random smooth shapes: several parts, some with holes, some touching the border."""
+    rng = np.random.default_rng(seed)
+    from scipy import ndimage as ndi
+
+    return ndi.gaussian_filter(rng.random((h, w)), 3) > 0.52
+
+
+def fill(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    return ndi.binary_fill_holes(mask)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_polygons_give_back_the_mask_without_its_holes(seed):
+    m = blobs(seed)
+    polys, holes = mask_polygons(m)
+    assert len(polys) >= 1
+    np.testing.assert_array_equal(raster(polys, *m.shape), fill(m))
+    # hole count: background components not connected to the border (4-connectivity of the
+    # background pairs with the 8-connected foreground of OpenCV's contours)
+    from scipy import ndimage as ndi
+
+    bg, n = ndi.label(np.pad(~m, 1, constant_values=True))
+    assert holes == n - 1
+    merged = merge_polygons(polys)
+    np.testing.assert_array_equal(raster([merged], *m.shape), fill(m))
+
+
+def test_tiny_and_degenerate_masks():
+    m = np.zeros((7, 9), bool)
+    assert mask_polygons(m) == ([], 0)
+    m[3, 4] = True  # one pixel: its square
+    assert mask_polygons(m) == ([[4.0, 3.0, 4.0, 4.0, 5.0, 4.0, 5.0, 3.0]], 0)
+    m[3, 4:8] = True  # a 1-px line; and a pixel in the image corner
+    m[0, 0] = True
+    polys, _ = mask_polygons(m)
+    assert len(polys) == 2 and len(polys[0]) == 8  # largest part first
+    np.testing.assert_array_equal(raster(polys, 7, 9), m)
+    ring = np.zeros((9, 9), bool)
+    ring[2:7, 2:7], ring[4, 4] = True, False
+    polys, holes = mask_polygons(ring)
+    assert holes == 1 and raster(polys, 9, 9).sum() == 25
+    with pytest.raises(ValueError, match="tolerance"):
+        mask_polygons(ring, tolerance=-1)
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        mask_polygons(np.ones((2, 3, 3), bool))
+    assert merge_polygons([]) == []
+
+
+def test_tolerance_trades_vertices_for_accuracy():
+    yy, xx = np.mgrid[:200, :300]
+    disk = (xx - 150) ** 2 / 110**2 + (yy - 100) ** 2 / 70**2 < 1
+    exact, _ = mask_polygons(disk)
+    coarse, _ = mask_polygons(disk, tolerance=1.0)
+    assert len(coarse[0]) < len(exact[0]) / 4
+    r = raster(coarse, 200, 300)
+    assert (r & disk).sum() / (r | disk).sum() > 0.98
+    assert Masks.from_dense(disk[None]).to_polygons(tolerance=1.0) == [coarse]
+
+
+@pytest.fixture(scope="module")
+def coco_json(coco_dir):
+    return coco_dir / "annotations" / "instances_val2017.json"
+
+
+def _gt_masks(coco_json):
+    data = json.loads(coco_json.read_text())
+    size = {im["id"]: (im["height"], im["width"]) for im in data["images"]}
+    out = {}
+    for a in data["annotations"]:
+        h, w = size[a["image_id"]]
+        seg = a["segmentation"]
+        rle = (mask_utils.merge(mask_utils.frPyObjects(seg, h, w)) if isinstance(seg, list)
+               else mask_utils.frPyObjects(seg, h, w) if isinstance(seg["counts"], list) else seg)
+        out[a["id"]] = mask_utils.decode(rle).astype(bool)
+    return data, out
+
+
+def test_coco_dataset_to_polygons_is_exact(coco_json, tmp_path):
+    data, masks = _gt_masks(coco_json)
+    stats = convert(coco_json, tmp_path / "poly.json", "coco-polygons")
+    out = json.loads((tmp_path / "poly.json").read_text())
+    assert stats["images"] == len(out["images"]) == len(data["images"])
+    assert stats["annotations"] == len(out["annotations"]) == len(data["annotations"])
+    assert out["categories"] == [{"id": c["id"], "name": c["name"]} for c in data["categories"]]
+    kept = 0
+    for a in out["annotations"]:
+        m = masks[a["id"]]
+        h, w = m.shape
+        if isinstance(a["segmentation"], dict):  # holes: the RLE is kept
+            kept += 1
+            got = mask_utils.decode(a["segmentation"]).astype(bool)
+        else:
+            got = raster(a["segmentation"], h, w)
+        np.testing.assert_array_equal(got, m)
+        assert a["area"] == int(m.sum())
+    assert kept == stats["kept_rle"] > 0
+    filled = convert(coco_json, tmp_path / "fill.json", "coco-polygons", holes="fill")
+    assert filled["kept_rle"] == 0 and filled["filled_holes"] == stats["kept_rle"]
+
+
+def test_coco_dataset_to_yolo(coco_json, tmp_path):
+    data, masks = _gt_masks(coco_json)
+    stats = convert(coco_json, tmp_path / "yolo", "yolo", tolerance=0.5)
+    names = (tmp_path / "yolo" / "classes.txt").read_text().splitlines()
+    assert names == [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
+    cat_index = {c["id"]: i for i, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]))}
+    assert stats["images"] == len(data["images"]) and stats["objects"] == len(data["annotations"])
+    assert stats["multi_part"] > 0 and stats["dropped_holes"] > 0
+    ious = []
+    for im in data["images"]:
+        stem = im["file_name"].rsplit(".", 1)[0]
+        lines = (tmp_path / "yolo" / "labels" / f"{stem}.txt").read_text().splitlines()
+        anns = [a for a in data["annotations"] if a["image_id"] == im["id"]]
+        assert len(lines) == len(anns)
+        for line, a in zip(lines, anns, strict=True):
+            vals = line.split()
+            assert int(vals[0]) == cat_index[a["category_id"]]
+            xy = np.asarray(vals[1:], float).reshape(-1, 2)
+            assert xy.min() >= 0 and xy.max() <= 1
+            poly = (xy * (im["width"], im["height"])).ravel().tolist()
+            r, m = raster([poly], im["height"], im["width"]), fill(masks[a["id"]])
+            ious.append((r & m).sum() / max(1, (r | m).sum()))
+    assert np.mean(ious) > 0.97 and np.median(ious) > 0.98
+
+
+def test_detection_jsons_and_results_lists(tmp_path):
+    image = np.zeros((40, 50, 3), np.uint8)
+    dense = np.stack([blobs(1, 40, 50), blobs(2, 40, 50)])
+    masks = Masks.from_dense(dense)
+    dets = Detections(boxes=masks.boxes(), masks=masks, scores=np.array([0.9, 0.4]),
+                      labels=np.array([0, 1]), meta={"class_names": ["person", "dog"]})
+    for stem in ("a", "b"):
+        write_detections(dets, image, tmp_path / "dets", stem=stem, mask_pngs=False)
+    (tmp_path / "dets" / "summary.json").write_text(json.dumps({"images": []}))
+    ann = read_annotations(tmp_path / "dets")
+    assert [im.name for im in ann.images] == ["a", "b"]
+    assert ann.categories == {0: "person", 1: "dog"}
+    convert(tmp_path / "dets", tmp_path / "y", "yolo")
+    assert (tmp_path / "y" / "classes.txt").read_text() == "person\ndog\n"
+    assert len((tmp_path / "y" / "labels" / "a.txt").read_text().splitlines()) == 2
+    convert(tmp_path / "dets" / "a.json", tmp_path / "a_poly.json", "coco-polygons", holes="fill")
+    out = json.loads((tmp_path / "a_poly.json").read_text())
+    np.testing.assert_allclose([a["score"] for a in out["annotations"]], [0.9, 0.4], rtol=1e-6)
+    for a, m in zip(out["annotations"], dense, strict=True):
+        np.testing.assert_array_equal(raster(a["segmentation"], 40, 50), fill(m))
+    results = [{"image_id": 7, "category_id": 3, "score": 0.5,
+                "segmentation": Masks.from_dense(dense[:1]).to_coco_rles()[0]}]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    stats = convert(tmp_path / "results.json", tmp_path / "r.json", "coco-polygons")
+    assert stats["annotations"] == 1
+    assert json.loads((tmp_path / "r.json").read_text())["images"][0]["height"] == 40
+
+
+def test_convert_command_and_bad_input(tmp_path, capsys):
+    image = np.zeros((30, 30, 3), np.uint8)
+    masks = Masks.from_dense(blobs(3, 30, 30)[None])
+    dets = Detections(boxes=masks.boxes(), masks=masks, scores=np.array([0.5]))
+    write_detections(dets, image, tmp_path, stem="x", mask_pngs=False)
+    assert cli_main(["convert", str(tmp_path / "x.json"), "--to", "yolo",
+                     "--out", str(tmp_path / "y")]) == 0
+    assert "objects 1" in capsys.readouterr().out
+    assert (tmp_path / "y" / "classes.txt").read_text() == "object\n"
+    (tmp_path / "bad.json").write_text('{"foo": 1}')
+    (tmp_path / "broken.json").write_text("{")
+    for args, msg in (
+        ([str(tmp_path / "bad.json"), "--to", "yolo"], "not a COCO dataset"),
+        ([str(tmp_path / "broken.json"), "--to", "yolo"], "not JSON"),
+        ([str(tmp_path / "x.json"), "--to", "yolo", "--tolerance", "-2"], "tolerance"),
+        ([str(tmp_path / "missing.json"), "--to", "yolo"], "No such file"),
+        ([str(tmp_path / "y"), "--to", "yolo"], "no per-image detection jsons"),
+    ):
+        assert cli_main(["convert", *args, "--out", str(tmp_path / "o")]) == 2
+        assert msg in capsys.readouterr().err
+    orphan = {"images": [{"id": 1, "height": 5, "width": 5}],
+              "annotations": [{"id": 1, "image_id": 2, "segmentation": []}]}
+    (tmp_path / "orphan.json").write_text(json.dumps(orphan))
+    with pytest.raises(ValueError, match="not in 'images'"):
+        read_annotations(tmp_path / "orphan.json")
