@@ -240,6 +240,7 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
     labels.mkdir(parents=True, exist_ok=True)
     index = {key: i for i, key in enumerate(annotations.categories)}
     stats = {"images": 0, "objects": 0, "multi_part": 0, "dropped_holes": 0, "empty": 0}
+    used: set[str] = set()
     for im in annotations.images:
         lines = []
         for cat, seg, _ in im.anns:
@@ -254,6 +255,9 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
             lines.append(" ".join([str(index[cat])] + [f"{v:.6f}" for v in pts.ravel()]))
             stats["objects"] += 1
         name = _SAFE.sub("_", im.name) or f"image_{im.image_id}"
+        if name in used:  # two stems that differ only in unsafe characters
+            name = f"{name}_{_SAFE.sub('_', str(im.image_id))}"
+        used.add(name)
         (labels / f"{name}.txt").write_text("".join(f"{line}\n" for line in lines))
         stats["images"] += 1
     (out / "classes.txt").write_text("".join(f"{v}\n" for v in annotations.categories.values()))

@@ -198,6 +198,15 @@ def test_convert_command_and_bad_input(tmp_path, capsys):
     ):
         assert cli_main(["convert", *args, "--out", str(tmp_path / "o")]) == 2
         assert msg in capsys.readouterr().err
+    clash = {"images": [{"id": 1, "file_name": "a b.jpg", "height": 5, "width": 5},
+                        {"id": 2, "file_name": "a_b.jpg", "height": 5, "width": 5}],
+             "annotations": [{"id": 1, "image_id": 2, "category_id": 1,
+                              "segmentation": [[1, 1, 4, 1, 4, 4, 1, 4]]}]}
+    (tmp_path / "clash.json").write_text(json.dumps(clash))
+    convert(tmp_path / "clash.json", tmp_path / "yc", "yolo")
+    files = sorted(p.name for p in (tmp_path / "yc" / "labels").iterdir())
+    assert files == ["a_b.txt", "a_b_2.txt"]
+    assert (tmp_path / "yc" / "labels" / "a_b_2.txt").read_text().startswith("0 0.2")
     orphan = {"images": [{"id": 1, "height": 5, "width": 5}],
               "annotations": [{"id": 1, "image_id": 2, "segmentation": []}]}
     (tmp_path / "orphan.json").write_text(json.dumps(orphan))
