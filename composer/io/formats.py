@@ -14,6 +14,8 @@ Segmentations may be RLE (compressed or not) or polygons. Polygons follow pixel 
 to exactly the mask, holes aside. COCO polygons cannot hold holes, so a mask with holes keeps
 its RLE (``holes="rle"``, the default: the annotation stays exact) or loses them
 (``holes="fill"``); YOLO labels always lose them. Both are counted in the returned stats.
+Crowd annotations (``iscrowd``) keep their RLE in COCO polygons and are left out of YOLO
+labels (as Ultralytics' COCO converter does).
 """
 
 from __future__ import annotations
@@ -54,18 +56,35 @@ class Annotations:
     categories: dict[Any, str]
 
 
+def _empty_rle(h: int, w: int) -> dict[str, Any]:
+    return mask_utils.encode(np.zeros((h, w, 1), np.uint8, order="F"))[0]
+
+
 def _rle(seg: Any, h: int, w: int) -> dict[str, Any]:
+    """Compressed RLE of a COCO segmentation (polygons, uncompressed or compressed RLE)."""
     if isinstance(seg, list):  # polygons
-        parts = mask_utils.frPyObjects([list(map(float, p)) for p in seg if len(p) >= 6], h, w)
-        if not parts:
-            return mask_utils.encode(np.zeros((h, w, 1), np.uint8, order="F"))[0]
-        return mask_utils.merge(parts)
-    if isinstance(seg, dict) and "counts" in seg:
-        if isinstance(seg["counts"], list):
-            return mask_utils.frPyObjects(seg, h, w)
+        parts = []
+        for p in seg:
+            xy = np.asarray(p, np.float64).ravel()
+            if len(xy) < 6:
+                continue
+            if not np.all(np.isfinite(xy)):
+                raise ValueError("polygon with NaN or infinite coordinates")
+            # far-off vertices would make pycocotools rasterise an enormous scan area
+            xy[0::2], xy[1::2] = np.clip(xy[0::2], -1, w + 1), np.clip(xy[1::2], -1, h + 1)
+            parts.append(xy.tolist())
+        return mask_utils.merge(mask_utils.frPyObjects(parts, h, w)) if parts else _empty_rle(h, w)
+    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+        if [int(v) for v in seg["size"]] != [h, w]:
+            raise ValueError(f"RLE of size {list(seg['size'])} on an image of {h}x{w}")
         counts = seg["counts"]
-        return {"size": list(seg["size"]),
-                "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        if isinstance(counts, list):
+            c = np.asarray(counts)
+            if c.dtype.kind not in "iu" or (c < 0).any() or int(c.sum()) != h * w:
+                raise ValueError(f"uncompressed RLE counts must be {h * w} pixels of non-negative "
+                                 "integers")
+            return mask_utils.frPyObjects(seg, h, w)
+        return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
     raise ValueError(f"unknown segmentation {str(seg)[:60]!r}: need RLE or polygons")
 
 
@@ -128,6 +147,9 @@ def _from_detection_files(paths: list[Path]) -> Annotations:
         rec = json.loads(path.read_text())
         h, w = (int(v) for v in rec["image_size"])
         names = (rec.get("meta") or {}).get("class_names")
+        if isinstance(names, list):  # every class, present or not: indices stable across runs
+            for i, n in enumerate(names):
+                cats.setdefault(i, str(n))
         im = ImageAnnotations(path.stem, path.stem, h, w, k)
         for det in rec.get("detections") or []:
             if "segmentation" not in det:
@@ -147,8 +169,25 @@ def _is_detection_file(data: Any) -> bool:
 
 
 def read_annotations(path: str | os.PathLike[str]) -> Annotations:
-    """Read any of the module's input kinds (a file, or a folder of per-image jsons)."""
-    src = Path(path)
+    """Read any of the module's input kinds (a file, or a folder of per-image jsons).
+
+    Raises:
+        ValueError: not one of those kinds, a malformed entry, an image of no pixels, or
+            no images at all.
+    """
+    try:
+        out = _read(Path(path))
+    except (KeyError, AttributeError, IndexError, TypeError) as exc:
+        raise ValueError(f"{path}: malformed entry ({type(exc).__name__}: {exc})") from None
+    if not out.images:
+        raise ValueError(f"{path}: no images")
+    for im in out.images:
+        if im.height < 1 or im.width < 1:
+            raise ValueError(f"{path}: image {im.file_name!r} has size {im.height}x{im.width}")
+    return out
+
+
+def _read(src: Path) -> Annotations:
     if src.is_dir():
         files = []
         for p in sorted(src.glob("*.json")):
@@ -174,6 +213,10 @@ def read_annotations(path: str | os.PathLike[str]) -> Annotations:
                      "or a per-image detections json (image_size, detections)")
 
 
+def rle_area(rle: dict[str, Any]) -> int:
+    return int(mask_utils.area(rle))
+
+
 def _polygons(seg: Any, h: int, w: int, tolerance: float) -> tuple[list[list[float]], int]:
     dense = mask_utils.decode(_rle(seg, h, w))
     return mask_polygons(dense.astype(bool), tolerance)
@@ -188,7 +231,8 @@ def to_coco_polygons(annotations: Annotations, out_json: str | os.PathLike[str],
     """
     if holes not in ("rle", "fill"):
         raise ValueError(f"holes must be 'rle' or 'fill', got {holes!r}")
-    stats = {"images": 0, "annotations": 0, "kept_rle": 0, "filled_holes": 0, "empty": 0}
+    stats = {"images": 0, "annotations": 0, "kept_rle": 0, "filled_holes": 0, "crowd": 0,
+             "empty": 0}
     cat_ids = {key: (key if isinstance(key, int) else i + 1)
                for i, key in enumerate(annotations.categories)}
     out: dict[str, Any] = {
@@ -206,16 +250,19 @@ def to_coco_polygons(annotations: Annotations, out_json: str | os.PathLike[str],
                    if k not in ("segmentation", "counts", "box_xyxy", "label")}
             ann.update(id=src.get("id", stats["annotations"] + 1), image_id=im.image_id,
                        category_id=cat_ids[cat], iscrowd=int(src.get("iscrowd", 0)))
-            if n_holes and holes == "rle":
+            crowd = bool(ann["iscrowd"])
+            if crowd or (n_holes and holes == "rle") or (not polys and rle_area(rle) > 0):
                 ann["segmentation"] = {"size": list(rle["size"]),
                                        "counts": rle["counts"].decode("ascii")}
-                stats["kept_rle"] += 1
+                stats["crowd" if crowd else "kept_rle"] += 1
             else:
                 ann["segmentation"] = polys
                 stats["filled_holes"] += int(n_holes > 0)
-            if not polys:
+            if rle_area(rle) == 0:  # nothing to draw: an empty polygon list would not load
+                ann["segmentation"] = {"size": list(rle["size"]),
+                                       "counts": rle["counts"].decode("ascii")}
                 stats["empty"] += 1
-            ann["area"] = int(mask_utils.area(rle))
+            ann["area"] = rle_area(rle)
             ann["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]
             out["annotations"].append(ann)
             stats["annotations"] += 1
@@ -239,11 +286,15 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
     labels = out / "labels"
     labels.mkdir(parents=True, exist_ok=True)
     index = {key: i for i, key in enumerate(annotations.categories)}
-    stats = {"images": 0, "objects": 0, "multi_part": 0, "dropped_holes": 0, "empty": 0}
+    stats = {"images": 0, "objects": 0, "multi_part": 0, "dropped_holes": 0, "crowd": 0,
+             "empty": 0}
     used: set[str] = set()
     for im in annotations.images:
         lines = []
-        for cat, seg, _ in im.anns:
+        for cat, seg, src in im.anns:
+            if src.get("iscrowd"):  # a crowd region is no instance (as Ultralytics' converter)
+                stats["crowd"] += 1
+                continue
             polys, n_holes = _polygons(seg, im.height, im.width, tolerance)
             if not polys:
                 stats["empty"] += 1
@@ -261,6 +312,10 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
         (labels / f"{name}.txt").write_text("".join(f"{line}\n" for line in lines))
         stats["images"] += 1
     (out / "classes.txt").write_text("".join(f"{v}\n" for v in annotations.categories.values()))
+    # the dataset file Ultralytics reads (point its train/val entries at the image folders)
+    names = "".join(f"  {i}: {json.dumps(v)}\n" for i, v in enumerate(annotations.categories.values()))
+    (out / "data.yaml").write_text(f"path: {json.dumps(str(out.resolve()))}\ntrain: images\n"
+                                   f"val: images\nnames:\n{names}")
     return stats
 
 

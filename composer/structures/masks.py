@@ -71,19 +71,27 @@ def mask_polygons(mask: np.ndarray, tolerance: float = 0.0) -> tuple[list[list[f
     # at twice the resolution the boundary subpixels' centres lie 1/4 px inside the pixel
     # edges; CHAIN_APPROX_SIMPLE keeps the corners, which map back onto the edges exactly
     big = np.pad(np.kron(crop, np.ones((2, 2), np.uint8)), 1)
-    contours, hierarchy = cv2.findContours(big, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    contours, hierarchy = cv2.findContours(big, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+    parents = hierarchy[0][:, 3]
+    depth = np.zeros(len(contours), np.int64)
+    for i in range(len(contours)):
+        j = parents[i]
+        while j >= 0:
+            depth[i] += 1
+            j = parents[j]
     polys: list[tuple[float, list[float]]] = []
-    holes = 0
-    for contour, (_, _, _, parent) in zip(contours, hierarchy[0], strict=True):
-        if parent >= 0:
-            holes += 1
+    holes = int((depth % 2 == 1).sum())
+    for contour, d in zip(contours, depth, strict=True):
+        if d > 0:  # a hole, or a part inside a hole (covered once the holes are filled)
             continue
         if tolerance > 0:
-            contour = cv2.approxPolyDP(contour, 2 * tolerance, True)
+            simple = cv2.approxPolyDP(contour, 2 * tolerance, True)
+            contour = simple if len(simple) >= 3 else contour  # keep tiny parts
         pts = contour.reshape(-1, 2).astype(np.float64) - 1.0  # undo the pad
         # subpixel centre u + 0.5 (at 2x) -> u / 2 + 1/4: move the outer corners onto edges
-        pts = np.round(np.where(pts % 2 == 0, pts / 2, (pts + 1) / 2) * 2) / 2
-        pts += (x0, y0)
+        pts = np.where(pts % 2 == 0, pts / 2, (pts + 1) / 2) + (x0, y0)
+        keep = np.any(pts != np.roll(pts, 1, axis=0), axis=1)  # corners that map together
+        pts = pts[keep] if keep.any() else pts[:1]
         if len(pts) < 3:
             continue
         area = 0.5 * abs(float(np.dot(pts[:, 0], np.roll(pts[:, 1], 1))
@@ -97,32 +105,36 @@ def merge_polygons(polygons: Sequence[Sequence[float]]) -> list[float]:
     """One polygon for several parts (YOLO segmentation labels hold one per object).
 
     Each part is joined to the next at their closest vertices by a zero-width bridge (walked
-    there and back), so the merged polygon covers exactly the parts.
+    there and back), so the merged polygon covers exactly the parts (parts must not overlap:
+    as :func:`mask_polygons` returns them).
     """
+    from scipy.spatial import cKDTree
+
     parts = [np.asarray(p, np.float64).reshape(-1, 2) for p in polygons if len(p) >= 6]
     if not parts:
         return []
     # enter[k] / leave[k]: vertex of part k closest to part k - 1 / to part k + 1
     enter, leave = [0] * len(parts), [0] * len(parts)
     for k in range(len(parts) - 1):
-        d = ((parts[k][:, None, :] - parts[k + 1][None, :, :]) ** 2).sum(-1)
-        i, j = np.unravel_index(int(np.argmin(d)), d.shape)
-        leave[k], enter[k + 1] = int(i), int(j)
+        dist, idx = cKDTree(parts[k]).query(parts[k + 1])
+        j = int(np.argmin(dist))
+        leave[k], enter[k + 1] = int(idx[j]), j
+    # walk part 0 from its entry; at its exit vertex, cross to part 1 and walk it the same way,
+    # ...; the last part walks all the way round; then each part finishes its own round
+    # (an explicit stack: masks can have thousands of parts)
     out: list[np.ndarray] = []
-
-    def walk(k: int) -> None:
-        pts = parts[k]
+    tails: list[np.ndarray] = []
+    for k, pts in enumerate(parts):
         n = len(pts)
-        order = [(enter[k] + t) % n for t in range(n + 1)]  # around, back to the entry
-        for t, idx in enumerate(order):
-            out.append(pts[idx])
-            if k + 1 < len(parts) and idx == leave[k] and t < n:
-                walk(k + 1)
-                out.append(pts[idx])
-
-    walk(0)
-    return np.asarray(out).ravel().tolist()
-
+        order = np.r_[np.arange(enter[k], enter[k] + n + 1) % n]
+        if k + 1 < len(parts):
+            cut = int(np.nonzero(order[:n] == leave[k])[0][0]) + 1
+            out.append(pts[order[:cut]])
+            tails.append(pts[order[cut - 1:]])  # back at the exit vertex, then round
+        else:
+            out.append(pts[order])
+    out.extend(reversed(tails))
+    return np.concatenate(out).ravel().tolist()
 
 class Masks:
     """N binary masks of one image as COCO compressed RLE.
@@ -227,7 +239,7 @@ class Masks:
     def to_polygons(self, tolerance: float = 0.0) -> list[list[list[float]]]:
         """COCO polygons of each mask (outer boundaries; see :func:`mask_polygons`, which
         also counts the holes that polygons drop)."""
-        return [mask_polygons(m, tolerance)[0] for m in self.to_dense()]
+        return [mask_polygons(self[i].to_dense()[0], tolerance)[0] for i in range(len(self))]
 
     def to_dense(self) -> np.ndarray:
         """(N, H, W) bool array."""

@@ -120,7 +120,8 @@ def test_coco_dataset_to_polygons_is_exact(coco_json, tmp_path):
             got = raster(a["segmentation"], h, w)
         np.testing.assert_array_equal(got, m)
         assert a["area"] == int(m.sum())
-    assert kept == stats["kept_rle"] > 0
+    assert kept == stats["kept_rle"] + stats["crowd"] and stats["kept_rle"] > 0
+    assert stats["crowd"] == sum(a["iscrowd"] for a in data["annotations"]) > 0
     filled = convert(coco_json, tmp_path / "fill.json", "coco-polygons", holes="fill")
     assert filled["kept_rle"] == 0 and filled["filled_holes"] == stats["kept_rle"]
 
@@ -131,13 +132,15 @@ def test_coco_dataset_to_yolo(coco_json, tmp_path):
     names = (tmp_path / "yolo" / "classes.txt").read_text().splitlines()
     assert names == [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
     cat_index = {c["id"]: i for i, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]))}
-    assert stats["images"] == len(data["images"]) and stats["objects"] == len(data["annotations"])
+    assert stats["images"] == len(data["images"])
+    assert stats["objects"] + stats["crowd"] == len(data["annotations"]) and stats["crowd"] > 0
+    assert "names:\n  0: \"person\"" in (tmp_path / "yolo" / "data.yaml").read_text()
     assert stats["multi_part"] > 0 and stats["dropped_holes"] > 0
     ious = []
     for im in data["images"]:
         stem = im["file_name"].rsplit(".", 1)[0]
         lines = (tmp_path / "yolo" / "labels" / f"{stem}.txt").read_text().splitlines()
-        anns = [a for a in data["annotations"] if a["image_id"] == im["id"]]
+        anns = [a for a in data["annotations"] if a["image_id"] == im["id"] and not a["iscrowd"]]
         assert len(lines) == len(anns)
         for line, a in zip(lines, anns, strict=True):
             vals = line.split()
@@ -162,6 +165,9 @@ def test_detection_jsons_and_results_lists(tmp_path):
     ann = read_annotations(tmp_path / "dets")
     assert [im.name for im in ann.images] == ["a", "b"]
     assert ann.categories == {0: "person", 1: "dog"}
+    dets.meta["class_names"] = ["person", "dog", "cat"]  # every class: stable indices
+    write_detections(dets, image, tmp_path / "three", stem="c", mask_pngs=False)
+    assert read_annotations(tmp_path / "three").categories == {0: "person", 1: "dog", 2: "cat"}
     convert(tmp_path / "dets", tmp_path / "y", "yolo")
     assert (tmp_path / "y" / "classes.txt").read_text() == "person\ndog\n"
     assert len((tmp_path / "y" / "labels" / "a.txt").read_text().splitlines()) == 2
@@ -207,8 +213,66 @@ def test_convert_command_and_bad_input(tmp_path, capsys):
     files = sorted(p.name for p in (tmp_path / "yc" / "labels").iterdir())
     assert files == ["a_b.txt", "a_b_2.txt"]
     assert (tmp_path / "yc" / "labels" / "a_b_2.txt").read_text().startswith("0 0.2")
+    for bad in ({"images": [{"id": 1}], "annotations": []},
+                {"images": [{"id": 1, "height": 5, "width": 5}], "annotations": [{"id": 1}]},
+                {"images": {"a": 1}}, [], {"images": [{"id": 1, "height": 0, "width": 5}]}):
+        (tmp_path / "m.json").write_text(json.dumps(bad))
+        assert cli_main(["convert", str(tmp_path / "m.json"), "--to", "yolo",
+                         "--out", str(tmp_path / "o")]) == 2
+        assert "sam-composer convert: error" in capsys.readouterr().err
     orphan = {"images": [{"id": 1, "height": 5, "width": 5}],
               "annotations": [{"id": 1, "image_id": 2, "segmentation": []}]}
     (tmp_path / "orphan.json").write_text(json.dumps(orphan))
     with pytest.raises(ValueError, match="not in 'images'"):
         read_annotations(tmp_path / "orphan.json")
+
+
+def test_nested_parts_many_parts_and_empty_masks(tmp_path):
+    ring = np.zeros((9, 9), bool)
+    ring[1:8, 1:8], ring[2:7, 2:7], ring[4, 4] = True, False, True  # an island in a hole
+    polys, holes = mask_polygons(ring)
+    assert holes == 1 and len(polys) == 1
+    np.testing.assert_array_equal(raster([merge_polygons(polys)], 9, 9), fill(ring))
+    noise = np.random.default_rng(0).random((300, 300)) < 0.3  # thousands of parts
+    polys, _ = mask_polygons(noise)
+    assert len(polys) > 1000
+    np.testing.assert_array_equal(raster([merge_polygons(polys)], 300, 300), fill(noise))
+    dot = np.zeros((5, 5), bool)
+    dot[2, 2] = True  # simplification never loses a part
+    assert mask_polygons(dot, tolerance=1.0)[0] == mask_polygons(dot)[0]
+    # an empty mask stays a loadable (empty) RLE, and the output converts again
+    masks = Masks.from_dense(np.stack([dot, np.zeros_like(dot)]))
+    dets = Detections(boxes=masks.boxes(), masks=masks, scores=np.array([0.5, 0.1]))
+    write_detections(dets, np.zeros((5, 5, 3), np.uint8), tmp_path, stem="e", mask_pngs=False)
+    stats = convert(tmp_path / "e.json", tmp_path / "e_poly.json", "coco-polygons")
+    assert stats["empty"] == 1
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(tmp_path / "e_poly.json"))
+    assert [int(coco.annToMask(a).sum()) for a in coco.dataset["annotations"]] == [1, 0]
+    assert convert(tmp_path / "e_poly.json", tmp_path / "ey", "yolo")["empty"] == 1
+
+
+@pytest.mark.parametrize("segmentation,msg", [
+    ([[1, 1, float("nan"), 1, 5, 5]], "NaN"),
+    ({"size": [20, 20], "counts": [0, 400]}, "RLE of size"),
+    ({"size": [10, 10], "counts": [-5, 105]}, "non-negative"),
+    ("mask", "unknown segmentation"),
+])
+def test_bad_segmentations_are_errors(tmp_path, segmentation, msg):
+    data = {"images": [{"id": 1, "file_name": "x.jpg", "height": 10, "width": 10}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1,
+                             "segmentation": segmentation}]}
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=msg):
+        convert(tmp_path / "d.json", tmp_path / "o.json", "coco-polygons")
+
+
+def test_huge_coordinates_are_clipped(tmp_path):
+    data = {"images": [{"id": 1, "file_name": "x.jpg", "height": 10, "width": 10}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1,
+                             "segmentation": [[1, 1, 1e30, 1, 1e30, 1e30, 1, 1e30]]}]}
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    convert(tmp_path / "d.json", tmp_path / "o.json", "coco-polygons")
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert out["annotations"][0]["area"] == 81
