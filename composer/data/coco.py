@@ -23,6 +23,7 @@ from pycocotools.coco import COCO
 
 from ..io.image import load_image
 from ..structures import Detections, Masks
+from ..structures.masks import segmentation_rle
 from .paths import dataset_dir
 
 logger = logging.getLogger(__name__)
@@ -124,13 +125,7 @@ def annotations_to_detections(
         seg = a.get("segmentation")
         if seg is None:
             raise ValueError(f"annotation {a.get('id')} has no segmentation")
-        if isinstance(seg, list):
-            rles.append(Masks.from_polygons([seg], (h, w)).rles[0])
-        elif isinstance(seg, Mapping) and isinstance(seg.get("counts"), list):
-            # uncompressed RLE (crowd regions); Masks compresses it
-            rles.append({"size": list(seg["size"]), "counts": list(seg["counts"])})
-        else:
-            rles.append(dict(seg))
+        rles.append(segmentation_rle(dict(seg) if isinstance(seg, Mapping) else seg, (h, w)))
     masks = Masks(rles, (h, w))
     boxes = np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from ..structures.masks import mask_polygons, merge_polygons
+from ..structures.masks import mask_polygons, merge_polygons, segmentation_rle
 from .visualize import write_json
 
 FORMATS = ("coco-polygons", "yolo")
@@ -54,38 +54,6 @@ class Annotations:
     images: list[ImageAnnotations]
     #: category key -> name, in the order of YOLO class indices
     categories: dict[Any, str]
-
-
-def _empty_rle(h: int, w: int) -> dict[str, Any]:
-    return mask_utils.encode(np.zeros((h, w, 1), np.uint8, order="F"))[0]
-
-
-def _rle(seg: Any, h: int, w: int) -> dict[str, Any]:
-    """Compressed RLE of a COCO segmentation (polygons, uncompressed or compressed RLE)."""
-    if isinstance(seg, list):  # polygons
-        parts = []
-        for p in seg:
-            xy = np.asarray(p, np.float64).ravel()
-            if len(xy) < 6:
-                continue
-            if not np.all(np.isfinite(xy)):
-                raise ValueError("polygon with NaN or infinite coordinates")
-            # far-off vertices would make pycocotools rasterise an enormous scan area
-            xy[0::2], xy[1::2] = np.clip(xy[0::2], -1, w + 1), np.clip(xy[1::2], -1, h + 1)
-            parts.append(xy.tolist())
-        return mask_utils.merge(mask_utils.frPyObjects(parts, h, w)) if parts else _empty_rle(h, w)
-    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
-        if [int(v) for v in seg["size"]] != [h, w]:
-            raise ValueError(f"RLE of size {list(seg['size'])} on an image of {h}x{w}")
-        counts = seg["counts"]
-        if isinstance(counts, list):
-            c = np.asarray(counts)
-            if c.dtype.kind not in "iu" or (c < 0).any() or int(c.sum()) != h * w:
-                raise ValueError(f"uncompressed RLE counts must be {h * w} pixels of non-negative "
-                                 "integers")
-            return mask_utils.frPyObjects(seg, h, w)
-        return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    raise ValueError(f"unknown segmentation {str(seg)[:60]!r}: need RLE or polygons")
 
 
 def _size_of(seg: Any) -> tuple[int, int] | None:
@@ -218,7 +186,7 @@ def rle_area(rle: dict[str, Any]) -> int:
 
 
 def _polygons(seg: Any, h: int, w: int, tolerance: float) -> tuple[list[list[float]], int]:
-    dense = mask_utils.decode(_rle(seg, h, w))
+    dense = mask_utils.decode(segmentation_rle(seg, (h, w)))
     return mask_polygons(dense.astype(bool), tolerance)
 
 
@@ -244,7 +212,7 @@ def to_coco_polygons(annotations: Annotations, out_json: str | os.PathLike[str],
                               "height": im.height, "width": im.width})
         stats["images"] += 1
         for cat, seg, src in im.anns:
-            rle = _rle(seg, im.height, im.width)
+            rle = segmentation_rle(seg, (im.height, im.width))
             polys, n_holes = mask_polygons(mask_utils.decode(rle).astype(bool), tolerance)
             ann = {k: v for k, v in src.items()
                    if k not in ("segmentation", "counts", "box_xyxy", "label")}

@@ -33,10 +33,47 @@ def _normalise_rle(rle: RLE, image_size: tuple[int, int]) -> RLE:
         raise ValueError(f"RLE size {size} differs from image_size {list(image_size)}")
     counts = rle["counts"]
     if isinstance(counts, list):
+        c = np.asarray(counts)
+        if c.dtype.kind not in "iu" or (c < 0).any() or int(c.sum()) != size[0] * size[1]:
+            raise ValueError(f"uncompressed RLE counts must be non-negative integers adding up "
+                             f"to {size[0] * size[1]} pixels")
         return mask_utils.frPyObjects({"size": size, "counts": counts}, size[0], size[1])
     if isinstance(counts, str):
         counts = counts.encode("ascii")
     return {"size": size, "counts": counts}
+
+
+def polygons_rle(polygons: Sequence[Sequence[float]], image_size: Sequence[int]) -> RLE:
+    """One mask from COCO polygon parts ``[[x0, y0, x1, y1, ...], ...]`` as a compressed RLE.
+
+    Parts of fewer than 3 points are skipped (no parts: an empty mask). Vertices far outside
+    the image are clipped to one pixel beyond it (pycocotools would rasterise the whole
+    span); NaN or infinite coordinates raise ``ValueError``.
+    """
+    h, w = _check_size(image_size)
+    parts = []
+    for p in polygons:
+        xy = np.asarray(p, np.float64).ravel()
+        if len(xy) < 6:
+            continue
+        if not np.all(np.isfinite(xy)):
+            raise ValueError("polygon with NaN or infinite coordinates")
+        xy[0::2], xy[1::2] = np.clip(xy[0::2], -1, w + 1), np.clip(xy[1::2], -1, h + 1)
+        parts.append(xy.tolist())
+    if not parts:
+        return mask_utils.encode(np.zeros((h, w, 1), np.uint8, order="F"))[0]
+    return mask_utils.merge(mask_utils.frPyObjects(parts, h, w))
+
+
+def segmentation_rle(segmentation: Any, image_size: Sequence[int]) -> RLE:
+    """A COCO ``segmentation`` (polygons, uncompressed or compressed RLE) as a compressed RLE
+    of an image of ``image_size``; ``ValueError`` for anything else or another size."""
+    size = _check_size(image_size)
+    if isinstance(segmentation, list):
+        return polygons_rle(segmentation, size)
+    if isinstance(segmentation, dict):
+        return _normalise_rle(segmentation, size)
+    raise ValueError(f"unknown segmentation {str(segmentation)[:60]!r}: need RLE or polygons")
 
 
 def mask_polygons(mask: np.ndarray, tolerance: float = 0.0) -> tuple[list[list[float]], int]:
@@ -177,12 +214,8 @@ class Masks:
     @classmethod
     def from_polygons(cls, polygons: Sequence[Sequence[Sequence[float]]], image_size: Sequence[int]) -> Masks:
         """One mask per item, each a COCO polygon list ``[[x0, y0, x1, y1, ...], ...]``."""
-        h, w = _check_size(image_size)
-        rles = []
-        for poly in polygons:
-            parts = mask_utils.frPyObjects([list(map(float, p)) for p in poly], h, w)
-            rles.append(mask_utils.merge(parts) if parts else mask_utils.encode(np.zeros((h, w, 1), np.uint8, order="F"))[0])
-        return cls(rles, (h, w))
+        size = _check_size(image_size)
+        return cls([polygons_rle(poly, size) for poly in polygons], size)
 
     @classmethod
     def concatenate(cls, items: Sequence[Masks], image_size: Sequence[int] | None = None) -> Masks:

@@ -255,7 +255,7 @@ def test_nested_parts_many_parts_and_empty_masks(tmp_path):
 
 @pytest.mark.parametrize("segmentation,msg", [
     ([[1, 1, float("nan"), 1, 5, 5]], "NaN"),
-    ({"size": [20, 20], "counts": [0, 400]}, "RLE of size"),
+    ({"size": [20, 20], "counts": [0, 400]}, "RLE size"),
     ({"size": [10, 10], "counts": [-5, 105]}, "non-negative"),
     ("mask", "unknown segmentation"),
 ])
@@ -266,6 +266,16 @@ def test_bad_segmentations_are_errors(tmp_path, segmentation, msg):
     (tmp_path / "d.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match=msg):
         convert(tmp_path / "d.json", tmp_path / "o.json", "coco-polygons")
+
+
+def test_dataset_loading_shares_the_checks():
+    from composer.data.coco import annotations_to_detections
+
+    ann = {"id": 1, "bbox": [0, 0, 1, 1], "segmentation": [[1, 1, float("nan"), 1, 5, 5]]}
+    with pytest.raises(ValueError, match="NaN"):
+        annotations_to_detections([ann], (10, 10))
+    with pytest.raises(ValueError, match="NaN"):
+        Masks.from_polygons([ann["segmentation"]], (10, 10))
 
 
 def test_huge_coordinates_are_clipped(tmp_path):
