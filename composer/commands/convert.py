@@ -20,8 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True,
                    help="output json (coco-polygons) or folder (yolo)")
     p.add_argument("--tolerance", type=float, default=0.0,
-                   help="polygon simplification in pixels (default 0: exact; 1 keeps about a "
-                   "tenth of the vertices at IoU ~0.99)")
+                   help="polygon simplification in pixels (default 0: exact; on COCO masks 0.5 "
+                   "keeps 59%% of the vertices at mean IoU .991, 1 keeps 10%% at .959)")
     p.add_argument("--holes", choices=("rle", "fill"), default="rle",
                    help="coco-polygons: a mask with holes keeps its RLE (default, exact) or is "
                    "written as polygons without its holes (fill)")

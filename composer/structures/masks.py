@@ -86,8 +86,9 @@ def mask_polygons(mask: np.ndarray, tolerance: float = 0.0) -> tuple[list[list[f
 
     Args:
         mask: (H, W) bool or 0/1 array.
-        tolerance: Douglas-Peucker simplification in pixels (0: exact; 1 keeps about a tenth
-            of the vertices of a large object at IoU ~0.99).
+        tolerance: Douglas-Peucker simplification in pixels (0: exact; on the COCO subset's
+            masks 0.5 keeps 59% of the vertices at mean IoU .991, 1 keeps 10% at .959:
+            ``benchmarks/bench_polygons.py``).
 
     Returns:
         ``(polygons, holes)``: one flat ``[x0, y0, x1, y1, ...]`` list per connected part
