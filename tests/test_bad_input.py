@@ -105,3 +105,18 @@ def test_a_rerun_into_the_same_folder_leaves_no_stale_mask_pngs(tmp_path):
     assert len(list((tmp_path / "o").glob("img_mask*.png"))) == 3
     assert cli_main(base) == 0
     assert sorted(p.name for p in (tmp_path / "o").glob("img_mask*.png")) == ["img_mask000.png"]
+
+
+def test_zero_area_boxes_are_accepted_as_in_sam(seg):
+    """A box of zero width or height is a valid SAM prompt (coinciding corners): masks come
+    back, a point-sized box's empty with composer_tiny; classic gives a one-pixel mask."""
+    rng = np.random.default_rng(0)
+    img = (rng.random((120, 160, 3)) * 255).astype(np.uint8)
+    emb = seg.embed(img)
+    point = seg.predict(emb, boxes=[[10, 10, 10, 10]])
+    assert len(point) == 3 and point.masks.area.sum() == 0
+    line = seg.predict(emb, boxes=[[10, 10, 50, 10]])
+    assert len(line) == 3 and np.isfinite(line.scores).all()
+    classic = load_segmenter("classic")
+    dets = classic.predict(classic.embed(img), boxes=[[0, 0, 0, 0]])
+    assert len(dets) == 3 and (dets.masks.area == 1).all()
