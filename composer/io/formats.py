@@ -181,10 +181,6 @@ def _read(src: Path) -> Annotations:
                      "or a per-image detections json (image_size, detections)")
 
 
-def rle_area(rle: dict[str, Any]) -> int:
-    return int(mask_utils.area(rle))
-
-
 def _polygons(seg: Any, h: int, w: int, tolerance: float) -> tuple[list[list[float]], int]:
     dense = mask_utils.decode(segmentation_rle(seg, (h, w)))
     return mask_polygons(dense.astype(bool), tolerance)
@@ -195,7 +191,8 @@ def to_coco_polygons(annotations: Annotations, out_json: str | os.PathLike[str],
     """Write a COCO dataset json whose segmentations are polygons.
 
     Returns stats: ``images``, ``annotations``, ``kept_rle`` (masks with holes kept as RLE),
-    ``filled_holes``, ``empty`` (masks with no pixels: written with an empty polygon list).
+    ``filled_holes``, ``crowd`` (crowd regions, kept as RLE), ``empty`` (masks with no pixels:
+    kept as RLE, since an empty polygon list does not load).
     """
     if holes not in ("rle", "fill"):
         raise ValueError(f"holes must be 'rle' or 'fill', got {holes!r}")
@@ -218,19 +215,15 @@ def to_coco_polygons(annotations: Annotations, out_json: str | os.PathLike[str],
                    if k not in ("segmentation", "counts", "box_xyxy", "label")}
             ann.update(id=src.get("id", stats["annotations"] + 1), image_id=im.image_id,
                        category_id=cat_ids[cat], iscrowd=int(src.get("iscrowd", 0)))
-            crowd = bool(ann["iscrowd"])
-            if crowd or (n_holes and holes == "rle") or (not polys and rle_area(rle) > 0):
+            crowd, area = bool(ann["iscrowd"]), int(mask_utils.area(rle))
+            if crowd or area == 0 or (n_holes and holes == "rle"):
                 ann["segmentation"] = {"size": list(rle["size"]),
                                        "counts": rle["counts"].decode("ascii")}
-                stats["crowd" if crowd else "kept_rle"] += 1
+                stats["crowd" if crowd else "empty" if area == 0 else "kept_rle"] += 1
             else:
                 ann["segmentation"] = polys
                 stats["filled_holes"] += int(n_holes > 0)
-            if rle_area(rle) == 0:  # nothing to draw: an empty polygon list would not load
-                ann["segmentation"] = {"size": list(rle["size"]),
-                                       "counts": rle["counts"].decode("ascii")}
-                stats["empty"] += 1
-            ann["area"] = rle_area(rle)
+            ann["area"] = area
             ann["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]
             out["annotations"].append(ann)
             stats["annotations"] += 1
@@ -245,10 +238,12 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
             tolerance: float = 0.0) -> dict[str, int]:
     """Write YOLO segmentation labels: ``labels/<stem>.txt`` with one object per line, ``class
     x1 y1 x2 y2 ...`` in [0, 1] (a mask of several parts joined into one polygon by zero-width
-    bridges, :func:`merge_polygons`), and ``classes.txt`` with the class names in index order.
+    bridges, :func:`merge_polygons`), ``classes.txt`` with the class names in index order and
+    a ``data.yaml`` naming them for Ultralytics.
 
     Returns stats: ``images``, ``objects``, ``multi_part`` (masks joined from several parts),
-    ``dropped_holes``, ``empty`` (masks with no pixels: not written).
+    ``dropped_holes``, ``crowd`` (crowd regions: not written), ``empty`` (masks with no
+    pixels: not written).
     """
     out = Path(out_dir)
     labels = out / "labels"

@@ -164,7 +164,7 @@ def merge_polygons(polygons: Sequence[Sequence[float]]) -> list[float]:
     tails: list[np.ndarray] = []
     for k, pts in enumerate(parts):
         n = len(pts)
-        order = np.r_[np.arange(enter[k], enter[k] + n + 1) % n]
+        order = np.arange(enter[k], enter[k] + n + 1) % n
         if k + 1 < len(parts):
             cut = int(np.nonzero(order[:n] == leave[k])[0][0]) + 1
             out.append(pts[order[:cut]])
