@@ -113,3 +113,43 @@ def score_text(dets: Any, i: int) -> str:
         text += (f" (predicted IoU {float(extras['predicted_iou'][i]):.3f}, "
                  f"contrast {float(extras['contrast'][i]):.3f})")
     return text
+
+
+def add_worker_args(p: argparse.ArgumentParser) -> None:
+    """``--workers``, ``--engine``, ``--threads-per-worker``, ``--ray-address`` of folder mode
+    (see :func:`engine_from_args`)."""
+    p.add_argument("--workers", type=int, default=1,
+                   help="folder mode: images segmented in parallel, each worker with its own "
+                        "copy of the model (default 1: this process)")
+    p.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help="folder mode: worker processes on this machine (local, default) or "
+                        "Ray actors (ray; needs the ray extra; --ray-address for a cluster)")
+    p.add_argument("--threads-per-worker", type=int, default=None,
+                   help="torch/OpenCV threads of each worker (default: 1 with several "
+                        "workers, else unchanged)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster address for --engine ray (default: a local Ray instance)")
+
+
+def engine_from_args(args: argparse.Namespace) -> Any:
+    """The ``composer.runner`` engine of :func:`add_worker_args`' flags (one torch/OpenCV thread
+    per worker unless ``--threads-per-worker`` says otherwise, when there are several workers or
+    Ray actors).
+
+    Raises:
+        ValueError: ``--workers`` or ``--threads-per-worker`` < 1, or ``--ray-address`` without
+            ``--engine ray``.
+    """
+    from ..runner import make_engine
+
+    threads = args.threads_per_worker
+    if threads is None and (args.workers > 1 or args.engine == "ray"):
+        threads = 1
+    return make_engine(args.engine, args.workers, threads, args.ray_address)
+
+
+def runs_here(engine: Any) -> bool:
+    """Whether ``engine`` (None: none) maps its function in this process (one local worker)."""
+    from ..runner import LocalEngine
+
+    return engine is None or (isinstance(engine, LocalEngine) and engine.workers == 1)

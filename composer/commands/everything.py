@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..io.image import IMAGE_SUFFIXES
-from .common import add_model_args, describe, load_model
+from .common import add_model_args, add_worker_args, describe, engine_from_args, load_model
 from .instances import image_files
 
 
@@ -45,17 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="process images whose longest side exceeds this at that size and upsample "
                         "the kept masks (fast on large photos; default: full resolution, official)")
     p.add_argument("--limit", type=int, default=None, help="folder mode: only the first N images")
-    p.add_argument("--workers", type=int, default=1,
-                   help="folder mode: images segmented in parallel, each worker with its own "
-                        "copy of the model (default 1: this process)")
-    p.add_argument("--engine", default="local", choices=("local", "ray"),
-                   help="folder mode: worker processes on this machine (local, default) or "
-                        "Ray actors (ray; needs the ray extra; --ray-address for a cluster)")
-    p.add_argument("--threads-per-worker", type=int, default=None,
-                   help="torch/OpenCV threads of each worker (default: 1 with several "
-                        "workers, else unchanged)")
-    p.add_argument("--ray-address", default=None,
-                   help="Ray cluster address for --engine ray (default: a local Ray instance)")
+    add_worker_args(p)
     p.set_defaults(func=run)
 
 
@@ -65,14 +55,9 @@ def run(args: argparse.Namespace) -> int:
     from ..automatic import AmgConfig, AutomaticMaskGenerator
     from ..io.image import load_image
     from ..io.visualize import write_detections
-    from ..runner import make_engine
-
     src = Path(args.input)
     image_files(src, args.limit)  # unusable input fails here, before the model loads
-    threads = args.threads_per_worker
-    if threads is None and (args.workers > 1 or args.engine == "ray"):
-        threads = 1
-    engine = make_engine(args.engine, args.workers, threads, args.ray_address)
+    engine = engine_from_args(args)
     seg = load_model(args)
     # None (flag not given): the model's recommended value, see AmgConfig.for_segmenter.
     thresholds = {

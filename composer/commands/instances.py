@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import io
 import logging
 import sys
+import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,8 +16,15 @@ from typing import Any
 
 from ..io.image import IMAGE_SUFFIXES
 from ..io.visualize import write_json
-from ..runner import error_text
-from .common import add_model_args, describe, load_model
+from ..runner import LocalEngine, error_text
+from .common import (
+    add_model_args,
+    add_worker_args,
+    describe,
+    engine_from_args,
+    load_model,
+    runs_here,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-dets", type=int, default=100, help="boxes per image (default 100)")
     p.add_argument("--limit", type=int, default=None, help="folder mode: only the first N images")
     p.add_argument("--out", required=True, help=OUT_HELP)
+    add_worker_args(p)
     p.set_defaults(func=run)
 
 
@@ -63,17 +75,34 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--score-threshold", type=float, default=0.3, help="detector score floor (default 0.3)"
     )
+    p.add_argument(
+        "--slice", type=int, default=None, metavar="PIXELS",
+        help="also run the detector on overlapping tiles of this side and merge the boxes "
+        "(SAHI-style sliced detection, for small objects and large images; 400 was chosen "
+        "for SSD on COCO photos; default: whole image only)",
+    )
+    p.add_argument(
+        "--slice-overlap", type=float, default=0.2,
+        help="fraction of a tile shared with its neighbour (default 0.2; needs --slice)",
+    )
 
 
 def load_detector_from_args(args: argparse.Namespace) -> Any:
-    from ..models.detectors import TORCHVISION_ARCHS, load_detector
+    from ..models.detectors import TORCHVISION_ARCHS, SlicedDetector, load_detector
 
     kw: dict[str, Any] = {"score_threshold": args.score_threshold}
     if args.detector_weights:
         if args.detector not in TORCHVISION_ARCHS:
             raise ValueError("--detector-weights needs --detector set to a torchvision arch")
         kw["weights"] = args.detector_weights
-    return load_detector(args.detector, **kw)
+    slice_size = getattr(args, "slice", None)
+    if slice_size is None:
+        if getattr(args, "slice_overlap", 0.2) != 0.2:
+            raise ValueError("--slice-overlap needs --slice")
+        return load_detector(args.detector, **kw)
+    # validate the tiles before the detector loads
+    SlicedDetector.check(slice_size, args.slice_overlap)
+    return SlicedDetector(load_detector(args.detector, **kw), slice_size, args.slice_overlap)
 
 
 def check_limit(limit: int | None) -> None:
@@ -157,35 +186,123 @@ def write_result(dets: Any, image: Any, out: Path, stem: str) -> dict[str, Any]:
     )
 
 
+#: A folder-mode command's work on one image: ``process(path, output_stem)`` -> its summary
+#: entry (``count``, ``json``, ``overlay``); it prints the image's progress line.
+ImageFn = Callable[[Path, str], dict[str, Any]]
+
+#: Builds a command's models once and gives its :data:`ImageFn` and the lines that name the
+#: models (printed once by the command).
+BuildFn = Callable[[argparse.Namespace], tuple[ImageFn, list[str]]]
+
+
+@dataclasses.dataclass
+class _FolderState:
+    """A worker's state in folder mode: the image function, and whether to collect what it
+    prints (worker processes: the main process prints it) or let it print (this process)."""
+
+    process: ImageFn
+    capture: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderWorker:
+    """Picklable recipe of a folder-mode worker: ``build`` (a module-level function) on the
+    command's flags, run once in each worker, so every worker loads its own models (the SSD
+    detector, a ``cv2.dnn`` net, cannot be pickled) and reuses them for all its images."""
+
+    build: BuildFn
+    args: dict[str, Any]
+
+    @classmethod
+    def from_args(cls, build: BuildFn, args: argparse.Namespace) -> FolderWorker:
+        return cls(build, {k: v for k, v in vars(args).items() if k != "func"})
+
+    def __call__(self) -> _FolderState:
+        process, _ = self.build(argparse.Namespace(**self.args))
+        return _FolderState(process, capture=True)
+
+
+def _process_one(state: _FolderState, item: tuple[str, str]) -> dict[str, Any]:
+    """One image: ``{"result": ...}`` or ``{"error": "Type: message", "traceback": ...}``, and
+    what it printed (``"output"``, when captured); an exception is this image's failure."""
+    path, stem = Path(item[0]), item[1]
+    buf = io.StringIO()
+    redirect = contextlib.redirect_stdout(buf) if state.capture else contextlib.nullcontext()
+    try:
+        with redirect:
+            result = state.process(path, stem)
+    except Exception as exc:  # one bad image must not stop the folder
+        return {"error": error_text(exc), "traceback": traceback.format_exc(),
+                "output": buf.getvalue()}
+    return {"result": result, "output": buf.getvalue()}
+
+
 def process_images(
     command: str,
     src: Path,
     files: Sequence[Path],
     out: Path,
-    process: Callable[[Path, str], dict[str, Any]],
+    process: ImageFn | None,
+    *,
+    engine: Any = None,
+    setup: FolderWorker | None = None,
 ) -> int:
     """Run ``process(path, output_stem)`` on each image; the exit status of the command.
 
     A single image (``src`` a file) is named by its stem and any error propagates (the CLI
     prints it on one line, exit status 2). In folder mode an image that fails is reported on
     one line (the traceback is logged at INFO, shown with -v) and skipped; ``<out>/summary.json`` lists each
-    image's outputs (``process``'s dict) and the failures (file_name, error).
+    image's outputs (``process``'s dict) and the failures (file_name, error), both in input
+    order.
+
+    ``engine`` (``composer.runner``; None: this process) runs the images: with one local worker
+    ``process`` runs here; otherwise each worker builds its own from ``setup`` and the images
+    are spread over the workers, each one's progress printed here as it finishes. The summary
+    and the per-image outputs are the same as a one-process run's.
 
     Returns:
         0 when every image succeeded, 1 when some failed.
     """
     if not src.is_dir():
+        if process is None:
+            raise ValueError("process_images: a single image needs process")
         process(files[0], files[0].stem)
         return 0
+    stems = output_stems(files, (SUMMARY_STEM,))
+    items = [(str(path), stem) for path, stem in zip(files, stems, strict=True)]
+    worker: Callable[[], _FolderState]
+    if runs_here(engine):
+        if process is None:
+            raise ValueError("process_images: one worker in this process needs process")
+        here = process
+
+        def worker() -> _FolderState:
+            return _FolderState(here, capture=False)
+    else:
+        if setup is None:
+            raise ValueError("process_images: several workers need setup")
+        worker = setup
+    done: dict[int, dict[str, Any]] = {}
+    for k, rec, error in (engine or LocalEngine(1)).imap(worker, _process_one, items):
+        name = files[k].name
+        if error is not None:  # the worker itself failed (died, or its setup failed)
+            rec = {"error": error}
+        if rec.get("output"):
+            sys.stdout.write(rec["output"])
+            sys.stdout.flush()
+        if "error" in rec:
+            if rec.get("traceback"):
+                logger.info("%s: %s failed\n%s", command, name, rec["traceback"].rstrip())
+            print(f"{name}: failed: {rec['error']}", file=sys.stderr)
+        done[k] = rec
     images: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
-    for path, stem in zip(files, output_stems(files, (SUMMARY_STEM,)), strict=True):
-        try:
-            images.append({"file_name": path.name, "output": stem, **process(path, stem)})
-        except Exception as exc:  # one bad image must not stop the folder
-            logger.info("%s: %s failed", command, path.name, exc_info=True)
-            failures.append({"file_name": path.name, "error": error_text(exc)})
-            print(f"{path.name}: failed: {failures[-1]['error']}", file=sys.stderr)
+    for k, (path, stem) in enumerate(zip(files, stems, strict=True)):
+        rec = done.get(k, {"error": "RuntimeError: no result"})
+        if "result" in rec:
+            images.append({"file_name": path.name, "output": stem, **rec["result"]})
+        else:
+            failures.append({"file_name": path.name, "error": rec["error"]})
     out.mkdir(parents=True, exist_ok=True)
     summary = out / f"{SUMMARY_STEM}.json"
     write_json(summary, {"command": command, "input": str(src), "images": images,
@@ -194,19 +311,17 @@ def process_images(
     return 1 if failures else 0
 
 
-def run(args: argparse.Namespace) -> int:
+def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
+    """The models of ``args`` (segmenter, detector) and the per-image function on them."""
     from tasks.base import TaskContext
     from tasks.instances import InstanceConfig, InstanceTask
 
     from ..embedding import EmbeddingCache
     from ..io.image import load_image
 
-    src = Path(args.input)
-    files = image_files(src, args.limit)
     seg = load_model(args)
     detector = load_detector_from_args(args)
-    print(describe(seg))
-    print(f"detector: {detector.model_id}")
+    header = [describe(seg), f"detector: {detector.model_id}"]
     task = InstanceTask(seg, detector, InstanceConfig(refine=args.refine, max_dets=args.max_dets))
     cache = EmbeddingCache()
     out = Path(args.out)
@@ -224,4 +339,23 @@ def run(args: argparse.Namespace) -> int:
                   f"{written['json']}")
         return {"count": len(dets), "json": written["json"], "overlay": written["overlay"]}
 
-    return process_images("instances", src, files, out, one)
+    return one, header
+
+
+def run_folder_command(command: str, build_fn: BuildFn, args: argparse.Namespace) -> int:
+    """``instances``/``text``: check the input and worker flags, load the models here (bad flags
+    fail before any worker starts) and print what loaded, then :func:`process_images`."""
+    src = Path(args.input)
+    files = image_files(src, args.limit)
+    engine = engine_from_args(args)  # single-image mode checks the flags and ignores them
+    process: ImageFn | None
+    process, header = build_fn(args)
+    print("\n".join(header))
+    if src.is_dir() and not runs_here(engine):
+        process = None  # each worker loads its own models: free this copy
+    return process_images(command, src, files, Path(args.out), process, engine=engine,
+                          setup=FolderWorker.from_args(build_fn, args))
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_folder_command("instances", build_processor, args)

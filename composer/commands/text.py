@@ -6,14 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import add_model_args, describe, load_model
+from .common import add_model_args, add_worker_args, describe, load_model
 from .instances import (
     EXIT_HELP,
     OUT_HELP,
+    ImageFn,
     add_detector_args,
-    image_files,
     load_detector_from_args,
-    process_images,
+    run_folder_command,
     write_result,
 )
 
@@ -51,10 +51,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--refine", action="store_true", help="refinement pass on the masks")
     p.add_argument("--limit", type=int, default=None, help="folder mode: only the first N images")
     p.add_argument("--out", required=True, help=OUT_HELP)
+    add_worker_args(p)
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+class ResolvedPrompt:
+    """A text matcher that knows one prompt's match already: folder-mode workers get the main
+    process's match of the prompt (the same for every image), so none loads a sentence
+    encoder."""
+
+    encoder = None
+
+    def __init__(self, prompt: str, match: Any, class_names: dict[int, str]) -> None:
+        self.prompt, self._match, self.class_names = prompt, match, class_names
+
+    def match(self, prompt: str) -> Any:
+        if prompt != self.prompt:
+            raise ValueError(f"this matcher knows only the prompt {self.prompt!r}")
+        return self._match
+
+
+def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
+    """The models of ``args`` (segmenter, detector and text matcher, or CLIP) and the
+    per-image function on them.
+
+    The detector strategy matches the prompt to a class once and records the match in
+    ``args.prompt_match``, where the workers of folder mode (built from a copy of ``args``)
+    find it instead of loading the sentence encoder.
+    """
     import numpy as np
 
     from tasks.base import TaskContext
@@ -63,24 +87,26 @@ def run(args: argparse.Namespace) -> int:
     from ..embedding import EmbeddingCache
     from ..io.image import load_image
 
-    if not args.prompt.strip():
-        raise ValueError("the prompt is empty")
-    src = Path(args.input)
-    files = image_files(src, args.limit)
     seg = load_model(args)
-    print(describe(seg))
+    header = [describe(seg)]
     if args.strategy == "detector":
         detector = load_detector_from_args(args)
-        print(f"detector: {detector.model_id}")
+        header.append(f"detector: {detector.model_id}")
         cfg = TextConfig(
             strategy="detector",
             score_threshold=args.score_threshold,
             refine=args.refine,
             max_masks=args.max_masks or 100,
         )
-        task = TextToMaskTask(seg, cfg, detector=detector)
+        resolved = getattr(args, "prompt_match", None)
+        matcher = None if resolved is None else ResolvedPrompt(*resolved)
+        task = TextToMaskTask(seg, cfg, detector=detector, matcher=matcher)
+        if resolved is None:
+            assert task.matcher is not None
+            args.prompt_match = (args.prompt, task.matcher.match(args.prompt),
+                                 dict(task.matcher.class_names))
         encoder = getattr(task.matcher, "encoder", None)
-        print(f"text matcher: {getattr(encoder, 'model_id', 'names and synonyms only')}")
+        header.append(f"text matcher: {getattr(encoder, 'model_id', 'names and synonyms only')}")
     else:
         from ..models.clip import ClipModel
 
@@ -89,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
                 "the clip strategy needs --clip-weights (a local open_clip weights file)"
             )
         clip = ClipModel.load(args.clip_arch, args.clip_weights, download=args.download)
-        print(f"clip: {clip.model_id}")
+        header.append(f"clip: {clip.model_id}")
         cfg = TextConfig(strategy="clip", refine=args.refine, max_masks=args.max_masks or 3)
         task = TextToMaskTask(seg, cfg, clip=clip)
     cache = EmbeddingCache()
@@ -115,4 +141,10 @@ def run(args: argparse.Namespace) -> int:
                   f"{written['json']}")
         return {"count": len(dets), "json": written["json"], "overlay": written["overlay"]}
 
-    return process_images("text", src, files, out, one)
+    return one, header
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.prompt.strip():
+        raise ValueError("the prompt is empty")
+    return run_folder_command("text", build_processor, args)

@@ -188,3 +188,178 @@ def test_ground_truth_detector_skips_crowds(coco_dir):
 def test_load_detector_names():
     with pytest.raises(ValueError, match="unknown detector 'nope'"):
         load_detector("nope")
+
+
+# ------------------------------------------------------------------------- sliced detection
+class BlobDetector:
+    """A toy detector with a small input: it sees the image at ``side`` px on the longest
+    side and reports each white blob that keeps at least 2 x 2 px there (label 1), so small
+    objects in a large image are missed unless the image is sliced."""
+
+    model_id = "blobs"
+    class_names = {1: "blob"}
+
+    def __init__(self, side: int = 64) -> None:
+        self.side = side
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, image, image_id=None):
+        from skimage.measure import label, regionprops
+        from skimage.transform import resize
+
+        h, w = image.shape[:2]
+        self.calls.append((h, w))
+        s = self.side / max(h, w)
+        small = resize(image[..., 0] > 127, (max(1, round(h * s)), max(1, round(w * s))),
+                       order=0, anti_aliasing=False)
+        boxes = []
+        for r in regionprops(label(small)):
+            y0, x0, y1, x1 = r.bbox
+            if (y1 - y0) >= 2 and (x1 - x0) >= 2:
+                boxes.append([x0 / s, y0 / s, x1 / s, y1 / s])
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        return Detections(boxes, np.full(len(boxes), 0.9, np.float32),
+                          np.ones(len(boxes), np.int64), meta={"image_size": (h, w)})
+
+
+def test_slice_windows_cover_the_image():
+    from composer.models.detectors import slice_windows
+
+    win = slice_windows((480, 640), 400, 0.2)
+    assert win.tolist() == [[0, 0, 400, 400], [240, 0, 640, 400], [0, 80, 400, 480],
+                            [240, 80, 640, 480]]
+    win = slice_windows((1000, 3000), 256, 0.25)
+    assert np.all(win[:, 2] - win[:, 0] == 256) and np.all(win[:, 3] - win[:, 1] == 256)
+    covered = np.zeros((1000, 3000), bool)
+    for x0, y0, x1, y1 in win:
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
+    xs = np.unique(win[:, 0])
+    assert xs[-1] == 3000 - 256 and np.all(np.diff(xs) <= 192)  # step 256 * 0.75
+    assert slice_windows((100, 50), 400, 0.2).tolist() == [[0, 0, 50, 100]]  # one tile
+    with pytest.raises(ValueError, match="slice_size"):
+        slice_windows((100, 100), 8, 0.2)
+    with pytest.raises(ValueError, match="overlap"):
+        slice_windows((100, 100), 64, 1.0)
+
+
+def test_merge_boxes_nms_and_nmm():
+    from composer.models.detectors import merge_boxes
+
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 4, 10], [50, 50, 60, 60],
+                      [1, 1, 11, 11]], np.float32)
+    scores = np.array([0.5, 0.9, 0.8, 0.3, 0.7], np.float32)
+    labels = np.array([1, 1, 1, 1, 2])
+    b, s, lab = merge_boxes(boxes, scores, labels, "iou", 0.5, "nms")
+    # the 0.9 box takes the 0.5 one (IoU .68) but not the half box (IoU .36); class 2 stays
+    assert s.tolist() == pytest.approx([0.9, 0.8, 0.7, 0.3]) and lab.tolist() == [1, 1, 2, 1]
+    b, s, lab = merge_boxes(boxes, scores, labels, "ios", 0.5, "nms")
+    assert s.tolist() == pytest.approx([0.9, 0.7, 0.3])  # the half box lies inside: taken
+    b, s, lab = merge_boxes(boxes, scores, labels, "ios", 0.5, "nmm")
+    assert b[0].tolist() == [0, 0, 11, 11]  # grown to the union of its group
+    b, s, lab = merge_boxes(boxes, scores, labels, "iou", 0.5, "nms", class_agnostic=True)
+    assert s.tolist() == pytest.approx([0.9, 0.8, 0.3])
+    assert merge_boxes(np.zeros((0, 4)), np.zeros(0), np.zeros(0))[0].shape == (0, 4)
+    with pytest.raises(ValueError, match="metric"):
+        merge_boxes(boxes, scores, labels, "giou")
+    with pytest.raises(ValueError, match="merge"):
+        merge_boxes(boxes, scores, labels, merge="wbf")
+
+
+def test_sliced_detector_finds_small_objects_once():
+    from composer.models.detectors import SlicedDetector
+
+    image = np.zeros((600, 1000, 3), np.uint8)
+    image[100:112, 100:112] = 255  # 12 px: under 1 px at the toy detector's 64-px view
+    image[300:312, 394:406] = 255  # straddles the border of the first two 400-px tiles
+    image[210:500, 610:950] = 255  # large: whole in the full image and in one tile
+    base = BlobDetector(64)
+    whole = base(image)
+    assert len(whole) == 1  # only the large one
+    det = SlicedDetector(base, slice_size=400, overlap=0.2)
+    base.calls.clear()
+    out = det(image, image_id="toy")
+    wins = out.meta["slices"]
+    assert wins == 6 and len(base.calls) == wins + 1  # 3 x 2 tiles + the whole image
+    assert out.meta["image_id"] == "toy" and out.meta["model_id"].startswith("blobs+sliced400")
+    found = {tuple(np.round(b).astype(int)) for b in out.boxes}
+    small = [b for b in out.boxes if (b[2] - b[0]) < 40]
+    # each small square exactly once, where it is (the tile's 6.25-px grid: within 7 px)
+    assert len(small) == 2, found
+    truths = ([100, 100, 112, 112], [394, 300, 406, 312])
+    for b, truth in zip(sorted(small, key=lambda b: b[0]), truths, strict=True):
+        assert np.abs(b - np.array(truth)).max() <= 7
+    big = [b for b in out.boxes if (b[2] - b[0]) > 200]
+    assert len(big) >= 1 and _iou(big[0], np.array([610, 210, 950, 500], np.float32)) > 0.8
+    # tiles only: other tiles cut the large square into parts; drop_cut leaves the whole one
+    truth = np.array([610, 210, 950, 500], np.float32)
+
+    def on_big(dets):
+        return [b for b in dets.boxes if b[0] >= 600 and b[1] >= 200]
+
+    kept = SlicedDetector(BlobDetector(64), 400, full_image=False, drop_cut=False)(image)
+    assert kept.meta["slices"] == 6 and len(on_big(kept)) >= 2
+    dropped = SlicedDetector(BlobDetector(64), 400, full_image=False)(image)
+    assert len(on_big(dropped)) == 1 and _iou(on_big(dropped)[0], truth) > 0.8
+    # an image no larger than a tile: one run, the whole image
+    base.calls.clear()
+    det(image[:300, :300])
+    assert base.calls == [(300, 300)]
+
+
+def test_sliced_detector_refuses_stored_boxes_and_bad_settings(tmp_path):
+    from composer.models.detectors import SlicedDetector
+
+    path = tmp_path / "r.json"
+    path.write_text("[]")
+    with pytest.raises(ValueError, match="cannot be run on tiles"):
+        SlicedDetector(CocoJsonDetector(path))
+    with pytest.raises(ValueError, match="overlap"):
+        SlicedDetector(BlobDetector(), overlap=-0.1)
+    with pytest.raises(ValueError, match="slice_size"):
+        SlicedDetector(BlobDetector(), slice_size=16)
+    with pytest.raises(ValueError, match="merge"):
+        SlicedDetector(BlobDetector(), merge="union")
+
+
+def test_sliced_ssd_finds_more_people_in_a_mosaic(ssd):
+    """Real weights: 64 astronauts of 80 px in a 640-px mosaic are ~37 px at SSD's 300-px
+    input; 240-px tiles show each at 100 px, and with 96 px of overlap each is whole in one."""
+    from skimage.transform import resize
+
+    from composer.models.detectors import SlicedDetector
+
+    face = (resize(skimage.data.astronaut(), (80, 80), anti_aliasing=True) * 255).astype(np.uint8)
+    mosaic = np.tile(face, (8, 8, 1))
+    plain = ssd(mosaic)
+    sliced = SlicedDetector(ssd, slice_size=240, overlap=0.4)(mosaic)
+    n_plain, n_sliced = int((plain.labels == 1).sum()), int((sliced.labels == 1).sum())
+    # (here: 1 person whole, 65 sliced)
+    assert sliced.meta["slices"] == 16
+    assert n_plain <= 16 and 56 <= n_sliced <= 72, (n_plain, n_sliced)
+    assert sliced.boxes[:, 2].max() <= 640 and sliced.boxes[:, 3].max() <= 640
+
+
+def test_instances_cli_slices(ssd_files, tmp_path, capsys):
+    from PIL import Image
+
+    from composer.cli import main
+
+    img = tmp_path / "coffee.png"
+    Image.fromarray(skimage.data.coffee()).save(img)
+    out = tmp_path / "out"
+    base = ["instances", str(img), "--model", "composer_tiny", "--out", str(out)]
+    assert main([*base, "--slice", "256", "--slice-overlap", "0.25"]) == 0
+    meta = json.loads((out / "coffee.json").read_text())["meta"]
+    assert meta["detector"].startswith("ssd_mobilenet_v2_coco_2018_03_29+sliced256o0.25")
+    capsys.readouterr()
+    for extra, message in ((["--slice-overlap", "0.3"], "--slice-overlap needs --slice"),
+                           (["--slice", "8"], "slice_size must be >= 32"),
+                           (["--slice", "400", "--slice-overlap", "1"], "overlap must be in"),
+                           (["--slice", "400", "--detector", str(tmp_path / "b.json")],
+                            "cannot be run on tiles")):
+        if "--detector" in extra:
+            (tmp_path / "b.json").write_text("[]")
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
