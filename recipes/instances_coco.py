@@ -59,7 +59,11 @@ if str(REPO) not in sys.path:
 from composer.data.coco import CocoDataset, coco_subset  # noqa: E402
 from composer.embedding import EmbeddingCache  # noqa: E402
 from composer.evaluation import CocoEvaluator, run  # noqa: E402
-from composer.models.detectors import GroundTruthDetector, load_detector  # noqa: E402
+from composer.models.detectors import (  # noqa: E402
+    GroundTruthDetector,
+    SlicedDetector,
+    load_detector,
+)
 from composer.structures import Detections  # noqa: E402
 from tasks.instances import InstanceConfig, InstanceTask, call_detector  # noqa: E402
 
@@ -111,6 +115,7 @@ def evaluate(
     limit: int | None = None,
     out: Path | None = None,
     max_dets: int = 100,
+    zoom_small: float | str = "auto",
 ) -> dict[str, Any]:
     """Run the requested rows; returns {row name: harness report} plus the cache counters."""
     cache = EmbeddingCache()
@@ -129,13 +134,17 @@ def evaluate(
         logger.info("%s: %.1f s, %s", name, time.perf_counter() - t0, rows[name]["meta"]["cache"])
 
     if boxes in ("detector", "all"):
-        cfg = InstanceConfig(score_threshold=score_threshold, max_dets=max_dets)
+        cfg = InstanceConfig(score_threshold=score_threshold, max_dets=max_dets,
+                             zoom_small=zoom_small)
         go("detector_boxes", DetectorTask(memo), ("bbox",))
         go("masks", InstanceTask(segmenter, memo, cfg), ("segm", "bbox"))
-        refine = InstanceConfig(score_threshold=score_threshold, max_dets=max_dets, refine=True)
+        refine = InstanceConfig(score_threshold=score_threshold, max_dets=max_dets, refine=True,
+                                zoom_small=zoom_small)
         go("masks_refined", InstanceTask(segmenter, memo, refine), ("segm", "bbox"))
     if boxes in ("gt", "all"):
-        go("gt_boxes", InstanceTask(segmenter, GroundTruthDetector(dataset)), ("segm", "bbox"))
+        gt_cfg = InstanceConfig(zoom_small=zoom_small)
+        go("gt_boxes", InstanceTask(segmenter, GroundTruthDetector(dataset), gt_cfg),
+           ("segm", "bbox"))
     stats = cache.stats()
     return {
         "rows": rows,
@@ -177,10 +186,18 @@ def format_table(result: dict[str, Any]) -> str:
     n = max(rep["meta"]["n_images"] for rep in result["rows"].values())
     c = result["cache"]
     lines.append(
-        f"images: {n}; encoder calls: {c['encoder_calls']} (one per image across all rows), "
+        f"images: {n}; encoder calls: {c['encoder_calls']} (one per image across all rows, "
+        f"plus one per zoomed crop), "
         f"cache hits: {c['hits']}; detector: {result['detector_seconds']:.1f} s in all"
     )
     return "\n".join(lines)
+
+
+def parse_zoom(text: str) -> float | str:
+    """``--zoom-small``: "auto", "off" or a fraction."""
+    from composer.commands.common import parse_zoom_small
+
+    return parse_zoom_small(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--detector", default=None, help="ssd (default), a torchvision arch, or a results .json"
     )
+    p.add_argument("--slice", type=int, default=None, metavar="PIXELS",
+                   help="sliced detection: tiles of this side plus the whole image, boxes "
+                        "merged (composer.models.detectors.SlicedDetector; default off)")
+    p.add_argument("--slice-overlap", type=float, default=0.2,
+                   help="overlap of neighbouring tiles (default 0.2)")
     p.add_argument("--boxes", choices=("detector", "gt", "all"), default="all")
+    p.add_argument("--zoom-small", default="auto", metavar="auto|off|FRACTION",
+                   help="segment boxes smaller than this fraction of the image side again in "
+                        "a crop around them (InstanceConfig.zoom_small; default auto: the "
+                        "model's recommendation, composer_tiny 0.35)")
     p.add_argument(
         "--score-threshold", type=float, default=0.05, help="detector score floor (AP: low)"
     )
@@ -204,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--images", default=None, help="image folder of --coco")
     p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--half", choices=("holdout", "train"), default=None,
+                   help="only one half of the shared subset: holdout (the first 40 images, "
+                        "which composer_tiny never saw) or train (the last 40, for choosing "
+                        "settings); default: all 80")
     p.add_argument("--threads", type=int, default=None, help="torch/OpenCV threads")
     p.add_argument("--out", default=None, help="folder for reports and results jsons")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -219,19 +249,26 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)
     if args.coco:
+        if args.half:
+            raise SystemExit("--half is for the shared subset, not --coco")
         if not args.images:
             raise SystemExit("--coco needs --images DIR")
         dataset = CocoDataset(args.coco, args.images)
     else:
-        dataset = coco_subset()
+        from composer.training.data import coco_subset_split
+
+        dataset = coco_subset(image_ids=coco_subset_split(args.half) if args.half else None)
     from composer.commands.common import describe, load_model
 
     segmenter = load_model(args)  # --model, --checkpoint, --mask-refine and --tta, as the CLI does
     detector = load_detector(args.detector, score_threshold=args.score_threshold)
+    if args.slice is not None:
+        detector = SlicedDetector(detector, args.slice, args.slice_overlap)
     print(f"{describe(segmenter)}\ndetector: {detector.model_id}\ndataset: {dataset!r}")
     out = Path(args.out) if args.out else None
     result = evaluate(
-        segmenter, dataset, detector, args.boxes, args.score_threshold, args.limit, out
+        segmenter, dataset, detector, args.boxes, args.score_threshold, args.limit, out,
+        zoom_small=parse_zoom(args.zoom_small),
     )
     table = format_table(result)
     print(table)

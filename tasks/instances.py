@@ -20,7 +20,7 @@ import numpy as np
 
 from composer.embedding import EmbeddingCache
 from composer.segmenters.base import best_per_prompt
-from composer.structures import Detections
+from composer.structures import Detections, Masks
 
 from .base import TaskContext
 
@@ -41,6 +41,14 @@ class InstanceConfig:
             plus the boundary contrast under the segmenter's ``mask_rank``)
             (False: SAM's single unambiguous output, the usual choice for boxes).
         min_box_size: boxes thinner than this (pixels, after clipping to the image) are dropped.
+        zoom_small: boxes whose longer side is below this fraction of the image's longer side
+            are segmented again in a crop around them, embedded on its own. A segmenter with
+            coarse masks (composer_tiny's 64 x 64) draws a small object with a few mask pixels
+            on the whole image; in the crop it fills the model's input. Costs one encoder run
+            per small box (cached per crop). ``"auto"`` (default): the segmenter's
+            ``box_zoom`` (composer_tiny: 0.35), else off; ``"off"`` or 0: off.
+        zoom_context: the crop's side in multiples of the box's longer side.
+        zoom_min_crop: smallest crop side in pixels (capped by the image).
     """
 
     score_threshold: float = 0.0
@@ -48,6 +56,9 @@ class InstanceConfig:
     refine: bool = False
     multimask: bool = False
     min_box_size: float = 1.0
+    zoom_small: float | str = "auto"
+    zoom_context: float = 3.0
+    zoom_min_crop: int = 64
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score_threshold <= 1.0:
@@ -56,6 +67,15 @@ class InstanceConfig:
             raise ValueError(f"max_dets must be >= 1, got {self.max_dets}")
         if self.min_box_size < 0:
             raise ValueError(f"min_box_size must be >= 0, got {self.min_box_size}")
+        if isinstance(self.zoom_small, str):
+            if self.zoom_small not in ("auto", "off"):
+                raise ValueError(f"zoom_small must be 'auto', 'off' or a fraction, got {self.zoom_small!r}")
+        elif not 0.0 <= float(self.zoom_small) <= 1.0:
+            raise ValueError(f"zoom_small must be in [0, 1], got {self.zoom_small}")
+        if not self.zoom_context >= 1.0:
+            raise ValueError(f"zoom_context must be >= 1, got {self.zoom_context}")
+        if self.zoom_min_crop < 8:
+            raise ValueError(f"zoom_min_crop must be >= 8 pixels, got {self.zoom_min_crop}")
 
 
 def call_detector(detector: Any, image: np.ndarray, image_id: Hashable | None) -> Detections:
@@ -128,6 +148,8 @@ class InstanceTask:
             "class_names": dict(class_names),
             "refined": cfg.refine,
             "image_size": (h, w),
+            "zoom_small": self.zoom_fraction,
+            "zoomed": 0,
         }
         dets = _select(dets, cfg, (h, w))
         if len(dets) == 0:
@@ -137,9 +159,42 @@ class InstanceTask:
             return _empty((h, w), meta, msg)
 
         emb = context.cache.get(context.image, self.segmenter)
+        out = self._decode(emb, dets.boxes)
+        masks, ious = out.masks, out.extras["predicted_iou"].astype(np.float32)
+        mask_box = out.boxes.astype(np.float32)
+        small = _small_boxes(dets.boxes, (h, w), self.zoom_fraction)
+        if small.size and masks is not None:
+            rles, ious = list(masks.rles), ious.copy()
+            for i in small:
+                win = zoom_window(dets.boxes[i], (h, w), cfg.zoom_context, cfg.zoom_min_crop)
+                crop_emb = context.cache.get(context.image, self.segmenter, crop_box=win)
+                x0, y0, x1, y1 = win
+                local = self._decode(crop_emb, dets.boxes[i : i + 1] - [x0, y0, x0, y0])
+                full = np.zeros((h, w), bool)
+                if len(local) and local.masks is not None:
+                    full[y0:y1, x0:x1] = local.masks.to_dense()[0]
+                    ious[i] = float(local.extras["predicted_iou"][0])
+                rles[i] = Masks.from_dense(full[None]).rles[0]
+            masks = Masks(rles, (h, w))
+            mask_box = masks.boxes().astype(np.float32)
+            meta["zoomed"] = int(small.size)
+        extras = {"predicted_iou": ious, "mask_box": mask_box}
+        return Detections(dets.boxes, dets.scores, dets.labels, masks, extras, meta)
+
+    @property
+    def zoom_fraction(self) -> float:
+        """The resolved ``zoom_small`` (0: off)."""
+        z = self.config.zoom_small
+        if z == "auto":
+            return float(getattr(self.segmenter, "box_zoom", None) or 0.0)
+        return 0.0 if z == "off" else float(z)
+
+    def _decode(self, emb: Any, boxes: np.ndarray) -> Detections:
+        """The most confident mask of each box (after the refinement pass), in box order."""
+        cfg = self.config
         first = best_per_prompt(
             self.segmenter.predict(
-                emb, boxes=dets.boxes, multimask=cfg.multimask, keep_low_res=cfg.refine
+                emb, boxes=boxes, multimask=cfg.multimask, keep_low_res=cfg.refine
             )
         )
         out = first
@@ -147,16 +202,35 @@ class InstanceTask:
             logits = first.extras["low_res_logits"][:, None].astype(np.float32)
             out = best_per_prompt(
                 self.segmenter.predict(
-                    emb, boxes=dets.boxes, mask_input=logits, multimask=False, keep_low_res=False
+                    emb, boxes=boxes, mask_input=logits, multimask=False, keep_low_res=False
                 )
             )
-        order = np.argsort(out.extras["prompt_index"], kind="stable")
-        out = out[order]
-        extras = {
-            "predicted_iou": out.extras["predicted_iou"].astype(np.float32),
-            "mask_box": out.boxes.astype(np.float32),
-        }
-        return Detections(dets.boxes, dets.scores, dets.labels, out.masks, extras, meta)
+        return out[np.argsort(out.extras["prompt_index"], kind="stable")]
+
+
+def _small_boxes(boxes: np.ndarray, image_size: tuple[int, int], fraction: float) -> np.ndarray:
+    """Indices of boxes whose longer side is below ``fraction`` of the image's longer side."""
+    if fraction <= 0 or len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    return np.flatnonzero(side < fraction * max(image_size)).astype(np.int64)
+
+
+def zoom_window(
+    box: np.ndarray, image_size: tuple[int, int], context: float = 3.0, min_crop: int = 64
+) -> tuple[int, int, int, int]:
+    """Integer XYXY square (x1, y1 exclusive) centred on ``box``, ``context`` x its longer
+    side (at least ``min_crop``), shifted to lie inside the image and capped by its sides."""
+    h, w = int(image_size[0]), int(image_size[1])
+    x0, y0, x1, y1 = (float(v) for v in box)
+    side = max(context * max(x1 - x0, y1 - y0), float(min_crop))
+    out = []
+    for lo, hi, length in ((x0, x1, w), (y0, y1, h)):
+        n = int(round(min(side, length)))
+        a = int(round((lo + hi) / 2 - n / 2))
+        a = min(max(a, 0), length - n)
+        out += [a, a + n]
+    return out[0], out[2], out[1], out[3]
 
 
 def _select(dets: Detections, cfg: InstanceConfig, image_size: tuple[int, int]) -> Detections:

@@ -153,3 +153,22 @@ def runs_here(engine: Any) -> bool:
     from ..runner import LocalEngine
 
     return engine is None or (isinstance(engine, LocalEngine) and engine.workers == 1)
+
+
+def parse_zoom_small(text: str) -> float | str:
+    """``--zoom-small`` of box-prompted instance segmentation: "auto", "off" or a fraction in
+    [0, 1] (``tasks.instances.InstanceConfig.zoom_small``).
+
+    Raises:
+        ValueError: anything else.
+    """
+    text = str(text).strip()
+    if text in ("auto", "off"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--zoom-small must be auto, off or a fraction in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"--zoom-small must be auto, off or a fraction in [0, 1], got {text!r}")
+    return value

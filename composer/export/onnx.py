@@ -163,7 +163,8 @@ class OnnxExport:
 
 def _settings(segmenter: Any) -> dict[str, Any]:
     """The segmenter's predict-time settings (``mask_refine``, ``mask_rank``, ``flip_tta``,
-    ``amg_thresholds``, ``edge_refine``) as JSON values; ``OnnxSegmenter`` restores them."""
+    ``amg_thresholds``, ``edge_refine``, ``box_zoom``) as JSON values; ``OnnxSegmenter``
+    restores them."""
     refine, rank, edge = segmenter.mask_refine, segmenter.mask_rank, segmenter.edge_refine
     return {
         "mask_refine": None if refine is None else dataclasses.asdict(refine),
@@ -171,6 +172,7 @@ def _settings(segmenter: Any) -> dict[str, Any]:
         "flip_tta": bool(segmenter.flip_tta),
         "amg_thresholds": None if segmenter.amg_thresholds is None else dict(segmenter.amg_thresholds),
         "edge_refine": None if edge is None else [float(v) for v in edge],
+        "box_zoom": None if segmenter.box_zoom is None else float(segmenter.box_zoom),
     }
 
 

@@ -138,6 +138,7 @@ def _load_composer_tiny(
     from ..predictor import SamPredictor
     from ..sam.composer_tiny import (
         AMG_THRESHOLDS,
+        BOX_ZOOM,
         EDGE_REFINE,
         FLIP_TTA,
         MASK_RANK,
@@ -169,6 +170,8 @@ def _load_composer_tiny(
     segmenter.flip_tta = FLIP_TTA
     # first-click masks ranked by predicted IoU and boundary colour contrast, chosen likewise
     segmenter.mask_rank = MASK_RANK
+    # small detector boxes decoded again in a crop, chosen on the COCO subset's training half
+    segmenter.box_zoom = BOX_ZOOM
     return segmenter
 
 

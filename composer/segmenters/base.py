@@ -114,6 +114,10 @@ class PromptableSegmenter(ABC):
             (``extras["predicted_iou"]`` keeps the IoU head's values). Single-mask prompts and
             the automatic generator keep the predicted IoU. The backend's ``embed`` then keeps
             the image in ``extras["image"]``.
+        box_zoom: None, or the recommended ``zoom_small`` of box-prompted instance
+            segmentation (``tasks.instances.InstanceConfig``, ``"auto"``): boxes whose longer
+            side is below this fraction of the image's are decoded again in a crop around
+            them, for a model whose masks are too coarse for small objects.
     """
 
     model_id: str = "segmenter"
@@ -127,6 +131,7 @@ class PromptableSegmenter(ABC):
     flip_tta: bool = False
     mirror_encoder_calls: int = 0
     mask_rank: ContrastRank | None = None
+    box_zoom: float | None = None
 
     @abstractmethod
     def embed(self, image: Any) -> ImageEmbedding: ...

@@ -116,6 +116,8 @@ class OnnxSegmenter(PromptableSegmenter):
         if s.get("edge_refine"):
             radius, eps = s["edge_refine"]
             self.edge_refine = (int(radius), float(eps))
+        if s.get("box_zoom"):
+            self.box_zoom = float(s["box_zoom"])
 
     def embed(self, image: Any) -> ImageEmbedding:
         """Run the encoder graph once (resize, normalise and pad as ``SamPredictor.embed``)."""
