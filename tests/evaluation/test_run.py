@@ -368,3 +368,26 @@ def test_points_cli_mask_rank_switch(grabcut3, tmp_path, capsys):
     assert reports["off"]["mask_rank"] is None
     assert reports["0.5"]["mask_rank"]["weight"] == 0.5
     assert main([*base, "--mask-rank", "-2", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_instances_cli_zoom_and_gt_boxes(coco_dir, tmp_path, capsys):
+    """``eval instances --boxes gt`` runs InstanceTask on ground-truth boxes (scored by the
+    predicted IoU), with the model's small-box zoom unless ``--zoom-small off``."""
+    from composer.cli import main
+
+    base = ["eval", "instances", "--model", "composer_tiny", "--dataset", "coco", "--boxes",
+            "gt", "--limit", "1"]
+    reports = {}
+    for how in ("auto", "off"):
+        out = tmp_path / how
+        assert main([*base, "--zoom-small", how, "--out", str(out)]) == 0
+        reports[how] = json.loads((out / "report.json").read_text())
+        assert reports[how]["meta"]["failures"] == []
+    assert reports["auto"]["meta"]["config"]["zoom_small"] == "auto"
+    calls = {k: r["meta"]["cache"]["encoder_calls"] for k, r in reports.items()}
+    assert calls["off"] == 1 and calls["auto"] > 1  # one crop per small box
+    assert reports["auto"]["metrics"]["segm/AP"] > reports["off"]["metrics"]["segm/AP"]
+    capsys.readouterr()
+    for bad in (["--zoom-small", "x"], ["--slice", "400"]):
+        assert main([*base, *bad, "--out", str(tmp_path / "bad")]) == 2
+        assert "Traceback" not in capsys.readouterr().err
