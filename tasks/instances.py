@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from composer.amg_utils import encode_rles_transposed
 from composer.embedding import EmbeddingCache
 from composer.segmenters.base import best_per_prompt
 from composer.structures import Detections, Masks
@@ -170,11 +171,11 @@ class InstanceTask:
                 crop_emb = context.cache.get(context.image, self.segmenter, crop_box=win)
                 x0, y0, x1, y1 = win
                 local = self._decode(crop_emb, dets.boxes[i : i + 1] - [x0, y0, x0, y0])
-                full = np.zeros((h, w), bool)
-                if len(local) and local.masks is not None:
-                    full[y0:y1, x0:x1] = local.masks.to_dense()[0]
-                    ious[i] = float(local.extras["predicted_iou"][0])
-                rles[i] = Masks.from_dense(full[None]).rles[0]
+                if len(local) == 0 or local.masks is None:
+                    continue  # nothing decoded in the crop: keep the whole image's mask
+                crop = local.masks.to_dense()[0]  # (y1 - y0, x1 - x0)
+                rles[i] = encode_rles_transposed(crop.T[None], win, (h, w))[0]
+                ious[i] = float(local.extras["predicted_iou"][0])
             masks = Masks(rles, (h, w))
             mask_box = masks.boxes().astype(np.float32)
             meta["zoomed"] = int(small.size)
