@@ -46,7 +46,8 @@ class InstanceConfig:
             are segmented again in a crop around them, embedded on its own. A segmenter with
             coarse masks (composer_tiny's 64 x 64) draws a small object with a few mask pixels
             on the whole image; in the crop it fills the model's input. Costs one encoder run
-            per small box (cached per crop). ``"auto"`` (default): the segmenter's
+            per small box (cached per crop; two with flip TTA, whose mirrored crop is not
+            cached). ``"auto"`` (default): the segmenter's
             ``box_zoom`` (composer_tiny: 0.35), else off; ``"off"`` or 0: off.
         zoom_context: the crop's side in multiples of the box's longer side.
         zoom_min_crop: smallest crop side in pixels (capped by the image).
@@ -136,7 +137,10 @@ class InstanceTask:
         """Segment given detections (boxes in original-image pixels) of ``context.image``.
 
         Detections are filtered by ``score_threshold``, ``min_box_size`` and ``max_dets``;
-        then all boxes are decoded in one call on the cached embedding.
+        then all boxes are decoded in one call on the cached embedding, and the small ones
+        (``zoom_small``) once more each in a crop of their own; ``meta["zoomed"]`` counts the
+        masks that came from a crop (a crop that decodes an empty mask leaves the whole
+        image's).
         """
         cfg = self.config
         h, w = context.image_size
@@ -166,19 +170,25 @@ class InstanceTask:
         small = _small_boxes(dets.boxes, (h, w), self.zoom_fraction)
         if small.size and masks is not None:
             rles, ious = list(masks.rles), ious.copy()
+            zoomed = 0
             for i in small:
                 win = zoom_window(dets.boxes[i], (h, w), cfg.zoom_context, cfg.zoom_min_crop)
+                if win == (0, 0, w, h):
+                    continue  # the crop is the whole image: the mask is the one above
                 crop_emb = context.cache.get(context.image, self.segmenter, crop_box=win)
                 x0, y0, x1, y1 = win
-                local = self._decode(crop_emb, dets.boxes[i : i + 1] - [x0, y0, x0, y0])
-                if len(local) == 0 or local.masks is None:
+                box = (dets.boxes[i : i + 1] - [x0, y0, x0, y0]).clip(0, [x1 - x0, y1 - y0] * 2)
+                local = self._decode(crop_emb, box)
+                if len(local) == 0 or local.masks is None or not local.masks.area[0]:
                     continue  # nothing decoded in the crop: keep the whole image's mask
                 crop = local.masks.to_dense()[0]  # (y1 - y0, x1 - x0)
                 rles[i] = encode_rles_transposed(crop.T[None], win, (h, w))[0]
                 ious[i] = float(local.extras["predicted_iou"][0])
-            masks = Masks(rles, (h, w))
-            mask_box = masks.boxes().astype(np.float32)
-            meta["zoomed"] = int(small.size)
+                zoomed += 1
+            if zoomed:
+                masks = Masks(rles, (h, w))
+                mask_box = masks.boxes().astype(np.float32)
+            meta["zoomed"] = zoomed
         extras = {"predicted_iou": ious, "mask_box": mask_box}
         return Detections(dets.boxes, dets.scores, dets.labels, masks, extras, meta)
 

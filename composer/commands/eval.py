@@ -184,8 +184,9 @@ def run_proposals(args: argparse.Namespace) -> int:
 
 
 class ScoredByPredictedIoU:
-    """An instance task whose detections are scored by the segmenter's predicted IoU (ground-
-    truth boxes all score 1, which would leave AP's ranking to chance)."""
+    """An instance task on ground-truth boxes whose detections are scored by the segmenter's
+    predicted IoU (the boxes all score 1, which would leave AP's ranking to chance) and boxed
+    by their masks (the prompts would give box AP 1)."""
 
     def __init__(self, task: Any) -> None:
         self.task = task
@@ -197,6 +198,7 @@ class ScoredByPredictedIoU:
         dets = self.task(context)
         if len(dets):
             dets.scores = dets.extras["predicted_iou"].astype("float32")
+            dets.boxes = dets.extras["mask_box"]  # the masks' boxes: the prompts' are the truth
         return dets
 
 

@@ -102,14 +102,31 @@ def load_detector_from_args(args: argparse.Namespace) -> Any:
         if args.detector not in TORCHVISION_ARCHS:
             raise ValueError("--detector-weights needs --detector set to a torchvision arch")
         kw["weights"] = args.detector_weights
+    check_slice_args(args)
     slice_size = getattr(args, "slice", None)
     if slice_size is None:
-        if getattr(args, "slice_overlap", 0.2) != 0.2:
-            raise ValueError("--slice-overlap needs --slice")
         return load_detector(args.detector, **kw)
-    # validate the tiles before the detector loads
-    SlicedDetector.check(slice_size, args.slice_overlap)
     return SlicedDetector(load_detector(args.detector, **kw), slice_size, args.slice_overlap)
+
+
+def check_slice_args(args: argparse.Namespace) -> None:
+    """``--slice`` / ``--slice-overlap`` (call before loading models).
+
+    Raises:
+        ValueError: ``--slice-overlap`` without ``--slice``, or bad values (named by flag).
+    """
+    from ..models.detectors import SlicedDetector
+
+    slice_size = getattr(args, "slice", None)
+    overlap = getattr(args, "slice_overlap", 0.2)
+    if slice_size is None:
+        if overlap != 0.2:
+            raise ValueError("--slice-overlap needs --slice")
+        return
+    try:
+        SlicedDetector.check(slice_size, overlap)
+    except ValueError as exc:
+        raise ValueError(f"--slice {slice_size} --slice-overlap {overlap}: {exc}") from None
 
 
 def check_limit(limit: int | None) -> None:
@@ -370,5 +387,6 @@ def run_folder_command(command: str, build_fn: BuildFn, args: argparse.Namespace
 
 
 def run(args: argparse.Namespace) -> int:
-    parse_zoom_small(args.zoom_small)  # a bad value fails before the models load
+    parse_zoom_small(args.zoom_small)  # bad values fail before the models load
+    check_slice_args(args)
     return run_folder_command("instances", build_processor, args)

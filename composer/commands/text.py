@@ -12,6 +12,7 @@ from .instances import (
     OUT_HELP,
     ImageFn,
     add_detector_args,
+    check_slice_args,
     load_detector_from_args,
     run_folder_command,
     write_result,
@@ -147,4 +148,8 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
 def run(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise ValueError("the prompt is empty")
+    if args.strategy == "detector":
+        check_slice_args(args)  # bad values fail before the models load
+    elif args.slice is not None:
+        raise ValueError("--slice needs --strategy detector")
     return run_folder_command("text", build_processor, args)

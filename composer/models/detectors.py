@@ -606,18 +606,16 @@ def slice_windows(size: tuple[int, int], slice_size: int, overlap: float) -> np.
     ).reshape(-1, 4)
 
 
-def _match_matrix(boxes: np.ndarray, metric: str) -> np.ndarray:
-    """(N, N) overlap of every pair of XYXY boxes: IoU, or IoS (intersection over the smaller)."""
-    x0 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
-    y0 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
-    x1 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
-    y1 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
-    inter = (x1 - x0).clip(0) * (y1 - y0).clip(0)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    if metric == "iou":
-        denom = area[:, None] + area[None, :] - inter
-    else:
-        denom = np.minimum(area[:, None], area[None, :])
+def _match_row(boxes: np.ndarray, i: int, others: np.ndarray, metric: str) -> np.ndarray:
+    """Overlap of box ``i`` with the boxes ``others`` (indices), XYXY: IoU, or IoS
+    (intersection over the smaller box). One row at a time keeps memory O(N)."""
+    b, o = boxes[i], boxes[others]
+    iw = (np.minimum(b[2], o[:, 2]) - np.maximum(b[0], o[:, 0])).clip(0)
+    ih = (np.minimum(b[3], o[:, 3]) - np.maximum(b[1], o[:, 1])).clip(0)
+    inter = iw * ih
+    area_b = (b[2] - b[0]) * (b[3] - b[1])
+    area_o = (o[:, 2] - o[:, 0]) * (o[:, 3] - o[:, 1])
+    denom = area_b + area_o - inter if metric == "iou" else np.minimum(area_b, area_o)
     return np.where(denom > 0, inter / np.maximum(denom, 1e-12), 0.0)
 
 
@@ -662,9 +660,6 @@ def merge_boxes(
     labels = np.asarray(labels, np.int64).reshape(-1)
     order = np.argsort(-scores, kind="stable")
     boxes, scores, labels = boxes[order], scores[order], labels[order]
-    overlap = _match_matrix(boxes, metric) >= float(threshold)
-    if not class_agnostic:
-        overlap &= labels[:, None] == labels[None, :]
     taken = np.zeros(len(boxes), bool)
     keep: list[int] = []
     out = boxes.copy()
@@ -672,8 +667,10 @@ def merge_boxes(
         if taken[i]:
             continue
         keep.append(i)
-        group = np.flatnonzero(overlap[i] & ~taken)
-        group = group[group > i]
+        rest = np.flatnonzero(~taken[i + 1 :]) + i + 1
+        if not class_agnostic:
+            rest = rest[labels[rest] == labels[i]]
+        group = rest[_match_row(boxes, i, rest, metric) >= float(threshold)]
         taken[group] = True
         if merge == "nmm" and group.size:
             members = boxes[np.r_[i, group]]

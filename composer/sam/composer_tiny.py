@@ -148,7 +148,8 @@ MASK_RANK = ContrastRank(weight=2.0, band=16.0, bins=8)
 # boxes on the COCO subset's training half (its last 40 images) by
 #   OMP_NUM_THREADS=1 python recipes/instances_coco.py --model composer_tiny --half train --boxes gt --zoom-small F
 # F = 0 / 0.1 / 0.2 / 0.35 / 0.5 / 1: mask AP 22.5 / 27.9 / 31.2 / 31.7 / 31.7 / 31.7 (APs 3.7 ->
-# 21.3 from 0.2 on), encoder runs 40 / 216 / 324 / 401 / 419 / 431: 0.35 is the smallest
+# 21.3 from 0.2 on), cached encoder runs (flip TTA adds a mirrored run per crop) 40 / 216 /
+# 324 / 401 / 419 / 431: 0.35 is the smallest
 # fraction with the best AP (recipes/README.md, "Table 5").
 BOX_ZOOM = 0.35
 

@@ -387,6 +387,7 @@ def test_instances_cli_zoom_and_gt_boxes(coco_dir, tmp_path, capsys):
     calls = {k: r["meta"]["cache"]["encoder_calls"] for k, r in reports.items()}
     assert calls["off"] == 1 and calls["auto"] > 1  # one crop per small box
     assert reports["auto"]["metrics"]["segm/AP"] > reports["off"]["metrics"]["segm/AP"]
+    assert reports["off"]["metrics"]["bbox/AP"] < 1.0  # the masks' boxes, not the prompts'
     capsys.readouterr()
     for bad in (["--zoom-small", "x"], ["--slice", "400"]):
         assert main([*base, *bad, "--out", str(tmp_path / "bad")]) == 2

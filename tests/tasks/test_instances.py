@@ -310,3 +310,23 @@ def test_instances_cli_zoom_small(tmp_path, capsys):
     assert main([*base, "--zoom-small", "2"]) == 2
     err = capsys.readouterr().err
     assert "--zoom-small must be auto, off or a fraction" in err and "Traceback" not in err
+
+
+def test_zoom_keeps_the_whole_image_mask_when_the_crop_decodes_nothing(image, monkeypatch):
+    seg, cache = CountingSam(), EmbeddingCache()
+    det = FixedDetector(BOXES, SCORES, LABELS)
+    plain = InstanceTask(seg, det, InstanceConfig(zoom_small="off"))(TaskContext(image, 7, cache))
+    task = InstanceTask(seg, det, InstanceConfig(zoom_small=0.2))
+    decode = task._decode
+
+    def empty_in_crops(emb, boxes):
+        out = decode(emb, boxes)
+        if emb.crop_box is not None:
+            out.masks = type(out.masks).from_dense(np.zeros((len(boxes), *out.masks.image_size), bool))
+        return out
+
+    monkeypatch.setattr(task, "_decode", empty_in_crops)
+    out = task(TaskContext(image, 7, cache))
+    assert out.meta["zoomed"] == 0
+    assert np.array_equal(out.masks.to_dense(), plain.masks.to_dense())
+    assert np.allclose(out.extras["predicted_iou"], plain.extras["predicted_iou"])
