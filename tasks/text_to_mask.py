@@ -49,6 +49,9 @@ class TextConfig:
         match_threshold: detector strategy: minimum sentence-encoder similarity of a match.
         refine: detector: the box refinement pass (App. D.4); clip: a point refinement of the
             best mask.
+        zoom_small: detector: small boxes segmented again in a crop
+            (:attr:`tasks.instances.InstanceConfig.zoom_small`; "auto": the segmenter's
+            ``box_zoom``).
         points_per_side: clip: proposal grid.
         pred_iou_thresh, stability_score_thresh: clip: proposal quality filters.
         max_proposals: clip: score at most this many proposals (highest predicted IoU first).
@@ -65,6 +68,7 @@ class TextConfig:
     score_threshold: float = 0.3
     match_threshold: float = 0.5
     refine: bool = False
+    zoom_small: float | str = "auto"
     points_per_side: int = 16
     pred_iou_thresh: float = 0.7
     stability_score_thresh: float = 0.8
@@ -134,7 +138,8 @@ class TextToMaskTask:
                 segmenter,
                 detector,
                 InstanceConfig(
-                    score_threshold=cfg.score_threshold, max_dets=cfg.max_masks, refine=cfg.refine
+                    score_threshold=cfg.score_threshold, max_dets=cfg.max_masks,
+                    refine=cfg.refine, zoom_small=cfg.zoom_small,
                 ),
             )
         else:

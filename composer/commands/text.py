@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import add_model_args, add_worker_args, describe, load_model
+from .common import add_model_args, add_worker_args, describe, load_model, parse_zoom_small
 from .instances import (
     EXIT_HELP,
     OUT_HELP,
@@ -50,6 +50,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="masks to return (default: all boxes of the class / the best 3 proposals)",
     )
     p.add_argument("--refine", action="store_true", help="refinement pass on the masks")
+    p.add_argument(
+        "--zoom-small", default="auto", metavar="auto|off|FRACTION",
+        help="detector strategy: boxes smaller than this fraction of the image's longer side "
+        "are segmented again in a crop (auto, default: the model's recommendation)",
+    )
     p.add_argument("--limit", type=int, default=None, help="folder mode: only the first N images")
     p.add_argument("--out", required=True, help=OUT_HELP)
     add_worker_args(p)
@@ -98,6 +103,7 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
             score_threshold=args.score_threshold,
             refine=args.refine,
             max_masks=args.max_masks or 100,
+            zoom_small=parse_zoom_small(args.zoom_small),
         )
         resolved = getattr(args, "prompt_match", None)
         matcher = None if resolved is None else ResolvedPrompt(*resolved)
@@ -150,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("the prompt is empty")
     if args.strategy == "detector":
         check_slice_args(args)  # bad values fail before the models load
+        parse_zoom_small(args.zoom_small)
     elif args.slice is not None:
         raise ValueError("--slice needs --strategy detector")
     return run_folder_command("text", build_processor, args)

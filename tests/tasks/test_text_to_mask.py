@@ -263,3 +263,27 @@ def test_masked_crops_geometry():
     for bad in (dict(strategy="magic"), dict(crop_expand=0.5), dict(background_dim=2.0)):
         with pytest.raises(ValueError):
             TextConfig(**bad)
+
+
+def test_zoom_small_reaches_the_instance_task(tmp_path, capsys):
+    import composer
+    from composer.cli import main
+    from composer.models.detectors import CocoJsonDetector
+    from tasks.text_to_mask import TextConfig, TextToMaskTask
+
+    det = CocoJsonDetector([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5]}])
+    seg = composer.load_segmenter("classic")
+    task = TextToMaskTask(seg, TextConfig(zoom_small=0.2), detector=det, matcher=object())
+    assert task._instances is not None and task._instances.zoom_fraction == 0.2
+    auto = TextToMaskTask(seg, TextConfig(), detector=det, matcher=object())
+    assert auto._instances is not None and auto._instances.zoom_fraction == 0.0  # classic: none
+    img = tmp_path / "a.png"
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    capsys.readouterr()
+    assert main(["text", str(img), "person", "--zoom-small", "nope", "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--zoom-small must be auto, off or a fraction" in err and "Traceback" not in err
