@@ -702,6 +702,11 @@ class SlicedDetector:
         drop_cut: drop a tile's boxes that touch one of its borders inside the image (within
             2 px): they are parts of objects cut by the tile, which the whole image or a
             neighbouring tile sees whole (default True).
+        max_tiles: refuse an image that would need more tiles than this (default 2500, a
+            50 x 50 grid: a 16,000-px square at 400 px) with a ValueError that names a tile
+            side within the cap, before the detector runs; None for no cap. A slice far too
+            small for the image would otherwise run the detector thousands of times and pool
+            hundreds of thousands of boxes.
 
     The defaults were chosen by SSD-MobileNet-v2's box AP on the training half of the COCO
     subset (``recipes/choose_slices.py``): 27.1 -> 31.1 (small objects 7.1 -> 11.3). SAHI's
@@ -728,6 +733,7 @@ class SlicedDetector:
         class_agnostic: bool = False,
         max_dets: int | None = 100,
         drop_cut: bool = True,
+        max_tiles: int | None = 2500,
     ) -> None:
         if isinstance(detector, (CocoJsonDetector, GroundTruthDetector)):
             raise ValueError(
@@ -743,6 +749,9 @@ class SlicedDetector:
         self.class_agnostic = bool(class_agnostic)
         self.max_dets = max_dets
         self.drop_cut = bool(drop_cut)
+        if max_tiles is not None and int(max_tiles) < 1:
+            raise ValueError(f"max_tiles must be >= 1 or None, got {max_tiles}")
+        self.max_tiles = None if max_tiles is None else int(max_tiles)
         self.model_id = (
             f"{detector.model_id}+sliced{self.slice_size}o{self.overlap:g}"
             f"{'' if self.full_image else '-tiles'}-{merge}-{metric}{self.threshold:g}"
@@ -774,6 +783,15 @@ class SlicedDetector:
         arr = _load(image)
         h, w = arr.shape[:2]
         windows = slice_windows((h, w), self.slice_size, self.overlap)
+        if self.max_tiles is not None and len(windows) > self.max_tiles:
+            side = self.slice_size
+            while len(slice_windows((h, w), side, self.overlap)) > self.max_tiles:
+                side = int(side * 1.25) + 1
+            raise ValueError(
+                f"a {w}x{h} image cut into {self.slice_size}-px tiles (overlap "
+                f"{self.overlap:g}) needs {len(windows)} tiles, more than max_tiles="
+                f"{self.max_tiles}; use a tile side of about {side} px or more (--slice {side})"
+            )
         if len(windows) == 1 and self.full_image:
             windows = windows[:0]  # the one tile is the whole image
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []

@@ -308,7 +308,7 @@ def test_sliced_detector_finds_small_objects_once():
 
 
 def test_sliced_detector_refuses_stored_boxes_and_bad_settings(tmp_path):
-    from composer.models.detectors import SlicedDetector
+    from composer.models.detectors import SlicedDetector, slice_windows
 
     path = tmp_path / "r.json"
     path.write_text("[]")
@@ -320,6 +320,19 @@ def test_sliced_detector_refuses_stored_boxes_and_bad_settings(tmp_path):
         SlicedDetector(BlobDetector(), slice_size=16)
     with pytest.raises(ValueError, match="merge"):
         SlicedDetector(BlobDetector(), merge="union")
+    with pytest.raises(ValueError, match="max_tiles"):
+        SlicedDetector(BlobDetector(), max_tiles=0)
+    # too many tiles for the cap: refused before the detector runs, with a side that fits
+    base = BlobDetector()
+    capped = SlicedDetector(base, slice_size=64, overlap=0.5, max_tiles=20)
+    image = np.zeros((400, 600, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"needs 216 tiles, more than max_tiles=20") as err:
+        capped(image)
+    assert base.calls == []
+    side = int(str(err.value).rsplit("--slice ", 1)[1].rstrip(")"))
+    assert len(slice_windows((400, 600), side, 0.5)) <= 20
+    SlicedDetector(base, slice_size=side, overlap=0.5, max_tiles=20)(image)
+    assert len(SlicedDetector(base, 64, 0.5, max_tiles=None)(image).meta) > 0
 
 
 def test_sliced_ssd_finds_more_people_in_a_mosaic(ssd):
