@@ -8,7 +8,9 @@ embedding cache (so the encoder runs once per image in all):
 2. detector boxes -> masks: mask AP, no refinement;
 3. the same with the paper's refinement pass (best mask's logits fed back with the box);
 4. ground-truth boxes -> masks: the upper bound of box prompting (``--boxes gt``; ``all``
-   runs every row).
+   runs every row). Each mask is scored by its predicted IoU and boxed by its own extent
+   (:class:`tasks.instances.ScoredByPredictedIoU`, as ``sam-composer eval instances``): the
+   boxes all score 1, which would leave AP's ranking to the annotation order.
 
 The paper used ViTDet-H boxes (box AP 58.7 per the EdgeSAM README; ViTDet-H's own masks reach
 mask AP 51.0) with SAM ViT-H: mask AP 46.5 / APs 30.8 / APm 51.0 / APl 61.7. The default
@@ -23,8 +25,11 @@ CPU shared with other jobs, 1884 s wall; 80 encoder calls in all four rows)::
     SSD-MobileNet-v2 boxes                 29.6     -     -     -     -
     classic + SSD boxes                    29.6  14.8   1.8  10.0  34.8
     classic + SSD boxes + refine           29.6  14.8   1.8   9.9  34.3
-    classic + GT boxes (upper bound)      100.0  19.4   4.2  17.7  42.4
+    classic + GT boxes (upper bound)       55.8  28.1  11.2  26.6  47.7
     (box rectangles as masks, SSD boxes:         9.4   0.8   7.5  25.0)
+
+(the GT row from its own run with ``--boxes gt``, 2026-11-23, after GT masks were scored by
+predicted IoU; with every GT mask scored 1 it was 19.4 / 4.2 / 17.7 / 42.4).
 
 SSD box AP on the subset is 31.6 at ``--score-threshold 0.05`` (25.7 if fed BGR: the graph
 wants RGB). The classic backend uses ``mask_input`` only as a score prior, so refinement barely
@@ -65,7 +70,12 @@ from composer.models.detectors import (  # noqa: E402
     load_detector,
 )
 from composer.structures import Detections  # noqa: E402
-from tasks.instances import InstanceConfig, InstanceTask, call_detector  # noqa: E402
+from tasks.instances import (  # noqa: E402
+    InstanceConfig,
+    InstanceTask,
+    ScoredByPredictedIoU,
+    call_detector,
+)
 
 logger = logging.getLogger("recipes.instances_coco")
 
@@ -142,9 +152,10 @@ def evaluate(
                                 zoom_small=zoom_small)
         go("masks_refined", InstanceTask(segmenter, memo, refine), ("segm", "bbox"))
     if boxes in ("gt", "all"):
+        # scored by predicted IoU and boxed by the masks, as `sam-composer eval instances`
         gt_cfg = InstanceConfig(zoom_small=zoom_small)
-        go("gt_boxes", InstanceTask(segmenter, GroundTruthDetector(dataset), gt_cfg),
-           ("segm", "bbox"))
+        gt_task = InstanceTask(segmenter, GroundTruthDetector(dataset), gt_cfg)
+        go("gt_boxes", ScoredByPredictedIoU(gt_task), ("segm", "bbox"))
     stats = cache.stats()
     return {
         "rows": rows,

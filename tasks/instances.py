@@ -219,6 +219,33 @@ class InstanceTask:
         return out[np.argsort(out.extras["prompt_index"], kind="stable")]
 
 
+class ScoredByPredictedIoU:
+    """An instance task on ground-truth boxes, made fit for COCO AP.
+
+    Ground-truth boxes all score 1, which leaves AP's ranking of the masks to the order of the
+    annotations; and the prompts' own boxes would give box AP 1. This wrapper scores each mask
+    by the segmenter's predicted IoU and boxes it by the mask itself, so mask AP ranks the
+    masks by the model's confidence and box AP measures the masks' extent. ``sam-composer eval
+    instances --boxes gt`` and ``recipes/instances_coco.py --boxes gt`` both use it.
+
+    Args:
+        task: an :class:`InstanceTask` (any detector; meant for ground-truth boxes).
+    """
+
+    def __init__(self, task: InstanceTask) -> None:
+        self.task = task
+        self.segmenter = task.segmenter
+        self.config = task.config
+        self.model_id = task.model_id
+
+    def __call__(self, context: TaskContext | Any) -> Detections:
+        dets = self.task(context)
+        if len(dets):
+            dets.scores = dets.extras["predicted_iou"].astype(np.float32)
+            dets.boxes = dets.extras["mask_box"]
+        return dets
+
+
 def _small_boxes(boxes: np.ndarray, image_size: tuple[int, int], fraction: float) -> np.ndarray:
     """Indices of boxes whose longer side is below ``fraction`` of the image's longer side."""
     if fraction <= 0 or len(boxes) == 0:

@@ -183,27 +183,8 @@ def run_proposals(args: argparse.Namespace) -> int:
     return _finish(report, args, "proposals")
 
 
-class ScoredByPredictedIoU:
-    """An instance task on ground-truth boxes whose detections are scored by the segmenter's
-    predicted IoU (the boxes all score 1, which would leave AP's ranking to chance) and boxed
-    by their masks (the prompts would give box AP 1)."""
-
-    def __init__(self, task: Any) -> None:
-        self.task = task
-        self.segmenter = task.segmenter
-        self.config = task.config
-        self.model_id = task.model_id
-
-    def __call__(self, context: Any) -> Any:
-        dets = self.task(context)
-        if len(dets):
-            dets.scores = dets.extras["predicted_iou"].astype("float32")
-            dets.boxes = dets.extras["mask_box"]  # the masks' boxes: the prompts' are the truth
-        return dets
-
-
 def run_instances(args: argparse.Namespace) -> int:
-    from tasks.instances import InstanceConfig, InstanceTask
+    from tasks.instances import InstanceConfig, InstanceTask, ScoredByPredictedIoU
 
     from ..evaluation import CocoEvaluator, run
     from ..models.detectors import (
