@@ -1,4 +1,5 @@
-"""``sam-composer convert INPUT --to coco-polygons|yolo --out PATH``: masks in other formats."""
+"""``sam-composer convert INPUT --to coco-polygons|yolo|png-masks --out PATH``: masks in other
+formats."""
 
 from __future__ import annotations
 
@@ -8,17 +9,20 @@ import argparse
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert mask annotations to COCO polygons or YOLO segmentation labels",
+        help="convert mask annotations to COCO polygons, YOLO segmentation labels or PNG masks",
         description="Read a COCO dataset json (e.g. `everything` output), a COCO results json, "
         "a per-image detections json of segment/instances/text, or a folder of those, and write "
-        "COCO polygons (one json) or YOLO segmentation labels (a folder: labels/<stem>.txt, "
-        "classes.txt). Polygons follow the pixel edges: with --tolerance 0 they give back "
-        "exactly the masks, holes aside (COCO polygons and YOLO labels cannot hold holes).",
+        "COCO polygons (one json), YOLO segmentation labels (a folder: labels/<stem>.txt, "
+        "classes.txt) or PNG masks as segment-anything's amg.py writes them (a folder per image: "
+        "0.png, 1.png, ..., metadata.csv, and labels.png, a 16-bit instance map). Polygons "
+        "follow the pixel edges: with --tolerance 0 they give back exactly the masks, holes "
+        "aside (COCO polygons and YOLO labels cannot hold holes); PNG masks are exact.",
     )
     p.add_argument("input", help="json file, or a folder of per-image detection jsons")
-    p.add_argument("--to", required=True, choices=("coco-polygons", "yolo"), help="output format")
+    p.add_argument("--to", required=True, choices=("coco-polygons", "yolo", "png-masks"),
+                   help="output format")
     p.add_argument("--out", required=True,
-                   help="output json (coco-polygons) or folder (yolo)")
+                   help="output json (coco-polygons) or folder (yolo, png-masks)")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="polygon simplification in pixels (default 0: exact; on COCO masks 0.5 "
                    "keeps 59%% of the vertices at mean IoU .991, 1 keeps 10%% at .959)")

@@ -1,4 +1,4 @@
-"""Mask annotations in other formats: COCO polygons and YOLO segmentation labels.
+"""Mask annotations in other formats: COCO polygons, YOLO segmentation labels and PNG masks.
 
 Reads what the toolkit writes and what datasets ship:
 
@@ -15,12 +15,15 @@ to exactly the mask, holes aside. COCO polygons cannot hold holes, so a mask wit
 its RLE (``holes="rle"``, the default: the annotation stays exact) or loses them
 (``holes="fill"``); YOLO labels always lose them. Both are counted in the returned stats.
 Crowd annotations (``iscrowd``) keep their RLE in COCO polygons and are left out of YOLO
-labels (as Ultralytics' COCO converter does).
+labels (as Ultralytics' COCO converter does). PNG masks (:func:`to_png_masks`, the layout of
+segment-anything's ``scripts/amg.py``) are exact, holes and crowd regions included.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ..structures.masks import mask_polygons, merge_polygons, segmentation_rle
 from .visualize import write_json
 
-FORMATS = ("coco-polygons", "yolo")
+FORMATS = ("coco-polygons", "yolo", "png-masks")
 
 
 @dataclass
@@ -47,6 +51,9 @@ class ImageAnnotations:
     image_id: int
     #: (category key, segmentation as in COCO, the source annotation dict)
     anns: list[tuple[Any, Any, dict[str, Any]]] = field(default_factory=list)
+    #: "coco" (dataset), "results" or "detections" (per-image jsons: ``crop_box`` is XYXY,
+    #: ``point_coords`` ``[x, y]``; in COCO jsons XYWH and ``[[x, y]]``)
+    source: str = "coco"
 
 
 @dataclass
@@ -101,7 +108,8 @@ def _from_results(data: list[dict[str, Any]]) -> Annotations:
                              "dataset json (with 'images') instead")
         iid = r["image_id"]
         if iid not in images:
-            images[iid] = ImageAnnotations(str(iid), str(iid), size[0], size[1], iid)
+            images[iid] = ImageAnnotations(str(iid), str(iid), size[0], size[1], iid,
+                                           source="results")
         cat = r.get("category_id", 1)
         cats.setdefault(cat, str(cat))
         images[iid].anns.append((cat, r["segmentation"], r))
@@ -118,7 +126,7 @@ def _from_detection_files(paths: list[Path]) -> Annotations:
         if isinstance(names, list):  # every class, present or not: indices stable across runs
             for i, n in enumerate(names):
                 cats.setdefault(i, str(n))
-        im = ImageAnnotations(path.stem, path.stem, h, w, k)
+        im = ImageAnnotations(path.stem, path.stem, h, w, k, source="detections")
         for det in rec.get("detections") or []:
             if "segmentation" not in det:
                 continue
@@ -213,6 +221,14 @@ def to_coco_polygons(annotations: Annotations, out_json: str | os.PathLike[str],
             polys, n_holes = mask_polygons(mask_utils.decode(rle).astype(bool), tolerance)
             ann = {k: v for k, v in src.items()
                    if k not in ("segmentation", "counts", "box_xyxy", "label")}
+            if im.source == "detections":  # per-image jsons: XYXY crop, [x, y] point
+                box, pts = ann.get("crop_box"), ann.get("point_coords")
+                if isinstance(box, list) and len(box) == 4 and all(
+                        isinstance(v, (int, float)) for v in box):
+                    ann["crop_box"] = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
+                if isinstance(pts, list) and len(pts) == 2 and all(
+                        isinstance(v, (int, float)) for v in pts):
+                    ann["point_coords"] = [pts]
             ann.update(id=src.get("id", stats["annotations"] + 1), image_id=im.image_id,
                        category_id=cat_ids[cat], iscrowd=int(src.get("iscrowd", 0)))
             crowd, area = bool(ann["iscrowd"]), int(mask_utils.area(rle))
@@ -234,6 +250,22 @@ def to_coco_polygons(annotations: Annotations, out_json: str | os.PathLike[str],
 _SAFE = re.compile(r"[^\w.-]+")
 
 
+def _safe_stems(images: list[ImageAnnotations]) -> list[str]:
+    """Output stems of ``images``: unsafe characters as ``_``, distinct (a stem that clashes
+    gets ``_<image id>``), never empty, ``.`` or ``..`` (those become ``image_<image id>``)."""
+    used: set[str] = set()
+    out = []
+    for im in images:
+        name = _SAFE.sub("_", im.name)
+        if not name.strip("."):  # "", "." or "..": no usable file or folder name
+            name = f"image_{_SAFE.sub('_', str(im.image_id))}"
+        if name in used:  # two stems that differ only in unsafe characters
+            name = f"{name}_{_SAFE.sub('_', str(im.image_id))}"
+        used.add(name)
+        out.append(name)
+    return out
+
+
 def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
             tolerance: float = 0.0) -> dict[str, int]:
     """Write YOLO segmentation labels: ``labels/<stem>.txt`` with one object per line, ``class
@@ -251,8 +283,7 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
     index = {key: i for i, key in enumerate(annotations.categories)}
     stats = {"images": 0, "objects": 0, "multi_part": 0, "dropped_holes": 0, "crowd": 0,
              "empty": 0}
-    used: set[str] = set()
-    for im in annotations.images:
+    for im, name in zip(annotations.images, _safe_stems(annotations.images), strict=True):
         lines = []
         for cat, seg, src in im.anns:
             if src.get("iscrowd"):  # a crowd region is no instance (as Ultralytics' converter)
@@ -268,10 +299,6 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
             pts = np.clip(pts / (im.width, im.height), 0.0, 1.0)
             lines.append(" ".join([str(index[cat])] + [f"{v:.6f}" for v in pts.ravel()]))
             stats["objects"] += 1
-        name = _SAFE.sub("_", im.name) or f"image_{im.image_id}"
-        if name in used:  # two stems that differ only in unsafe characters
-            name = f"{name}_{_SAFE.sub('_', str(im.image_id))}"
-        used.add(name)
         (labels / f"{name}.txt").write_text("".join(f"{line}\n" for line in lines))
         stats["images"] += 1
     (out / "classes.txt").write_text("".join(f"{v}\n" for v in annotations.categories.values()))
@@ -282,10 +309,126 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
     return stats
 
 
+#: metadata.csv columns: segment-anything's scripts/amg.py's, then category, score, iscrowd
+PNG_MASK_COLUMNS = ("id", "area", "bbox_x0", "bbox_y0", "bbox_w", "bbox_h", "point_input_x",
+                    "point_input_y", "predicted_iou", "stability_score", "crop_box_x0",
+                    "crop_box_y0", "crop_box_w", "crop_box_h", "category", "score", "iscrowd")
+
+
+def _number(value: Any, what: str) -> float | None:
+    """A number of a source annotation; None for null (how NaN is written) and NaN."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} is {value!r}, not a number")
+    return float(value) if math.isfinite(value) else None
+
+
+def _coord(value: Any, what: str) -> str:
+    """A coordinate cell: whole numbers without a decimal point (as amg.py's ints)."""
+    v = _number(value, what)
+    return "" if v is None else str(int(v)) if v.is_integer() else repr(v)
+
+
+def _score(src: dict[str, Any], key: str) -> str:
+    v = _number(src.get(key), key)
+    return "" if v is None else repr(v)
+
+
+def _amg_cells(src: dict[str, Any], source: str) -> list[str]:
+    """point_input_x .. crop_box_h of one source annotation (empty where it lacks them)."""
+    point, crop = ["", ""], ["", "", "", ""]
+    pts = src.get("point_coords")
+    if isinstance(pts, list) and len(pts) == 1 and isinstance(pts[0], list):
+        pts = pts[0]  # [[x, y]] (COCO jsons); per-image jsons have [x, y]
+    if isinstance(pts, list) and len(pts) == 2 and not any(isinstance(v, list) for v in pts):
+        point = [_coord(v, "point_coords") for v in pts]
+    # several points (a list of lists) leave the cells empty: amg.py's input is one point
+    elif pts is not None and not (isinstance(pts, list) and all(isinstance(v, list) for v in pts)):
+        raise ValueError(f"point_coords is {pts!r}, not [[x, y]]")
+    box = src.get("crop_box")
+    if box is not None:
+        nums = [_number(v, "crop_box") for v in box] if isinstance(box, list) else []
+        xywh = [v for v in nums if v is not None]
+        if len(xywh) != 4:
+            raise ValueError(f"crop_box is {box!r}, not 4 finite numbers")
+        if source == "detections":  # per-image jsons keep the generator's XYXY
+            xywh[2:] = [xywh[2] - xywh[0], xywh[3] - xywh[1]]
+        crop = [_coord(v, "crop_box") for v in xywh]
+    return [*point, _score(src, "predicted_iou"), _score(src, "stability_score"), *crop]
+
+
+def to_png_masks(annotations: Annotations, out_dir: str | os.PathLike[str]) -> dict[str, int]:
+    """Write one binary PNG per mask, the layout of segment-anything's ``scripts/amg.py``:
+    per image a folder ``<stem>/`` (stems made safe as in :func:`to_yolo`) with ``0.png``,
+    ``1.png``, ... (0 and 255, the image's size, in the source's order: an empty mask is
+    written too, all zeros, so the numbers stay the source's), ``metadata.csv`` and
+    ``labels.png``.
+
+    ``metadata.csv`` has amg.py's columns (``PNG_MASK_COLUMNS``): ``id`` (the PNG's number),
+    ``area`` and ``bbox_*`` of the mask itself (COCO's XYWH: a one-pixel mask has width 1,
+    amg.py's boxes are one pixel smaller), ``point_input_*``, ``predicted_iou``,
+    ``stability_score`` and ``crop_box_*`` (XYWH) from the source annotation, then
+    ``category`` (its name), ``score`` and ``iscrowd``. A cell the source lacks (or holds null
+    or NaN) stays empty. Crowd regions are written like any mask and marked ``iscrowd`` 1.
+
+    ``labels.png`` is a 16-bit instance map: 0 background, mask ``i`` painted ``i + 1``; where
+    masks overlap the first listed (the best ranked of a generator's) wins. PNG masks of an
+    earlier run in a ``<stem>/`` folder are removed first.
+
+    Returns stats: ``images``, ``masks``, ``crowd``, ``empty`` (masks with no pixels),
+    ``hidden`` (masks with pixels, all taken by earlier masks in ``labels.png``).
+
+    Raises:
+        ValueError: a malformed segmentation or field, or more than 65535 masks in an image.
+    """
+    out = Path(out_dir)
+    stats = {"images": 0, "masks": 0, "crowd": 0, "empty": 0, "hidden": 0}
+    for im, name in zip(annotations.images, _safe_stems(annotations.images), strict=True):
+        if len(im.anns) > np.iinfo(np.uint16).max:
+            raise ValueError(f"image {im.file_name!r} has {len(im.anns)} masks: labels.png "
+                             "holds at most 65535")
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.png"):  # an earlier run's masks (it may have had more)
+            if re.fullmatch(r"[0-9]+", old.stem):
+                old.unlink()
+        labels = np.zeros((im.height, im.width), np.uint16)
+        rows = []
+        for i, (cat, seg, src) in enumerate(im.anns):
+            try:
+                rle = segmentation_rle(seg, (im.height, im.width))
+                amg = _amg_cells(src, im.source)
+                score = _score(src, "score")
+            except ValueError as exc:
+                raise ValueError(f"image {im.file_name!r}, mask {i}: {exc}") from None
+            mask = mask_utils.decode(rle).astype(bool)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{i}.png")
+            free = mask & (labels == 0)  # the first wins: as painting in reverse, overwriting
+            labels[free] = i + 1
+            area = int(mask.sum())
+            bbox = [str(int(v)) for v in mask_utils.toBbox(rle)]
+            crowd = src.get("iscrowd")
+            rows.append([str(i), str(area), *bbox, *amg, annotations.categories[cat], score,
+                         "" if crowd is None else str(int(bool(crowd)))])
+            stats["masks"] += 1
+            stats["crowd"] += int(bool(crowd))
+            stats["empty"] += int(area == 0)
+            stats["hidden"] += int(area > 0 and not free.any())
+        Image.fromarray(labels).save(folder / "labels.png")
+        with open(folder / "metadata.csv", "w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(PNG_MASK_COLUMNS)
+            writer.writerows(rows)
+        stats["images"] += 1
+    return stats
+
+
 def convert(src: str | os.PathLike[str], out: str | os.PathLike[str], to: str,
             tolerance: float = 0.0, holes: str = "rle") -> dict[str, int]:
     """Convert ``src`` (see the module doc) to ``to``: ``"coco-polygons"`` (``out`` is the json
-    to write) or ``"yolo"`` (``out`` is a folder)."""
+    to write), ``"yolo"`` or ``"png-masks"`` (``out`` is a folder; ``tolerance`` and ``holes``
+    do not apply: the PNGs are exact)."""
     if to not in FORMATS:
         raise ValueError(f"unknown format {to!r}: use one of {', '.join(FORMATS)}")
     if tolerance < 0 or not np.isfinite(tolerance):
@@ -293,4 +436,6 @@ def convert(src: str | os.PathLike[str], out: str | os.PathLike[str], to: str,
     annotations = read_annotations(src)
     if to == "yolo":
         return to_yolo(annotations, out, tolerance)
+    if to == "png-masks":
+        return to_png_masks(annotations, out)
     return to_coco_polygons(annotations, out, tolerance, holes)

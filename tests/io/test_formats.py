@@ -1,7 +1,9 @@
-"""Polygons of masks and the conversions of ``sam-composer convert`` (COCO polygons, YOLO)."""
+"""Polygons of masks and the conversions of ``sam-composer convert`` (COCO polygons, YOLO, PNG
+masks)."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from composer.cli import main as cli_main
-from composer.io.formats import convert, read_annotations
+from composer.io.formats import PNG_MASK_COLUMNS, convert, read_annotations
 from composer.io.visualize import write_detections
 from composer.structures import Detections, Masks
 from composer.structures.masks import mask_polygons, merge_polygons
@@ -286,3 +288,191 @@ def test_huge_coordinates_are_clipped(tmp_path):
     convert(tmp_path / "d.json", tmp_path / "o.json", "coco-polygons")
     out = json.loads((tmp_path / "o.json").read_text())
     assert out["annotations"][0]["area"] == 81
+
+
+AMG_HEADER = ["id", "area", "bbox_x0", "bbox_y0", "bbox_w", "bbox_h", "point_input_x",
+              "point_input_y", "predicted_iou", "stability_score", "crop_box_x0", "crop_box_y0",
+              "crop_box_w", "crop_box_h"]  # segment-anything's scripts/amg.py, in its order
+
+
+def read_png_masks(folder):
+    """The mask PNGs (as bool, checked binary 0/255 8-bit), metadata rows and labels map."""
+    import cv2
+    from PIL import Image
+
+    with open(folder / "metadata.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == [*AMG_HEADER, "category", "score", "iscrowd"] == list(PNG_MASK_COLUMNS)
+    masks = []
+    for i in range(len(rows) - 1):
+        with Image.open(folder / f"{i}.png") as im:
+            assert im.mode == "L"
+            m = np.asarray(im)
+        assert set(np.unique(m)) <= {0, 255}
+        masks.append(m == 255)
+    assert sorted(p.name for p in folder.glob("*.png")) == sorted(
+        [f"{i}.png" for i in range(len(masks))] + ["labels.png"])
+    labels = cv2.imread(str(folder / "labels.png"), cv2.IMREAD_UNCHANGED)
+    assert labels.dtype == np.uint16 and labels.ndim == 2
+    return masks, [dict(zip(rows[0], r, strict=True)) for r in rows[1:]], labels
+
+
+def painted(masks, shape):
+    """The instance map the format promises: painted last to first, so the first mask wins."""
+    out = np.zeros(shape, np.int64)
+    for i in reversed(range(len(masks))):
+        out[masks[i]] = i + 1
+    return out
+
+
+def mask_bbox(m):
+    if not m.any():
+        return [0, 0, 0, 0]
+    ys, xs = np.nonzero(m)
+    return [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+
+
+def test_coco_dataset_to_png_masks_is_exact(coco_json, tmp_path):
+    data = json.loads(coco_json.read_text())
+    ims = data["images"][:2]  # 42 masks, polygons and crowd RLEs
+    ids = {im["id"] for im in ims}
+    small = {"images": ims, "categories": data["categories"],
+             "annotations": [a for a in data["annotations"] if a["image_id"] in ids]}
+    (tmp_path / "small.json").write_text(json.dumps(small))
+    _, gt = _gt_masks(tmp_path / "small.json")
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    stats = convert(tmp_path / "small.json", tmp_path / "png", "png-masks")
+    assert stats["images"] == 2 and stats["masks"] == len(small["annotations"])
+    assert stats["crowd"] == sum(a["iscrowd"] for a in small["annotations"]) > 0
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == sorted(
+        im["file_name"].rsplit(".", 1)[0] for im in ims)
+    for im in ims:
+        anns = [a for a in small["annotations"] if a["image_id"] == im["id"]]
+        masks, rows, labels = read_png_masks(tmp_path / "png" / im["file_name"].rsplit(".", 1)[0])
+        assert len(masks) == len(rows) == len(anns)
+        for i, (m, row, a) in enumerate(zip(masks, rows, anns, strict=True)):
+            np.testing.assert_array_equal(m, gt[a["id"]])  # source order, exact
+            assert int(row["id"]) == i and int(row["area"]) == int(m.sum())
+            assert [int(row[k]) for k in AMG_HEADER[2:6]] == mask_bbox(m)
+            assert row["category"] == names[a["category_id"]]
+            assert row["iscrowd"] == str(a["iscrowd"])
+            # a labelled dataset has no generator fields nor scores: empty, not made up
+            assert all(row[k] == "" for k in AMG_HEADER[6:] + ["score"])
+        np.testing.assert_array_equal(labels, painted(masks, m.shape))
+
+
+def test_png_masks_fields_overlaps_and_empty_masks(tmp_path):
+    """The same masks and generator fields from both of ``everything``'s outputs (a COCO json
+    with XYWH crop boxes and ``[[x, y]]`` points, a per-image json with XYXY and ``[x, y]``)
+    give the same files; overlaps go to the first mask; an empty mask keeps its number."""
+    h, w = 40, 50
+    dense = np.zeros((4, h, w), bool)
+    dense[0, 5:25, 5:30] = True
+    dense[1, 15:35, 20:45] = True  # overlaps mask 0: the overlap stays 0's
+    dense[2, 8:12, 8:12] = True  # inside mask 0: hidden in labels.png
+    dense[1, 30:33, 2:4] = True  # a second part; mask 3 stays empty
+    iou = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    stab = np.array([0.95, np.nan, 0.85, 0.5], np.float32)  # NaN is written as null
+    points = np.array([[10.5, 12.0], [30, 25], [9, 9], [1, 1]], np.float32)
+    crops = np.array([[0, 0, 50, 40], [10, 5, 50, 40], [0, 0, 25, 20], [0, 0, 50, 40]])  # XYXY
+    masks = Masks.from_dense(dense)
+    dets = Detections(boxes=masks.boxes(), masks=masks, scores=iou, labels=np.array([0, 1, 0, 1]),
+                      extras={"predicted_iou": iou, "stability_score": stab,
+                              "point_coords": points, "crop_box": crops},
+                      meta={"class_names": ["cat", "dog, big"]})
+    write_detections(dets, np.zeros((h, w, 3), np.uint8), tmp_path, stem="pic", mask_pngs=False)
+    rles = masks.to_coco_rles()
+    coco = {"images": [{"id": 3, "file_name": "pic.jpg", "height": h, "width": w}],
+            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog, big"}],
+            "annotations": [  # as tasks.everything.detections_to_annotations writes them
+                {"id": 10 + i, "image_id": 3, "category_id": [1, 2, 1, 2][i], "iscrowd": 0,
+                 "segmentation": rles[i], "predicted_iou": float(iou[i]),
+                 "stability_score": None if np.isnan(stab[i]) else float(stab[i]),
+                 "point_coords": [[float(v) for v in points[i]]], "score": float(iou[i]),
+                 "crop_box": [float(crops[i, 0]), float(crops[i, 1]),
+                              float(crops[i, 2] - crops[i, 0]), float(crops[i, 3] - crops[i, 1])]}
+                for i in range(4)]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    got = {}
+    for src in ("coco.json", "pic.json"):
+        stats = convert(tmp_path / src, tmp_path / src.replace(".", "_"), "png-masks")
+        assert stats == {"images": 1, "masks": 4, "crowd": 0, "empty": 1, "hidden": 1}
+        got[src] = read_png_masks(tmp_path / src.replace(".", "_") / "pic")
+    masks_out, rows, labels = got["pic.json"]
+    for m, d in zip(masks_out, dense, strict=True):
+        np.testing.assert_array_equal(m, d)
+    assert not masks_out[3].any() and rows[3]["area"] == "0"
+    assert labels[20, 25] == 1 and labels[30, 40] == 2 and labels[31, 3] == 2
+    assert 3 not in labels and 4 not in labels
+    np.testing.assert_array_equal(labels, painted(dense, (h, w)))
+    assert [r["category"] for r in rows] == ["cat", "dog, big", "cat", "dog, big"]
+    for r, i in zip(rows, range(4), strict=True):
+        assert [float(r["point_input_x"]), float(r["point_input_y"])] == points[i].tolist()
+        assert float(r["predicted_iou"]) == float(r["score"]) == float(iou[i])
+        assert [int(r[k]) for k in AMG_HEADER[10:]] == [*crops[i, :2], *(crops[i, 2:] - crops[i, :2])]
+        assert [int(r[k]) for k in AMG_HEADER[2:6]] == mask_bbox(dense[i])
+    assert rows[1]["stability_score"] == "" and float(rows[0]["stability_score"]) == float(stab[0])
+    assert rows[1]["crop_box_x0"] == "10" and rows[1]["crop_box_w"] == "40"
+    assert rows[0]["point_input_x"] == "10.5" and rows[0]["point_input_y"] == "12"
+    # the COCO json gives the same except its iscrowd column (per-image jsons have none)
+    coco_masks, coco_rows, coco_labels = got["coco.json"]
+    np.testing.assert_array_equal(coco_labels, labels)
+    assert [r.pop("iscrowd") for r in coco_rows] == ["0"] * 4
+    assert [r.pop("iscrowd") for r in rows] == [""] * 4
+    assert coco_rows == rows
+    # COCO polygons from the per-image json carry the COCO json's conventions (XYWH, [[x, y]])
+    convert(tmp_path / "pic.json", tmp_path / "poly.json", "coco-polygons")
+    poly = json.loads((tmp_path / "poly.json").read_text())["annotations"]
+    for a, b in zip(poly, coco["annotations"], strict=True):
+        assert a["crop_box"] == b["crop_box"] and a["point_coords"] == b["point_coords"]
+
+
+def test_png_masks_many_masks_need_16_bits(tmp_path):
+    dense = np.zeros((300, 20, 20), bool)
+    dense[np.arange(300), np.arange(300) // 20, np.arange(300) % 20] = True  # one pixel each
+    masks = Masks.from_dense(dense)
+    dets = Detections(boxes=masks.boxes(), masks=masks, scores=np.ones(300, np.float32))
+    write_detections(dets, np.zeros((20, 20, 3), np.uint8), tmp_path, stem="m", mask_pngs=False)
+    convert(tmp_path / "m.json", tmp_path / "o", "png-masks")
+    _, rows, labels = read_png_masks(tmp_path / "o" / "m")
+    assert labels.max() == 300 and labels[14, 19] == 300 and (labels > 0).sum() == 300
+    assert rows[299]["bbox_w"] == "1" and rows[299]["point_input_x"] == ""  # no generator fields
+
+
+def test_png_masks_stems_reruns_and_bad_fields(tmp_path, capsys):
+    seg = [[1, 1, 4, 1, 4, 4, 1, 4]]
+    data = {"images": [{"id": 1, "file_name": "a b.jpg", "height": 5, "width": 5},
+                       {"id": 2, "file_name": "a_b.jpg", "height": 5, "width": 5},
+                       {"id": 3, "file_name": "sub/...jpg", "height": 5, "width": 5},
+                       {"id": 4, "file_name": "x:y?.png", "height": 5, "width": 5}],
+            "annotations": [{"id": k, "image_id": k, "category_id": 1, "segmentation": seg}
+                            for k in (1, 2, 3, 4)]}
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    out = tmp_path / "out"
+    assert cli_main(["convert", str(tmp_path / "d.json"), "--to", "png-masks",
+                     "--out", str(out)]) == 0
+    assert "images 4, masks 4" in capsys.readouterr().out
+    folders = ["a_b", "a_b_2", "image_3", "x_y_"]  # "..." would be a path out of --out
+    assert sorted(p.name for p in out.iterdir()) == folders
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "out"]
+    convert(tmp_path / "d.json", tmp_path / "yolo", "yolo")  # the same stems as YOLO labels
+    assert sorted(p.stem for p in (tmp_path / "yolo" / "labels").iterdir()) == folders
+    masks, rows, _ = read_png_masks(out / "a_b_2")
+    assert rows[0]["iscrowd"] == "" and masks[0].sum() == 9
+    # a rerun with fewer masks leaves none of the earlier run's PNGs behind
+    (out / "a_b" / "7.png").write_bytes(b"old")
+    (out / "a_b" / "notes.png").write_bytes(b"mine")
+    data["annotations"][0]["segmentation"] = {"size": [5, 5], "counts": [25]}  # empty
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    assert convert(tmp_path / "d.json", out, "png-masks")["empty"] == 1
+    assert sorted(p.name for p in (out / "a_b").iterdir()) == [
+        "0.png", "labels.png", "metadata.csv", "notes.png"]
+    for field, value, msg in (("crop_box", [0, 0, 5], "crop_box"),
+                              ("point_coords", "center", "point_coords"),
+                              ("predicted_iou", "high", "predicted_iou")):
+        bad = {**data, "annotations": [{**data["annotations"][1], field: value}]}
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        assert cli_main(["convert", str(tmp_path / "bad.json"), "--to", "png-masks",
+                         "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "'a_b.jpg', mask 0" in err
