@@ -299,7 +299,10 @@ class GrabCutRefine:
         except cv2.error as exc:  # too few samples for a colour model: keep the mask
             logger.debug("GrabCut refinement skipped: %s", exc)
             return None
-        return (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD), band
+        refined = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
+        if not refined.any():  # no sure foreground (a mask thinner than the band) and GrabCut
+            return None  # relabelled every pixel: keep the model's mask rather than none
+        return refined, band
 
 
 def _padded_bbox(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:

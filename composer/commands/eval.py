@@ -16,6 +16,17 @@ from .common import add_model_args, describe, load_model, parse_zoom_small
 DATASETS = ("bsds500", "grabcut", "berkeley", "coco")
 
 
+def _limit(text: str) -> int:
+    """``--limit``: a number of images, at least 1 (0 would report on nothing)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a task on a dataset with the paper's protocols")
     esub = p.add_subparsers(dest="task", metavar="TASK")
@@ -26,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--coco", default=None, help="COCO-format annotation json (instead of --dataset)")
         q.add_argument("--images", default=None, help="image folder for --coco")
         q.add_argument("--split", default="test", help="BSDS500 split (default test)")
-        q.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+        q.add_argument("--limit", type=_limit, default=None, help="evaluate only the first N images")
         q.add_argument("--out", required=True, help="output folder for report.json and plots")
 
     e = esub.add_parser("edges", help="BSDS500 boundary benchmark (ODS/OIS/AP/R50)")

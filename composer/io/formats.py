@@ -123,16 +123,23 @@ def _from_detection_files(paths: list[Path]) -> Annotations:
         rec = json.loads(path.read_text())
         h, w = (int(v) for v in rec["image_size"])
         names = (rec.get("meta") or {}).get("class_names")
+        if isinstance(names, dict):  # instances/text: {"<category id>": name}
+            names = {int(k): str(v) for k, v in names.items()
+                     if str(k).lstrip("-").isdigit()}
         if isinstance(names, list):  # every class, present or not: indices stable across runs
-            for i, n in enumerate(names):
-                cats.setdefault(i, str(n))
+            names = dict(enumerate(str(n) for n in names))
+        if isinstance(names, dict):
+            for i, n in names.items():
+                cats.setdefault(i, n)
         im = ImageAnnotations(path.stem, path.stem, h, w, k, source="detections")
         for det in rec.get("detections") or []:
             if "segmentation" not in det:
                 continue
             cat = int(det.get("label", 0))
-            if isinstance(names, list) and 0 <= cat < len(names):
-                cats.setdefault(cat, str(names[cat]))
+            if isinstance(names, dict) and cat in names:
+                cats.setdefault(cat, names[cat])
+            elif det.get("class_name") is not None:
+                cats.setdefault(cat, str(det["class_name"]))
             else:
                 cats.setdefault(cat, "object" if "label" not in det else str(cat))
             im.anns.append((cat, det["segmentation"], det))
@@ -170,8 +177,8 @@ def _read(src: Path) -> Annotations:
             try:
                 if _is_detection_file(json.loads(p.read_text())):
                     files.append(p)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{p} is not valid JSON ({exc}); fix or remove it") from None
         if not files:
             raise ValueError(f"no per-image detection jsons (image_size, detections) in {src}")
         return _from_detection_files(files)
@@ -280,6 +287,8 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
     out = Path(out_dir)
     labels = out / "labels"
     labels.mkdir(parents=True, exist_ok=True)
+    for old in labels.glob("*.txt"):  # an earlier run's labels index another classes.txt
+        old.unlink()
     index = {key: i for i, key in enumerate(annotations.categories)}
     stats = {"images": 0, "objects": 0, "multi_part": 0, "dropped_holes": 0, "crowd": 0,
              "empty": 0}

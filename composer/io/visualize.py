@@ -145,13 +145,20 @@ def write_json(path: str | os.PathLike[str], data: Any, indent: int | None = Non
     atomically: a temporary ``.part`` file renamed over ``path``, so a reader never sees half a
     file; ``fsync`` also flushes it to disk first (logs an interruption must not lose)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(json_finite(data), indent=indent, allow_nan=False))
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(json_finite(data), indent=indent, allow_nan=False))
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written .part left behind
+        raise
     return path
 
 

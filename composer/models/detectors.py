@@ -606,6 +606,17 @@ def slice_windows(size: tuple[int, int], slice_size: int, overlap: float) -> np.
     ).reshape(-1, 4)
 
 
+def count_windows(size: tuple[int, int], slice_size: int, overlap: float) -> int:
+    """How many tiles :func:`slice_windows` gives, without building them (checked settings)."""
+    s = int(slice_size)
+    step = max(1, int(s * (1.0 - float(overlap))))
+
+    def n(length: int) -> int:
+        return 1 if length <= s else len(range(0, length - s, step)) + 1
+
+    return n(int(size[0])) * n(int(size[1]))
+
+
 def _match_row(boxes: np.ndarray, i: int, others: np.ndarray, metric: str) -> np.ndarray:
     """Overlap of box ``i`` with the boxes ``others`` (indices), XYXY: IoU, or IoS
     (intersection over the smaller box). One row at a time keeps memory O(N)."""
@@ -782,16 +793,18 @@ class SlicedDetector:
     def __call__(self, image: Any, image_id: Hashable | None = None) -> Detections:
         arr = _load(image)
         h, w = arr.shape[:2]
-        windows = slice_windows((h, w), self.slice_size, self.overlap)
-        if self.max_tiles is not None and len(windows) > self.max_tiles:
+        n_tiles = count_windows((h, w), self.slice_size, self.overlap)
+        if self.max_tiles is not None and n_tiles > self.max_tiles:
             side = self.slice_size
-            while len(slice_windows((h, w), side, self.overlap)) > self.max_tiles:
+            while count_windows((h, w), side, self.overlap) > self.max_tiles:
                 side = int(side * 1.25) + 1
             raise ValueError(
                 f"a {w}x{h} image cut into {self.slice_size}-px tiles (overlap "
-                f"{self.overlap:g}) needs {len(windows)} tiles, more than max_tiles="
+                f"{self.overlap:g}) needs {n_tiles} tiles, more than max_tiles="
                 f"{self.max_tiles}; use a tile side of about {side} px or more (--slice {side})"
+                " or a smaller overlap"
             )
+        windows = slice_windows((h, w), self.slice_size, self.overlap)
         if len(windows) == 1 and self.full_image:
             windows = windows[:0]  # the one tile is the whole image
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []

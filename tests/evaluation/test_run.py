@@ -262,6 +262,18 @@ def test_points_cli_with_zoom_in_records_the_protocol(grabcut3, tmp_path):
     assert per_mask
 
 
+@pytest.mark.parametrize("task", ["points", "instances", "edges", "proposals"])
+def test_eval_limit_must_be_positive(task, tmp_path, capsys):
+    """``--limit 0`` would write a report of zeros on no images: refused before any work."""
+    from composer.cli import main
+
+    for bad, msg in (("0", "must be >= 1"), ("-3", "must be >= 1"), ("two", "not a whole")):
+        with pytest.raises(SystemExit) as exc:
+            main(["eval", task, "--limit", bad, "--out", str(tmp_path / "o")])
+        assert exc.value.code == 2 and msg in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_edges_cli_applies_the_models_guided_refinement(bsds_dir, tmp_path, capsys):
     """``eval edges`` on one real BSDS500 val image with the packaged composer_tiny: ``auto``
     uses the model's recommended guided filter, ``off`` the paper's procedure; a bad value is

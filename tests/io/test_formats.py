@@ -186,6 +186,41 @@ def test_detection_jsons_and_results_lists(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["images"][0]["height"] == 40
 
 
+def test_instances_class_names_stale_labels_and_corrupt_files(tmp_path):
+    """`instances`/`text` write class_names as {"<category id>": name}: the names survive;
+    a second yolo run into the same folder leaves no label of the first; a corrupt json in a
+    folder is an error naming it, not a silently missing image; a json --out that is a folder
+    or in a missing folder is a clear error or created, with no .part file left behind."""
+    image = np.zeros((40, 50, 3), np.uint8)
+    dense = np.stack([blobs(1, 40, 50), blobs(2, 40, 50)])
+    masks = Masks.from_dense(dense)
+    dets = Detections(boxes=masks.boxes(), masks=masks, scores=np.array([0.9, 0.4]),
+                      labels=np.array([1, 39]),
+                      meta={"class_names": {"1": "person", "3": "car", "39": "baseball bat"}})
+    write_detections(dets, image, tmp_path / "inst", stem="a", mask_pngs=False)
+    ann = read_annotations(tmp_path / "inst")
+    assert ann.categories == {1: "person", 3: "car", 39: "baseball bat"}
+    convert(tmp_path / "inst", tmp_path / "y", "yolo")
+    assert (tmp_path / "y" / "classes.txt").read_text() == "person\ncar\nbaseball bat\n"
+    assert [ln.split()[0] for ln in (tmp_path / "y/labels/a.txt").read_text().splitlines()] == [
+        "0", "2"]
+    # a second run into the same folder from other input: the first run's labels are gone
+    write_detections(dets, image, tmp_path / "other", stem="b", mask_pngs=False)
+    convert(tmp_path / "other", tmp_path / "y", "yolo")
+    assert sorted(p.name for p in (tmp_path / "y" / "labels").iterdir()) == ["b.txt"]
+    # a corrupt per-image json in the folder
+    (tmp_path / "inst" / "z.json").write_text('{"image_size": [40, 5')
+    with pytest.raises(ValueError, match=r"z\.json is not valid JSON"):
+        read_annotations(tmp_path / "inst")
+    # json outputs: a folder is refused, a missing parent is created, no .part remains
+    (tmp_path / "dir.json").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        convert(tmp_path / "other", tmp_path / "dir.json", "coco-polygons")
+    convert(tmp_path / "other", tmp_path / "new" / "p.json", "coco-polygons")
+    assert (tmp_path / "new" / "p.json").is_file()
+    assert not list(tmp_path.rglob("*.part"))
+
+
 def test_convert_command_and_bad_input(tmp_path, capsys):
     image = np.zeros((30, 30, 3), np.uint8)
     masks = Masks.from_dense(blobs(3, 30, 30)[None])

@@ -308,7 +308,7 @@ def test_sliced_detector_finds_small_objects_once():
 
 
 def test_sliced_detector_refuses_stored_boxes_and_bad_settings(tmp_path):
-    from composer.models.detectors import SlicedDetector, slice_windows
+    from composer.models.detectors import SlicedDetector, count_windows, slice_windows
 
     path = tmp_path / "r.json"
     path.write_text("[]")
@@ -329,8 +329,11 @@ def test_sliced_detector_refuses_stored_boxes_and_bad_settings(tmp_path):
     with pytest.raises(ValueError, match=r"needs 216 tiles, more than max_tiles=20") as err:
         capped(image)
     assert base.calls == []
-    side = int(str(err.value).rsplit("--slice ", 1)[1].rstrip(")"))
+    side = int(str(err.value).rsplit("--slice ", 1)[1].split(")")[0])
     assert len(slice_windows((400, 600), side, 0.5)) <= 20
+    for size, sl, ov in (((400, 600), 64, 0.5), ((1000, 3000), 256, 0.25), ((100, 50), 400, 0.2),
+                         ((333, 1001), 32, 0.99), ((480, 640), 400, 0.2)):
+        assert count_windows(size, sl, ov) == len(slice_windows(size, sl, ov))
     SlicedDetector(base, slice_size=side, overlap=0.5, max_tiles=20)(image)
     assert len(SlicedDetector(base, 64, 0.5, max_tiles=None)(image).meta) > 0
 
