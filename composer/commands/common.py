@@ -142,6 +142,10 @@ def engine_from_args(args: argparse.Namespace) -> Any:
     """
     from ..runner import make_engine
 
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.threads_per_worker is not None and args.threads_per_worker < 1:
+        raise ValueError(f"--threads-per-worker must be >= 1, got {args.threads_per_worker}")
     threads = args.threads_per_worker
     if threads is None and (args.workers > 1 or args.engine == "ray"):
         threads = 1

@@ -209,7 +209,10 @@ def run_instances(args: argparse.Namespace) -> int:
     if args.slice is not None:
         if args.boxes != "detector":
             raise ValueError("--slice needs --boxes detector (stored boxes cannot be sliced)")
-        SlicedDetector.check(args.slice, 0.2)
+        try:
+            SlicedDetector.check(args.slice, 0.2)
+        except ValueError as exc:
+            raise ValueError(f"--slice {args.slice}: {exc}") from None
     dataset = _dataset(args)
     seg = load_model(args)
     print(describe(seg))

@@ -89,7 +89,7 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
         "for SSD on COCO photos; default: whole image only)",
     )
     p.add_argument(
-        "--slice-overlap", type=float, default=0.2,
+        "--slice-overlap", type=float, default=None,
         help="fraction of a tile shared with its neighbour (default 0.2; needs --slice)",
     )
 
@@ -106,23 +106,29 @@ def load_detector_from_args(args: argparse.Namespace) -> Any:
     slice_size = getattr(args, "slice", None)
     if slice_size is None:
         return load_detector(args.detector, **kw)
-    return SlicedDetector(load_detector(args.detector, **kw), slice_size, args.slice_overlap)
+    overlap = 0.2 if args.slice_overlap is None else args.slice_overlap
+    return SlicedDetector(load_detector(args.detector, **kw), slice_size, overlap)
 
 
 def check_slice_args(args: argparse.Namespace) -> None:
     """``--slice`` / ``--slice-overlap`` (call before loading models).
 
     Raises:
-        ValueError: ``--slice-overlap`` without ``--slice``, or bad values (named by flag).
+        ValueError: ``--slice-overlap`` without ``--slice``, or bad values of these or of
+            ``--score-threshold`` (named by flag).
     """
     from ..models.detectors import SlicedDetector
 
+    threshold = getattr(args, "score_threshold", None)
+    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:  # also NaN
+        raise ValueError(f"--score-threshold must be in [0, 1], got {threshold}")
     slice_size = getattr(args, "slice", None)
-    overlap = getattr(args, "slice_overlap", 0.2)
+    overlap = getattr(args, "slice_overlap", None)
     if slice_size is None:
-        if overlap != 0.2:
+        if overlap is not None:
             raise ValueError("--slice-overlap needs --slice")
         return
+    overlap = 0.2 if overlap is None else overlap
     try:
         SlicedDetector.check(slice_size, overlap)
     except ValueError as exc:

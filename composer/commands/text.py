@@ -157,6 +157,10 @@ def run(args: argparse.Namespace) -> int:
     if args.strategy == "detector":
         check_slice_args(args)  # bad values fail before the models load
         parse_zoom_small(args.zoom_small)
-    elif args.slice is not None:
-        raise ValueError("--slice needs --strategy detector")
+    else:
+        for flag, value, default in (("--slice", args.slice, None),
+                                     ("--slice-overlap", args.slice_overlap, None),
+                                     ("--zoom-small", args.zoom_small, "auto")):
+            if value != default:  # the clip strategy segments proposals, not boxes
+                raise ValueError(f"{flag} needs --strategy detector")
     return run_folder_command("text", build_processor, args)

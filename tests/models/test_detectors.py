@@ -370,6 +370,9 @@ def test_instances_cli_slices(ssd_files, tmp_path, capsys):
     assert meta["detector"].startswith("ssd_mobilenet_v2_coco_2018_03_29+sliced256o0.25")
     capsys.readouterr()
     for extra, message in ((["--slice-overlap", "0.3"], "--slice-overlap needs --slice"),
+                           (["--slice-overlap", "0.2"], "--slice-overlap needs --slice"),
+                           (["--score-threshold", "1.5"], "--score-threshold must be in"),
+                           (["--score-threshold", "nan"], "--score-threshold must be in"),
                            (["--slice", "8"], "slice_size must be >= 32"),
                            (["--slice", "400", "--slice-overlap", "1"], "overlap must be in"),
                            (["--slice", "400", "--detector", str(tmp_path / "b.json")],
@@ -377,5 +380,16 @@ def test_instances_cli_slices(ssd_files, tmp_path, capsys):
         if "--detector" in extra:
             (tmp_path / "b.json").write_text("[]")
         assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    # flags of the detector strategy are refused with the clip strategy; worker flags by name
+    text = ["text", str(img), "a cup", "--model", "composer_tiny", "--out", str(out)]
+    for extra, message in ((["--strategy", "clip", "--zoom-small", "0.5"],
+                            "--zoom-small needs --strategy detector"),
+                           (["--strategy", "clip", "--slice-overlap", "0.3"],
+                            "--slice-overlap needs --strategy detector"),
+                           (["--workers", "0"], "--workers must be >= 1"),
+                           (["--threads-per-worker", "0"], "--threads-per-worker must be >= 1")):
+        assert main([*text, *extra]) == 2, extra
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err

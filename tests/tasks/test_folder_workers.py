@@ -93,8 +93,8 @@ def test_worker_flags_in_single_image_mode_and_bad_flags(folder, tmp_path, capsy
     assert main([*base[:1], str(src / "1.png"), *base[1:], "--workers", "2"]) == 0
     assert (tmp_path / "out" / "1.json").is_file()
     capsys.readouterr()
-    for bad, message in ((["--workers", "0"], "workers must be >= 1"),
-                         (["--threads-per-worker", "0"], "threads must be >= 1"),
+    for bad, message in ((["--workers", "0"], "--workers must be >= 1"),
+                         (["--threads-per-worker", "0"], "--threads-per-worker must be >= 1"),
                          (["--ray-address", "auto"], "address is for the Ray engine")):
         assert main([*base[:1], str(src), *base[1:], *bad]) == 2
         err = capsys.readouterr().err
