@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="folder mode: recompute every image instead of resuming an earlier run in --out "
              "(needed when the model or settings changed)",
     )
-    p.add_argument("--points-per-side", type=int, default=32, help="prompt grid per side (default 32)")
+    p.add_argument("--points-per-side", type=int, default=None,
+                   help="prompt grid per side (default 32; with --sa1b it overrides SA-1B's)")
     p.add_argument(
         "--pred-iou-thresh", type=float, default=None,
         help="default: 0.88 (official), or the model's calibrated value (composer_tiny)",
@@ -38,9 +39,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--stability-thresh", type=float, default=None,
         help="default: 0.95 (official), or the model's calibrated value (composer_tiny)",
     )
-    p.add_argument("--crop-n-layers", type=int, default=0, help="crop layers (SA-1B style: 1 or 2)")
-    p.add_argument("--min-region-area", type=int, default=0, help="remove islands/holes below this area")
-    p.add_argument("--sa1b", action="store_true", help="SA-1B settings (crops, cleanup, big-mask filter)")
+    p.add_argument("--crop-n-layers", type=int, default=None,
+                   help="crop layers (default 0; SA-1B style: 1 or 2)")
+    p.add_argument("--min-region-area", type=int, default=None,
+                   help="remove islands/holes below this area (default 0)")
+    p.add_argument("--sa1b", action="store_true",
+                   help="SA-1B settings (32-point grid, one crop layer, cleanup below 100 px, "
+                        "big-mask filter); the grid, crop and cleanup flags given override them")
     p.add_argument("--max-side", type=int, default=None,
                    help="process images whose longest side exceeds this at that size and upsample "
                         "the kept masks (fast on large photos; default: full resolution, official)")
@@ -64,12 +69,17 @@ def run(args: argparse.Namespace) -> int:
         "pred_iou_thresh": args.pred_iou_thresh,
         "stability_score_thresh": args.stability_thresh,
     }
+    flags = {"points_per_side": args.points_per_side, "crop_n_layers": args.crop_n_layers,
+             "min_mask_region_area": args.min_region_area}
+    given = {k: v for k, v in flags.items() if v is not None}  # flags given override the base
     if args.sa1b:
-        config = AmgConfig.for_segmenter(seg, SA1B_CONFIG, max_side=args.max_side, **thresholds)
-    else:
         config = AmgConfig.for_segmenter(
-            seg, points_per_side=args.points_per_side, crop_n_layers=args.crop_n_layers,
-            min_mask_region_area=args.min_region_area, max_side=args.max_side, **thresholds,
+            seg, SA1B_CONFIG, max_side=args.max_side, **given, **thresholds
+        )
+    else:
+        defaults = {"points_per_side": 32, "crop_n_layers": 0, "min_mask_region_area": 0}
+        config = AmgConfig.for_segmenter(
+            seg, max_side=args.max_side, **{**defaults, **given}, **thresholds
         )
     print(describe(seg))
     out = Path(args.out)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,44 @@ def _samples(items: Any, model: Any, frozen: bool, mirror: bool) -> list[Any]:
     return out
 
 
+#: what a training folder was started with; a rerun that resumes must match it
+RUN_FILE = "run.json"
+
+
+def _run_identity(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings a resumed run must share with the run that wrote ``last.pt`` (not
+    ``--steps`` or ``--time-budget-min``: a rerun may train longer)."""
+
+    def path(p: str | None) -> str | None:
+        return None if p is None else str(Path(p).resolve())
+
+    return {
+        "model": args.model, "checkpoint": args.checkpoint, "random_init": bool(args.random_init),
+        "data": path(args.data), "images": path(args.images), "max_images": args.max_images,
+        "val_data": path(args.val_data), "val_images": path(args.val_images),
+        "val_fraction": args.val_fraction, "masks_per_image": args.masks_per_image,
+        "corrective": args.corrective, "lr": args.lr, "train_encoder": bool(args.train_encoder),
+        "seed": args.seed,
+    }
+
+
+def _check_same_run(out: Path, run_id: dict[str, Any]) -> None:
+    """Refuse to resume a ``last.pt`` in ``out`` written with other data or settings."""
+    last, ident = out / "last.pt", out / RUN_FILE
+    if not (last.is_file() and ident.is_file()):
+        return
+    try:
+        before = json.loads(ident.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        before = {}
+    changed = sorted(k for k in set(before) | set(run_id) if before.get(k) != run_id.get(k))
+    if changed:
+        raise ValueError(
+            f"--out {out} holds a training run (last.pt) started with other settings "
+            f"({', '.join(changed)}); rerun with the same ones to resume, or use a fresh --out"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     import itertools
 
@@ -134,6 +173,21 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
+    if args.time_budget_min is not None and not args.time_budget_min > 0:
+        raise ValueError(f"--time-budget-min must be > 0, got {args.time_budget_min}")
+    if args.masks_per_image < 1:
+        raise ValueError(f"--masks-per-image must be >= 1, got {args.masks_per_image}")
+    if args.corrective < 0:
+        raise ValueError(f"--corrective must be >= 0, got {args.corrective}")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise ValueError(f"--lr must be a positive number, got {args.lr}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder")
+    run_id = _run_identity(args)
+    _check_same_run(out, run_id)
     if not 0.0 <= args.val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if (args.val_data is None) != (args.val_images is None):
@@ -155,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         # Every k-th image is held out (spread over the dataset's order).
         n_val = int(round(len(items) * args.val_fraction)) if len(items) > 1 else 0
+        n_val = min(n_val, len(items) - 1)  # at least one image stays for training
         val_ids = set(range(0, len(items), len(items) // n_val)[:n_val]) if n_val else set()
         val_items = [it for i, it in enumerate(items) if i in val_ids]
         items = [it for i, it in enumerate(items) if i not in val_ids]
@@ -167,8 +222,8 @@ def run(args: argparse.Namespace) -> int:
         f"model {args.model} from {start}; {len(items)} training images ({len(train)} samples), "
         f"{len(val_items)} held out; embedded in {time.perf_counter() - t0:.1f} s"
     )
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_FILE).write_text(json.dumps(run_id, indent=2))
     config = TrainConfig(
         steps=args.steps,
         time_budget_s=args.time_budget_min * 60 if args.time_budget_min else None,

@@ -143,6 +143,7 @@ def coco_items(
     from pycocotools import mask as mask_utils
 
     from ..data.coco import CocoDataset
+    from ..structures.masks import segmentation_rle
 
     ds = CocoDataset(ann_file, image_dir, image_ids=image_ids)
     for image_id in ds.image_ids:
@@ -158,7 +159,8 @@ def coco_items(
             continue
         layers = np.zeros((len(anns), h, w), np.uint16)
         for i, a in enumerate(anns):
-            rle = ds.coco.annToRLE(a)
+            # our decoder: an empty or odd segmentation is an empty mask or a clear error
+            rle = segmentation_rle(a.get("segmentation", []), (h, w))
             layers[i][mask_utils.decode(rle).astype(bool)] = 1
         yield SegmentationItem(f"coco/{image_id}", ds.item(image_id).load_image(), layers)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -208,6 +209,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
         self.rng = np.random.default_rng(config.seed)
         self.step = 0
+        self._updating = False  # inside the weight update of a step (see fit)
         self.elapsed = 0.0
         self.history: list[dict[str, float]] = []
 
@@ -374,6 +376,7 @@ class Trainer:
         if c.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
+        self._updating = True  # weights, step and history change together
         self.scaler.step(self.optimizer)
         self.scaler.update()
         dt = time.perf_counter() - t0
@@ -383,6 +386,7 @@ class Trainer:
             float(total.detach()), mask_l, iou_l, float(torch.cat(first_iou).mean()), lr, dt
         )
         self.history.append(asdict(stats))
+        self._updating = False
         return stats
 
     # ------------------------------------------------------------------ loop
@@ -404,6 +408,7 @@ class Trainer:
 
             bar = tqdm(total=self.config.steps, initial=self.step, desc="train", unit="step")
         ema_loss = ema_iou = None
+        self._updating = False
         try:
             while not self.done():
                 s = self.train_step()
@@ -427,6 +432,13 @@ class Trainer:
                     on_step(self, s)
                 if self.config.checkpoint_dir and self.step % self.config.checkpoint_every == 0:
                     self.save_checkpoint()
+        except KeyboardInterrupt:
+            # Ctrl-C: keep the finished steps for a rerun, unless it struck while the
+            # optimizer was updating the weights (then the last checkpoint stands)
+            if self.config.checkpoint_dir and self.step > 0 and not self._updating:
+                self.save_checkpoint()
+                logger.warning("interrupted: checkpoint at step %d, a rerun resumes", self.step)
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -478,8 +490,15 @@ class Trainer:
         file = Path(path) if path is not None else self.checkpoint_path()
         if not file.is_file():
             return False
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        self.load_state_dict(state)
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            self.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(
+                f"{file} is not a training state of this model ({first}); use a fresh "
+                "checkpoint folder or delete it"
+            ) from None
         logger.info("resumed from %s at step %d (%.0f s trained)", file, self.step, self.elapsed)
         return True
 

@@ -129,3 +129,31 @@ def test_everything_cli_uses_the_models_thresholds(tmp_path, capsys):
     record = json.loads((tmp_path / "small" / "disk.json").read_text())
     assert record["image_size"] == [300, 400]
     assert record["meta"]["max_side"] == {"max_side": 200, "processed_size": [150, 200]}
+
+
+def test_everything_cli_sa1b_takes_the_grid_crop_and_cleanup_flags(tmp_path, monkeypatch):
+    """`--sa1b` sets SA-1B's settings, and the grid, crop and cleanup flags given override
+    them (they were silently ignored); without `--sa1b` the official defaults apply."""
+    from composer.automatic import AutomaticMaskGenerator
+    from composer.cli import main
+    from tasks.everything import SA1B_CONFIG
+
+    seen = []
+    original = AutomaticMaskGenerator.generate
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.config)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AutomaticMaskGenerator, "generate", spy)
+    path = tmp_path / "flat.png"
+    Image.fromarray(np.full((64, 80, 3), 128, np.uint8)).save(path)
+    base = ["everything", str(path), "--model", "composer_tiny", "--out", str(tmp_path / "o")]
+    assert main([*base, "--sa1b", "--points-per-side", "2", "--min-region-area", "7"]) == 0
+    assert main([*base, "--sa1b", "--points-per-side", "2"]) == 0
+    assert main([*base, "--points-per-side", "2"]) == 0
+    a, b, c = seen
+    assert (a.points_per_side, a.crop_n_layers, a.min_mask_region_area) == (2, 1, 7)
+    assert a.max_mask_area_fraction == SA1B_CONFIG.max_mask_area_fraction
+    assert (b.points_per_side, b.crop_n_layers, b.min_mask_region_area) == (2, 1, 100)
+    assert (c.points_per_side, c.crop_n_layers, c.min_mask_region_area) == (2, 0, 0)

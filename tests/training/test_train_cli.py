@@ -77,5 +77,48 @@ def test_train_command_errors(tmp_path, capsys, monkeypatch) -> None:
     assert main([*base, "--model", "vit_tiny_test"]) == 2
     assert "--random-init" in capsys.readouterr().err
     assert main([*base, "--model", "vit_tiny_test", "--random-init", "--steps", "0"]) == 2
+    tiny = [*base, "--model", "vit_tiny_test", "--random-init"]
+    for extra, message in ((["--max-images", "0"], "--max-images must be >= 1"),
+                           (["--time-budget-min", "-1"], "--time-budget-min must be > 0"),
+                           (["--masks-per-image", "0"], "--masks-per-image must be >= 1"),
+                           (["--lr", "nan"], "--lr must be a positive number")):
+        capsys.readouterr()
+        assert main([*tiny, *extra]) == 2, extra
+        assert message in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+                 "--random-init", "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--data", str(ann)])
+
+
+def test_train_command_is_robust_to_odd_data_and_other_runs(tmp_path, capsys) -> None:
+    """An empty segmentation is an empty mask (not a pycocotools crash); a held-out share that
+    would take every image leaves one for training; an --out holding a run with other settings
+    or another architecture is refused with a one-line error, never silently resumed."""
+    ann, images = _coco_dataset(tmp_path, n=2)
+    doc = json.loads(ann.read_text())
+    doc["annotations"][0]["segmentation"] = []
+    ann.write_text(json.dumps(doc))
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--random-init", "--out", str(out), "--steps", "2", "--masks-per-image", "2",
+            "--corrective", "1", "--val-fraction", "0.99"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "1 training images" in text and "1 held out" in text
+    assert json.loads((out / "run.json").read_text())["model"] == "vit_tiny_test"
+    # a longer run of the same settings resumes; other settings are refused
+    assert main([*argv[:-8], "--steps", "3", *argv[-6:]]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert main([*argv, "--lr", "3e-4"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings (lr)" in err and len(err.strip().splitlines()) == 1
+    # a last.pt of another architecture (no run.json: an older run) is a clear error too
+    (out / "run.json").unlink()
+    other = ["train", "--data", str(ann), "--images", str(images), "--model", "composer_tiny",
+             "--out", str(out), "--steps", "4", "--masks-per-image", "2", "--corrective", "1"]
+    assert main(other) == 2
+    err = capsys.readouterr().err
+    assert "not a training state of this model" in err and "Traceback" not in err

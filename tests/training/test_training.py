@@ -470,6 +470,24 @@ def test_resume_gives_the_same_state(shapes_cache, tmp_path) -> None:
     assert [h["loss"] for h in a.history] == pytest.approx([h["loss"] for h in b.history], rel=1e-5)
 
 
+def test_ctrl_c_keeps_the_finished_steps(shapes_cache, tmp_path) -> None:
+    """An interrupt between steps writes a checkpoint of the steps done; a rerun resumes."""
+    model0, train, _ = shapes_cache
+    cfg = _config(tmp_path, steps=50, box_prob=0.5)
+    a = Trainer(_copy_of(model0), cfg, train)
+
+    def stop(trainer: Trainer, stats: object) -> None:
+        if trainer.step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        a.fit(on_step=stop)
+    b = Trainer(_copy_of(model0), cfg, train)
+    assert b.resume() and b.step == 3 and len(b.history) == 3
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[key]), key
+
+
 def test_warmup_samples_are_used_first(shapes_cache, tmp_path) -> None:
     model0, train, val = shapes_cache
     with pytest.raises(ValueError):
