@@ -206,7 +206,7 @@ BACKENDS: dict[str, Backend] = {
     "composer_tiny": Backend(
         "composer_tiny",
         _load_composer_tiny,
-        "the project's trained model: EfficientNet-Lite0 + SAM decoder, weights in the package",
+        "the project's trained model: EfficientNet-Lite0 + SAM decoder",
     ),
     "onnx": Backend(
         "onnx", _load_onnx, "an ONNX export (sam-composer export) run by ONNX Runtime on the CPU"
