@@ -7,8 +7,8 @@ command, model loading and worker start-up included, which is what a user waits 
 - ``--workers 1`` with ``--threads-per-worker T`` for T in 1 .. ``--cores`` (this process);
 - ``--workers W --threads-per-worker 1`` for W = ``--cores`` (local worker processes).
 
-Each row also says whether its ``summary.json`` (boxes, scores, mask RLEs) is identical to the
-first row's. Use an idle machine: the point is how the cores are shared. Command::
+Each row also says whether its per-image jsons (boxes, scores, mask RLEs; not
+``summary.json``, which holds timings) are identical to the first row's. Use an idle machine: the point is how the cores are shared. Command::
 
     .venv/bin/python benchmarks/bench_folder_workers.py --task instances --images 16 --cores 2
     .venv/bin/python benchmarks/bench_folder_workers.py --task text --prompt person --images 16

@@ -135,8 +135,11 @@ def _run_identity(args: argparse.Namespace) -> dict[str, Any]:
     def path(p: str | None) -> str | None:
         return None if p is None else str(Path(p).resolve())
 
+    checkpoint = args.checkpoint  # a file by its resolved path; a registered name as given
+    if checkpoint is not None and Path(checkpoint).exists():
+        checkpoint = str(Path(checkpoint).resolve())
     return {
-        "model": args.model, "checkpoint": args.checkpoint, "random_init": bool(args.random_init),
+        "model": args.model, "checkpoint": checkpoint, "random_init": bool(args.random_init),
         "data": path(args.data), "images": path(args.images), "max_images": args.max_images,
         "val_data": path(args.val_data), "val_images": path(args.val_images),
         "val_fraction": args.val_fraction, "masks_per_image": args.masks_per_image,
@@ -153,7 +156,9 @@ def _check_same_run(out: Path, run_id: dict[str, Any]) -> None:
     try:
         before = json.loads(ident.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        before = {}
+        before = None
+    if not isinstance(before, dict):
+        raise ValueError(f"{ident} is unreadable; delete it to resume, or use a fresh --out")
     changed = sorted(k for k in set(before) | set(run_id) if before.get(k) != run_id.get(k))
     if changed:
         raise ValueError(
@@ -167,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ..io.visualize import write_json
     from ..training.data import coco_items
     from ..training.evaluate import evaluate_samples
     from ..training.trainer import TrainConfig, Trainer
@@ -183,15 +189,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--corrective must be >= 0, got {args.corrective}")
     if not (args.lr > 0 and math.isfinite(args.lr)):
         raise ValueError(f"--lr must be a positive number, got {args.lr}")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if (args.val_data is None) != (args.val_images is None):
+        raise ValueError("--val-data and --val-images go together")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder")
     run_id = _run_identity(args)
     _check_same_run(out, run_id)
-    if not 0.0 <= args.val_fraction < 1.0:
-        raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
-    if (args.val_data is None) != (args.val_images is None):
-        raise ValueError("--val-data and --val-images go together")
     from ..segmenters import resolve_device
 
     device = resolve_device(args.device)  # a device this machine cannot use: a one-line error
@@ -223,7 +229,6 @@ def run(args: argparse.Namespace) -> int:
         f"{len(val_items)} held out; embedded in {time.perf_counter() - t0:.1f} s"
     )
     out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_FILE).write_text(json.dumps(run_id, indent=2))
     config = TrainConfig(
         steps=args.steps,
         time_budget_s=args.time_budget_min * 60 if args.time_budget_min else None,
@@ -241,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(model, config, train)
     if trainer.resume():
         print(f"resumed from {trainer.checkpoint_path()} at step {trainer.step}")
+    # only now, with last.pt (if any) known to be this model's: the folder's settings
+    write_json(out / RUN_FILE, run_id, indent=2)
     history = trainer.fit(progress=True) if not trainer.done() else trainer.history
     after = evaluate_samples(model, val) if val else None
     weights = out / "model.pt"

@@ -266,9 +266,9 @@ def _safe_stems(images: list[ImageAnnotations]) -> list[str]:
         name = _SAFE.sub("_", im.name)
         if not name.strip("."):  # "", "." or "..": no usable file or folder name
             name = f"image_{_SAFE.sub('_', str(im.image_id))}"
-        if name in used:  # two stems that differ only in unsafe characters
-            name = f"{name}_{_SAFE.sub('_', str(im.image_id))}"
-        used.add(name)
+        if name.lower() in used:  # stems differing only in unsafe characters or in case
+            name = f"{name}_{_SAFE.sub('_', str(im.image_id))}"  # (one file on macOS/Windows)
+        used.add(name.lower())
         out.append(name)
     return out
 
@@ -282,16 +282,21 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
 
     Returns stats: ``images``, ``objects``, ``multi_part`` (masks joined from several parts),
     ``dropped_holes``, ``crowd`` (crowd regions: not written), ``empty`` (masks with no
-    pixels: not written).
+    pixels: not written), ``stale_labels_removed``: when ``out_dir`` holds an earlier
+    conversion (its ``classes.txt``), that run's ``labels/*.txt`` are removed first, as they
+    index another class list; a folder without ``classes.txt`` keeps its files.
     """
     out = Path(out_dir)
     labels = out / "labels"
     labels.mkdir(parents=True, exist_ok=True)
-    for old in labels.glob("*.txt"):  # an earlier run's labels index another classes.txt
-        old.unlink()
+    stale = 0
+    if (out / "classes.txt").is_file():  # an earlier convert's output: its labels index
+        for old in labels.glob("*.txt"):  # another classes.txt, so they go
+            old.unlink()
+            stale += 1
     index = {key: i for i, key in enumerate(annotations.categories)}
     stats = {"images": 0, "objects": 0, "multi_part": 0, "dropped_holes": 0, "crowd": 0,
-             "empty": 0}
+             "empty": 0, "stale_labels_removed": stale}
     for im, name in zip(annotations.images, _safe_stems(annotations.images), strict=True):
         lines = []
         for cat, seg, src in im.anns:

@@ -434,7 +434,9 @@ class Trainer:
                     self.save_checkpoint()
         except KeyboardInterrupt:
             # Ctrl-C: keep the finished steps for a rerun, unless it struck while the
-            # optimizer was updating the weights (then the last checkpoint stands)
+            # optimizer was updating the weights (then the last checkpoint stands). The
+            # sampling state saved is the interrupted step's, so the resumed run is not
+            # bit-identical to an uninterrupted one (periodic checkpoints are).
             if self.config.checkpoint_dir and self.step > 0 and not self._updating:
                 self.save_checkpoint()
                 logger.warning("interrupted: checkpoint at step %d, a rerun resumes", self.step)
@@ -493,7 +495,8 @@ class Trainer:
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)
             self.load_state_dict(state)
-        except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+        except (RuntimeError, KeyError, ValueError, TypeError, EOFError,
+                pickle.UnpicklingError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(
                 f"{file} is not a training state of this model ({first}); use a fresh "

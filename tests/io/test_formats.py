@@ -208,6 +208,16 @@ def test_instances_class_names_stale_labels_and_corrupt_files(tmp_path):
     write_detections(dets, image, tmp_path / "other", stem="b", mask_pngs=False)
     convert(tmp_path / "other", tmp_path / "y", "yolo")
     assert sorted(p.name for p in (tmp_path / "y" / "labels").iterdir()) == ["b.txt"]
+    # a folder that is no earlier conversion (no classes.txt) keeps its files
+    (tmp_path / "mine" / "labels").mkdir(parents=True)
+    (tmp_path / "mine" / "labels" / "keep.txt").write_text("0 0.1 0.1 0.2 0.1 0.2 0.2\n")
+    assert convert(tmp_path / "other", tmp_path / "mine", "yolo")["stale_labels_removed"] == 0
+    assert (tmp_path / "mine" / "labels" / "keep.txt").is_file()
+    # stems that differ only in case are one file on macOS/Windows: kept apart
+    from composer.io.formats import ImageAnnotations, _safe_stems
+
+    ims = [ImageAnnotations(n, n, 5, 5, i) for i, n in enumerate(["Cat", "cat"], start=1)]
+    assert _safe_stems(ims) == ["Cat", "cat_2"]
     # a corrupt per-image json in the folder
     (tmp_path / "inst" / "z.json").write_text('{"image_size": [40, 5')
     with pytest.raises(ValueError, match=r"z\.json is not valid JSON"):

@@ -122,3 +122,10 @@ def test_train_command_is_robust_to_odd_data_and_other_runs(tmp_path, capsys) ->
     assert main(other) == 2
     err = capsys.readouterr().err
     assert "not a training state of this model" in err and "Traceback" not in err
+    # the failed command did not stamp the folder: the right one still resumes
+    assert not (out / "run.json").exists()
+    assert main(argv) == 0
+    assert "resumed from" in capsys.readouterr().out
+    (out / "run.json").write_text("[1]")
+    assert main(argv) == 2
+    assert "run.json is unreadable" in capsys.readouterr().err
