@@ -12,19 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .common import add_model_args, describe, load_model, parse_zoom_small
+from .instances import check_limit
 
 DATASETS = ("bsds500", "grabcut", "berkeley", "coco")
-
-
-def _limit(text: str) -> int:
-    """``--limit``: a number of images, at least 1 (0 would report on nothing)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--coco", default=None, help="COCO-format annotation json (instead of --dataset)")
         q.add_argument("--images", default=None, help="image folder for --coco")
         q.add_argument("--split", default="test", help="BSDS500 split (default test)")
-        q.add_argument("--limit", type=_limit, default=None, help="evaluate only the first N images")
+        q.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
         q.add_argument("--out", required=True, help="output folder for report.json and plots")
 
     e = esub.add_parser("edges", help="BSDS500 boundary benchmark (ODS/OIS/AP/R50)")
@@ -151,6 +141,7 @@ class _ImageTask:
 
 # ---------------------------------------------------------------------- commands
 def run_edges(args: argparse.Namespace) -> int:
+    check_limit(args.limit)  # before any model or data loads
     from ..evaluation import ItemGroundTruth, run
     from ..evaluation.edges_bsds import BoundaryEvaluator
 
@@ -180,6 +171,7 @@ def run_edges(args: argparse.Namespace) -> int:
 
 
 def run_proposals(args: argparse.Namespace) -> int:
+    check_limit(args.limit)  # before any model or data loads
     from tasks.proposals import ProposalConfig, ProposalTask
 
     from ..evaluation import ProposalEvaluator, run
@@ -195,6 +187,7 @@ def run_proposals(args: argparse.Namespace) -> int:
 
 
 def run_instances(args: argparse.Namespace) -> int:
+    check_limit(args.limit)  # before any model or data loads
     from tasks.instances import InstanceConfig, InstanceTask, ScoredByPredictedIoU
 
     from ..evaluation import CocoEvaluator, run
@@ -237,6 +230,7 @@ def run_instances(args: argparse.Namespace) -> int:
 
 
 def run_points(args: argparse.Namespace) -> int:
+    check_limit(args.limit)  # before any model or data loads
     from ..evaluation import PointEvaluator, run
 
     if args.clicks < 1:

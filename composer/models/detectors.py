@@ -592,29 +592,29 @@ def slice_windows(size: tuple[int, int], slice_size: int, overlap: float) -> np.
     if not 0.0 <= float(overlap) < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     s = int(slice_size)
-    step = max(1, int(s * (1.0 - float(overlap))))
-
-    def starts(length: int) -> list[int]:
-        if length <= s:
-            return [0]
-        out = list(range(0, length - s, step))
-        return out + [length - s]
-
     h, w = int(size[0]), int(size[1])
+    ys, xs = (_tile_starts(n, s, overlap) for n in (h, w))
     return np.asarray(
-        [(x, y, min(x + s, w), min(y + s, h)) for y in starts(h) for x in starts(w)], np.int64
+        [(x, y, min(x + s, w), min(y + s, h)) for y in ys for x in xs], np.int64
     ).reshape(-1, 4)
 
 
-def count_windows(size: tuple[int, int], slice_size: int, overlap: float) -> int:
-    """How many tiles :func:`slice_windows` gives, without building them (checked settings)."""
+def _tile_starts(length: int, slice_size: int, overlap: float) -> list[int]:
+    """Where the tiles of one axis start: every ``slice_size * (1 - overlap)`` pixels, the
+    last one ending at the border (one tile when the axis is not longer than a tile)."""
     s = int(slice_size)
+    if length <= s:
+        return [0]
     step = max(1, int(s * (1.0 - float(overlap))))
+    return [*range(0, length - s, step), length - s]
 
-    def n(length: int) -> int:
-        return 1 if length <= s else len(range(0, length - s, step)) + 1
 
-    return n(int(size[0])) * n(int(size[1]))
+def count_windows(size: tuple[int, int], slice_size: int, overlap: float) -> int:
+    """How many tiles :func:`slice_windows` gives (checked settings), without building the
+    tiles: one axis's starts are cheap, their product is what can run to millions."""
+    return len(_tile_starts(int(size[0]), slice_size, overlap)) * len(
+        _tile_starts(int(size[1]), slice_size, overlap)
+    )
 
 
 def _match_row(boxes: np.ndarray, i: int, others: np.ndarray, metric: str) -> np.ndarray:

@@ -267,10 +267,10 @@ def test_eval_limit_must_be_positive(task, tmp_path, capsys):
     """``--limit 0`` would write a report of zeros on no images: refused before any work."""
     from composer.cli import main
 
-    for bad, msg in (("0", "must be >= 1"), ("-3", "must be >= 1"), ("two", "not a whole")):
-        with pytest.raises(SystemExit) as exc:
-            main(["eval", task, "--limit", bad, "--out", str(tmp_path / "o")])
-        assert exc.value.code == 2 and msg in capsys.readouterr().err
+    for bad in ("0", "-3"):
+        assert main(["eval", task, "--limit", bad, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert "--limit must be >= 1" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 
