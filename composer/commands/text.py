@@ -158,7 +158,10 @@ def run(args: argparse.Namespace) -> int:
         check_slice_args(args)  # bad values fail before the models load
         parse_zoom_small(args.zoom_small)
     else:
-        for flag, value, default in (("--slice", args.slice, None),
+        for flag, value, default in (("--detector", args.detector, None),
+                                     ("--detector-weights", args.detector_weights, None),
+                                     ("--score-threshold", args.score_threshold, 0.3),
+                                     ("--slice", args.slice, None),
                                      ("--slice-overlap", args.slice_overlap, None),
                                      ("--zoom-small", args.zoom_small, "auto")):
             if value != default:  # the clip strategy segments proposals, not boxes

@@ -388,6 +388,10 @@ def test_instances_cli_slices(ssd_files, tmp_path, capsys):
                             "--zoom-small needs --strategy detector"),
                            (["--strategy", "clip", "--slice-overlap", "0.3"],
                             "--slice-overlap needs --strategy detector"),
+                           (["--strategy", "clip", "--detector", "ssd"],
+                            "--detector needs --strategy detector"),
+                           (["--strategy", "clip", "--score-threshold", "0.5"],
+                            "--score-threshold needs --strategy detector"),
                            (["--workers", "0"], "--workers must be >= 1"),
                            (["--threads-per-worker", "0"], "--threads-per-worker must be >= 1")):
         assert main([*text, *extra]) == 2, extra
