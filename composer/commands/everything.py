@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         return 1 if n_failed else 0
     image = load_image(src)
     dets = AutomaticMaskGenerator(seg, config).generate(image)
-    written = write_detections(dets, image, out, stem=src.stem, mask_pngs=False)
+    written = write_detections(dets, image, out, stem=src.stem, mask_pngs=False,
+                               image_file=src.name)
     print(f"{len(dets)} masks -> {written['overlay']}, {written['json']}")
     return 0

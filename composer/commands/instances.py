@@ -190,7 +190,8 @@ def output_stems(files: Sequence[Path], reserved: Sequence[str] = ()) -> list[st
     return stems
 
 
-def write_result(dets: Any, image: Any, out: Path, stem: str) -> dict[str, Any]:
+def write_result(dets: Any, image: Any, out: Path, stem: str,
+                 image_file: str | None = None) -> dict[str, Any]:
     """Overlay (masks and detector boxes) and JSON with class names, via write_detections.
 
     NaN scores are written as null, so the JSON stays valid.
@@ -213,6 +214,7 @@ def write_result(dets: Any, image: Any, out: Path, stem: str) -> dict[str, Any]:
         prompt_boxes=dets.boxes if len(dets) else None,
         extra_meta={"class_names": {str(k): v for k, v in names.items()}},
         mask_pngs=False,
+        image_file=image_file,
     )
 
 
@@ -364,7 +366,7 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
     def one(path: Path, stem: str) -> dict[str, Any]:
         image = load_image(path)
         dets = task(TaskContext(image, path.stem, cache))
-        written = write_result(dets, image, out, stem)
+        written = write_result(dets, image, out, stem, image_file=path.name)
         if len(dets) == 0:
             print(f"{path.name}: {dets.meta.get('message', 'no detections')}")
         else:

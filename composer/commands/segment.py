@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     written = write_detections(
         dets, image, args.out, stem=Path(args.image).stem,
         points=None if points is None else points[0], point_labels=None if labels is None else labels[0],
-        prompt_boxes=box_arr,
+        prompt_boxes=box_arr, image_file=Path(args.image).name,
     )
     for i in range(len(dets)):
         print(f"mask {i}: prompt {int(dets.extras['prompt_index'][i])}, {score_text(dets, i)}, "

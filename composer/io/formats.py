@@ -131,7 +131,10 @@ def _from_detection_files(paths: list[Path]) -> Annotations:
         if isinstance(names, dict):
             for i, n in names.items():
                 cats.setdefault(i, n)
-        im = ImageAnnotations(path.stem, path.stem, h, w, k, source="detections")
+        # the image's file name where the json records it (written since 2026-11-23)
+        file_name = rec.get("image_file")
+        im = ImageAnnotations(path.stem, str(file_name) if file_name else path.stem, h, w, k,
+                              source="detections")
         for det in rec.get("detections") or []:
             if "segmentation" not in det:
                 continue

@@ -84,8 +84,12 @@ def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> Path:
 def write_detections(dets: Detections, image: np.ndarray, out_dir: str | os.PathLike[str],
                      stem: str = "image", points: np.ndarray | None = None,
                      point_labels: np.ndarray | None = None, prompt_boxes: np.ndarray | None = None,
-                     extra_meta: dict[str, Any] | None = None, mask_pngs: bool = True) -> dict[str, Any]:
+                     extra_meta: dict[str, Any] | None = None, mask_pngs: bool = True,
+                     image_file: str | None = None) -> dict[str, Any]:
     """Write mask PNGs, an overlay PNG and a JSON (RLE, boxes, scores, extras) for one image.
+
+    ``image_file`` (the input image's file name) is recorded as the JSON's ``image_file``, so
+    that a conversion to COCO names the image file and not only its stem.
 
     Mask PNGs ``<stem>_maskNNN.png`` of an earlier call with this stem are removed first, so
     the folder never mixes two runs' masks. NaN scores are written as JSON null.
@@ -106,6 +110,7 @@ def write_detections(dets: Detections, image: np.ndarray, out_dir: str | os.Path
     written["overlay"] = str(save_png(pic, out / f"{stem}_overlay.png"))
     record: dict[str, Any] = {
         "image_size": list(image.shape[:2]),
+        **({} if image_file is None else {"image_file": str(image_file)}),
         "meta": {k: v for k, v in {**dets.meta, **(extra_meta or {})}.items() if _jsonable(v)},
         "detections": [],
     }

@@ -161,11 +161,13 @@ def test_detection_jsons_and_results_lists(tmp_path):
     masks = Masks.from_dense(dense)
     dets = Detections(boxes=masks.boxes(), masks=masks, scores=np.array([0.9, 0.4]),
                       labels=np.array([0, 1]), meta={"class_names": ["person", "dog"]})
-    for stem in ("a", "b"):
-        write_detections(dets, image, tmp_path / "dets", stem=stem, mask_pngs=False)
+    for stem in ("a", "b"):  # b's json predates image_file: its file name is its stem
+        write_detections(dets, image, tmp_path / "dets", stem=stem, mask_pngs=False,
+                         image_file="a.jpeg" if stem == "a" else None)
     (tmp_path / "dets" / "summary.json").write_text(json.dumps({"images": []}))
     ann = read_annotations(tmp_path / "dets")
     assert [im.name for im in ann.images] == ["a", "b"]
+    assert [im.file_name for im in ann.images] == ["a.jpeg", "b"]
     assert ann.categories == {0: "person", 1: "dog"}
     dets.meta["class_names"] = ["person", "dog", "cat"]  # every class: stable indices
     write_detections(dets, image, tmp_path / "three", stem="c", mask_pngs=False)
@@ -175,6 +177,7 @@ def test_detection_jsons_and_results_lists(tmp_path):
     assert len((tmp_path / "y" / "labels" / "a.txt").read_text().splitlines()) == 2
     convert(tmp_path / "dets" / "a.json", tmp_path / "a_poly.json", "coco-polygons", holes="fill")
     out = json.loads((tmp_path / "a_poly.json").read_text())
+    assert out["images"][0]["file_name"] == "a.jpeg"
     np.testing.assert_allclose([a["score"] for a in out["annotations"]], [0.9, 0.4], rtol=1e-6)
     for a, m in zip(out["annotations"], dense, strict=True):
         np.testing.assert_array_equal(raster(a["segmentation"], 40, 50), fill(m))

@@ -366,7 +366,9 @@ def test_instances_cli_slices(ssd_files, tmp_path, capsys):
     out = tmp_path / "out"
     base = ["instances", str(img), "--model", "composer_tiny", "--out", str(out)]
     assert main([*base, "--slice", "256", "--slice-overlap", "0.25"]) == 0
-    meta = json.loads((out / "coffee.json").read_text())["meta"]
+    record = json.loads((out / "coffee.json").read_text())
+    assert record["image_file"] == "coffee.png"  # convert names the image file by it
+    meta = record["meta"]
     assert meta["detector"].startswith("ssd_mobilenet_v2_coco_2018_03_29+sliced256o0.25")
     capsys.readouterr()
     for extra, message in ((["--slice-overlap", "0.3"], "--slice-overlap needs --slice"),
