@@ -177,6 +177,16 @@ STAGE_DEFAULTS["salient"] = {
     "feedback_oracle_prob": 0.5,
 }
 
+# Stage 5b (tried; recipes/README.md): stage 4 with half of the first points drawn near the
+# middle of their mask (where users, and the point protocol, click on what they mean) instead of
+# uniformly over it, so that a central click speaks for the whole region around it.
+STAGE_DEFAULTS["centre"] = {
+    **STAGE_DEFAULTS["clicks"],
+    "lr": 2e-4,
+    "time_budget_min": 50.0,
+    "centre_point_prob": 0.5,
+}
+
 CACHE_NAME = "efficientnet_lite0-512-128"
 CACHE_LOW_RES = 128  # stored label layers; subsampled to the model's low-res side on load
 
@@ -331,6 +341,7 @@ def train(
         multimask_warmup_steps=args.multimask_warmup,
         multimask_prob=args.multimask_prob,
         feedback_oracle_prob=args.feedback_oracle_prob,
+        centre_point_prob=args.centre_point_prob,
         freeze=("image_encoder.backbone",),
         checkpoint_dir=str(args.work_dir),
         checkpoint_every=args.checkpoint_every,
@@ -555,6 +566,13 @@ def main() -> None:
         "the next round (TrainConfig.feedback_oracle_prob)",
     )
     parser.add_argument(
+        "--centre-point-prob",
+        type=float,
+        default=0.0,
+        help="chance that a first point is drawn near the middle of its mask instead of "
+        "uniformly over it (TrainConfig.centre_point_prob; stage 'centre' uses 0.5)",
+    )
+    parser.add_argument(
         "--coco-min-area",
         type=int,
         default=8,
@@ -600,6 +618,8 @@ def main() -> None:
         parser.error("--paste-salient needs --paste (they are added to those composites)")
     if not 0.0 <= args.feedback_oracle_prob <= 1.0:
         parser.error(f"--feedback-oracle-prob must be in [0, 1], got {args.feedback_oracle_prob}")
+    if not 0.0 <= args.centre_point_prob <= 1.0:
+        parser.error(f"--centre-point-prob must be in [0, 1], got {args.centre_point_prob}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

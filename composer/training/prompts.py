@@ -77,6 +77,20 @@ def sample_in_region(region: np.ndarray, rng: np.random.Generator) -> tuple[int,
     return k % region.shape[1], k // region.shape[1]
 
 
+def sample_near_centre(
+    region: np.ndarray, rng: np.random.Generator, min_frac: float = 0.7
+) -> tuple[int, int] | None:
+    """A uniform random (x, y) low-res pixel of a (L, L) bool region among those at least
+    ``min_frac`` of the largest distance from its boundary (the frame's border counts as
+    boundary): a click near the middle of the region, where users (and the point protocol,
+    whose first click is the farthest point) click on what they mean. None if it is empty."""
+    if not region.any():
+        return None
+    padded = np.pad(region.astype(np.uint8), 1)
+    dt = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    return sample_in_region(dt >= min_frac * dt.max(), rng)
+
+
 def corrective_points(
     pred: np.ndarray, gt: np.ndarray, valid: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -41,6 +41,7 @@ from .prompts import (
     mask_box,
     round_plan,
     sample_in_region,
+    sample_near_centre,
     to_input_frame,
 )
 
@@ -63,6 +64,9 @@ class TrainConfig:
             (a plain mean). With many rounds a plain mean leaves the first prompt a small share
             of the loss (1/11 with SAM's schedule), and single-click quality drifts.
         box_prob: probability that a mask's first prompt is a box instead of a point.
+        centre_point_prob: chance that a first point is drawn near the middle of the mask
+            (:func:`~composer.training.prompts.sample_near_centre`, at least 0.7 of the largest
+            distance from its boundary) instead of uniformly over it (SAM: 0).
         box_noise_frac: box noise std as a fraction of the side (SAM: 0.1).
         box_noise_max_px: largest box noise in input pixels (SAM: 20).
         lr: peak AdamW learning rate (SAM: 8e-4).
@@ -107,6 +111,7 @@ class TrainConfig:
     no_point_rounds: int = 2
     first_round_weight: float = 1.0
     box_prob: float = 0.5
+    centre_point_prob: float = 0.0
     box_noise_frac: float = 0.1
     box_noise_max_px: float = 20.0
     lr: float = 8e-4
@@ -134,6 +139,8 @@ class TrainConfig:
             )
         if not 0.0 <= self.box_prob <= 1.0:
             raise ValueError(f"box_prob must be in [0, 1], got {self.box_prob}")
+        if not 0.0 <= self.centre_point_prob <= 1.0:
+            raise ValueError(f"centre_point_prob must be in [0, 1], got {self.centre_point_prob}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"time_budget_s must be positive, got {self.time_budget_s}")
         if not 0.0 <= self.multimask_prob <= 1.0:
@@ -275,6 +282,8 @@ class Trainer:
                     c.box_noise_max_px,
                     bounds=(self.img_size, self.img_size),
                 )
+            elif c.centre_point_prob and rng.random() < c.centre_point_prob:
+                p = sample_near_centre(gt[i] & valid, rng)
             else:
                 p = sample_in_region(gt[i] & valid, rng)
                 points[i] = to_input_frame(np.asarray(p), self.low_res, self.img_size)

@@ -27,6 +27,7 @@ from composer.training.prompts import (
     jitter_box,
     mask_box,
     round_plan,
+    sample_near_centre,
 )
 from composer.training.trainer import TrainConfig, Trainer
 
@@ -583,6 +584,41 @@ def test_feedback_oracle_prob_carries_the_truly_best_output(shapes_cache, tmp_pa
     assert torch.equal(fed, logits[rows, true_iou.argmax(1)])
     # The two choices differ on this step, so the check above can fail.
     assert not torch.equal(iou_pred.argmax(1), true_iou.argmax(1))
+
+
+def test_centre_point_prob_draws_first_points_near_the_middle(shapes_cache, tmp_path, monkeypatch) -> None:
+    import cv2
+
+    import composer.training.trainer as trainer_mod
+
+    m = np.zeros((20, 30), bool)
+    m[5:15, 2:8] = True
+    m[2:18, 12:28] = True
+    dt = cv2.distanceTransform(np.pad(m, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    rng = np.random.default_rng(0)
+    picks = {sample_near_centre(m, rng) for _ in range(200)}
+    assert len(picks) > 1  # a region near the middle, not one pixel
+    assert all(dt[y, x] >= 0.7 * dt.max() and 12 <= x < 28 for x, y in picks)
+    assert sample_near_centre(np.zeros((4, 4), bool), rng) is None
+    with pytest.raises(ValueError, match="centre_point_prob"):
+        _config(tmp_path, steps=1, centre_point_prob=-0.1)
+
+    model0, train, _ = shapes_cache
+    calls: list[int] = []
+    real = trainer_mod.sample_near_centre
+
+    def spy(region, rng, *args, **kwargs):
+        calls.append(int(region.sum()))
+        return real(region, rng, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "sample_near_centre", spy)
+    for p, expect_all in ((0.0, False), (1.0, True)):
+        calls.clear()
+        cfg = _config(tmp_path, steps=1, box_prob=0.0, num_corrective=1, no_point_rounds=0,
+                      centre_point_prob=p)
+        t = Trainer(_copy_of(model0), cfg, train)
+        t.train_step()
+        assert (len(calls) > 0) == expect_all, (p, calls)
 
 
 def test_paste_composites_scale_and_single_object() -> None:
