@@ -217,6 +217,7 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         self.step = 0
         self._updating = False  # inside the weight update of a step (see fit)
+        self._step_rng: tuple[Any, torch.Tensor] | None = None  # RNG states as the step began
         self.elapsed = 0.0
         self.history: list[dict[str, float]] = []
 
@@ -293,6 +294,7 @@ class Trainer:
         """Run one optimizer step and return its statistics."""
         c, rng = self.config, self.rng
         t0 = time.perf_counter()
+        self._step_rng = (rng.bit_generator.state, torch.get_rng_state())
         pool = self.samples
         if self.warmup_samples and (
             self.step < c.warmup_sample_steps or rng.random() < c.warmup_sample_prob
@@ -395,6 +397,7 @@ class Trainer:
             float(total.detach()), mask_l, iou_l, float(torch.cat(first_iou).mean()), lr, dt
         )
         self.history.append(asdict(stats))
+        self._step_rng = None  # before _updating: no moment counts a finished step as cut short
         self._updating = False
         return stats
 
@@ -418,6 +421,7 @@ class Trainer:
             bar = tqdm(total=self.config.steps, initial=self.step, desc="train", unit="step")
         ema_loss = ema_iou = None
         self._updating = False
+        self._step_rng = None
         try:
             while not self.done():
                 s = self.train_step()
@@ -443,9 +447,13 @@ class Trainer:
                     self.save_checkpoint()
         except KeyboardInterrupt:
             # Ctrl-C: keep the finished steps for a rerun, unless it struck while the
-            # optimizer was updating the weights (then the last checkpoint stands). The
-            # sampling state saved is the interrupted step's, so the resumed run is not
-            # bit-identical to an uninterrupted one (periodic checkpoints are).
+            # optimizer was updating the weights (then the last checkpoint stands). A step
+            # cut short is forgotten: the sampling state goes back to where it began, so the
+            # resumed run redoes it and matches an uninterrupted one.
+            if self._step_rng is not None and not self._updating:
+                self.rng.bit_generator.state, torch_state = self._step_rng
+                torch.set_rng_state(torch_state)
+                self._step_rng = None
             if self.config.checkpoint_dir and self.step > 0 and not self._updating:
                 self.save_checkpoint()
                 logger.warning("interrupted: checkpoint at step %d, a rerun resumes", self.step)

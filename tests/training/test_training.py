@@ -489,6 +489,35 @@ def test_ctrl_c_keeps_the_finished_steps(shapes_cache, tmp_path) -> None:
         assert torch.equal(value, b.model.state_dict()[key]), key
 
 
+def test_ctrl_c_inside_a_step_resumes_bit_identical(shapes_cache, tmp_path) -> None:
+    """A step cut short by Ctrl-C is forgotten, sampling state included: the resumed run
+    redoes it and ends where an uninterrupted run does."""
+    model0, train, _ = shapes_cache
+    cfg = _config(tmp_path / "a", steps=5, box_prob=0.5)
+    a = Trainer(_copy_of(model0), cfg, train)
+    a.fit()
+    cfg_b = _config(tmp_path / "b", steps=5, box_prob=0.5)
+    b = Trainer(_copy_of(model0), cfg_b, train)
+    real_decode, calls = b.decode, []
+
+    def decode_then_stop(*args, **kwargs):
+        calls.append(b.step)
+        if b.step == 3 and calls.count(3) == 2:  # mid-step: the sampling RNG has moved on
+            raise KeyboardInterrupt
+        return real_decode(*args, **kwargs)
+
+    b.decode = decode_then_stop  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        b.fit()
+    c = Trainer(_copy_of(model0), cfg_b, train)
+    assert c.resume() and c.step == 3
+    c.fit()
+    for key, value in a.model.state_dict().items():
+        assert torch.allclose(value, c.model.state_dict()[key], atol=1e-6, rtol=0), key
+    assert a.rng.bit_generator.state == c.rng.bit_generator.state
+    assert [h["loss"] for h in a.history] == pytest.approx([h["loss"] for h in c.history], rel=1e-5)
+
+
 def test_warmup_samples_are_used_first(shapes_cache, tmp_path) -> None:
     model0, train, val = shapes_cache
     with pytest.raises(ValueError):
