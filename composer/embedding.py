@@ -119,7 +119,10 @@ class EmbeddingCache:
         arr = load_image(image)
         box: CropBox | None = None
         if crop_box is not None:
-            x0, y0, x1, y1 = (int(v) for v in crop_box)
+            values = np.asarray(crop_box, dtype=np.float64).reshape(-1)
+            if values.shape != (4,) or not np.isfinite(values).all():
+                raise ValueError(f"crop_box must be 4 finite XYXY numbers, got {crop_box!r}")
+            x0, y0, x1, y1 = (int(v) for v in values)
             box = (x0, y0, x1, y1)
         key = (segmenter.model_id, image_hash(arr), box)
         with self._lock:
@@ -143,7 +146,11 @@ class EmbeddingCache:
             self.misses += 1
             self.encoder_calls += 1
             self._put(key, emb)
-        self._save_disk(key, emb)
+        try:
+            self._save_disk(key, emb)
+        except OSError as exc:  # a disk tier that cannot be written must not lose the embedding
+            logger.warning("embedding cache cannot write to %s (%s); keeping the entry in memory only",
+                           self.disk_dir, exc)
         return emb
 
     def stats(self) -> dict[str, int]:

@@ -188,9 +188,13 @@ class ClickSession:
         need_image = embedding is None or zoom_in is not None
         self.image = load_image(image) if need_image else None
         self.full = segmenter.embed(self.image) if embedding is None else embedding
-        if self.image is not None and tuple(self.image.shape[:2]) != tuple(self.full.original_size):
+        # an array given beside the embedding is checked too, though its pixels are not kept
+        shape = self.image.shape if self.image is not None else (
+            image.shape if isinstance(image, np.ndarray) and image.ndim >= 2 else None
+        )
+        if shape is not None and tuple(shape[:2]) != tuple(self.full.original_size):
             raise ValueError(
-                f"image size {self.image.shape[:2]} differs from the embedding's {self.full.original_size}"
+                f"image size {tuple(shape[:2])} differs from the embedding's {self.full.original_size}"
             )
         self.zoom_in = zoom_in
         self.use_prev_logits = bool(use_prev_logits)
@@ -245,12 +249,15 @@ class ClickSession:
             segmenter's ``mask_rank`` score on a multimask click). The highest-scored mask
             becomes the session's prediction (and next mask prompt).
         """
-        xy = np.asarray(point, np.float32).reshape(2)
+        xy = np.asarray(point, np.float32)
+        if xy.size != 2:
+            raise ValueError(f"click point must be one (x, y) pair, got shape {xy.shape}")
+        xy = xy.reshape(2)
         h, w = self.image_size
         if not (np.isfinite(xy).all() and 0 <= xy[0] < w and 0 <= xy[1] < h):
-            raise ValueError(f"click {tuple(xy)} is outside the {w}x{h} image")
-        if label not in (0, 1):
-            raise ValueError(f"click label must be 0 or 1, got {label}")
+            raise ValueError(f"click {tuple(xy.tolist())} is outside the {w}x{h} image")
+        if np.ndim(label) != 0 or label not in (0, 1):
+            raise ValueError(f"click label must be 0 or 1, got {label!r}")
         self.points.append(xy)
         self.labels.append(int(label))
         if multimask is None:

@@ -54,6 +54,10 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:12]
 
 
+# keywords of the stateless ``predict(embedding, ...)`` that the official-style form lacks
+_STATELESS_ONLY = frozenset(("points", "labels", "boxes", "multimask", "keep_low_res", "refine", "tta", "rank"))
+
+
 class SamPredictor(PromptableSegmenter):
     """Promptable segmenter over a SAM-structured model.
 
@@ -206,7 +210,12 @@ class SamPredictor(PromptableSegmenter):
         scored under its ``mask_rank`` (if any); logits are the decoder's (averaged
         with the mirrored image's under ``flip_tta`` when there is no ``mask_input``).
         """
-        if (args and isinstance(args[0], ImageEmbedding)) or "embedding" in kwargs:
+        if (
+            (args and isinstance(args[0], ImageEmbedding))
+            or "embedding" in kwargs
+            or not _STATELESS_ONLY.isdisjoint(kwargs)
+        ):
+            # the stateless form (its TypeError names a first argument that is no embedding)
             return super().predict(*args, **kwargs)
         return self._predict_single(*args, **kwargs)
 
@@ -217,9 +226,16 @@ class SamPredictor(PromptableSegmenter):
         emb = self.embedding
         if point_coords is not None and point_labels is None:
             raise ValueError("point_labels must be given with point_coords")
-        box_arr = None if box is None else np.asarray(box, np.float32).reshape(1, 4)
-        mi = None if mask_input is None else np.asarray(mask_input, np.float32).reshape(1, 1, *np.shape(mask_input)[-2:])
-        prompts = Prompts.create(point_coords, point_labels, box_arr, mi, image_size=emb.original_size)
+        box_arr = None if box is None else np.asarray(box, np.float32)
+        if box_arr is not None and box_arr.shape not in ((4,), (1, 4)):
+            raise ValueError(f"box must be one XYXY box, (4,) or (1, 4); got shape {box_arr.shape}")
+        prompts = Prompts.create(point_coords, point_labels, box_arr, mask_input, image_size=emb.original_size)
+        if len(prompts) != 1:
+            raise ValueError(
+                f"predict(point_coords=..., box=...) takes one prompt, got {len(prompts)}; "
+                "decode many with predict(embedding, points=(N, K, 2), labels=(N, K), boxes=(N, 4))"
+            )
+        self.check_mask_input(prompts)
         out = self.decode_tta(emb, prompts, multimask_output, self.resolve_tta("auto", emb))
         up = upsample_logits(out.logits, emb)[0]
         masks = (up if return_logits else up > self.mask_threshold).cpu().numpy()

@@ -210,6 +210,8 @@ class GrabCutRefine:
         box); the arguments are those of ``__call__``. Returns whether GrabCut ran."""
         if not isinstance(mask, np.ndarray) or mask.dtype != bool or mask.ndim != 2:
             raise ValueError(f"mask must be an (H, W) bool array, got {getattr(mask, 'shape', None)}")
+        if not mask.flags.writeable:
+            raise ValueError("mask is read-only; refine_inplace writes into it (use __call__ for a copy)")
         m = mask
         img = np.asarray(image)
         if img.ndim == 2:
@@ -453,6 +455,8 @@ class ContrastRank:
         ``max_side`` first when the image is larger)."""
         img = np.asarray(image)
         h, w = img.shape[:2]
+        if np.ndim(masks) != 3 or tuple(np.shape(masks)[1:]) != (h, w):
+            raise ValueError(f"masks must be (N, {h}, {w}) for the {w}x{h} image, got {np.shape(masks)}")
         if not self.max_side or max(h, w) <= self.max_side:
             lab_bins = self.lab(img)
             return np.array([self.contrast(lab_bins, m) for m in masks], np.float32)

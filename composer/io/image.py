@@ -37,11 +37,11 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
             raise ValueError(f"integer image has negative values (min {int(arr.min())})")
         if hi <= 255:
             return arr.astype(np.uint8)
-        # Wider data: scale the range of the smallest bit depth that holds it (9..16 bits, else
-        # 32) down to 8 bits, so 12-bit sensor data in a 16-bit file is not left nearly black
-        # and one pixel just above 255 does not darken the whole image 256-fold.
+        # Wider data: scale the range of the smallest bit depth that holds it (9 bits or more)
+        # down to 8 bits, so 12-bit sensor data in a 16-bit file (or 20-bit data in a 32-bit
+        # one) is not left nearly black, one pixel just above 255 does not darken the whole
+        # image 256-fold, and data wider than 32 bits does not wrap around.
         bits = max(9, int(hi).bit_length())
-        bits = bits if bits <= 16 else 32
         return (arr.astype(np.float64) / (2**bits - 1) * 255 + 0.5).astype(np.uint8)
     raise ValueError(f"unsupported image dtype {arr.dtype}")
 
@@ -71,8 +71,8 @@ def _from_pil(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img)
         if img.mode == "I":
-            arr = arr.astype(np.int64)
-            arr = np.clip(arr, 0, 65535)
+            # 32-bit data keeps its range (scaled by its bit depth, not saturated at 16 bits)
+            return _from_array(np.clip(arr.astype(np.int64), 0, None))
         return _from_array(arr.astype(np.uint16))
     if img.mode == "F":
         return _from_array(np.asarray(img, dtype=np.float32))
@@ -125,6 +125,8 @@ def load_image(image: ImageLike) -> np.ndarray:
 
         if isinstance(image, torch.Tensor):
             t = image.detach().cpu()
+            if t.dtype == torch.bfloat16:  # numpy has no bfloat16
+                t = t.float()
             if t.ndim == 3 and t.shape[0] in (1, 3, 4):
                 t = t.permute(1, 2, 0)
             return _from_array(t.numpy())

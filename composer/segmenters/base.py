@@ -178,14 +178,16 @@ class PromptableSegmenter(ABC):
             ValueError: empty prompt set, NaN, malformed boxes, prompts outside the image,
                 an embedding from another model, or an explicit refiner, rank or
                 ``tta="flip"`` with an embedding that carries no image (see ``refinement``).
+            TypeError: ``embedding`` is not an ``ImageEmbedding`` (e.g. the image itself).
         """
+        if not isinstance(embedding, ImageEmbedding):
+            raise TypeError(
+                f"predict needs the ImageEmbedding that embed(image) returns, got "
+                f"{type(embedding).__name__}"
+            )
         embedding.check_model(self.model_id)
         prompts = Prompts.create(points, labels, boxes, mask_input, image_size=embedding.original_size)
-        if prompts.mask_input is not None and tuple(prompts.mask_input.shape[-2:]) != tuple(self.low_res_size):
-            raise ValueError(
-                f"mask_input must be (N, 1, {self.low_res_size[0]}, {self.low_res_size[1]}) for "
-                f"{self.model_id}, got {prompts.mask_input.shape}"
-            )
+        self.check_mask_input(prompts)
         refiner, image = self.refinement(embedding, refine)
         ranker = self.resolve_rank(rank, embedding)  # validated even when there is nothing to rank
         if not multimask:
@@ -195,6 +197,14 @@ class PromptableSegmenter(ABC):
         flip = self.resolve_tta(tta, embedding)
         return self._predict_prompts(embedding, prompts, multimask, keep_low_res, refiner, image,
                                      flip, ranker)
+
+    def check_mask_input(self, prompts: Prompts) -> None:
+        """Raise ``ValueError`` unless ``prompts.mask_input`` is None or of ``low_res_size``."""
+        if prompts.mask_input is not None and tuple(prompts.mask_input.shape[-2:]) != tuple(self.low_res_size):
+            raise ValueError(
+                f"mask_input must be (N, 1, {self.low_res_size[0]}, {self.low_res_size[1]}) for "
+                f"{self.model_id}, got {prompts.mask_input.shape}"
+            )
 
     def refinement(
         self, embedding: ImageEmbedding, refine: Any = "auto"

@@ -28,6 +28,9 @@ from ..refine import ContrastRank, GrabCutRefine
 from ..structures import Prompts
 from .base import MaskLogits, PromptableSegmenter
 
+# the keys of ``model.json`` that ``OnnxSegmenter`` reads unconditionally
+_META_KEYS = ("model_id", "img_size", "low_res_size", "mask_threshold", "pixel_mean", "pixel_std")
+
 
 def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """``model.json`` of an export folder, checked; ValueError names what is missing."""
@@ -41,8 +44,13 @@ def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
         meta = json.loads((root / META_FILE).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{root / META_FILE} is not readable JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict):
+        raise ValueError(f"{root / META_FILE} is not a {FORMAT} file (a JSON {type(meta).__name__}, not an object)")
+    if meta.get("format") != FORMAT:
         raise ValueError(f"{root / META_FILE} is not a {FORMAT} file (format {meta.get('format')!r})")
+    absent = [k for k in _META_KEYS if k not in meta]
+    if absent:
+        raise ValueError(f"{root / META_FILE} lacks {', '.join(absent)}; export the model again")
     return meta
 
 
