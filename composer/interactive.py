@@ -187,6 +187,8 @@ class ClickSession:
         # The pixels are only needed to embed the image or crops of it (no per-object copy else).
         need_image = embedding is None or zoom_in is not None
         self.image = load_image(image) if need_image else None
+        if self.image is not None and isinstance(image, np.ndarray) and np.shares_memory(self.image, image):
+            self.image = self.image.copy()  # later zoom crops must not see the caller's edits
         self.full = segmenter.embed(self.image) if embedding is None else embedding
         # an array given beside the embedding is checked too, though its pixels are not kept
         shape = self.image.shape if self.image is not None else (

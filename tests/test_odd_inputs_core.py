@@ -141,3 +141,29 @@ def test_onnx_folder_with_a_bad_model_json(tmp_path, meta, message):
     (tmp_path / META_FILE).write_text(meta if meta is not None else json.dumps({"format": FORMAT}))
     with pytest.raises(ValueError, match=message):
         read_meta(tmp_path)
+
+
+def test_an_unreadable_checkpoint_is_not_called_a_misfit(tmp_path):
+    """A file that is no state dict at all is reported as unreadable, not as one that does
+    not fit the architecture."""
+    import torch
+
+    from composer.hub.checkpoint import UnreadableCheckpoint
+    from composer.sam.build import build_sam
+
+    junk, listed = tmp_path / "junk.pth", tmp_path / "list.pth"
+    junk.write_text("not a checkpoint")
+    torch.save([1, 2], listed)
+    for path, message in ((junk, "could not read checkpoint"), (listed, "holds a list")):
+        with pytest.raises(UnreadableCheckpoint, match=message) as err:
+            build_sam("vit_tiny_test", checkpoint=path)
+        assert "does not fit" not in str(err.value)
+
+
+def test_click_session_keeps_its_own_copy_of_the_image(seg, image):
+    from composer.interactive import ClickSession, ZoomIn
+
+    img = image.copy()
+    s = ClickSession(seg, img, zoom_in=ZoomIn())
+    img[:] = 0  # the caller draws on its array between clicks
+    assert s.image is not None and s.image.any()

@@ -37,6 +37,11 @@ class CheckpointLoad(NamedTuple):
     unexpected_keys: tuple[str, ...]
 
 
+class UnreadableCheckpoint(ValueError):
+    """The checkpoint file is missing, truncated, corrupt or not a state dict of tensors: not
+    a question of which architecture it fits."""
+
+
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a state dict from a checkpoint file, treating the file as untrusted input.
 
@@ -58,13 +63,13 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     """
     file = Path(path).expanduser()
     if not file.is_file():
-        raise ValueError(f"checkpoint file {file} does not exist")
+        raise UnreadableCheckpoint(f"checkpoint file {file} does not exist")
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except MemoryError:
         raise
     except Exception as err:  # torch raises many types for bad files; all mean "unreadable"
-        raise ValueError(
+        raise UnreadableCheckpoint(
             f"could not read checkpoint {file}: {_describe_load_error(err, file)}"
         ) from err
     return _as_state_dict(obj, file)
@@ -182,10 +187,10 @@ def _as_state_dict(obj: Any, file: Path) -> dict[str, torch.Tensor]:
             break
         obj = inner
     if not isinstance(obj, Mapping):
-        raise ValueError(f"checkpoint {file} holds a {type(obj).__name__}, not a state dict")
+        raise UnreadableCheckpoint(f"checkpoint {file} holds a {type(obj).__name__}, not a state dict")
     bad = [repr(k) for k, v in obj.items() if not (isinstance(k, str) and torch.is_tensor(v))]
     if bad:
-        raise ValueError(
+        raise UnreadableCheckpoint(
             f"checkpoint {file} is not a state dict of tensors: {len(bad)} entries are not "
             f"name -> tensor, e.g. {', '.join(bad[:_KEYS_SHOWN])}"
         )

@@ -228,8 +228,10 @@ def _load_weights(model: Sam, checkpoint: str | os.PathLike[str], arch: str) -> 
         else:
             _load_file_strict(model, checkpoint)
     except ValueError as err:
-        if f"{arch!r}" in str(err):
-            raise
+        from ..hub.checkpoint import UnreadableCheckpoint
+
+        if f"{arch!r}" in str(err) or isinstance(err, UnreadableCheckpoint):
+            raise  # already names the architecture, or the file cannot be read at all
         raise ValueError(
             f"checkpoint {os.fspath(checkpoint)} does not fit SAM architecture {arch!r}: {err}"
         ) from err
