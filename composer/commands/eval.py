@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,19 @@ def _coco_dataset(args: argparse.Namespace) -> Any:
 
 
 def _dataset(args: argparse.Namespace) -> Any:
+    """The dataset the flags name.
+
+    Raises:
+        ValueError: it is missing, unreadable or empty (its metrics would be meaningless).
+    """
+    dataset = _open_dataset(args)
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {getattr(dataset, 'name', args.dataset)!r} is empty: "
+                         "nothing to evaluate")
+    return dataset
+
+
+def _open_dataset(args: argparse.Namespace) -> Any:
     if args.coco or args.dataset == "coco":
         return _coco_dataset(args)
     if args.dataset == "grabcut":
@@ -125,7 +139,11 @@ def _finish(report: dict[str, Any], args: argparse.Namespace, title: str) -> int
     if meta.get("mirror_encoder_calls"):
         print(f"  mirrored-image encoder calls (flip TTA, outside the cache): {meta['mirror_encoder_calls']}")
     print(f"report: {Path(args.out) / 'report.json'}")
-    return 0 if not meta.get("n_failed") or meta.get("n_images") else 1
+    # an evaluator that failed has no metrics in the report: not a success
+    stages = [f for f in meta.get("failures", []) if "stage" in f]
+    for f in stages:
+        print(f"sam-composer eval: {f['stage']} failed: {f['error']}", file=sys.stderr)
+    return 0 if not stages and (not meta.get("n_failed") or meta.get("n_images")) else 1
 
 
 class _ImageTask:
@@ -142,17 +160,19 @@ class _ImageTask:
 # ---------------------------------------------------------------------- commands
 def run_edges(args: argparse.Namespace) -> int:
     check_limit(args.limit)  # before any model or data loads
+    from tasks.edges import parse_refine
+
     from ..evaluation import ItemGroundTruth, run
     from ..evaluation.edges_bsds import BoundaryEvaluator
 
+    try:
+        refine = parse_refine(args.edge_refine)
+    except ValueError as e:
+        raise ValueError(f"--edge-refine: {e}") from None
     dataset = _dataset(args)
     if args.method == "segmenter":
-        from tasks.edges import EdgeConfig, EdgeTask, parse_refine
+        from tasks.edges import EdgeConfig, EdgeTask
 
-        try:
-            refine = parse_refine(args.edge_refine)
-        except ValueError as e:
-            raise SystemExit(f"sam-composer eval edges: {e}") from None
         seg = load_model(args)
         print(describe(seg))
         cfg = EdgeConfig(points_per_side=args.points_per_side, refine=refine)

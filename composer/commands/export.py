@@ -19,17 +19,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None,
                    help="weights file or registered weights name (default: the backend's own)")
     p.add_argument("--out", required=True, help="folder to write")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 14 to 20 (default 17)")
     p.add_argument("--no-check", action="store_true",
                    help="skip the ONNX Runtime parity check against the PyTorch model")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from ..export import export_onnx
 
     if args.model.strip().lower() in ("classic", "onnx"):
         raise ValueError(f"--model {args.model} has no PyTorch network to export")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} exists and is not a folder")
     try:
         out = export_onnx(args.model, args.out, checkpoint=args.checkpoint, opset=args.opset,
                           check=not args.no_check)

@@ -49,7 +49,18 @@ def run_list(args: argparse.Namespace) -> int:
 def run_download(args: argparse.Namespace) -> int:
     hub = _registry()
 
+    spec = hub.get_spec(args.name)
+    was_cached = hub.cached_path(spec).is_file()
     path = hub.download(args.name, force=args.force)
+    if was_cached and not args.force and spec.checksums:
+        # download() returns a file already in the cache as it is: verify it, so a corrupt or
+        # truncated cached file is not reported as good weights
+        try:
+            hub.verify(args.name)
+        except ValueError as exc:
+            raise ValueError(
+                f"{exc}; fetch it again with `sam-composer weights download {args.name} --force`"
+            ) from None
     print(f"{args.name}: {path}")
     return 0
 

@@ -40,11 +40,31 @@ def normalise_coco_dict(data: Mapping[str, Any]) -> dict[str, Any]:
     ``file_name`` from ``coco_url`` where missing. The input is not modified.
 
     Raises:
-        ValueError: ``images``, ``annotations`` or ``categories`` is missing.
+        ValueError: ``data`` is not a mapping; ``images``, ``annotations`` or ``categories`` is
+            missing or not a list of records; or a record lacks a key pycocotools indexes by
+            (an image's or category's ``id``; an annotation's ``id``, ``image_id`` or
+            ``category_id``).
     """
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            "COCO json must be an object with images, annotations and categories, "
+            f"got a {type(data).__name__}"
+        )
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise ValueError(f"COCO json needs key {key!r}; it has {sorted(data)}")
+    required = {"images": ("id",), "annotations": ("id", "image_id", "category_id"),
+                "categories": ("id",)}
+    for key, fields in required.items():
+        records = data[key]
+        if not isinstance(records, list):
+            raise ValueError(f"COCO json {key!r} must be a list, got a {type(records).__name__}")
+        for i, rec in enumerate(records):
+            if not isinstance(rec, Mapping):
+                raise ValueError(f"COCO json {key}[{i}] is not an object: {str(rec)[:60]!r}")
+            missing = [f for f in fields if f not in rec]
+            if missing:
+                raise ValueError(f"COCO json {key}[{i}] has no {', '.join(missing)}")
     out = dict(data)
     out["images"] = [dict(im) for im in data["images"]]
     out["annotations"] = [dict(a) for a in data["annotations"]]
@@ -81,7 +101,7 @@ def load_coco(ann: COCO | PathLike | Mapping[str, Any]) -> COCO:
         with open(path) as f:
             try:
                 data = json.load(f)
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ValueError(f"{path} is not valid json: {exc}") from exc
     elif isinstance(ann, Mapping):
         data = copy.deepcopy(dict(ann))
@@ -190,7 +210,11 @@ class CocoDataset:
             raise ValueError(f"image folder not found: {self.image_dir}")
         self.ann_file = None if isinstance(ann_file, COCO) else Path(ann_file)
         self.coco = load_coco(ann_file)
-        all_ids = [int(im["id"]) for im in self.coco.dataset["images"]]
+        try:
+            all_ids = [int(im["id"]) for im in self.coco.dataset["images"]]
+        except (TypeError, ValueError):
+            bad = next(im["id"] for im in self.coco.dataset["images"] if not _is_int(im["id"]))
+            raise ValueError(f"COCO image ids must be integers, got {bad!r}") from None
         if image_ids is None:
             self.image_ids = all_ids
         else:
@@ -231,6 +255,14 @@ class CocoDataset:
         return CocoItem(
             int(image_id), self.image_dir / rec["file_name"], size, gt, self.class_names
         )
+
+
+def _is_int(value: Any) -> bool:
+    try:
+        int(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def coco_subset(name: str = TINY80, image_ids: Sequence[int] | None = None) -> CocoDataset:

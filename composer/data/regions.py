@@ -60,6 +60,8 @@ class BSDSRegions:
     def __getitem__(self, index: int) -> RegionItem:
         sample = self.bsds[index]
         gts = sample.ground_truth
+        if not gts:
+            raise ValueError(f"BSDS500 image {sample.image_id!r}: {sample.gt_path} has no annotators")
         seg = np.asarray(gts[self.annotator % len(gts)]["segmentation"])
         labels, counts = np.unique(seg, return_counts=True)
         keep = counts >= self.min_area_fraction * seg.size

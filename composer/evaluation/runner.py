@@ -258,7 +258,9 @@ def run(
             logger.warning("run interrupted at item %d; evaluating what was processed", index)
             break
         except Exception as exc:  # one bad image must not lose the rest of the run
-            logger.exception("image %r (item %d) failed", image_id, index)
+            # one line; the traceback goes to meta["failures"] (and the log with --verbose)
+            logger.error("image %r (item %d) failed: %s: %s", image_id, index,
+                         type(exc).__name__, exc, exc_info=logger.isEnabledFor(logging.INFO))
             failures.append(
                 {
                     "index": index,
@@ -283,7 +285,8 @@ def run(
         try:
             result = ev.evaluate()
         except Exception as exc:
-            logger.exception("evaluator %s failed", type(ev).__name__)
+            logger.error("evaluator %s failed: %s: %s", type(ev).__name__, type(exc).__name__, exc,
+                         exc_info=logger.isEnabledFor(logging.INFO))
             failures.append(
                 {
                     "stage": f"evaluate:{type(ev).__name__}",

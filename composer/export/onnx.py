@@ -53,6 +53,19 @@ META_FILE = "model.json"
 FORMAT = "sam-composer-onnx/1"
 #: Label codes of ``point_labels`` in the decoder graph (the official ONNX model's).
 PAD_LABEL, NEG_LABEL, POS_LABEL, BOX_TL_LABEL, BOX_BR_LABEL = -1, 0, 1, 2, 3
+#: Lowest opset the graphs export to (the attention's ``scaled_dot_product_attention`` needs 14).
+MIN_OPSET = 14
+
+
+def max_opset() -> int:
+    """Highest opset torch's TorchScript exporter (``dynamo=False``, which the export uses)
+    writes."""
+    try:
+        from torch.onnx import _constants
+
+        return int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except (ImportError, AttributeError):  # pragma: no cover - older or newer torch
+        return 20
 
 
 def require_onnx() -> tuple[Any, Any]:
@@ -220,10 +233,13 @@ def export_onnx(
 
     Raises:
         ValueError: ``model`` is not a backend with a PyTorch SAM-structured model (the classic
-            backend has no network), or the exported graphs disagree with the model.
+            backend has no network), ``opset`` is outside :data:`MIN_OPSET` to
+            :func:`max_opset`, or the exported graphs disagree with the model.
         ImportError: the ``onnx`` extra is not installed.
     """
     onnx, _ = require_onnx()
+    if not MIN_OPSET <= int(opset) <= max_opset():
+        raise ValueError(f"ONNX opset must be {MIN_OPSET} to {max_opset()}, got {opset}")
     from ..predictor import SamPredictor
     from ..segmenters import load_segmenter
 
@@ -240,6 +256,9 @@ def export_onnx(
         net = copy.deepcopy(net).float().cpu().eval()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # model.json is written last: a failed export must not leave an older export's metadata
+    # beside new graphs (the onnx backend would load the pair as a complete export)
+    (out / META_FILE).unlink(missing_ok=True)
     s, low = seg.img_size, seg.low_res_size[0]
     image = torch.randn((1, 3, s, s), generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()

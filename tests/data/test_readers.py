@@ -89,6 +89,32 @@ def test_lvis_style_records(coco_dir, tmp_path):
         normalise_coco_dict({"images": []})
 
 
+
+def test_malformed_coco_json_is_a_one_line_error(tmp_path):
+    """Records pycocotools would index with a KeyError, non-object json, undecodable bytes and
+    string image ids are ValueErrors naming the problem."""
+    good = {"images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 4}],
+            "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1],
+                             "segmentation": [[0, 0, 1, 0, 1, 1]]}],
+            "categories": [{"id": 1, "name": "x"}]}
+    cases = [
+        ([{"a": 1}, {"b": 2}], "must be an object with images"),
+        ({"images": 1, "annotations": [], "categories": []}, "'images' must be a list"),
+        ({**good, "images": ["a.jpg"]}, r"images\[0\] is not an object"),
+        ({**good, "annotations": [{"id": 7, "category_id": 1}]}, r"annotations\[0\] has no image_id"),
+        ({**good, "categories": [{"name": "x"}]}, r"categories\[0\] has no id"),
+    ]
+    for data, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            normalise_coco_dict(data)
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00junk")
+    with pytest.raises(ValueError, match="bin.json is not valid json"):
+        load_coco(tmp_path / "bin.json")
+    bad_id = {**good, "images": [{**good["images"][0], "id": "abc"}],
+              "annotations": [{**good["annotations"][0], "image_id": "abc"}]}
+    (tmp_path / "s.json").write_text(json.dumps(bad_id))
+    with pytest.raises(ValueError, match="image ids must be integers, got 'abc'"):
+        CocoDataset(tmp_path / "s.json", tmp_path)
 # ---------------------------------------------------------------- GrabCut
 def test_grabcut_items(grabcut_dir):
     ds = GrabCut()
@@ -143,3 +169,18 @@ def test_missing_dataset_names_the_path(tmp_path, monkeypatch):
         GrabCut()
     with pytest.raises(ValueError, match="not found"):
         Berkeley(tmp_path / "elsewhere")
+
+
+def test_bsds_regions_of_a_ground_truth_without_annotators(tmp_path):
+    """An empty ``groundTruth`` cell is a ValueError naming the file, not a modulo by zero."""
+    import scipy.io
+
+    from composer.data.regions import BSDSRegions
+
+    (tmp_path / "images" / "test").mkdir(parents=True)
+    (tmp_path / "groundTruth" / "test").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / "test" / "1.jpg")
+    scipy.io.savemat(tmp_path / "groundTruth" / "test" / "1.mat",
+                     {"groundTruth": np.empty((1, 0), dtype=object)})
+    with pytest.raises(ValueError, match=r"1\.mat has no annotators"):
+        BSDSRegions("test", root=tmp_path)[0]

@@ -126,6 +126,23 @@ def test_point_protocol_failures_do_not_lose_results(grabcut3, tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["meta"]["n_failed"] == 1
 
 
+def test_failures_log_one_line_without_verbose(grabcut3, tmp_path, caplog):
+    """A failed image is one log line; its traceback is in the report (and the log at INFO)."""
+    import logging
+
+    seg = OracleSegmenter(grabcut3, mode="empty")
+    bad = dataclasses.replace(grabcut3[1], path=tmp_path / "missing.jpg", image_id="broken")
+    with caplog.at_level(logging.WARNING, logger="composer.evaluation.runner"):
+        report = run(seg, [grabcut3[0], bad], PointEvaluator(max_clicks=1))
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert not record.exc_info and "missing.jpg" in record.getMessage()
+    assert "Traceback" in report["meta"]["failures"][0]["traceback"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="composer.evaluation.runner"):
+        run(seg, [bad], PointEvaluator(max_clicks=1))
+    assert [bool(r.exc_info) for r in caplog.records if r.levelno == logging.ERROR] == [True]
+
+
 def test_task_run_on_coco_feeds_all_evaluators(coco_dir, tmp_path):
     ds = coco_subset()
     task = GtTask()
@@ -274,6 +291,45 @@ def test_eval_limit_must_be_positive(task, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_eval_of_an_empty_dataset_is_refused(tmp_path, capsys):
+    """A COCO json without images would report AP 0 on nothing: refused before any model."""
+    from composer.cli import main
+
+    empty = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "empty.json").write_text(json.dumps(empty))
+    for task in ("instances", "proposals", "points"):
+        args = ["eval", task, "--coco", str(tmp_path / "empty.json"), "--images", str(tmp_path),
+                "--model", "classic", "--out", str(tmp_path / "o")]
+        assert main(args) == 2
+        assert "dataset 'empty' is empty: nothing to evaluate" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_failed_evaluator_is_not_a_success(tmp_path, capsys, monkeypatch):
+    """An evaluator that raises leaves no metrics: the command says so and exits 1."""
+    from PIL import Image
+
+    from composer.cli import main
+
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(tmp_path / "a.jpg")
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "height": 20, "width": 30}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 8],
+                             "segmentation": [[5, 5, 15, 5, 15, 13, 5, 13]], "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+
+    def boom(self):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr(CocoEvaluator, "evaluate", boom)
+    args = ["eval", "instances", "--coco", str(tmp_path / "gt.json"), "--images", str(tmp_path),
+            "--boxes", "gt", "--model", "classic", "--out", str(tmp_path / "o")]
+    assert main(args) == 1
+    assert "evaluate:CocoEvaluator failed: RuntimeError: evaluation broke" in capsys.readouterr().err
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["meta"]["n_images"] == 1 and report["metrics"] == {}
+
+
 def test_edges_cli_applies_the_models_guided_refinement(bsds_dir, tmp_path, capsys):
     """``eval edges`` on one real BSDS500 val image with the packaged composer_tiny: ``auto``
     uses the model's recommended guided filter, ``off`` the paper's procedure; a bad value is
@@ -296,8 +352,13 @@ def test_edges_cli_applies_the_models_guided_refinement(bsds_dir, tmp_path, caps
         metrics[how] = report["metrics"]["edges/ODS"]
         assert 0.0 < metrics[how] <= 1.0
     assert metrics["auto"] != metrics["off"]
-    with pytest.raises(SystemExit, match="RADIUS,EPS"):
-        main([*base, "--edge-refine", "8", "--out", str(tmp_path / "bad")])
+    for bad in ("8", "x,y"):  # a usage error: exit status 2 and one line, before any work
+        assert main([*base, "--edge-refine", bad, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert "error: --edge-refine: refine must be 'auto', 'off' or 'RADIUS,EPS'" in err
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    assert main(["eval", "edges", "--method", "sobel", "--edge-refine", "8", "--out",
+                 str(tmp_path / "bad")]) == 2  # refused for a classical method too
 
 
 def test_points_cli_mask_refine_switch(grabcut3, tmp_path, capsys):

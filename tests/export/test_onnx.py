@@ -184,3 +184,28 @@ def test_cli_export_and_segment(tmp_path, capsys, image):
     assert cli_main(["segment", str(tmp_path / "img.png"), "--model", "onnx", "--checkpoint",
                      str(out), "--point", "100,70", "--out", str(tmp_path / "seg")]) == 0
     assert (tmp_path / "seg" / "img_mask000.png").is_file()
+
+
+def test_bad_opset_and_out_are_one_line_errors(tmp_path, capsys):
+    from composer.export.onnx import max_opset
+
+    for opset in ("5", "13", "99", "-1"):
+        assert cli_main(["export", "--opset", opset, "--out", str(tmp_path / "o")]) == 2
+        assert f"opset must be 14 to {max_opset()}, got {opset}" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert cli_main(["export", "--no-check", "--out", str(tmp_path / "afile")]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+
+
+def test_failed_export_leaves_no_stale_model_json(tmp_path, tiny, monkeypatch):
+    """A failed export over an older one must not leave the old model.json beside new graphs."""
+    import composer.export.onnx as onnx_export
+
+    for name in ("encoder.onnx", "decoder.onnx", "model.json"):
+        (tmp_path / name).write_bytes((tiny[1].directory / name).read_bytes())
+    monkeypatch.setattr(onnx_export, "check_parity", lambda *a, **k: {"logits": 1.0})
+    with pytest.raises(ValueError, match="differ from the model"):
+        export_onnx(small_vit_sam(), tmp_path)
+    assert not (tmp_path / "model.json").exists()
+    with pytest.raises(ValueError, match="missing model.json"):
+        OnnxSegmenter(tmp_path)

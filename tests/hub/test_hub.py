@@ -379,3 +379,20 @@ def test_weights_list_shows_the_packaged_model(capsys: pytest.CaptureFixture[str
     assert main(["weights", "list"]) == 0
     row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("composer_tiny "))
     assert row.split()[2] == "yes"
+
+
+def test_weights_download_verifies_a_corrupt_cached_file(
+    home: Path, payload: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from composer.cli import main
+
+    spec = _register(monkeypatch, payload)
+    home.mkdir()
+    (home / spec.filename).write_bytes(b"truncated")
+    assert main(["weights", "download", spec.name]) == 2
+    err = capsys.readouterr().err
+    assert "checksum mismatch" in err and f"weights download {spec.name} --force" in err
+    assert main(["weights", "download", spec.name, "--force"]) == 0
+    assert _digests(home / spec.filename) == _digests(payload)
+    assert main(["weights", "download", spec.name]) == 0  # a good cached file passes
+    assert str(home / spec.filename) in capsys.readouterr().out
