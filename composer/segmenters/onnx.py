@@ -36,7 +36,7 @@ def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """``model.json`` of an export folder, checked; ValueError names what is missing."""
     root = Path(directory)
     if not root.is_dir():
-        raise ValueError(f"{root} is not an ONNX export folder (sam-composer export --format onnx)")
+        raise ValueError(f"{root} is not an ONNX export folder (write one with `sam-composer export --out DIR`)")
     missing = [f for f in (ENCODER_FILE, DECODER_FILE, META_FILE) if not (root / f).is_file()]
     if missing:
         raise ValueError(f"{root} is not a complete ONNX export: missing {', '.join(missing)}")
