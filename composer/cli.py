@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 COMMANDS = (
     "segment", "everything", "instances", "text", "eval", "train", "weights", "export", "convert",
@@ -45,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        out = getattr(args, "out", None)
+        # every --out but convert's (a json file for some formats) names a folder to write
+        if out and getattr(args, "out_is_folder", True) and Path(out).exists() and not Path(out).is_dir():
+            raise ValueError(f"--out {out} exists and is not a folder")
         return int(args.func(args) or 0)
     except (ValueError, TypeError, OSError) as exc:
         # OSError: an output path that is a file, not writable, or a full disk

@@ -79,6 +79,16 @@ def test_cli_refuses_bad_labels_and_output_paths(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert cli_main([*base, str(tmp_path / "afile"), "--point", "10,10"]) == 2
     assert "exists and is not a folder" in capsys.readouterr().err
+    # every command whose --out is a folder refuses a file before loading anything
+    afile = str(tmp_path / "afile")
+    for argv in (["demo", "--out", afile, "--no-automatic"],
+                 ["everything", str(tmp_path / "img.png"), "--out", afile],
+                 ["instances", str(tmp_path / "img.png"), "--out", afile],
+                 ["eval", "points", "--dataset", "grabcut", "--out", afile],
+                 ["train", "--data", afile, "--images", str(tmp_path), "--out", afile]):
+        assert cli_main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"--out {afile} exists and is not a folder" in err, (argv, err)
     # an OSError from deeper down (here: a folder inside a file) is a one-line error too
     assert cli_main(["export", "--no-check", "--out", str(tmp_path / "afile" / "sub")]) == 2
     err = capsys.readouterr().err

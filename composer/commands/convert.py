@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--holes", choices=("rle", "fill"), default="rle",
                    help="coco-polygons: a mask with holes keeps its RLE (default, exact) or is "
                    "written as polygons without its holes (fill)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, out_is_folder=False)
 
 
 def run(args: argparse.Namespace) -> int:

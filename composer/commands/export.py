@@ -26,14 +26,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..export import export_onnx
 
     if args.model.strip().lower() in ("classic", "onnx"):
         raise ValueError(f"--model {args.model} has no PyTorch network to export")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out} exists and is not a folder")
     try:
         out = export_onnx(args.model, args.out, checkpoint=args.checkpoint, opset=args.opset,
                           check=not args.no_check)

@@ -30,9 +30,6 @@ def run(args: argparse.Namespace) -> int:
     from ..segmenters.base import best_per_prompt
 
     image = load_image(args.image)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
     pts = [parse_floats(s, (2, 3), "--point") for s in args.point]
     boxes = [parse_floats(s, (4,), "--box") for s in args.box]
     if not pts and not boxes:

@@ -193,9 +193,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if (args.val_data is None) != (args.val_images is None):
         raise ValueError("--val-data and --val-images go together")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder")
+    out = Path(args.out)  # a file there is refused by the CLI before the command runs
     run_id = _run_identity(args)
     _check_same_run(out, run_id)
     from ..segmenters import resolve_device
