@@ -29,6 +29,8 @@ clicks honoured (both measured by ``recipes/click_honour.py``).
 ``--stage salient`` (from the packaged stage-4 file; tried, not shipped: recipes/README.md)
 adds 800 copy-paste images with one large object each and carries the truly best first-round
 output forward for half of the masks; it lowered first-click mIoU on the tuning sets.
+``--stage centre`` (the same start; tried, not shipped) draws half of the first points near the
+middle of their mask; it lowered first-click mIoU on every set.
 
 Stage 3 (``--stage objects``, from stage 2's weights) adds whole
 objects and small masks: the COCO subset's training half (its images after the first
@@ -177,7 +179,7 @@ STAGE_DEFAULTS["salient"] = {
     "feedback_oracle_prob": 0.5,
 }
 
-# Stage 5b (tried; recipes/README.md): stage 4 with half of the first points drawn near the
+# Stage 5b (tried, not shipped; recipes/README.md): stage 4 with half of the first points drawn near the
 # middle of their mask (where users, and the point protocol, click on what they mean) instead of
 # uniformly over it, so that a central click speaks for the whole region around it.
 STAGE_DEFAULTS["centre"] = {
