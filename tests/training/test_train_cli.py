@@ -88,7 +88,7 @@ def test_train_command_errors(tmp_path, capsys, monkeypatch) -> None:
     (tmp_path / "afile").write_text("x")
     assert main(["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
                  "--random-init", "--out", str(tmp_path / "afile")]) == 2
-    assert "is a file" in capsys.readouterr().err
+    assert "exists and is not a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--data", str(ann)])
 
