@@ -86,9 +86,15 @@ def sample_near_centre(
     whose first click is the farthest point) click on what they mean. None if it is empty."""
     if not region.any():
         return None
-    padded = np.pad(region.astype(np.uint8), 1)
-    dt = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    dt = _distance_to_boundary(region)
     return sample_in_region(dt >= min_frac * dt.max(), rng)
+
+
+def _distance_to_boundary(mask: np.ndarray) -> np.ndarray:
+    """Float32 distance of each pixel of a (H, W) bool mask to the nearest pixel outside it,
+    the frame's border counting as outside (0 off the mask)."""
+    padded = np.pad(mask.astype(np.uint8), 1)
+    return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
 
 
 def corrective_points(
@@ -130,9 +136,7 @@ def center_click(mask: np.ndarray) -> tuple[int, int]:
     """
     if not mask.any():
         raise ValueError("cannot click into an empty mask")
-    padded = np.pad(mask.astype(np.uint8), 1)
-    dt = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-    k = int(np.argmax(dt))
+    k = int(np.argmax(_distance_to_boundary(mask)))
     return k % mask.shape[1], k // mask.shape[1]
 
 
