@@ -283,10 +283,11 @@ class Trainer:
                     c.box_noise_max_px,
                     bounds=(self.img_size, self.img_size),
                 )
-            elif c.centre_point_prob and rng.random() < c.centre_point_prob:
-                p = sample_near_centre(gt[i] & valid, rng)
             else:
-                p = sample_in_region(gt[i] & valid, rng)
+                if c.centre_point_prob and rng.random() < c.centre_point_prob:
+                    p = sample_near_centre(gt[i] & valid, rng)
+                else:
+                    p = sample_in_region(gt[i] & valid, rng)
                 points[i] = to_input_frame(np.asarray(p), self.low_res, self.img_size)
         return is_box, points, boxes
 

@@ -615,10 +615,8 @@ def test_feedback_oracle_prob_carries_the_truly_best_output(shapes_cache, tmp_pa
     assert not torch.equal(iou_pred.argmax(1), true_iou.argmax(1))
 
 
-def test_centre_point_prob_draws_first_points_near_the_middle(shapes_cache, tmp_path, monkeypatch) -> None:
+def test_centre_point_prob_draws_first_points_near_the_middle(shapes_cache, tmp_path) -> None:
     import cv2
-
-    import composer.training.trainer as trainer_mod
 
     m = np.zeros((20, 30), bool)
     m[5:15, 2:8] = True
@@ -632,22 +630,27 @@ def test_centre_point_prob_draws_first_points_near_the_middle(shapes_cache, tmp_
     with pytest.raises(ValueError, match="centre_point_prob"):
         _config(tmp_path, steps=1, centre_point_prob=-0.1)
 
+    # the trainer's first points: near the middle of each mask with probability 1, anywhere
+    # in it with probability 0 (always inside, in the model-input frame)
     model0, train, _ = shapes_cache
-    calls: list[int] = []
-    real = trainer_mod.sample_near_centre
-
-    def spy(region, rng, *args, **kwargs):
-        calls.append(int(region.sum()))
-        return real(region, rng, *args, **kwargs)
-
-    monkeypatch.setattr(trainer_mod, "sample_near_centre", spy)
-    for p, expect_all in ((0.0, False), (1.0, True)):
-        calls.clear()
-        cfg = _config(tmp_path, steps=1, box_prob=0.0, num_corrective=1, no_point_rounds=0,
-                      centre_point_prob=p)
-        t = Trainer(_copy_of(model0), cfg, train)
-        t.train_step()
-        assert (len(calls) > 0) == expect_all, (p, calls)
+    for p, central in ((1.0, True), (0.0, False)):
+        t = Trainer(_copy_of(model0), _config(tmp_path, steps=1, box_prob=0.0,
+                                              centre_point_prob=p), train)
+        low = t.low_res
+        gt = np.zeros((2, low, low), bool)
+        gt[0, 2 : low - 2, 2 : low // 2] = True
+        gt[1, low // 2 :, low // 2 :] = True
+        depth = [cv2.distanceTransform(np.pad(g, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+                 for g in gt]
+        shares = []
+        for _ in range(20):
+            is_box, points, _ = t._first_prompts(gt, np.ones((low, low), bool))
+            assert not is_box.any()
+            xy = np.floor(points * low / t.img_size).astype(int)  # back to low-res pixels
+            for g, d, (x, y) in zip(gt, depth, xy, strict=True):
+                assert g[y, x], (p, x, y)
+                shares.append(d[y, x] >= 0.7 * d.max() - 1e-6)
+        assert all(shares) if central else not all(shares)
 
 
 def test_paste_composites_scale_and_single_object() -> None:
