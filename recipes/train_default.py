@@ -30,7 +30,8 @@ clicks honoured (both measured by ``recipes/click_honour.py``).
 adds 800 copy-paste images with one large object each and carries the truly best first-round
 output forward for half of the masks; it lowered first-click mIoU on the tuning sets.
 ``--stage centre`` (the same start; tried, not shipped) draws half of the first points near the
-middle of their mask; it lowered first-click mIoU on every set.
+middle of their mask; the decoder's masks gained, the shipped ranked first click on GrabCut
+and Berkeley did not.
 
 Stage 3 (``--stage objects``, from stage 2's weights) adds whole
 objects and small masks: the COCO subset's training half (its images after the first
