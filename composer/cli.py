@@ -47,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         out = getattr(args, "out", None)
+        if out is not None and not str(out).strip():
+            raise ValueError("--out is empty; name a folder (or file) to write")
         # every --out but convert's (a json file for some formats) names a folder to write
         if out and getattr(args, "out_is_folder", True) and Path(out).exists() and not Path(out).is_dir():
             raise ValueError(f"--out {out} exists and is not a folder")

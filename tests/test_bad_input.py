@@ -89,6 +89,9 @@ def test_cli_refuses_bad_labels_and_output_paths(tmp_path, capsys):
         assert cli_main(argv) == 2, argv
         err = capsys.readouterr().err
         assert f"--out {afile} exists and is not a folder" in err, (argv, err)
+    # an empty --out would write into the current folder
+    assert cli_main([*base, "", "--point", "10,10"]) == 2
+    assert "--out is empty" in capsys.readouterr().err
     # an OSError from deeper down (here: a folder inside a file) is a one-line error too
     assert cli_main(["export", "--no-check", "--out", str(tmp_path / "afile" / "sub")]) == 2
     err = capsys.readouterr().err
