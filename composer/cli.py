@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,9 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: options whose value is a comma list of coordinates, which may start with a minus sign
+_COORD_OPTIONS = ("--point", "--box")
+_NEGATIVE_LIST = re.compile(r"^-[\d.]")
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--point -5,-5`` as ``--point=-5,-5``: argparse reads a value that starts with a minus
+    sign and is not a plain number as an option, and reports the value as missing."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] in _COORD_OPTIONS and _NEGATIVE_LIST.match(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

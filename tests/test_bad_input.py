@@ -89,6 +89,12 @@ def test_cli_refuses_bad_labels_and_output_paths(tmp_path, capsys):
         assert cli_main(argv) == 2, argv
         err = capsys.readouterr().err
         assert f"--out {afile} exists and is not a folder" in err, (argv, err)
+    # a negative coordinate list is a value, not an option (argparse said "expected one
+    # argument"): it reaches the prompt checks, which name it
+    assert cli_main([*base, str(tmp_path / "o"), "--point", "-5,-5"]) == 2
+    assert "points outside the 60x40 image: [[-5.0, -5.0]]" in capsys.readouterr().err
+    assert cli_main([*base, str(tmp_path / "o"), "--box", "-5,-5,20,20"]) == 2
+    assert "boxes outside the 60x40 image" in capsys.readouterr().err
     # an empty --out would write into the current folder
     assert cli_main([*base, "", "--point", "10,10"]) == 2
     assert "--out is empty" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .registry import WEIGHTS, WeightsSpec, get_spec
+from .registry import WEIGHTS, WeightsSpec, get_spec, register_all
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,19 @@ def cached_path(spec: WeightsSpec | str) -> Path:
     return cache_dir() / spec.filename
 
 
-def resolve_checkpoint(name_or_path: str | os.PathLike[str], download: bool = False) -> Path:
+def _lookup(name: str, path: Path) -> WeightsSpec | None:
+    """The spec registered as ``name``, or whose file name is ``name`` (e.g.
+    "sam_vit_b_01ec64.pth" not in the working folder: the cached copy, where `weights import`
+    and `download` put it)."""
+    spec = WEIGHTS.get(name)
+    if spec is None and path.name == name:
+        spec = next((s for s in WEIGHTS.values() if s.filename == name), None)
+    return spec
+
+
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike[str], download: bool = False, arch: str | None = None
+) -> Path:
     """Turn an explicit path or a registered weights name into a local checkpoint file.
 
     Order: an existing file path is returned as is; a registered name (or the bare file name
@@ -73,6 +85,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str], download: bool = Fa
     Args:
         name_or_path: a checkpoint path, or a name in ``WEIGHTS`` such as "sam_vit_b".
         download: fetch (and verify) a registered file that is not cached yet.
+        arch: the architecture the caller builds: registered weights of another architecture
+            are refused (the message names the one they are for).
 
     Returns:
         Path of an existing file.
@@ -81,7 +95,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str], download: bool = Fa
         ValueError: a path that does not exist or is not a file; an unknown name (the message
             lists the registered names); or registered weights that are not cached while
             ``download`` is False (the message names the file, its URL and the command that
-            fetches it). Download failures are ValueErrors too, see :func:`download`.
+            fetches it); registered weights of an architecture other than ``arch``. Download
+            failures are ValueErrors too, see :func:`download`.
     """
     path = Path(name_or_path).expanduser()
     if path.is_file():
@@ -89,11 +104,15 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str], download: bool = Fa
     if path.exists():
         raise ValueError(f"checkpoint {path} exists but is not a file")
     name = os.fspath(name_or_path)
-    spec = WEIGHTS.get(name) if isinstance(name, str) else None
-    if spec is None and path.name == name:
-        # a bare file name of registered weights (e.g. "sam_vit_b_01ec64.pth", not in the
-        # working folder): the cached copy, where `weights import` and `download` put it
-        spec = next((s for s in WEIGHTS.values() if s.filename == name), None)
+    spec = _lookup(name, path)
+    if spec is None:
+        register_all()  # a family whose module nobody has imported yet (composer_tiny, detectors)
+        spec = _lookup(name, path)
+    if spec is not None and arch is not None and spec.arch != arch:
+        raise ValueError(
+            f"weights {spec.name!r} are for architecture {spec.arch!r}, not {arch!r}; "
+            f"use --model {spec.arch} (load_segmenter({spec.arch!r}))"
+        )
     if spec is None:
         if isinstance(name_or_path, str) and os.sep not in name and not path.suffix:
             raise ValueError(

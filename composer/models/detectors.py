@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -394,6 +395,57 @@ def _load_state_strict(model: Any, state: dict[str, Any], path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- stored boxes
+def _finite_number(value: Any) -> bool:
+    """A real number (not a bool, not a string such as "nan") that is finite."""
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def _integer(value: Any) -> bool:
+    """An integral number, or a string of one (ids read with ``int()``)."""
+    if isinstance(value, str):
+        try:
+            int(value)
+        except ValueError:
+            return False
+        return True
+    return _finite_number(value) and float(value).is_integer()
+
+
+def _check_result_entry(i: int, e: Mapping[str, Any]) -> None:
+    """One COCO results entry: ``bbox`` four finite numbers with width and height >= 0, a
+    finite numeric ``score`` (when given), an integer ``image_id`` and ``category_id``.
+
+    A NaN score or box would be dropped without a word by the score filter, so the file is
+    refused instead, naming the entry.
+
+    Raises:
+        ValueError: the first malformed field.
+    """
+    bbox = e["bbox"]
+    if (
+        not isinstance(bbox, (list, tuple))
+        or len(bbox) != 4
+        or not all(_finite_number(v) for v in bbox)
+        or bbox[2] < 0
+        or bbox[3] < 0
+    ):
+        raise ValueError(
+            f"results entry {i}: bbox must be [x, y, width, height] of finite numbers with "
+            f"width, height >= 0, got {bbox!r}"[:200]
+        )
+    if "score" in e and not _finite_number(e["score"]):
+        raise ValueError(f"results entry {i}: score must be a finite number, got {e['score']!r}"[:200])
+    for key in ("image_id", "category_id"):
+        if key in e:
+            value = e[key]
+            if not _integer(value):
+                raise ValueError(f"results entry {i}: {key} must be an integer, got {value!r}"[:200])
+
+
 def _coco_image_map(path: Path) -> tuple[dict[Hashable, int], dict[int, str]]:
     data = json.loads(path.read_text())
     ids: dict[Hashable, int] = {}
@@ -461,6 +513,7 @@ class CocoJsonDetector:
         for i, e in enumerate(entries):
             if not isinstance(e, Mapping) or "image_id" not in e or "bbox" not in e:
                 raise ValueError(f"results entry {i} lacks image_id or bbox: {e!r}"[:200])
+            _check_result_entry(i, e)
             self._by_image.setdefault(int(e["image_id"]), []).append(e)
 
     @property

@@ -221,7 +221,7 @@ def _load_weights(model: Sam, checkpoint: str | os.PathLike[str], arch: str) -> 
         from ..hub import resolve_checkpoint
 
         # errors of finding the file (not cached, no such file) are not "does not fit" errors
-        checkpoint = resolve_checkpoint(checkpoint)
+        checkpoint = resolve_checkpoint(checkpoint, arch=arch)
     try:
         if hub_load is not None:
             hub_load(model, checkpoint)

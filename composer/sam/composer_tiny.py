@@ -246,7 +246,7 @@ def build_composer_tiny(
         from ..hub import resolve_checkpoint
         from ..hub.checkpoint import load_state_dict_file
 
-        path = resolve_checkpoint(checkpoint)
+        path = resolve_checkpoint(checkpoint, arch="composer_tiny")
         state = load_state_dict_file(path)
     if config is None:
         config = ComposerTinyConfig()

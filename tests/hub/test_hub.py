@@ -373,6 +373,25 @@ def test_build_sam_reports_uncached_weights_as_such(home: Path) -> None:
     assert "does not fit" not in message and "resolve_checkpoint(name, download=True)" in message
 
 
+def test_weights_of_another_architecture_are_named_as_such(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`export --model vit_t --checkpoint composer_tiny` said composer_tiny was not a registered
+    name: its module had not been imported, so it was not registered yet."""
+    from composer.sam.build import build_sam
+    from composer.sam.composer_tiny import build_composer_tiny
+
+    monkeypatch.delitem(registry.WEIGHTS, "composer_tiny")  # as before anything imported it
+    with pytest.raises(ValueError) as err:
+        build_sam("vit_t", checkpoint="composer_tiny")
+    assert str(err.value) == (
+        "weights 'composer_tiny' are for architecture 'composer_tiny', not 'vit_t'; "
+        "use --model composer_tiny (load_segmenter('composer_tiny'))"
+    )
+    with pytest.raises(ValueError, match="weights 'sam_vit_b' are for architecture 'vit_b', not 'composer_tiny'"):
+        build_composer_tiny(checkpoint="sam_vit_b")
+    with pytest.raises(ValueError, match="registered weights: composer_tiny, mobile_sam_vit_t"):
+        hub.resolve_checkpoint("nonesuch")
+
+
 def test_weights_list_shows_the_packaged_model(capsys: pytest.CaptureFixture[str]) -> None:
     from composer.cli import main
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -170,6 +171,33 @@ def test_coco_json_detector(tmp_path):
         CocoJsonDetector(tmp_path / "nope.json")
     with pytest.raises(ValueError, match="lacks image_id or bbox"):
         CocoJsonDetector([{"score": 1.0}])
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"score": "nan"}, "results entry 1: score must be a finite number, got 'nan'"),
+        ({"score": float("nan")}, "score must be a finite number"),
+        ({"score": "0.9"}, "score must be a finite number"),
+        ({"bbox": [0, 0, float("inf"), 5]}, "bbox must be"),
+        ({"bbox": [0, 0, -3, 5]}, "bbox must be"),
+        ({"bbox": [0, 0, 5]}, "bbox must be"),
+        ({"bbox": "0,0,5,5"}, "bbox must be"),
+        ({"image_id": 1.5}, "image_id must be an integer"),
+        ({"category_id": "dog"}, "category_id must be an integer"),
+        ({"category_id": True}, "category_id must be an integer"),
+    ],
+)
+def test_coco_results_with_nan_or_malformed_fields_are_refused(tmp_path, entry, message):
+    """A NaN score (JSON NaN, or the string "nan" that float() reads as NaN) would fail the
+    score filter and drop the detection without a word: the file is refused instead."""
+    good = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.5}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps([good, {**good, **entry}]))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        CocoJsonDetector(path)
+    # string ids that int() reads stay accepted, as before
+    assert len(CocoJsonDetector([{**good, "image_id": "1"}])(np.zeros((20, 20, 3), np.uint8), 1)) == 1
 
 
 def test_ground_truth_detector_skips_crowds(coco_dir):
