@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 import zlib
@@ -171,6 +172,15 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    # Numbers the fine-tuning would refuse (or train NaN with) only after the automatic stage.
+    for flag, value in (("--steps", args.steps), ("--points-per-side", args.points_per_side),
+                        ("--threads", args.threads), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        parser.error(f"--lr must be a positive number, got {args.lr}")
+    if args.images is not None and not args.images.is_dir():
+        parser.error(f"--images {args.images} is not a folder")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     if not Path(args.weights).is_file():

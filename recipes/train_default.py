@@ -104,6 +104,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import time
 import zlib
 from pathlib import Path
@@ -623,6 +624,26 @@ def main() -> None:
         parser.error(f"--feedback-oracle-prob must be in [0, 1], got {args.feedback_oracle_prob}")
     if not 0.0 <= args.centre_point_prob <= 1.0:
         parser.error(f"--centre-point-prob must be in [0, 1], got {args.centre_point_prob}")
+    # Numbers TrainConfig (or the cache) would refuse only after the feature cache is built.
+    for flag, value, least in (
+        ("--steps", args.steps, 1), ("--masks", args.masks, 1), ("--variants", args.variants, 1),
+        ("--corrective", args.corrective, 0), ("--checkpoint-every", args.checkpoint_every, 1),
+        ("--eval-every", args.eval_every, 1), ("--holdout", args.holdout, 0),
+        ("--warmup-shapes", args.warmup_shapes, 0), ("--paste", args.paste, 0),
+        ("--paste-salient", args.paste_salient, 0), ("--threads", args.threads, 1),
+    ):
+        if value < least:
+            parser.error(f"{flag} must be >= {least}, got {value}")
+    if args.no_point_rounds not in (0, 1, 2):
+        parser.error(f"--no-point-rounds must be 0, 1 or 2, got {args.no_point_rounds}")
+    for flag, value in (("--lr", args.lr), ("--time-budget-min", args.time_budget_min),
+                        ("--first-round-weight", args.first_round_weight)):
+        if not (value > 0 and math.isfinite(value)):
+            parser.error(f"{flag} must be a positive number, got {value}")
+    for flag, value in (("--multimask-prob", args.multimask_prob),
+                        ("--shape-prob", args.shape_prob)):
+        if not 0.0 <= value <= 1.0:
+            parser.error(f"{flag} must be in [0, 1], got {value}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

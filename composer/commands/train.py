@@ -193,6 +193,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if (args.val_data is None) != (args.val_images is None):
         raise ValueError("--val-data and --val-images go together")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    for flag, value in (("--data", args.data), ("--val-data", args.val_data)):
+        if value is not None and Path(value).is_dir():
+            raise ValueError(f"{flag} {value} is a folder; pass the COCO json file")
     out = Path(args.out)  # a file there is refused by the CLI before the command runs
     run_id = _run_identity(args)
     _check_same_run(out, run_id)

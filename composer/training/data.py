@@ -139,30 +139,61 @@ def coco_items(
     instance (largest first).
 
     ``image_ids`` restricts (and orders) the images, e.g. :func:`coco_subset_split`.
+
+    Raises:
+        ValueError: the json or the image folder is missing or malformed, or one image is
+            unusable: an image record without a usable ``height``/``width``/``file_name``, an
+            annotation with a missing or undecodable ``segmentation`` or a non-numeric
+            ``area``, an image file that is missing or unreadable, or one whose size differs
+            from its record's. The message names the image (and the annotation).
     """
     from pycocotools import mask as mask_utils
 
     from ..data.coco import CocoDataset
+    from ..io.image import load_image
     from ..structures.masks import segmentation_rle
 
     ds = CocoDataset(ann_file, image_dir, image_ids=image_ids)
     for image_id in ds.image_ids:
         rec = ds.coco.imgs[image_id]
-        h, w = int(rec["height"]), int(rec["width"])
-        anns = [
-            a
-            for a in ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=[image_id]))
-            if not a.get("iscrowd", 0) and float(a.get("area", 0)) >= min_area
-        ]
-        anns = sorted(anns, key=lambda a: -float(a.get("area", 0)))[:max_instances]
-        if not anns:
-            continue
-        layers = np.zeros((len(anns), h, w), np.uint16)
-        for i, a in enumerate(anns):
-            # our decoder: an empty or odd segmentation is an empty mask or a clear error
-            rle = segmentation_rle(a.get("segmentation", []), (h, w))
-            layers[i][mask_utils.decode(rle).astype(bool)] = 1
-        yield SegmentationItem(f"coco/{image_id}", ds.item(image_id).load_image(), layers)
+        what = f"COCO image {image_id} ({rec.get('file_name')!s})"
+        ann_id: Any = None
+        try:
+            h, w = int(rec["height"]), int(rec["width"])
+            if h < 1 or w < 1:
+                raise ValueError(f"height and width must be >= 1, got {h} and {w}")
+            anns = []
+            for a in ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=[image_id])):
+                ann_id = a.get("id")
+                if not a.get("iscrowd", 0) and float(a.get("area", 0)) >= min_area:
+                    anns.append(a)
+            ann_id = None
+            anns = sorted(anns, key=lambda a: -float(a.get("area", 0)))[:max_instances]
+            if not anns:
+                continue
+            layers = np.zeros((len(anns), h, w), np.uint16)
+            for i, a in enumerate(anns):
+                ann_id = a.get("id")
+                if a.get("segmentation") is None:
+                    raise ValueError("no segmentation")
+                # our decoder: an empty or odd segmentation is an empty mask or a clear error
+                rle = segmentation_rle(a["segmentation"], (h, w))
+                layers[i][mask_utils.decode(rle).astype(bool)] = 1
+            ann_id = None
+            name = rec.get("file_name")
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"file_name must be a non-empty string, got {name!r}")
+            image = load_image(ds.image_dir / name)
+            if image.shape[:2] != (h, w):
+                raise ValueError(
+                    f"the image file is {image.shape[1]}x{image.shape[0]} (WxH) but the json "
+                    f"says {w}x{h}"
+                )
+        except (ValueError, TypeError, KeyError) as exc:
+            where = what if ann_id is None else f"{what}, annotation {ann_id}"
+            detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc).strip()
+            raise ValueError(f"{where}: {detail or type(exc).__name__}") from None
+        yield SegmentationItem(f"coco/{image_id}", image, layers)
 
 
 # The shared COCO val2017 subset is both training data and an evaluation set: its first
@@ -432,9 +463,10 @@ def apply_variant(item: SegmentationItem, v: Variant) -> tuple[np.ndarray, np.nd
 
 
 def input_shape(h: int, w: int, img_size: int) -> tuple[int, int]:
-    """(h', w') after resizing the longest side to ``img_size`` (as SAM's ResizeLongestSide)."""
+    """(h', w') after resizing the longest side to ``img_size`` (as SAM's ResizeLongestSide);
+    a side never rounds down to 0 (a 1 x 3000 px image is 1 x ``img_size``)."""
     scale = img_size / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
 @dataclass

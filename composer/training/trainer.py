@@ -102,6 +102,10 @@ class TrainConfig:
         checkpoint_dir: where ``last.pt`` goes (None disables checkpoints).
         checkpoint_every: steps between checkpoints.
         seed: seed of the sampling RNG.
+
+    Raises:
+        ValueError: a value out of its range (e.g. ``steps`` < 1, ``lr`` not a positive
+            number, ``time_budget_s`` not positive, a probability outside [0, 1], ``seed`` < 0).
     """
 
     steps: int = 1000
@@ -141,8 +145,12 @@ class TrainConfig:
             raise ValueError(f"box_prob must be in [0, 1], got {self.box_prob}")
         if not 0.0 <= self.centre_point_prob <= 1.0:
             raise ValueError(f"centre_point_prob must be in [0, 1], got {self.centre_point_prob}")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
+        if self.time_budget_s is not None and not self.time_budget_s > 0:  # NaN too
             raise ValueError(f"time_budget_s must be positive, got {self.time_budget_s}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if not 0.0 <= self.multimask_prob <= 1.0:
             raise ValueError(f"multimask_prob must be in [0, 1], got {self.multimask_prob}")
         if not self.first_round_weight > 0:
@@ -292,7 +300,13 @@ class Trainer:
         return is_box, points, boxes
 
     def train_step(self) -> StepStats:
-        """Run one optimizer step and return its statistics."""
+        """Run one optimizer step and return its statistics.
+
+        Raises:
+            ValueError: the drawn sample has no mask to train on, or (without fp16 gradient
+                scaling, which skips such steps itself) the loss or the gradient norm is NaN
+                or infinite; the weights are then left as the previous step left them.
+        """
         c, rng = self.config, self.rng
         t0 = time.perf_counter()
         self._step_rng = (rng.bit_generator.state, torch.get_rng_state())
@@ -303,6 +317,8 @@ class Trainer:
             pool = self.warmup_samples
         sample = pool[int(rng.integers(len(pool)))]
         idx = sample.masks_index
+        if len(idx) == 0:
+            raise ValueError(f"sample {sample.image_id} has no mask to train on (empty masks_index)")
         pick = rng.choice(len(idx), size=min(c.masks_per_image, len(idx)), replace=False)
         gt_np = masks_of(sample, idx[np.sort(pick)])
         valid_np = sample.valid
@@ -383,11 +399,24 @@ class Trainer:
                             xy = to_input_frame(xy, self.low_res, self.img_size)
                             coords[gi] = np.concatenate([coords[gi], xy[:, None]], 1)
                             labels[gi] = np.concatenate([labels[gi], lab[:, None]], 1)
+        # With fp16 grad scaling a non-finite step is skipped by the scaler; otherwise it would
+        # turn every weight into NaN, so it stops training before the update.
+        check = not self.scaler.is_enabled()
+        if check and not torch.isfinite(total.detach()):
+            raise ValueError(
+                f"step {self.step + 1}: loss is {float(total.detach())} on sample {sample.image_id} "
+                f"(lr {lr:.2e}); stopped before the update (lower the learning rate?)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if c.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
+            if check and not torch.isfinite(norm):
+                raise ValueError(
+                    f"step {self.step + 1}: gradient norm is {float(norm)} on sample "
+                    f"{sample.image_id} (lr {lr:.2e}); stopped before the update"
+                )
         self._updating = True  # weights, step and history change together
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -408,12 +437,19 @@ class Trainer:
     ) -> list[dict[str, float]]:
         """Train until ``config.steps`` or the time budget; checkpoint along the way.
 
+        Ctrl-C or an error between or inside steps writes a checkpoint of the finished steps
+        (not when it struck during the weight update, or when the weights are no longer
+        finite: the last checkpoint then stands) and re-raises.
+
         Args:
             progress: show a tqdm bar with running loss and first-round mIoU (CLI/recipes).
             on_step: optional callback after every step (e.g. validation, logging).
 
         Returns:
             The per-step history (dicts of :class:`StepStats` fields) of the whole run.
+
+        Raises:
+            ValueError: see :meth:`train_step` (e.g. a NaN loss).
         """
         bar = None
         if progress:
@@ -446,18 +482,29 @@ class Trainer:
                     on_step(self, s)
                 if self.config.checkpoint_dir and self.step % self.config.checkpoint_every == 0:
                     self.save_checkpoint()
-        except KeyboardInterrupt:
-            # Ctrl-C: keep the finished steps for a rerun, unless it struck while the
-            # optimizer was updating the weights (then the last checkpoint stands). A step
-            # cut short is forgotten: the sampling state goes back to where it began, so the
-            # resumed run redoes it and matches an uninterrupted one.
+        except (KeyboardInterrupt, Exception) as exc:
+            # Ctrl-C or an error: keep the finished steps for a rerun, unless it struck while
+            # the optimizer was updating the weights or the weights are no longer finite (then
+            # the last checkpoint stands). A step cut short is forgotten: the sampling state
+            # goes back to where it began, so the resumed run redoes it and matches an
+            # uninterrupted one.
             if self._step_rng is not None and not self._updating:
                 self.rng.bit_generator.state, torch_state = self._step_rng
                 torch.set_rng_state(torch_state)
                 self._step_rng = None
-            if self.config.checkpoint_dir and self.step > 0 and not self._updating:
-                self.save_checkpoint()
-                logger.warning("interrupted: checkpoint at step %d, a rerun resumes", self.step)
+            if (
+                self.config.checkpoint_dir
+                and self.step > 0
+                and not self._updating
+                and all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+            ):
+                what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped by an error"
+                try:
+                    self.save_checkpoint()
+                except Exception as save_exc:  # e.g. the error was writing a checkpoint
+                    logger.warning("%s; no checkpoint written (%s)", what, save_exc)
+                else:
+                    logger.warning("%s: checkpoint at step %d, a rerun resumes", what, self.step)
             raise
         finally:
             if bar is not None:
@@ -506,8 +553,15 @@ class Trainer:
         return out
 
     def resume(self, path: str | os.PathLike[str] | None = None) -> bool:
-        """Load a checkpoint (default ``checkpoint_dir/last.pt``) if it exists; True if loaded."""
+        """Load a checkpoint (default ``checkpoint_dir/last.pt``) if it exists; True if loaded.
+
+        Raises:
+            ValueError: the path exists but is not a file, or the file is not a training state
+                of this model (another architecture, a damaged file).
+        """
         file = Path(path) if path is not None else self.checkpoint_path()
+        if file.exists() and not file.is_file():
+            raise ValueError(f"{file} is not a file; remove it or use a fresh checkpoint folder")
         if not file.is_file():
             return False
         try:

@@ -1,0 +1,276 @@
+"""Odd and bad input to training: COCO records, thin images, samples without masks, NaN
+losses, errors mid-run, odd checkpoint paths, and the train CLI's and recipes' numbers.
+
+Each case gets a one-line ``ValueError`` naming what is wrong (the CLI: ``error: ...``, exit 2)
+and never loses the steps already trained."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from composer.cli import main
+from composer.sam.build import build_sam
+from composer.training.data import (
+    SegmentationItem,
+    Variant,
+    coco_items,
+    prepare_sample,
+    synthetic_shapes,
+)
+from composer.training.trainer import TrainConfig, Trainer
+from tests._modules import load_recipe
+from tests.training.test_train_cli import _coco_dataset
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------- COCO records
+def _edit(ann: Path, change) -> None:
+    doc = json.loads(ann.read_text())
+    change(doc)
+    ann.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["images"][0].pop("height"), r"COCO image 1 \(000\.png\): no 'height'"),
+        (lambda d: d["images"][0].update(file_name=None), r"COCO image 1 .*file_name"),
+        (
+            lambda d: d["annotations"][0].update(segmentation={"size": [10, 10], "counts": "PP"}),
+            r"COCO image 1 \(000\.png\), annotation 1: RLE size",
+        ),
+        (
+            lambda d: d["annotations"][0].update(segmentation={"size": [96, 96], "counts": 5}),
+            r"COCO image 1 \(000\.png\), annotation 1: ",
+        ),
+        (lambda d: d["annotations"][0].update(area=None), r"COCO image 1 .*annotation 1"),
+    ],
+)
+def test_coco_items_name_the_bad_record(tmp_path, change, message) -> None:
+    ann, images = _coco_dataset(tmp_path, n=2)
+    _edit(ann, change)
+    with pytest.raises(ValueError, match=message):
+        list(coco_items(ann, images))
+
+
+def test_coco_items_check_the_image_file_and_need_no_bbox(tmp_path) -> None:
+    ann, images = _coco_dataset(tmp_path, n=2)
+    # training needs no bbox: records without one load
+    _edit(ann, lambda d: [a.pop("bbox") for a in d["annotations"]])
+    assert len(list(coco_items(ann, images))) == 2
+    # an image whose size differs from its record is named, not a shape error of the layers
+    Image.open(images / "001.png").resize((80, 96)).save(images / "001.png")
+    with pytest.raises(ValueError, match=r"COCO image 2 \(001\.png\): .*80x96 .* 96x96"):
+        list(coco_items(ann, images))
+
+
+def test_train_command_reports_a_bad_record_without_a_traceback(tmp_path, capsys) -> None:
+    ann, images = _coco_dataset(tmp_path, n=2)
+    _edit(ann, lambda d: d["images"][1].pop("width"))
+    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--random-init", "--out", str(tmp_path / "o"), "--steps", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "COCO image 2 (001.png): no 'width'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_one_pixel_high_image_prepares() -> None:
+    """A side that rounds to 0 px at the input size stays 1 px (cv2.resize refused 0)."""
+    item = SegmentationItem("thin", np.zeros((1, 3000, 3), np.uint8), np.ones((1, 1, 3000), np.uint16))
+    s = prepare_sample(item, Variant(), 128, 32)
+    assert s.input_size == (1, 128) and s.image is not None and s.image.shape == (1, 128, 3)
+
+
+# --------------------------------------------------------------------------- the trainer
+def _tiny(tmp_path: Path, **kw) -> Trainer:
+    torch.manual_seed(0)
+    model = build_sam("vit_tiny_test", checkpoint=None)
+    size, low = model.image_encoder.img_size, model.prompt_encoder.mask_input_size[0]
+    samples = [prepare_sample(it, Variant(), size, low) for it in synthetic_shapes(3, 64, seed=1)]
+    cfg = dict(steps=6, masks_per_image=2, num_corrective=1, no_point_rounds=1,
+               freeze=("image_encoder",), checkpoint_dir=str(tmp_path), checkpoint_every=4,
+               warmup_steps=1)
+    cfg.update(kw)
+    return Trainer(model, TrainConfig(**cfg), samples)  # type: ignore[arg-type]
+
+
+def _nan_embedding_from(trainer: Trainer, step: int) -> None:
+    real = trainer.embed
+
+    def embed(sample):
+        emb = real(sample)
+        return emb * float("nan") if trainer.step >= step else emb
+
+    trainer.embed = embed  # type: ignore[method-assign]
+
+
+def test_nan_loss_stops_with_an_error_and_keeps_the_good_steps(tmp_path) -> None:
+    t = _tiny(tmp_path)
+    _nan_embedding_from(t, 2)
+    with pytest.raises(ValueError, match=r"step 3: loss is nan on sample shapes/1/"):
+        t.fit()
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["step"] == 2 and len(state["history"]) == 2
+    assert all(bool(torch.isfinite(v).all()) for v in state["model"].values() if v.is_floating_point())
+    # the weights in memory were not updated by the NaN step either
+    assert all(bool(torch.isfinite(p).all()) for p in t.model.parameters())
+    again = _tiny(tmp_path)
+    assert again.resume() and again.step == 2
+
+
+def test_nan_weights_never_overwrite_the_last_checkpoint(tmp_path) -> None:
+    t = _tiny(tmp_path, steps=8, checkpoint_every=2)
+    t.fit()  # last.pt at step 8
+    t2 = _tiny(tmp_path, steps=10, checkpoint_every=2)
+    assert t2.resume() and t2.step == 8
+    with torch.no_grad():  # weights gone bad in memory since the last checkpoint
+        next(t2.model.mask_decoder.parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match="step 9: loss is nan"):
+        t2.fit()
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["step"] == 8
+    assert all(bool(torch.isfinite(v).all()) for v in state["model"].values() if v.is_floating_point())
+
+
+def test_an_error_mid_run_keeps_the_finished_steps(tmp_path) -> None:
+    t = _tiny(tmp_path, steps=20, checkpoint_every=1000)
+
+    def fail(trainer: Trainer, _stats: object) -> None:
+        if trainer.step == 3:
+            raise RuntimeError("validation crashed")
+
+    with pytest.raises(RuntimeError, match="validation crashed"):
+        t.fit(on_step=fail)
+    again = _tiny(tmp_path, steps=20, checkpoint_every=1000)
+    assert again.resume() and again.step == 3
+
+
+def test_a_sample_without_masks_is_named(tmp_path) -> None:
+    t = _tiny(tmp_path)
+    item = synthetic_shapes(1, 64, seed=1)[0]
+    empty = SegmentationItem("blank", item.image, np.zeros_like(item.layers))
+    t.samples = [prepare_sample(empty, Variant(), t.img_size, t.low_res)]
+    with pytest.raises(ValueError, match="sample blank@.* has no mask"):
+        t.train_step()
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"lr": float("nan")}, "lr must be a positive number"),
+        ({"lr": 0.0}, "lr must be a positive number"),
+        ({"time_budget_s": float("nan")}, "time_budget_s must be positive"),
+        ({"seed": -1}, "seed must be >= 0"),
+    ],
+)
+def test_train_config_refuses_odd_numbers(kw, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kw)
+
+
+def test_resume_refuses_a_folder_named_like_the_checkpoint(tmp_path) -> None:
+    (tmp_path / "last.pt").mkdir()
+    t = _tiny(tmp_path)
+    with pytest.raises(ValueError, match="last.pt is not a file"):
+        t.resume()
+
+
+# --------------------------------------------------------------------------- the CLI
+def test_train_command_nan_loss_exits_2_and_keeps_last_pt(tmp_path, capsys, monkeypatch) -> None:
+    ann, images = _coco_dataset(tmp_path, n=3)
+    real = Trainer.embed
+
+    def embed(self, sample):
+        emb = real(self, sample)
+        return emb * float("nan") if self.step >= 2 else emb
+
+    monkeypatch.setattr(Trainer, "embed", embed)
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--random-init", "--out", str(out), "--steps", "6", "--masks-per-image", "2",
+            "--corrective", "1", "--val-fraction", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: step 3: loss is nan" in err
+    assert not (out / "model.pt").exists()  # no NaN weights written as the result
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["step"] == 2
+    assert all(bool(torch.isfinite(v).all()) for v in state["model"].values() if v.is_floating_point())
+
+
+def test_train_command_refuses_a_negative_seed_and_a_folder_as_data(tmp_path, capsys) -> None:
+    ann, images = _coco_dataset(tmp_path, n=2)
+    base = ["train", "--images", str(images), "--model", "vit_tiny_test", "--random-init",
+            "--out", str(tmp_path / "o"), "--steps", "1"]
+    assert main([*base, "--data", str(ann), "--seed", "-1"]) == 2
+    assert "--seed must be >= 0, got -1" in capsys.readouterr().err
+    assert main([*base, "--data", str(images)]) == 2
+    assert f"--data {images} is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- recipes
+class _Started(Exception):
+    """The recipe went past its argument checks."""
+
+
+def _started(*_args, **_kwargs):
+    raise _Started
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--time-budget-min", "0"], "--time-budget-min must be a positive number"),
+        (["--lr", "nan"], "--lr must be a positive number"),
+        (["--variants", "0"], "--variants must be >= 1"),
+        (["--no-point-rounds", "3"], "--no-point-rounds must be 0, 1 or 2"),
+    ],
+)
+def test_train_default_checks_numbers_before_building_anything(argv, message, monkeypatch, capsys) -> None:
+    recipe = load_recipe("train_default")
+    monkeypatch.setattr(recipe, "build_composer_tiny", _started)
+    monkeypatch.setattr(recipe, "build_cache", _started)
+    monkeypatch.setattr(sys, "argv", ["train_default.py", *argv])
+    with pytest.raises(SystemExit) as exc:
+        recipe.main()
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--lr", "-1"], "--lr must be a positive number"),
+        (["--points-per-side", "0"], "--points-per-side must be >= 1"),
+    ],
+)
+def test_data_engine_checks_numbers_before_the_automatic_stage(
+    argv, message, tmp_path, monkeypatch, capsys
+) -> None:
+    recipe = load_recipe("data_engine")
+    monkeypatch.setattr(recipe, "automatic_stage", _started)
+    monkeypatch.setattr(recipe, "unlabelled_folder", _started)
+    monkeypatch.setattr(
+        sys, "argv", ["data_engine.py", "--work-dir", str(tmp_path), "--images", str(tmp_path), *argv]
+    )
+    with pytest.raises(SystemExit) as exc:
+        recipe.main()
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
