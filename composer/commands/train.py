@@ -80,7 +80,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def build_model(name: str, checkpoint: str | None, random_init: bool) -> tuple[Any, str]:
-    """(model in train-ready state, description of its starting weights)."""
+    """(model in train-ready state, description of its starting weights).
+
+    Raises:
+        ValueError: an unknown architecture (the message lists the valid ones), or a SAM
+            architecture without registered weights and neither ``checkpoint`` nor
+            ``random_init``.
+    """
+    from ..sam.build import CONFIGS
+
+    if name != "composer_tiny" and name not in CONFIGS:
+        raise ValueError(
+            f"unknown --model {name!r}; valid: {', '.join(['composer_tiny', *sorted(CONFIGS)])}"
+        )
     if name == "composer_tiny":
         from ..sam.composer_tiny import PACKAGED_WEIGHTS, build_composer_tiny
 

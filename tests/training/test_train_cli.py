@@ -77,6 +77,11 @@ def test_train_command_errors(tmp_path, capsys, monkeypatch) -> None:
     assert main([*base, "--model", "vit_tiny_test"]) == 2
     assert "--random-init" in capsys.readouterr().err
     assert main([*base, "--model", "vit_tiny_test", "--random-init", "--steps", "0"]) == 2
+    # an unknown architecture is named as such, composer_tiny listed (it said "no registered
+    # weights", or listed only the SAM configs with --random-init)
+    for extra in ([], ["--random-init"]):
+        assert main([*base, "--model", "vit_x", *extra]) == 2
+        assert "unknown --model 'vit_x'; valid: composer_tiny, vit_b" in capsys.readouterr().err
     tiny = [*base, "--model", "vit_tiny_test", "--random-init"]
     for extra, message in ((["--max-images", "0"], "--max-images must be >= 1"),
                            (["--time-budget-min", "-1"], "--time-budget-min must be > 0"),
