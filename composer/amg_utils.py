@@ -299,17 +299,25 @@ def remove_small_regions(
     when it is small.
 
     Args:
-        mask: (H, W) bool mask.
+        mask: (H, W) bool mask (any nonzero value of another dtype is foreground).
         area_thresh: components (or holes) with fewer pixels are removed (filled).
         mode: ``"holes"`` or ``"islands"``.
 
     Returns:
-        (new (H, W) bool mask, whether it changed).
+        (new (H, W) bool mask, whether it changed); a mask of no pixels comes back unchanged.
+
+    Raises:
+        ValueError: an unknown ``mode``, or a mask that is not 2-D.
     """
     import cv2
 
     if mode not in ("holes", "islands"):
         raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
+    mask = np.asarray(mask, dtype=bool)  # 0/255 masks: ``True ^ 255`` is no complement
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
+    if mask.size == 0:  # OpenCV's connected components crash on an empty image
+        return mask, False
     holes = mode == "holes"
     working = (holes ^ mask).astype(np.uint8)
     n_labels, regions, stats, _ = cv2.connectedComponentsWithStats(working, connectivity=8)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +65,8 @@ class AmgConfig:
             compare and hash; ``layer_grids()`` returns arrays.
         points_per_batch: point prompts decoded per forward pass; bounds memory.
         pred_iou_thresh: keep masks whose predicted IoU is > this (0 disables the filter).
-        stability_score_thresh: keep masks whose stability score is >= this (0 disables).
+        stability_score_thresh: keep masks whose stability score is >= this, in [0, 1] (0
+            disables).
         stability_score_offset: logit offset of the stability score's two thresholds.
         box_nms_thresh: box IoU threshold of the NMS within each crop.
         crop_n_layers: crop layers below the full image; layer i has ``(2**i)**2`` crops.
@@ -105,17 +107,40 @@ class AmgConfig:
     max_side: int | None = None
 
     def __post_init__(self) -> None:
+        """Check the settings.
+
+        Raises:
+            ValueError: a setting out of its range (NaN included), a count that is not an
+                integer, both or neither of ``points_per_side`` and ``point_grids``, or a grid
+                that is not (N, 2) XY in [0, 1].
+        """
         if (self.points_per_side is None) == (self.point_grids is None):
             raise ValueError("give exactly one of points_per_side and point_grids")
+        for name in ("points_per_side", "points_per_batch", "crop_n_layers",
+                     "crop_n_points_downscale_factor", "max_side"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            ):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.points_per_side is not None and int(self.points_per_side) < 1:
             raise ValueError(f"points_per_side must be >= 1, got {self.points_per_side}")
         if int(self.crop_n_layers) < 0:
             raise ValueError(f"crop_n_layers must be >= 0, got {self.crop_n_layers}")
         if self.point_grids is not None:
-            grids = tuple(np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in self.point_grids)
-            for i, g in enumerate(grids):
+            grids = []
+            for i, grid in enumerate(self.point_grids):
+                g = np.asarray(grid, dtype=np.float64)
+                if g.size == 0:
+                    g = g.reshape(0, 2)
+                if g.ndim != 2 or g.shape[1] != 2:
+                    raise ValueError(
+                        f"point_grids[{i}] must be an (N, 2) array of XY points (point_grids "
+                        f"holds one grid per crop layer), got shape {g.shape}"
+                    )
                 if not np.all(np.isfinite(g)) or (g.size and (g.min() < 0 or g.max() > 1)):
                     raise ValueError(f"point_grids[{i}] must hold finite XY values in [0, 1]")
+                grids.append(g)
             if len(grids) < self.crop_n_layers + 1:
                 raise ValueError(
                     f"point_grids has {len(grids)} grids; crop_n_layers={self.crop_n_layers} "
@@ -133,6 +158,16 @@ class AmgConfig:
         ):
             if not np.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+        # a stability score is at most 1: above that every mask would go, silently (e.g. a
+        # percentage, 95); a predicted IoU may exceed 1, so its threshold has no upper bound
+        if not 0.0 <= self.stability_score_thresh <= 1.0:
+            raise ValueError(
+                f"stability_score_thresh must be in [0, 1], got {self.stability_score_thresh}"
+            )
+        if self.stability_score_offset < 0:
+            raise ValueError(
+                f"stability_score_offset must be >= 0, got {self.stability_score_offset}"
+            )
         for name in ("box_nms_thresh", "crop_nms_thresh"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -142,8 +177,8 @@ class AmgConfig:
             raise ValueError(
                 f"crop_n_points_downscale_factor must be >= 1, got {self.crop_n_points_downscale_factor}"
             )
-        if self.min_mask_region_area < 0:
-            raise ValueError(f"min_mask_region_area must be >= 0, got {self.min_mask_region_area}")
+        if not (np.isfinite(self.min_mask_region_area) and self.min_mask_region_area >= 0):
+            raise ValueError(f"min_mask_region_area must be finite and >= 0, got {self.min_mask_region_area}")
         frac = self.max_mask_area_fraction
         if frac is not None and not 0.0 < frac <= 1.0:
             raise ValueError(f"max_mask_area_fraction must be in (0, 1] or None, got {frac}")

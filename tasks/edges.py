@@ -79,7 +79,7 @@ class EdgeConfig:
             raise ValueError(f"box_nms_thresh must be in [0, 1], got {self.box_nms_thresh}")
         if self.boundary not in ("outer", "inner", "both"):
             raise ValueError(f"boundary must be 'outer', 'inner' or 'both', got {self.boundary!r}")
-        if self.nms_radius < 1 or self.nms_border < 0 or self.nms_margin <= 0:
+        if self.nms_radius < 1 or self.nms_border < 0 or not self.nms_margin > 0:  # NaN too
             raise ValueError(
                 f"bad edge NMS settings r={self.nms_radius}, s={self.nms_border}, m={self.nms_margin}"
             )

@@ -85,7 +85,7 @@ class TextConfig:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.max_masks < 1 or self.max_proposals < 1 or self.points_per_side < 1:
             raise ValueError("max_masks, max_proposals and points_per_side must be >= 1")
-        if self.crop_expand < 1.0:
+        if not self.crop_expand >= 1.0:  # NaN too
             raise ValueError(f"crop_expand must be >= 1, got {self.crop_expand}")
         if not 0.0 <= self.background_dim <= 1.0:
             raise ValueError(f"background_dim must be in [0, 1], got {self.background_dim}")

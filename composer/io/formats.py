@@ -63,9 +63,17 @@ class Annotations:
     categories: dict[Any, str]
 
 
-def _size_of(seg: Any) -> tuple[int, int] | None:
+def _int(value: Any, what: str) -> int:
+    """``int(value)``; ``ValueError`` naming ``what`` for NaN, text and the like."""
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{what} is {value!r}, not an integer") from None
+
+
+def _size_of(seg: Any, what: str = "RLE size") -> tuple[int, int] | None:
     if isinstance(seg, dict) and "size" in seg:
-        return int(seg["size"][0]), int(seg["size"][1])
+        return _int(seg["size"][0], what), _int(seg["size"][1], what)
     return None
 
 
@@ -80,12 +88,15 @@ def _from_coco_dataset(data: dict[str, Any]) -> Annotations:
     images: dict[int, ImageAnnotations] = {}
     stems: set[str] = set()
     for im in data["images"]:
+        if im["id"] in images:  # a second image of an id would replace the first
+            raise ValueError(f"image id {im['id']!r} appears more than once in 'images'")
         file_name = str(im.get("file_name", im["id"]))
         stem = Path(file_name).stem
         name = stem if stem not in stems else f"{stem}_{im['id']}"
         stems.add(name)
-        images[im["id"]] = ImageAnnotations(name, file_name, int(im["height"]), int(im["width"]),
-                                            im["id"])
+        images[im["id"]] = ImageAnnotations(
+            name, file_name, _int(im["height"], f"image {im['id']!r} height"),
+            _int(im["width"], f"image {im['id']!r} width"), im["id"])
     for ann in data.get("annotations") or []:
         if ann.get("image_id") not in images:
             raise ValueError(f"annotation {ann.get('id')} refers to image {ann.get('image_id')}, "
@@ -102,7 +113,7 @@ def _from_results(data: list[dict[str, Any]]) -> Annotations:
     for k, r in enumerate(data):
         if not isinstance(r, dict) or "segmentation" not in r or "image_id" not in r:
             raise ValueError(f"results entry {k} has no image_id and segmentation")
-        size = _size_of(r["segmentation"])
+        size = _size_of(r["segmentation"], f"results entry {k}: RLE size")
         if size is None:
             raise ValueError(f"results entry {k}: polygons carry no image size; use a COCO "
                              "dataset json (with 'images') instead")
@@ -121,7 +132,10 @@ def _from_detection_files(paths: list[Path]) -> Annotations:
     cats: dict[Any, str] = {}
     for k, path in enumerate(paths, start=1):
         rec = json.loads(path.read_text())
-        h, w = (int(v) for v in rec["image_size"])
+        size = rec["image_size"]
+        if not isinstance(size, list) or len(size) != 2:
+            raise ValueError(f"{path}: image_size is {size!r}, not [height, width]")
+        h, w = (_int(v, f"{path}: image_size") for v in size)
         names = (rec.get("meta") or {}).get("class_names")
         if isinstance(names, dict):  # instances/text: {"<category id>": name}
             names = {int(k): str(v) for k, v in names.items()
@@ -135,10 +149,10 @@ def _from_detection_files(paths: list[Path]) -> Annotations:
         file_name = rec.get("image_file")
         im = ImageAnnotations(path.stem, str(file_name) if file_name else path.stem, h, w, k,
                               source="detections")
-        for det in rec.get("detections") or []:
+        for j, det in enumerate(rec.get("detections") or []):
             if "segmentation" not in det:
                 continue
-            cat = int(det.get("label", 0))
+            cat = _int(det.get("label", 0), f"{path}: detection {j} label")
             if isinstance(names, dict) and cat in names:
                 cats.setdefault(cat, names[cat])
             elif det.get("class_name") is not None:
@@ -158,8 +172,8 @@ def read_annotations(path: str | os.PathLike[str]) -> Annotations:
     """Read any of the module's input kinds (a file, or a folder of per-image jsons).
 
     Raises:
-        ValueError: not one of those kinds, a malformed entry, an image of no pixels, or
-            no images at all.
+        ValueError: not one of those kinds, a malformed entry, an image id listed twice, an
+            image of no pixels, or no images at all.
     """
     try:
         out = _read(Path(path))
@@ -199,8 +213,88 @@ def _read(src: Path) -> Annotations:
                      "or a per-image detections json (image_size, detections)")
 
 
-def _polygons(seg: Any, h: int, w: int, tolerance: float) -> tuple[list[list[float]], int]:
-    dense = mask_utils.decode(segmentation_rle(seg, (h, w)))
+def _check_compressed_counts(counts: bytes, n_pixels: int) -> None:
+    """Check a compressed COCO RLE string (pycocotools' ``rleFrString`` format) covers exactly
+    ``n_pixels``: pycocotools decodes a short or empty string into uninitialised memory.
+
+    Raises:
+        ValueError: a character outside the format, a run cut off, a negative run, or runs
+            that do not add up to ``n_pixels``.
+    """
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        x = k = 0
+        more = True
+        while more:
+            if p == len(counts):
+                raise ValueError("compressed RLE counts end inside a run")
+            c = counts[p] - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"compressed RLE counts hold {chr(counts[p])!r}")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        if x < 0:
+            raise ValueError("compressed RLE counts hold a negative run")
+        runs.append(x)
+    if sum(runs) != n_pixels:
+        raise ValueError(f"compressed RLE counts cover {sum(runs)} pixels, not "
+                         f"{n_pixels} (a truncated or corrupt string)")
+
+
+def _mask_rle(im: ImageAnnotations, i: int, seg: Any) -> dict[str, Any]:
+    """Compressed RLE of mask ``i`` of ``im``.
+
+    Raises:
+        ValueError: a malformed segmentation, or one of another size than the image; the
+            message names the image and the mask.
+    """
+    try:
+        rle = segmentation_rle(seg, (im.height, im.width))
+        if isinstance(seg, dict) and not isinstance(seg["counts"], list):  # compressed
+            if not isinstance(rle["counts"], bytes):
+                raise ValueError(f"RLE counts must be a string or a list of runs, got "
+                                 f"{seg['counts']!r}")
+            _check_compressed_counts(rle["counts"], im.height * im.width)
+        return rle
+    except (ValueError, TypeError) as exc:  # pycocotools: TypeError for counts of a bad type
+        raise ValueError(f"image {im.file_name!r}, mask {i}: {exc}") from None
+
+
+def _check_masks(annotations: Annotations, crowd: bool = True, fields: bool = False) -> None:
+    """Raise the ``ValueError`` a conversion would meet midway, before it writes anything: the
+    folder conversions remove an earlier run's files as they go, so a failure halfway would
+    leave neither that run's output nor a complete new one.
+
+    Args:
+        crowd: check crowd regions' segmentations too (YOLO labels skip them).
+        fields: check the fields :func:`to_png_masks` writes to ``metadata.csv``.
+
+    Raises:
+        ValueError: a malformed segmentation or field, named by image and mask.
+    """
+    for im in annotations.images:
+        for i, (_, seg, src) in enumerate(im.anns):
+            if not crowd and src.get("iscrowd"):
+                continue
+            _mask_rle(im, i, seg)
+            if fields:
+                try:
+                    _amg_cells(src, im.source)
+                    _score(src, "score")
+                except ValueError as exc:
+                    raise ValueError(f"image {im.file_name!r}, mask {i}: {exc}") from None
+
+
+def _polygons(im: ImageAnnotations, i: int, seg: Any,
+              tolerance: float) -> tuple[list[list[float]], int]:
+    dense = mask_utils.decode(_mask_rle(im, i, seg))
     return mask_polygons(dense.astype(bool), tolerance)
 
 
@@ -211,6 +305,9 @@ def to_coco_polygons(annotations: Annotations, out_json: str | os.PathLike[str],
     Returns stats: ``images``, ``annotations``, ``kept_rle`` (masks with holes kept as RLE),
     ``filled_holes``, ``crowd`` (crowd regions, kept as RLE), ``empty`` (masks with no pixels:
     kept as RLE, since an empty polygon list does not load).
+
+    Raises:
+        ValueError: an unknown ``holes``, or a malformed segmentation (named by image and mask).
     """
     if holes not in ("rle", "fill"):
         raise ValueError(f"holes must be 'rle' or 'fill', got {holes!r}")
@@ -226,8 +323,8 @@ def to_coco_polygons(annotations: Annotations, out_json: str | os.PathLike[str],
         out["images"].append({"id": im.image_id, "file_name": im.file_name,
                               "height": im.height, "width": im.width})
         stats["images"] += 1
-        for cat, seg, src in im.anns:
-            rle = segmentation_rle(seg, (im.height, im.width))
+        for i, (cat, seg, src) in enumerate(im.anns):
+            rle = _mask_rle(im, i, seg)
             polys, n_holes = mask_polygons(mask_utils.decode(rle).astype(bool), tolerance)
             ann = {k: v for k, v in src.items()
                    if k not in ("segmentation", "counts", "box_xyxy", "label")}
@@ -240,7 +337,7 @@ def to_coco_polygons(annotations: Annotations, out_json: str | os.PathLike[str],
                         isinstance(v, (int, float)) for v in pts):
                     ann["point_coords"] = [pts]
             ann.update(id=src.get("id", stats["annotations"] + 1), image_id=im.image_id,
-                       category_id=cat_ids[cat], iscrowd=int(src.get("iscrowd", 0)))
+                       category_id=cat_ids[cat], iscrowd=int(bool(src.get("iscrowd"))))
             crowd, area = bool(ann["iscrowd"]), int(mask_utils.area(rle))
             if crowd or area == 0 or (n_holes and holes == "rle"):
                 ann["segmentation"] = {"size": list(rle["size"]),
@@ -288,7 +385,11 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
     pixels: not written), ``stale_labels_removed``: when ``out_dir`` holds an earlier
     conversion (its ``classes.txt``), that run's ``labels/*.txt`` are removed first, as they
     index another class list; a folder without ``classes.txt`` keeps its files.
+
+    Raises:
+        ValueError: a malformed segmentation (named by image and mask).
     """
+    _check_masks(annotations, crowd=False)  # before the stale labels go
     out = Path(out_dir)
     labels = out / "labels"
     labels.mkdir(parents=True, exist_ok=True)
@@ -302,11 +403,11 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
              "empty": 0, "stale_labels_removed": stale}
     for im, name in zip(annotations.images, _safe_stems(annotations.images), strict=True):
         lines = []
-        for cat, seg, src in im.anns:
+        for i, (cat, seg, src) in enumerate(im.anns):
             if src.get("iscrowd"):  # a crowd region is no instance (as Ultralytics' converter)
                 stats["crowd"] += 1
                 continue
-            polys, n_holes = _polygons(seg, im.height, im.width, tolerance)
+            polys, n_holes = _polygons(im, i, seg, tolerance)
             if not polys:
                 stats["empty"] += 1
                 continue
@@ -399,12 +500,14 @@ def to_png_masks(annotations: Annotations, out_dir: str | os.PathLike[str]) -> d
     Raises:
         ValueError: a malformed segmentation or field, or more than 65535 masks in an image.
     """
-    out = Path(out_dir)
-    stats = {"images": 0, "masks": 0, "crowd": 0, "empty": 0, "hidden": 0}
-    for im, name in zip(annotations.images, _safe_stems(annotations.images), strict=True):
+    for im in annotations.images:  # every check before an earlier run's PNGs go
         if len(im.anns) > np.iinfo(np.uint16).max:
             raise ValueError(f"image {im.file_name!r} has {len(im.anns)} masks: labels.png "
                              "holds at most 65535")
+    _check_masks(annotations, fields=True)
+    out = Path(out_dir)
+    stats = {"images": 0, "masks": 0, "crowd": 0, "empty": 0, "hidden": 0}
+    for im, name in zip(annotations.images, _safe_stems(annotations.images), strict=True):
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("*.png"):  # an earlier run's masks (it may have had more)
@@ -413,8 +516,8 @@ def to_png_masks(annotations: Annotations, out_dir: str | os.PathLike[str]) -> d
         labels = np.zeros((im.height, im.width), np.uint16)
         rows = []
         for i, (cat, seg, src) in enumerate(im.anns):
+            rle = _mask_rle(im, i, seg)
             try:
-                rle = segmentation_rle(seg, (im.height, im.width))
                 amg = _amg_cells(src, im.source)
                 score = _score(src, "score")
             except ValueError as exc:
