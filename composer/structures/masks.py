@@ -67,13 +67,63 @@ def polygons_rle(polygons: Sequence[Sequence[float]], image_size: Sequence[int])
 
 def segmentation_rle(segmentation: Any, image_size: Sequence[int]) -> RLE:
     """A COCO ``segmentation`` (polygons, uncompressed or compressed RLE) as a compressed RLE
-    of an image of ``image_size``; ``ValueError`` for anything else or another size."""
+    of an image of ``image_size``.
+
+    This is the reader of segmentations from files: a compressed RLE string is checked to
+    cover exactly the image (pycocotools decodes a truncated one into uninitialised memory).
+
+    Raises:
+        ValueError: anything else than polygons or an RLE, an RLE of another size, or RLE
+            counts that are malformed or do not add up to the image's pixels.
+    """
     size = _check_size(image_size)
     if isinstance(segmentation, list):
         return polygons_rle(segmentation, size)
     if isinstance(segmentation, dict):
-        return _normalise_rle(segmentation, size)
+        rle = _normalise_rle(segmentation, size)
+        if not isinstance(segmentation["counts"], list):
+            if not isinstance(rle["counts"], bytes):
+                raise ValueError(
+                    f"RLE counts must be a string or a list of runs, got {segmentation['counts']!r}"[:200]
+                )
+            _check_compressed_counts(rle["counts"], size[0] * size[1])
+        return rle
     raise ValueError(f"unknown segmentation {str(segmentation)[:60]!r}: need RLE or polygons")
+
+
+def _check_compressed_counts(counts: bytes, n_pixels: int) -> None:
+    """Check a compressed COCO RLE string (pycocotools' ``rleFrString`` format) covers exactly
+    ``n_pixels``: pycocotools decodes a short or empty string into uninitialised memory.
+
+    Raises:
+        ValueError: a character outside the format, a run cut off, a negative run, or runs
+            that do not add up to ``n_pixels``.
+    """
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        x = k = 0
+        more = True
+        while more:
+            if p == len(counts):
+                raise ValueError("compressed RLE counts end inside a run")
+            c = counts[p] - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"compressed RLE counts hold {chr(counts[p])!r}")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        if x < 0:
+            raise ValueError("compressed RLE counts hold a negative run")
+        runs.append(x)
+    if sum(runs) != n_pixels:
+        raise ValueError(f"compressed RLE counts cover {sum(runs)} pixels, not "
+                         f"{n_pixels} (a truncated or corrupt string)")
 
 
 def mask_polygons(mask: np.ndarray, tolerance: float = 0.0) -> tuple[list[list[float]], int]:

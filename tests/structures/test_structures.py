@@ -131,3 +131,22 @@ def test_area_and_coco_export_of_more_than_255_masks() -> None:
     dets = Detections(boxes=masks.boxes(), scores=np.ones(300, np.float32), masks=masks)
     anns = dets.to_coco(image_id=1)
     assert len(anns) == 300 and [a["area"] for a in anns] == expected.tolist()
+
+
+def test_segmentation_rle_refuses_truncated_or_odd_compressed_counts() -> None:
+    """pycocotools decodes a compressed RLE string that is cut short into uninitialised memory
+    (garbage masks in evaluation ground truth, training data and conversions): the reader of
+    segmentations from files checks that the runs cover exactly the image."""
+    from pycocotools import mask as mask_utils
+
+    from composer.structures.masks import segmentation_rle
+
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:12, 7:19] = 1
+    good = mask_utils.encode(np.asfortranarray(mask))
+    text = good["counts"].decode()
+    assert np.array_equal(mask_utils.decode(segmentation_rle({"size": [20, 30], "counts": text}, (20, 30))), mask)
+    for counts, message in ((text[:-2], "cover"), ("", "cover 0 pixels, not 600"),
+                            (text + "~", "hold '~'"), (7, "must be a string or a list")):
+        with pytest.raises(ValueError, match=message):
+            segmentation_rle({"size": [20, 30], "counts": counts}, (20, 30))
