@@ -1,7 +1,8 @@
 """The ``sam-composer`` command (also ``python -m composer``).
 
 Each sub-command lives in ``composer/commands/<name>.py`` with ``add_parser(subparsers)`` and
-``run(args) -> int``. Bad input prints a one-line error and exits with status 2.
+``run(args) -> int``. Bad input prints a one-line error and exits with status 2, and so does
+running out of memory (e.g. a huge grid).
 """
 
 from __future__ import annotations
@@ -74,6 +75,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as exc:
         # OSError: an output path that is a file, not writable, or a full disk
         print(f"sam-composer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":
+            raise  # torch's CUDA out-of-memory error is a RuntimeError; others are bugs
+        # e.g. a points-per-side of 100000: a one-line error, not a traceback
+        print(f"sam-composer {args.command}: error: out of memory ({str(exc)[:200] or type(exc).__name__}); "
+              "use smaller settings (grid, batch, image side) or a larger machine", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

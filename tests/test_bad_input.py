@@ -142,3 +142,24 @@ def test_zero_area_boxes_are_accepted_as_in_sam(seg):
     classic = load_segmenter("classic")
     dets = classic.predict(classic.embed(img), boxes=[[0, 0, 0, 0]])
     assert len(dets) == 3 and (dets.masks.area == 1).all()
+
+
+def test_cli_turns_out_of_memory_into_a_one_line_error(tmp_path, capsys, monkeypatch):
+    """`everything --points-per-side 100000` asked numpy for 74.5 GiB: a traceback before."""
+    import composer.commands.everything as everything
+
+    def huge(args):
+        raise MemoryError("Unable to allocate 74.5 GiB for an array with shape (100000, 100000)")
+
+    monkeypatch.setattr(everything, "run", huge)
+    argv = ["everything", str(tmp_path / "img.png"), "--out", str(tmp_path / "o")]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sam-composer everything: error: out of memory (Unable to allocate 74.5 GiB")
+
+    def other(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(everything, "run", other)
+    with pytest.raises(RuntimeError, match="a bug"):  # other runtime errors stay tracebacks
+        cli_main(argv)
