@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--stability-thresh", type=float, default=None,
-        help="default: 0.95 (official), or the model's calibrated value (composer_tiny)",
+        help="in [0, 1]; default: 0.95 (official), or the model's calibrated value (composer_tiny)",
     )
     p.add_argument("--crop-n-layers", type=int, default=None,
                    help="crop layers (default 0; SA-1B style: 1 or 2)")
