@@ -24,8 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _registry() -> Any:
     """The hub with every weights family registered (SAM specs register on import)."""
     from .. import hub
+    from ..models.detectors import register_detector_weights
+    from ..sam import composer_tiny  # noqa: F401  (registers the packaged weights)
 
-    hub.register_all()
+    register_detector_weights()
     return hub
 
 

@@ -25,7 +25,7 @@ from .download import (
     resolve_checkpoint,
     verify,
 )
-from .registry import WEIGHTS, WeightsSpec, get_spec, register, register_all
+from .registry import WEIGHTS, WeightsSpec, get_spec, register
 
 __all__ = [
     "WEIGHTS",
@@ -40,7 +40,6 @@ __all__ = [
     "load_checkpoint",
     "load_state_dict_file",
     "register",
-    "register_all",
     "resolve_checkpoint",
     "verify",
 ]

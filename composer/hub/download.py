@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .registry import WEIGHTS, WeightsSpec, get_spec, register_all
+from .registry import WEIGHTS, WeightsSpec, get_spec
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +105,6 @@ def resolve_checkpoint(
         raise ValueError(f"checkpoint {path} exists but is not a file")
     name = os.fspath(name_or_path)
     spec = _lookup(name, path)
-    if spec is None:
-        register_all()  # a family whose module nobody has imported yet (composer_tiny, detectors)
-        spec = _lookup(name, path)
     if spec is not None and arch is not None and spec.arch != arch:
         raise ValueError(
             f"weights {spec.name!r} are for architecture {spec.arch!r}, not {arch!r}; "

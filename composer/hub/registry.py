@@ -123,17 +123,6 @@ def register(spec: WeightsSpec, *, replace: bool = False) -> WeightsSpec:
     return spec
 
 
-def register_all() -> None:
-    """Register every weights family the package knows, not only those whose module has been
-    imported: the SAM files (here), the packaged ``composer_tiny`` weights and torchvision's
-    COCO detectors. Idempotent."""
-    from ..models.detectors import register_detector_weights
-    from ..sam import composer_tiny
-
-    composer_tiny.register_weights()
-    register_detector_weights()
-
-
 def get_spec(name: str) -> WeightsSpec:
     """The registered spec called ``name``.
 

@@ -219,7 +219,11 @@ def _load_weights(model: Sam, checkpoint: str | os.PathLike[str], arch: str) -> 
         hub_load = None
     if hub_load is not None:
         from ..hub import resolve_checkpoint
+        from .composer_tiny import register_weights
 
+        # the packaged weights' name is known (and refused for a SAM arch by name) even when
+        # nothing imported composer_tiny yet
+        register_weights()
         # errors of finding the file (not cached, no such file) are not "does not fit" errors
         checkpoint = resolve_checkpoint(checkpoint, arch=arch)
     try:
