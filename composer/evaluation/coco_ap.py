@@ -176,9 +176,14 @@ class CocoResults:
     def cocoeval(
         self, iou_type: str, max_dets: Sequence[int], use_cats: bool = True
     ) -> COCOeval | None:
-        """Evaluated and accumulated COCOeval, or None if there is nothing to score."""
+        """Evaluated and accumulated COCOeval, or None if no image was processed.
+
+        Processed images without any detection are scored too (``loadRes`` rejects an empty
+        list, so an empty result set is built directly): COCOeval then gives 0 where the GT
+        has objects and -1 where it has none (e.g. no large objects), as with detections.
+        """
         entries = self.entries
-        if not self._entries or not entries:
+        if not self._entries:
             return None
         results = []
         for e in entries:
@@ -194,7 +199,16 @@ class CocoResults:
                 r.pop("segmentation", None)
                 r.pop("area", None)
             results.append(r)
-        coco_dt = quiet_call(self.coco_gt.loadRes, results)
+        if results:
+            coco_dt = quiet_call(self.coco_gt.loadRes, results)
+        else:
+            coco_dt = COCO()
+            coco_dt.dataset = {
+                "images": list(self.coco_gt.dataset["images"]),
+                "categories": list(self.coco_gt.dataset["categories"]),
+                "annotations": [],
+            }
+            quiet_call(coco_dt.createIndex)
         E = COCOeval(self.coco_gt, coco_dt, iou_type)
         E.params.imgIds = self.image_ids
         E.params.maxDets = list(max_dets)
@@ -265,19 +279,25 @@ class CocoEvaluator:
         self._results.add(image_id, prediction, need_masks="segm" in self.iou_types)
 
     def evaluate(self) -> dict[str, float]:
-        """pycocotools metrics; all zeros (with a warning) when nothing was detected."""
+        """pycocotools metrics; all zeros (with a warning) when no image was processed.
+
+        Processed images with no detections at all score 0 where the ground truth has
+        objects and -1 where it has none, as pycocotools does (with a warning).
+        """
         if self.results_file is not None:
             self._results.write(self.results_file)
         out: dict[str, float] = {}
         self.evals = {}
         for t in self.iou_types:
             E = self._results.cocoeval(t, self.max_dets, use_cats=True)
-            if E is None:
+            if not self._results.entries:
                 logger.warning(
-                    "CocoEvaluator: no detections on %d processed images; %s metrics are 0",
+                    "CocoEvaluator: no detections on %d processed images; %s metrics are 0 "
+                    "(-1 where the ground truth has no object)",
                     len(self._results.image_ids),
                     t,
                 )
+            if E is None:
                 stats = dict.fromkeys(_stat_names(self.max_dets), 0.0)
             else:
                 self.evals[t] = E

@@ -9,7 +9,10 @@ Click simulation (SAM paper App. D.1, the RITM/fBRS standard):
   boundary of the error region: the argmax over ``FN`` (positive click, label 1) if its
   maximum distance exceeds the one over ``FP``, else over ``FP`` (negative click, label 0).
   The first click is thus the "centre" of the object; ties go to the first pixel in
-  row-major order. Click coordinates are pixel indices ``(x, y)`` in original-image pixels.
+  row-major order. Pixels already clicked are never clicked again: their distances are set to
+  0 after the transform (RITM's ``not_clicked_map``), so a click that the segmenter did not
+  honour is followed by the next-farthest pixel, not by the same click repeated. Click
+  coordinates are pixel indices ``(x, y)`` in original-image pixels.
 - Every click re-prompts with *all* clicks so far and, by default, the previous step's
   low-res logits of the chosen mask as ``mask_input`` (as SAM was trained and as RITM-style
   evaluation does).
@@ -66,18 +69,30 @@ def mask_iou(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None)
     return float(np.count_nonzero(p & g)) / float(union)
 
 
-def _farthest_point(region: np.ndarray) -> tuple[float, tuple[int, int]]:
-    """(max distance, (y, x)) of the padded Euclidean distance transform of a bool region."""
+def _farthest_point(
+    region: np.ndarray, exclude: np.ndarray | None = None
+) -> tuple[float, tuple[int, int]]:
+    """(max distance, (y, x)) of the padded Euclidean distance transform of a bool region.
+
+    ``exclude`` pixels (already clicked) get distance 0 after the transform, as RITM's clicker
+    multiplies the distance map by its ``not_clicked_map``; they still count as region pixels
+    when the distances of the others are computed.
+    """
     if not region.any():
         return 0.0, (0, 0)
     dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    if exclude is not None:
+        dist[exclude] = 0.0
     flat = int(np.argmax(dist))
     y, x = divmod(flat, region.shape[1])
     return float(dist[y, x]), (y, x)
 
 
 def next_click(
-    gt_mask: np.ndarray, pred_mask: np.ndarray | None = None, ignore: np.ndarray | None = None
+    gt_mask: np.ndarray,
+    pred_mask: np.ndarray | None = None,
+    ignore: np.ndarray | None = None,
+    clicked: np.ndarray | Sequence[Any] | None = None,
 ) -> tuple[np.ndarray, int] | None:
     """The next simulated click for a prediction against the ground truth.
 
@@ -85,11 +100,13 @@ def next_click(
         gt_mask: (H, W) bool ground truth in original-image pixels.
         pred_mask: (H, W) bool current prediction; None (or empty) before the first click.
         ignore: optional (H, W) bool pixels that are neither errors nor clickable.
+        clicked: optional (K, 2) ``(x, y)`` pixel indices of the clicks made so far; they are
+            not clicked again (RITM's ``not_clicked_map``).
 
     Returns:
         ``(point, label)``: point (2,) float32 ``(x, y)`` pixel indices, label 1 (positive,
         inside a false-negative region) or 0 (negative, inside a false-positive region); None
-        when there is no error left.
+        when there is no error left (outside ``clicked`` pixels).
 
     Raises:
         ValueError: shapes differ or a mask is not 2-D.
@@ -104,8 +121,15 @@ def next_click(
             f"mask shapes differ: gt {gt.shape}, pred {pred.shape}, ignore {ign.shape}"
         )
     valid = ~ign
-    fn_d, fn_yx = _farthest_point(gt & ~pred & valid)
-    fp_d, fp_yx = _farthest_point(pred & ~gt & valid)
+    done = None
+    if clicked is not None:
+        xy = np.rint(np.asarray(clicked, dtype=np.float64).reshape(-1, 2)).astype(np.int64)
+        h, w = gt.shape
+        inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
+        done = np.zeros_like(gt)
+        done[xy[inside, 1], xy[inside, 0]] = True
+    fn_d, fn_yx = _farthest_point(gt & ~pred & valid, done)
+    fp_d, fp_yx = _farthest_point(pred & ~gt & valid, done)
     if fn_d == 0.0 and fp_d == 0.0:
         return None
     positive = fn_d > fp_d
@@ -125,7 +149,7 @@ class ClickTrace:
         oracle_ious: (K,) float64 best IoU among the returned masks after each click.
         predicted_ious: (K,) float32 the segmenter's score of the most confident mask.
         max_clicks: the session's click budget; K < max_clicks means the prediction had no
-            error left (every later click would keep the same IoU).
+            error left outside the clicked pixels (every later click would keep the same IoU).
         meta: free-form facts (mask id, object area ...).
     """
 
@@ -205,7 +229,7 @@ def simulate_clicks(
     scores: list[float] = []
     pred: np.ndarray | None = None
     for step in range(int(max_clicks)):
-        click = next_click(gt, pred, ign)
+        click = next_click(gt, pred, ign, clicked=session.points or None)
         if click is None:
             break
         dense, conf = session.click(click[0], click[1], multimask=step == 0 or multimask_after_first)

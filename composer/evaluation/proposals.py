@@ -87,7 +87,11 @@ class ProposalEvaluator:
         )
 
     def evaluate(self) -> dict[str, float]:
-        """Class-agnostic AR; zeros (with a warning) when no proposals were processed."""
+        """Class-agnostic AR; zeros (with a warning) when no image was processed.
+
+        Processed images without any proposal score 0 where the ground truth has objects and
+        -1 where it has none, as pycocotools does (with a warning).
+        """
         if self.results_file is not None:
             self._results.write(self.results_file)
         out: dict[str, float] = {}
@@ -96,12 +100,14 @@ class ProposalEvaluator:
         for t in self.iou_types:
             keys = self._keys(t, groups)
             E = self._results.cocoeval(t, self.max_dets, use_cats=False)
-            if E is None:
+            if not self._results.entries:
                 logger.warning(
-                    "ProposalEvaluator: no proposals on %d processed images; %s AR is 0",
+                    "ProposalEvaluator: no proposals on %d processed images; %s AR is 0 "
+                    "(-1 where the ground truth has no object)",
                     len(self._results.image_ids),
                     t,
                 )
+            if E is None:
                 out.update(dict.fromkeys(keys, 0.0))
                 continue
             pre = f"{self.prefix}/{_PREFIX[t]}"
