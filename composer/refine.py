@@ -163,10 +163,17 @@ class GrabCutRefine:
     max_side: int = 1024
 
     def __post_init__(self) -> None:
-        if not self.band > 0:
-            raise ValueError(f"band must be > 0, got {self.band}")
-        if self.iters < 1:
-            raise ValueError(f"iters must be >= 1, got {self.iters}")
+        """Check the settings.
+
+        Raises:
+            ValueError: ``band`` not a finite number > 0, ``iters`` not a whole number >= 1
+                (OpenCV refuses a float count, e.g. ``2.0`` read back from JSON, and the
+                masks were then silently left unrefined), ``ref_size`` < 1 or ``max_side`` < 0.
+        """
+        if not 0 < self.band < float("inf"):
+            raise ValueError(f"band must be a finite number > 0, got {self.band}")
+        if isinstance(self.iters, bool) or not (self.iters >= 1 and float(self.iters).is_integer()):
+            raise ValueError(f"iters must be a whole number >= 1, got {self.iters!r}")
         if self.ref_size < 1:
             raise ValueError(f"ref_size must be >= 1, got {self.ref_size}")
         if self.max_side < 0:
@@ -291,13 +298,18 @@ class GrabCutRefine:
         fg = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
         if fg.all() or not fg.any():
             return None
+        if not np.ptp(img.reshape(-1, 3), axis=0).any():
+            # one colour throughout: nothing to snap to, and GrabCut gave the whole band to
+            # the background (the mask shrank by the band's width)
+            return None
         band = (tri == cv2.GC_PR_FGD) | (tri == cv2.GC_PR_BGD)
         bgr = np.ascontiguousarray(img[..., ::-1])
         bgd_model = np.zeros((1, 65), np.float64)
         fgd_model = np.zeros((1, 65), np.float64)
         cv2.setRNGSeed(self.seed)
         try:
-            cv2.grabCut(bgr, tri, (0, 0, 0, 0), bgd_model, fgd_model, self.iters, cv2.GC_INIT_WITH_MASK)
+            cv2.grabCut(bgr, tri, (0, 0, 0, 0), bgd_model, fgd_model, int(self.iters),
+                        cv2.GC_INIT_WITH_MASK)
         except cv2.error as exc:  # too few samples for a colour model: keep the mask
             logger.debug("GrabCut refinement skipped: %s", exc)
             return None
@@ -400,10 +412,16 @@ class ContrastRank:
     max_side: int = 1024
 
     def __post_init__(self) -> None:
+        """Check the settings.
+
+        Raises:
+            ValueError: a setting out of range (``band`` must be finite: an infinite one
+                overflowed in ``band_pixels``).
+        """
         if not (np.isfinite(self.weight) and self.weight >= 0):
             raise ValueError(f"weight must be a finite number >= 0, got {self.weight}")
-        if not self.band > 0:
-            raise ValueError(f"band must be > 0, got {self.band}")
+        if not 0 < self.band < float("inf"):
+            raise ValueError(f"band must be a finite number > 0, got {self.band}")
         if self.ref_size < 1:
             raise ValueError(f"ref_size must be >= 1, got {self.ref_size}")
         if not 2 <= self.bins <= 64:

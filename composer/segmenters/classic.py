@@ -106,6 +106,14 @@ class ClassicConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        """Check the settings.
+
+        Raises:
+            ValueError: a setting out of range or not a finite number (a negative
+                ``edge_weight`` made the superpixel graph's shortest paths abort the process;
+                a ``compactness`` of 0 divided by zero in SLIC; a NaN ``logit_clip`` emptied
+                every mask).
+        """
         if self.work_size < 8:
             raise ValueError(f"work_size must be >= 8, got {self.work_size}")
         if self.n_superpixels < 1 or self.palette_size < 1 or self.palette_size > 256:
@@ -113,14 +121,18 @@ class ClassicConfig:
                 f"n_superpixels must be >= 1 and palette_size in [1, 256], got "
                 f"{self.n_superpixels}, {self.palette_size}"
             )
-        if len(self.extents) != 3 or any(e <= 0 for e in self.extents):
+        if len(self.extents) != 3 or not all(0 < e < float("inf") for e in self.extents):
             raise ValueError(f"extents must be three positive ratios, got {self.extents}")
+        if not 0 < self.compactness < float("inf"):
+            raise ValueError(f"compactness must be a finite number > 0, got {self.compactness}")
+        if not 0 <= self.edge_weight < float("inf"):
+            raise ValueError(f"edge_weight must be a finite number >= 0, got {self.edge_weight}")
         if self.grabcut_iters < 0:
             raise ValueError(f"grabcut_iters must be >= 0, got {self.grabcut_iters}")
         if len(self.score_weights) != 6:
             raise ValueError(f"score_weights must have 6 entries, got {len(self.score_weights)}")
-        if self.logit_clip <= 0:
-            raise ValueError(f"logit_clip must be > 0, got {self.logit_clip}")
+        if not 0 < self.logit_clip < float("inf"):
+            raise ValueError(f"logit_clip must be a finite number > 0, got {self.logit_clip}")
 
 
 @dataclass

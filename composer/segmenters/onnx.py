@@ -51,6 +51,12 @@ def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
     absent = [k for k in _META_KEYS if k not in meta]
     if absent:
         raise ValueError(f"{root / META_FILE} lacks {', '.join(absent)}; export the model again")
+    settings = meta.get("settings")
+    if settings is not None and not isinstance(settings, dict):
+        raise ValueError(
+            f"{root / META_FILE}: settings must be a JSON object or null, got a "
+            f"{type(settings).__name__}; export the model again"
+        )
     return meta
 
 
@@ -62,6 +68,10 @@ class OnnxSegmenter(PromptableSegmenter):
         threads: ONNX Runtime intra-op threads (None: its default, all cores).
         settings: apply the exported backend's predict-time settings (default); False gives
             the bare decoder (no refinement, ranking or TTA).
+
+    Raises:
+        ValueError: an incomplete folder, a ``model.json`` that is malformed or disagrees
+            with the graphs' input sizes, or graphs ONNX Runtime cannot load.
     """
 
     def __init__(self, directory: str | os.PathLike[str], threads: int | None = None,
@@ -80,6 +90,7 @@ class OnnxSegmenter(PromptableSegmenter):
         self._encoder, self._decoder = (
             self._session(self.directory / f, threads) for f in (ENCODER_FILE, DECODER_FILE)
         )
+        self._check_graphs()
         if settings:
             self._apply(self.meta.get("settings") or {})
 
@@ -102,6 +113,23 @@ class OnnxSegmenter(PromptableSegmenter):
         """Always the CPU: the sessions run ONNX Runtime's CPU provider; embeddings hold CPU
         tensors."""
         return torch.device("cpu")
+
+    def _check_graphs(self) -> None:
+        """Raise ``ValueError`` when ``model.json``'s ``img_size`` or ``low_res_size`` differs
+        from the sizes the graphs were exported with (ONNX Runtime refused every image then)."""
+        sizes = (
+            (self._encoder, "image", "img_size", (self.img_size, self.img_size)),
+            (self._decoder, "mask_input", "low_res_size", tuple(self.low_res_size)),
+        )
+        for sess, name, key, want in sizes:
+            for inp in sess.get_inputs():
+                got = tuple(inp.shape[-2:]) if inp.name == name else ()
+                if len(got) == 2 and all(isinstance(v, int) for v in got) and got != want:
+                    raise ValueError(
+                        f"{self.directory / META_FILE}: {key} says {list(want)}, but the graph's "
+                        f"{name} input is {list(got)}; the file was edited or belongs to another "
+                        "export"
+                    )
 
     @staticmethod
     def _session(path: Path, threads: int | None) -> Any:
@@ -145,7 +173,12 @@ class OnnxSegmenter(PromptableSegmenter):
         )
 
     def decode(self, embedding: ImageEmbedding, prompts: Prompts, multimask: bool = True) -> MaskLogits:
-        """The decoder graph on chunks of at most ``max_batch`` prompts (``model.json``)."""
+        """The decoder graph on chunks of at most ``max_batch`` prompts (``model.json``).
+
+        Raises:
+            ValueError: an embedding of another model, or a graph that returns fewer masks
+                than prompts (``max_batch`` larger than the exported chunk).
+        """
         embedding.check_model(self.model_id)
         oh, ow = embedding.original_size
         ih, iw = embedding.input_size
@@ -165,6 +198,13 @@ class OnnxSegmenter(PromptableSegmenter):
                 boxes = (part.boxes.reshape(b, 2, 2).astype(np.float32) * scale).reshape(b, 4)
             feed = decoder_inputs(coords, labels, part.mask_input, self.low_res_size, boxes)
             m, q = self._decoder.run(None, {"image_embeddings": features, **feed})
+            if len(m) != b or len(q) != b:
+                # the traced graph keeps its chunk size: more prompts were silently dropped
+                raise ValueError(
+                    f"the decoder graph of {self.directory} returned {len(m)} masks for {b} "
+                    f"prompts: model.json's max_batch ({self.max_batch}) exceeds the chunk it was "
+                    "exported for; export the model again"
+                )
             logits.append(m[:, chosen])
             ious.append(q[:, chosen])
         if not logits:
