@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -113,6 +116,12 @@ class EmbeddingCache:
             segmenter: anything with ``model_id`` and ``embed(image)``.
             crop_box: optional XYXY int box in ``image`` pixels; the crop is embedded and the
                 returned embedding records the box.
+
+        An entry cached without the pixels that ``segmenter`` now keeps in ``extras["image"]``
+        (made while its ``mask_refine``, ``flip_tta`` and ``mask_rank`` were off) gets them.
+
+        Raises:
+            ValueError: a malformed ``crop_box``, or one not inside the image.
         """
         from .io.image import load_image
 
@@ -130,14 +139,15 @@ class EmbeddingCache:
             if emb is not None:
                 self._store.move_to_end(key)
                 self.hits += 1
-                return emb
+        if emb is not None:
+            return self._with_image(key, emb, segmenter, arr, box)
         emb = self._load_disk(key)
         if emb is not None:
             with self._lock:
                 self.hits += 1
                 self.disk_hits += 1
                 self._put(key, emb)
-            return emb
+            return self._with_image(key, emb, segmenter, arr, box)
         pixels = arr if box is None else crop_image(arr, box)  # type: ignore[arg-type]
         emb = segmenter.embed(pixels)
         if box is not None:
@@ -172,6 +182,23 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._store)
 
+    def _with_image(self, key: tuple[str, str, CropBox | None], emb: ImageEmbedding,
+                    segmenter: Segmenter, arr: np.ndarray, box: CropBox | None) -> ImageEmbedding:
+        """``emb`` with the pixels ``segmenter`` keeps now (``image_extras``: ``mask_refine``,
+        ``flip_tta``, ``mask_rank``) when it was cached without them, by a segmenter of the same
+        model with these off; else ``emb`` itself (the masks must not depend on what the cache
+        held)."""
+        extras_of = getattr(segmenter, "image_extras", None)
+        if extras_of is None or "image" in emb.extras:
+            return emb
+        extra = extras_of(arr if box is None else crop_image(arr, box))
+        if not extra:
+            return emb
+        emb = dataclasses.replace(emb, extras={**emb.extras, **extra})
+        with self._lock:
+            self._put(key, emb)
+        return emb
+
     # ---------------------------------------------------------------- memory tier
     def _put(self, key: tuple[str, str, CropBox | None], emb: ImageEmbedding) -> None:
         size = emb.nbytes
@@ -192,6 +219,15 @@ class EmbeddingCache:
         return self.disk_dir / f"{name}.npz", self.disk_dir / f"{name}.json"
 
     def _save_disk(self, key: tuple[str, str, CropBox | None], emb: ImageEmbedding) -> None:
+        """Write ``emb`` as the disk entry of ``key``.
+
+        Each writer fills its own temporary files and renames them into place, so threads or
+        processes writing the same entry at once never mix their bytes (the entry stays
+        readable, and its checksum matches).
+
+        Raises:
+            OSError: the disk tier cannot be written (no temporary file is left behind).
+        """
         if self.disk_dir is None:
             return
         self.disk_dir.mkdir(parents=True, exist_ok=True)
@@ -199,10 +235,10 @@ class EmbeddingCache:
         arrays = {"features": emb.features.detach().cpu().numpy()}
         for k, v in emb.extras.items():
             arrays[f"extra__{k}"] = v.detach().cpu().numpy()
-        tmp = data_path.with_suffix(".npz.part")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        data = buf.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
         header = {
             "key": [key[0], key[1], list(key[2]) if key[2] else None],
             "sha256": digest,
@@ -212,10 +248,8 @@ class EmbeddingCache:
             "model_id": emb.model_id,
             "crop_box": list(emb.crop_box) if emb.crop_box else None,
         }
-        os.replace(tmp, data_path)
-        head_tmp = head_path.with_suffix(".json.part")
-        head_tmp.write_text(json.dumps(header))
-        os.replace(head_tmp, head_path)
+        _write_atomic(data_path, data)
+        _write_atomic(head_path, json.dumps(header).encode())
 
     def _load_disk(self, key: tuple[str, str, CropBox | None]) -> ImageEmbedding | None:
         if self.disk_dir is None:
@@ -243,8 +277,28 @@ class EmbeddingCache:
         except Exception as exc:  # a damaged cache entry must never stop the run
             logger.warning("embedding cache entry %s is corrupt (%s); recomputing", data_path.name, exc)
             for p in (data_path, head_path):
-                p.unlink(missing_ok=True)
+                try:
+                    p.unlink(missing_ok=True)
+                except OSError:  # a read-only cache folder: the entry stays, and is not used
+                    pass
             return None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file of this writer's own, renamed into place.
+
+    Raises:
+        OSError: the file cannot be written (the temporary file is removed).
+    """
+    # a random name, not mkstemp: the file keeps the umask's permissions (shared cache folders)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.part")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _with_crop(emb: ImageEmbedding, box: CropBox) -> ImageEmbedding:

@@ -163,7 +163,15 @@ class SamPredictor(PromptableSegmenter):
 
     # ------------------------------------------------------------------ official-style API
     def set_image(self, image: Any, image_format: str = "RGB") -> None:
-        """Embed ``image`` and keep it for ``predict(point_coords=...)`` (official interface)."""
+        """Embed ``image`` and keep it for ``predict(point_coords=...)`` (official interface).
+
+        The image set before is dropped first, so a call that fails leaves no image set (a
+        later ``predict`` raises instead of answering for the previous image).
+
+        Raises:
+            ValueError: ``image_format`` is not "RGB" or "BGR", or the image cannot be read.
+        """
+        self._embedding = None
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         arr = load_image(image)

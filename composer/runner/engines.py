@@ -116,11 +116,16 @@ class LocalEngine:
             try:
                 for fut in cf.as_completed(futures):
                     try:
-                        yield fut.result()
+                        result = fut.result()
                     except cf.BrokenExecutor as exc:
                         # a worker died (killed, out of memory, failed setup): this item and
                         # the ones still queued cannot finish; each is reported as failed
-                        yield futures[fut], None, error_text(exc) or "worker process died"
+                        result = futures[fut], None, error_text(exc) or "worker process died"
+                    except Exception as exc:
+                        # the item or its result could not be sent between processes (not
+                        # picklable): that item's failure, as its exceptions are; the rest go on
+                        result = futures[fut], None, error_text(exc)
+                    yield result
             finally:
                 for fut in futures:
                     fut.cancel()
