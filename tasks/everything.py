@@ -245,8 +245,8 @@ def annotate_folder(
     INFO, shown with -v) and listed under ``"failures"``.
 
     Args:
-        folder: folder of images (not recursive), processed in sorted file-name order; image
-            ids are 1-based positions in that order.
+        folder: folder of images (not recursive; hidden files skipped), processed in sorted
+            file-name order; image ids are 1-based positions in that order.
         segmenter: any ``PromptableSegmenter``.
         out_json: output path.
         config: AMG settings (default as in :class:`EverythingTask`).
@@ -283,7 +283,10 @@ def annotate_folder(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     log_path = out_path.with_name(out_path.name + ".records.jsonl")
     wanted = {s.lower() for s in suffixes}
-    files = sorted(p for p in src.iterdir() if p.suffix.lower() in wanted and p.is_file())
+    files = sorted(
+        p for p in src.iterdir()
+        if p.suffix.lower() in wanted and not p.name.startswith(".") and p.is_file()
+    )
     if not files:
         raise ValueError(f"no images ({', '.join(suffixes)}) in {src}")
     if limit is not None:

@@ -148,7 +148,8 @@ def check_limit(limit: int | None) -> None:
 def image_files(src: Path, limit: int | None = None) -> list[Path]:
     """The image itself, or the image files (:data:`IMAGE_SUFFIXES`) of a folder, sorted.
 
-    Sub-folders are skipped even when named like images; ``limit`` keeps the first N.
+    Sub-folders are skipped even when named like images, and so are hidden files (names
+    starting with "."; e.g. macOS's ``._photo.jpg`` metadata); ``limit`` keeps the first N.
 
     Raises:
         ValueError: a folder without images, or ``limit`` < 1.
@@ -157,7 +158,8 @@ def image_files(src: Path, limit: int | None = None) -> list[Path]:
     check_limit(limit)
     if src.is_dir():
         files = sorted(
-            f for f in src.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+            f for f in src.iterdir()
+            if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()
         )
         if not files:
             raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {src}")
@@ -364,6 +366,7 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
     out = Path(args.out)
 
     def one(path: Path, stem: str) -> dict[str, Any]:
+        cache.clear()  # each image comes once: the last one's embeddings would only fill memory
         image = load_image(path)
         dets = task(TaskContext(image, path.stem, cache))
         written = write_result(dets, image, out, stem, image_file=path.name)

@@ -129,6 +129,7 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
     out = Path(args.out)
 
     def one(path: Path, stem: str) -> dict[str, Any]:
+        cache.clear()  # each image comes once: the last one's embeddings would only fill memory
         image = load_image(path)
         dets = task(TaskContext(image, path.stem, cache), args.prompt)
         if "matched_class" in dets.meta:

@@ -73,6 +73,8 @@ def test_image_files_skips_folders_and_checks_limit(tmp_path):
         image_files(tmp_path)
     Image.fromarray(toy_scene()).save(tmp_path / "b.png")
     Image.fromarray(toy_scene()).save(tmp_path / "c.png")
+    # hidden files (macOS's ._b.png metadata next to b.png) are no images: they were failures
+    (tmp_path / "._b.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     assert [f.name for f in image_files(tmp_path)] == ["b.png", "c.png"]
     assert [f.name for f in image_files(tmp_path, 1)] == ["b.png"]
     for bad in (0, -1):
@@ -194,9 +196,10 @@ def test_annotate_folder_refuses_to_resume_other_settings(tmp_path):
     src = tmp_path / "images"
     src.mkdir()
     Image.fromarray(toy_scene()).save(src / "a.png")
+    (src / ".hidden.png").write_bytes(b"not an image")  # skipped, not a failure
     out = tmp_path / "out" / "ann.json"
     first = annotate_folder(src, ToySegmenter(), out, config=TOY)
-    assert first["images"]
+    assert [im["file_name"] for im in first["images"]] == ["a.png"] and not first["failures"]
     with pytest.raises(ValueError, match=r"model_id 'toy-colour-v1' \(now 'toy-colour-v2'\).*--out"):
         annotate_folder(src, OtherToy(), out, config=TOY)
     other_cfg = AmgConfig(points_per_side=4, pred_iou_thresh=0.6, stability_score_thresh=0.3)
