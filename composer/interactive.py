@@ -206,6 +206,8 @@ class ClickSession:
         self.prev_logits: np.ndarray | None = None
         self.prediction: np.ndarray | None = None
         self.encoder_calls = 0
+        # (frame, prev_logits, prediction) before each click, for undo()
+        self._history: list[tuple[ImageEmbedding, np.ndarray | None, np.ndarray | None]] = []
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -264,15 +266,42 @@ class ClickSession:
         self.labels.append(int(label))
         if multimask is None:
             multimask = len(self.points) == 1
-        frame_before = self.frame
+        before = (self.frame, self.prev_logits, self.prediction)
         try:
-            return self._predict(bool(multimask))
+            out = self._predict(bool(multimask))
         except BaseException:
             # a click that fails (or is interrupted) leaves the session as it was
             self.points.pop()
             self.labels.pop()
-            self.frame = frame_before
+            self.frame = before[0]
             raise
+        self._history.append(before)
+        return out
+
+    def undo(self) -> np.ndarray | None:
+        """Take back the newest click: the session is as it was before it (clicks, crop, mask
+        prompt and prediction; no prediction runs again).
+
+        Returns:
+            The prediction now current, (H, W) bool, or None when no click is left.
+
+        Raises:
+            ValueError: there is no click to take back.
+        """
+        if not self._history:
+            raise ValueError("no click to undo")
+        self.frame, self.prev_logits, self.prediction = self._history.pop()
+        self.points.pop()
+        self.labels.pop()
+        return self.prediction
+
+    def reset(self) -> None:
+        """Forget every click (start the object again); the whole image's embedding is kept,
+        so the next click costs no encoder run."""
+        self.points, self.labels, self._history = [], [], []
+        self.frame = self.full
+        self.prev_logits = None
+        self.prediction = None
 
     def _predict(self, multimask: bool) -> tuple[np.ndarray, np.ndarray]:
         """Predict from all clicks so far (the newest last) and update the session."""

@@ -148,6 +148,37 @@ def test_click_session_zooms_after_the_first_click_and_pastes_back() -> None:
         ClickSession(seg, None, embedding=embedding(H, W), zoom_in=ZoomIn())
 
 
+def test_undo_restores_the_session_before_the_click_and_reset_starts_afresh() -> None:
+    gt = disk(60, 100, 15)
+    seg = CropOracle(gt)
+    s = ClickSession(seg, np.zeros((H, W, 3), np.uint8), zoom_in=ZoomIn(skip_clicks=1, min_crop=20))
+    with pytest.raises(ValueError, match="no click to undo"):
+        s.undo()
+    s.click((100, 60), 1)
+    first = (s.prediction.copy(), s.prev_logits.copy(), s.frame)
+    s.click((5, 5), 0)  # a far click: a new crop
+    assert s.crop_box is not None and len(s.points) == 2
+    now = s.undo()
+    assert np.array_equal(now, first[0]) and np.array_equal(s.prev_logits, first[1])
+    assert s.frame is first[2] and s.crop_box is None and len(s.points) == 1 and s.labels == [1]
+    # the next click predicts as if the undone one never happened: the first click's mask
+    # prompt, both clicks' prompt in the crop chosen from the first prediction
+    s.click((101, 61), 1)
+    assert len(seg.calls[-1]["points"]) == 2 and seg.calls[-1]["mask_input"] is not None
+    assert s.undo() is not None and s.undo() is None and s.points == [] and s.prediction is None
+    # reset: no clicks, no mask prompt, the whole image again, no new encoder run after it
+    s.click((100, 60), 1)
+    s.click((5, 5), 0)
+    calls = s.encoder_calls
+    s.reset()
+    assert (s.points, s.labels, s.prediction, s.prev_logits, s.crop_box) == ([], [], None, None, None)
+    s.click((100, 60), 1)
+    assert seg.calls[-1]["mask_input"] is None and seg.calls[-1]["crop"] is None
+    assert s.encoder_calls == calls
+    with pytest.raises(ValueError, match="no click to undo"):
+        s.reset() or s.undo()
+
+
 def test_simulate_clicks_with_zoom_reaches_the_object_and_counts_encoder_calls() -> None:
     gt = disk(60, 100, 15)
     image = np.zeros((H, W, 3), np.uint8)
