@@ -28,13 +28,7 @@ from composer.training.trainer import TrainConfig, Trainer
 from tests._modules import load_recipe
 from tests.training.test_train_cli import _coco_dataset
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- COCO records

@@ -47,14 +47,7 @@ TINY = ComposerTinyConfig(
 SMALL = dataclasses.replace(TINY, embed_stride=32, mask_in_chans=16, hires=False, click_maps=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny ops gain nothing from threads, and on a shared 2-core machine a descheduled OpenMP
-    # worker stalls every op at its barrier.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- prompts
