@@ -23,22 +23,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     esub = p.add_subparsers(dest="task", metavar="TASK")
     esub.required = True
 
-    def common(q: argparse.ArgumentParser, datasets: tuple[str, ...], default: str) -> None:
+    def common(q: argparse.ArgumentParser, datasets: tuple[str, ...], default: str,
+               coco: bool = True) -> None:
         q.add_argument("--dataset", choices=datasets, default=default, help=f"dataset (default {default})")
-        q.add_argument("--coco", default=None, help="COCO-format annotation json (instead of --dataset)")
-        q.add_argument("--images", default=None, help="image folder for --coco")
-        q.add_argument("--split", default="test", help="BSDS500 split (default test)")
+        if coco:  # edges need boundary annotations, which COCO jsons do not have
+            q.add_argument("--coco", default=None, help="COCO-format annotation json (instead of --dataset)")
+            q.add_argument("--images", default=None, help="image folder for --coco")
+        else:
+            q.set_defaults(coco=None, images=None)
+        q.add_argument("--split", default=None, help="BSDS500 split (default test)")
         q.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
         q.add_argument("--out", required=True, help="output folder for report.json and plots")
 
     e = esub.add_parser("edges", help="BSDS500 boundary benchmark (ODS/OIS/AP/R50)")
-    common(e, ("bsds500",), "bsds500")
+    common(e, ("bsds500",), "bsds500", coco=False)
     add_model_args(e)
     e.add_argument("--method", default="segmenter", choices=("segmenter", "sobel", "canny", "felzhutt"),
                    help="edge method: SAM-style edges from the segmenter (default) or a classical baseline")
     e.add_argument("--thresholds", type=int, default=99, help="benchmark thresholds (default 99)")
-    e.add_argument("--workers", type=int, default=2, help="processes for the boundary matcher")
-    e.add_argument("--points-per-side", type=int, default=16, help="grid of the segmenter edge task")
+    e.add_argument("--workers", type=int, default=2,
+                   help="processes for the boundary matcher (default 2; 0 or 1: in this process)")
+    e.add_argument("--points-per-side", type=int, default=16,
+                   help="grid of the segmenter edge task (default 16, the paper's)")
     e.add_argument("--edge-refine", default="auto", metavar="auto|off|R,EPS",
                    help="guided-filter refinement of the mask maps before the Sobel filter: the "
                         "model's recommendation (auto, default), off (the paper's procedure) or "
@@ -48,18 +54,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pr = esub.add_parser("proposals", help="class-agnostic mask proposals, AR@10/100/1000")
     common(pr, ("coco",), "coco")
     add_model_args(pr)
-    pr.add_argument("--points-per-side", type=int, default=64, help="grid (paper: 64)")
+    pr.add_argument("--points-per-side", type=int, default=64, help="grid (default 64, the paper's)")
     pr.set_defaults(func=run_proposals)
 
     ins = esub.add_parser("instances", help="mask AP of box-prompted instance segmentation")
     common(ins, ("coco",), "coco")
     add_model_args(ins)
     ins.add_argument("--boxes", default="detector",
-                     help="'gt' (ground-truth boxes), 'detector' (the default detector) or a COCO results json")
+                     help="'gt' (ground-truth boxes), 'detector' (default: --detector's boxes, those "
+                          "scoring >= 0.05) or a COCO results json")
     ins.add_argument("--detector", default=None, help="detector name for --boxes detector")
     ins.add_argument("--refine", action="store_true", help="one refinement pass (paper App. D.4)")
     ins.add_argument("--zoom-small", default="auto", metavar="auto|off|FRACTION",
-                     help="boxes smaller than this fraction of the image side are segmented "
+                     help="boxes smaller than this fraction of the image's longer side are segmented "
                           "again in a crop (default auto: the model's recommendation)")
     ins.add_argument("--slice", type=int, default=None, metavar="PIXELS",
                      help="--boxes detector: also detect on overlapping tiles of this side")
@@ -100,6 +107,19 @@ def _dataset(args: argparse.Namespace) -> Any:
 
 
 def _open_dataset(args: argparse.Namespace) -> Any:
+    """The dataset the flags name, without the emptiness check.
+
+    Raises:
+        ValueError: ``--images`` without ``--coco`` (the images would be ignored unseen) or
+            ``--split`` for a dataset without splits (only BSDS500 has them), or the
+            dataset's own errors.
+    """
+    if args.images and not args.coco:
+        raise ValueError(f"--images {args.images} needs --coco ANNOTATIONS.json")
+    split_of = "a --coco json" if args.coco else args.dataset
+    if args.split is not None and split_of != "bsds500":
+        raise ValueError(f"--split applies to --dataset bsds500 only; {split_of} has no splits")
+    split = "test" if args.split is None else args.split
     if args.coco or args.dataset == "coco":
         return _coco_dataset(args)
     if args.dataset == "grabcut":
@@ -114,10 +134,10 @@ def _open_dataset(args: argparse.Namespace) -> Any:
         if args.task == "points":
             from ..data.regions import BSDSRegions
 
-            return BSDSRegions(args.split)
+            return BSDSRegions(split)
         from ..data.bsds import BSDS500
 
-        return BSDS500(args.split)
+        return BSDS500(split)
     raise ValueError(f"unknown dataset {args.dataset!r}")
 
 

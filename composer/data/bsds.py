@@ -37,23 +37,38 @@ def load_ground_truth(path: str | Path) -> list[dict[str, np.ndarray]]:
     Returns:
         One dict per annotator: ``"segmentation"`` (H, W) int32 region labels 1..K and
         ``"boundaries"`` (H, W) bool boundary pixels.
+
+    Raises:
+        ValueError: the file is missing or not a readable .mat, has no ``groundTruth``, or an
+            annotator is not a struct with 2-D ``Segmentation`` and ``Boundaries`` of one size;
+            the message names the file.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"ground-truth file not found: {path}")
-    mat = scipy.io.loadmat(str(path))
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except Exception as exc:  # scipy raises IndexError, MatReadError, ... on a corrupt file
+        raise ValueError(f"cannot read {path} as a .mat file: {type(exc).__name__}: {exc}") from exc
     if "groundTruth" not in mat:
         raise ValueError(f"{path} has no 'groundTruth' variable (found {sorted(mat)})")
     cell = mat["groundTruth"]
     out = []
     for k in range(cell.size):
-        s = cell.flat[k]
-        out.append(
-            {
-                "segmentation": np.asarray(s["Segmentation"][0, 0], dtype=np.int32),
-                "boundaries": np.asarray(s["Boundaries"][0, 0]).astype(bool),
-            }
-        )
+        try:
+            s = cell.flat[k]
+            seg = np.asarray(s["Segmentation"][0, 0], dtype=np.int32)
+            bdry = np.asarray(s["Boundaries"][0, 0]).astype(bool)
+        except (IndexError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{path}: annotator {k} is not a struct with Segmentation and Boundaries ({exc})"
+            ) from None
+        if seg.ndim != 2 or seg.shape != bdry.shape:
+            raise ValueError(
+                f"{path}: annotator {k} has Segmentation {seg.shape} and Boundaries {bdry.shape}; "
+                "expected two (H, W) maps of one size"
+            )
+        out.append({"segmentation": seg, "boundaries": bdry})
     return out
 
 
@@ -168,6 +183,10 @@ class BSDS500:
     Args:
         split: ``"train"``, ``"val"`` or ``"test"`` (the benchmark split, 200 images).
         root: dataset folder; default ``composer.data.paths.dataset_dir("bsds500")``.
+
+    Raises:
+        ValueError: an unknown split, a missing folder, no .mat files, or an image without its
+            .mat or a .mat without its image; the message names the path.
     """
 
     def __init__(self, split: str = "test", root: str | Path | None = None) -> None:
@@ -187,6 +206,14 @@ class BSDS500:
         if missing:
             raise ValueError(
                 f"{len(missing)} images missing in {self.image_dir}, e.g. {missing[0]}.jpg"
+            )
+        # an image without ground truth would drop out of the split's numbers unseen
+        known = set(ids)
+        unlabelled = sorted(p.stem for p in self.image_dir.glob("*.jpg") if p.stem not in known)
+        if unlabelled:
+            raise ValueError(
+                f"{len(unlabelled)} images in {self.image_dir} have no ground truth, "
+                f"e.g. {self.gt_dir / unlabelled[0]}.mat"
             )
         self.ids: list[str] = ids
 

@@ -13,7 +13,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,9 +41,11 @@ def normalise_coco_dict(data: Mapping[str, Any]) -> dict[str, Any]:
 
     Raises:
         ValueError: ``data`` is not a mapping; ``images``, ``annotations`` or ``categories`` is
-            missing or not a list of records; or a record lacks a key pycocotools indexes by
+            missing or not a list of records; a record lacks a key pycocotools indexes by
             (an image's or category's ``id``; an annotation's ``id``, ``image_id`` or
-            ``category_id``).
+            ``category_id``); two images or two annotations share an id (pycocotools keeps
+            the last and counts it twice); or an annotation's ``category_id`` is not among the
+            categories (COCOeval would leave that object out of AP unseen).
     """
     if not isinstance(data, Mapping):
         raise ValueError(
@@ -65,6 +67,21 @@ def normalise_coco_dict(data: Mapping[str, Any]) -> dict[str, Any]:
             missing = [f for f in fields if f not in rec]
             if missing:
                 raise ValueError(f"COCO json {key}[{i}] has no {', '.join(missing)}")
+    for key in ("images", "annotations"):
+        seen: set[Any] = set()
+        for i, rec in enumerate(data[key]):
+            if not isinstance(rec["id"], Hashable):
+                raise ValueError(f"COCO json {key}[{i}] has id {str(rec['id'])[:60]}, not a number")
+            if rec["id"] in seen:
+                raise ValueError(f"COCO json {key}[{i}] repeats id {rec['id']!r}")
+            seen.add(rec["id"])
+    cat_ids = {c["id"] for c in data["categories"] if isinstance(c["id"], Hashable)}
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann["category_id"], Hashable) or ann["category_id"] not in cat_ids:
+            raise ValueError(
+                f"COCO json annotations[{i}] (id {ann['id']!r}) has category_id "
+                f"{ann['category_id']!r}, which is not among the categories"
+            )
     out = dict(data)
     out["images"] = [dict(im) for im in data["images"]]
     out["annotations"] = [dict(a) for a in data["annotations"]]
@@ -129,6 +146,9 @@ def annotations_to_detections(
         (N,) int64 category ids, ``scores`` all 1, ``masks`` (Masks, N) and extras
         ``iscrowd`` (N,) bool, ``area`` (N,) float64 (the annotation's stored area) and
         ``ann_id`` (N,) int64.
+
+    Raises:
+        ValueError: an annotation has no segmentation or no bbox.
     """
     h, w = image_size
     if not anns:
@@ -145,6 +165,8 @@ def annotations_to_detections(
         seg = a.get("segmentation")
         if seg is None:
             raise ValueError(f"annotation {a.get('id')} has no segmentation")
+        if "bbox" not in a:
+            raise ValueError(f"annotation {a.get('id')} has no bbox")
         rles.append(segmentation_rle(dict(seg) if isinstance(seg, Mapping) else seg, (h, w)))
     masks = Masks(rles, (h, w))
     boxes = np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
@@ -246,9 +268,20 @@ class CocoDataset:
         return self.item(image_id)
 
     def item(self, image_id: int) -> CocoItem:
-        """The item of one image id."""
+        """The item of one image id.
+
+        Raises:
+            ValueError: the image record has no integer ``height`` and ``width``, or an
+                annotation has no segmentation or bbox.
+        """
         rec = self.coco.imgs[int(image_id)]
-        size = (int(rec["height"]), int(rec["width"]))
+        try:
+            size = (int(rec["height"]), int(rec["width"]))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"COCO image record {image_id} needs integer height and width, got "
+                f"{rec.get('height')!r} x {rec.get('width')!r}"
+            ) from None
         anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=[int(image_id)]))
         gt = annotations_to_detections(anns, size, int(image_id))
         gt.meta["class_names"] = self.class_names

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..io.image import load_image
 from .paths import dataset_dir
@@ -56,9 +56,18 @@ class InteractiveItem:
         """(H, W, 3) uint8 RGB pixels of the image.
 
         Raises:
-            ValueError: the image and the mask differ in size.
+            ValueError: the image and the mask differ in size, or the image carries an EXIF
+                rotation: ``load_image`` turns it upright, the mask stays in stored pixels, and a
+                half turn would mirror the object silently.
         """
         img = load_image(self.path)
+        with Image.open(self.path) as im:
+            orientation = im.getexif().get(0x0112, 1)
+        if orientation in range(2, 9):
+            raise ValueError(
+                f"{self.path} has EXIF orientation {orientation}; its mask {self.mask_path} may "
+                "not follow the rotation: store the image upright without the tag"
+            )
         if img.shape[:2] != self.gt_mask.shape:
             raise ValueError(
                 f"{self.path} is {img.shape[:2]} but its mask {self.mask_path} is {self.gt_mask.shape}"
@@ -66,9 +75,24 @@ class InteractiveItem:
         return img
 
 
+# modes whose raw array is not the pixel values a viewer (and cv2.imread, which RITM's
+# readers use) shows: 1-bit reads as bool, palette as indices, and an opaque alpha channel
+# of 255 would turn a whole GrabCut mask into foreground under "max over channels"
+_MASK_MODES = {"1": "L", "P": "RGB", "PA": "RGB", "LA": "L", "RGBA": "RGB"}
+
+
 def _read_gray(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        arr = np.asarray(im)
+    """The pixel values of a mask file: 1-bit as 0/255, palette as colours, no alpha channel.
+
+    Raises:
+        ValueError: the file cannot be read as an image; the message names it.
+    """
+    try:
+        with Image.open(path) as im:
+            mode = _MASK_MODES.get(im.mode)
+            arr = np.asarray(im.convert(mode) if mode else im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"cannot read mask {path}: {exc}") from exc
     return arr
 
 
@@ -116,6 +140,18 @@ def _resolve_root(root: PathLike | None, name: str) -> Path:
     return path
 
 
+def _check_unique(seen: dict[str, Path], stem: str, mask_path: Path) -> None:
+    """Record ``stem`` (an item id) in ``seen``.
+
+    Raises:
+        ValueError: another mask file already gave this id (e.g. ``x.png`` and ``x.bmp``): the
+            object would be counted twice, or one of two objects under one id.
+    """
+    if stem in seen:
+        raise ValueError(f"masks {seen[stem]} and {mask_path.name} give the same item id {stem!r}")
+    seen[stem] = mask_path
+
+
 def _require_dir(path: Path) -> Path:
     if not path.is_dir():
         raise ValueError(f"expected folder {path} does not exist")
@@ -129,8 +165,9 @@ class GrabCut(_MaskDataset):
         root: dataset folder (default ``<data root>/grabcut``).
 
     Raises:
-        ValueError: the folder (or its ``data_GT``/``boundary_GT``) is missing, or a mask has
-            no image; the message names the expected path.
+        ValueError: the folder (or its ``data_GT``/``boundary_GT``) is missing, a mask has
+            no image, two images share a stem or two masks an item id; the message names the
+            expected path or the files.
     """
 
     name = "grabcut"
@@ -140,11 +177,19 @@ class GrabCut(_MaskDataset):
         self.root = _resolve_root(root, "grabcut")
         images = _require_dir(self.root / "data_GT")
         masks = _require_dir(self.root / "boundary_GT")
-        by_stem = {p.stem: p for p in images.iterdir() if p.suffix.lower() in _IMAGE_EXTS}
+        by_stem: dict[str, Path] = {}
+        for p in sorted(images.iterdir()):
+            if p.suffix.lower() not in _IMAGE_EXTS:
+                continue
+            if p.stem in by_stem:  # which one the mask belongs to is unknowable
+                raise ValueError(f"GrabCut images {by_stem[p.stem]} and {p.name} share the stem {p.stem!r}")
+            by_stem[p.stem] = p
+        seen: dict[str, Path] = {}
         for mask_path in sorted(masks.iterdir()):
             if mask_path.suffix.lower() not in _IMAGE_EXTS:
                 continue
             stem = mask_path.stem
+            _check_unique(seen, stem, mask_path)
             if stem not in by_stem:
                 raise ValueError(f"GrabCut mask {mask_path} has no image {images / stem}.*")
             self._pairs.append((stem, by_stem[stem], mask_path))
@@ -169,8 +214,9 @@ class Berkeley(_MaskDataset):
         root: dataset folder (default ``<data root>/berkeley``).
 
     Raises:
-        ValueError: the folder is missing, a mask name is not ``<digits>[letter].png``, or a
-            mask's image is missing; the message names the expected path.
+        ValueError: the folder is missing, a mask name is not ``<digits>[letter].png``, a
+            mask's image is missing, or two masks give one item id; the message names the
+            expected path or the files.
     """
 
     name = "berkeley"
@@ -180,9 +226,11 @@ class Berkeley(_MaskDataset):
         self.root = _resolve_root(root, "berkeley")
         images = _require_dir(self.root / "images")
         masks = _require_dir(self.root / "masks")
+        seen: dict[str, Path] = {}
         for mask_path in sorted(masks.iterdir()):
             if mask_path.suffix.lower() not in _IMAGE_EXTS:
                 continue
+            _check_unique(seen, mask_path.stem, mask_path)
             m = _BERKELEY_STEM.match(mask_path.stem)
             if m is None:
                 raise ValueError(f"unexpected Berkeley mask name {mask_path.name}")

@@ -58,6 +58,12 @@ class BSDSRegions:
         return len(self.bsds)
 
     def __getitem__(self, index: int) -> RegionItem:
+        """The image's kept regions.
+
+        Raises:
+            ValueError: the .mat has no annotators, or no region reaches ``min_area_fraction``
+                (the image would count as evaluated with nothing to click).
+        """
         sample = self.bsds[index]
         gts = sample.ground_truth
         if not gts:
@@ -66,10 +72,15 @@ class BSDSRegions:
         labels, counts = np.unique(seg, return_counts=True)
         keep = counts >= self.min_area_fraction * seg.size
         labels, counts = labels[keep], counts[keep]
+        if not len(labels):
+            raise ValueError(
+                f"BSDS500 image {sample.image_id!r}: no region of {sample.gt_path} covers "
+                f"min_area_fraction={self.min_area_fraction:g} of the image"
+            )
         order = np.argsort(-counts, kind="stable")[: self.max_regions]
         labels = labels[order]
         dense = seg[None] == labels[:, None, None]
-        masks = Masks.from_dense(dense) if len(labels) else Masks.empty(seg.shape)
+        masks = Masks.from_dense(dense)
         gt = Detections.from_masks(masks, labels=np.ones(len(labels), np.int64),
                                    extras={"ann_id": labels.astype(np.int64)}, meta={"image_id": sample.image_id})
         return RegionItem(sample.image_id, sample.image_path, gt)
