@@ -13,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Read a COCO dataset json (e.g. `everything` output), a COCO results json, "
         "a per-image detections json of segment/instances/text, or a folder of those, and write "
         "COCO polygons (one json), YOLO segmentation labels (a folder: labels/<stem>.txt, "
-        "classes.txt) or PNG masks as segment-anything's amg.py writes them (a folder per image: "
+        "classes.txt, data.yaml) or PNG masks as segment-anything's amg.py writes them (a folder per image: "
         "0.png, 1.png, ..., metadata.csv, and labels.png, a 16-bit instance map). Polygons "
         "follow the pixel edges: with --tolerance 0 they give back exactly the masks, holes "
         "aside (COCO polygons and YOLO labels cannot hold holes); PNG masks are exact.",

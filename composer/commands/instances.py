@@ -80,17 +80,18 @@ def add_detector_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--detector-weights", default=None, help="torchvision detector weights file")
     p.add_argument(
-        "--score-threshold", type=float, default=0.3, help="detector score floor (default 0.3)"
+        "--score-threshold", type=float, default=0.3,
+        help="detector score floor, in [0, 1] (default 0.3)",
     )
     p.add_argument(
         "--slice", type=int, default=None, metavar="PIXELS",
-        help="also run the detector on overlapping tiles of this side and merge the boxes "
+        help="also run the detector on overlapping tiles of this side (>= 32) and merge the boxes "
         "(SAHI-style sliced detection, for small objects and large images; 400 was chosen "
         "for SSD on COCO photos; default: whole image only)",
     )
     p.add_argument(
         "--slice-overlap", type=float, default=None,
-        help="fraction of a tile shared with its neighbour (default 0.2; needs --slice)",
+        help="fraction of a tile shared with its neighbour, in [0, 1) (default 0.2; needs --slice)",
     )
 
 

@@ -30,9 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="image file or folder of images")
     p.add_argument("prompt", help='what to segment, e.g. "a red car"')
     add_model_args(p)
-    p.add_argument("--strategy", choices=("detector", "clip"), default="detector")
+    p.add_argument("--strategy", choices=("detector", "clip"), default="detector",
+                   help="detector (default): segment the detector's boxes of the class the "
+                   "prompt names; clip: rank automatic-mask proposals with open_clip")
     add_detector_args(p)
-    p.add_argument("--clip-arch", default="ViT-B-16", help="open_clip architecture (clip strategy)")
+    p.add_argument("--clip-arch", default="ViT-B-16",
+                   help="open_clip architecture (clip strategy; default ViT-B-16)")
     p.add_argument(
         "--clip-weights",
         default=None,
@@ -47,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--max-masks",
         type=int,
         default=None,
-        help="masks to return (default: all boxes of the class / the best 3 proposals)",
+        help="masks to return (default: the class's boxes, at most 100 / the best 3 proposals)",
     )
     p.add_argument("--refine", action="store_true", help="refinement pass on the masks")
     p.add_argument(
@@ -58,7 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="folder mode: only the first N images")
     p.add_argument("--out", required=True, help=OUT_HELP)
     add_worker_args(p)
-    p.set_defaults(func=run)
+    # unset (None) until run(): the clip strategy refuses these flags when they are given
+    p.set_defaults(func=run, score_threshold=None, zoom_small=None)
 
 
 class ResolvedPrompt:
@@ -155,16 +159,22 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
 def run(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise ValueError("the prompt is empty")
+    if args.max_masks is not None and args.max_masks < 1:  # 0 fell back to the default
+        raise ValueError(f"--max-masks must be >= 1, got {args.max_masks}")
     if args.strategy == "detector":
+        if args.score_threshold is None:
+            args.score_threshold = 0.3
+        if args.zoom_small is None:
+            args.zoom_small = "auto"
         check_slice_args(args)  # bad values fail before the models load
         parse_zoom_small(args.zoom_small)
     else:
-        for flag, value, default in (("--detector", args.detector, None),
-                                     ("--detector-weights", args.detector_weights, None),
-                                     ("--score-threshold", args.score_threshold, 0.3),
-                                     ("--slice", args.slice, None),
-                                     ("--slice-overlap", args.slice_overlap, None),
-                                     ("--zoom-small", args.zoom_small, "auto")):
-            if value != default:  # the clip strategy segments proposals, not boxes
+        for flag, value in (("--detector", args.detector),
+                            ("--detector-weights", args.detector_weights),
+                            ("--score-threshold", args.score_threshold),
+                            ("--slice", args.slice),
+                            ("--slice-overlap", args.slice_overlap),
+                            ("--zoom-small", args.zoom_small)):
+            if value is not None:  # the clip strategy segments proposals, not boxes
                 raise ValueError(f"{flag} needs --strategy detector")
     return run_folder_command("text", build_processor, args)

@@ -13,7 +13,8 @@ it is reported before and after training.
 
 Writes to ``--out``: ``last.pt`` (resumable training state; re-running the same command
 continues from it), ``model.pt`` (the trained model's state dict, loadable with
-``--checkpoint out/model.pt`` by every other command) and ``train_report.json``.
+``--checkpoint out/model.pt`` by every other command), ``run.json`` (the settings a rerun must
+share to resume) and ``train_report.json``.
 """
 
 from __future__ import annotations
@@ -53,14 +54,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--random-init",
         action="store_true",
-        help="start a SAM architecture from random weights instead of its checkpoint",
+        help="without --checkpoint: start from random weights instead of the registered ones "
+        "(composer_tiny: ImageNet backbone, random decoder)",
     )
     p.add_argument("--out", required=True, help="output folder (checkpoints, model.pt, report)")
-    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (one image each)")
+    p.add_argument("--steps", type=int, default=1000,
+                   help="optimizer steps (one image each; default 1000)")
     p.add_argument("--time-budget-min", type=float, default=None, help="stop after N minutes")
-    p.add_argument("--masks-per-image", type=int, default=16)
-    p.add_argument("--corrective", type=int, default=2, help="corrective-click rounds per mask")
-    p.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate")
+    p.add_argument("--masks-per-image", type=int, default=16,
+                   help="masks trained on per step, at most (default 16)")
+    p.add_argument("--corrective", type=int, default=2,
+                   help="corrective-click rounds per mask (default 2; TrainConfig's is 8)")
+    p.add_argument("--lr", type=float, default=1e-4,
+                   help="peak AdamW learning rate (default 1e-4; TrainConfig's is 8e-4)")
     p.add_argument(
         "--train-encoder",
         action="store_true",
@@ -69,13 +75,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-data", default=None, help="held-out COCO json (default: a split)")
     p.add_argument("--val-images", default=None, help="image folder of --val-data")
     p.add_argument(
-        "--val-fraction", type=float, default=0.1, help="share of images held out (no --val-data)"
+        "--val-fraction", type=float, default=0.1,
+        help="share of images held out, in [0, 1) (no --val-data; default 0.1)",
     )
     p.add_argument("--max-images", type=int, default=None, help="use the first N images only")
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
                    help="where training runs: CUDA when torch sees a GPU, else the CPU (auto, "
                         "default), or the device named")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
     p.set_defaults(func=run)
 
 

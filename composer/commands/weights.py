@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=run_download)
     i = wsub.add_parser("import", help="verify a local weights file and copy it into the cache")
     i.add_argument("path")
-    i.add_argument("--name", default=None, help="registered name (guessed from the file name by default)")
+    i.add_argument("--name", default=None, help="registered name (default: found by the file name, else by its checksum)")
     i.set_defaults(func=run_import)
 
 

@@ -422,6 +422,12 @@ def test_instances_cli_slices(ssd_files, tmp_path, capsys):
                             "--detector needs --strategy detector"),
                            (["--strategy", "clip", "--score-threshold", "0.5"],
                             "--score-threshold needs --strategy detector"),
+                           # given explicitly at its default value: refused too (was accepted)
+                           (["--strategy", "clip", "--score-threshold", "0.3"],
+                            "--score-threshold needs --strategy detector"),
+                           (["--strategy", "clip", "--zoom-small", "auto"],
+                            "--zoom-small needs --strategy detector"),
+                           (["--max-masks", "0"], "--max-masks must be >= 1, got 0"),
                            (["--workers", "0"], "--workers must be >= 1"),
                            (["--threads-per-worker", "0"], "--threads-per-worker must be >= 1")):
         assert main([*text, *extra]) == 2, extra
