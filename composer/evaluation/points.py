@@ -339,6 +339,8 @@ class PointEvaluator:
 
         Raises:
             TypeError: ``prediction`` is not a ClickTrace or a sequence of them.
+            ValueError: a trace recorded with a smaller click budget than ``max_clicks`` (its
+                last IoU would stand in for clicks never made).
         """
         traces = [prediction] if isinstance(prediction, ClickTrace) else list(prediction)
         for t in traces:
@@ -346,7 +348,12 @@ class PointEvaluator:
                 raise TypeError(
                     f"PointEvaluator.process needs ClickTrace items, got {type(t).__name__}"
                 )
-            self.traces.append(t)
+            if t.max_clicks < self.max_clicks:
+                raise ValueError(
+                    f"a trace of image {image_id!r} was recorded with {t.max_clicks} clicks at "
+                    f"most; this evaluator reports up to {self.max_clicks}"
+                )
+        self.traces.extend(traces)
 
     def curves(self) -> dict[str, np.ndarray]:
         """Per-click mean IoU: ``{"mIoU": (max_clicks,), "oracle_mIoU": (max_clicks,)}`` float64."""

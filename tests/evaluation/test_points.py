@@ -285,6 +285,15 @@ def test_number_of_clicks_known_answers():
     )  # reached at the last click
 
 
+def test_point_evaluator_refuses_traces_of_a_smaller_click_budget():
+    """A 3-click trace in a 4-click evaluator: its last IoU stood in for click 4, never made."""
+    ev = PointEvaluator(max_clicks=4)
+    with pytest.raises(ValueError, match="image 'x' was recorded with 3 clicks at most"):
+        ev.process("x", [_trace([0.5, 0.6, 0.7], 4), _trace([0.5, 0.6, 0.7], 3)])
+    assert ev.traces == []  # nothing of the refused image was kept
+    ev.process("y", _trace([0.5], 5))  # a larger budget is fine: the evaluator reports fewer
+
+
 def test_point_evaluator_aggregates_known_traces():
     ev = PointEvaluator(max_clicks=4, iou_thresholds=(0.85, 0.9), report_clicks=(1, 2, 3, 5, 9))
     ev.process("x", [_trace([0.5, 0.86, 0.92, 0.95], 4), _trace([0.9], 4)])  # 2nd stopped early
