@@ -4,6 +4,15 @@ The numbers are pycocotools' own (``evaluate`` + ``accumulate``); only the summa
 recomputed from ``eval["precision"]`` / ``eval["recall"]`` with the same formula as
 ``COCOeval.summarize``, because ``summarize`` hard-codes ``maxDets=100`` for the first AP
 line and the indices 0..2 of ``params.maxDets`` (wrong for LVIS' 300 detections).
+
+LVIS ground truth (image records with ``neg_category_ids`` / ``not_exhaustive_category_ids``)
+is evaluated with LVIS' federated protocol, as the official ``lvis`` API does: an image keeps
+at most ``max_dets[-1]`` detections over all categories (300), detections of a category that
+the image neither has nor lists as absent are dropped (nobody checked it there), unmatched
+detections of a category whose annotation is not exhaustive in that image are ignored
+instead of counted as false positives, and AP is also reported per category frequency
+(``APr``, ``APc``, ``APf``: rare, common, frequent). Plain COCOeval on an LVIS file counts
+those detections as false positives and gives a lower AP.
 """
 
 from __future__ import annotations
@@ -109,6 +118,70 @@ def check_iou_types(iou_types: Sequence[str] | str) -> tuple[str, ...]:
     return types
 
 
+class FederatedCOCOeval(COCOeval):
+    """COCOeval with LVIS' rule for categories not exhaustively annotated in an image: their
+    unmatched detections are ignored, not false positives.
+
+    Args:
+        not_exhaustive: image id -> category ids whose annotation in that image is not
+            exhaustive (LVIS' ``not_exhaustive_category_ids``).
+    """
+
+    def __init__(self, coco_gt: COCO, coco_dt: COCO, iou_type: str,
+                 not_exhaustive: Mapping[int, set[int]]) -> None:
+        super().__init__(coco_gt, coco_dt, iou_type)
+        self.not_exhaustive = not_exhaustive
+
+    def evaluateImg(self, imgId: int, catId: int, aRng: Any, maxDet: int) -> dict[str, Any] | None:  # noqa: N802, N803
+        out = super().evaluateImg(imgId, catId, aRng, maxDet)
+        if out is not None and catId in self.not_exhaustive.get(imgId, ()):
+            out["dtIgnore"] = np.logical_or(out["dtIgnore"], out["dtMatches"] == 0)
+        return out
+
+
+def federated_info(coco_gt: COCO) -> dict[str, dict[int, set[int]]] | None:
+    """LVIS' per-image category lists, or None for a COCO-style (exhaustive) dataset.
+
+    Returns:
+        ``{"checked": image id -> categories present (in the ground truth) or listed as
+        absent (``neg_category_ids``), "not_exhaustive": image id -> its
+        ``not_exhaustive_category_ids``}``.
+    """
+    images = coco_gt.dataset.get("images", [])
+    keys = ("neg_category_ids", "not_exhaustive_category_ids")
+    if not any(k in im for im in images for k in keys):
+        return None
+    checked = {int(im["id"]): {int(c) for c in im.get("neg_category_ids") or []} for im in images}
+    for ann in coco_gt.dataset.get("annotations", []):
+        checked.setdefault(int(ann["image_id"]), set()).add(int(ann["category_id"]))
+    not_exhaustive = {
+        int(im["id"]): {int(c) for c in im.get("not_exhaustive_category_ids") or []}
+        for im in images
+    }
+    return {"checked": checked, "not_exhaustive": not_exhaustive}
+
+
+def frequency_ap(E: COCOeval, max_dets: int | None = None) -> dict[str, float]:
+    """AP over the categories of each LVIS frequency group (``frequency`` ``r``/``c``/``f`` of
+    the ground truth's categories): ``{"APr", "APc", "APf"}``; -1 for a group with no
+    evaluated category; empty when the categories carry no frequency."""
+    cats = E.cocoGt.cats
+    p = E.params
+    freq = [cats[c].get("frequency") for c in p.catIds]
+    if not any(freq):
+        return {}
+    md = p.maxDets[-1] if max_dets is None else int(max_dets)
+    mind = list(p.maxDets).index(md)
+    aind = p.areaRngLbl.index("all")
+    out = {}
+    for f in ("r", "c", "f"):
+        k = [i for i, fr in enumerate(freq) if fr == f]
+        s = E.eval["precision"][:, :, k, aind, mind]
+        valid = s[s > -1]
+        out[f"AP{f}"] = float(np.mean(valid)) if valid.size else -1.0
+    return out
+
+
 class CocoResults:
     """Accumulates COCO result entries per image and runs COCOeval on them.
 
@@ -185,6 +258,9 @@ class CocoResults:
         entries = self.entries
         if not self._entries:
             return None
+        fed = federated_info(self.coco_gt) if use_cats else None
+        if fed is not None:
+            entries = _federated_entries(entries, fed["checked"], int(max_dets[-1]))
         results = []
         for e in entries:
             r = dict(e)  # loadRes adds keys at the top level only
@@ -209,7 +285,10 @@ class CocoResults:
                 "annotations": [],
             }
             quiet_call(coco_dt.createIndex)
-        E = COCOeval(self.coco_gt, coco_dt, iou_type)
+        if fed is not None:
+            E: COCOeval = FederatedCOCOeval(self.coco_gt, coco_dt, iou_type, fed["not_exhaustive"])
+        else:
+            E = COCOeval(self.coco_gt, coco_dt, iou_type)
         E.params.imgIds = self.image_ids
         E.params.maxDets = list(max_dets)
         E.params.useCats = int(bool(use_cats))
@@ -227,34 +306,56 @@ class CocoResults:
         return out
 
 
+def _federated_entries(
+    entries: Sequence[dict[str, Any]], checked: Mapping[int, set[int]], per_image: int
+) -> list[dict[str, Any]]:
+    """LVIS' results step: the ``per_image`` best-scored entries of each image over all
+    categories, then only those of categories checked in that image (present or absent)."""
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for e in entries:
+        by_image.setdefault(int(e["image_id"]), []).append(e)
+    out = []
+    for iid, es in by_image.items():
+        best = sorted(es, key=lambda e: -float(e["score"]))[:per_image]
+        ok = checked.get(iid, set())
+        out += [e for e in best if int(e["category_id"]) in ok]
+    return out
+
+
 class CocoEvaluator:
     """COCO-style instance AP/AR (mask and box) over the processed images.
 
     Args:
         coco_gt: ground truth: a pycocotools ``COCO``, a json path (COCO or LVIS) or a dict.
         iou_types: any of ``"segm"`` and ``"bbox"``.
-        max_dets: detections per image for AR (``AR@m`` each) and AP (the last); COCO uses
-            (1, 10, 100), LVIS (1, 10, 300).
+        max_dets: detections per image for AR (``AR@m`` each) and AP (the last); default
+            COCO's (1, 10, 100), or LVIS' (1, 10, 300) for LVIS ground truth.
         results_file: when given, ``evaluate()`` writes the COCO results json there.
 
     Metrics (values in [0, 1]; -1 where pycocotools has no defined value, e.g. no small GT):
         ``<type>/AP``, ``/AP50``, ``/AP75``, ``/APs``, ``/APm``, ``/APl``, ``/AR@<m>`` for each
-        m, ``/ARs@<M>``, ``/ARm@<M>``, ``/ARl@<M>``, for each type in ``iou_types``.
-        Only processed images count (an image with no detections counts if processed).
+        m, ``/ARs@<M>``, ``/ARm@<M>``, ``/ARl@<M>``, for each type in ``iou_types``; on LVIS
+        ground truth (federated protocol, see the module doc) also ``/APr``, ``/APc``,
+        ``/APf``. Only processed images count (an image with no detections counts if
+        processed).
     """
 
     def __init__(
         self,
         coco_gt: COCO | str | os.PathLike | Mapping[str, Any],
         iou_types: Sequence[str] = ("segm", "bbox"),
-        max_dets: Sequence[int] = (1, 10, 100),
+        max_dets: Sequence[int] | None = None,
         results_file: str | os.PathLike | None = None,
     ) -> None:
         self.iou_types = check_iou_types(iou_types)
-        self.max_dets = check_max_dets(max_dets)
+        if max_dets is not None:
+            check_max_dets(max_dets)  # bad values fail before the ground truth loads
         self.results_file = None if results_file is None else Path(results_file)
         self._results = CocoResults(coco_gt)
         self.coco_gt = self._results.coco_gt
+        if max_dets is None:
+            max_dets = (1, 10, 300) if federated_info(self.coco_gt) else (1, 10, 100)
+        self.max_dets = check_max_dets(max_dets)
         self.evals: dict[str, COCOeval] = {}
 
     def reset(self) -> None:
@@ -302,6 +403,8 @@ class CocoEvaluator:
             else:
                 self.evals[t] = E
                 stats = standard_stats(E, self.max_dets)
+                if isinstance(E, FederatedCOCOeval):
+                    stats.update(frequency_ap(E))
             out.update({f"{t}/{k}": v for k, v in stats.items()})
         return out
 

@@ -314,3 +314,59 @@ def test_bad_input_is_rejected(dataset):
         CocoEvaluator(dataset.coco, iou_types=("keypoints",))
     with pytest.raises(ValueError):
         CocoEvaluator(dataset.coco, max_dets=(100, 10))
+
+
+# ------------------------------------------------------------------- LVIS federated protocol
+def _lvis_case(federated: bool = True):
+    """Two 100x100 images; categories 1 (frequent), 3 and 5 (common), 4 (rare). Image 1 lists
+    category 3 as absent and category 4 as not exhaustively annotated; category 5 is checked
+    nowhere. Known answers from the official `lvis` API (LVISEval 0.5.3) on the same input."""
+    def ann(i, iid, c, x, y, w, h):
+        return {"id": i, "image_id": iid, "category_id": c, "bbox": [x, y, w, h], "area": w * h,
+                "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
+
+    images = [{"id": 1, "height": 100, "width": 100, "file_name": "1.jpg"},
+              {"id": 2, "height": 100, "width": 100, "file_name": "2.jpg"}]
+    if federated:
+        images[0].update(neg_category_ids=[3], not_exhaustive_category_ids=[4])
+        images[1].update(neg_category_ids=[], not_exhaustive_category_ids=[])
+    gt = {"images": images,
+          "categories": [{"id": 1, "name": "a", "frequency": "f"}, {"id": 3, "name": "b", "frequency": "c"},
+                         {"id": 4, "name": "c", "frequency": "r"}, {"id": 5, "name": "d", "frequency": "c"}],
+          "annotations": [ann(1, 1, 1, 10, 10, 30, 30), ann(2, 1, 4, 50, 50, 20, 20),
+                          ann(3, 2, 1, 60, 10, 30, 30), ann(4, 2, 3, 10, 60, 20, 20)]}
+    dets = {1: [(1, [10, 10, 40, 40], .9), (1, [70, 70, 80, 80], .95),   # cat 1: a TP, a FP above it
+                (4, [50, 50, 70, 70], .8), (4, [0, 80, 10, 90], .99),    # cat 4: FP not exhaustive
+                (3, [80, 0, 90, 10], .7),                                # cat 3: absent, a real FP
+                (5, [30, 60, 40, 70], .6)],                              # cat 5: unchecked, dropped
+            2: [(1, [60, 10, 90, 40], .5), (3, [10, 60, 30, 80], .4)]}
+    return gt, dets
+
+
+def _evaluate(gt, dets, **kw):
+    ev = CocoEvaluator(gt, iou_types=("bbox",), **kw)
+    for iid, ds in dets.items():
+        ev.process(iid, Detections(np.array([d[1] for d in ds], np.float32),
+                                   np.array([d[2] for d in ds], np.float32),
+                                   np.array([d[0] for d in ds], np.int64), meta={"image_size": (100, 100)}))
+    return ev, ev.evaluate()
+
+
+def test_lvis_ground_truth_is_evaluated_with_the_federated_protocol():
+    gt, dets = _lvis_case()
+    ev, m = _evaluate(gt, dets)
+    assert ev.max_dets == (1, 10, 300)  # LVIS' default
+    # cat 1: FP then two TPs -> 2/3; cat 3: FP then TP -> 1/2; cat 4: its FP ignored -> 1
+    assert m["bbox/AP"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    assert (m["bbox/APr"], m["bbox/APc"], m["bbox/APf"]) == pytest.approx((1.0, 0.5, 2 / 3))
+    assert "bbox/AR@300" in m and m["bbox/APm"] == -1
+    # the per-image cap runs over all categories before the filter: 3 per image drops image
+    # 1's cat-3 FP and cat-4 TP (cat 3 -> 1, cat 4 -> 0)
+    _, capped = _evaluate(gt, dets, max_dets=(1, 3))
+    assert capped["bbox/AP"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert (capped["bbox/APr"], capped["bbox/APc"]) == pytest.approx((0.0, 1.0))
+    # the same file without LVIS' lists is exhaustive COCO: cat 4's FP counts, no APr/c/f
+    plain_gt, _ = _lvis_case(federated=False)
+    ev, plain = _evaluate(plain_gt, dets)
+    assert ev.max_dets == (1, 10, 100) and "bbox/APr" not in plain
+    assert plain["bbox/AP"] == pytest.approx((2 / 3 + 1 / 2 + 1 / 2) / 3)
