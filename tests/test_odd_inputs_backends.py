@@ -201,3 +201,22 @@ def test_clip_template_with_extra_fields_is_a_value_error(tiny_clip):
         with pytest.raises(ValueError, match="one '\\{\\}' and no other fields"):
             tiny_clip.encode_text(["dog"], templates=[bad])
     assert tiny_clip.encode_text(["dog"], templates=["a {{literal}} {}"]).shape == (1, 32)
+
+
+def test_minilm_without_sentence_transformers_names_the_pip_command(monkeypatch, tmp_path):
+    """A missing sentence-transformers was a bare ImportError without the install hint."""
+    import builtins
+
+    from composer.models.text import MiniLmEncoder, load_text_encoder
+
+    real = builtins.__import__
+
+    def no_st(name, *args, **kwargs):
+        if name.startswith("sentence_transformers"):
+            raise ImportError("No module named 'sentence_transformers'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_st)
+    with pytest.raises(ValueError, match=r"needs sentence-transformers: pip install 'sam-composer\[text\]'"):
+        MiniLmEncoder(model_dir=tmp_path)
+    assert load_text_encoder("auto") is None  # auto falls back to names and synonyms

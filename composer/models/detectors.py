@@ -923,6 +923,8 @@ def load_detector(name: str | None = None, **kwargs: Any) -> Detector:
     Raises:
         ValueError: an unknown name (the message lists the valid ones).
     """
+    if name is not None and not str(name).endswith(".json"):
+        name = str(name).strip().lower()  # as load_segmenter: "SSD" and " ssd" are ssd
     if name is None or name in _SSD_NAMES:
         return SsdMobileNetDetector(**kwargs)
     if name in TORCHVISION_ARCHS:

