@@ -51,6 +51,23 @@ def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
     absent = [k for k in _META_KEYS if k not in meta]
     if absent:
         raise ValueError(f"{root / META_FILE} lacks {', '.join(absent)}; export the model again")
+    try:
+        mean = np.asarray(meta["pixel_mean"], np.float64)
+        std = np.asarray(meta["pixel_std"], np.float64)
+        threshold = float(meta["mask_threshold"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{root / META_FILE}: pixel_mean, pixel_std and mask_threshold must be "
+                         f"numbers ({exc}); export the model again") from None
+    if (
+        mean.shape != (3,) or std.shape != (3,) or not np.isfinite([*mean, *std, threshold]).all()
+        or (std <= 0).any()
+    ):
+        # a zero std gave NaN scores and empty masks, a NaN threshold emptied every mask
+        raise ValueError(
+            f"{root / META_FILE}: pixel_mean and pixel_std must be three finite numbers (std > 0) "
+            f"and mask_threshold finite, got {meta['pixel_mean']!r}, {meta['pixel_std']!r}, "
+            f"{meta['mask_threshold']!r}; export the model again"
+        )
     settings = meta.get("settings")
     if settings is not None and not isinstance(settings, dict):
         raise ValueError(

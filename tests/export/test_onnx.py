@@ -165,6 +165,13 @@ def test_bad_folders_and_backends(tmp_path, tiny):
     (tmp_path / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="ONNX Runtime cannot load .*encoder.onnx"):
         OnnxSegmenter(tmp_path)
+    # hand-edited normalisation: a zero std gave NaN scores and empty masks, a NaN threshold
+    # emptied every mask; both are refused when the folder is read
+    for key, value in (("pixel_std", [58.4, 0, 57.4]), ("mask_threshold", float("nan")),
+                       ("pixel_mean", [1, 2]), ("pixel_std", "wide")):
+        (tmp_path / "model.json").write_text(json.dumps({**meta, key: value}))
+        with pytest.raises(ValueError, match="pixel_mean, pixel_std and mask_threshold|must be three finite"):
+            OnnxSegmenter(tmp_path)
     with pytest.raises(ValueError, match="runs on the CPU"):
         _load_onnx("onnx", tiny[1].directory, device=torch.device("cuda"))
     with pytest.raises(ValueError, match="no PyTorch network"):
