@@ -65,8 +65,9 @@ class InstanceConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
-        if self.max_dets < 1:
-            raise ValueError(f"max_dets must be >= 1, got {self.max_dets}")
+        if isinstance(self.max_dets, bool) or not float(self.max_dets).is_integer() or self.max_dets < 1:
+            # a fraction (1.5) was accepted here and failed as "slice indices must be integers"
+            raise ValueError(f"max_dets must be an integer >= 1, got {self.max_dets}")
         if self.min_box_size < 0:
             raise ValueError(f"min_box_size must be >= 0, got {self.min_box_size}")
         if isinstance(self.zoom_small, str):
@@ -156,9 +157,16 @@ class InstanceTask:
             "zoom_small": self.zoom_fraction,
             "zoomed": 0,
         }
+        found = len(dets)
         dets = _select(dets, cfg, (h, w))
         if len(dets) == 0:
             reason = dets.meta.get("message") or f"the detector {detector_id} found no boxes"
+            if found and not dets.meta.get("message"):  # boxes there were, none passed the filters
+                reason = (
+                    f"none of the detector {detector_id}'s {found} boxes has a score >= "
+                    f"{cfg.score_threshold:g} and a finite box at least {cfg.min_box_size:g} px "
+                    "wide and high inside the image"
+                )
             msg = f"image {context.image_id!r}: {reason}; nothing to segment"
             logger.info(msg)
             return _empty((h, w), meta, msg)
@@ -287,7 +295,7 @@ def _select(dets: Detections, cfg: InstanceConfig, image_size: tuple[int, int]) 
         (boxes[:, 3] - boxes[:, 1]) >= cfg.min_box_size
     )
     keep = (scores >= cfg.score_threshold) & big & np.isfinite(boxes).all(1)
-    return dets[keep].sort_by_score()[: cfg.max_dets]
+    return dets[keep].sort_by_score()[: int(cfg.max_dets)]
 
 
 def _empty(image_size: tuple[int, int], meta: dict[str, Any], message: str) -> Detections:

@@ -47,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
     written = write_detections(both, image, out, stem="prompts", points=np.array([DEMO_POINT]),
                                point_labels=np.array([1]), prompt_boxes=np.array([DEMO_BOX]))
     summary: dict[str, Any] = {"segmenter": seg.model_id, "prompts": written}
-    if not args.no_automatic:
+    if args.no_automatic:
+        # an earlier run's segment-everything outputs would sit beside this run's as if current
+        for name in ("everything_overlay.png", "everything.json"):
+            (out / name).unlink(missing_ok=True)
+    else:
         from ..automatic import AutomaticMaskGenerator
 
         # every backend's scores are on its own scale: the model's calibrated thresholds where

@@ -251,8 +251,12 @@ def export_onnx(
         )
     net = seg.model
     first = next(net.parameters())
-    if first.dtype != torch.float32 or first.device.type != "cpu":
-        # trace a float32 CPU copy; the caller's segmenter keeps its device and precision
+    if (first.dtype != torch.float32 or first.device.type != "cpu"
+            or any(m.training for m in net.modules())):
+        # trace a float32 CPU copy in eval mode; the caller's segmenter keeps its device,
+        # precision and mode (a model in training mode, e.g. just fine-tuned, was traced in eval
+        # mode but checked against its training-mode output, and its BatchNorm statistics
+        # were updated by the export's random input)
         net = copy.deepcopy(net).float().cpu().eval()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -307,19 +311,29 @@ def export_onnx(
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: list[str],
             outputs: list[str], dynamic: dict[str, dict[int, str]], opset: int) -> None:
+    """Trace ``module`` to ``path`` through a temporary ``.tmp`` file, renamed over ``path``
+    when complete and removed when the export fails (a full disk, an interruption).
+
+    Raises:
+        OSError: the file cannot be written; the exporter's own errors pass through.
+    """
     tmp = path.with_name(path.name + ".tmp")
     # The tracer warns about every Python branch on a shape; the graphs are checked against
     # the model instead (``check_parity``), over the prompt kinds the branches tell apart.
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message="Constant folding")
-        torch.onnx.export(
-            module.eval(), args, str(tmp), input_names=inputs, output_names=outputs,
-            dynamic_axes=dynamic or None, opset_version=opset, dynamo=False,
-            do_constant_folding=True,
-        )
-    os.replace(tmp, path)
+    try:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message="Constant folding")
+            torch.onnx.export(
+                module.eval(), args, str(tmp), input_names=inputs, output_names=outputs,
+                dynamic_axes=dynamic or None, opset_version=opset, dynamo=False,
+                do_constant_folding=True,
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written graph (gigabytes for ViT-H) was left behind
+        raise
 
 
 def session(path: str | os.PathLike[str], threads: int | None = None) -> Any:

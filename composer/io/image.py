@@ -96,13 +96,17 @@ def load_image(image: ImageLike) -> np.ndarray:
         (H, W, 3) uint8 RGB array, upright per the EXIF orientation.
 
     Raises:
-        ValueError: for a missing, empty, corrupt or non-image file or an unusable array.
+        ValueError: for a missing, empty, corrupt or non-image file, a URL (never fetched) or
+            an unusable array.
     """
     if isinstance(image, np.ndarray):
         return _from_array(image)
     if isinstance(image, Image.Image):
         return _from_pil(image)
     if isinstance(image, (str, os.PathLike)):
+        if isinstance(image, str) and "://" in image and not Path(image).exists():
+            # was "image file not found: https:/host/a.png" (Path folds the double slash)
+            raise ValueError(f"{image} is a URL; images are read from local files only (download it first)")
         path = Path(image)
         if path.is_dir():
             raise ValueError(f"{path} is a folder, not an image file")

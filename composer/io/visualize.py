@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from glob import escape as glob_escape
 from pathlib import Path
@@ -30,19 +31,34 @@ def overlay(image: np.ndarray, masks: Masks | np.ndarray | None = None, alpha: f
     """Draw masks (largest first, so small ones stay visible), boxes and points.
 
     Args:
-        image: (H, W, 3) uint8 RGB.
+        image: (H, W, 3) uint8 RGB; other arrays (gray, RGBA, 16-bit, float in [0, 1]) are
+            converted as :func:`composer.io.image.load_image` converts them.
         masks: Masks or (N, H, W) bool.
         alpha: mask opacity in [0, 1].
-        boxes: optional (N, 4) XYXY pixels.
-        points: optional (K, 2) XY pixels; ``point_labels`` (K,) 1 = green, 0 = red.
+        boxes: optional (N, 4) XYXY pixels; boxes with NaN or infinite values are not drawn.
+        points: optional (K, 2) XY pixels; ``point_labels`` (K,) 1 = green, 0 = red; points
+            with NaN or infinite values are not drawn.
 
     Returns:
         (H, W, 3) uint8 RGB picture.
+
+    Raises:
+        ValueError: the masks are not of the image's size, or the image array is unusable.
     """
     import cv2
 
+    from .image import load_image
+
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+            and image.shape[2] == 3):
+        image = load_image(image)  # a 16-bit or [0, 1] float image was drawn all white / black
     out = image.astype(np.float32).copy()
     dense = masks.to_dense() if isinstance(masks, Masks) else (None if masks is None else np.asarray(masks, bool))
+    if dense is not None and (dense.ndim != 3 or dense.shape[1:] != image.shape[:2]):
+        raise ValueError(
+            f"masks of shape {dense.shape} do not fit the {image.shape[1]}x{image.shape[0]} image; "
+            "give (N, H, W) masks of the image's size"
+        )
     if dense is not None and len(dense):
         colors = palette(len(dense)).astype(np.float32)
         order = np.argsort(-dense.reshape(len(dense), -1).sum(1))
@@ -57,16 +73,20 @@ def overlay(image: np.ndarray, masks: Masks | np.ndarray | None = None, alpha: f
     else:
         out_u8 = out.clip(0, 255).astype(np.uint8)
     out_u8 = np.ascontiguousarray(out_u8)
+    # far-off coordinates are moved nearer (still off the picture): OpenCV takes int32 only
+    lim = 4 * max(image.shape[:2]) + 16
     if boxes is not None:
         for b in np.asarray(boxes, np.float32).reshape(-1, 4):
-            x0, y0, x1, y1 = (int(round(v)) for v in b)
+            if not np.isfinite(b).all():
+                continue
+            x0, y0, x1, y1 = (int(round(v)) for v in b.clip(-lim, lim))
             cv2.rectangle(out_u8, (x0, y0), (x1, y1), (30, 144, 255), 2)
     if points is not None:
         pts = np.asarray(points, np.float32).reshape(-1, 2)
         labels = np.ones(len(pts), int) if point_labels is None else np.asarray(point_labels).reshape(-1)
         r = max(3, int(round(0.012 * max(image.shape[:2]))))
-        for (x, y), lab in zip(pts, labels, strict=True):
-            if lab < 0:
+        for (x, y), lab in zip(pts.clip(-lim, lim), labels, strict=True):
+            if lab < 0 or not (math.isfinite(x) and math.isfinite(y)):
                 continue
             color = (40, 200, 40) if lab == 1 else (230, 40, 40)
             cv2.circle(out_u8, (int(round(x)), int(round(y))), r, color, -1)
@@ -91,18 +111,31 @@ def write_detections(dets: Detections, image: np.ndarray, out_dir: str | os.Path
     ``image_file`` (the input image's file name) is recorded as the JSON's ``image_file``, so
     that a conversion to COCO names the image file and not only its stem.
 
-    Mask PNGs ``<stem>_maskNNN.png`` of an earlier call with this stem are removed first, so
-    the folder never mixes two runs' masks. NaN scores are written as JSON null.
+    Mask PNGs ``<stem>_maskNNN.png`` (``NNN`` three digits or more) of an earlier call with
+    this stem are removed first, so the folder never mixes two runs' masks. NaN scores are
+    written as JSON null.
 
     Returns:
         A dict with the written paths: ``masks`` (list), ``overlay``, ``json``.
+
+    Raises:
+        ValueError: the masks are not of the image's size (checked before any file is touched).
     """
+    if dets.masks is not None and dets.masks.image_size != tuple(np.shape(image)[:2]):
+        h, w = dets.masks.image_size
+        raise ValueError(
+            f"the detections' masks are {w}x{h}, the image is "
+            f"{np.shape(image)[1]}x{np.shape(image)[0]}; give the image the masks belong to"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Any] = {"masks": []}
     # mask PNGs of an earlier run with this stem would sit beside the new ones as if current
-    for old in out.glob(f"{glob_escape(stem)}_mask[0-9][0-9][0-9].png"):
-        old.unlink()
+    # (more than 1000 masks are numbered with four digits or more)
+    pattern = re.compile(re.escape(stem) + r"_mask[0-9]{3,}\.png")
+    for old in out.glob(f"{glob_escape(stem)}_mask[0-9][0-9][0-9]*.png"):
+        if pattern.fullmatch(old.name):
+            old.unlink()
     if dets.masks is not None and mask_pngs:
         for i, m in enumerate(dets.masks.to_dense()):
             written["masks"].append(str(save_png(m.astype(np.uint8) * 255, out / f"{stem}_mask{i:03d}.png")))
