@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .masks import Masks
+from .masks import Masks, segmentation_rle
 
 
 def _as_array(value: Any, dtype: Any, name: str) -> np.ndarray:
@@ -16,6 +16,24 @@ def _as_array(value: Any, dtype: Any, name: str) -> np.ndarray:
     if arr.ndim == 0:
         raise ValueError(f"{name} must be an array of N items, got a scalar")
     return arr
+
+
+def _as_vector(value: Any, dtype: Any, name: str) -> np.ndarray:
+    """(N,) ``dtype`` from (N,), (N, 1) or (1, N).
+
+    Raises:
+        ValueError: a scalar, more than one axis longer than 1 ((3, 2) was flattened into
+            6 items), or fractional / NaN integer labels (1.7 was cut to 1).
+    """
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        raise ValueError(f"{name} must be an array of N items, got a scalar")
+    if sum(s != 1 for s in arr.shape) > 1:
+        raise ValueError(f"{name} must be (N,), got shape {arr.shape}")
+    if np.issubdtype(dtype, np.integer) and arr.dtype.kind in "fc":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError(f"{name} must be whole numbers, got {arr.ravel()[:5].tolist()}")
+    return np.asarray(arr, dtype=dtype).reshape(-1)
 
 
 @dataclass
@@ -50,11 +68,11 @@ class Detections:
         self.boxes = boxes
         n = len(boxes)
         if self.scores is not None:
-            self.scores = _as_array(self.scores, np.float32, "scores").reshape(-1)
+            self.scores = _as_vector(self.scores, np.float32, "scores")
             if len(self.scores) != n:
                 raise ValueError(f"scores has {len(self.scores)} items, boxes has {n}")
         if self.labels is not None:
-            self.labels = _as_array(self.labels, np.int64, "labels").reshape(-1)
+            self.labels = _as_vector(self.labels, np.int64, "labels")
             if len(self.labels) != n:
                 raise ValueError(f"labels has {len(self.labels)} items, boxes has {n}")
         if self.masks is not None:
@@ -122,7 +140,14 @@ class Detections:
         return len(self.boxes)
 
     def __getitem__(self, index: Any) -> Detections:
-        """Select items with an int, slice, boolean (N,) mask or integer array."""
+        """Select items with an int, slice, boolean (N,) mask or integer array.
+
+        Raises:
+            IndexError: an index out of range, a boolean array of another length, a bare
+                ``True``/``False`` (it used to pick item 1 or 0), or another kind of index.
+        """
+        if isinstance(index, (bool, np.bool_)):
+            raise IndexError(f"a bare boolean is not an index of detections: {index!r}")
         if isinstance(index, (int, np.integer)):
             i = int(index)
             if not -len(self) <= i < len(self):
@@ -133,6 +158,10 @@ class Detections:
         idx = np.asarray(index)
         if idx.dtype == bool and idx.shape != (len(self),):
             raise IndexError(f"boolean index of shape {idx.shape} for {len(self)} detections")
+        if idx.size == 0 and idx.dtype != bool:
+            idx = idx.astype(np.intp)  # [] is float64 to NumPy
+        if idx.ndim != 1 or not (idx.dtype == bool or np.issubdtype(idx.dtype, np.integer)):
+            raise IndexError(f"unsupported index of detections {index!r}"[:200])
         return Detections(
             self.boxes[idx],
             None if self.scores is None else self.scores[idx],
@@ -160,11 +189,24 @@ class Detections:
         """COCO results entries: image_id, category_id, bbox (XYWH), score, and segmentation (RLE).
 
         ``image_id`` defaults to ``meta["image_id"]``; ``category_id`` to ``labels`` or 1.
+        NumPy ids are written as Python numbers (JSON-ready).
+
+        Raises:
+            ValueError: no image_id, or NaN / infinite boxes or scores (JSON has no NaN).
         """
         image_id = self.meta.get("image_id") if image_id is None else image_id
         if image_id is None:
             raise ValueError("to_coco needs image_id (argument or meta['image_id'])")
+        if isinstance(image_id, (np.generic, np.ndarray)) and np.ndim(image_id) == 0:
+            image_id = image_id.item()  # np.float32 / 0-d arrays are not JSON-serialisable
+        bad = ~np.isfinite(self.boxes).all(axis=1)
+        if self.scores is not None:
+            bad |= ~np.isfinite(self.scores)
+        if bad.any():
+            raise ValueError(f"to_coco: items {np.flatnonzero(bad)[:5].tolist()} have NaN or infinite "
+                             f"boxes or scores")
         rles = self.masks.to_coco_rles() if self.masks is not None else None
+        areas = self.masks.area if self.masks is not None else None  # once, not per item
         out = []
         for i in range(len(self)):
             x0, y0, x1, y1 = (float(v) for v in self.boxes[i])
@@ -182,14 +224,20 @@ class Detections:
             }
             if rles is not None:
                 entry["segmentation"] = rles[i]
-                entry["area"] = int(self.masks.area[i]) if self.masks is not None else 0
+                entry["area"] = int(areas[i]) if areas is not None else 0
             out.append(entry)
         return out
 
     @classmethod
     def from_coco(cls, entries: Sequence[Mapping[str, Any]], image_size: Sequence[int] | None = None,
                   **meta: Any) -> Detections:
-        """Build from COCO results/annotation entries of one image (RLE or polygon segmentation)."""
+        """Build from COCO results/annotation entries of one image (RLE or polygon segmentation).
+
+        Raises:
+            ValueError: a segmentation that is neither polygons nor an RLE of ``image_size``,
+                or compressed RLE counts that do not cover the image (pycocotools decodes a
+                truncated string into uninitialised memory).
+        """
         if not entries:
             return cls.empty(image_size, **meta)
         boxes = []
@@ -201,15 +249,7 @@ class Detections:
         masks = None
         if image_size is not None and all("segmentation" in e for e in entries):
             h, w = _check_hw(image_size)
-            rles = []
-            for e in entries:
-                seg = e["segmentation"]
-                if isinstance(seg, list):
-                    parts = Masks.from_polygons([seg], (h, w))
-                    rles.append(parts.rles[0])
-                else:
-                    rles.append(seg)
-            masks = Masks(rles, (h, w))
+            masks = Masks([segmentation_rle(e["segmentation"], (h, w)) for e in entries], (h, w))
         if image_size is not None:
             meta.setdefault("image_size", tuple(int(s) for s in image_size))
         return cls(np.asarray(boxes, np.float32), np.asarray(scores, np.float32),

@@ -6,7 +6,7 @@ IoU, indexing, concatenation, COCO export) runs on the RLE through pycocotools.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,22 +16,40 @@ RLE = dict[str, Any]
 
 
 def _check_size(image_size: Sequence[int]) -> tuple[int, int]:
-    if len(image_size) != 2:
+    """``(H, W)`` as two positive ints.
+
+    Raises:
+        ValueError: not two items, a string, fractional sizes (5.5 was cut to 5) or sizes <= 0.
+    """
+    if isinstance(image_size, (str, bytes)) or len(image_size) != 2:
         raise ValueError(f"image_size must be (H, W), got {image_size!r}")
     h, w = int(image_size[0]), int(image_size[1])
+    if h != image_size[0] or w != image_size[1]:
+        raise ValueError(f"image_size must be whole pixels, got {image_size!r}")
     if h <= 0 or w <= 0:
         raise ValueError(f"image_size must be positive, got {image_size!r}")
     return h, w
 
 
 def _normalise_rle(rle: RLE, image_size: tuple[int, int]) -> RLE:
-    """Return a compressed RLE with bytes counts; accept str counts or uncompressed lists."""
-    if "size" not in rle or "counts" not in rle:
-        raise ValueError(f"an RLE needs 'size' and 'counts', got keys {sorted(rle)}")
+    """Return a compressed RLE with bytes counts; accept str counts or uncompressed lists.
+
+    Raises:
+        ValueError: not a dict with ``size`` (H, W) and ``counts`` (bytes, str or a list of
+            runs), a size other than ``image_size``, or uncompressed runs that do not add up.
+    """
+    if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
+        got = f"keys {sorted(rle)}" if isinstance(rle, Mapping) else type(rle).__name__
+        raise ValueError(f"an RLE needs 'size' and 'counts', got {got}")
+    if len(rle["size"]) != 2:
+        raise ValueError(f"RLE size must be [H, W], got {rle['size']!r}")
     size = [int(rle["size"][0]), int(rle["size"][1])]
     if tuple(size) != image_size:
         raise ValueError(f"RLE size {size} differs from image_size {list(image_size)}")
     counts = rle["counts"]
+    if not isinstance(counts, (bytes, str, list)):
+        raise ValueError(f"RLE counts must be a string or a list of runs (or bytes), got "
+                         f"{type(counts).__name__}")
     if isinstance(counts, list):
         c = np.asarray(counts)
         if c.dtype.kind not in "iu" or (c < 0).any() or int(c.sum()) != size[0] * size[1]:
@@ -249,7 +267,13 @@ class Masks:
         """Encode dense masks.
 
         Args:
-            masks: (N, H, W) bool (or 0/1 integer) array; (H, W) is taken as N = 1.
+            masks: (N, H, W) bool (or 0/1 integer) array; (H, W) is taken as N = 1. Any
+                nonzero integer is foreground; floats must hold only 0 and 1.
+
+        Raises:
+            ValueError: another rank, an empty H or W, floats other than 0 and 1 (threshold
+                probabilities or logits first), or a dtype that is neither bool, integer nor
+                float.
         """
         arr = np.asarray(masks)
         if arr.ndim == 2:
@@ -259,6 +283,14 @@ class Masks:
         n, h, w = arr.shape
         if n == 0:
             return cls([], (h, w))
+        if arr.dtype.kind == "f":
+            if not np.all((arr == 0) | (arr == 1)):
+                raise ValueError("float masks must hold only 0 and 1 (threshold probabilities "
+                                 "or logits first)")
+        elif arr.dtype.kind not in "biu":
+            raise ValueError(f"masks must be bool or integer, got dtype {arr.dtype}")
+        if arr.dtype not in (np.bool_, np.uint8):
+            arr = arr != 0  # a cast to uint8 wraps: 256 became background
         fortran = np.asfortranarray(arr.transpose(1, 2, 0).astype(np.uint8, copy=False))
         return cls(mask_utils.encode(fortran), (h, w))
 
@@ -290,8 +322,15 @@ class Masks:
         return f"Masks(n={len(self)}, image_size={self.image_size})"
 
     def __getitem__(self, index: Any) -> Masks:
-        """Index with an int, a slice, a boolean (N,) array or an integer array; returns Masks."""
+        """Index with an int, a slice, a boolean (N,) array or an integer array; returns Masks.
+
+        Raises:
+            IndexError: an index out of range, a boolean array of another length, a bare
+                ``True``/``False`` (it used to pick mask 1 or 0), or another kind of index.
+        """
         out = Masks.empty(self.image_size)
+        if isinstance(index, (bool, np.bool_)):
+            raise IndexError(f"a bare boolean is not a mask index: {index!r}")
         if isinstance(index, (int, np.integer)):
             i = int(index)
             if not -len(self) <= i < len(self):
@@ -308,6 +347,8 @@ class Masks:
             idx = np.flatnonzero(idx)
         if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
             raise IndexError(f"unsupported mask index {index!r}")
+        if idx.size and not (-len(self) <= idx.min() and idx.max() < len(self)):
+            raise IndexError(f"mask indices {idx.min()}..{idx.max()} out of range for {len(self)} masks")
         out._rles = [self._rles[int(i)] for i in idx]
         return out
 

@@ -35,8 +35,9 @@ class Prompts:
         (4,) or (N, 4); mask_input as (h, w), (1, h, w) or (N, 1, h, w). Labels default to 1.
 
         Raises:
-            ValueError: on an empty prompt set, NaN/inf values, wrong shapes, boxes with
-                x1 < x0 or y1 < y0, or coordinates outside the image.
+            ValueError: on an empty prompt set, NaN/inf values, wrong shapes (a mask input
+                of fewer than 2 axes or an empty h or w included), boxes with x1 < x0 or
+                y1 < y0, an ``image_size`` that is not (H, W), or coordinates outside the image.
         """
         pts = lab = bxs = mi = None
         if points is not None:
@@ -66,10 +67,11 @@ class Prompts:
                 raise ValueError(f"boxes must be (4,) or (N, 4), got shape {bxs.shape}")
         if mask_input is not None:
             mi = np.asarray(mask_input, dtype=np.float32)
-            while mi.ndim < 4:
+            given = mi.shape
+            while 2 <= mi.ndim < 4:
                 mi = mi[None]
-            if mi.ndim != 4 or mi.shape[1] != 1:
-                raise ValueError(f"mask_input must be (N, 1, h, w), got shape {mi.shape}")
+            if mi.ndim != 4 or mi.shape[1] != 1 or mi.shape[2] == 0 or mi.shape[3] == 0:
+                raise ValueError(f"mask_input must be (h, w), (1, h, w) or (N, 1, h, w), got shape {given}")
         counts = {name: len(a) for name, a in (("points", pts), ("boxes", bxs), ("mask_input", mi)) if a is not None}
         if not counts or all(c == 0 for c in counts.values()):
             raise ValueError("empty prompt set: give at least one point, box or mask input")
@@ -85,6 +87,8 @@ class Prompts:
             if bad.any():
                 raise ValueError(f"boxes must be XYXY with x1 >= x0 and y1 >= y0; bad: {bxs[bad][:3].tolist()}")
         if image_size is not None:
+            if isinstance(image_size, (str, bytes)) or len(image_size) != 2:
+                raise ValueError(f"image_size must be (H, W), got {image_size!r}")
             h, w = int(image_size[0]), int(image_size[1])
             if pts is not None:
                 valid = lab >= 0 if lab is not None else np.ones(pts.shape[:2], bool)
