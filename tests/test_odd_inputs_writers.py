@@ -160,3 +160,26 @@ def test_demo_without_automatic_removes_an_earlier_runs_everything_outputs(tmp_p
     names = {p.name for p in tmp_path.iterdir()}
     assert "prompts.json" in names and "notes.txt" in names
     assert not names & {"everything.json", "everything_overlay.png"}
+
+
+def test_an_interrupted_png_write_keeps_the_earlier_file(tmp_path, monkeypatch):
+    """save_png wrote in place: an interruption left a truncated overlay or mask."""
+    from PIL import Image
+
+    from composer.io.visualize import save_png
+
+    path = save_png(np.full((4, 5), 200, np.uint8), tmp_path / "m.png")
+    real_save = Image.Image.save
+
+    def interrupted(self, fp, *args, **kwargs):
+        real_save(self, fp, *args, **kwargs)
+        with open(fp, "r+b") as f:
+            f.truncate(10)  # half-written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_png(np.zeros((4, 5), np.uint8), path)
+    monkeypatch.undo()
+    assert np.asarray(Image.open(path)).tolist() == [[200] * 5] * 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.png"]

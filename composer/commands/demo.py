@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from skimage import data
 
     from ..embedding import EmbeddingCache
-    from ..io.visualize import save_png, write_detections
+    from ..io.visualize import save_png, write_detections, write_json
     from ..segmenters.base import best_per_prompt
 
     out = Path(args.out)
@@ -64,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         summary["automatic"]["n_masks"] = len(auto)
     summary["cache"] = cache.stats()
     summary["mirror_encoder_calls"] = int(getattr(seg, "mirror_encoder_calls", 0))
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary, indent=1)
     for what, d in (("point prompt", best), ("box prompt  ", box_dets)):
         area = int(d.masks.area[0]) if d.masks is not None else 0
         print(f"{what}: {score_text(d, 0)}, area {area} px")

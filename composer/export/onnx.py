@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -304,7 +303,9 @@ def export_onnx(
         worst = max(meta["parity"].values())
         if worst > 1e-3:
             raise ValueError(f"the exported graphs differ from the model by up to {worst:.2e}")
-    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    from ..io.visualize import write_json
+
+    write_json(out / META_FILE, meta, indent=2)
     logger.info("exported %s to %s in %.1f s", seg.model_id, out, time.perf_counter() - t0)
     return OnnxExport(out, enc_path, dec_path, meta)
 

@@ -95,9 +95,17 @@ def overlay(image: np.ndarray, masks: Masks | np.ndarray | None = None, alpha: f
 
 
 def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write ``array`` as a PNG atomically: a temporary ``.part`` file renamed over ``path``
+    (an interrupted write leaves the earlier file, never a truncated one)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(p)
+    tmp = p.with_name(p.name + ".part")
+    try:
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return p
 
 
