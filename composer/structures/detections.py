@@ -36,6 +36,11 @@ def _as_vector(value: Any, dtype: Any, name: str) -> np.ndarray:
     return np.asarray(arr, dtype=dtype).reshape(-1)
 
 
+def _plain(value: Any) -> Any:
+    """A NumPy scalar as the Python value it holds (np.int64(3) and 3 name one image)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 @dataclass
 class Detections:
     """N items of one image, all coordinates in original-image pixels.
@@ -107,9 +112,21 @@ class Detections:
 
     @classmethod
     def concatenate(cls, items: Sequence[Detections]) -> Detections:
-        """Join detections of one image; per-item fields must be present in all or none."""
+        """Join detections of one image; per-item fields must be present in all or none.
+
+        Raises:
+            ValueError: a field present in some items only, extras keys that differ, or items
+                of different images (their ``image_size`` or ``meta["image_id"]`` differ; the
+                first item's would have been kept silently).
+        """
         if not items:
             return cls.empty()
+        sizes = {d.image_size for d in items} - {None}
+        ids = {_plain(d.meta["image_id"]) for d in items if d.meta.get("image_id") is not None}
+        for key, values in (("image_size", sizes), ("image_id", ids)):
+            if len(values) > 1:
+                raise ValueError(f"cannot concatenate detections of different images ({key} "
+                                 f"{', '.join(sorted(map(str, values)))})")
         def cat(name: str) -> np.ndarray | None:
             vals = [getattr(d, name) for d in items]
             if all(v is None for v in vals):

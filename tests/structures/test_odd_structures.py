@@ -128,3 +128,17 @@ def test_prompts_odd_mask_input_and_image_size():
     with pytest.raises(ValueError, match=r"image_size must be \(H, W\)"):
         Prompts.create(boxes=[0, 0, 1, 1], image_size=(10,))  # IndexError: tuple index
     assert Prompts.create(mask_input=np.zeros((8, 8))).mask_input.shape == (1, 1, 8, 8)
+
+
+def test_concatenating_detections_of_different_images_is_refused():
+    """The first item's image_size / image_id were kept silently for all."""
+    a = Detections(np.zeros((1, 4), np.float32), meta={"image_size": (10, 20), "image_id": 1})
+    b = Detections(np.zeros((2, 4), np.float32), meta={"image_size": (30, 20), "image_id": 1})
+    c = Detections(np.zeros((1, 4), np.float32), meta={"image_size": (10, 20), "image_id": np.int64(2)})
+    with pytest.raises(ValueError, match=r"different images \(image_size \(10, 20\), \(30, 20\)\)"):
+        Detections.concatenate([a, b])
+    with pytest.raises(ValueError, match=r"different images \(image_id 1, 2\)"):
+        Detections.concatenate([a, c])
+    same = Detections(np.zeros((1, 4), np.float32), meta={"image_size": (10, 20), "image_id": np.int64(1)})
+    joined = Detections.concatenate([a, same])
+    assert len(joined) == 2 and joined.meta["image_id"] == 1
