@@ -289,8 +289,10 @@ class Masks:
                                  "or logits first)")
         elif arr.dtype.kind not in "biu":
             raise ValueError(f"masks must be bool or integer, got dtype {arr.dtype}")
-        if arr.dtype not in (np.bool_, np.uint8):
-            arr = arr != 0  # a cast to uint8 wraps: 256 became background
+        if arr.dtype != np.bool_:
+            # a cast to uint8 wraps (256 became background), and pycocotools starts a new run
+            # at every change of value, so uint8 masks of 1s and 2s decoded with gaps
+            arr = arr != 0
         fortran = np.asfortranarray(arr.transpose(1, 2, 0).astype(np.uint8, copy=False))
         return cls(mask_utils.encode(fortran), (h, w))
 

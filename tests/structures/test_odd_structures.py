@@ -142,3 +142,12 @@ def test_concatenating_detections_of_different_images_is_refused():
     same = Detections(np.zeros((1, 4), np.float32), meta={"image_size": (10, 20), "image_id": np.int64(1)})
     joined = Detections.concatenate([a, same])
     assert len(joined) == 2 and joined.meta["image_id"] == 1
+
+
+def test_uint8_masks_of_several_nonzero_values_encode_every_nonzero_pixel():
+    """pycocotools' encoder starts a run at every change of byte value: [1, 2, 2, 0, 1] came
+    back as [1, 0, 0, 1, 0] (a label map, or 0/1/255 mixes, lost pixels)."""
+    m = np.array([[[1, 2, 2, 0, 1]]], np.uint8)
+    masks = Masks.from_dense(m)
+    assert masks.area.tolist() == [4]
+    assert masks.to_dense().astype(int).tolist() == [[[1, 1, 1, 0, 1]]]
