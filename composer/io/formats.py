@@ -226,7 +226,9 @@ def _mask_rle(im: ImageAnnotations, i: int, seg: Any) -> dict[str, Any]:
         raise ValueError(f"image {im.file_name!r}, mask {i}: {exc}") from None
 
 
-def _check_masks(annotations: Annotations, crowd: bool = True, fields: bool = False) -> None:
+def _check_masks(
+    annotations: Annotations, crowd: bool = True, fields: bool = False
+) -> dict[tuple[int, int], dict[str, Any]]:
     """Raise the ``ValueError`` a conversion would meet midway, before it writes anything: the
     folder conversions remove an earlier run's files as they go, so a failure halfway would
     leave neither that run's output nor a complete new one.
@@ -235,26 +237,26 @@ def _check_masks(annotations: Annotations, crowd: bool = True, fields: bool = Fa
         crowd: check crowd regions' segmentations too (YOLO labels skip them).
         fields: check the fields :func:`to_png_masks` writes to ``metadata.csv``.
 
+    Returns:
+        The checked RLEs by (image index, mask index), for the writer to use (each
+        segmentation is read and checked once).
+
     Raises:
         ValueError: a malformed segmentation or field, named by image and mask.
     """
-    for im in annotations.images:
+    rles: dict[tuple[int, int], dict[str, Any]] = {}
+    for k, im in enumerate(annotations.images):
         for i, (_, seg, src) in enumerate(im.anns):
             if not crowd and src.get("iscrowd"):
                 continue
-            _mask_rle(im, i, seg)
+            rles[k, i] = _mask_rle(im, i, seg)
             if fields:
                 try:
                     _amg_cells(src, im.source)
                     _score(src, "score")
                 except ValueError as exc:
                     raise ValueError(f"image {im.file_name!r}, mask {i}: {exc}") from None
-
-
-def _polygons(im: ImageAnnotations, i: int, seg: Any,
-              tolerance: float) -> tuple[list[list[float]], int]:
-    dense = mask_utils.decode(_mask_rle(im, i, seg))
-    return mask_polygons(dense.astype(bool), tolerance)
+    return rles
 
 
 def to_coco_polygons(annotations: Annotations, out_json: str | os.PathLike[str],
@@ -348,7 +350,7 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
     Raises:
         ValueError: a malformed segmentation (named by image and mask).
     """
-    _check_masks(annotations, crowd=False)  # before the stale labels go
+    rles = _check_masks(annotations, crowd=False)  # before the stale labels go
     out = Path(out_dir)
     labels = out / "labels"
     labels.mkdir(parents=True, exist_ok=True)
@@ -360,13 +362,15 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
     index = {key: i for i, key in enumerate(annotations.categories)}
     stats = {"images": 0, "objects": 0, "multi_part": 0, "dropped_holes": 0, "crowd": 0,
              "empty": 0, "stale_labels_removed": stale}
-    for im, name in zip(annotations.images, _safe_stems(annotations.images), strict=True):
+    for k, (im, name) in enumerate(zip(annotations.images, _safe_stems(annotations.images),
+                                       strict=True)):
         lines = []
-        for i, (cat, seg, src) in enumerate(im.anns):
+        for i, (cat, _seg, src) in enumerate(im.anns):
             if src.get("iscrowd"):  # a crowd region is no instance (as Ultralytics' converter)
                 stats["crowd"] += 1
                 continue
-            polys, n_holes = _polygons(im, i, seg, tolerance)
+            dense = mask_utils.decode(rles[k, i]).astype(bool)
+            polys, n_holes = mask_polygons(dense, tolerance)
             if not polys:
                 stats["empty"] += 1
                 continue
@@ -463,10 +467,11 @@ def to_png_masks(annotations: Annotations, out_dir: str | os.PathLike[str]) -> d
         if len(im.anns) > np.iinfo(np.uint16).max:
             raise ValueError(f"image {im.file_name!r} has {len(im.anns)} masks: labels.png "
                              "holds at most 65535")
-    _check_masks(annotations, fields=True)
+    rles = _check_masks(annotations, fields=True)
     out = Path(out_dir)
     stats = {"images": 0, "masks": 0, "crowd": 0, "empty": 0, "hidden": 0}
-    for im, name in zip(annotations.images, _safe_stems(annotations.images), strict=True):
+    for k, (im, name) in enumerate(zip(annotations.images, _safe_stems(annotations.images),
+                                       strict=True)):
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("*.png"):  # an earlier run's masks (it may have had more)
@@ -474,8 +479,8 @@ def to_png_masks(annotations: Annotations, out_dir: str | os.PathLike[str]) -> d
                 old.unlink()
         labels = np.zeros((im.height, im.width), np.uint16)
         rows = []
-        for i, (cat, seg, src) in enumerate(im.anns):
-            rle = _mask_rle(im, i, seg)
+        for i, (cat, _seg, src) in enumerate(im.anns):
+            rle = rles[k, i]
             try:
                 amg = _amg_cells(src, im.source)
                 score = _score(src, "score")
