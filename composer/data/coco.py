@@ -23,7 +23,7 @@ from pycocotools.coco import COCO
 
 from ..io.image import load_image
 from ..structures import Detections, Masks
-from ..structures.masks import segmentation_rle
+from ..structures.masks import crowd_flag, segmentation_rle
 from .paths import dataset_dir
 
 logger = logging.getLogger(__name__)
@@ -93,8 +93,11 @@ def normalise_coco_dict(data: Mapping[str, Any]) -> dict[str, Any]:
                     f"image record {im.get('id')!r} has neither file_name nor coco_url"
                 )
             im["file_name"] = str(url).rstrip("/").rsplit("/", 1)[-1]
-    for ann in out["annotations"]:
-        ann.setdefault("iscrowd", 0)
+    for i, ann in enumerate(out["annotations"]):
+        try:  # an int pycocotools can compare: the string "0" is not a crowd region
+            ann["iscrowd"] = int(crowd_flag(ann.get("iscrowd")))
+        except ValueError as exc:
+            raise ValueError(f"COCO json annotations[{i}] (id {ann['id']!r}): {exc}") from None
         if "area" not in ann and "bbox" in ann:
             ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
     return out
@@ -172,7 +175,7 @@ def annotations_to_detections(
     boxes = np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]
     extras = {
-        "iscrowd": np.asarray([bool(a.get("iscrowd", 0)) for a in anns]),
+        "iscrowd": np.asarray([crowd_flag(a.get("iscrowd")) for a in anns], bool),
         "area": np.asarray([float(a.get("area", 0.0)) for a in anns], np.float64),
         "ann_id": np.asarray([int(a.get("id", -1)) for a in anns], np.int64),
     }

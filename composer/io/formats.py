@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ..structures.masks import mask_polygons, merge_polygons, segmentation_rle
+from ..structures.masks import crowd_flag, mask_polygons, merge_polygons, segmentation_rle
 from .visualize import write_json
 
 FORMATS = ("coco-polygons", "yolo", "png-masks")
@@ -247,7 +247,11 @@ def _check_masks(
     rles: dict[tuple[int, int], dict[str, Any]] = {}
     for k, im in enumerate(annotations.images):
         for i, (_, seg, src) in enumerate(im.anns):
-            if not crowd and src.get("iscrowd"):
+            try:
+                is_crowd = crowd_flag(src.get("iscrowd"))
+            except ValueError as exc:
+                raise ValueError(f"image {im.file_name!r}, mask {i}: {exc}") from None
+            if not crowd and is_crowd:
                 continue
             rles[k, i] = _mask_rle(im, i, seg)
             if fields:
@@ -286,6 +290,10 @@ def to_coco_polygons(annotations: Annotations, out_json: str | os.PathLike[str],
         stats["images"] += 1
         for i, (cat, seg, src) in enumerate(im.anns):
             rle = _mask_rle(im, i, seg)
+            try:
+                is_crowd = crowd_flag(src.get("iscrowd"))
+            except ValueError as exc:
+                raise ValueError(f"image {im.file_name!r}, mask {i}: {exc}") from None
             polys, n_holes = mask_polygons(mask_utils.decode(rle).astype(bool), tolerance)
             ann = {k: v for k, v in src.items()
                    if k not in ("segmentation", "counts", "box_xyxy", "label")}
@@ -298,7 +306,7 @@ def to_coco_polygons(annotations: Annotations, out_json: str | os.PathLike[str],
                         isinstance(v, (int, float)) for v in pts):
                     ann["point_coords"] = [pts]
             ann.update(id=src.get("id", stats["annotations"] + 1), image_id=im.image_id,
-                       category_id=cat_ids[cat], iscrowd=int(bool(src.get("iscrowd"))))
+                       category_id=cat_ids[cat], iscrowd=int(is_crowd))
             crowd, area = bool(ann["iscrowd"]), int(mask_utils.area(rle))
             if crowd or area == 0 or (n_holes and holes == "rle"):
                 ann["segmentation"] = {"size": list(rle["size"]),
@@ -366,7 +374,7 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
                                        strict=True)):
         lines = []
         for i, (cat, _seg, src) in enumerate(im.anns):
-            if src.get("iscrowd"):  # a crowd region is no instance (as Ultralytics' converter)
+            if crowd_flag(src.get("iscrowd")):  # a crowd region is no instance (as Ultralytics' converter)
                 stats["crowd"] += 1
                 continue
             dense = mask_utils.decode(rles[k, i]).astype(bool)
@@ -492,7 +500,7 @@ def to_png_masks(annotations: Annotations, out_dir: str | os.PathLike[str]) -> d
             labels[free] = i + 1
             area = int(mask.sum())
             bbox = [str(int(v)) for v in mask_utils.toBbox(rle)]
-            crowd = src.get("iscrowd")
+            crowd = None if src.get("iscrowd") is None else crowd_flag(src["iscrowd"])
             rows.append([str(i), str(area), *bbox, *amg, annotations.categories[cat], score,
                          "" if crowd is None else str(int(bool(crowd)))])
             stats["masks"] += 1

@@ -109,6 +109,30 @@ def segmentation_rle(segmentation: Any, image_size: Sequence[int]) -> RLE:
     raise ValueError(f"unknown segmentation {str(segmentation)[:60]!r}: need RLE or polygons")
 
 
+def crowd_flag(value: Any) -> bool:
+    """A COCO annotation's ``iscrowd`` read as a bool: 0/1, ``True``/``False`` or the strings
+    ``"0"``/``"1"``/``"true"``/``"false"`` (pycocotools reads the field with ``int()``);
+    ``None`` (missing) is not crowd.
+
+    Raises:
+        ValueError: any other value (``"yes"``, 2, NaN): a truthiness test would have taken
+            the string ``"0"`` for a crowd region.
+    """
+    if value is None:
+        return False
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("0", "false"):
+            return False
+        if text in ("1", "true"):
+            return True
+    elif isinstance(value, (int, float, np.integer, np.floating)) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"iscrowd must be 0 or 1, got {value!r}"[:120])
+
+
 def _check_compressed_counts(counts: bytes, n_pixels: int) -> None:
     """Check a compressed COCO RLE string (pycocotools' ``rleFrString`` format) covers exactly
     ``n_pixels``: pycocotools decodes a short or empty string into uninitialised memory.

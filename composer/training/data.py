@@ -27,6 +27,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..structures.masks import crowd_flag
+
 logger = logging.getLogger(__name__)
 
 IGNORE_LABEL = 65535  # layer value of pixels excluded from loss and clicks (e.g. GrabCut's 128)
@@ -165,7 +167,7 @@ def coco_items(
             anns = []
             for a in ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=[image_id])):
                 ann_id = a.get("id")
-                if not a.get("iscrowd", 0) and float(a.get("area", 0)) >= min_area:
+                if not crowd_flag(a.get("iscrowd")) and float(a.get("area", 0)) >= min_area:
                     anns.append(a)
             ann_id = None
             anns = sorted(anns, key=lambda a: -float(a.get("area", 0)))[:max_instances]
