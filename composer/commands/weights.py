@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from typing import Any, TextIO
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +52,11 @@ def run_download(args: argparse.Namespace) -> int:
 
     spec = hub.get_spec(args.name)
     was_cached = hub.cached_path(spec).is_file()
-    path = hub.download(args.name, force=args.force)
+    progress = _Progress(spec.name, sys.stderr)
+    try:
+        path = hub.download(args.name, force=args.force, progress=progress)
+    finally:
+        progress.close()
     if was_cached and not args.force and spec.checksums:
         # download() returns a file already in the cache as it is: verify it, so a corrupt or
         # truncated cached file is not reported as good weights
@@ -63,6 +68,43 @@ def run_download(args: argparse.Namespace) -> int:
             ) from None
     print(f"{args.name}: {path}")
     return 0
+
+
+class _Progress:
+    """Draws download progress on ``stream``: one line redrawn in place on a terminal, else
+    (a log file, a CI job) a new line every 10% or 100 MiB, so logs stay short."""
+
+    _STEP_BYTES = 100 << 20
+
+    def __init__(self, name: str, stream: TextIO) -> None:
+        self.name, self.stream = name, stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.last: int | None = None
+        self.drawn = False
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if total:
+            step = done * 100 // total if self.tty else done * 10 // total * 10
+            text = f"{min(step, 100)}% of {_size(total)}"
+        else:
+            step = done >> 20 if self.tty else done // self._STEP_BYTES
+            text = _size(done)
+        if step == self.last:
+            return
+        self.last = step
+        line = f"downloading {self.name}: {text}"
+        self.stream.write(f"\r{line}\033[K" if self.tty else line + "\n")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.tty and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
 
 def run_import(args: argparse.Namespace) -> int:

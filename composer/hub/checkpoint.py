@@ -13,7 +13,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .download import resolve_checkpoint
+from .download import cached_path, resolve_checkpoint
+from .registry import WEIGHTS
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     """
     file = Path(path).expanduser()
     if not file.is_file():
-        raise UnreadableCheckpoint(f"checkpoint file {file} does not exist")
+        what = "is not a file" if file.exists() else "does not exist"
+        raise UnreadableCheckpoint(f"checkpoint file {file} {what}")
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except MemoryError:
@@ -71,6 +73,7 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     except Exception as err:  # torch raises many types for bad files; all mean "unreadable"
         raise UnreadableCheckpoint(
             f"could not read checkpoint {file}: {_describe_load_error(err, file)}"
+            f"{_refetch_hint(file)}"
         ) from err
     return _as_state_dict(obj, file)
 
@@ -176,6 +179,22 @@ def _describe_load_error(err: BaseException, file: Path) -> str:
     if not is_zip_start:
         return f"the file is not a torch checkpoint, or a truncated legacy one ({cause})"
     return f"the file is corrupt ({cause})"
+
+
+def _refetch_hint(file: Path) -> str:
+    """For the cache's copy of registered weights (damaged after it was verified, or written
+    by an older version): the command that fetches a good copy."""
+    try:
+        resolved = file.resolve()
+        for spec in WEIGHTS.values():
+            if spec.url is not None and cached_path(spec).resolve() == resolved:
+                return (
+                    f"; these are the cached weights {spec.name!r}: fetch them again with "
+                    f"`sam-composer weights download {spec.name} --force`"
+                )
+    except (OSError, RuntimeError):  # RuntimeError: Path.resolve on a symlink loop
+        pass
+    return ""
 
 
 def _as_state_dict(obj: Any, file: Path) -> dict[str, torch.Tensor]:

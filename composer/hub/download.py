@@ -3,8 +3,9 @@
 The cache directory is ``$SAM_COMPOSER_HOME`` (default ``~/.cache/sam-composer``); a registered
 file lives there under its spec's ``filename``. Nothing is downloaded unless asked for. A file
 only enters the cache verified: it is written to a ``<filename>.<random>.part`` file in the cache
-directory, its checksums are checked, then it is renamed into place with ``os.replace`` (atomic
-on one file system). Any failure removes the partial file.
+directory (created with the permissions the umask allows, so a shared cache stays readable),
+its checksums are checked, then it is renamed into place with ``os.replace`` (atomic on one file
+system). Any failure removes the partial file.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import http.client
 import importlib.resources
 import logging
 import os
-import tempfile
+import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .registry import WEIGHTS, WeightsSpec, get_spec
+from .registry import WEIGHTS, WeightsSpec, find_spec, get_spec
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +45,12 @@ ProgressFn = Callable[[int, "int | None"], None]
 def cache_dir() -> Path:
     """The weights cache directory: ``$SAM_COMPOSER_HOME`` or ``~/.cache/sam-composer``.
 
-    Read from the environment on every call; the directory is created only when written to.
+    Read from the environment on every call and made absolute (a relative
+    ``$SAM_COMPOSER_HOME`` is taken from the current folder), so a path handed out keeps its
+    meaning after the process changes folder. The directory is created only when written to.
     """
     home = os.environ.get("SAM_COMPOSER_HOME") or "~/.cache/sam-composer"
-    return Path(home).expanduser()
+    return Path(home).expanduser().absolute()
 
 
 def cached_path(spec: WeightsSpec | str) -> Path:
@@ -67,7 +70,7 @@ def _lookup(name: str, path: Path) -> WeightsSpec | None:
     """The spec registered as ``name``, or whose file name is ``name`` (e.g.
     "sam_vit_b_01ec64.pth" not in the working folder: the cached copy, where `weights import`
     and `download` put it)."""
-    spec = WEIGHTS.get(name)
+    spec = find_spec(name)
     if spec is None and path.name == name:
         spec = next((s for s in WEIGHTS.values() if s.filename == name), None)
     return spec
@@ -101,10 +104,12 @@ def resolve_checkpoint(
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
-    if path.exists():
-        raise ValueError(f"checkpoint {path} exists but is not a file")
     name = os.fspath(name_or_path)
+    # A folder that happens to bear a registered name (e.g. an output folder "sam_vit_b" in
+    # the working folder) does not hide the registered weights.
     spec = _lookup(name, path)
+    if spec is None and path.exists():
+        raise ValueError(f"checkpoint {path} exists but is not a file")
     if spec is not None and arch is not None and spec.arch != arch:
         raise ValueError(
             f"weights {spec.name!r} are for architecture {spec.arch!r}, not {arch!r}; "
@@ -190,13 +195,14 @@ def import_checkpoint(path: str | os.PathLike[str], name: str | None = None) -> 
         _check(spec, _file_digests(src), f"file {src}")
         return src
 
-    directory.mkdir(parents=True, exist_ok=True)
-    stem = spec.filename if spec is not None else "import"
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{stem}.", suffix=".part", dir=directory)
-    tmp = Path(tmp_name)
+    out, tmp = _open_part(directory, spec.filename if spec is not None else "import")
     try:
-        with os.fdopen(fd, "wb") as out, src.open("rb") as fin:
-            digests = _copy_hashing(fin, out, None, None)
+        with out, src.open("rb") as fin:
+            try:
+                digests = _copy_hashing(fin, out, None, None)
+            except _WriteError as err:
+                raise ValueError(_write_failed(directory, err.error)) from err.error
+            _sync(out, directory)
         if spec is None:
             spec = _spec_for_digests(digests, src)
         _check(spec, digests, f"file {src}")
@@ -258,18 +264,25 @@ def _download_spec(spec: WeightsSpec, *, force: bool, progress: ProgressFn | Non
     if spec.url is None:  # callers check; repeated for the type checker
         raise ValueError(f"weights {spec.name!r} have no download URL")
     target = cache_dir() / spec.filename
-    target.parent.mkdir(parents=True, exist_ok=True)
     # A unique .part name: concurrent downloads of the same file never write into each other.
-    fd, tmp_name = tempfile.mkstemp(prefix=f"{spec.filename}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
+    out, tmp = _open_part(target.parent, spec.filename)
     logger.info("downloading weights %s from %s", spec.name, spec.url)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with out:
             try:
                 with urllib.request.urlopen(spec.url, timeout=_TIMEOUT_S) as response:
                     length = response.headers.get("Content-Length")
                     total = int(length) if length and length.isdigit() else None
                     digests = _copy_hashing(response, out, progress, total)
+            except _WriteError as err:
+                # a full disk is not a network problem: say where the space is missing
+                raise ValueError(_write_failed(target.parent, err.error)) from err.error
+            except urllib.error.HTTPError as err:
+                raise ValueError(
+                    f"could not download weights {spec.name!r} from {spec.url}: the server "
+                    f"answered HTTP {err.code} ({err.reason}). Download the file another way "
+                    f"and run `sam-composer weights import PATH --name {spec.name}`."
+                ) from err
             except (OSError, http.client.HTTPException) as err:
                 # URLError, HTTPError, timeouts and resets are all OSErrors.
                 reason = getattr(err, "reason", None) or err
@@ -282,8 +295,7 @@ def _download_spec(spec: WeightsSpec, *, force: bool, progress: ProgressFn | Non
                 raise ValueError(
                     f"incomplete download of {spec.url}: got {out.tell()} of {total} bytes"
                 )
-            out.flush()
-            os.fsync(out.fileno())
+            _sync(out, target.parent)
         _check(spec, digests, f"download of {spec.url}")
         os.replace(tmp, target)
     except BaseException:
@@ -293,17 +305,85 @@ def _download_spec(spec: WeightsSpec, *, force: bool, progress: ProgressFn | Non
     return target
 
 
+class _WriteError(Exception):
+    """Writing the local copy failed (e.g. a full disk), as opposed to reading the source."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _cache_hint(directory: Path) -> str:
+    if os.environ.get("SAM_COMPOSER_HOME") and directory == cache_dir():
+        return " (the folder $SAM_COMPOSER_HOME names)"
+    return ""
+
+
+def _write_failed(directory: Path, err: OSError) -> str:
+    return (
+        f"could not write to the weights cache {directory}{_cache_hint(directory)}: "
+        f"{err.strerror or err}; free some space there or set SAM_COMPOSER_HOME to another "
+        "folder"
+    )
+
+
+def _sync(out: BinaryIO, directory: Path) -> None:
+    """Flush ``out`` to disk before it is renamed into place: a crash must not leave a
+    truncated file under the name of verified weights."""
+    try:
+        out.flush()
+        os.fsync(out.fileno())
+    except OSError as err:
+        raise ValueError(_write_failed(directory, err)) from err
+
+
+def _open_part(directory: Path, stem: str) -> tuple[BinaryIO, Path]:
+    """Create ``directory`` if needed and a new ``<stem>.<random>.part`` file in it.
+
+    The file is created with mode 0o666 less the umask, as a plain ``open`` would (a
+    ``tempfile.mkstemp`` file is 0o600, and weights renamed from it would be unreadable to the
+    other users of a shared cache).
+
+    Raises:
+        ValueError: the folder cannot be created or written (it is a file, read-only, ...).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        while True:
+            tmp = directory / f"{stem}.{secrets.token_hex(6)}.part"
+            try:
+                fd = os.open(tmp, flags, 0o666)
+            except FileExistsError:
+                if not directory.is_dir():
+                    raise
+                continue  # another download drew the same name: draw again
+            return os.fdopen(fd, "wb"), tmp
+    except OSError as err:
+        raise ValueError(
+            f"cannot use {directory} as the weights cache{_cache_hint(directory)}: {err}; "
+            "set SAM_COMPOSER_HOME to a writable folder"
+        ) from err
+
+
 def _copy_hashing(
     src: BinaryIO | Any, dst: BinaryIO | None, progress: ProgressFn | None, total: int | None
 ) -> dict[str, str]:
-    """Stream ``src`` into ``dst`` (if given) and return its hex sha256 and md5."""
+    """Stream ``src`` into ``dst`` (if given) and return its hex sha256 and md5.
+
+    Raises:
+        _WriteError: writing ``dst`` failed (errors reading ``src`` propagate as they are).
+    """
     sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
     done = 0
     while chunk := src.read(_CHUNK):
         sha256.update(chunk)
         md5.update(chunk)
         if dst is not None:
-            dst.write(chunk)
+            try:
+                dst.write(chunk)
+            except OSError as err:
+                raise _WriteError(err) from err
         done += len(chunk)
         if progress is not None:
             progress(done, total)

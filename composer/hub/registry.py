@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["WEIGHTS", "WeightsSpec", "get_spec", "register"]
+__all__ = ["WEIGHTS", "WeightsSpec", "find_spec", "get_spec", "register"]
 
 _HEX = re.compile(r"[0-9a-f]+")
 _MIN_PREFIX = 6
@@ -109,7 +109,9 @@ def register(spec: WeightsSpec, *, replace: bool = False) -> WeightsSpec:
 
     Raises:
         TypeError: ``spec`` is not a WeightsSpec.
-        ValueError: another spec already has this name and ``replace`` is False.
+        ValueError: another spec already has this name and ``replace`` is False; or a spec of
+            another name already has this ``filename`` (both would share one cache file, so
+            one name would silently load the other's weights).
     """
     if not isinstance(spec, WeightsSpec):
         raise TypeError(f"spec must be a WeightsSpec, got {type(spec).__name__}")
@@ -119,17 +121,44 @@ def register(spec: WeightsSpec, *, replace: bool = False) -> WeightsSpec:
             f"weights {spec.name!r} are already registered ({old.filename}); "
             "pass replace=True to replace them"
         )
+    clash = next(
+        (s for s in WEIGHTS.values() if s.filename == spec.filename and s.name != spec.name), None
+    )
+    if clash is not None:
+        raise ValueError(
+            f"weights {spec.name!r} cannot use the file name {spec.filename!r}: weights "
+            f"{clash.name!r} are cached under it; give each weights their own file name"
+        )
     WEIGHTS[spec.name] = spec
     return spec
 
 
+def find_spec(name: str) -> WeightsSpec | None:
+    """The registered spec called ``name``, or None.
+
+    An exact name wins; otherwise the name is compared ignoring case, surrounding white space
+    and ``-`` versus ``_`` (so "SAM-ViT-B" finds "sam_vit_b"), provided that matches only one
+    registered name.
+    """
+    spec = WEIGHTS.get(name)
+    if spec is not None or not isinstance(name, str):
+        return spec
+    key = _normalise(name)
+    found = [s for n, s in WEIGHTS.items() if _normalise(n) == key]
+    return found[0] if len(found) == 1 else None
+
+
+def _normalise(name: str) -> str:
+    return name.strip().casefold().replace("-", "_")
+
+
 def get_spec(name: str) -> WeightsSpec:
-    """The registered spec called ``name``.
+    """The registered spec called ``name`` (compared as in :func:`find_spec`).
 
     Raises:
         ValueError: no weights of that name; the message lists the registered names.
     """
-    spec = WEIGHTS.get(name)
+    spec = find_spec(name)
     if spec is None:
         raise ValueError(
             f"unknown weights {name!r}; registered weights: {', '.join(sorted(WEIGHTS))}"
