@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _bench_args import check_at_least, check_json  # noqa: E402
 
 
 def _status_kb(field: str) -> int:
@@ -243,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--masks-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    check_at_least(parser, [("--points-per-side", args.points_per_side, 1)])
+    if not args.worker:  # refused here, not as a worker's traceback
+        check_json(parser, args.json)
+        if args.image is not None and not Path(args.image).is_file():
+            parser.error(f"--image {args.image} is not a file")
     if args.image is None:
         sys.path.insert(0, str(REPO))
         from composer.data.paths import dataset_dir

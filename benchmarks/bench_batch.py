@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-def main() -> None:
+from _bench_args import check_at_least, check_json  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="composer_tiny")
     ap.add_argument("--images", type=int, default=12)
@@ -34,7 +39,10 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    check_at_least(ap, [("--images", args.images, 1), ("--points-per-side", args.points_per_side, 1),
+                        ("--cores", args.cores, 1)])
+    check_json(ap, args.json)
 
     import torch
 

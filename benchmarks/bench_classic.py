@@ -21,6 +21,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _bench_args import check_at_least  # noqa: E402
 
 from composer.data.interactive import Berkeley  # noqa: E402
 from composer.segmenters import ClassicConfig, ClassicSegmenter  # noqa: E402
@@ -44,12 +47,14 @@ def measure(iters: int, images: list[np.ndarray], clicks: int) -> dict[str, floa
     return {k: v / len(images) for k, v in out.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, nargs="+", default=[1, 2], help="GrabCut iterations")
     ap.add_argument("--clicks", type=int, default=5, help="prompts per image")
     ap.add_argument("--step", type=int, default=10, help="use every N-th Berkeley mask")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    check_at_least(ap, [("--clicks", args.clicks, 1), ("--step", args.step, 1),
+                        ("--iters", min(args.iters), 1)])
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     ds = Berkeley()

@@ -24,21 +24,28 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-def main() -> int:
+from _bench_args import check_at_least, check_json  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--images", type=int, default=10, help="first N images of the dataset")
     parser.add_argument("--dataset", choices=("grabcut", "berkeley"), default="grabcut")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_at_least(parser, [("--threads", args.threads, 1), ("--images", args.images, 1)])
+    check_json(parser, args.json)
     torch.set_num_threads(args.threads)
     from composer import load_segmenter
     from composer.data.interactive import Berkeley, GrabCut
@@ -46,7 +53,7 @@ def main() -> int:
 
     seg = load_segmenter("composer_tiny", device=args.device)
     data = GrabCut() if args.dataset == "grabcut" else Berkeley()
-    items = [data[i] for i in range(args.images)]
+    items = [data[i] for i in range(min(args.images, len(data)))]
     images = [it.load_image() for it in items]
     for _ in range(2):  # warm-up (CUDA: context, kernels, allocator)
         seg.predict(seg.embed(images[0]), points=np.array([[[5.0, 5.0]]]), labels=np.ones((1, 1)))

@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from _bench_args import check_at_least  # noqa: E402
+
 
 def _best(fn: Any, repeats: int = 2) -> float:
     times = []
@@ -89,7 +91,7 @@ def tiny_amg(n_images: int) -> None:
 
     seg = composer.load_segmenter("composer_tiny")
     dataset = BSDS500("test")
-    images = [dataset[i].image for i in range(n_images)]
+    images = [dataset[i].image for i in range(min(n_images, len(dataset)))]
     cache = EmbeddingCache()
     for image in images:
         cache.get(image, seg)  # embeddings out of the timing
@@ -108,12 +110,14 @@ def tiny_amg(n_images: int) -> None:
     assert counts[True] == counts[False], "the gate changed the masks"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    # --images 0 used to fail with a ZeroDivisionError after part 1
+    check_at_least(parser, [("--threads", args.threads, 1), ("--images", args.images, 1)])
     torch.set_num_threads(args.threads)
     with torch.inference_mode():
         vit_b_decoder(args.seed)

@@ -33,8 +33,11 @@ from pathlib import Path
 import numpy as np
 
 _REPO = Path(__file__).resolve().parents[1]
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
+for _path in (_REPO, _REPO / "benchmarks"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from _bench_args import check_at_least, check_json  # noqa: E402
 
 from composer.data.bsds import (  # noqa: E402
     BSDS500,
@@ -85,12 +88,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--maps", default="ucm2", help="ucm2, png, sobel, canny or felzenszwalb")
+    ap.add_argument("--maps", default="ucm2", choices=("ucm2", "png", "sobel", "canny", "felzenszwalb"))
     ap.add_argument("--images", type=int, default=3)
     ap.add_argument("--thresholds", type=int, default=99)
     ap.add_argument("--csa-in-ours", action="store_true", help="also time our pipeline with CSA")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    # --images 0 used to end in np.stack of nothing, after importing pyEdgeEval
+    check_at_least(ap, [("--images", args.images, 1), ("--thresholds", args.thresholds, 1)])
+    check_json(ap, args.json)
 
     with contextlib.redirect_stdout(io.StringIO()):  # pyEdgeEval prints on import
         from pyEdgeEval.common.binary_label.evaluate_boundaries import (

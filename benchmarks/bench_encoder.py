@@ -20,12 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _bench_args import check_at_least, check_json  # noqa: E402
+
+ENCODERS = ("composer_tiny", "vit_t", "vit_b")
 
 
 def _image() -> torch.Tensor:
@@ -58,15 +64,18 @@ def _time(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> list[float]:
     return times
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
-        "--skip", action="append", default=[], help="encoder to leave out (repeatable)"
+        "--skip", action="append", default=[], choices=ENCODERS,
+        help="encoder to leave out (repeatable)",
     )
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_at_least(parser, [("--threads", args.threads, 1), ("--repeats", args.repeats, 1)])
+    check_json(parser, args.json)
     torch.set_num_threads(args.threads)
     from composer.sam.build import build_sam
     from composer.sam.composer_tiny import build_composer_tiny

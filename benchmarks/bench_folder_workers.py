@@ -27,6 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _bench_args import check_at_least, check_json  # noqa: E402
+
 
 def _digest(out: Path) -> str:
     """Hash of every per-image result file (not the timings), in name order."""
@@ -39,7 +43,7 @@ def _digest(out: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", choices=["instances", "text"], default="instances")
     ap.add_argument("--prompt", default="person", help="text prompt for --task text")
@@ -47,7 +51,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the rows here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    check_at_least(ap, [("--images", args.images, 1), ("--cores", args.cores, 1)])
+    check_json(ap, args.json)
 
     from composer.data.paths import dataset_dir
 

@@ -32,8 +32,12 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from _bench_args import check_at_least, check_json  # noqa: E402
 from bench_encoder import _input  # noqa: E402  (resize + preprocess, as the CPU benchmark)
+
+ARCHS = ("vit_b", "vit_l", "vit_h", "vit_t")
 
 
 def _image(device: torch.device) -> torch.Tensor:
@@ -114,12 +118,14 @@ def _measure(model: Any, image: torch.Tensor, args: argparse.Namespace) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archs", nargs="+", default=["vit_b", "vit_h", "vit_t"])
+    parser.add_argument("--archs", nargs="+", default=["vit_b", "vit_h", "vit_t"], choices=ARCHS)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--prompts", type=int, default=64, help="point prompts per decoder call")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    check_at_least(parser, [("--repeats", args.repeats, 1), ("--prompts", args.prompts, 1)])
+    check_json(parser, args.json)
     if not torch.cuda.is_available():
         parser.error("no CUDA device: this benchmark measures the GPU path")
     torch.backends.cuda.matmul.allow_tf32 = False

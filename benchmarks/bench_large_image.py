@@ -25,11 +25,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _bench_args import check_at_least, check_json  # noqa: E402
 
 
 def _upscale(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -70,20 +75,28 @@ def _amg(seg, data, args) -> dict[str, dict[str, float]]:  # noqa: ANN001
         out[name] = {"median_s": med, "masks": float(np.mean(counts[name])), "speedup": base / med}
         print(f"{name:>20}: {med:7.1f} s per image (x{base / med:4.1f}), "
               f"{np.mean(counts[name]):.1f} masks per image")
-    print(f"scaled masks' best IoU with a full-resolution mask: mean {np.mean(best):.3f}, "
-          f"min {np.min(best):.3f}")
-    out["amg max_side 1024"]["mean_best_iou"] = float(np.mean(best))
+    if best:  # none when either run kept no mask: np.min of nothing ended the run here
+        print(f"scaled masks' best IoU with a full-resolution mask: mean {np.mean(best):.3f}, "
+              f"min {np.min(best):.3f}")
+    else:
+        print("scaled masks' best IoU with a full-resolution mask: - (no masks to compare)")
+    out["amg max_side 1024"]["mean_best_iou"] = float(np.mean(best)) if best else None
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=int, default=4, help="upscaling factor of the images")
     parser.add_argument("--images", type=int, default=10, help="first N GrabCut images")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--amg-images", type=int, default=0, help="also time AMG on N images")
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_at_least(parser, [("--scale", args.scale, 1), ("--threads", args.threads, 1),
+                            ("--images", args.images, 0), ("--amg-images", args.amg_images, 0)])
+    if args.images == 0 and args.amg_images == 0:
+        parser.error("nothing to time: --images and --amg-images are both 0")
+    check_json(parser, args.json)
     torch.set_num_threads(args.threads)
     import cv2
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,8 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-def main() -> None:
+from _bench_args import check_at_least, check_json  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="composer_tiny")
     ap.add_argument("--checkpoint", default=None)
@@ -44,7 +49,10 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--amg-side", type=int, default=32, help="AMG points per side (0: skip)")
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    check_at_least(ap, [("--threads", args.threads, 1), ("--images", args.images, 1),
+                        ("--prompts", args.prompts, 1), ("--amg-side", args.amg_side, 0)])
+    check_json(ap, args.json)
     torch.set_num_threads(args.threads)
 
     from composer.data.paths import dataset_dir

@@ -50,6 +50,7 @@ import logging
 import re
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +58,10 @@ from typing import Any
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _bench_args import check_at_least, check_json  # noqa: E402
 
 ENC_TIMED = ("fp32", "int8", "int8-partial")
 
@@ -158,7 +163,7 @@ def region_clicks(images: list[Any]) -> list[tuple[int, np.ndarray]]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="composer_tiny")
     ap.add_argument("--checkpoint", default=None)
@@ -174,7 +179,11 @@ def main() -> None:
                     help="full 8-bit weights (saturates in VPMADDUBSW on AVX2 without VNNI)")
     ap.add_argument("--save", default=None, help="copy the variant folders into this folder")
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    check_at_least(ap, [("--threads", args.threads, 1), ("--calibration", args.calibration, 1),
+                        ("--images", args.images, 1), ("--repeats", args.repeats, 1),
+                        ("--grabcut", args.grabcut, 0)])
+    check_json(ap, args.json)
     torch.set_num_threads(args.threads)
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser's per-tensor warnings
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,19 +23,26 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from scipy import ndimage as ndi
 
-from composer.data.paths import data_root
-from composer.io.formats import convert
-from composer.structures.masks import mask_polygons, segmentation_rle
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _bench_args import check_at_least  # noqa: E402
+
+from composer.data.paths import data_root  # noqa: E402
+from composer.io.formats import convert  # noqa: E402
+from composer.structures.masks import mask_polygons, segmentation_rle  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--annotations", default=None,
                     help="COCO json (default: the COCO subset's instances_val2017.json)")
     ap.add_argument("--tolerances", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    check_at_least(ap, [("--tolerances", min(args.tolerances), 0)])
     src = Path(args.annotations or data_root() / "coco_val2017_tiny80" / "annotations"
                / "instances_val2017.json")
+    if not src.is_file():
+        ap.error(f"no annotation file at {src}")
     data = json.loads(src.read_text())
     size = {im["id"]: (im["height"], im["width"]) for im in data["images"]}
     masks = []

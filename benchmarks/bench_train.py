@@ -31,6 +31,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _bench_args import check_at_least, check_json  # noqa: E402
+
+WARMUP_STEPS = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    # the first WARMUP_STEPS are not timed: fewer steps used to train, then fail on no timings
+    check_at_least(parser, [("--steps", args.steps, WARMUP_STEPS + 1), ("--images", args.images, 1),
+                            ("--threads", args.threads, 1)])
+    check_json(parser, args.json)
     torch.set_num_threads(args.threads)
     from composer.sam.composer_tiny import build_composer_tiny
     from composer.segmenters import resolve_device
@@ -68,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             trainer = Trainer(model, config, samples)
             hist = trainer.fit()
-            secs = [h["seconds"] for h in hist[3:]]
+            secs = [h["seconds"] for h in hist[WARMUP_STEPS:]]
             med = statistics.median(secs)
             rows.append({"device": str(device), "amp": bool(trainer.amp),
                          "median_s_per_step": med, "steps_per_hour": 3600 / med,

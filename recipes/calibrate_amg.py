@@ -33,8 +33,11 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "recipes"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from _cli import check_at_least, one_line_errors  # noqa: E402
 
 from composer.automatic import AmgConfig, AutomaticMaskGenerator, _nms  # noqa: E402
 from composer.data.bsds import BSDS500  # noqa: E402
@@ -119,6 +122,7 @@ def score_pairs(items: list[dict[str, Any]], nms_thresh: float = 0.7) -> list[di
     return rows
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     from pycocotools import mask as mask_utils
 
@@ -137,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--json", default=None, help="write every row here")
     args = parser.parse_args(argv)
+    check_at_least(parser, [("--limit", args.limit, 1), ("--points-per-side", args.points_per_side, 1)])
 
     segmenter = composer.load_segmenter(args.model, checkpoint=args.checkpoint)
     dataset = BSDS500(args.split)

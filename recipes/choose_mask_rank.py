@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli import check_out_dir, one_line_errors  # noqa: E402
 from first_click_slots import SETS, TUNING, dataset, first_click_masks, per_set_arrays  # noqa: E402
 
 from composer.evaluation.points import mask_iou  # noqa: E402
@@ -76,7 +77,8 @@ def choose_weight(data: dict[str, np.ndarray], sets: list[str], variant: int,
     return best_w, best
 
 
-def main() -> None:
+@one_line_errors
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", nargs="+", default=list(TUNING), choices=SETS)
     parser.add_argument("--model", default="composer_tiny")
@@ -87,9 +89,10 @@ def main() -> None:
                         help="strip widths in pixels at a 512-px image side")
     parser.add_argument("--fresh", action="store_true", help="recompute sets saved in --out")
     parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not set(TUNING) <= set(args.sets):
         parser.error(f"--sets must include the tuning sets {TUNING}")
+    check_out_dir(parser, args.out)
     ranks = [ContrastRank(band=band, bins=bins) for band in args.bands for bins in args.bins]
     segs: list[Any] = []
 

@@ -37,6 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli import check_at_least, check_out_dir, one_line_errors  # noqa: E402
 from train_default import holdout_ids  # noqa: E402
 
 from composer.commands.common import parse_mask_rank, parse_mask_refine  # noqa: E402
@@ -85,7 +86,8 @@ def coco_tune() -> Any:
     return CocoDataset(ds.coco, ds.image_dir, image_ids=coco_subset_split("holdout")[20:40])
 
 
-def main() -> None:
+@one_line_errors
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", choices=("bsds_heldout", "coco_tune"), default="bsds_heldout")
     parser.add_argument("--settings", default="off;8,2;16,1;16,2;16,4;24,2",
@@ -100,10 +102,15 @@ def main() -> None:
                         help="off (default: predicted IoU alone), auto (shipped) or a weight")
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument("--out", required=True, help="folder for one report per setting and summary.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_at_least(parser, [("--clicks", args.clicks, 1), ("--limit", args.limit, 1)])
+    check_out_dir(parser, args.out)
 
     settings = [s.strip() for s in args.settings.split(";") if s.strip()]
+    if not settings:
+        parser.error(f"--settings names no setting: {args.settings!r}")
     refiners = {s: parse_mask_refine(s) for s in settings}  # refuse bad values before any work
+    rank = parse_mask_rank(args.mask_rank)
     if any(r == "auto" for r in refiners.values()):
         raise SystemExit("--settings takes off or BAND[,ITERS], not auto")
     ttas = [t.strip() for t in args.tta.split(",") if t.strip()]
@@ -111,7 +118,6 @@ def main() -> None:
         raise SystemExit(f"--tta takes auto, off or flip (','-separated), got {args.tta!r}")
     dataset = bsds_heldout() if args.set == "bsds_heldout" else coco_tune()
     seg = load_segmenter(args.model, checkpoint=args.checkpoint)
-    rank = parse_mask_rank(args.mask_rank)
     if rank != "auto":
         seg.mask_rank = rank
     out = Path(args.out)

@@ -31,6 +31,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _cli import check_out_dir, one_line_errors  # noqa: E402
 
 from composer.data.coco import coco_subset  # noqa: E402
 from composer.evaluation.coco_ap import CocoEvaluator  # noqa: E402
@@ -75,15 +78,28 @@ class MemoDetector:
 
 def parse_setting(text: str) -> dict[str, Any] | None:
     """"off" -> None; "SIZE,OVERLAP,MERGE,METRIC,THRESHOLD[,dropcut]" -> SlicedDetector kwargs
-    (without "dropcut" the boxes of a tile that touch its inner borders are kept)."""
+    (without "dropcut" the boxes of a tile that touch its inner borders are kept).
+
+    Raises:
+        ValueError: a malformed setting or values ``SlicedDetector`` refuses, naming ``text``.
+    """
     if text.strip() == "off":
         return None
     fields = [t.strip() for t in text.split(",")]
+    if len(fields) not in (5, 6) or fields[5:] not in ([], ["dropcut"]):
+        raise ValueError(f"setting {text!r}: expected off or "
+                         "SIZE,OVERLAP,MERGE,METRIC,THRESHOLD[,dropcut]")
     size, overlap, merge, metric, thr = fields[:5]
-    return {"slice_size": int(size), "overlap": float(overlap), "merge": merge,
-            "metric": metric, "threshold": float(thr), "drop_cut": "dropcut" in fields[5:]}
+    try:
+        kw = {"slice_size": int(size), "overlap": float(overlap), "merge": merge,
+              "metric": metric, "threshold": float(thr), "drop_cut": len(fields) == 6}
+        SlicedDetector.check(kw["slice_size"], kw["overlap"], metric, kw["threshold"], merge)
+    except ValueError as e:
+        raise ValueError(f"setting {text!r}: {e}") from None
+    return kw
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--half", choices=("train", "holdout", "all"), default="train")
@@ -93,13 +109,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="detector score floor (AP: low; default 0.05)")
     p.add_argument("--out", default=None, help="folder for summary.json and table.txt")
     args = p.parse_args(argv)
+    check_out_dir(p, args.out)
+    # every setting checked before any detector runs: a typo in the last one would otherwise
+    # end the run after the others, with nothing written
+    settings = [(text.strip(), parse_setting(text)) for text in args.settings.split(";")
+                if text.strip()]
+    if not settings:
+        p.error(f"--settings names no setting: {args.settings!r}")
     ids = (coco_subset().image_ids if args.half == "all" else coco_subset_split(args.half))
     dataset = coco_subset(image_ids=ids)
     memo = MemoDetector(load_detector("ssd", score_threshold=args.score_threshold))
     images = {i: dataset.item(i).load_image() for i in ids}
     rows: list[dict[str, Any]] = []
-    for text in args.settings.split(";"):
-        kw = parse_setting(text)
+    for text, kw in settings:
         det: Any = memo if kw is None else SlicedDetector(memo, **kw)
         ev = CocoEvaluator(dataset.coco, iou_types=("bbox",))
         t0 = time.perf_counter()
@@ -109,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             n_boxes += len(d)
             ev.process(i, d)
         m = ev.evaluate()
-        rows.append({"setting": text.strip(), "boxes_per_image": n_boxes / len(ids),
+        rows.append({"setting": text, "boxes_per_image": n_boxes / len(ids),
                      "seconds": time.perf_counter() - t0,
                      **{k.split("/")[1]: v for k, v in m.items()}})
         r = rows[-1]

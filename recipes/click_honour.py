@@ -15,13 +15,19 @@ Command (numbers in recipes/README.md, training section)::
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from composer.evaluation.points import next_click
-from composer.interactive import ClickSession
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _cli import check_at_least, one_line_errors  # noqa: E402
+
+from composer.evaluation.points import next_click  # noqa: E402
+from composer.interactive import ClickSession  # noqa: E402
 
 
 def honoured_clicks(segmenter: Any, items: Iterable[Any], max_clicks: int = 20) -> dict[str, Any]:
@@ -47,7 +53,8 @@ def honoured_clicks(segmenter: Any, items: Iterable[Any], max_clicks: int = 20) 
     return {"positive": tuple(counts[1]), "negative": tuple(counts[0])}
 
 
-def main() -> None:
+@one_line_errors
+def main(argv: list[str] | None = None) -> None:
     import torch
 
     import composer
@@ -58,7 +65,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--dataset", choices=("grabcut", "berkeley"), default="grabcut")
     parser.add_argument("--clicks", type=int, default=20)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_at_least(parser, [("--clicks", args.clicks, 1)])
     torch.set_num_threads(1)
     seg = composer.load_segmenter(args.model, checkpoint=args.checkpoint)
     # the decoder's own masks: GrabCut refinement fixes the click pixels, flip TTA averages the

@@ -37,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli import check_out_dir, one_line_errors  # noqa: E402
 from train_default import CACHE_LOW_RES, CACHE_NAME, evaluate  # noqa: E402
 
 from composer.automatic import AmgConfig  # noqa: E402
@@ -145,7 +146,8 @@ def finetune(args, samples, tag: str) -> torch.nn.Module:
     return model.eval()
 
 
-def main() -> None:
+@one_line_errors
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -171,7 +173,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500, help="fine-tuning steps per run")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     # Numbers the fine-tuning would refuse (or train NaN with) only after the automatic stage.
     for flag, value in (("--steps", args.steps), ("--points-per-side", args.points_per_side),
                         ("--threads", args.threads), ("--limit", args.limit)):
@@ -181,6 +183,7 @@ def main() -> None:
         parser.error(f"--lr must be a positive number, got {args.lr}")
     if args.images is not None and not args.images.is_dir():
         parser.error(f"--images {args.images} is not a folder")
+    check_out_dir(parser, args.work_dir, "--work-dir")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     if not Path(args.weights).is_file():

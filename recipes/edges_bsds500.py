@@ -9,9 +9,9 @@ with ``--nms-sweep`` and report test with the chosen value.
 Commands::
 
     # choose the mask-NMS threshold on val (prints one row per value)
-    python recipes/edges_bsds500.py --model sam_vit_h --split val --nms-sweep 0.5,0.6,0.7,0.8,0.9
+    python recipes/edges_bsds500.py --model vit_h --split val --nms-sweep 0.5,0.6,0.7,0.8,0.9
     # the table row (200 test images)
-    python recipes/edges_bsds500.py --model sam_vit_h --split test --nms 0.7 --out runs/edges_test
+    python recipes/edges_bsds500.py --model vit_h --split test --nms 0.7 --out runs/edges_test
     # quick smoke run with the default model
     python recipes/edges_bsds500.py --split val --limit 5
 """
@@ -25,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "recipes"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from _cli import check_at_least, check_out_dir, one_line_errors  # noqa: E402
 
 from composer.data.bsds import BSDS500  # noqa: E402
 from composer.embedding import EmbeddingCache  # noqa: E402
@@ -102,6 +105,7 @@ def print_table(
         print(f"{name:<34} " + " ".join(f"{_fmt(v):>5}" for v in vals))
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="SAM Table 3: zero-shot edges on BSDS500")
     parser.add_argument(
@@ -133,16 +137,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points-per-side", type=int, default=16)
     parser.add_argument("--workers", type=int, default=None, help="BSDS evaluator processes")
     args = parser.parse_args(argv)
+    check_at_least(parser, [("--limit", args.limit, 1), ("--points-per-side", args.points_per_side, 1),
+                            ("--workers", args.workers, 1)])
+    check_out_dir(parser, args.out)
+    try:  # bad values refused before the model loads
+        values = [float(v) for v in args.nms_sweep.split(",")] if args.nms_sweep else [args.nms]
+    except ValueError:
+        parser.error(f"--nms-sweep takes comma-separated numbers, got {args.nms_sweep!r}")
+    try:
+        refines = [parse_refine(v) for v in (args.refine_sweep or args.refine).split(";")]
+    except ValueError as e:
+        parser.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     import composer
 
     segmenter = composer.load_segmenter(args.model, checkpoint=args.checkpoint)
-    values = [float(v) for v in args.nms_sweep.split(",")] if args.nms_sweep else [args.nms]
-    try:
-        refines = [parse_refine(v) for v in (args.refine_sweep or args.refine).split(";")]
-    except ValueError as e:
-        parser.error(str(e))
     rows = list(PAPER_ROWS)
     cache = EmbeddingCache()  # shared by the sweep's settings: one encoder pass per image
     for nms in values:

@@ -34,8 +34,11 @@ from typing import Any
 import numpy as np
 
 _REPO = Path(__file__).resolve().parents[1]
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
+for _path in (_REPO, _REPO / "recipes"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from _cli import check_at_least, check_out_dir, one_line_errors  # noqa: E402
 
 from composer.data.bsds import BSDS500, load_ground_truth  # noqa: E402
 from composer.evaluation.edges_bsds import (  # noqa: E402
@@ -132,6 +135,7 @@ def _fmt(x: float | None) -> str:
     return "  -  " if x is None or not np.isfinite(x) else f"{x:.3f}"
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -154,6 +158,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tune", action="store_true", help="evaluate the GRID (not allowed on test)")
     ap.add_argument("--root", default=None, help="BSDS500 folder (default: dataset_dir)")
     args = ap.parse_args(argv)
+    # --limit 0 used to run the whole split and a negative one to drop its last images
+    check_at_least(ap, [("--limit", args.limit, 1), ("--workers", args.workers, 1),
+                        ("--thresholds", args.thresholds, 1)])
+    check_out_dir(ap, args.out)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     methods = list(METHODS) if args.method == "all" else [args.method.lower()]
@@ -166,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("--tune selects settings: run it on val (or train), never on test")
 
     ds = BSDS500(args.split, root=args.root)
-    samples = list(ds)[: args.limit] if args.limit else list(ds)
+    samples = list(ds) if args.limit is None else list(ds)[: args.limit]
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "command": " ".join(

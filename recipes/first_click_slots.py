@@ -39,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli import check_out_dir, one_line_errors  # noqa: E402
 from choose_mask_refine import bsds_heldout, coco_tune  # noqa: E402
 
 from composer.commands.common import parse_mask_rank, parse_mask_refine  # noqa: E402
@@ -157,7 +158,8 @@ def calibrated(a: np.ndarray, coef: np.ndarray) -> np.ndarray:
     return coef[:, 0] + a[:, :3] * coef[:, 1]
 
 
-def main() -> None:
+@one_line_errors
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     parser.add_argument("--model", default="composer_tiny")
@@ -170,18 +172,19 @@ def main() -> None:
                         help="fit per-slot IoU calibration on the tuning sets (needs them in --sets)")
     parser.add_argument("--fresh", action="store_true", help="recompute sets saved in --out")
     parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.calibrate and not set(TUNING) <= set(args.sets):
         parser.error(f"--calibrate needs the tuning sets {TUNING} in --sets")
+    check_out_dir(parser, args.out)
+    refine = parse_mask_refine(args.mask_refine)  # bad values refused before any work
+    rank = parse_mask_rank(args.mask_rank)
     segs: list[Any] = []
 
     def compute(name: str) -> np.ndarray:
         if not segs:  # loaded once, and only when a set is not saved yet
             seg = load_segmenter(args.model, checkpoint=args.checkpoint, device=args.device)
-            refine = parse_mask_refine(args.mask_refine)
             if refine != "auto":
                 seg.mask_refine = refine
-            rank = parse_mask_rank(args.mask_rank)
             if rank != "auto":
                 seg.mask_rank = rank
             if args.tta != "auto":

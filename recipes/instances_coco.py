@@ -58,8 +58,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "recipes"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from _cli import check_at_least, check_out_dir, one_line_errors  # noqa: E402
 
 from composer.data.coco import CocoDataset, coco_subset  # noqa: E402
 from composer.embedding import EmbeddingCache  # noqa: E402
@@ -211,6 +214,7 @@ def parse_zoom(text: str) -> float | str:
     return parse_zoom_small(text)
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="SAM Table 5: mask AP from detector boxes")
     p.add_argument("--model", default=None, help="composer.load_segmenter name (default model)")
@@ -249,11 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="folder for reports and results jsons")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    check_at_least(p, [("--limit", args.limit, 1), ("--threads", args.threads, 1),
+                       ("--slice", args.slice, 1)])
+    check_out_dir(p, args.out)
+    zoom_small = parse_zoom(args.zoom_small)  # bad values refused before any model loads
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if args.threads:
+    if args.threads is not None:
         import cv2
         import torch
 
@@ -279,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else None
     result = evaluate(
         segmenter, dataset, detector, args.boxes, args.score_threshold, args.limit, out,
-        zoom_small=parse_zoom(args.zoom_small),
+        zoom_small=zoom_small,
     )
     table = format_table(result)
     print(table)

@@ -12,11 +12,17 @@ targets here means no click sequence can reach them; above, the model is what li
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-from composer.data.interactive import Berkeley, GrabCut
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _cli import one_line_errors  # noqa: E402
+
+from composer.data.interactive import Berkeley, GrabCut  # noqa: E402
 
 
 def ceiling(gt: np.ndarray, ignore: np.ndarray | None, low_res: int, img_size: int = 512) -> float:
@@ -32,10 +38,11 @@ def ceiling(gt: np.ndarray, ignore: np.ndarray | None, low_res: int, img_size: i
     return float(((back & gt) & valid).sum() / max(union, 1))
 
 
-def main() -> None:
+@one_line_errors
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--low-res", type=int, nargs="+", default=[64, 128])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for name, ds in (("GrabCut", GrabCut()), ("Berkeley", Berkeley())):
         items = list(ds)
         for low in args.low_res:

@@ -11,9 +11,9 @@ truth, so its numbers are not comparable with the paper's.
 Commands::
 
     # LVIS v1 val, the paper's setting
-    python recipes/proposals_coco.py --model sam_vit_h --ann lvis_v1_val.json --images val2017 --out runs/prop_lvis
+    python recipes/proposals_coco.py --model vit_h --ann lvis_v1_val.json --images val2017 --out runs/prop_lvis
     # the shared COCO subset (80 images)
-    python recipes/proposals_coco.py --model sam_vit_b --out runs/prop_coco80
+    python recipes/proposals_coco.py --model vit_b --out runs/prop_coco80
     # quick smoke run with the default model and a smaller grid
     python recipes/proposals_coco.py --limit 3 --points-per-side 16
 """
@@ -21,14 +21,18 @@ Commands::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "recipes"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from _cli import check_at_least, check_out_dir, one_line_errors  # noqa: E402
 
 from composer.data.coco import CocoDataset, coco_subset  # noqa: E402
 from composer.embedding import EmbeddingCache  # noqa: E402
@@ -76,6 +80,7 @@ def _fmt(v: float | None) -> str:
     return "  -  " if v is None or v < 0 else f"{v:5.1f}"
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="SAM Table 4: mask proposals AR@1000")
     parser.add_argument(
@@ -93,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", default=None, help="image folder for --ann")
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument("--out", default=None, help="folder for report.json and proposals.json")
-    parser.add_argument("--points-per-side", type=int, default=64)
+    parser.add_argument(
+        "--points-per-side", type=int, default=None,
+        help="grid points per side (default: 64, or 128 with --single-output)",
+    )
     parser.add_argument(
         "--single-output", action="store_true", help="the paper's single-output ablation"
     )
@@ -103,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("COCO/LVIS test ground truth is not public; use --split val")
     if (args.ann is None) != (args.images is None):
         parser.error("--ann and --images go together")
+    check_at_least(parser, [("--limit", args.limit, 1), ("--points-per-side", args.points_per_side, 1)])
+    check_out_dir(parser, args.out)
 
     dataset = coco_subset() if args.ann is None else CocoDataset(args.ann, args.images)
     cfg = ProposalConfig.single_output() if args.single_output else ProposalConfig()
-    if args.points_per_side != cfg.points_per_side and not args.single_output:
-        cfg = ProposalConfig(points_per_side=args.points_per_side)
+    if args.points_per_side is not None:  # given explicitly: also with --single-output
+        cfg = dataclasses.replace(cfg, points_per_side=args.points_per_side)
     import composer
 
     segmenter = composer.load_segmenter(args.model, checkpoint=args.checkpoint)

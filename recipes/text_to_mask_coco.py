@@ -41,9 +41,11 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "recipes"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
+from _cli import check_at_least, check_out_dir, one_line_errors  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 from composer.data.coco import CocoDataset, coco_subset  # noqa: E402
@@ -157,6 +159,7 @@ def score(
     return out
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="text-to-mask on COCO: every present category by name")
     p.add_argument("--model", default=None, help="composer.load_segmenter name (default model)")
@@ -181,11 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="folder for summary.json and per-query records")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    check_at_least(p, [("--limit", args.limit, 1), ("--threads", args.threads, 1),
+                       ("--max-masks", args.max_masks, 1)])
+    # the outputs are written after the last query: a file in the way must not cost the run
+    check_out_dir(p, args.out)
+    if args.strategy == "clip" and not args.clip_weights:
+        p.error("--strategy clip needs --clip-weights FILE")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if args.threads:
+    if args.threads is not None:
         import cv2
         import torch
 
@@ -206,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             strategy="detector",
             score_threshold=args.score_threshold,
             refine=args.refine,
-            max_masks=args.max_masks or 100,
+            max_masks=100 if args.max_masks is None else args.max_masks,
         )
         task = TextToMaskTask(seg, cfg, detector=detector)
         print(
@@ -216,13 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from composer.models.clip import ClipModel
 
-        if not args.clip_weights:
-            raise SystemExit("--strategy clip needs --clip-weights FILE")
         clip = ClipModel.load(args.clip_arch, args.clip_weights)
         print(f"clip: {clip.model_id}")
         task = TextToMaskTask(
             seg,
-            TextConfig(strategy="clip", refine=args.refine, max_masks=args.max_masks or 5),
+            TextConfig(strategy="clip", refine=args.refine,
+                       max_masks=5 if args.max_masks is None else args.max_masks),
             clip=clip,
         )
     cache = EmbeddingCache()

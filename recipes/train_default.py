@@ -105,19 +105,24 @@ import dataclasses
 import json
 import logging
 import math
+import sys
 import time
 import zlib
 from pathlib import Path
 
 import torch
 
-from composer.sam.composer_tiny import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _cli import check_out_dir, one_line_errors  # noqa: E402
+
+from composer.sam.composer_tiny import (  # noqa: E402
     PACKAGED_WEIGHTS,
     ComposerTinyConfig,
     build_composer_tiny,
     export_fp16,
 )
-from composer.training.data import (
+from composer.training.data import (  # noqa: E402
     COCO_HOLDOUT,
     Variant,
     bsds_items,
@@ -128,10 +133,10 @@ from composer.training.data import (
     paste_composites,
     synthetic_shapes,
 )
-from composer.training.evaluate import evaluate_samples
-from composer.training.features import FeatureCache
-from composer.training.losses import LossWeights
-from composer.training.trainer import TrainConfig, Trainer
+from composer.training.evaluate import evaluate_samples  # noqa: E402
+from composer.training.features import FeatureCache  # noqa: E402
+from composer.training.losses import LossWeights  # noqa: E402
+from composer.training.trainer import TrainConfig, Trainer  # noqa: E402
 
 # Settings of the three stages of the shipped model (explicit flags override them).
 STAGE_DEFAULTS: dict[str, dict[str, object]] = {
@@ -445,7 +450,8 @@ def evaluate(model: torch.nn.Module, out_json: Path, max_clicks: int = 5) -> dic
     return results
 
 
-def main() -> None:
+@one_line_errors
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -611,9 +617,9 @@ def main() -> None:
         "(stage 2 from --init: 3 corrective rounds, smaller masks, no warm-ups); flags given "
         "explicitly override the preset",
     )
-    stage, _ = parser.parse_known_args()
+    stage, _ = parser.parse_known_args(argv)
     parser.set_defaults(**STAGE_DEFAULTS[stage.stage])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.stage != "scratch" and args.init is None:
         parser.error(f"--stage {args.stage} needs --init WEIGHTS (the previous stage's output)")
     if args.paste and not args.coco_train:
@@ -644,6 +650,7 @@ def main() -> None:
                         ("--shape-prob", args.shape_prob)):
         if not 0.0 <= value <= 1.0:
             parser.error(f"{flag} must be in [0, 1], got {value}")
+    check_out_dir(parser, args.work_dir, "--work-dir")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -1,0 +1,32 @@
+"""Argument checks shared by the benchmarks: refuse a bad value before any model loads or any
+timing runs, with ``parser.error`` (one line, exit status 2), not a traceback at the end."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def check_at_least(
+    parser: argparse.ArgumentParser, checks: Iterable[tuple[str, float | None, float]]
+) -> None:
+    """``parser.error`` for the first ``(flag, value, least)`` whose value (unless None) is below
+    ``least``."""
+    for flag, value, least in checks:
+        if value is not None and value < least:
+            parser.error(f"{flag} must be >= {least:g}, got {value}")
+
+
+def check_json(parser: argparse.ArgumentParser, path: str | Path | None) -> None:
+    """``--json`` is written after the benchmark: refuse a folder there and create missing
+    parent folders now, so the numbers are not lost at the end."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        parser.error(f"--json {path} is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parser.error(f"--json {path}: cannot create its folder ({e})")

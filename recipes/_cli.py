@@ -1,0 +1,55 @@
+"""Shared command-line behaviour of the recipes: bad input ends a run with one line, not a traceback.
+
+The library raises ``ValueError`` naming the offending value (an unknown model name, a missing
+dataset or checkpoint, a bad setting). A recipe's ``main`` decorated with :func:`one_line_errors`
+prints that message as ``error: ...`` on stderr and exits with status 2, as ``argparse`` does for
+a bad flag. Set ``SAM_COMPOSER_TRACEBACK=1`` to see the traceback as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(main: F) -> F:
+    """Wrap a recipe's ``main``: a ``ValueError`` becomes ``error: MESSAGE`` and exit status 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except ValueError as e:
+            if os.environ.get("SAM_COMPOSER_TRACEBACK"):
+                traceback.print_exc()
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def check_at_least(
+    parser: argparse.ArgumentParser, checks: Iterable[tuple[str, float | None, float]]
+) -> None:
+    """``parser.error`` for the first ``(flag, value, least)`` whose value (unless None) is below
+    ``least``: refused before any model is loaded, not after the work it would spoil."""
+    for flag, value, least in checks:
+        if value is not None and value < least:
+            parser.error(f"{flag} must be >= {least:g}, got {value}")
+
+
+def check_out_dir(
+    parser: argparse.ArgumentParser, out: str | Path | None, flag: str = "--out"
+) -> None:
+    """``parser.error`` when ``out`` exists and is not a folder (the results would be lost when
+    written there at the end of the run)."""
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        parser.error(f"{flag} {out} exists and is not a folder")
