@@ -142,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write every row here")
     args = parser.parse_args(argv)
     check_at_least(parser, [("--limit", args.limit, 1), ("--points-per-side", args.points_per_side, 1)])
+    if args.json:  # written at the end: a folder there, or a missing parent, would lose the rows
+        if Path(args.json).is_dir():
+            parser.error(f"--json {args.json} is a folder")
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
 
     segmenter = composer.load_segmenter(args.model, checkpoint=args.checkpoint)
     dataset = BSDS500(args.split)

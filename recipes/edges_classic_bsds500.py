@@ -188,35 +188,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     rows = []
     pool = multiprocessing.get_context("spawn").Pool(args.workers) if args.workers > 1 else None
-    for m in methods:
-        configs = GRID[m] if args.tune else [_parse_set(args.set, m)]
-        for overrides in configs:
-            task = make_classic_task(m, **overrides)
-            logger.info("%s %s on %d %s images", m, task.config, len(samples), args.split)
-            ev, timing = run_method(m, overrides, samples, args.thresholds, pool)
-            metrics = ev.evaluate()
-            entry = {
-                "config": dataclasses.asdict(task.config),
-                "metrics": metrics,
-                "paper": PAPER.get(m, {}),
-                "timing": timing,
-            }
-            if args.tune:
-                report["methods"].setdefault(m, []).append(entry)
-            else:
-                report["methods"][m] = entry
-                ev.tables().write_txt(args.out / m)
-            rows.append((m, task.config, metrics, timing))
-            logger.info(
-                "%s: %s (%.0fs)",
-                m,
-                {k: round(metrics[k], 4) for k in ("ODS", "OIS", "AP", "R50")},
-                timing["wall_s"],
-            )
-
-    if pool is not None:
-        pool.close()
-        pool.join()
+    try:
+        for m in methods:
+            configs = GRID[m] if args.tune else [_parse_set(args.set, m)]
+            for overrides in configs:
+                task = make_classic_task(m, **overrides)
+                logger.info("%s %s on %d %s images", m, task.config, len(samples), args.split)
+                ev, timing = run_method(m, overrides, samples, args.thresholds, pool)
+                metrics = ev.evaluate()
+                entry = {
+                    "config": dataclasses.asdict(task.config),
+                    "metrics": metrics,
+                    "paper": PAPER.get(m, {}),
+                    "timing": timing,
+                }
+                if args.tune:
+                    report["methods"].setdefault(m, []).append(entry)
+                else:
+                    report["methods"][m] = entry
+                    ev.tables().write_txt(args.out / m)
+                rows.append((m, task.config, metrics, timing))
+                logger.info(
+                    "%s: %s (%.0fs)",
+                    m,
+                    {k: round(metrics[k], 4) for k in ("ODS", "OIS", "AP", "R50")},
+                    timing["wall_s"],
+                )
+    finally:  # every result is in by now; on an error or Ctrl-C the workers must not linger
+        if pool is not None:
+            pool.terminate()
+            pool.join()
     header = f"{'method':<13} {'ODS':>6} {'OIS':>6} {'AP':>6} {'R50':>6} | {'paper ODS/OIS/AP':<18} {'wall s':>7}"
     lines = [header, "-" * len(header)]
     for m, cfg, met, tim in rows:
