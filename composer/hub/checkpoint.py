@@ -22,6 +22,8 @@ __all__ = ["CheckpointLoad", "load_checkpoint", "load_state_dict_file"]
 
 _KEYS_SHOWN = 10
 _WRAPPER_KEYS = ("model", "state_dict")
+#: prefixes that wrappers put on every key of a state dict
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 class CheckpointLoad(NamedTuple):
@@ -49,7 +51,8 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     The file is read with ``torch.load(map_location="cpu", weights_only=True)``, so it can hold
     tensors and plain containers but no arbitrary Python objects. A state dict wrapped as
     ``{"model": sd}`` or ``{"state_dict": sd}`` (training checkpoints) is unwrapped, and a
-    ``module.`` prefix on every key (saved from ``DataParallel``) is removed.
+    ``module.`` prefix on every key (saved from ``DataParallel``) or an ``_orig_mod.`` one
+    (saved from a ``torch.compile``-d model) is removed.
 
     Args:
         path: the checkpoint file.
@@ -214,8 +217,15 @@ def _as_state_dict(obj: Any, file: Path) -> dict[str, torch.Tensor]:
             f"name -> tensor, e.g. {', '.join(bad[:_KEYS_SHOWN])}"
         )
     state = dict(obj)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
+    # DataParallel / DistributedDataParallel wrap as "module.", torch.compile as "_orig_mod.";
+    # a model compiled and then wrapped (or the reverse) carries both, in either order
+    for _ in range(len(_WRAPPER_PREFIXES)):
+        prefix = next(
+            (p for p in _WRAPPER_PREFIXES if state and all(k.startswith(p) for k in state)), None
+        )
+        if prefix is None:
+            break
+        state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 

@@ -5,7 +5,8 @@ file lives there under its spec's ``filename``. Nothing is downloaded unless ask
 only enters the cache verified: it is written to a ``<filename>.<random>.part`` file in the cache
 directory (created with the permissions the umask allows, so a shared cache stays readable),
 its checksums are checked, then it is renamed into place with ``os.replace`` (atomic on one file
-system). Any failure removes the partial file.
+system). Any failure removes the partial file; one left by a process that was killed outright
+is removed by the next download or import of the same file once it is an hour old.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import importlib.resources
 import logging
 import os
 import secrets
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -337,6 +339,34 @@ def _sync(out: BinaryIO, directory: Path) -> None:
         raise ValueError(_write_failed(directory, err)) from err
 
 
+#: a ``.part`` file not written to for this long belongs to a download or import that died
+#: (killed, power cut): the next one of the same file removes it (they can be gigabytes)
+STALE_PART_S = 3600.0
+
+
+def _remove_stale_parts(directory: Path, stem: str) -> None:
+    """Remove ``<stem>.<random>.part`` files in ``directory`` left by a process that died
+    before its ``finally`` ran. A live download writes its file every few seconds, so only
+    files untouched for :data:`STALE_PART_S` go; failures to remove are ignored."""
+    now = time.time()
+    try:
+        parts = list(directory.glob(f"{_glob_escape(stem)}.*.part"))
+    except OSError:
+        return
+    for part in parts:
+        try:
+            if now - part.stat().st_mtime > STALE_PART_S:
+                part.unlink()
+                logger.info("removed %s, left by an interrupted download", part)
+        except OSError:
+            continue
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` with the glob pattern characters ``*?[`` taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
 def _open_part(directory: Path, stem: str) -> tuple[BinaryIO, Path]:
     """Create ``directory`` if needed and a new ``<stem>.<random>.part`` file in it.
 
@@ -350,6 +380,7 @@ def _open_part(directory: Path, stem: str) -> tuple[BinaryIO, Path]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        _remove_stale_parts(directory, stem)
         while True:
             tmp = directory / f"{stem}.{secrets.token_hex(6)}.part"
             try:
