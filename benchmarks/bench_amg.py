@@ -274,8 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         files = {impl: os.path.join(tmp, f"{impl}.json") for impl in ("official", "ours")}
         for impl in ("official", "ours"):
             if args.only in (None, impl):
-                results[impl] = _run_worker(impl, args, files[impl])
-        if args.only is None:
+                try:
+                    results[impl] = _run_worker(impl, args, files[impl])
+                except RuntimeError as e:  # keep the other side's minutes of timing
+                    results[f"{impl}_error"] = str(e)
+                    print(e, file=sys.stderr)
+        if "official" in results and "ours" in results:
             results["match"] = _match(files["official"], files["ours"])
     header = f"{'generator':<10} {'total s':>9} {'encoder s':>10} {'decoder s':>10} {'other s':>9} {'peak RSS MB':>12} {'py heap MB':>11} {'masks':>6}"
     settings = "no IoU/stability filters" if args.no_filters else "official defaults"
@@ -308,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"masks: {results['match']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
-    return 0
+    return 1 if any(k.endswith("_error") for k in results) else 0
 
 
 if __name__ == "__main__":

@@ -65,3 +65,28 @@ def test_edges_classic_pool_ends_when_a_method_fails(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="a worker died"):
         mod.main(["--method", "canny", "--workers", "2", "--out", str(tmp_path / "o")])
     assert calls == [("start", 2), "terminate", "join"]
+
+
+def test_bench_amg_keeps_the_official_timing_when_ours_fails(tmp_path, monkeypatch, capsys):
+    import json
+
+    from _modules import REPO, load_file
+
+    mod = load_file(REPO / "benchmarks" / "bench_amg.py")
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"not read: the workers are replaced")
+    timing = {"seconds": 60.0, "encoder_s": 50.0, "decoder_s": 5.0, "other_s": 5.0,
+              "peak_rss_mb": 900.0, "python_heap_peak_mb": 10.0, "n_masks": 42}
+
+    def run_worker(impl, args, out):
+        if impl == "ours":
+            raise RuntimeError("ours worker failed:\nboom")
+        return dict(timing)
+
+    monkeypatch.setattr(mod, "_run_worker", run_worker)
+    out = tmp_path / "r.json"
+    assert mod.main(["--image", str(image), "--json", str(out)]) == 1
+    data = json.loads(out.read_text())
+    assert data["official"] == timing
+    assert "boom" in data["ours_error"] and "ours" not in data and "match" not in data
+    assert "ours worker failed" in capsys.readouterr().err
