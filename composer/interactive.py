@@ -85,20 +85,23 @@ def zoom_box(
     pts = np.asarray(points, np.float64).reshape(-1, 2)
     if len(pts) == 0:
         raise ValueError("zoom_box needs at least one point")
-    x0, y0 = pts.min(0)
-    x1, y1 = pts.max(0) + 1
+    # The tight box in whole pixels: a click at x = 10.7 lies in pixel 10, so [10, 11) holds it
+    # (with float bounds, rounding could leave a sub-pixel click just outside the crop).
+    x0, y0 = (int(v) for v in np.floor(pts.min(0)))
+    x1, y1 = (int(v) + 1 for v in np.floor(pts.max(0)))
     if mask is not None and mask.any():
         ys = np.flatnonzero(mask.any(1))
         xs = np.flatnonzero(mask.any(0))
-        x0, x1 = min(x0, xs[0]), max(x1, xs[-1] + 1)
-        y0, y1 = min(y0, ys[0]), max(y1, ys[-1] + 1)
+        x0, x1 = min(x0, int(xs[0])), max(x1, int(xs[-1]) + 1)
+        y0, y1 = min(y0, int(ys[0])), max(y1, int(ys[-1]) + 1)
     out = []
     for lo, hi, side in ((x0, x1, w), (y0, y1, h)):
-        length = min(max((hi - lo) * expansion, min_crop), side)
-        centre = (lo + hi) / 2
-        a = int(round(centre - length / 2))
-        a = min(max(a, 0), side - int(round(length)))
-        out.append((a, a + int(round(length))))
+        length = min(max((hi - lo) * expansion, hi - lo, min_crop), side)
+        n = int(round(length))
+        a = int(round((lo + hi) / 2 - length / 2))
+        a = min(max(a, hi - n), lo)  # the tight box stays inside after rounding
+        a = min(max(a, 0), side - n)
+        out.append((a, a + n))
     return np.array([out[0][0], out[1][0], out[0][1], out[1][1]], np.int64)
 
 
@@ -183,6 +186,20 @@ class ClickSession:
     ) -> None:
         if image is None and (embedding is None or zoom_in is not None):
             raise ValueError("ClickSession needs the image (to embed it, or crops of it for zoom-in)")
+        if embedding is not None:
+            # checked here, not at the first click: a segmenter that does not check would
+            # decode another model's features silently
+            model_id = getattr(segmenter, "model_id", None)
+            if model_id is not None and embedding.model_id != model_id:
+                raise ValueError(
+                    f"embedding was made by model {embedding.model_id!r}, not by the session's "
+                    f"segmenter {model_id!r}"
+                )
+            if embedding.crop_box is not None:
+                raise ValueError(
+                    f"embedding is of the crop {tuple(embedding.crop_box)}; a ClickSession needs "
+                    "the whole image's embedding"
+                )
         self.segmenter = segmenter
         # The pixels are only needed to embed the image or crops of it (no per-object copy else).
         need_image = embedding is None or zoom_in is not None
@@ -232,8 +249,12 @@ class ClickSession:
             inside = _inside(pts[keep], current).all()
             if inside and box_iou(box, current) >= z.recompute_iou:
                 return self.frame
-        assert self.image is not None
         x0, y0, x1, y1 = (int(v) for v in box)
+        if (x0, y0, x1, y1) == (0, 0, self.image_size[1], self.image_size[0]):
+            # the crop is the whole image (one smaller than min_crop, or a large object): its
+            # embedding is the one already held, so no encoder run is spent on it again
+            return self.full
+        assert self.image is not None
         emb = self.segmenter.embed(np.ascontiguousarray(self.image[y0:y1, x0:x1]))
         self.encoder_calls += 1
         return dataclasses.replace(emb, crop_box=(x0, y0, x1, y1))
@@ -273,7 +294,7 @@ class ClickSession:
             # a click that fails (or is interrupted) leaves the session as it was
             self.points.pop()
             self.labels.pop()
-            self.frame = before[0]
+            self.frame, self.prev_logits, self.prediction = before
             raise
         self._history.append(before)
         return out

@@ -76,8 +76,11 @@ def _from_pil(img: Image.Image) -> np.ndarray:
         return _from_array(arr.astype(np.uint16))
     if img.mode == "F":
         return _from_array(np.asarray(img, dtype=np.float32))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # composite on white so transparent areas do not turn into arbitrary colours
+    if img.mode in ("RGBA", "LA", "PA") or (
+        img.mode in ("P", "L", "RGB") and "transparency" in img.info
+    ):
+        # composite on white so transparent areas do not turn into arbitrary colours (a PNG's
+        # tRNS chunk makes one grey level or RGB colour transparent, as it does a palette index)
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(bg, rgba)
@@ -90,7 +93,8 @@ def load_image(image: ImageLike) -> np.ndarray:
     Args:
         image: a path, an (H, W[, C]) array (uint8, uint16, bool or float in [0, 1]), or a
             PIL image. Grayscale, gray+alpha, RGBA, palette, 16-bit and EXIF-rotated inputs
-            are converted; alpha is composited on white.
+            are converted; a file's or PIL image's alpha (and PNG tRNS transparency) is
+            composited on white, while an array's alpha channel is dropped.
 
     Returns:
         (H, W, 3) uint8 RGB array, upright per the EXIF orientation.
@@ -110,19 +114,25 @@ def load_image(image: ImageLike) -> np.ndarray:
         path = Path(image)
         if path.is_dir():
             raise ValueError(f"{path} is a folder, not an image file")
-        if not path.is_file():
+        if not path.exists():
             raise ValueError(f"image file not found: {path}")
+        if not path.is_file():  # a FIFO or device would block or never end
+            raise ValueError(f"{path} is not a regular file")
         if path.stat().st_size == 0:
             raise ValueError(f"image file is empty: {path}")
         try:
-            with Image.open(path) as img:
+            # Opened from a file object, not the path: Pillow memory-maps uncompressed files it
+            # opens by name, and on that path scrambles TIFFs whose orientation tag is 5..8.
+            with open(path, "rb") as fh, Image.open(fh) as img:
                 img.load()
                 return _from_pil(img)
         except Image.DecompressionBombError as exc:
             raise ValueError(
                 f"cannot read image {path}: {exc} (raise PIL.Image.MAX_IMAGE_PIXELS to allow it)"
             ) from exc
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+            # Pillow reports some corrupt headers as ValueError or EOFError (a bad PPM size
+            # field, a short PNG IHDR chunk); our own checks (NaN in a float TIFF) say which file
             raise ValueError(f"cannot read image {path}: {exc}") from exc
     try:
         import torch
