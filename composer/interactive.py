@@ -160,6 +160,15 @@ def reframe_logits(
     return out[0, 0].numpy()
 
 
+def top_index(scores: np.ndarray) -> int:
+    """Index of the highest score; a NaN score (a diverged head) never wins over a number, and
+    an all-NaN (or empty) set gives 0. ``np.argmax`` takes the first NaN as the maximum."""
+    s = np.asarray(scores, np.float64).reshape(-1)
+    if s.size == 0:
+        return 0
+    return int(np.argmax(np.where(np.isnan(s), -np.inf, s)))
+
+
 class ClickSession:
     """One object's click session on one image: all clicks so far, the previous mask prompt,
     and (with ``zoom_in``) the crop it is predicted in.
@@ -366,7 +375,7 @@ class ClickSession:
             masks = np.zeros((len(local), h, w), bool)
             fh, fw = frame.original_size
             masks[:, oy : oy + fh, ox : ox + fw] = local
-        top = int(np.argmax(scores))
+        top = top_index(scores)
         self.prediction = masks[top]
         low = dets.extras.get("low_res_logits") if len(dets) else None
         self.prev_logits = None if low is None else np.asarray(low[top], np.float32)

@@ -193,3 +193,41 @@ def test_a_click_failing_after_decoding_leaves_prediction_and_mask_prompt_as_the
         s.click((10, 10), 0)
     assert s.prediction is not None and s.prediction.sum() == 40 * 40
     assert s.prev_logits is not None and s.points[-1].tolist() == [80, 60]
+
+
+# ---------------------------------------------------------------- float arrays (review pass)
+def test_float_overshoot_of_unit_range_is_not_read_as_0_255():
+    from composer.io.image import load_image
+
+    arr = np.full((4, 5, 3), 0.5, np.float32)
+    arr[0, 0] = 1.08  # a bicubic resize of [0, 1] data overshoots
+    out = load_image(arr)
+    assert out[1, 1, 0] == 128 and out[0, 0, 0] == 255
+
+
+def test_normalised_tensor_is_refused():
+    from composer.io.image import load_image
+
+    rng = np.random.default_rng(0)
+    arr = ((rng.random((8, 8, 3)) - 0.45) / 0.225).astype(np.float32)  # ImageNet-style
+    with pytest.raises(ValueError, match="normalised"):
+        load_image(arr)
+
+
+def test_float_0_255_with_undershoot_still_reads():
+    from composer.io.image import load_image
+
+    arr = np.full((4, 5, 3), 200.0, np.float32)
+    arr[0, 0] = -3.0
+    out = load_image(arr)
+    assert out[0, 0, 0] == 0 and out[1, 1, 0] == 200
+
+
+def test_top_index_never_picks_a_nan_score():
+    from composer.interactive import top_index
+
+    assert top_index(np.array([np.nan, 0.2, 0.7], np.float32)) == 2
+    assert top_index(np.array([0.9, np.nan, 0.7])) == 0
+    assert top_index(np.array([np.nan, np.nan])) == 0
+    assert top_index(np.array([], np.float32)) == 0
+    assert top_index(np.array([0.1, 0.5, 0.5])) == 1  # ties: the first, as np.argmax

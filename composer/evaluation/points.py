@@ -43,7 +43,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..embedding import ImageEmbedding
-from ..interactive import ClickSession, ZoomIn
+from ..interactive import ClickSession, ZoomIn, top_index
 from ..segmenters.base import Segmenter
 from .base import threshold_name
 
@@ -237,7 +237,7 @@ def simulate_clicks(
             raise ValueError(
                 f"segmenter returned masks of size {dense.shape[1:]} for an image of size {gt.shape}"
             )
-        top = int(np.argmax(conf))
+        top = top_index(conf)
         all_ious = [mask_iou(m, gt, ign) for m in dense]
         ious.append(all_ious[top])
         oracle.append(max(all_ious))

@@ -27,9 +27,19 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating):
         if not np.all(np.isfinite(arr)):
             raise ValueError("image contains NaN or infinite values")
+        lo = float(arr.min()) if arr.size else 0.0
         hi = float(arr.max()) if arr.size else 0.0
-        # floats in [0, 1] are the usual convention; anything larger is taken as 0..255
-        scale = 255.0 if hi <= 1.0 else 1.0
+        if lo < -0.5 and hi < 8.0:
+            # mean/std-normalised data (ImageNet's: about -2.1..2.6) is not an image's pixels:
+            # read as 0..255 it came out black
+            raise ValueError(
+                f"float image has values from {lo:.3g} to {hi:.3g}: give pixels in [0, 1] or "
+                "[0, 255], not a normalised tensor"
+            )
+        # Floats in [0, 1] are the usual convention, up to a resampling overshoot (a bicubic
+        # resize of [0, 1] data reaches ~1.1; read as 0..255 it came out black); larger data
+        # is taken as 0..255. Values outside the range are clipped.
+        scale = 255.0 if hi <= 1.5 else 1.0
         return np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
     if np.issubdtype(arr.dtype, np.integer):
         hi = int(arr.max()) if arr.size else 0
@@ -91,8 +101,9 @@ def load_image(image: ImageLike) -> np.ndarray:
     """Read an image as RGB.
 
     Args:
-        image: a path, an (H, W[, C]) array (uint8, uint16, bool or float in [0, 1]), or a
-            PIL image. Grayscale, gray+alpha, RGBA, palette, 16-bit and EXIF-rotated inputs
+        image: a path, an (H, W[, C]) array (uint8, uint16, bool, or float: [0, 1] when its
+            maximum is at most 1.5, a resampling overshoot clipped, else [0, 255]; a
+            mean/std-normalised tensor is refused), or a PIL image. Grayscale, gray+alpha, RGBA, palette, 16-bit and EXIF-rotated inputs
             are converted; a file's or PIL image's alpha (and PNG tRNS transparency) is
             composited on white, while an array's alpha channel is dropped.
 
