@@ -3,7 +3,8 @@
 Works with any model that has SAM's structure (``image_encoder``, ``prompt_encoder``,
 ``mask_decoder``, ``preprocess``): the official checkpoints, MobileSAM, and the project's own
 trained default. The familiar ``set_image()`` / ``predict(point_coords=...)`` pair of the
-official ``SamPredictor`` is kept for existing code.
+official ``SamPredictor`` is kept for existing code, with its batched companions
+``predict_torch``, ``set_torch_image``, ``transform`` and ``features``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,59 @@ def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
     if (h, w) == image.shape[:2]:
         return image
     return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+
+
+class ResizeLongestSide:
+    """Original-image pixels -> model input frame (the image resized so its longest side is
+    ``target_length``), with the interface of the official transform of this name, for code
+    that prepares ``SamPredictor.predict_torch`` / ``set_torch_image`` inputs itself.
+
+    Args:
+        target_length: the longest side of the input frame (the model's ``img_size``).
+    """
+
+    def __init__(self, target_length: int) -> None:
+        self.target_length = int(target_length)
+
+    @staticmethod
+    def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
+        """(h, w) of an (oldh, oldw) image in the input frame."""
+        return preprocess_shape(oldh, oldw, long_side_length)
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 image -> a new (h, w, 3) uint8 array, resized as
+        ``SamPredictor.set_image`` does."""
+        return np.array(resize_longest_side(np.ascontiguousarray(image), self.target_length))
+
+    def _scales(self, original_size: Any) -> tuple[float, float]:
+        oh, ow = int(original_size[0]), int(original_size[1])
+        h, w = preprocess_shape(oh, ow, self.target_length)
+        return w / ow, h / oh
+
+    def apply_coords(self, coords: np.ndarray, original_size: Any) -> np.ndarray:
+        """(..., 2) XY in original pixels of an ``original_size`` (H, W) image -> float64 XY
+        in the input frame."""
+        sx, sy = self._scales(original_size)
+        out = np.array(coords, dtype=np.float64, copy=True)
+        out[..., 0] *= sx
+        out[..., 1] *= sy
+        return out
+
+    def apply_boxes(self, boxes: np.ndarray, original_size: Any) -> np.ndarray:
+        """(..., 4) XYXY in original pixels -> (N, 4) float64 XYXY in the input frame."""
+        return self.apply_coords(np.asarray(boxes).reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+    def apply_coords_torch(self, coords: torch.Tensor, original_size: Any) -> torch.Tensor:
+        """:meth:`apply_coords` for a tensor (float result, same device)."""
+        sx, sy = self._scales(original_size)
+        out = coords.detach().clone().to(torch.float)
+        out[..., 0] *= sx
+        out[..., 1] *= sy
+        return out
+
+    def apply_boxes_torch(self, boxes: torch.Tensor, original_size: Any) -> torch.Tensor:
+        """:meth:`apply_boxes` for a tensor: (N, 4) float XYXY in the input frame."""
+        return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -82,6 +136,7 @@ class SamPredictor(PromptableSegmenter):
         mis = getattr(model.prompt_encoder, "mask_input_size", (self.img_size // 4, self.img_size // 4))
         self.low_res_size = (int(mis[0]), int(mis[1]))
         self.prompt_batch = int(prompt_batch)
+        self.transform = ResizeLongestSide(self.img_size)
         # the official-structured decoder can skip masks below an IoU threshold
         decoder: Any = model.mask_decoder
         self.skips_low_iou = "min_iou" in inspect.signature(decoder.forward).parameters
@@ -90,6 +145,14 @@ class SamPredictor(PromptableSegmenter):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @staticmethod
+    def _weight_dtype(module: torch.nn.Module) -> torch.dtype:
+        """Floating dtype of ``module``'s weights (float32 when it has none)."""
+        for p in module.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.float32
 
     # ------------------------------------------------------------------ stateless API
     @torch.inference_mode()
@@ -105,14 +168,22 @@ class SamPredictor(PromptableSegmenter):
         arr = load_image(image)
         resized = resize_longest_side(arr, self.img_size)
         x = torch.tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
-        x = self.model.preprocess(x.float())
-        features = self.model.image_encoder(x)
         # a refining model keeps the image for predict's GrabCut refinement (mask_refine)
-        extras = self.image_extras(arr)
+        return self._embed_input(x, (int(arr.shape[0]), int(arr.shape[1])), self.image_extras(arr))
+
+    def _embed_input(
+        self, x: torch.Tensor, original_size: tuple[int, int], extras: dict[str, torch.Tensor]
+    ) -> ImageEmbedding:
+        """Encode a (1, 3, h, w) RGB 0..255 image already resized into the input frame."""
+        input_size = (int(x.shape[-2]), int(x.shape[-1]))
+        x = self.model.preprocess(x.to(self.device).float())
+        # a model cast to half or bfloat16 takes its input in that dtype (an official ``Sam``'s
+        # preprocess returns float32 for a float32 input whatever its weights)
+        features = self.model.image_encoder(x.to(self._weight_dtype(self.model.image_encoder)))
         return ImageEmbedding(
             features=features,
-            original_size=(int(arr.shape[0]), int(arr.shape[1])),
-            input_size=(int(resized.shape[0]), int(resized.shape[1])),
+            original_size=(int(original_size[0]), int(original_size[1])),
+            input_size=input_size,
             pad_size=self.img_size,
             model_id=self.model_id,
             extras=extras,
@@ -139,20 +210,40 @@ class SamPredictor(PromptableSegmenter):
         ``min_iou``: masks of prompts whose returned outputs all have a predicted IoU <= it
         are not computed (``SKIPPED_LOGIT``, i.e. empty); see ``MaskDecoder.forward``.
         """
-        dev = self.device
-        points = boxes = masks = None
+        points = boxes = None
         if prompts.points is not None:
-            coords = torch.as_tensor(self._to_input_frame(prompts.points, embedding), device=dev)
-            labels = torch.as_tensor(prompts.labels, device=dev, dtype=torch.int)
-            points = (coords, labels)
+            coords = torch.as_tensor(self._to_input_frame(prompts.points, embedding))
+            points = (coords, torch.as_tensor(prompts.labels))
         if prompts.boxes is not None:
             b = self._to_input_frame(prompts.boxes.reshape(-1, 2, 2), embedding).reshape(-1, 4)
-            boxes = torch.as_tensor(b, device=dev)
-        if prompts.mask_input is not None:
-            masks = torch.as_tensor(prompts.mask_input, device=dev)
+            boxes = torch.as_tensor(b)
+        masks = None if prompts.mask_input is None else torch.as_tensor(prompts.mask_input)
+        return self._decode_input_frame(embedding, points, boxes, masks, multimask, min_iou)
+
+    def _decode_input_frame(
+        self,
+        embedding: ImageEmbedding,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        masks: torch.Tensor | None,
+        multimask: bool,
+        min_iou: float | None = None,
+    ) -> MaskLogits:
+        """Prompt encoder + mask decoder for prompts already in the model input frame: points
+        ((N, K, 2) XY, (N, K) labels), boxes (N, 4) XYXY, masks (N, 1, h, w) low-res logits."""
+        dev = self.device
+        if points is not None:
+            points = (points[0].to(dev, torch.float32), points[1].to(dev, torch.int))
+        if boxes is not None:
+            boxes = boxes.to(dev, torch.float32)
+        if masks is not None:
+            masks = masks.to(dev, self._weight_dtype(self.model.prompt_encoder))
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
         logits, iou = self.model.mask_decoder(
-            image_embeddings=embedding.features.to(dev),
+            # features from a cache may be float32 while the model was cast to half
+            image_embeddings=embedding.features.to(
+                dev, self._weight_dtype(self.model.mask_decoder)
+            ),
             image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
@@ -200,9 +291,104 @@ class SamPredictor(PromptableSegmenter):
     def input_size(self) -> tuple[int, int]:
         return self.embedding.input_size
 
+    @property
+    def features(self) -> torch.Tensor:
+        """(1, C, h, w) features of the image set with ``set_image``."""
+        return self.embedding.features
+
     def get_image_embedding(self) -> torch.Tensor:
         """(1, C, h, w) features of the image set with ``set_image``."""
         return self.embedding.features
+
+    @torch.inference_mode()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: Any) -> None:
+        """Embed an image already resized into the input frame (official interface).
+
+        Args:
+            transformed_image: (1, 3, h, w) RGB on the 0..255 scale, resized with
+                ``self.transform.apply_image`` (longest side ``img_size``).
+            original_image_size: (H, W) of the image before resizing.
+
+        Raises:
+            ValueError: the tensor is not (1, 3, h, w) with longest side ``img_size``, or
+                ``original_image_size`` is not two positive sizes.
+        """
+        self._embedding = None
+        shape = tuple(transformed_image.shape)
+        if len(shape) != 4 or shape[:2] != (1, 3) or max(shape[2:]) != self.img_size:
+            raise ValueError(
+                f"set_torch_image takes a (1, 3, h, w) image with longest side {self.img_size}, "
+                f"got shape {shape}"
+            )
+        size = tuple(int(v) for v in original_image_size)
+        if len(size) != 2 or min(size) <= 0:
+            raise ValueError(f"original_image_size must be (H, W), got {original_image_size!r}")
+        # no RGB image at the original size here: flip TTA, refinement and ranking do not apply
+        self._embedding = self._embed_input(transformed_image, (size[0], size[1]), {})
+
+    @torch.inference_mode()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """B prompts against the image set with ``set_image`` (official interface).
+
+        Prompts are in the *input frame* (``self.transform.apply_coords_torch`` /
+        ``apply_boxes_torch`` of original-image pixels). The decoder's outputs are returned
+        as they are: no flip TTA, mask refinement or contrast ranking.
+
+        Args:
+            point_coords: optional (B, N, 2) float XY.
+            point_labels: (B, N) ints (1 foreground, 0 background, -1 padding), with coords.
+            boxes: optional (B, 4) float XYXY.
+            mask_input: optional (B, 1, h, w) low-res logits (h = w = 256 for SAM).
+            multimask_output: three masks per prompt instead of one.
+            return_logits: masks as float logits instead of booleans.
+
+        Returns:
+            masks (B, C, H, W) bool (or float32 logits) at the original size, iou_predictions
+            (B, C) float32 and low_res_logits (B, C, h, w) float32, on the model's device.
+
+        Raises:
+            RuntimeError: no image is set.
+            ValueError: no prompt, labels missing, NaN or infinite values, labels other than
+                -1, 0, 1, or shapes that do not fit (named by the prompt encoder).
+        """
+        emb = self.embedding
+        if point_coords is not None and point_labels is None:
+            raise ValueError("point_labels must be given with point_coords")
+        if point_coords is None and point_labels is not None:
+            raise ValueError("point_labels were given without point_coords")
+        if point_coords is None and boxes is None and mask_input is None:
+            raise ValueError("empty prompt set: give point_coords, boxes or mask_input")
+        given = (("point_coords", point_coords), ("boxes", boxes), ("mask_input", mask_input))
+        tensors = {name: torch.as_tensor(t) for name, t in given if t is not None}
+        for name, t in tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} contain NaN or infinite values")
+        points = None
+        if point_coords is not None:
+            labels = torch.as_tensor(point_labels)
+            if bool(((labels != -1) & (labels != 0) & (labels != 1)).any()):
+                raise ValueError(f"point labels must be 1, 0 or -1, got {labels.unique().tolist()}")
+            points = (tensors["point_coords"], labels)
+        mask = tensors.get("mask_input")
+        if mask is not None and (
+            mask.ndim != 4 or tuple(mask.shape[1:]) != (1, *self.low_res_size)
+        ):
+            raise ValueError(
+                f"mask_input must be (B, 1, {self.low_res_size[0]}, {self.low_res_size[1]}) for "
+                f"{self.model_id}, got {tuple(mask.shape)}"
+            )
+        out = self._decode_input_frame(emb, points, tensors.get("boxes"), mask, multimask_output)
+        up = upsample_logits(out.logits, emb)
+        masks = up if return_logits else up > self.mask_threshold
+        return masks, out.iou_pred, out.logits
 
     def predict(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Two call forms.

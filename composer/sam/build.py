@@ -39,7 +39,8 @@ def build_sam(
         checkpoint: optional weights: a path to a state-dict file, or anything
             ``composer.hub.load_checkpoint`` resolves (e.g. a weights name). Loaded with
             ``map_location="cpu"``, ``weights_only=True`` and ``strict=True``.
-        device: device the returned model lives on.
+        device: device the returned model lives on: "cpu", "cuda", "cuda:N", "mps" or a
+            ``torch.device``; checked before any weights are read.
         seed: seed of the random initialisation when no checkpoint is given. The global RNG
             state is left untouched.
         meta: build on the meta device (shapes only, no memory) to inspect parameter names
@@ -49,7 +50,8 @@ def build_sam(
         The ``Sam`` model in eval mode.
 
     Raises:
-        ValueError: unknown ``name``; ``meta`` combined with a checkpoint or device; or a
+        ValueError: unknown ``name``; a device that is unknown or not usable here (no CUDA,
+            an index past the last GPU); ``meta`` combined with a checkpoint or device; or a
             checkpoint whose keys or shapes do not fit the architecture (the message names
             the missing, unexpected and mis-shaped keys).
         FileNotFoundError: ``checkpoint`` is a path that does not exist and no hub is
@@ -71,10 +73,12 @@ def build_sam_from_config(
     """Like :func:`build_sam` but from an explicit :class:`SamConfig`."""
     if not isinstance(config, SamConfig):
         raise TypeError(f"config must be a SamConfig, got {type(config).__name__}")
+    # before the (possibly long) load, so a device this machine lacks fails at once and says why
+    device = _check_device(device)
     if meta:
         if checkpoint is not None:
             raise ValueError("meta=True builds a model without storage; it cannot load weights")
-        if torch.device(device).type != "cpu":
+        if device.type != "cpu":
             raise ValueError(f"meta=True ignores device; got device={device!r}")
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             model = _construct(config)
@@ -88,6 +92,35 @@ def build_sam_from_config(
         model = _construct_seeded(config, seed)
         logger.info("built SAM %s with random weights (seed %d)", config.name, seed)
     return model.to(device).eval()
+
+
+def _check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` this machine can use.
+
+    Raises:
+        ValueError: an unknown device name, or an accelerator torch cannot use here (the
+            message says why: no CUDA in this torch build, no visible GPU, an index past the
+            last GPU, no MPS).
+    """
+    try:
+        dev = torch.device(device.strip() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                "this torch build has no CUDA"
+                if torch.version.cuda is None
+                else "torch sees no GPU"
+            )
+            raise ValueError(f"device {device!r} asked for, but {why}; use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} GPU(s)"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} asked for, but MPS is not available here")
+    return dev
 
 
 def _construct_seeded(config: SamConfig, seed: int) -> Sam:

@@ -232,8 +232,9 @@ class PromptEncoder(nn.Module):
         return emb + corner_embed
 
     def _embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
-        """(B, 1, 4h, 4w) logits -> (B, D, h, w) dense embedding."""
-        return self.mask_downscaling(masks)
+        """(B, 1, 4h, 4w) logits -> (B, D, h, w) dense embedding (in the weights' dtype, so
+        float32 logits prompt a ``.half()`` model)."""
+        return self.mask_downscaling(masks.to(self.no_mask_embed.weight.dtype))
 
     def _get_batch_size(
         self,
@@ -287,6 +288,14 @@ class PromptEncoder(nn.Module):
             sizes["masks"] = masks.shape[0]
         if len(set(sizes.values())) > 1:
             raise ValueError(f"prompt batch sizes differ: {sizes}")
+        # NaN or inf would flow through the Fourier features into NaN masks without a word.
+        # Mask inputs are not checked here: in training they are the model's own fed-back
+        # logits, whose NaN the trainer reports with the sample at the loss (Sam.forward and
+        # the predictor check a caller's mask inputs).
+        given = (("point coords", None if points is None else points[0]), ("boxes", boxes))
+        for name, t in given:
+            if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} contain NaN or infinite values")
 
     def forward(
         self,
@@ -310,7 +319,8 @@ class PromptEncoder(nn.Module):
                 with the packed click maps after the D channels.
 
         Raises:
-            ValueError: on wrong shapes, unknown labels or inconsistent batch sizes.
+            ValueError: on wrong shapes, unknown labels, inconsistent batch sizes, or NaN or
+                infinite point or box coordinates.
         """
         self._check(points, boxes, masks)
         bs = self._get_batch_size(points, boxes, masks)

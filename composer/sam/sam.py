@@ -81,7 +81,8 @@ class Sam(nn.Module):
                 longest side is at most ``img_size``.
 
         Returns:
-            (3, S, S) or (B, 3, S, S) float, S = ``img_size``.
+            (3, S, S) or (B, 3, S, S), S = ``img_size``, in the dtype of the image encoder's
+            weights (normalised in float32 first), so a ``.half()`` model takes it as is.
 
         Raises:
             ValueError: if x is not 3- or 4-D with 3 channels, or h or w exceeds ``img_size``.
@@ -94,8 +95,16 @@ class Sam(nn.Module):
             raise ValueError(
                 f"image of {h}x{w} exceeds the model input {size}x{size}; resize it first"
             )
-        x = (x - self.pixel_mean) / self.pixel_std
-        return F.pad(x, (0, size - w, 0, size - h))
+        x = (x.float() - self.pixel_mean.float()) / self.pixel_std.float()
+        return F.pad(x, (0, size - w, 0, size - h)).to(self.input_dtype)
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """Floating dtype of the image encoder's weights (float32 unless the model was cast)."""
+        for p in self.image_encoder.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.float32
 
     def postprocess_masks(
         self,
@@ -153,6 +162,9 @@ class Sam(nn.Module):
             points = None
             if "point_coords" in rec:
                 points = (rec["point_coords"], rec["point_labels"])
+            mask_inputs = rec.get("mask_inputs")
+            if mask_inputs is not None and not bool(torch.isfinite(mask_inputs).all()):
+                raise ValueError("mask_inputs contain NaN or infinite values")
             sparse, dense = self.prompt_encoder(
                 points=points, boxes=rec.get("boxes"), masks=rec.get("mask_inputs")
             )
