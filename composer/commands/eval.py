@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     def common(q: argparse.ArgumentParser, datasets: tuple[str, ...], default: str,
                coco: bool = True) -> None:
-        q.add_argument("--dataset", choices=datasets, default=default, help=f"dataset (default {default})")
+        # None until _open_dataset: a --dataset given with --coco is refused, not ignored
+        q.add_argument("--dataset", choices=datasets, default=None, help=f"dataset (default {default})")
+        q.set_defaults(default_dataset=default)
         if coco:  # edges need boundary annotations, which COCO jsons do not have
             q.add_argument("--coco", default=None, help="COCO-format annotation json (instead of --dataset)")
             q.add_argument("--images", default=None, help="image folder for --coco")
@@ -43,9 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--thresholds", type=int, default=99, help="benchmark thresholds (default 99)")
     e.add_argument("--workers", type=int, default=2,
                    help="processes for the boundary matcher (default 2; 0 or 1: in this process)")
-    e.add_argument("--points-per-side", type=int, default=16,
+    e.add_argument("--points-per-side", type=int, default=None,
                    help="grid of the segmenter edge task (default 16, the paper's)")
-    e.add_argument("--edge-refine", default="auto", metavar="auto|off|R,EPS",
+    e.add_argument("--edge-refine", default=None, metavar="auto|off|R,EPS",
                    help="guided-filter refinement of the mask maps before the Sobel filter: the "
                         "model's recommendation (auto, default), off (the paper's procedure) or "
                         "radius,eps")
@@ -78,7 +81,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pt.add_argument("--clicks", type=int, default=20, help="maximum clicks per object (default 20)")
     pt.add_argument("--zoom-in", action="store_true",
                     help="after the first click, predict in a crop around the object (RITM's zoom-in)")
-    pt.add_argument("--zoom-expansion", type=float, default=1.4, help="zoom-in crop expansion (default 1.4)")
+    pt.add_argument("--zoom-expansion", type=float, default=None,
+                    help="zoom-in crop expansion, >= 1 (default 1.4; needs --zoom-in)")
     pt.set_defaults(func=run_points)
 
 
@@ -116,6 +120,11 @@ def _open_dataset(args: argparse.Namespace) -> Any:
     """
     if args.images and not args.coco:
         raise ValueError(f"--images {args.images} needs --coco ANNOTATIONS.json")
+    if args.coco and args.dataset not in (None, "coco"):
+        raise ValueError(f"--dataset {args.dataset} and --coco {args.coco} name two datasets; "
+                         "give one")
+    if args.dataset is None:
+        args.dataset = getattr(args, "default_dataset", "coco")
     split_of = "a --coco json" if args.coco else args.dataset
     if args.split is not None and split_of != "bsds500":
         raise ValueError(f"--split applies to --dataset bsds500 only; {split_of} has no splits")
@@ -185,8 +194,23 @@ def run_edges(args: argparse.Namespace) -> int:
     from ..evaluation import ItemGroundTruth, run
     from ..evaluation.edges_bsds import BoundaryEvaluator
 
+    if args.method != "segmenter":
+        # a classical method runs no segmenter: these flags would be ignored
+        for flag, value, unset in (("--points-per-side", args.points_per_side, None),
+                                   ("--edge-refine", args.edge_refine, None),
+                                   ("--model", args.model, None),
+                                   ("--checkpoint", args.checkpoint, None),
+                                   ("--mask-refine", args.mask_refine, "auto"),
+                                   ("--tta", args.tta, "auto"),
+                                   ("--mask-rank", args.mask_rank, "auto"),
+                                   ("--device", args.device, "auto")):
+            if value != unset:
+                raise ValueError(f"{flag} needs --method segmenter (--method {args.method} "
+                                 "runs no segmenter)")
+    if args.points_per_side is None:
+        args.points_per_side = 16
     try:
-        refine = parse_refine(args.edge_refine)
+        refine = parse_refine("auto" if args.edge_refine is None else args.edge_refine)
     except ValueError as e:
         raise ValueError(f"--edge-refine: {e}") from None
     dataset = _dataset(args)
@@ -239,6 +263,8 @@ def run_instances(args: argparse.Namespace) -> int:
     )
 
     zoom = parse_zoom_small(args.zoom_small)
+    if args.detector is not None and args.boxes != "detector":
+        raise ValueError(f"--detector needs --boxes detector (--boxes {args.boxes} uses no detector)")
     if args.slice is not None:
         if args.boxes != "detector":
             raise ValueError("--slice needs --boxes detector (stored boxes cannot be sliced)")
@@ -275,15 +301,21 @@ def run_points(args: argparse.Namespace) -> int:
 
     if args.clicks < 1:
         raise ValueError(f"--clicks must be >= 1, got {args.clicks}")
+    if args.zoom_expansion is not None and not args.zoom_in:
+        raise ValueError("--zoom-expansion needs --zoom-in")
+    zoom = None
+    if args.zoom_in:  # built (and its expansion checked) before any model or data loads
+        from ..interactive import ZoomIn
+
+        expansion = ZoomIn.expansion if args.zoom_expansion is None else args.zoom_expansion
+        if not (math.isfinite(expansion) and expansion >= 1.0):
+            raise ValueError(f"--zoom-expansion must be a finite number >= 1, got {expansion}")
+        zoom = ZoomIn(expansion=expansion)
     dataset = _dataset(args)
     seg = load_model(args)
     print(describe(seg))
     report_clicks = tuple(k for k in (1, 2, 3, 5, 9, 20) if k <= args.clicks)
-    zoom = None
-    if args.zoom_in:
-        from ..interactive import ZoomIn
-
-        zoom = ZoomIn(expansion=args.zoom_expansion)
+    if zoom is not None:
         print(f"zoom-in: {zoom}")
     ev = PointEvaluator(max_clicks=args.clicks, report_clicks=report_clicks, zoom_in=zoom)
     report = run(seg, dataset, [ev], limit=args.limit, out_dir=args.out)

@@ -170,6 +170,19 @@ def image_files(src: Path, limit: int | None = None) -> list[Path]:
     return [src]
 
 
+def check_out_not_input(src: Path, out: Path) -> None:
+    """Folder mode must not write into the input folder: its ``<stem>_overlay.png`` files
+    would be read as images by the next run, and would overwrite input images of that name.
+
+    Raises:
+        ValueError: ``src`` is a folder and ``out`` is that folder.
+    """
+    if src.is_dir() and out.resolve() == src.resolve():
+        raise ValueError(f"--out {out} is the input folder: its outputs (<stem>_overlay.png, "
+                         "<stem>.json) would overwrite input images of those names and be "
+                         "read as images by the next run; choose another folder")
+
+
 def output_stems(files: Sequence[Path], reserved: Sequence[str] = ()) -> list[str]:
     """Output-name stems of a folder's images, one per file, all distinct.
 
@@ -295,6 +308,9 @@ def process_images(
     are spread over the workers, each one's progress printed here as it finishes. The summary
     and the per-image outputs are the same as a one-process run's.
 
+    On Ctrl-C the summary lists the images finished so far (with ``"interrupted": true``)
+    before the KeyboardInterrupt goes on.
+
     Returns:
         0 when every image succeeded, 1 when some failed.
     """
@@ -318,21 +334,28 @@ def process_images(
             raise ValueError("process_images: several workers need setup")
         worker = setup
     done: dict[int, dict[str, Any]] = {}
-    for k, rec, error in (engine or LocalEngine(1)).imap(worker, _process_one, items):
-        name = files[k].name
-        if error is not None:  # the worker itself failed (died, or its setup failed)
-            rec = {"error": error}
-        if rec.get("output"):
-            sys.stdout.write(rec["output"])
-            sys.stdout.flush()
-        if "error" in rec:
-            if rec.get("traceback"):
-                logger.info("%s: %s failed\n%s", command, name, rec["traceback"].rstrip())
-            print(f"{name}: failed: {rec['error']}", file=sys.stderr)
-        done[k] = rec
+    interrupted = False
+    try:
+        for k, rec, error in (engine or LocalEngine(1)).imap(worker, _process_one, items):
+            name = files[k].name
+            if error is not None:  # the worker itself failed (died, or its setup failed)
+                rec = {"error": error}
+            if rec.get("output"):
+                sys.stdout.write(rec["output"])
+                sys.stdout.flush()
+            if "error" in rec:
+                if rec.get("traceback"):
+                    logger.info("%s: %s failed\n%s", command, name, rec["traceback"].rstrip())
+                print(f"{name}: failed: {rec['error']}", file=sys.stderr)
+            done[k] = rec
+    except KeyboardInterrupt:
+        # Ctrl-C: the images done so far keep their outputs, so the summary lists them
+        interrupted = True
     images: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     for k, (path, stem) in enumerate(zip(files, stems, strict=True)):
+        if interrupted and k not in done:
+            continue  # never started or cut off: neither done nor failed
         rec = done.get(k, {"error": "RuntimeError: no result"})
         if "result" in rec:
             images.append({"file_name": path.name, "output": stem, **rec["result"]})
@@ -340,9 +363,15 @@ def process_images(
             failures.append({"file_name": path.name, "error": rec["error"]})
     out.mkdir(parents=True, exist_ok=True)
     summary = out / f"{SUMMARY_STEM}.json"
-    write_json(summary, {"command": command, "input": str(src), "images": images,
-                         "failures": failures})
-    print(f"{len(images)} of {len(files)} images done, {len(failures)} failed -> {summary}")
+    record: dict[str, Any] = {"command": command, "input": str(src), "images": images,
+                              "failures": failures}
+    if interrupted:
+        record["interrupted"] = True
+    write_json(summary, record)
+    print(f"{len(images)} of {len(files)} images done, {len(failures)} failed"
+          + (" (interrupted)" if interrupted else "") + f" -> {summary}")
+    if interrupted:
+        raise KeyboardInterrupt
     return 1 if failures else 0
 
 
@@ -388,6 +417,7 @@ def run_folder_command(command: str, build_fn: BuildFn, args: argparse.Namespace
     fail before any worker starts) and print what loaded, then :func:`process_images`."""
     src = Path(args.input)
     files = image_files(src, args.limit)
+    check_out_not_input(src, Path(args.out))
     engine = engine_from_args(args)  # single-image mode checks the flags and ignores them
     process: ImageFn | None
     process, header = build_fn(args)

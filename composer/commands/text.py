@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="detector (default): segment the detector's boxes of the class the "
                    "prompt names; clip: rank automatic-mask proposals with open_clip")
     add_detector_args(p)
-    p.add_argument("--clip-arch", default="ViT-B-16",
+    p.add_argument("--clip-arch", default=None,
                    help="open_clip architecture (clip strategy; default ViT-B-16)")
     p.add_argument(
         "--clip-weights",
@@ -168,7 +168,14 @@ def run(args: argparse.Namespace) -> int:
             args.zoom_small = "auto"
         check_slice_args(args)  # bad values fail before the models load
         parse_zoom_small(args.zoom_small)
+        for flag, given in (("--clip-arch", args.clip_arch is not None),
+                            ("--clip-weights", args.clip_weights is not None),
+                            ("--download", args.download)):
+            if given:  # the detector strategy loads no CLIP model: the flag would be ignored
+                raise ValueError(f"{flag} needs --strategy clip")
     else:
+        if args.clip_arch is None:
+            args.clip_arch = "ViT-B-16"
         for flag, value in (("--detector", args.detector),
                             ("--detector-weights", args.detector_weights),
                             ("--score-threshold", args.score_threshold),

@@ -75,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-data", default=None, help="held-out COCO json (default: a split)")
     p.add_argument("--val-images", default=None, help="image folder of --val-data")
     p.add_argument(
-        "--val-fraction", type=float, default=0.1,
+        "--val-fraction", type=float, default=None,
         help="share of images held out, in [0, 1) (no --val-data; default 0.1)",
     )
     p.add_argument("--max-images", type=int, default=None, help="use the first N images only")
@@ -196,6 +196,13 @@ def run(args: argparse.Namespace) -> int:
     from ..training.evaluate import evaluate_samples
     from ..training.trainer import TrainConfig, Trainer
 
+    if args.checkpoint is not None and args.random_init:
+        raise ValueError("--random-init and --checkpoint conflict: start from random weights or "
+                         "from the checkpoint, not both")
+    if args.val_fraction is not None and args.val_data is not None:
+        raise ValueError("--val-fraction splits --data; with --val-data nothing is split")
+    if args.val_fraction is None:
+        args.val_fraction = 0.1  # also the value earlier runs recorded in run.json
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.max_images is not None and args.max_images < 1:

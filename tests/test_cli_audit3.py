@@ -1,0 +1,245 @@
+"""Third audit of the ``sam-composer`` command line: options that were accepted and then
+ignored, option combinations that silently conflicted, outputs written over inputs, and
+results lost on Ctrl-C. Each is now a one-line error (exit status 2) or kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from composer.cli import main
+
+
+def _image(path: Path, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    img = (rng.random((40, 60, 3)) * 255).astype(np.uint8)
+    img[10:30, 15:45] = (200, 40, 40)  # an object
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+    return path
+
+
+def _coco(root: Path) -> tuple[Path, Path]:
+    """A one-image COCO dataset (40 x 60, one rectangle) made here: no shared data needed."""
+    images = root / "images"
+    _image(images / "a.png")
+    m = np.zeros((40, 60), np.uint8, order="F")
+    m[10:30, 15:45] = 1
+    rle = mask_utils.encode(m)
+    rle["counts"] = rle["counts"].decode()
+    doc = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 40, "width": 60}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": rle,
+                         "area": float(m.sum()), "bbox": [15.0, 10.0, 30.0, 20.0],
+                         "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    ann = root / "instances.json"
+    ann.write_text(json.dumps(doc))
+    return ann, images
+
+
+def _boxes(root: Path) -> Path:
+    """COCO results with one box for the image of stem "a": a detector that loads nothing."""
+    path = root / "boxes.json"
+    path.write_text(json.dumps([{"image_id": "a", "category_id": 1, "bbox": [15, 10, 30, 20],
+                                 "score": 0.9}]))
+    return path
+
+
+def _err(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+# ---------------------------------------------------------------------- instances / text
+def test_folder_mode_refuses_to_write_into_the_input_folder(tmp_path, capsys):
+    """instances/text wrote <stem>_overlay.png beside the inputs: a rerun segmented its own
+    overlays (a_overlay.png, a_overlay_overlay.png ...), and an input image named
+    a_overlay.png was overwritten by a.png's overlay."""
+    src = tmp_path / "photos"
+    _image(src / "a.png")
+    _image(src / "a_overlay.png", seed=1)
+    before = (src / "a_overlay.png").read_bytes()
+    argv = ["instances", str(src), "--model", "classic", "--detector", str(_boxes(tmp_path)),
+            "--out", str(src)]
+    assert main(argv) == 2
+    assert "is the input folder" in _err(capsys)
+    assert (src / "a_overlay.png").read_bytes() == before
+    assert sorted(p.name for p in src.iterdir()) == ["a.png", "a_overlay.png"]
+    # the same folder by another spelling is the same folder
+    assert main([*argv[:-1], str(src / ".." / "photos")]) == 2
+    assert "is the input folder" in _err(capsys)
+
+
+def test_ctrl_c_in_folder_mode_keeps_the_summary_of_finished_images(tmp_path, capsys,
+                                                                   monkeypatch):
+    """Ctrl-C after some images: their outputs were on disk but summary.json, the list of
+    them, was never written."""
+    import composer.commands.instances as instances
+
+    src = tmp_path / "photos"
+    for i, stem in enumerate("abc"):
+        _image(src / f"{stem}.png", seed=i)
+    out = tmp_path / "out"
+
+    def build(args):
+        def one(path, stem):
+            if path.name == "b.png":
+                raise KeyboardInterrupt
+            return {"count": 1, "json": f"{stem}.json", "overlay": f"{stem}_overlay.png"}
+
+        return one, ["header"]
+
+    monkeypatch.setattr(instances, "build_processor", build)
+    assert main(["instances", str(src), "--model", "classic", "--out", str(out)]) == 130
+    summary = json.loads((out / "summary.json").read_text())
+    assert [im["file_name"] for im in summary["images"]] == ["a.png"]
+    assert summary["failures"] == [] and summary["interrupted"] is True
+    assert "interrupted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [["--clip-weights", "x.pt"], ["--clip-arch", "RN50"],
+                                  ["--download"]])
+def test_text_detector_strategy_refuses_clip_flags(tmp_path, capsys, flag):
+    """The detector strategy (the default) loads no CLIP model: --clip-weights, --clip-arch and
+    --download were silently ignored (the clip strategy already refused detector flags)."""
+    img = _image(tmp_path / "a.png")
+    argv = ["text", str(img), "thing", "--model", "classic", "--detector",
+            str(_boxes(tmp_path)), "--out", str(tmp_path / "o"), *flag]
+    assert main(argv) == 2
+    assert f"{flag[0]} needs --strategy clip" in _err(capsys)
+
+
+# ---------------------------------------------------------------------- eval
+def test_eval_points_zoom_expansion_needs_zoom_in(tmp_path, capsys):
+    """--zoom-expansion without --zoom-in was ignored (NaN included); with it, inf was taken."""
+    ann, images = _coco(tmp_path)
+    base = ["eval", "points", "--coco", str(ann), "--images", str(images), "--model", "classic",
+            "--clicks", "1", "--out", str(tmp_path / "o")]
+    assert main([*base, "--zoom-expansion", "2"]) == 2
+    assert "--zoom-expansion needs --zoom-in" in _err(capsys)
+    assert main([*base, "--zoom-in", "--zoom-expansion", "inf"]) == 2
+    assert "--zoom-expansion must be a finite number >= 1, got inf" in _err(capsys)
+    assert not (tmp_path / "o").exists()  # refused before anything ran
+
+
+def test_eval_refuses_a_dataset_and_a_coco_json_together(tmp_path, capsys):
+    """--dataset berkeley --coco x.json evaluated the json, silently dropping --dataset."""
+    ann, images = _coco(tmp_path)
+    argv = ["eval", "points", "--dataset", "berkeley", "--coco", str(ann), "--images",
+            str(images), "--model", "classic", "--clicks", "1", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "--dataset berkeley and --coco" in _err(capsys)
+
+
+def test_eval_points_on_a_coco_json_still_runs(tmp_path, capsys):
+    """The defaults (dataset, zoom expansion) still resolve when no flag names them."""
+    ann, images = _coco(tmp_path)
+    argv = ["eval", "points", "--coco", str(ann), "--images", str(images), "--model", "classic",
+            "--clicks", "1", "--zoom-in", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    assert "expansion=1.4" in capsys.readouterr().out
+    assert (tmp_path / "o" / "report.json").is_file()
+
+
+def test_eval_instances_detector_needs_boxes_detector(tmp_path, capsys):
+    """--boxes gt --detector ssd evaluated ground-truth boxes, ignoring --detector."""
+    ann, images = _coco(tmp_path)
+    argv = ["eval", "instances", "--coco", str(ann), "--images", str(images), "--model",
+            "classic", "--boxes", "gt", "--detector", "ssd", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "--detector needs --boxes detector" in _err(capsys)
+
+
+@pytest.mark.parametrize("flag", [["--points-per-side", "8"], ["--edge-refine", "off"],
+                                  ["--model", "classic"], ["--tta", "flip"]])
+def test_eval_edges_classical_method_refuses_segmenter_flags(tmp_path, capsys, flag):
+    """--method sobel runs no segmenter: its grid, refinement and model flags were ignored."""
+    argv = ["eval", "edges", "--method", "sobel", "--limit", "1", "--thresholds", "3",
+            "--out", str(tmp_path / "o"), *flag]
+    assert main(argv) == 2
+    assert f"{flag[0]} needs --method segmenter" in _err(capsys)
+
+
+# ---------------------------------------------------------------------- convert
+def _detections_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    img = _image(tmp_path / "a.png")
+    assert main(["segment", str(img), "--model", "classic", "--box", "15,10,45,30",
+                 "--out", str(tmp_path / "seg")]) == 0
+    capsys.readouterr()
+    return tmp_path / "seg" / "a.json"
+
+
+def test_convert_refuses_to_overwrite_its_input(tmp_path, capsys):
+    """--out naming the input json replaced the detections by COCO polygons (data loss)."""
+    src = _detections_json(tmp_path, capsys)
+    before = src.read_bytes()
+    for out in (src, src.parent / "x" / ".." / "a.json"):
+        assert main(["convert", str(src), "--to", "coco-polygons", "--out", str(out)]) == 2
+        assert "would overwrite the input" in _err(capsys)
+    # a folder of detection jsons: one of them as --out
+    assert main(["convert", str(src.parent), "--to", "coco-polygons", "--out", str(src)]) == 2
+    assert "would overwrite the input" in _err(capsys)
+    assert src.read_bytes() == before
+    # a new file beside the inputs is fine
+    assert main(["convert", str(src.parent), "--to", "coco-polygons",
+                 "--out", str(src.parent / "polygons.json")]) == 0
+
+
+@pytest.mark.parametrize("to, flag, message", [
+    ("yolo", ["--holes", "fill"], "--holes applies to coco-polygons only"),
+    ("png-masks", ["--holes", "rle"], "--holes applies to coco-polygons only"),
+    ("png-masks", ["--tolerance", "2"], "--tolerance applies to coco-polygons and yolo"),
+])
+def test_convert_refuses_flags_of_other_formats(tmp_path, capsys, to, flag, message):
+    src = _detections_json(tmp_path, capsys)
+    assert main(["convert", str(src), "--to", to, "--out", str(tmp_path / "c"), *flag]) == 2
+    assert message in _err(capsys)
+    assert not (tmp_path / "c").exists()
+
+
+def test_convert_to_a_folder_format_over_a_file_names_the_flag(tmp_path, capsys):
+    """It said "[Errno 20] Not a directory: '.../img.png/labels'"."""
+    src = _detections_json(tmp_path, capsys)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["convert", str(src), "--to", "yolo", "--out", str(afile)]) == 2
+    assert f"--out {afile} exists and is not a folder" in _err(capsys)
+
+
+# ---------------------------------------------------------------------- train
+def test_train_refuses_conflicting_start_and_validation_flags(tmp_path, capsys):
+    """--random-init was ignored beside --checkpoint, and --val-fraction beside --val-data."""
+    ann, images = _coco(tmp_path)
+    base = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--out", str(tmp_path / "o")]
+    assert main([*base, "--random-init", "--checkpoint", str(tmp_path / "w.pt")]) == 2
+    assert "--random-init and --checkpoint conflict" in _err(capsys)
+    assert main([*base, "--random-init", "--val-data", str(ann), "--val-images", str(images),
+                 "--val-fraction", "0.5"]) == 2
+    assert "--val-fraction splits --data; with --val-data nothing is split" in _err(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_records_the_default_val_fraction_as_before(tmp_path, monkeypatch):
+    """run.json of earlier runs holds val_fraction 0.1: a rerun without the flag must match
+    it to resume."""
+    import composer.commands.train as train
+
+    seen = {}
+
+    def stop(out, run_id):
+        seen.update(run_id)
+        raise ValueError("stop")
+
+    monkeypatch.setattr(train, "_check_same_run", stop)
+    ann, images = _coco(tmp_path)
+    main(["train", "--data", str(ann), "--images", str(images), "--out", str(tmp_path / "o")])
+    assert seen["val_fraction"] == 0.1
