@@ -37,7 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not part of this build
             raise
         module.add_parser(sub)
+    for command in sub.choices.values():
+        _add_verbose(command)
     return parser
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    """``-v`` also after the command (``sam-composer eval points ... -v``), in every nested
+    sub-command; SUPPRESS keeps a ``-v`` given before the command when this one is absent."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for leaf in action.choices.values():
+                _add_verbose(leaf)
+    if "-v" not in parser._option_string_actions:
+        parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                            help="log progress details (also accepted before the command)")
 
 
 #: options whose value is a comma list of coordinates, which may start with a minus sign
