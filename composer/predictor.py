@@ -259,12 +259,22 @@ class SamPredictor(PromptableSegmenter):
         The image set before is dropped first, so a call that fails leaves no image set (a
         later ``predict`` raises instead of answering for the previous image).
 
+        ``image_format`` describes an array's channel order (OpenCV's ``cv2.imread`` gives
+        BGR); a path or PIL image is decoded as RGB whatever it says.
+
         Raises:
-            ValueError: ``image_format`` is not "RGB" or "BGR", or the image cannot be read.
+            ValueError: ``image_format`` is not "RGB" or "BGR", "BGR" for a path or PIL image
+                (already decoded as RGB: swapping its channels would feed the model BGR), or
+                the image cannot be read.
         """
         self._embedding = None
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        if image_format == "BGR" and not isinstance(image, (np.ndarray, torch.Tensor)):
+            raise ValueError(
+                "image_format='BGR' describes an array's channel order; a path or PIL image is "
+                "decoded as RGB (drop image_format)"
+            )
         arr = load_image(image)
         if image_format == "BGR":
             arr = np.ascontiguousarray(arr[..., ::-1])

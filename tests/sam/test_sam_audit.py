@@ -221,3 +221,21 @@ def test_sam_forward_refuses_nan_mask_inputs() -> None:
            "mask_inputs": torch.full((1, 1, *low), float("nan"))}
     with pytest.raises(ValueError, match="mask_inputs contain NaN"):
         model([rec], multimask_output=False)
+
+
+def test_set_image_bgr_only_for_arrays(tmp_path) -> None:
+    """A file is decoded as RGB: image_format='BGR' would swap its channels into BGR."""
+    from PIL import Image
+
+    pred = SamPredictor(build_sam("vit_tiny_test"))
+    rgb = np.zeros((12, 16, 3), np.uint8)
+    rgb[..., 0] = 200
+    Image.fromarray(rgb).save(tmp_path / "red.png")
+    with pytest.raises(ValueError, match="BGR"):
+        pred.set_image(tmp_path / "red.png", image_format="BGR")
+    with pytest.raises(ValueError, match="BGR"):
+        pred.set_image(Image.fromarray(rgb), image_format="BGR")
+    pred.set_image(tmp_path / "red.png")  # RGB: fine
+    a = pred.get_image_embedding().clone()
+    pred.set_image(np.ascontiguousarray(rgb[..., ::-1]), image_format="BGR")  # a BGR array
+    assert torch.equal(a, pred.get_image_embedding())
