@@ -9,6 +9,15 @@ from typing import Any
 import numpy as np
 
 
+def _host(value: Any) -> Any:
+    """A tensor (on any device, with or without grad; duck-typed, so this package needs no
+    torch) as a numpy array; anything else as it is. ``np.asarray`` refuses CUDA tensors and
+    tensors that require grad."""
+    if hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy"):
+        return value.detach().cpu().numpy()
+    return value
+
+
 @dataclass(frozen=True)
 class Prompts:
     """N prompts of one image; each prompt may combine points, a box and a mask input.
@@ -39,6 +48,7 @@ class Prompts:
                 of fewer than 2 axes or an empty h or w included), boxes with x1 < x0 or
                 y1 < y0, an ``image_size`` that is not (H, W), or coordinates outside the image.
         """
+        points, labels, boxes, mask_input = (_host(v) for v in (points, labels, boxes, mask_input))
         pts = lab = bxs = mi = None
         if points is not None:
             pts = np.asarray(points, dtype=np.float32)
