@@ -24,6 +24,7 @@ from composer.embedding import EmbeddingCache
 from composer.io.image import IMAGE_SUFFIXES, load_image
 from composer.io.visualize import json_finite, write_json
 from composer.runner import LocalEngine, error_text
+from composer.runner.records import RecordLog, json_normal, log_path, segmenter_settings
 from composer.structures import Detections
 
 from .base import TaskContext
@@ -126,55 +127,11 @@ def run_settings(task: EverythingTask) -> dict[str, Any]:
     if config.get("point_grids") is not None:
         digest = hashlib.sha1(json.dumps(config["point_grids"]).encode()).hexdigest()[:16]
         config["point_grids"] = f"sha1:{digest}"
-
-    def setting(name: str) -> Any:
-        v = getattr(task.segmenter, name, None)
-        if v is None or isinstance(v, (bool, int, float, str)):
-            return v
-        return repr(v) if dataclasses.is_dataclass(v) else type(v).__name__
-
-    settings = {
-        "model_id": task.model_id,
-        "config": config,
-        "segmenter": {k: setting(k) for k in ("mask_refine", "mask_rank", "flip_tta")},
-    }
-    return json_finite(json.loads(json.dumps(settings)))
-
-
-def _settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``"name old (now new)"`` for each differing setting (config fields by their name)."""
-    def flat(d: dict[str, Any]) -> dict[str, Any]:
-        out = {"model_id": d.get("model_id")}
-        for group in ("config", "segmenter"):
-            out.update(d.get(group) or {})
-        return out
-
-    a, b = flat(old), flat(new)
-    return [f"{k} {a.get(k)!r} (now {b.get(k)!r})" for k in sorted(a.keys() | b.keys(), key=str)
-            if a.get(k) != b.get(k)]
-
-
-def _read_log(path: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
-    """Settings header and per-image records of an earlier (possibly interrupted) run.
-
-    A torn line (crash mid-write) is ignored. Returns ``(None, {})`` when there is no log.
-    """
-    settings: dict[str, Any] | None = None
-    done: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return settings, done
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning("ignoring a torn record in %s", path)
-                continue
-            if "settings" in rec:
-                settings = rec["settings"]
-            else:
-                done[rec["file_name"]] = rec
-    return settings, done
+    settings: dict[str, Any] = json_normal(
+        {"model_id": task.model_id, "config": config,
+         "segmenter": segmenter_settings(task.segmenter)}
+    )
+    return settings
 
 
 @dataclasses.dataclass
@@ -281,7 +238,6 @@ def annotate_folder(
         raise ValueError(f"limit must be >= 1, got {limit}")
     out_path = Path(out_json)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path = out_path.with_name(out_path.name + ".records.jsonl")
     wanted = {s.lower() for s in suffixes}
     files = sorted(
         p for p in src.iterdir()
@@ -292,23 +248,9 @@ def annotate_folder(
     if limit is not None:
         files = files[: int(limit)]
     task = EverythingTask(segmenter, config)
-    settings = run_settings(task)
-    old_settings, records = _read_log(log_path) if resume else (None, {})
-    if old_settings != settings:
-        if any("error" not in rec for rec in records.values()):
-            what = (
-                "was written without recorded settings"
-                if old_settings is None
-                else "holds masks of other settings: "
-                + ", ".join(_settings_diff(old_settings, settings))
-            )
-            raise ValueError(
-                f"{log_path} {what}; write to a fresh output folder (--out) or recompute every "
-                "image (--overwrite, resume=False)"
-            )
-        records = {}  # only failures: nothing to keep
-    if not records and log_path.exists():  # no finished work to keep (or not resuming)
-        log_path.unlink()
+    log = RecordLog(log_path(out_path), run_settings(task), resume=resume,
+                    overwrite_hint="--overwrite, resume=False")
+    records = log.records
     own_cache = cache is None
     cache = EmbeddingCache() if cache is None else cache
     info = {
@@ -364,9 +306,7 @@ def annotate_folder(
     else:
         setup = _FolderSetup(segmenter, task.config)
     new = 0
-    with open(log_path, "a") as log:
-        if not log_path.stat().st_size:
-            log.write(json.dumps({"settings": settings}, allow_nan=False) + "\n")
+    with log:
         for k, rec, error in engine.imap(setup, _annotate_one, pending):
             path = Path(pending[k][1])
             if error is not None:  # the worker itself failed (died, or its setup failed)
@@ -375,10 +315,7 @@ def annotate_folder(
                 logger.warning("annotate_folder: %s failed: %s", path.name, rec["error"])
                 if rec.get("traceback"):
                     logger.info("annotate_folder: %s failed:\n%s", path.name, rec["traceback"])
-            log.write(json.dumps(json_finite(rec), allow_nan=False) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
-            records[path.name] = rec
+            log.append(rec)
             new += 1
             if new % write_every == 0:
                 write_json(out_path, assemble(), fsync=True)

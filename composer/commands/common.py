@@ -115,6 +115,15 @@ def score_text(dets: Any, i: int) -> str:
     return text
 
 
+def add_overwrite_arg(p: argparse.ArgumentParser) -> None:
+    """``--overwrite`` of resumable folder runs (instances, text)."""
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="folder mode: recompute every image instead of resuming an earlier run in --out "
+             "(needed when the model or settings changed)",
+    )
+
+
 def add_worker_args(p: argparse.ArgumentParser) -> None:
     """``--workers``, ``--engine``, ``--threads-per-worker``, ``--ray-address`` of folder mode
     (see :func:`engine_from_args`)."""

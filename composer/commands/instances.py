@@ -17,8 +17,11 @@ from typing import Any
 from ..io.image import IMAGE_SUFFIXES
 from ..io.visualize import write_json
 from ..runner import LocalEngine, error_text
+from ..runner.records import RecordLog
+from ..runner.records import log_path as record_log_path
 from .common import (
     add_model_args,
+    add_overwrite_arg,
     add_worker_args,
     describe,
     engine_from_args,
@@ -42,8 +45,11 @@ OUT_HELP = (
 
 #: Exit statuses of folder mode, for the command descriptions.
 EXIT_HELP = (
-    "Folder mode: an unreadable image is reported and skipped; exit status 0 when every image "
-    "succeeded, 1 when some failed, 2 for unusable input (no images, bad flags)."
+    "Folder mode: each image is logged as it finishes (summary.json.records.jsonl in --out, "
+    "with the models and settings), so a rerun with the same settings resumes: finished images "
+    "whose outputs are still there are skipped, failed ones retried; an unreadable image is "
+    "reported and skipped; exit status 0 when every image succeeded, 1 when some failed, 2 for "
+    "unusable input (no images, bad flags, a log of other settings without --overwrite)."
 )
 
 
@@ -67,6 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-dets", type=int, default=100, help="boxes per image (default 100)")
     p.add_argument("--limit", type=int, default=None, help="folder mode: only the first N images")
     p.add_argument("--out", required=True, help=OUT_HELP)
+    add_overwrite_arg(p)
     add_worker_args(p)
     p.set_defaults(func=run)
 
@@ -294,25 +301,39 @@ def process_images(
     *,
     engine: Any = None,
     setup: FolderWorker | None = None,
+    settings: dict[str, Any] | None = None,
+    resume: bool = True,
 ) -> int:
     """Run ``process(path, output_stem)`` on each image; the exit status of the command.
 
     A single image (``src`` a file) is named by its stem and any error propagates (the CLI
     prints it on one line, exit status 2). In folder mode an image that fails is reported on
-    one line (the traceback is logged at INFO, shown with -v) and skipped; ``<out>/summary.json`` lists each
-    image's outputs (``process``'s dict) and the failures (file_name, error), both in input
-    order.
+    one line (the traceback is logged at INFO, shown with -v) and skipped;
+    ``<out>/summary.json`` lists each image's outputs (``process``'s dict) and the failures
+    (file_name, error), both in input order.
+
+    With ``settings`` (what decides the outputs; ``command`` is added) the run is resumable:
+    each image's summary entry (or failure) is appended, fsync'ed, to
+    ``<out>/summary.json.records.jsonl`` as it finishes (:class:`composer.runner.records.RecordLog`,
+    first line the settings). With ``resume`` a rerun of the same settings skips the images
+    that log lists as done under the same output stem whose ``<stem>.json`` and
+    ``<stem>_overlay.png`` still exist, retries the failed ones, and writes the summary of all;
+    a log of other settings is refused (ValueError naming what changed). ``resume=False``
+    deletes the log and recomputes every image.
 
     ``engine`` (``composer.runner``; None: this process) runs the images: with one local worker
     ``process`` runs here; otherwise each worker builds its own from ``setup`` and the images
-    are spread over the workers, each one's progress printed here as it finishes. The summary
-    and the per-image outputs are the same as a one-process run's.
+    are spread over the workers, each one's progress printed (and logged) here as it finishes.
+    The summary and the per-image outputs are the same as a one-process run's.
 
     On Ctrl-C the summary lists the images finished so far (with ``"interrupted": true``)
-    before the KeyboardInterrupt goes on.
+    and the log keeps them before the KeyboardInterrupt goes on.
 
     Returns:
         0 when every image succeeded, 1 when some failed.
+
+    Raises:
+        ValueError: (folder mode, ``resume``) the record log holds another run's settings.
     """
     if not src.is_dir():
         if process is None:
@@ -320,7 +341,21 @@ def process_images(
         process(files[0], files[0].stem)
         return 0
     stems = output_stems(files, (SUMMARY_STEM,))
-    items = [(str(path), stem) for path, stem in zip(files, stems, strict=True)]
+    summary = out / f"{SUMMARY_STEM}.json"
+    log = None if settings is None else RecordLog(
+        record_log_path(summary), {"command": command, **settings}, resume=resume
+    )
+    # done[k]: image k's summary entry {"file_name", "output", **result} or its failure
+    done: dict[int, dict[str, Any]] = {}
+    for k, (path, stem) in enumerate(zip(files, stems, strict=True)):
+        rec = None if log is None else log.records.get(path.name)
+        if rec is not None and _finished(rec, out, stem):
+            done[k] = rec
+    pending = [k for k in range(len(files)) if k not in done]
+    if done and log is not None:
+        print(f"resuming {log.path}: {len(done)} of {len(files)} images done earlier, "
+              f"{len(pending)} to go")
+    items = [(str(files[k]), stems[k]) for k in pending]
     worker: Callable[[], _FolderState]
     if runs_here(engine):
         if process is None:
@@ -333,41 +368,47 @@ def process_images(
         if setup is None:
             raise ValueError("process_images: several workers need setup")
         worker = setup
-    done: dict[int, dict[str, Any]] = {}
+    out.mkdir(parents=True, exist_ok=True)
     interrupted = False
-    try:
-        for k, rec, error in (engine or LocalEngine(1)).imap(worker, _process_one, items):
-            name = files[k].name
-            if error is not None:  # the worker itself failed (died, or its setup failed)
-                rec = {"error": error}
-            if rec.get("output"):
-                sys.stdout.write(rec["output"])
-                sys.stdout.flush()
-            if "error" in rec:
-                if rec.get("traceback"):
-                    logger.info("%s: %s failed\n%s", command, name, rec["traceback"].rstrip())
-                print(f"{name}: failed: {rec['error']}", file=sys.stderr)
-            done[k] = rec
-    except KeyboardInterrupt:
-        # Ctrl-C: the images done so far keep their outputs, so the summary lists them
-        interrupted = True
+    with log if log is not None else contextlib.nullcontext():
+        try:
+            for j, rec, error in (engine or LocalEngine(1)).imap(worker, _process_one, items):
+                k = pending[j]
+                name = files[k].name
+                if error is not None:  # the worker itself failed (died, or its setup failed)
+                    rec = {"error": error}
+                if rec.get("output"):
+                    sys.stdout.write(rec["output"])
+                    sys.stdout.flush()
+                entry = {"file_name": name, "output": stems[k]}
+                if "error" in rec:
+                    if rec.get("traceback"):
+                        logger.info("%s: %s failed\n%s", command, name, rec["traceback"].rstrip())
+                    print(f"{name}: failed: {rec['error']}", file=sys.stderr)
+                    entry["error"] = rec["error"]
+                else:
+                    entry.update(rec["result"])
+                if log is not None:
+                    log.append(entry)
+                done[k] = entry
+        except KeyboardInterrupt:
+            # Ctrl-C: the images done so far keep their outputs, so the summary lists them
+            interrupted = True
     images: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
-    for k, (path, stem) in enumerate(zip(files, stems, strict=True)):
+    for k, path in enumerate(files):
         if interrupted and k not in done:
             continue  # never started or cut off: neither done nor failed
         rec = done.get(k, {"error": "RuntimeError: no result"})
-        if "result" in rec:
-            images.append({"file_name": path.name, "output": stem, **rec["result"]})
-        else:
+        if "error" in rec:
             failures.append({"file_name": path.name, "error": rec["error"]})
-    out.mkdir(parents=True, exist_ok=True)
-    summary = out / f"{SUMMARY_STEM}.json"
+        else:
+            images.append(rec)
     record: dict[str, Any] = {"command": command, "input": str(src), "images": images,
                               "failures": failures}
     if interrupted:
         record["interrupted"] = True
-    write_json(summary, record)
+    write_json(summary, record, fsync=True)
     print(f"{len(images)} of {len(files)} images done, {len(failures)} failed"
           + (" (interrupted)" if interrupted else "") + f" -> {summary}")
     if interrupted:
@@ -375,13 +416,26 @@ def process_images(
     return 1 if failures else 0
 
 
+def _finished(rec: dict[str, Any], out: Path, stem: str) -> bool:
+    """Whether a logged record is an image finished under output stem ``stem`` whose outputs
+    (``<stem>.json``, ``<stem>_overlay.png``) are still in ``out``."""
+    return ("error" not in rec and rec.get("output") == stem
+            and (out / f"{stem}.json").is_file() and (out / f"{stem}_overlay.png").is_file())
+
+
 def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
-    """The models of ``args`` (segmenter, detector) and the per-image function on them."""
+    """The models of ``args`` (segmenter, detector) and the per-image function on them.
+
+    What decides the outputs is recorded in ``args.run_settings`` (the folder run's settings):
+    the segmenter's model id (weights fingerprint) and mask settings, the detector's id (with
+    its slicing) and score floor, and the task config (refine, max boxes, zoom ...).
+    """
     from tasks.base import TaskContext
     from tasks.instances import InstanceConfig, InstanceTask
 
     from ..embedding import EmbeddingCache
     from ..io.image import load_image
+    from ..runner.records import segmenter_settings
 
     seg = load_model(args)
     detector = load_detector_from_args(args)
@@ -389,6 +443,12 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
     cfg = InstanceConfig(refine=args.refine, max_dets=args.max_dets,
                          zoom_small=parse_zoom_small(args.zoom_small))
     task = InstanceTask(seg, detector, cfg)
+    args.run_settings = {
+        "model_id": seg.model_id,
+        "segmenter": segmenter_settings(seg),
+        "detector": {"model_id": detector.model_id, "score_threshold": args.score_threshold},
+        "config": dataclasses.asdict(cfg),
+    }
     if task.zoom_fraction:
         header.append(f"small boxes (longer side < {task.zoom_fraction:g} of the image's) "
                       "segmented again in a crop")
@@ -414,7 +474,11 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
 
 def run_folder_command(command: str, build_fn: BuildFn, args: argparse.Namespace) -> int:
     """``instances``/``text``: check the input and worker flags, load the models here (bad flags
-    fail before any worker starts) and print what loaded, then :func:`process_images`."""
+    fail before any worker starts) and print what loaded, then :func:`process_images`.
+
+    The run's settings are what ``build_fn`` recorded in ``args.run_settings`` (model ids and
+    every option that changes the outputs), so a folder run resumes only its own settings
+    (``--overwrite``: recompute every image)."""
     src = Path(args.input)
     files = image_files(src, args.limit)
     check_out_not_input(src, Path(args.out))
@@ -425,7 +489,9 @@ def run_folder_command(command: str, build_fn: BuildFn, args: argparse.Namespace
     if src.is_dir() and not runs_here(engine):
         process = None  # each worker loads its own models: free this copy
     return process_images(command, src, files, Path(args.out), process, engine=engine,
-                          setup=FolderWorker.from_args(build_fn, args))
+                          setup=FolderWorker.from_args(build_fn, args),
+                          settings=dict(getattr(args, "run_settings", None) or {}),
+                          resume=not getattr(args, "overwrite", False))
 
 
 def run(args: argparse.Namespace) -> int:

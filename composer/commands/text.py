@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from .common import add_model_args, add_worker_args, describe, load_model, parse_zoom_small
+from .common import (
+    add_model_args,
+    add_overwrite_arg,
+    add_worker_args,
+    describe,
+    load_model,
+    parse_zoom_small,
+)
 from .instances import (
     EXIT_HELP,
     OUT_HELP,
@@ -60,6 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--limit", type=int, default=None, help="folder mode: only the first N images")
     p.add_argument("--out", required=True, help=OUT_HELP)
+    add_overwrite_arg(p)
     add_worker_args(p)
     # unset (None) until run(): the clip strategy refuses these flags when they are given
     p.set_defaults(func=run, score_threshold=None, zoom_small=None)
@@ -88,6 +97,10 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
     The detector strategy matches the prompt to a class once and records the match in
     ``args.prompt_match``, where the workers of folder mode (built from a copy of ``args``)
     find it instead of loading the sentence encoder.
+
+    What decides the outputs is recorded in ``args.run_settings`` (the folder run's settings):
+    the prompt, the segmenter's model id (weights fingerprint) and mask settings, the detector
+    (id, score floor) and text matcher or the CLIP model, and the task config.
     """
     import numpy as np
 
@@ -96,6 +109,7 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
 
     from ..embedding import EmbeddingCache
     from ..io.image import load_image
+    from ..runner.records import segmenter_settings
 
     seg = load_model(args)
     header = [describe(seg)]
@@ -117,7 +131,12 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
             args.prompt_match = (args.prompt, task.matcher.match(args.prompt),
                                  dict(task.matcher.class_names))
         encoder = getattr(task.matcher, "encoder", None)
-        header.append(f"text matcher: {getattr(encoder, 'model_id', 'names and synonyms only')}")
+        matcher_id = getattr(encoder, "model_id", "names and synonyms only")
+        header.append(f"text matcher: {matcher_id}")
+        models: dict[str, Any] = {
+            "detector": {"model_id": detector.model_id, "score_threshold": args.score_threshold},
+            "text_matcher": matcher_id,
+        }
     else:
         from ..models.clip import ClipModel
 
@@ -129,6 +148,12 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
         header.append(f"clip: {clip.model_id}")
         cfg = TextConfig(strategy="clip", refine=args.refine, max_masks=args.max_masks or 3)
         task = TextToMaskTask(seg, cfg, clip=clip)
+        models = {"clip": clip.model_id}
+    config = dataclasses.asdict(cfg)
+    for key in ("clip_batch", "cache_images"):  # speed and memory, not outputs
+        config.pop(key)
+    args.run_settings = {"prompt": args.prompt, "model_id": seg.model_id,
+                         "segmenter": segmenter_settings(seg), **models, "config": config}
     cache = EmbeddingCache()
     out = Path(args.out)
 

@@ -1,0 +1,186 @@
+"""Record logs of resumable folder runs (``<output>.records.jsonl``).
+
+A folder run appends one JSON line per finished image to a log next to its output and fsyncs
+it, so an interruption (a crash, Ctrl-C, a killed job) loses only the images in flight. The
+log's first line is ``{"settings": ...}``: everything that decides the outputs (model id,
+thresholds, prompts ...), so a rerun resumes only a run of the same settings, and a log of
+other settings is refused instead of mixing two runs' outputs. Each further line is one
+image's record, keyed by its ``file_name``; a later record of a file replaces an earlier one
+(a retried failure), and a torn last line (a crash mid-write) is ignored.
+
+``tasks.everything.annotate_folder`` (``sam-composer everything DIR``) and the folder mode of
+``sam-composer instances`` / ``text`` keep such logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from ..io.visualize import json_finite
+
+logger = logging.getLogger(__name__)
+
+#: Suffix of a run's record log after its output file's name.
+LOG_SUFFIX = ".records.jsonl"
+
+
+def log_path(output: str | os.PathLike[str]) -> Path:
+    """The record log of ``output`` (``annotations.json`` -> ``annotations.json.records.jsonl``)."""
+    out = Path(output)
+    return out.with_name(out.name + LOG_SUFFIX)
+
+
+def json_normal(obj: Any) -> Any:
+    """``obj`` as it reads back from a log: tuples as lists, NaN and infinity as None."""
+    return json_finite(json.loads(json.dumps(obj)))
+
+
+def segmenter_settings(segmenter: Any) -> dict[str, Any]:
+    """The segmenter settings that change its masks beyond its ``model_id``: mask refinement,
+    mask ranking and flip TTA (a dataclass setting by its repr, another object by its type)."""
+
+    def setting(name: str) -> Any:
+        v = getattr(segmenter, name, None)
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        return repr(v) if dataclasses.is_dataclass(v) else type(v).__name__
+
+    return {k: setting(k) for k in ("mask_refine", "mask_rank", "flip_tta")}
+
+
+def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``"name old (now new)"`` for each differing setting, nested settings by their own name
+    (``config.pred_iou_thresh`` as ``pred_iou_thresh``) unless two groups share it."""
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(old), flat(new)
+    keys = sorted(a.keys() | b.keys(), key=str)
+    leaves = [k.rsplit(".", 1)[-1] for k in keys]
+
+    def name(key: str) -> str:
+        leaf = key.rsplit(".", 1)[-1]
+        return leaf if leaves.count(leaf) == 1 else key
+
+    return [f"{name(k)} {a.get(k)!r} (now {b.get(k)!r})" for k in keys if a.get(k) != b.get(k)]
+
+
+def read_log(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Settings header and per-image records (by ``file_name``) of an earlier, possibly
+    interrupted, run. A torn line is ignored. Returns ``(None, {})`` when there is no log."""
+    path = Path(path)
+    settings: dict[str, Any] | None = None
+    done: dict[str, Any] = {}
+    if not path.exists():
+        return settings, done
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("ignoring a torn record in %s", path)
+                continue
+            if "settings" in rec:
+                settings = rec["settings"]
+            else:
+                done[rec["file_name"]] = rec
+    return settings, done
+
+
+class RecordLog:
+    """The record log of one folder run: the earlier run's records to keep, then an append-only,
+    fsync'ed file while used as a context manager.
+
+    Args:
+        path: the log file (:func:`log_path` of the run's output).
+        settings: what decides the outputs (JSON-like; compared after :func:`json_normal`).
+        resume: keep the records of an earlier run of the same settings (those that are not
+            failures make a log of other settings an error); False deletes the old log.
+        overwrite_hint: how the caller starts afresh, named in the error.
+
+    Attributes:
+        settings: ``settings`` as written to the log.
+        records: the earlier run's records by ``file_name`` (empty when not resuming), failures
+            included (the caller retries them).
+
+    Raises:
+        ValueError: (``resume``) the log holds finished images of other settings, or was written
+            without recorded settings; the message names each changed setting.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        settings: dict[str, Any],
+        *,
+        resume: bool = True,
+        overwrite_hint: str = "--overwrite",
+    ) -> None:
+        self.path = Path(path)
+        self.settings = json_normal(settings)
+        old, records = read_log(self.path) if resume else (None, {})
+        if old != self.settings:
+            if any("error" not in rec for rec in records.values()):
+                what = (
+                    "was written without recorded settings"
+                    if old is None
+                    else "holds outputs of other settings: "
+                    + ", ".join(settings_diff(old, self.settings))
+                )
+                raise ValueError(
+                    f"{self.path} {what}; write to a fresh output folder (--out) or recompute "
+                    f"every image ({overwrite_hint})"
+                )
+            records = {}  # only failures: nothing to keep
+        if not records and self.path.exists():  # no finished work to keep (or not resuming)
+            self.path.unlink()
+        self.records: dict[str, Any] = records
+        self._file: IO[str] | None = None
+
+    def __enter__(self) -> RecordLog:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a")
+        if not self.path.stat().st_size:
+            self._write({"settings": self.settings})
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def append(self, rec: dict[str, Any]) -> None:
+        """Log one image's record (with its ``file_name``) durably, and keep it in ``records``.
+
+        Raises:
+            ValueError: ``rec`` has no ``file_name``, or the log is not open.
+        """
+        if "file_name" not in rec:
+            raise ValueError(f"a record needs a file_name, got keys {sorted(rec)}")
+        self._write(rec)
+        self.records[rec["file_name"]] = rec
+
+    def _write(self, rec: dict[str, Any]) -> None:
+        if self._file is None:
+            raise ValueError(f"{self.path} is not open: use the RecordLog in a with block")
+        self._file.write(json.dumps(json_finite(rec), allow_nan=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
