@@ -586,7 +586,13 @@ class AutomaticMaskGenerator:
             "crop_box": data.crop_boxes.astype(np.int64).reshape(-1, 4),
         }
         if data.low_res is not None:
-            h, w = data.low_res[0].shape if data.low_res else (0, 0)
+            # no masks: still (0, h, w) in the segmenter's low-res frame, so that an empty
+            # result concatenates with others
+            h, w = (
+                data.low_res[0].shape
+                if data.low_res
+                else tuple(int(v) for v in getattr(self.segmenter, "low_res_size", (0, 0)))
+            )
             extras["low_res_logits"] = (
                 np.stack(data.low_res) if data.low_res else np.zeros((0, h, w), np.float32)
             )

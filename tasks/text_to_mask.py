@@ -190,7 +190,9 @@ class TextToMaskTask:
         h, w = context.image_size
         if match is None:
             n = len(self.matcher.class_names)
-            return _empty((h, w), f"prompt {prompt!r} matches none of the detector's {n} classes")
+            return self._empty(
+                (h, w), f"prompt {prompt!r} matches none of the detector's {n} classes"
+            )
         dets = self._cached(
             context, "det", lambda: call_detector(self.detector, context.image, context.image_id)
         )
@@ -199,7 +201,7 @@ class TextToMaskTask:
         else:
             dets = dets[np.zeros(len(dets), bool)]
         if len(dets) == 0:
-            out = _empty(
+            out = self._empty(
                 (h, w),
                 f"no {match.name!r} detected for prompt {prompt!r} (image {context.image_id!r})",
             )
@@ -222,7 +224,7 @@ class TextToMaskTask:
         h, w = context.image_size
         props, crop_emb = self._cached(context, "clip", lambda: self._proposals(context))
         if len(props) == 0:
-            return _empty((h, w), f"no mask proposals in image {context.image_id!r}")
+            return self._empty((h, w), f"no mask proposals in image {context.image_id!r}")
         text = self._text_cache.get(prompt)
         if text is None:
             from composer.models.clip import DEFAULT_TEMPLATES
@@ -236,7 +238,7 @@ class TextToMaskTask:
         order = np.argsort(-sims, kind="stable")
         order = order[sims[order] >= cfg.min_text_score][: cfg.max_masks]
         if len(order) == 0:
-            return _empty(
+            return self._empty(
                 (h, w), f"no proposal reaches text score {cfg.min_text_score} for {prompt!r}"
             )
         best = props[order]
@@ -291,7 +293,9 @@ class TextToMaskTask:
             kwargs["mask_input"] = best.extras["low_res_logits"][:1, None].astype(np.float32)
         out = self.segmenter.predict(
             emb,
-            points=np.array([[[x + 0.5, y + 0.5]]], np.float32),
+            # pixel indices, the frame of point prompts (SAM adds the half pixel itself;
+            # clicks of composer.evaluation.points are indices too)
+            points=np.array([[[x, y]]], np.float32),
             labels=np.array([[1]]),
             boxes=best.boxes[:1],
             multimask=False,
@@ -305,6 +309,33 @@ class TextToMaskTask:
         extras["predicted_iou"] = extras["predicted_iou"].copy()
         extras["predicted_iou"][0] = float(out.scores[0])  # type: ignore[index]
         return refined, extras
+
+    def _empty(self, image_size: tuple[int, int], message: str) -> Detections:
+        """No masks, with the fields a non-empty result of the strategy has (labels, extras
+        and, for the detector strategy, the instance task's model ids and class names), so
+        that results of several prompts or images concatenate and write alike."""
+        out = Detections.empty(image_size, message=message)
+        if self.config.strategy == "detector":
+            out.labels = np.zeros(0, np.int64)
+            out.extras = {
+                "predicted_iou": np.zeros(0, np.float32),
+                "mask_box": np.zeros((0, 4), np.float32),
+                "text_score": np.zeros(0, np.float32),
+            }
+            detector_id = getattr(self.detector, "model_id", type(self.detector).__name__)
+            class_names = getattr(self.detector, "class_names", None) or {}
+            out.meta.update(
+                model_id=self.segmenter.model_id, detector=detector_id,
+                class_names=dict(class_names),
+            )
+        else:  # open vocabulary: no labels, as Detections.from_masks in _by_clip
+            out.extras = {
+                "text_score": np.zeros(0, np.float32),
+                "predicted_iou": np.zeros(0, np.float32),
+                "refined": np.zeros(0, bool),
+            }
+            out.meta["model_id"] = self.model_id
+        return out
 
     # ------------------------------------------------------------------ per-image cache
     def _cached(self, context: TaskContext, kind: str, make: Any) -> Any:
@@ -355,10 +386,4 @@ def masked_crops(
             inside[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = m[sy0:sy1, sx0:sx1]
         crop[~inside] = (1 - dim) * crop[~inside] + dim * grey
         out.append(crop.round().clip(0, 255).astype(np.uint8))
-    return out
-
-
-def _empty(image_size: tuple[int, int], message: str) -> Detections:
-    out = Detections.empty(image_size, message=message)
-    out.labels = np.zeros(0, np.int64)
     return out
