@@ -213,7 +213,10 @@ class ClickSession:
         # The pixels are only needed to embed the image or crops of it (no per-object copy else).
         need_image = embedding is None or zoom_in is not None
         self.image = load_image(image) if need_image else None
-        if self.image is not None and isinstance(image, np.ndarray) and np.shares_memory(self.image, image):
+        if self.image is not None and (
+            (isinstance(image, np.ndarray) and np.shares_memory(self.image, image))
+            or isinstance(image, torch.Tensor)  # a CPU tensor's pixels are shared the same way
+        ):
             self.image = self.image.copy()  # later zoom crops must not see the caller's edits
         self.full = segmenter.embed(self.image) if embedding is None else embedding
         # an array given beside the embedding is checked too, though its pixels are not kept

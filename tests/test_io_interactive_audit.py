@@ -231,3 +231,20 @@ def test_top_index_never_picks_a_nan_score():
     assert top_index(np.array([np.nan, np.nan])) == 0
     assert top_index(np.array([], np.float32)) == 0
     assert top_index(np.array([0.1, 0.5, 0.5])) == 1  # ties: the first, as np.argmax
+
+
+def test_a_tensor_image_is_copied_for_zoom_crops():
+    from composer.io.image import load_image
+
+    t = torch.zeros(20, 30, 3, dtype=torch.uint8)
+    assert np.shares_memory(load_image(t), t.numpy())  # the case the copy is for
+
+    class Seg:
+        model_id = "fake"
+
+        def embed(self, image):
+            return ImageEmbedding(torch.zeros(1, 1, 2, 2), image.shape[:2], (2, 2), 2, "fake")
+
+    session = ClickSession(Seg(), t, zoom_in=ZoomIn())
+    t[0, 0, 0] = 255  # the caller edits its tensor afterwards
+    assert session.image[0, 0, 0] == 0
