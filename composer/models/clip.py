@@ -11,6 +11,7 @@ encoded in batches. Needs ``pip install 'sam-composer[text]'``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -142,7 +143,12 @@ class ClipModel:
                 )
             model = oc.create_model(arch, pretrained=str(weights))
             wid = str(weights)
-        cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+        cfg: dict[str, Any] = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+        if path is not None and path.is_file():
+            # A bare file carries no preprocessing; open_clip's model config does not either
+            # for every arch (SigLIP's mean/std 0.5 live in its pretrained tags' config), so
+            # the one open_clip would use for these weights is taken from where it lives.
+            cfg.update(_file_preprocess(oc, arch, path))
         size = getattr(model.visual, "image_size", cfg.get("size", 224))
         size = (size, size) if isinstance(size, int) else tuple(size)
         mean = cfg.get(
@@ -235,6 +241,45 @@ class ClipModel:
         return F.interpolate(
             x, self.image_size, mode="bicubic", align_corners=False, antialias=True
         ).clamp(0, 1)
+
+
+def _file_preprocess(oc: Any, arch: str, path: Path) -> dict[str, Any]:
+    """Image mean/std for weights loaded from a local file.
+
+    In order: the ``preprocess_cfg`` of an ``open_clip_config.json`` next to the file (the
+    layout of open_clip's Hugging Face repositories, which is what open_clip itself reads for
+    ``hf-hub:``/``local-dir:`` models); else the mean/std that every open_clip pretrained tag
+    of ``arch`` shares (SigLIP 0.5/0.5, CLIPA ImageNet's, MobileCLIP 0/1); else nothing (the
+    model config's, OpenAI's by default). A missing entry is not an error.
+    """
+    sidecar = path.parent / "open_clip_config.json"
+    if sidecar.is_file():
+        try:
+            pre = json.loads(sidecar.read_text()).get("preprocess_cfg", {}) or {}
+            got = {k: tuple(float(v) for v in pre[k]) for k in ("mean", "std") if k in pre}
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise ValueError(f"{sidecar} is not a valid open_clip config: {exc}") from exc
+        if any(len(v) != 3 for v in got.values()):
+            raise ValueError(f"{sidecar}: preprocess_cfg mean/std need 3 values, got {got}")
+        if got:
+            return got
+    try:
+        tags = list(oc.list_pretrained_tags_by_model(arch))
+        cfgs = [oc.get_pretrained_cfg(arch, t) or {} for t in tags]
+    except Exception:  # an open_clip without the pretrained registry: keep the model's
+        return {}
+    pairs = {(tuple(c["mean"]), tuple(c["std"])) for c in cfgs if c.get("mean") and c.get("std")}
+    if len(pairs) == 1:
+        mean, std = pairs.pop()
+        return {"mean": mean, "std": std}
+    if len(pairs) > 1:
+        logger.warning(
+            "the pretrained tags of %s normalise images differently; %s is normalised with the "
+            "model config's mean/std (put its open_clip_config.json next to it to choose)",
+            arch,
+            path.name,
+        )
+    return {}
 
 
 def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

@@ -318,8 +318,9 @@ class TorchvisionDetector:
         max_dets: keep at most this many.
         device: torch device to run on.
         download: fetch registered weights that are not cached yet.
-        model_kwargs: extra keyword arguments of the torchvision builder (``min_size``,
-            ``box_score_thresh`` ...).
+        model_kwargs: extra keyword arguments of the torchvision builder (``min_size`` ...);
+            its score floor and detection count default to ``score_threshold`` and
+            ``max_dets`` (with ``max_dets=None`` torchvision's own count applies).
 
     Raises:
         ValueError: unknown arch, bad threshold or ``max_dets``, unresolvable weights, or a
@@ -360,7 +361,18 @@ class TorchvisionDetector:
                 f"{_TV_URL + TORCHVISION_ARCHS[arch]}."
             ) from exc
         builder = getattr(tvd, arch)
-        model = builder(weights=None, weights_backbone=None, **dict(model_kwargs or {}))
+        kwargs = dict(model_kwargs or {})
+        # torchvision filters by its own score floor and count before we see the boxes (FCOS
+        # 0.2, the others 0.05; 100 boxes, RetinaNet 300), so score_threshold=0.05 gave FCOS's
+        # 0.2 and max_dets above the cap gave the cap. Passed down they keep what we keep:
+        # greedy NMS never lets a box below the floor suppress one above it.
+        two_stage = arch.startswith(("fasterrcnn", "maskrcnn"))
+        thresh_key = "box_score_thresh" if two_stage else "score_thresh"
+        count_key = "box_detections_per_img" if two_stage else "detections_per_img"
+        kwargs.setdefault(thresh_key, self.score_threshold)
+        if self.max_dets is not None:
+            kwargs.setdefault(count_key, max(1, self.max_dets))
+        model = builder(weights=None, weights_backbone=None, **kwargs)
         _load_state_strict(model, load_state_dict_file(path), path)
         self.model = model.eval().to(device)
         self.device = device

@@ -101,20 +101,61 @@ def normalise(text: str) -> str:
     return " ".join(words)
 
 
-def _singular(word: str) -> str:
+#: Plurals that no suffix rule undoes (the COCO-relevant ones and a few common others).
+_IRREGULAR: dict[str, str] = {
+    "knives": "knife",
+    "mice": "mouse",
+    "leaves": "leaf",
+    "shelves": "shelf",
+    "wolves": "wolf",
+    "loaves": "loaf",
+    "halves": "half",
+    "calves": "calf",
+    "geese": "goose",
+    "teeth": "tooth",
+    "feet": "foot",
+    "oxen": "ox",
+}
+
+
+def _singulars(word: str) -> list[str]:
+    """Singular candidates of ``word``, most likely first (``word`` itself when not a plural).
+
+    "buses" -> ["buse", "bus"], "vases" -> ["vase", "vas"]: a final "-ses"/"-zes" is tried
+    both ways (the lookup takes the first candidate it knows).
+    """
+    if word in _IRREGULAR:
+        return [_IRREGULAR[word]]
     if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 3 and word.endswith(("ches", "shes", "xes", "sses")):
-        return word[:-2]
+        return [word[:-3] + "y"]
+    if len(word) > 3 and word.endswith(("ches", "shes", "xes", "sses", "zzes")):
+        return [word[:-2]]
+    if len(word) > 4 and word.endswith(("ses", "zes")):
+        return [word[:-1], word[:-2]]
     if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
-        return word[:-1]
-    return word
+        return [word[:-1]]
+    return [word]
 
 
-def _forms(text: str) -> set[str]:
+def _singular(word: str) -> str:
+    return _singulars(word)[0]
+
+
+def _forms(text: str) -> list[str]:
+    """Lookup keys of ``text`` in the order they are tried: the normalised text, then with
+    every word singular, then the other singular candidates of its last word (the head noun).
+
+    A list, not a set: when two forms name different classes the full form must win, and
+    the iteration order of a set of strings changes from run to run (hash randomisation).
+    """
     n = normalise(text)
     words = n.split()
-    return {n, " ".join(_singular(w) for w in words)} if words else set()
+    if not words:
+        return []
+    head = [_singular(w) for w in words[:-1]]
+    out = [n, " ".join(head + [_singular(words[-1])])]
+    out += [" ".join(head + [alt]) for alt in _singulars(words[-1])[1:]]
+    return list(dict.fromkeys(out))
 
 
 class SentenceEncoder(Protocol):
@@ -252,19 +293,31 @@ class TextMatcher:
         self.threshold = float(threshold)
         self._ids = list(self.class_names)
         self._lookup: dict[str, tuple[int, str]] = {}
-        table = dict(SYNONYMS)
-        table.update({k: tuple(v) for k, v in (synonyms or {}).items()})
+        # The caller's synonyms first: they extend or replace the built-in table, so a word
+        # both claim is the caller's (setdefault below keeps the first claim).
+        table = {k: tuple(v) for k, v in (synonyms or {}).items()}
+        table.update({k: v for k, v in SYNONYMS.items() if k not in table})
         by_name = {normalise(n): i for i, n in self.class_names.items()}
+        # Claims by priority: every class's own name, then their singular forms, then the
+        # synonyms, then theirs. A class named "glass" keeps its name even when another class
+        # is "glasses" (whose singular form is "glass").
+        for name, i in by_name.items():
+            self._lookup.setdefault(name, (i, "exact"))
         for name, i in by_name.items():
             for form in _forms(name):
                 self._lookup.setdefault(form, (i, "exact"))
-        for name, words in table.items():
-            cid = by_name.get(normalise(name))
-            if cid is None:
-                continue
-            for w in words:
-                for form in _forms(w):
-                    self._lookup.setdefault(form, (cid, "synonym"))
+        syn = [
+            (normalise(w), by_name[normalise(name)])
+            for name, words in table.items()
+            if normalise(name) in by_name
+            for w in words
+        ]
+        for w, cid in syn:
+            if w:
+                self._lookup.setdefault(w, (cid, "synonym"))
+        for w, cid in syn:
+            for form in _forms(w):
+                self._lookup.setdefault(form, (cid, "synonym"))
         self._class_emb: np.ndarray | None = None
 
     def match(self, prompt: str) -> Match | None:
@@ -293,7 +346,7 @@ class TextMatcher:
     def _word_match(self, prompt: str) -> Match | None:
         """Longest class name (or synonym) whose words all occur in the prompt."""
         words = set(normalise(prompt).split())
-        words |= {_singular(w) for w in words}
+        words |= {c for w in list(words) for c in _singulars(w)}
         best: tuple[int, int] | None = None
         for form, (i, _) in self._lookup.items():
             parts = form.split()
