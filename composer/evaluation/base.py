@@ -102,6 +102,17 @@ class ItemGroundTruth:
         """Forward one image with the ground truth taken from the dataset item."""
         self.evaluator.process(item.image_id, prediction, self.ground_truth(item))
 
+    def discard(self, image_id: Hashable) -> None:
+        """Forward to the wrapped evaluator's ``discard``.
+
+        Raises:
+            NotImplementedError: the wrapped evaluator has no ``discard``.
+        """
+        discard = getattr(self.evaluator, "discard", None)
+        if not callable(discard):
+            raise NotImplementedError(f"{type(self.evaluator).__name__} has no discard()")
+        discard(image_id)
+
     def evaluate(self) -> dict[str, float]:
         out = self.evaluator.evaluate()
         if not self.prefix:

@@ -246,6 +246,14 @@ class CocoResults:
             dets.to_coco(image_id=iid, category_id=category_id) if len(dets) else []
         )
 
+    def discard(self, image_id: Hashable) -> None:
+        """Forget one processed image (no-op if it was not processed)."""
+        try:
+            iid = int(image_id)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return
+        self._entries.pop(iid, None)
+
     def cocoeval(
         self, iou_type: str, max_dets: Sequence[int], use_cats: bool = True
     ) -> COCOeval | None:
@@ -378,6 +386,10 @@ class CocoEvaluator:
                 "CocoEvaluator needs labels (category ids); use ProposalEvaluator for class-agnostic masks"
             )
         self._results.add(image_id, prediction, need_masks="segm" in self.iou_types)
+
+    def discard(self, image_id: Hashable) -> None:
+        """Forget one processed image (the runner's undo for an image that failed elsewhere)."""
+        self._results.discard(image_id)
 
     def evaluate(self) -> dict[str, float]:
         """pycocotools metrics; all zeros (with a warning) when no image was processed.

@@ -470,6 +470,15 @@ class BoundaryEvaluator:
         self._ids.append(image_id)
         self._results.append(c.astype(np.int64))
 
+    def discard(self, image_id: str) -> None:
+        """Forget one processed image (no-op if it was not processed)."""
+        if image_id not in self._ids:
+            return
+        k = self._ids.index(image_id)
+        del self._ids[k]
+        del self._results[k]
+        self._tables = None
+
     def settings(self) -> dict[str, object]:
         """Keyword arguments of :func:`image_counts` matching this evaluator."""
         return {

@@ -355,6 +355,10 @@ class PointEvaluator:
                 )
         self.traces.extend(traces)
 
+    def discard(self, image_id: Hashable) -> None:
+        """Forget the traces recorded for one image (matched by ``ClickTrace.image_id``)."""
+        self.traces = [t for t in self.traces if t.image_id != image_id]
+
     def curves(self) -> dict[str, np.ndarray]:
         """Per-click mean IoU: ``{"mIoU": (max_clicks,), "oracle_mIoU": (max_clicks,)}`` float64."""
         if not self.traces:

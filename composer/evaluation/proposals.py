@@ -86,6 +86,10 @@ class ProposalEvaluator:
             image_id, prediction, need_masks="segm" in self.iou_types, category_id=self._any_cat
         )
 
+    def discard(self, image_id: Hashable) -> None:
+        """Forget one processed image (the runner's undo for an image that failed elsewhere)."""
+        self._results.discard(image_id)
+
     def evaluate(self) -> dict[str, float]:
         """Class-agnostic AR; zeros (with a warning) when no image was processed.
 

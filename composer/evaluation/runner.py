@@ -13,7 +13,8 @@ Two modes, chosen by what is passed:
 
 Dataset items need ``image_id`` and either ``load_image()``, ``image`` or ``path``. A failing
 image is logged and recorded under ``meta["failures"]``; the run goes on, so the results
-already computed are never lost.
+already computed are never lost. A failed image counts in no evaluator's metrics: evaluators
+that processed it before another one failed on it give it back (``discard(image_id)``).
 """
 
 from __future__ import annotations
@@ -154,6 +155,32 @@ def _mirror_calls(runner: Any) -> int:
     return int(_segmenter_attr(runner, "mirror_encoder_calls") or 0)
 
 
+def _withdraw(evs: Sequence[Any], image_id: Hashable) -> list[str]:
+    """Take a failed image back from the evaluators that already processed it.
+
+    An image that fails in one evaluator's ``process`` would otherwise count in the metrics of
+    the evaluators before it while the report lists it as failed (and the metrics would depend
+    on the evaluators' order).
+
+    Returns:
+        The names of evaluators without ``discard(image_id)`` (they keep the image; the failure
+        record says so).
+    """
+    kept = []
+    for ev in evs:
+        discard = getattr(ev, "discard", None)
+        try:
+            if not callable(discard):
+                raise NotImplementedError
+            discard(image_id)
+        except NotImplementedError:
+            kept.append(type(ev).__name__)
+            logger.warning(
+                "%s keeps failed image %r (it has no discard())", type(ev).__name__, image_id
+            )
+    return kept
+
+
 def _write_json(path: Path, data: Any) -> None:
     write_json(path, _jsonable(data), indent=2)  # NaN (e.g. an undefined R50) -> null
 
@@ -228,6 +255,7 @@ def run(
     for index, fetch in _iter_items(dataset, None if limit is None else int(limit)):
         image_id: Any = None
         t0 = time.perf_counter()
+        fed: list[Any] = []  # evaluators that already took this image
         try:
             item = fetch()
             image_id = item.image_id
@@ -244,6 +272,7 @@ def run(
                         traces[id(ev)].append(tr)
                 for ev in evs:
                     ev.process(image_id, traces[id(ev)])
+                    fed.append(ev)
                 n_masks += len(traces[id(evs[0])])
             else:
                 ctx = TaskContext(image, image_id, cache, {"dataset": dataset_name, "item": item})
@@ -253,23 +282,28 @@ def run(
                         ev.process_item(item, output)
                     else:
                         ev.process(image_id, output)
+                    fed.append(ev)
         except KeyboardInterrupt:
             interrupted = True
+            _withdraw(fed, image_id)
             logger.warning("run interrupted at item %d; evaluating what was processed", index)
             break
         except Exception as exc:  # one bad image must not lose the rest of the run
             # one line; the traceback goes to meta["failures"] (and the log with --verbose)
             logger.error("image %r (item %d) failed: %s: %s", image_id, index,
                          type(exc).__name__, exc, exc_info=logger.isEnabledFor(logging.INFO))
-            failures.append(
-                {
-                    "index": index,
-                    "image_id": image_id,
-                    "error": f"{type(exc).__name__}: {exc}",
-                    "traceback": traceback.format_exc(limit=-4),
-                    "seconds": round(time.perf_counter() - t0, 6),
-                }
-            )
+            failure = {
+                "index": index,
+                "image_id": image_id,
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=-4),
+                "seconds": round(time.perf_counter() - t0, 6),
+            }
+            # a failed image must count in no evaluator: take it back from those that took it
+            kept = _withdraw(fed, image_id)
+            if kept:
+                failure["kept_by"] = kept
+            failures.append(failure)
             continue
         per_image.append([image_id, round(time.perf_counter() - t0, 6)])
         if (index + 1) % 10 == 0:
