@@ -74,7 +74,7 @@ def build_sam_from_config(
     if not isinstance(config, SamConfig):
         raise TypeError(f"config must be a SamConfig, got {type(config).__name__}")
     # before the (possibly long) load, so a device this machine lacks fails at once and says why
-    device = _check_device(device)
+    device = check_device(device)
     if meta:
         if checkpoint is not None:
             raise ValueError("meta=True builds a model without storage; it cannot load weights")
@@ -94,32 +94,40 @@ def build_sam_from_config(
     return model.to(device).eval()
 
 
-def _check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a ``torch.device`` this machine can use.
+def check_device(
+    device: str | torch.device, choices: str = "cpu, cuda, cuda:N or mps",
+    cpu_hint: str = "device='cpu'",
+) -> torch.device:
+    """``device`` as a ``torch.device`` this machine can use (``load_segmenter`` resolves
+    "auto" first and checks the rest here).
+
+    Args:
+        device: "cpu", "cuda", "cuda:N", "mps" (any case, surrounding spaces allowed) or a
+            ``torch.device``.
+        choices: the names the caller accepts, for the error of an unknown one.
+        cpu_hint: how the caller asks for the CPU, for the error of a missing accelerator.
 
     Raises:
-        ValueError: an unknown device name, or an accelerator torch cannot use here (the
-            message says why: no CUDA in this torch build, no visible GPU, an index past the
-            last GPU, no MPS).
+        ValueError: an unknown or unsupported device name, or an accelerator torch cannot use
+            here (the message says why: no CUDA in this torch build, no visible GPU, an index
+            past the last GPU, no MPS).
     """
     try:
-        dev = torch.device(device.strip() if isinstance(device, str) else device)
+        dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
     except (RuntimeError, TypeError, ValueError) as err:
-        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from err
+        raise ValueError(f"unknown device {device!r}: use {choices}") from err
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            why = (
-                "this torch build has no CUDA"
-                if torch.version.cuda is None
-                else "torch sees no GPU"
-            )
-            raise ValueError(f"device {device!r} asked for, but {why}; use device='cpu'")
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "torch sees no GPU"
+            raise ValueError(f"device {device!r} asked for, but {why}; use {cpu_hint}")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(
                 f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} GPU(s)"
             )
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r} asked for, but MPS is not available here")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {device!r}: use {choices}")
     return dev
 
 

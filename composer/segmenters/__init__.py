@@ -62,23 +62,9 @@ def resolve_device(device: Any = "auto") -> Any:
 
     if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch build has no CUDA" if torch.version.cuda is None else "torch sees no GPU"
-            raise ValueError(f"device {device!r} asked for, but {why}; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} GPU(s)"
-            )
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} asked for, but MPS is not available here")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unsupported device {device!r}: use auto, cpu, cuda, cuda:N or mps")
-    return dev
+    from ..sam.build import check_device
+
+    return check_device(device, choices="auto, cpu, cuda, cuda:N or mps", cpu_hint="--device cpu")
 
 
 def _load_classic(
