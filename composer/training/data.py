@@ -106,18 +106,38 @@ def bsds_ids(
 def load_bsds_item(
     split: str, image_id: str, data_root: str | Path | None = None
 ) -> SegmentationItem:
-    """One BSDS500 image with one label layer per annotator (``Segmentation``, labels 1..K)."""
-    import scipy.io
+    """One BSDS500 image with one label layer per annotator (``Segmentation``, labels 1..K).
 
+    Raises:
+        ValueError: the .mat is unreadable or has no annotators, a ``Segmentation`` differs
+            in size from the image, or a region id does not fit below :data:`IGNORE_LABEL`.
+    """
+    from ..data.bsds import load_ground_truth
     from ..data.paths import dataset_dir
     from ..io.image import load_image
 
     base = Path(data_root) / "bsds500" if data_root is not None else dataset_dir("bsds500")
     image = load_image(base / "images" / split / f"{image_id}.jpg")
-    mat = scipy.io.loadmat(str(base / "groundTruth" / split / f"{image_id}.mat"))
-    gt = mat["groundTruth"]
-    layers = [np.asarray(gt[0, k]["Segmentation"][0, 0], np.uint16) for k in range(gt.shape[1])]
-    return SegmentationItem(f"bsds/{split}/{image_id}", image, np.stack(layers))
+    # The dataset reader: every annotator of the cell whatever its orientation (a 1 x N cell
+    # read by column index kept one annotator of an N x 1 cell), errors naming the file.
+    gt_path = base / "groundTruth" / split / f"{image_id}.mat"
+    annotators = load_ground_truth(gt_path)
+    if not annotators:
+        raise ValueError(f"{gt_path} has no annotators")
+    segs = [a["segmentation"] for a in annotators]
+    for seg in segs:
+        if seg.shape != image.shape[:2]:
+            raise ValueError(
+                f"{gt_path}: Segmentation is {seg.shape[1]}x{seg.shape[0]} (WxH) but the image is "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
+        if seg.size and (seg.min() < 0 or seg.max() >= IGNORE_LABEL):
+            raise ValueError(
+                f"{gt_path}: region ids must be in 0..{IGNORE_LABEL - 1}, got "
+                f"{seg.min()}..{seg.max()}"
+            )
+    layers = np.stack([seg.astype(np.uint16) for seg in segs])
+    return SegmentationItem(f"bsds/{split}/{image_id}", image, layers)
 
 
 def bsds_items(
@@ -503,6 +523,7 @@ def prepare_sample(
     low_res: int,
     min_area: int = 16,
     max_area_frac: float = 0.95,
+    layer_sampling: str = "centre",
 ) -> PreparedSample:
     """Resize ``item`` through ``variant`` to the input frame and its layers to the low-res frame.
 
@@ -513,15 +534,30 @@ def prepare_sample(
         low_res: side of the low-res frame (``img_size // 4`` for SAM's geometry).
         min_area: masks smaller than this many low-res pixels are not sampled.
         max_area_frac: masks covering more of the valid region than this are not sampled.
+        layer_sampling: ``"centre"``: each low-res pixel takes the label under its centre, so
+            masks and image stay aligned. ``"corner"``: the label under its top-left corner
+            (OpenCV's nearest resize; masks sit half a low-res pixel right of and below the
+            image): the format of :class:`~composer.training.features.FeatureCache` entries,
+            whose loader subsamples them at ``f // 2`` and so lands on the centres.
     """
+    if layer_sampling not in ("centre", "corner"):
+        raise ValueError(f"layer_sampling must be 'centre' or 'corner', got {layer_sampling!r}")
     img, layers = apply_variant(item, variant)
     h, w = img.shape[:2]
     ih, iw = input_shape(h, w, img_size)
     img = cv2.resize(img, (iw, ih), interpolation=cv2.INTER_LINEAR)
     lh, lw = max(1, round(ih * low_res / img_size)), max(1, round(iw * low_res / img_size))
     low = np.zeros((layers.shape[0], low_res, low_res), np.uint16)
-    for a in range(layers.shape[0]):
-        low[a, :lh, :lw] = cv2.resize(layers[a], (lw, lh), interpolation=cv2.INTER_NEAREST)
+    if layer_sampling == "corner":
+        for a in range(layers.shape[0]):
+            low[a, :lh, :lw] = cv2.resize(layers[a], (lw, lh), interpolation=cv2.INTER_NEAREST)
+    else:
+        # Low-res pixel j spans input pixels [j s, (j + 1) s), s = img_size / low_res; its
+        # centre (j + 0.5) s lies at (j + 0.5) s * w / iw original pixels (the image's frame).
+        s = img_size / low_res
+        ys = np.minimum(((np.arange(lh) + 0.5) * s * h / ih).astype(np.int64), h - 1)
+        xs = np.minimum(((np.arange(lw) + 0.5) * s * w / iw).astype(np.int64), w - 1)
+        low[:, :lh, :lw] = layers[:, ys[:, None], xs[None, :]]
     valid = np.zeros((low_res, low_res), bool)
     valid[:lh, :lw] = True
     valid &= ~(low == IGNORE_LABEL).any(axis=0)

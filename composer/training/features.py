@@ -91,7 +91,12 @@ class FeatureCache:
                     paths.append(path)
                     if path.exists():
                         continue
-                    sample = prepare_sample(item, v, encoder.img_size, low_res)
+                    # Corner-sampled layers: load() subsamples them at f // 2, which lands
+                    # on the model's low-res pixel centres; entries stay as earlier builds
+                    # wrote them.
+                    sample = prepare_sample(
+                        item, v, encoder.img_size, low_res, layer_sampling="corner"
+                    )
                     assert sample.image is not None
                     feats = encoder.forward_backbone(image_to_input(model, sample.image))
                     self._write(path, sample, feats)
