@@ -277,8 +277,8 @@ class GrabCutRefine:
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """GrabCut in a band of half-width ``bw`` around ``crop_mask`` (H, W bool) of the
         (H, W, 3) uint8 RGB ``img``; ``points`` are in the frame whose (0, 0) is ``origin`` of
-        the crop. Returns (refined mask, the band GrabCut could relabel), or None when it did
-        not run."""
+        the crop. Returns (refined mask, the pixels whose label may differ from ``crop_mask``:
+        the band GrabCut could relabel and the click disks), or None when it did not run."""
         crop = crop_mask.astype(np.uint8)
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * bw + 1, 2 * bw + 1))
         inner = cv2.erode(crop, kernel, borderType=cv2.BORDER_REPLICATE)
@@ -286,6 +286,7 @@ class GrabCutRefine:
         tri = np.where(crop > 0, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
         tri[inner > 0] = cv2.GC_FGD
         tri[outer == 0] = cv2.GC_BGD
+        clicked = np.zeros_like(crop)
         if points is not None and labels is not None:
             radius = max(2, bw // 3)
             ox, oy = origin
@@ -295,6 +296,7 @@ class GrabCutRefine:
                     continue
                 value = cv2.GC_FGD if lab == 1 else cv2.GC_BGD
                 cv2.circle(tri, (int(x) - ox, int(y) - oy), radius, int(value), -1)
+                cv2.circle(clicked, (int(x) - ox, int(y) - oy), radius, 1, -1)
         fg = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
         if fg.all() or not fg.any():
             return None
@@ -302,7 +304,10 @@ class GrabCutRefine:
             # one colour throughout: nothing to snap to, and GrabCut gave the whole band to
             # the background (the mask shrank by the band's width)
             return None
-        band = (tri == cv2.GC_PR_FGD) | (tri == cv2.GC_PR_BGD)
+        # the click disks are fixed, not in the band, yet may differ from the mask (a negative
+        # click inside it, a positive one outside): a caller that copies back only what may have
+        # changed (the scaled path of refine_inplace) needs them too
+        band = (tri == cv2.GC_PR_FGD) | (tri == cv2.GC_PR_BGD) | (clicked > 0)
         bgr = np.ascontiguousarray(img[..., ::-1])
         bgd_model = np.zeros((1, 65), np.float64)
         fgd_model = np.zeros((1, 65), np.float64)
@@ -333,23 +338,31 @@ def _padded_bbox(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:
 #: releases the GIL; each mask is refined alone, its random generator seeded in its own
 #: thread, so the masks do not depend on this number). 1 refines in the calling thread.
 REFINE_THREADS = max(1, min(4, os.cpu_count() or 1))
-_POOL: ThreadPoolExecutor | None = None
-_POOL_KEY: tuple[int, int] = (0, 0)  # (threads, process id)
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # by thread count, for the process _POOLS_PID
+_POOLS_PID = 0
 _POOL_LOCK = threading.Lock()
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
-    """The shared refinement pool of ``threads`` threads; a new one in a forked child (whose
-    copy of the parent's pool has no threads) or when ``threads`` changed."""
-    global _POOL, _POOL_KEY
-    key = (threads, os.getpid())
+    """The shared refinement pool of ``threads`` threads; new ones in a forked child (whose
+    copies of the parent's pools have no threads).
+
+    A pool is never shut down while this process runs: another thread may hold it between
+    this call and its ``submit`` (shutting the old pool down when the count changed made a
+    concurrent ``predict`` with another number of masks fail with "cannot schedule new
+    futures after shutdown"). Counts are at most ``REFINE_THREADS`` unless asked for, so the
+    pools are few."""
+    global _POOLS_PID
+    pid = os.getpid()
     with _POOL_LOCK:
-        if _POOL is None or _POOL_KEY != key:
-            if _POOL is not None and _POOL_KEY[1] == key[1]:
-                _POOL.shutdown(wait=False)
-            _POOL = ThreadPoolExecutor(threads, thread_name_prefix="grabcut-refine")
-            _POOL_KEY = key
-        return _POOL
+        if _POOLS_PID != pid:
+            _POOLS.clear()  # the parent's pools: their threads did not survive the fork
+            _POOLS_PID = pid
+        pool = _POOLS.get(threads)
+        if pool is None:
+            pool = ThreadPoolExecutor(threads, thread_name_prefix="grabcut-refine")
+            _POOLS[threads] = pool
+        return pool
 
 
 def refine_masks(
