@@ -232,9 +232,8 @@ class EmbeddingCache:
             return
         self.disk_dir.mkdir(parents=True, exist_ok=True)
         data_path, head_path = self._paths(key)
-        arrays = {"features": emb.features.detach().cpu().numpy()}
-        for k, v in emb.extras.items():
-            arrays[f"extra__{k}"] = v.detach().cpu().numpy()
+        tensors = {"features": emb.features, **{f"extra__{k}": v for k, v in emb.extras.items()}}
+        arrays = {k: _to_numpy(v) for k, v in tensors.items()}
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]
         data = buf.getvalue()
@@ -247,6 +246,8 @@ class EmbeddingCache:
             "pad_size": emb.pad_size,
             "model_id": emb.model_id,
             "crop_box": list(emb.crop_box) if emb.crop_box else None,
+            # numpy has no bfloat16: such tensors are stored as float32 (exactly) and cast back
+            "dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in tensors.items()},
         }
         _write_atomic(data_path, data)
         _write_atomic(head_path, json.dumps(header).encode())
@@ -262,9 +263,12 @@ class EmbeddingCache:
             raw = data_path.read_bytes()
             if hashlib.sha256(raw).hexdigest() != header["sha256"]:
                 raise ValueError("checksum mismatch")
-            with np.load(data_path, allow_pickle=False) as npz:
-                features = torch.from_numpy(npz["features"].copy())
-                extras = {k[len("extra__"):]: torch.from_numpy(npz[k].copy()) for k in npz.files if k.startswith("extra__")}
+            dtypes = header.get("dtypes") or {}
+            # the verified bytes, not the file again: another process may have replaced it
+            with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+                features = _from_numpy(npz["features"], dtypes.get("features"))
+                extras = {k[len("extra__"):]: _from_numpy(npz[k], dtypes.get(k))
+                          for k in npz.files if k.startswith("extra__")}
             return ImageEmbedding(
                 features=features,
                 original_size=tuple(header["original_size"]),  # type: ignore[arg-type]
@@ -299,6 +303,28 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU numpy copy of ``t``; bfloat16, which numpy lacks, as float32 (exact)."""
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def _from_numpy(arr: np.ndarray, dtype: Any) -> torch.Tensor:
+    """A tensor copy of a stored array, cast to the recorded torch ``dtype`` name (None: as
+    stored, an entry written before dtypes were recorded).
+
+    Raises:
+        ValueError: ``dtype`` names no torch dtype.
+    """
+    t = torch.from_numpy(arr.copy())
+    if dtype is None:
+        return t
+    want = getattr(torch, str(dtype), None)
+    if not isinstance(want, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}")
+    return t.to(want)
 
 
 def _with_crop(emb: ImageEmbedding, box: CropBox) -> ImageEmbedding:

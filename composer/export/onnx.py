@@ -10,8 +10,9 @@
   (``segment_anything.utils.onnx.SamOnnxModel``, which takes B = 1):
   ``image_embeddings`` (1, C, h, w); ``point_coords`` (B, N, 2) float32 XY in the model-input
   frame (pixel indices of the resized image); ``point_labels`` (B, N) float32: 1 positive,
-  0 negative, 2 / 3 a box's top-left / bottom-right corner, -1 padding (a prompt without a
-  box ends with one padding point at (0, 0)); ``mask_input`` (B, 1, 4h, 4w) low-res logits
+  0 negative, 2 / 3 a box's top-left / bottom-right corner, -1 padding (a prompt of points
+  without a box ends with one padding point at (0, 0); a prompt of a mask input alone has
+  N = 0, as ``PromptEncoder`` gives it no token); ``mask_input`` (B, 1, 4h, 4w) low-res logits
   and ``has_mask_input`` (B,) float32 0 or 1. Outputs ``low_res_masks`` (B, 4, 4h, 4w) and
   ``iou_predictions`` (B, 4): all four mask tokens, the single-mask output first and the three
   multimask outputs after it (the caller slices, as ``MaskDecoder.forward`` does). B may be
@@ -155,8 +156,12 @@ class DecoderGraph(nn.Module):
         )[..., None, :]
         g = torch.exp(-d2 / (2 * branch.sigma**2))  # (B, N, h, w)
         sel = labels[..., None, None]
-        pos = torch.where(sel == POS_LABEL, g, torch.zeros_like(g)).amax(dim=1)
-        neg = torch.where(sel == NEG_LABEL, g, torch.zeros_like(g)).amax(dim=1)
+        # a zero map joins the N maps: a prompt of a mask input alone has no point (N = 0),
+        # and the maximum over none is -inf in the graph, where ``rasterize`` leaves zeros
+        # (the maps are >= 0, so it changes no other maximum)
+        zero = torch.zeros_like(mask_input)
+        pos = torch.cat([torch.where(sel == POS_LABEL, g, torch.zeros_like(g)), zero], 1).amax(dim=1)
+        neg = torch.cat([torch.where(sel == NEG_LABEL, g, torch.zeros_like(g)), zero], 1).amax(dim=1)
         mask = has[:, 0] * torch.tanh(mask_input[:, 0] / 4)
         flag = has[:, 0] * torch.ones_like(mask)
         raster = torch.stack([pos, neg, mask, flag], dim=1)
@@ -205,7 +210,11 @@ def max_prompt_batch(net: Any, features: torch.Tensor) -> int:
     h, w = (int(v) for v in features.shape[-2:])
     chunk = max(1, min(PROMPT_CHUNK, CHUNK_BYTES // (4 * h * w * d)))
     step = max(1, CHUNK_BYTES // (4 * 2 * h * w * d))
-    return min(chunk, step)
+    # The upscaler's sub-chunks of ``step`` prompts are a branch on the traced batch
+    # (``min(2, max_batch)``), not a slice in the graph: a trace that stays under ``step``
+    # holds no sub-chunking and takes the whole prompt chunk (SAM's ViTs: 4, where
+    # ``min(chunk, step)`` gave 2).
+    return chunk if min(2, chunk) <= step else 1
 
 
 def export_onnx(
@@ -358,7 +367,8 @@ def decoder_inputs(coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarra
         mask_input: None, or (B, 1, *low) low-res logits.
         low: the low-res size (h, w).
         boxes: None, or (B, 4) (or (4,)) XYXY boxes: appended as two corner points; without
-            them every prompt ends with one padding point, as ``PromptEncoder`` does.
+            them every prompt of points ends with one padding point, as ``PromptEncoder``
+            does, and a prompt of a mask input alone (K = 0) gets no point at all.
     """
     pts = np.asarray(coords, np.float32)
     pts = pts.reshape(1, -1, 2) if pts.ndim < 3 else pts
@@ -367,9 +377,14 @@ def decoder_inputs(coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarra
     if boxes is not None:
         corners = np.asarray(boxes, np.float32).reshape(b, 2, 2)
         extra = np.broadcast_to(np.array([BOX_TL_LABEL, BOX_BR_LABEL], np.float32), (b, 2))
-    else:
+    elif pts.shape[1]:
         corners = np.zeros((b, 1, 2), np.float32)
         extra = np.full((b, 1), PAD_LABEL, np.float32)
+    else:
+        # a mask input alone: ``PromptEncoder`` gives no sparse token at all (a padding token
+        # here moved the masks and IoUs by up to ~0.1 from the PyTorch model's)
+        corners = np.zeros((b, 0, 2), np.float32)
+        extra = np.zeros((b, 0), np.float32)
     has = mask_input is not None
     mask = (np.asarray(mask_input, np.float32).reshape(b, 1, *low) if has
             else np.zeros((b, 1, *low), np.float32))
