@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
 import scipy.io
 
-from composer.sam.composer_tiny import ComposerTinyConfig, build_composer_tiny
+from composer.sam.composer_tiny import build_composer_tiny
 from composer.training.data import (
     SegmentationItem,
     Variant,
@@ -15,6 +17,8 @@ from composer.training.data import (
     prepare_sample,
 )
 from composer.training.features import FeatureCache
+
+from .test_training import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,19 +55,7 @@ def test_feature_cache_entries_keep_their_format(tmp_path) -> None:
     """The cache still stores corner-sampled layers (what its loader's f // 2 subsampling
     expects, and what the shipped recipe's entries hold): loaded at half the stored side
     they sit on the image, like prepare_sample's."""
-    cfg = ComposerTinyConfig(
-        img_size=128,
-        embed_stride=16,
-        embed_dim=32,
-        neck_dim=32,
-        decoder_depth=1,
-        decoder_heads=4,
-        decoder_mlp_dim=64,
-        iou_head_hidden_dim=32,
-        mask_in_chans=8,
-        hires=False,
-        click_maps=False,
-    )
+    cfg = dataclasses.replace(TINY, hires=False, click_maps=False)
     model = build_composer_tiny(config=cfg, pretrained_backbone=False)
     item = _stripe_item(37, 91, h=96, w=128)
     cache = FeatureCache("t", root=tmp_path)
