@@ -535,7 +535,10 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:
+            # a run saved where the scaler was off (the CPU) stored {}: an enabled scaler (the
+            # run resumed on CUDA) refuses to load that, so it starts from its initial scale
+            self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
         self.rng.bit_generator.state = state["rng"]

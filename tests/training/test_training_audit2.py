@@ -102,3 +102,41 @@ def test_bsds_item_refuses_region_ids_that_collide_with_the_ignore_label(tmp_pat
     _write_bsds(tmp_path, (1, 1), [seg])
     with pytest.raises(ValueError, match="region ids"):
         load_bsds_item("train", "1", data_root=tmp_path)
+
+
+def test_a_cpu_run_resumes_where_the_scaler_is_enabled(tmp_path) -> None:
+    """A CPU run saves the disabled GradScaler's state, {}; resumed on CUDA the scaler is on,
+    and torch's GradScaler.load_state_dict({}) raises ("The source state dict is empty")."""
+    import torch
+
+    from composer.sam import build_sam
+    from composer.training.data import synthetic_shapes
+    from composer.training.trainer import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    model = build_sam("vit_tiny_test", checkpoint=None)
+    size, low = model.image_encoder.img_size, model.prompt_encoder.mask_input_size[0]
+    samples = [prepare_sample(it, Variant(), size, low) for it in synthetic_shapes(2, 64, seed=1)]
+    cfg = TrainConfig(steps=2, masks_per_image=1, num_corrective=1, no_point_rounds=1,
+                      freeze=("image_encoder",), checkpoint_dir=str(tmp_path), warmup_steps=1)
+    first = Trainer(model, cfg, samples)
+    first.fit()
+    state = first.state_dict()
+    assert state["scaler"] == {}
+
+    class EnabledScaler:  # what torch.amp.GradScaler("cuda") does when it is enabled
+        loaded = None
+
+        def is_enabled(self) -> bool:
+            return True
+
+        def load_state_dict(self, sd) -> None:
+            if not sd:
+                raise RuntimeError("The source state dict is empty, possibly because it was "
+                                   "saved from a disabled instance of GradScaler.")
+            self.loaded = sd
+
+    again = Trainer(build_sam("vit_tiny_test", checkpoint=None), cfg, samples)
+    again.scaler = EnabledScaler()  # type: ignore[assignment]
+    again.load_state_dict(state)
+    assert again.step == 2 and again.scaler.loaded is None
