@@ -119,6 +119,29 @@ def build_model(name: str, checkpoint: str | None, random_init: bool) -> tuple[A
     return build_sam(name, checkpoint=checkpoint), checkpoint or "random"
 
 
+def _check_disjoint(train: Any, held_out: Any) -> None:
+    """Refuse held-out images that are also training images (by their pixels, whatever their
+    file names or ids): the mIoU reported as held-out would be measured on trained images.
+
+    Raises:
+        ValueError: some images of ``held_out`` are in ``train``; a few are named.
+    """
+    import hashlib
+
+    def key(item: Any) -> str:
+        image = item.image
+        return hashlib.sha1(str(image.shape).encode() + image.tobytes()).hexdigest()
+
+    seen = {key(it) for it in train}
+    both = [it.image_id for it in held_out if key(it) in seen]
+    if both:
+        raise ValueError(
+            f"{len(both)} of the {len(held_out)} --val-data images are also in --data (e.g. "
+            f"{', '.join(both[:3])}): the held-out mIoU would be measured on images trained "
+            "on; remove them from one of the two"
+        )
+
+
 def _samples(items: Any, model: Any, frozen: bool, mirror: bool) -> list[Any]:
     """PreparedSamples (identity, + mirror) with cached embeddings when the encoder is frozen."""
     import torch
@@ -241,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.data} has no image with a non-crowd instance")
     if args.val_data:
         val_items = list(coco_items(args.val_data, args.val_images))
+        _check_disjoint(items, val_items)
     else:
         # Every k-th image is held out (spread over the dataset's order).
         n_val = int(round(len(items) * args.val_fraction)) if len(items) > 1 else 0

@@ -140,3 +140,58 @@ def test_a_cpu_run_resumes_where_the_scaler_is_enabled(tmp_path) -> None:
     again.scaler = EnabledScaler()  # type: ignore[assignment]
     again.load_state_dict(state)
     assert again.step == 2 and again.scaler.loaded is None
+
+
+def test_train_refuses_held_out_images_that_are_training_images(tmp_path, capsys) -> None:
+    """--val-data overlapping --data (here the same images under other names and ids) would
+    report a held-out mIoU measured on trained images."""
+    import json
+    import shutil
+
+    from composer.cli import main
+
+    from .test_train_cli import _coco_dataset
+
+    ann, images = _coco_dataset(tmp_path / "train", n=3)
+    val_dir = tmp_path / "val"
+    (val_dir / "images").mkdir(parents=True)
+    doc = json.loads(ann.read_text())
+    for im in doc["images"]:  # image 2 again, renamed and renumbered; the others new
+        shutil.copy(images / im["file_name"], val_dir / "images" / f"v{im['file_name']}")
+        im["file_name"] = f"v{im['file_name']}"
+    keep = {2}
+    doc["images"] = [im for im in doc["images"] if im["id"] in keep]
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] in keep]
+    (val_dir / "v.json").write_text(json.dumps(doc))
+    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--random-init", "--out", str(tmp_path / "run"), "--steps", "1",
+            "--val-data", str(val_dir / "v.json"), "--val-images", str(val_dir / "images")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "1 of the 1 --val-data images are also in --data" in err
+
+
+def test_train_accepts_held_out_images_of_their_own(tmp_path, capsys) -> None:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from composer.cli import main
+
+    from .test_train_cli import _coco_dataset
+
+    ann, images = _coco_dataset(tmp_path / "train", n=3)
+    doc = json.loads(ann.read_text())
+    val_images = tmp_path / "val_images"
+    val_images.mkdir()
+    for im in doc["images"]:  # the same scenes with one pixel changed: other images
+        pixels = np.array(Image.open(images / im["file_name"]))
+        pixels[0, 0] = 255 - pixels[0, 0]
+        Image.fromarray(pixels).save(val_images / im["file_name"])
+    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--random-init", "--out", str(tmp_path / "run"), "--steps", "1",
+            "--masks-per-image", "2", "--corrective", "1",
+            "--val-data", str(ann), "--val-images", str(val_images)]
+    assert main(argv) == 0
+    assert "3 held out" in capsys.readouterr().out
