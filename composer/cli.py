@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sam-composer",
         description="Composable zero-shot segmentation with Segment Anything models.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log progress details (also accepted after the command)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:

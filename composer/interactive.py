@@ -183,6 +183,10 @@ class ClickSession:
     Attributes:
         encoder_calls: crop embeddings computed by this session (not counting ``embedding``).
         crop_box: XYXY of the current zoom crop, or None (whole image).
+
+    Raises:
+        ValueError: no ``image`` where one is needed (no ``embedding``, or ``zoom_in``); an
+            ``embedding`` made by another model than ``segmenter`` or of a crop.
     """
 
     def __init__(

@@ -160,7 +160,9 @@ class SamPredictor(PromptableSegmenter):
         """Run the image encoder once.
 
         Args:
-            image: path, (H, W, C) array or PIL image (converted to RGB by ``load_image``).
+            image: path, (H, W[, C]) array or PIL image, converted to (H, W, 3) uint8 RGB by
+                :func:`composer.io.image.load_image` (a float array is read as [0, 1] when its
+                maximum is at most 1.5, else as 0..255; a mean/std-normalised one is refused).
 
         Returns:
             ImageEmbedding with features (1, C, h, w) on the model's device.

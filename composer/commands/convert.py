@@ -17,13 +17,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "classes.txt, data.yaml) or PNG masks as segment-anything's amg.py writes them (a folder per image: "
         "0.png, 1.png, ..., metadata.csv, and labels.png, a 16-bit instance map). Polygons "
         "follow the pixel edges: with --tolerance 0 they give back exactly the masks, holes "
-        "aside (COCO polygons and YOLO labels cannot hold holes); PNG masks are exact.",
+        "aside (polygons cannot hold holes: COCO polygons keep such a mask's RLE unless "
+        "--holes fill, YOLO labels fill them); PNG masks are exact.",
     )
     p.add_argument("input", help="json file, or a folder of per-image detection jsons")
     p.add_argument("--to", required=True, choices=("coco-polygons", "yolo", "png-masks"),
                    help="output format")
     p.add_argument("--out", required=True,
-                   help="output json (coco-polygons) or folder (yolo, png-masks)")
+                   help="output json (coco-polygons) or folder (yolo, png-masks); never the "
+                   "input json")
     # None until run(): given where they do not apply (png-masks are exact, only COCO polygons
     # can keep an RLE), they are refused rather than ignored
     p.add_argument("--tolerance", type=float, default=None,

@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--dataset", choices=datasets, default=None, help=f"dataset (default {default})")
         q.set_defaults(default_dataset=default)
         if coco:  # edges need boundary annotations, which COCO jsons do not have
-            q.add_argument("--coco", default=None, help="COCO-format annotation json (instead of --dataset)")
+            q.add_argument("--coco", default=None, help="COCO-format annotation json (instead of --dataset; not "
+                           "both)")
             q.add_argument("--images", default=None, help="image folder for --coco")
         else:
             q.set_defaults(coco=None, images=None)
@@ -42,14 +43,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     common(e, ("bsds500",), "bsds500", coco=False)
     add_model_args(e)
     e.add_argument("--method", default="segmenter", choices=("segmenter", "sobel", "canny", "felzhutt"),
-                   help="edge method: SAM-style edges from the segmenter (default) or a classical baseline")
+                   help="edge method: SAM-style edges from the segmenter (default) or a classical baseline "
+                        "(runs no segmenter: the segmenter flags are refused with it)")
     e.add_argument("--thresholds", type=int, default=99, help="benchmark thresholds (default 99)")
     e.add_argument("--workers", type=int, default=2,
                    help="processes for the boundary matcher (default 2; 0 or 1: in this process)")
     e.add_argument("--points-per-side", type=int, default=None,
-                   help="grid of the segmenter edge task (default 16, the paper's)")
+                   help="grid of the segmenter edge task (--method segmenter; default 16, the "
+                        "paper's)")
     e.add_argument("--edge-refine", default=None, metavar="auto|off|R,EPS",
-                   help="guided-filter refinement of the mask maps before the Sobel filter: the "
+                   help="--method segmenter: guided-filter refinement of the mask maps before the "
+                        "Sobel filter: the "
                         "model's recommendation (auto, default), off (the paper's procedure) or "
                         "radius,eps")
     e.set_defaults(func=run_edges)
@@ -66,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ins.add_argument("--boxes", default="detector",
                      help="'gt' (ground-truth boxes), 'detector' (default: --detector's boxes, those "
                           "scoring >= 0.05) or a COCO results json")
-    ins.add_argument("--detector", default=None, help="detector name for --boxes detector")
+    ins.add_argument("--detector", default=None, help="detector name (needs --boxes detector)")
     ins.add_argument("--refine", action="store_true", help="one refinement pass (paper App. D.4)")
     ins.add_argument("--zoom-small", default="auto", metavar="auto|off|FRACTION",
                      help="boxes smaller than this fraction of the image's longer side are segmented "

@@ -40,7 +40,7 @@ SUMMARY_STEM = "summary"
 OUT_HELP = (
     "output folder: <stem>_overlay.png and <stem>.json per image; in folder mode images "
     "sharing a stem (x.jpg, x.png) are named <stem>_<ext> (x_jpg, x_png), and summary.json "
-    "lists every image's outputs and the failed images"
+    "lists every image's outputs and the failed images (the input folder itself is refused)"
 )
 
 #: Exit statuses of folder mode, for the command descriptions.
@@ -48,8 +48,9 @@ EXIT_HELP = (
     "Folder mode: each image is logged as it finishes (summary.json.records.jsonl in --out, "
     "with the models and settings), so a rerun with the same settings resumes: finished images "
     "whose outputs are still there are skipped, failed ones retried; an unreadable image is "
-    "reported and skipped; exit status 0 when every image succeeded, 1 when some failed, 2 for "
-    "unusable input (no images, bad flags, a log of other settings without --overwrite)."
+    "reported and skipped; Ctrl-C writes summary.json of the images finished so far; exit "
+    "status 0 when every image succeeded, 1 when some failed, 2 for unusable input (no images, "
+    "bad flags, a log of other settings without --overwrite), 130 when interrupted."
 )
 
 

@@ -33,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="segment the objects a text prompt names",
         description="detector strategy (default): the prompt is matched to the "
         "detector's classes and their boxes are segmented; clip "
-        "strategy: mask proposals ranked by an open_clip model. " + EXIT_HELP,
+        "strategy: mask proposals ranked by an open_clip model. Flags of the other strategy "
+        "are refused, not ignored. " + EXIT_HELP,
     )
     p.add_argument("input", help="image file or folder of images")
     p.add_argument("prompt", help='what to segment, e.g. "a red car"')
@@ -52,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--download",
         action="store_true",
-        help="let open_clip fetch --clip-weights given as a pretrained tag",
+        help="clip strategy: let open_clip fetch --clip-weights given as a pretrained tag",
     )
     p.add_argument(
         "--max-masks",

@@ -72,7 +72,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also train the image encoder (slow on a CPU; default: frozen, embedded once)",
     )
-    p.add_argument("--val-data", default=None, help="held-out COCO json (default: a split)")
+    p.add_argument("--val-data", default=None,
+                   help="held-out COCO json (default: a split); an image also in --data (same "
+                   "pixels, whatever its name) is refused")
     p.add_argument("--val-images", default=None, help="image folder of --val-data")
     p.add_argument(
         "--val-fraction", type=float, default=None,

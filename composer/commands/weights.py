@@ -13,11 +13,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     wsub.required = True
     wsub.add_parser("list", help="registered weights and whether they are cached").set_defaults(func=run_list)
     d = wsub.add_parser("download", help="download and verify registered weights (needs network)")
-    d.add_argument("name")
+    d.add_argument("name", help="registered weights name (see `weights list`; case and -/_ "
+                   "ignored); progress is shown on stderr")
     d.add_argument("--force", action="store_true", help="download again even if cached")
     d.set_defaults(func=run_download)
     i = wsub.add_parser("import", help="verify a local weights file and copy it into the cache")
-    i.add_argument("path")
+    i.add_argument("path", help="weights file to verify and copy into the cache")
     i.add_argument("--name", default=None, help="registered name (default: found by the file name, else by its checksum)")
     i.set_defaults(func=run_import)
 

@@ -8,6 +8,11 @@ An evaluator holds (or loads) its own ground truth and consumes one prediction p
 
 ``evaluate()`` returns a flat ``dict[str, float]`` whose keys carry the evaluator's prefix,
 e.g. ``"segm/AP"``, ``"bbox/AP50"``, ``"proposals/AR@1000"``, ``"points/mIoU@1"``.
+
+An evaluator may also have ``discard(image_id)`` (all four above do): the runner calls it on
+the evaluators that already processed an image that then failed in another one, so a failed
+image counts in no metric. One without it keeps such an image; the runner logs a warning and
+names it under ``kept_by`` in the failure record.
 """
 
 from __future__ import annotations
@@ -25,7 +30,11 @@ T = TypeVar("T")
 
 @runtime_checkable
 class Evaluator(Protocol):
-    """Accumulates predictions image by image, then computes metrics once."""
+    """Accumulates predictions image by image, then computes metrics once.
+
+    An optional ``discard(image_id)`` (not part of the protocol's required methods) forgets one
+    processed image; see the module docstring.
+    """
 
     def reset(self) -> None:
         """Forget everything processed so far."""

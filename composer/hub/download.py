@@ -147,7 +147,8 @@ def download(name: str, force: bool = False, *, progress: ProgressFn | None = No
     """Download registered weights into the cache, verifying their checksums.
 
     Args:
-        name: a registered weights name.
+        name: a registered weights name (compared ignoring case and ``-``/``_``, as
+            :func:`composer.hub.registry.find_spec` does).
         force: download again even if the file is already cached.
         progress: optional callback ``progress(bytes_done, bytes_total_or_None)`` (the CLI
             draws its progress bar with it; library code prints nothing).
@@ -156,9 +157,11 @@ def download(name: str, force: bool = False, *, progress: ProgressFn | None = No
         Path of the verified cached file.
 
     Raises:
-        ValueError: unknown name; weights without a URL; a network failure (the message says
-            how to proceed offline); or a checksum mismatch (expected and actual digests are
-            named). In every failure the cache is left without a partial file.
+        ValueError: unknown name; weights without a URL; a network failure or an HTTP error
+            status (the message says how to proceed offline); a cache folder that cannot be
+            written or a full disk (named as such, not as being offline); or a checksum
+            mismatch (expected and actual digests are named). In every failure the cache is
+            left without a partial file.
     """
     spec = get_spec(name)
     if spec.url is None:
