@@ -19,6 +19,7 @@ from PIL import Image
 
 from .embedding import ImageEmbedding
 from .io.image import load_image
+from .sam.common import weight_dtype
 from .segmenters.base import MaskLogits, PromptableSegmenter, refine_image, upsample_logits
 from .structures import Prompts
 
@@ -146,14 +147,6 @@ class SamPredictor(PromptableSegmenter):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @staticmethod
-    def _weight_dtype(module: torch.nn.Module) -> torch.dtype:
-        """Floating dtype of ``module``'s weights (float32 when it has none)."""
-        for p in module.parameters():
-            if p.is_floating_point():
-                return p.dtype
-        return torch.float32
-
     # ------------------------------------------------------------------ stateless API
     @torch.inference_mode()
     def embed(self, image: Any) -> ImageEmbedding:
@@ -181,7 +174,7 @@ class SamPredictor(PromptableSegmenter):
         x = self.model.preprocess(x.to(self.device).float())
         # a model cast to half or bfloat16 takes its input in that dtype (an official ``Sam``'s
         # preprocess returns float32 for a float32 input whatever its weights)
-        features = self.model.image_encoder(x.to(self._weight_dtype(self.model.image_encoder)))
+        features = self.model.image_encoder(x.to(weight_dtype(self.model.image_encoder)))
         return ImageEmbedding(
             features=features,
             original_size=(int(original_size[0]), int(original_size[1])),
@@ -239,12 +232,12 @@ class SamPredictor(PromptableSegmenter):
         if boxes is not None:
             boxes = boxes.to(dev, torch.float32)
         if masks is not None:
-            masks = masks.to(dev, self._weight_dtype(self.model.prompt_encoder))
+            masks = masks.to(dev, weight_dtype(self.model.prompt_encoder))
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
         logits, iou = self.model.mask_decoder(
             # features from a cache may be float32 while the model was cast to half
             image_embeddings=embedding.features.to(
-                dev, self._weight_dtype(self.model.mask_decoder)
+                dev, weight_dtype(self.model.mask_decoder)
             ),
             image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,

@@ -128,14 +128,10 @@ def _check_disjoint(train: Any, held_out: Any) -> None:
     Raises:
         ValueError: some images of ``held_out`` are in ``train``; a few are named.
     """
-    import hashlib
+    from ..embedding import image_hash  # the cache's key of an image's pixels
 
-    def key(item: Any) -> str:
-        image = item.image
-        return hashlib.sha1(str(image.shape).encode() + image.tobytes()).hexdigest()
-
-    seen = {key(it) for it in train}
-    both = [it.image_id for it in held_out if key(it) in seen]
+    seen = {image_hash(it.image) for it in train}
+    both = [it.image_id for it in held_out if image_hash(it.image) in seen]
     if both:
         raise ValueError(
             f"{len(both)} of the {len(held_out)} --val-data images are also in --data (e.g. "

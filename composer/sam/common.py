@@ -90,3 +90,12 @@ class MLP(nn.Module):
             if i < last:
                 x = F.relu(x)
         return torch.sigmoid(x) if self.sigmoid_output else x
+
+
+def weight_dtype(module: nn.Module) -> torch.dtype:
+    """Floating dtype of ``module``'s weights (float32 when it has none): what its inputs
+    must be cast to after ``.half()`` or ``.to(torch.bfloat16)``."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import weight_dtype
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
@@ -101,10 +102,7 @@ class Sam(nn.Module):
     @property
     def input_dtype(self) -> torch.dtype:
         """Floating dtype of the image encoder's weights (float32 unless the model was cast)."""
-        for p in self.image_encoder.parameters():
-            if p.is_floating_point():
-                return p.dtype
-        return torch.float32
+        return weight_dtype(self.image_encoder)
 
     def postprocess_masks(
         self,

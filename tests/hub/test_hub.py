@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import socket
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_support import digests, files, register_weights, tiny_model
 from torch import nn
 
 from composer import hub
@@ -28,50 +28,22 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "home"
-    monkeypatch.setenv("SAM_COMPOSER_HOME", str(path))
-    return path
-
-
-@pytest.fixture
-def payload(tmp_path: Path) -> Path:
-    """A small real checkpoint outside the cache, standing in for a remote file."""
-    path = tmp_path / "remote" / "tiny_weights.pth"
-    path.parent.mkdir()
-    torch.manual_seed(0)
-    torch.save(_model().state_dict(), path)
-    return path
-
-
 def _model() -> nn.Module:
-    return nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    return tiny_model()
 
 
 def _digests(path: Path) -> dict[str, str]:
-    data = path.read_bytes()
-    return {"sha256": hashlib.sha256(data).hexdigest(), "md5": hashlib.md5(data).hexdigest()}
+    return digests(path.read_bytes())
 
 
 def _register(monkeypatch: pytest.MonkeyPatch, path: Path, **overrides: object) -> WeightsSpec:
     """Register a temporary spec whose URL is ``path`` as file:// (removed after the test)."""
-    fields = dict(
-        name="tmp_weights",
-        arch="tiny",
-        url=path.as_uri(),
-        filename="tmp_weights_v1.pth",
-        sha256=_digests(path)["sha256"] if path.exists() else "0" * 64,
-        license="MIT",
-    )
-    fields.update(overrides)
-    spec = WeightsSpec(**fields)  # type: ignore[arg-type]
-    monkeypatch.setitem(registry.WEIGHTS, spec.name, spec)
-    return spec
+    sha = _digests(path)["sha256"] if path.exists() else "0" * 64
+    fields: dict[str, object] = {"sha256": sha, **overrides}
+    return register_weights(monkeypatch, path.as_uri(), **fields)  # type: ignore[arg-type]
 
 
-def _files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file()) if directory.exists() else []
+_files = files
 
 
 # ------------------------------------------------------------------ registry

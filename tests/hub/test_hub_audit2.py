@@ -5,7 +5,6 @@ http.server on 127.0.0.1."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import http.server
 import importlib
 import io
@@ -17,8 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
+from hub_support import digests, files, register_weights, tiny_model
 
 from composer import hub
 from composer.hub import registry
@@ -48,49 +46,14 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "home"
-    monkeypatch.setenv("SAM_COMPOSER_HOME", str(path))
-    return path
-
-
-def _model() -> nn.Module:
-    return nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
-
-
-@pytest.fixture
-def payload(tmp_path: Path) -> Path:
-    path = tmp_path / "remote" / "tiny_weights.pth"
-    path.parent.mkdir()
-    torch.manual_seed(0)
-    torch.save(_model().state_dict(), path)
-    return path
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+_model = tiny_model
+_files = files
 
 
 def _register(
     monkeypatch: pytest.MonkeyPatch, url: str, data: bytes, **overrides: object
 ) -> WeightsSpec:
-    fields: dict[str, object] = dict(
-        name="tmp_weights",
-        arch="tiny",
-        url=url,
-        filename="tmp_weights_v1.pth",
-        sha256=_sha256(data),
-        license="MIT",
-    )
-    fields.update(overrides)
-    spec = WeightsSpec(**fields)  # type: ignore[arg-type]
-    monkeypatch.setitem(registry.WEIGHTS, spec.name, spec)
-    return spec
-
-
-def _files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file()) if directory.exists() else []
+    return register_weights(monkeypatch, url, digests(data)["sha256"], **overrides)
 
 
 @pytest.fixture
