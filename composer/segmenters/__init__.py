@@ -141,11 +141,8 @@ def _load_composer_tiny(
         )
     model = build_composer_tiny(ckpt, device=device or "cpu")
     tag = "packaged" if checkpoint is None else "custom"
-    segmenter = SamPredictor(
-        model,
-        model_id=kwargs.pop("model_id", None) or f"{MODEL_NAME}-{tag}-" + _fingerprint(model),
-        **kwargs,
-    )
+    # the id carries the weights' fingerprint and follows them if they change in place
+    segmenter = SamPredictor(model, model_id_prefix=f"{MODEL_NAME}-{tag}-", **kwargs)
     # the automatic generator's quality filters, chosen for this model on BSDS500 val
     segmenter.amg_thresholds = dict(AMG_THRESHOLDS)
     # the edge task's guided refinement of the coarse mask maps, chosen on BSDS500 val
@@ -159,12 +156,6 @@ def _load_composer_tiny(
     # small detector boxes decoded again in a crop, chosen on the COCO subset's training half
     segmenter.box_zoom = BOX_ZOOM
     return segmenter
-
-
-def _fingerprint(model: Any) -> str:
-    from ..predictor import weights_fingerprint
-
-    return weights_fingerprint(model)
 
 
 def _available(name: str) -> bool:

@@ -1,0 +1,86 @@
+"""A segmenter's derived model_id follows its weights when they change in place.
+
+Before, the id was computed once at load: after fine-tuning the segmenter's own model in the
+same process, the embedding cache (memory and disk) returned the old weights' embeddings, and
+ONNX exports and reports carried the old id.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import composer
+from composer import EmbeddingCache
+from composer.predictor import SamPredictor
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    img = np.full((96, 128, 3), 40, np.uint8)
+    img[20:70, 30:90] = (200, 180, 60)
+    return np.clip(img + rng.integers(0, 20, img.shape), 0, 255).astype(np.uint8)
+
+
+def _nudge(model: torch.nn.Module) -> None:
+    """One optimiser step, as a fine-tuning loop makes it."""
+    params = list(model.mask_decoder.parameters()) + list(model.image_encoder.parameters())[-2:]
+    opt = torch.optim.SGD(params, lr=1e-2)
+    loss = sum(p.float().square().sum() for p in params)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def test_composer_tiny_id_follows_weights_and_cache_recomputes(image, tmp_path) -> None:
+    seg = composer.load_segmenter("composer_tiny")
+    packaged = seg.model_id
+    assert packaged.startswith("composer_tiny-packaged-")
+    saved = {k: v.clone() for k, v in seg.model.state_dict().items()}
+
+    cache = EmbeddingCache(disk_dir=tmp_path)
+    before = cache.get(image, seg)
+    assert cache.encoder_calls == 1
+
+    _nudge(seg.model)
+    tuned = seg.model_id
+    assert tuned != packaged and tuned.startswith("composer_tiny-")
+    # the old weights' entry is not taken for the new weights' (memory or disk)
+    after = cache.get(image, seg)
+    assert cache.encoder_calls == 2 and after.model_id == tuned
+    assert not torch.equal(after.features, before.features)
+    # an embedding of the old weights is refused by the tuned segmenter
+    with pytest.raises(ValueError, match="cannot be decoded"):
+        seg.predict(before, points=[[60, 45]])
+    assert len(seg.predict(after, points=[[60, 45]])) == 3
+
+    # back to the packaged weights: the same id again, and the cached entry serves
+    seg.model.load_state_dict(saved)
+    assert seg.model_id == packaged
+    fresh = EmbeddingCache(disk_dir=tmp_path)
+    again = fresh.get(image, seg)
+    assert fresh.encoder_calls == 0 and torch.equal(again.features, before.features)
+
+
+def test_cast_changes_the_id_and_pickles_keep_it() -> None:
+    seg = composer.load_segmenter("composer_tiny")
+    packaged = seg.model_id
+    clone = pickle.loads(pickle.dumps(seg))
+    assert clone.model_id == packaged
+    seg.model.half()
+    assert seg.model_id != packaged
+
+
+def test_given_model_id_is_kept(image) -> None:
+    seg = composer.load_segmenter("composer_tiny", model_id="my-model")
+    assert seg.model_id == "my-model"
+    _nudge(seg.model)
+    assert seg.model_id == "my-model"
+    plain = SamPredictor(seg.model, model_id_prefix="mine-")
+    assert plain.model_id.startswith("mine-")
+    plain.model_id = "renamed"
+    assert plain.model_id == "renamed" and plain.embed(image).model_id == "renamed"
