@@ -65,7 +65,9 @@ Stages (each resumes where it stopped; interrupting is normal):
 Training data: BSDS500 train+val minus every image id that is also a Berkeley or GrabCut
 image (100 ids excluded, 201 left, 8 held out to monitor), masks = every annotator's regions
 of at least ~7% of the image; plus synthetic shapes drawn on / textured with those same
-training images; stage 3 adds the COCO subset's training half and copy-paste images (above).
+training images (all 201: the 8 monitoring images' pixels, never their masks, appear as
+warm-up backgrounds in stage 1); stage 3 adds the COCO subset's training half and copy-paste
+images (above; their backgrounds and regions leave the 8 out).
 BSDS test, the Berkeley and GrabCut images and the first 40 COCO-subset images are never used.
 
 Why these settings (measured here, on this CPU):
