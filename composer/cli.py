@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -72,6 +73,44 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+#: destinations of path arguments (a name in some: --detector ssd, --boxes gt, which never
+#: start with "~")
+_PATH_DESTS = (
+    "image", "input", "path", "out", "checkpoint", "coco", "images", "data", "val_data",
+    "val_images", "detector", "detector_weights", "boxes", "clip_weights",
+)
+
+
+def _expand_home(args: argparse.Namespace) -> None:
+    """``~`` in path arguments where the shell left it (``--out=~/x``, a quoted ``"~/x"``):
+    taken literally it made a folder named ``~`` in the working directory."""
+    for dest in _PATH_DESTS:
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, dest, os.path.expanduser(value))
+
+
+def _check_out_writable(out: str) -> None:
+    """Fail before any model loads or image is processed when ``--out`` cannot be written: the
+    nearest existing folder at or above it (the command creates the rest) must be writable.
+
+    Raises:
+        ValueError: a file or a broken symbolic link stands where a folder of ``--out`` is
+            needed, or the folder is not writable.
+    """
+    path = Path(out).absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # mkdir said only "File exists"
+            raise ValueError(f"--out {out}: {existing} is a broken symbolic link "
+                             f"(to {os.readlink(existing)})")
+        existing = existing.parent
+    if existing != path and not existing.is_dir():
+        raise ValueError(f"--out {out}: {existing} is a file, not a folder")
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot write in {existing} (permission denied)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
@@ -80,12 +119,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        _expand_home(args)
         out = getattr(args, "out", None)
         if out is not None and not str(out).strip():
             raise ValueError("--out is empty; name a folder (or file) to write")
         # every --out but convert's (a json file for some formats) names a folder to write
         if out and getattr(args, "out_is_folder", True) and Path(out).exists() and not Path(out).is_dir():
             raise ValueError(f"--out {out} exists and is not a folder")
+        if out:
+            _check_out_writable(out)
         return int(args.func(args) or 0)
     except (ValueError, TypeError, OSError) as exc:
         # OSError: an output path that is a file, not writable, or a full disk

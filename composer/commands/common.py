@@ -46,7 +46,10 @@ def parse_mask_refine(text: str) -> Any:
         iters = int(parts[1]) if len(parts) == 2 else GrabCutRefine.iters
     except ValueError:
         raise ValueError(f"--mask-refine must be auto, off or BAND[,ITERS], got {text!r}") from None
-    return GrabCutRefine(band=band, iters=iters)
+    try:
+        return GrabCutRefine(band=band, iters=iters)
+    except ValueError as exc:  # its own checks name the field ("band ..."), not the flag
+        raise ValueError(f"--mask-refine {text}: {exc}") from None
 
 
 def parse_mask_rank(text: str) -> Any:

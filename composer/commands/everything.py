@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Any
 
 from ..io.image import IMAGE_SUFFIXES
 from .common import add_model_args, add_worker_args, describe, engine_from_args, load_model
@@ -97,10 +99,27 @@ def run(args: argparse.Namespace) -> int:
         if n_failed:
             print(f"{n_failed} of {n_failed + len(coco['images'])} images failed "
                   f"(listed under \"failures\" in {out / 'annotations.json'})")
+        if coco["images"] and not coco["annotations"]:
+            print(_no_masks_hint(seg, config), file=sys.stderr)
         return 1 if n_failed else 0
     image = load_image(src)
     dets = AutomaticMaskGenerator(seg, config).generate(image)
     written = write_detections(dets, image, out, stem=src.stem, mask_pngs=False,
                                image_file=src.name)
     print(f"{len(dets)} masks -> {written['overlay']}, {written['json']}")
+    if len(dets) == 0:
+        print(_no_masks_hint(seg, config), file=sys.stderr)
     return 0
+
+
+def _no_masks_hint(seg: Any, config: Any) -> str:
+    """What to try when no mask passed the filters: SAM's official thresholds, the default of a
+    model without calibrated ones, keep little or nothing of classic's scores (on their own
+    scale; the demo uses 0.5 and 0.8 for it)."""
+    hint = (f"no mask passed the quality filters (predicted IoU >= {config.pred_iou_thresh:g}, "
+            f"stability >= {config.stability_score_thresh:g}); lower them with "
+            "--pred-iou-thresh and --stability-thresh")
+    if str(seg.model_id).startswith("classic") and not getattr(seg, "amg_thresholds", None):
+        hint += (" (classic's scores are lower than SAM's, for which the defaults were chosen: "
+                 "try 0.5 and 0.8)")
+    return hint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,5 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if "parity" in out.meta:
         diffs = ", ".join(f"{k} {v:.1e}" for k, v in out.meta["parity"].items())
         print(f"  largest |ONNX Runtime - PyTorch|: {diffs}")
-    print(f"use it: sam-composer segment IMAGE --model onnx --checkpoint {out.directory} ...")
+    # quoted and joined with "=", so the line runs as printed when the folder's name has
+    # spaces or quotes or starts with "-"
+    print("use it: sam-composer segment IMAGE --model onnx "
+          f"--checkpoint={shlex.quote(str(out.directory))} ...")
     return 0

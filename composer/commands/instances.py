@@ -46,9 +46,10 @@ OUT_HELP = (
 #: Exit statuses of folder mode, for the command descriptions.
 EXIT_HELP = (
     "Folder mode: each image is logged as it finishes (summary.json.records.jsonl in --out, "
-    "with the models and settings), so a rerun with the same settings resumes: finished images "
-    "whose outputs are still there are skipped, failed ones retried; an unreadable image is "
-    "reported and skipped; Ctrl-C writes summary.json of the images finished so far; exit "
+    "with the input folder, models and settings), so a rerun with the same settings resumes: "
+    "finished images whose outputs are still there (and newer than the image) are skipped, "
+    "failed ones retried; an unreadable image is reported and skipped; Ctrl-C writes "
+    "summary.json of the images finished so far; exit "
     "status 0 when every image succeeded, 1 when some failed, 2 for unusable input (no images, "
     "bad flags, a log of other settings without --overwrite), 130 when interrupted."
 )
@@ -171,7 +172,9 @@ def image_files(src: Path, limit: int | None = None) -> list[Path]:
             if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()
         )
         if not files:
-            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {src}")
+            nested = any(f.is_dir() and not f.name.startswith(".") for f in src.iterdir())
+            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {src}"
+                             + (" (its sub-folders are not read)" if nested else ""))
         return files[:limit] if limit is not None else files
     if not src.is_file():
         raise FileNotFoundError(f"no such image or folder: {src}")
@@ -318,7 +321,8 @@ def process_images(
     ``<out>/summary.json.records.jsonl`` as it finishes (:class:`composer.runner.records.RecordLog`,
     first line the settings). With ``resume`` a rerun of the same settings skips the images
     that log lists as done under the same output stem whose ``<stem>.json`` and
-    ``<stem>_overlay.png`` still exist, retries the failed ones, and writes the summary of all;
+    ``<stem>_overlay.png`` still exist and are not older than the image file, retries the
+    failed ones, and writes the summary of all;
     a log of other settings is refused (ValueError naming what changed). ``resume=False``
     deletes the log and recomputes every image.
 
@@ -350,7 +354,7 @@ def process_images(
     done: dict[int, dict[str, Any]] = {}
     for k, (path, stem) in enumerate(zip(files, stems, strict=True)):
         rec = None if log is None else log.records.get(path.name)
-        if rec is not None and _finished(rec, out, stem):
+        if rec is not None and _finished(rec, out, stem, path):
             done[k] = rec
     pending = [k for k in range(len(files)) if k not in done]
     if done and log is not None:
@@ -417,11 +421,18 @@ def process_images(
     return 1 if failures else 0
 
 
-def _finished(rec: dict[str, Any], out: Path, stem: str) -> bool:
+def _finished(rec: dict[str, Any], out: Path, stem: str, image: Path) -> bool:
     """Whether a logged record is an image finished under output stem ``stem`` whose outputs
-    (``<stem>.json``, ``<stem>_overlay.png``) are still in ``out``."""
-    return ("error" not in rec and rec.get("output") == stem
-            and (out / f"{stem}.json").is_file() and (out / f"{stem}_overlay.png").is_file())
+    (``<stem>.json``, ``<stem>_overlay.png``) are still in ``out`` and not older than the
+    ``image`` file (an image replaced under the same name since is recomputed)."""
+    if "error" in rec or rec.get("output") != stem:
+        return False
+    outputs = (out / f"{stem}.json", out / f"{stem}_overlay.png")
+    try:
+        return all(p.is_file() for p in outputs) and (
+            min(p.stat().st_mtime_ns for p in outputs) >= image.stat().st_mtime_ns)
+    except OSError:  # gone since
+        return False
 
 
 def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
@@ -477,9 +488,10 @@ def run_folder_command(command: str, build_fn: BuildFn, args: argparse.Namespace
     """``instances``/``text``: check the input and worker flags, load the models here (bad flags
     fail before any worker starts) and print what loaded, then :func:`process_images`.
 
-    The run's settings are what ``build_fn`` recorded in ``args.run_settings`` (model ids and
-    every option that changes the outputs), so a folder run resumes only its own settings
-    (``--overwrite``: recompute every image)."""
+    The run's settings are the input folder (resolved) and what ``build_fn`` recorded in
+    ``args.run_settings`` (model ids and every option that changes the outputs), so a folder
+    run resumes only its own settings on its own images (``--overwrite``: recompute every
+    image)."""
     src = Path(args.input)
     files = image_files(src, args.limit)
     check_out_not_input(src, Path(args.out))
@@ -489,9 +501,10 @@ def run_folder_command(command: str, build_fn: BuildFn, args: argparse.Namespace
     print("\n".join(header))
     if src.is_dir() and not runs_here(engine):
         process = None  # each worker loads its own models: free this copy
+    # the input folder is a setting: another folder's images of the same names are not done
+    settings = {"input": str(src.resolve()), **(getattr(args, "run_settings", None) or {})}
     return process_images(command, src, files, Path(args.out), process, engine=engine,
-                          setup=FolderWorker.from_args(build_fn, args),
-                          settings=dict(getattr(args, "run_settings", None) or {}),
+                          setup=FolderWorker.from_args(build_fn, args), settings=settings,
                           resume=not getattr(args, "overwrite", False))
 
 

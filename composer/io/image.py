@@ -141,7 +141,12 @@ def load_image(image: ImageLike) -> np.ndarray:
             raise ValueError(
                 f"cannot read image {path}: {exc} (raise PIL.Image.MAX_IMAGE_PIXELS to allow it)"
             ) from exc
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        except UnidentifiedImageError as exc:
+            # Pillow's own text names the file object ("<_io.BufferedReader name='x.jpg'>")
+            raise ValueError(
+                f"cannot read image {path}: not an image file (no image format recognised)"
+            ) from exc
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
             # Pillow reports some corrupt headers as ValueError or EOFError (a bad PPM size
             # field, a short PNG IHDR chunk); our own checks (NaN in a float TIFF) say which file
             raise ValueError(f"cannot read image {path}: {exc}") from exc
