@@ -23,11 +23,15 @@ import argparse
 import json
 import logging
 import math
+import shlex
 import time
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+#: smallest mask trained on, in low-res pixels (prepare_sample's default min_area)
+MIN_MASK_PIXELS = 16
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -140,28 +144,42 @@ def _check_disjoint(train: Any, held_out: Any) -> None:
         )
 
 
-def _samples(items: Any, model: Any, frozen: bool, mirror: bool) -> list[Any]:
-    """PreparedSamples (identity, + mirror) with cached embeddings when the encoder is frozen."""
-    import torch
-
+def _samples(
+    items: Any, model: Any, frozen: bool, mirror: bool, kept: list[int] | None = None
+) -> list[Any]:
+    """PreparedSamples (identity, + mirror) with cached embeddings when the encoder is frozen;
+    ``kept`` (if given) gets the number of masks of each item's unmirrored sample appended."""
     from ..training.data import Variant, prepare_sample
-    from ..training.features import image_to_input
+    from ..training.features import cache_embeddings
 
     img_size = int(model.image_encoder.img_size)
     low_res = int(model.prompt_encoder.mask_input_size[0])
     out = []
     for item in items:
         for v in (Variant(), Variant(flip=True))[: 2 if mirror else 1]:
-            s = prepare_sample(item, v, img_size, low_res)
+            s = prepare_sample(item, v, img_size, low_res, min_area=MIN_MASK_PIXELS)
+            if kept is not None and not v.flip:
+                kept.append(len(s.masks_index))
             if not len(s.masks_index):
                 continue
             if frozen:
-                assert s.image is not None
-                with torch.no_grad():
-                    s.embedding = model.image_encoder(image_to_input(model, s.image)).cpu()
-                s.image = None
+                cache_embeddings(model, [s])
             out.append(s)
     return out
+
+
+def _use_hint(model: str, weights: Path) -> str:
+    """How to use the trained weights: a segmenter flag pair, or Python for a config name that
+    no segmenter backend has (e.g. vit_tiny_test)."""
+    from ..segmenters import BACKENDS
+
+    if model in BACKENDS:
+        # quoted and joined with "=", so it pastes when the folder's name has spaces or a dash
+        return f"use --model {model} --checkpoint={shlex.quote(str(weights))}"
+    return (
+        f"no command takes --model {model}; from Python: "
+        f"SamPredictor(build_sam({model!r}, checkpoint={str(weights)!r}))"
+    )
 
 
 #: what a training folder was started with; a rerun that resumes must match it
@@ -271,14 +289,26 @@ def run(args: argparse.Namespace) -> int:
         val_items = [it for i, it in enumerate(items) if i in val_ids]
         items = [it for i, it in enumerate(items) if i not in val_ids]
     t0 = time.perf_counter()
-    train = _samples(items, model, frozen, mirror=True)
+    kept: list[int] = []
+    train = _samples(items, model, frozen, mirror=True, kept=kept)
     val = _samples(val_items, model, frozen, mirror=False)
+    low_res = int(model.prompt_encoder.mask_input_size[0])
+    size_rule = (
+        f"at least {MIN_MASK_PIXELS} of the {low_res} x {low_res} low-res pixels of the padded "
+        "square input and at most 95 % of the image"
+    )
     if not train:
-        raise ValueError("no usable training mask (all instances too small or too large)")
+        raise ValueError(f"no usable training mask (a mask must cover {size_rule})")
     print(
         f"model {args.model} from {start}; {len(items)} training images ({len(train)} samples), "
         f"{len(val_items)} held out; embedded in {time.perf_counter() - t0:.1f} s"
     )
+    n_masks = sum(int(it.layers.shape[0]) for it in items)
+    if sum(kept) < n_masks:
+        print(
+            f"{sum(kept)} of the {n_masks} training masks are trained on; the others are "
+            f"too small or too large (a mask must cover {size_rule})"
+        )
     out.mkdir(parents=True, exist_ok=True)
     config = TrainConfig(
         steps=args.steps,
@@ -288,6 +318,7 @@ def run(args: argparse.Namespace) -> int:
         no_point_rounds=1,
         lr=args.lr,
         warmup_steps=min(250, max(1, args.steps // 10)),
+        warmup_fraction=0.1,  # a time budget ends the warm-up at a tenth of it too
         freeze=("image_encoder",) if frozen else (),
         checkpoint_dir=str(out),
         checkpoint_every=max(1, min(250, args.steps // 4)),
@@ -331,5 +362,5 @@ def run(args: argparse.Namespace) -> int:
             f"{before.miou_top1:.3f} -> {after.miou_top1:.3f}, oracle {before.miou_oracle:.3f} "
             f"-> {after.miou_oracle:.3f}"
         )
-    print(f"weights: {weights} (use --model {args.model} --checkpoint {weights})")
+    print(f"weights: {weights} ({_use_hint(args.model, weights)})")
     return 0

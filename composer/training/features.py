@@ -37,6 +37,38 @@ def image_to_input(model: Any, image: np.ndarray) -> torch.Tensor:
     return model.preprocess(x)[None]
 
 
+@torch.no_grad()
+def cache_embeddings(model: Any, samples: Iterable[PreparedSample]) -> None:
+    """Embed each sample's image once with ``model``'s image encoder (in eval mode) and keep
+    the (1, C, g, g) float embedding on the CPU in ``sample.embedding``, dropping the image.
+
+    For a frozen encoder: :class:`~composer.training.trainer.Trainer` and
+    :func:`~composer.training.evaluate.evaluate_samples` then decode from the cached
+    embedding instead of running the encoder on every step. Do not use it when the encoder
+    is trained (the cached embeddings would be the encoder's before training).
+
+    Samples that already carry an embedding are left as they are.
+
+    Raises:
+        ValueError: a sample has neither an embedding nor an image (e.g. one built from
+            cached features).
+    """
+    enc = model.image_encoder
+    modes = [(m, m.training) for m in enc.modules()]
+    enc.eval()
+    try:
+        for s in samples:
+            if s.embedding is not None:
+                continue
+            if s.image is None:
+                raise ValueError(f"sample {s.image_id} has no image to embed")
+            s.embedding = enc(image_to_input(model, s.image)).cpu()
+            s.image = None
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 class FeatureCache:
     """Backbone features of (item, variant) pairs, stored under ``root/<name>``.
 

@@ -73,6 +73,10 @@ class TrainConfig:
         min_lr_frac: final learning rate as a fraction of ``lr`` (cosine decay).
         weight_decay: AdamW weight decay (SAM: 0.1).
         warmup_steps: linear warm-up steps (SAM: 250).
+        warmup_fraction: the warm-up also ends once :meth:`Trainer.progress` reaches this
+            share of the run (0 = by ``warmup_steps`` alone). With a time budget the number
+            of steps is not known in advance; without it a slow model may spend the whole
+            budget warming up (``sam-composer train`` uses 0.1).
         grad_clip: max gradient norm (0 disables clipping).
         loss: loss term weights.
         warmup_sample_steps: the first steps draw from the trainer's ``warmup_samples`` (e.g.
@@ -98,7 +102,16 @@ class TrainConfig:
             more than the predicted IoU (composer_tiny's contrast ranking often picks the whole
             object its head rates low), so the decoder must also learn to correct those masks.
         freeze: parameter-name prefixes that are not trained.
-        amp: mixed precision; None = on for CUDA (float16 + grad scaling), off on CPU.
+        batchnorm_stats: BatchNorm layers that are trained run in training mode (batch
+            statistics, running statistics updated). Off (default): they stay in eval mode
+            and only their affine weights train (as torchvision's frozen BatchNorm). A step
+            holds one image, so batch statistics are one image's and the features differ
+            from inference's: fine-tuning composer_tiny's whole encoder on 5 COCO images,
+            the first step's loss was 2.9 with them against 1.4 without, and held-out top-1
+            mIoU after 15/30/60 steps 0.47/0.38/0.43 against 0.45/0.46/0.44 (0.47 before).
+            Wholly frozen modules are in eval mode either way.
+        amp: mixed precision; None = on for CUDA (float16 + grad scaling), off on CPU;
+            True on the CPU autocasts to bfloat16 (no grad scaling).
         checkpoint_dir: where ``last.pt`` goes (None disables checkpoints).
         checkpoint_every: steps between checkpoints.
         seed: seed of the sampling RNG.
@@ -122,6 +135,7 @@ class TrainConfig:
     min_lr_frac: float = 0.05
     weight_decay: float = 0.1
     warmup_steps: int = 250
+    warmup_fraction: float = 0.0
     grad_clip: float = 1.0
     loss: LossWeights = field(default_factory=LossWeights)
     focal_warmup_steps: int = 0
@@ -131,6 +145,7 @@ class TrainConfig:
     multimask_warmup_steps: int = 0
     feedback_oracle_prob: float = 0.0
     freeze: tuple[str, ...] = ("image_encoder",)
+    batchnorm_stats: bool = False
     amp: bool | None = None
     checkpoint_dir: str | None = None
     checkpoint_every: int = 100
@@ -159,6 +174,8 @@ class TrainConfig:
             raise ValueError(
                 f"feedback_oracle_prob must be in [0, 1], got {self.feedback_oracle_prob}"
             )
+        if not 0.0 <= self.warmup_fraction <= 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1], got {self.warmup_fraction}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
@@ -239,8 +256,12 @@ class Trainer:
 
     def lr_now(self) -> float:
         c = self.config
-        if self.step < c.warmup_steps:
-            return c.lr * (self.step + 1) / c.warmup_steps
+        by_progress = c.warmup_fraction > 0 and self.progress() >= c.warmup_fraction
+        if self.step < c.warmup_steps and not by_progress:
+            ramp = (self.step + 1) / c.warmup_steps
+            if c.warmup_fraction > 0:
+                ramp = max(ramp, self.progress() / c.warmup_fraction)
+            return c.lr * min(ramp, 1.0)
         cos = 0.5 * (1 + math.cos(math.pi * self.progress()))
         return c.lr * (c.min_lr_frac + (1 - c.min_lr_frac) * cos)
 
@@ -250,10 +271,15 @@ class Trainer:
     # ------------------------------------------------------------------ model pieces
     def _set_train_mode(self) -> None:
         self.model.train()
-        # Wholly frozen sub-modules (e.g. a backbone with BatchNorm) stay in eval mode.
+        # Wholly frozen sub-modules (e.g. a backbone with BatchNorm) stay in eval mode, and
+        # so do trained BatchNorm layers unless asked (see TrainConfig.batchnorm_stats).
         for module in self.model.modules():
             params = list(module.parameters(recurse=True))
             if params and not any(p.requires_grad for p in params):
+                module.eval()
+            elif not self.config.batchnorm_stats and isinstance(
+                module, torch.nn.modules.batchnorm._BatchNorm
+            ):
                 module.eval()
 
     def embed(self, sample: PreparedSample) -> torch.Tensor:
@@ -456,14 +482,19 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=self.config.steps, initial=self.step, desc="train", unit="step")
-        ema_loss = ema_iou = None
+        # Running means shown by the bar and the log: an exponential average from zero divided
+        # by its weight so far (as Adam's), so each step of a short run counts alike instead
+        # of the first step weighing 0.95 ** (n - 1).
+        avg_loss = avg_iou = weight = 0.0
         self._updating = False
         self._step_rng = None
         try:
             while not self.done():
                 s = self.train_step()
-                ema_loss = s.loss if ema_loss is None else 0.95 * ema_loss + 0.05 * s.loss
-                ema_iou = s.first_iou if ema_iou is None else 0.95 * ema_iou + 0.05 * s.first_iou
+                avg_loss = 0.95 * avg_loss + 0.05 * s.loss
+                avg_iou = 0.95 * avg_iou + 0.05 * s.first_iou
+                weight = 0.95 * weight + 0.05
+                ema_loss, ema_iou = avg_loss / weight, avg_iou / weight
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{ema_loss:.3f}", mIoU=f"{ema_iou:.3f}", lr=f"{s.lr:.1e}")
