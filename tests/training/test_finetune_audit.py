@@ -174,3 +174,25 @@ def test_composer_tiny_weights_from_train_load_where_a_checkpoint_goes(tmp_path,
     assert build_composer_tiny(out / "model.pt") is not None
     with pytest.raises(ValueError, match="does not fit"):
         composer.load_segmenter("vit_t", checkpoint=out / "model.pt", device="cpu")
+
+
+def test_export_fp16_keeps_a_finetuned_backbone(tmp_path) -> None:
+    """export_fp16 dropped the backbone by default, so an encoder fine-tuned with
+    --train-encoder came back with the ImageNet backbone; now it is written when it differs."""
+    from composer.sam.composer_tiny import (
+        BACKBONE_PREFIX,
+        PACKAGED_WEIGHTS,
+        build_composer_tiny,
+        export_fp16,
+    )
+
+    model = build_composer_tiny(PACKAGED_WEIGHTS)
+    plain = export_fp16(model, tmp_path / "plain.pt")
+    assert not any(k.startswith(BACKBONE_PREFIX) for k in torch.load(plain, weights_only=True))
+    with torch.no_grad():
+        weight = next(model.image_encoder.backbone.parameters())
+        weight.mul_(0.5)
+    tuned = export_fp16(model, tmp_path / "tuned.pt")
+    assert any(k.startswith(BACKBONE_PREFIX) for k in torch.load(tuned, weights_only=True))
+    back = build_composer_tiny(tuned)
+    assert torch.equal(next(back.image_encoder.backbone.parameters()), weight.half().float())
