@@ -111,7 +111,10 @@ def resolve_checkpoint(
     # the working folder) does not hide the registered weights.
     spec = _lookup(name, path)
     if spec is None and path.exists():
-        raise ValueError(f"checkpoint {path} exists but is not a file")
+        # a training run's folder (sam-composer train --out) holds its weights as model.pt
+        inside = [f.name for f in (path / "model.pt", path / "last.pt") if f.is_file()]
+        hint = f" (it holds {' and '.join(inside)}: pass {path / inside[0]})" if inside else ""
+        raise ValueError(f"checkpoint {path} exists but is not a file{hint}")
     if spec is not None and arch is not None and spec.arch != arch:
         raise ValueError(
             f"weights {spec.name!r} are for architecture {spec.arch!r}, not {arch!r}; "

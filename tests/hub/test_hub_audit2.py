@@ -128,8 +128,13 @@ def test_a_folder_named_like_registered_weights_does_not_hide_them(
     (work / "not_registered").mkdir()
     monkeypatch.chdir(work)
     assert hub.resolve_checkpoint(spec.name, download=True) == home / spec.filename
-    with pytest.raises(ValueError, match="not_registered exists but is not a file"):
+    with pytest.raises(ValueError, match="not_registered exists but is not a file$"):
         hub.resolve_checkpoint("not_registered")
+    # a training run's folder: the error points at its weights
+    (work / "run").mkdir()
+    (work / "run" / "model.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"run exists but is not a file \(it holds model.pt: pass run/model.pt\)"):
+        hub.resolve_checkpoint("run")
 
 
 def test_a_relative_cache_dir_is_made_absolute(
