@@ -255,8 +255,34 @@ def _mismatch_message(
     if mis_shaped:
         parts.append(_listing("keys with mismatched shapes", mis_shaped))
     message = f"checkpoint {path} does not fit {type(model).__name__}: " + "; ".join(parts)
-    hint = _prefix_hint(list(expected), list(state))
+    hint = _prefix_hint(list(expected), list(state)) or _arch_hint(expected, state)
     return f"{message}. {hint}" if hint else message
+
+
+#: ViT image encoders by their patch embedding's width
+_VIT_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+
+
+def _looks_like(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The architecture a SAM-structured state dict appears to be, from its encoder's keys
+    (composer_tiny last: its loader adds the pip backbone's keys to any file without them)."""
+    if "image_encoder.patch_embed.seq.0.c.weight" in state:
+        return "vit_t"
+    proj = state.get("image_encoder.patch_embed.proj.weight")
+    if proj is not None and proj.ndim == 4:
+        return _VIT_WIDTHS.get(int(proj.shape[0]))
+    if any(k.startswith(("image_encoder.neck.lateral", "image_encoder.backbone.")) for k in state):
+        return "composer_tiny"
+    return None
+
+
+def _arch_hint(model_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str:
+    """Name the file's architecture when it is a known one and not the model's (the keys alone
+    say little to a user who picked the wrong --model)."""
+    file_arch, model_arch = _looks_like(state), _looks_like(model_state)
+    if file_arch is None or file_arch == model_arch:
+        return ""
+    return f"The file looks like a {file_arch} checkpoint (--model {file_arch})."
 
 
 def _prefix_hint(model_keys: list[str], file_keys: list[str]) -> str:

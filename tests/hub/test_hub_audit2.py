@@ -378,3 +378,19 @@ def test_two_names_cannot_share_one_cache_file(
     assert "other_weights" not in registry.WEIGHTS
     with pytest.raises(ValueError, match="is not a file"):
         hub.load_state_dict_file(tmp_path)
+
+
+def test_wrong_architecture_error_names_the_files_architecture(tmp_path: Path) -> None:
+    """Loading weights into the wrong --model listed keys only; it now names the file's
+    architecture when it is a known one."""
+    import torch
+
+    from composer.sam import build_sam
+    from composer.sam.composer_tiny import PACKAGED_WEIGHTS, build_composer_tiny
+
+    with pytest.raises(ValueError, match=r"looks like a composer_tiny checkpoint \(--model composer_tiny\)"):
+        build_sam("vit_t", PACKAGED_WEIGHTS)
+    tiny_vit = tmp_path / "mobile.pt"
+    torch.save(build_sam("vit_t", None).state_dict(), tiny_vit)
+    with pytest.raises(ValueError, match=r"looks like a vit_t checkpoint"):
+        build_composer_tiny(tiny_vit)
