@@ -87,7 +87,8 @@ class EmbeddingCache:
     A memory LRU bounded by ``max_bytes`` and an optional disk tier (``disk_dir``) that stores
     tensors as ``.npz`` without pickle, next to a JSON header with a sha256 checksum; a corrupt
     disk entry is logged and recomputed. Counters: ``hits`` (memory or disk), ``misses``,
-    ``encoder_calls`` and ``disk_hits``. Safe to share across threads.
+    ``encoder_calls`` and ``disk_hits``. Safe to share across threads: threads that ask for the
+    same image at once share one encoder pass (the others wait for it and count as hits).
 
     Args:
         max_bytes: memory budget for cached tensors (default 2 GiB); 0 disables the memory tier.
@@ -102,6 +103,8 @@ class EmbeddingCache:
         self._store: OrderedDict[tuple[str, str, CropBox | None], ImageEmbedding] = OrderedDict()
         self._bytes = 0
         self._lock = threading.RLock()
+        # keys being loaded or encoded now: a thread asking for one waits for that result
+        self._pending: dict[tuple[str, str, CropBox | None], _Pending] = {}
         self.hits = 0
         self.misses = 0
         self.encoder_calls = 0
@@ -134,13 +137,40 @@ class EmbeddingCache:
             x0, y0, x1, y1 = (int(v) for v in values)
             box = (x0, y0, x1, y1)
         key = (segmenter.model_id, image_hash(arr), box)
-        with self._lock:
-            emb = self._store.get(key)
+        while True:
+            with self._lock:
+                emb = self._store.get(key)
+                if emb is not None:
+                    self._store.move_to_end(key)
+                    self.hits += 1
+                else:
+                    waiting = self._pending.get(key)
+                    lead = waiting is None
+                    pending = _Pending() if waiting is None else waiting
+                    self._pending[key] = pending
             if emb is not None:
-                self._store.move_to_end(key)
-                self.hits += 1
-        if emb is not None:
-            return self._with_image(key, emb, segmenter, arr, box)
+                return self._with_image(key, emb, segmenter, arr, box)
+            if lead:
+                break  # this thread computes the entry
+            # another thread is loading or encoding this image: one encoder pass, not one each
+            pending.done.wait()
+            if pending.result is not None:
+                with self._lock:
+                    self.hits += 1
+                return self._with_image(key, pending.result, segmenter, arr, box)
+            # that thread failed: try again (this thread may compute it now)
+        try:
+            emb = self._compute(key, segmenter, arr, box)
+            pending.result = emb
+        finally:
+            with self._lock:
+                del self._pending[key]
+            pending.done.set()
+        return emb
+
+    def _compute(self, key: tuple[str, str, CropBox | None], segmenter: Segmenter,
+                 arr: np.ndarray, box: CropBox | None) -> ImageEmbedding:
+        """The entry of ``key`` from the disk tier, else from ``segmenter``; stored in both."""
         emb = self._load_disk(key)
         if emb is not None:
             with self._lock:
@@ -180,7 +210,8 @@ class EmbeddingCache:
             self._bytes = 0
 
     def __len__(self) -> int:
-        return len(self._store)
+        with self._lock:
+            return len(self._store)
 
     def _with_image(self, key: tuple[str, str, CropBox | None], emb: ImageEmbedding,
                     segmenter: Segmenter, arr: np.ndarray, box: CropBox | None) -> ImageEmbedding:
@@ -286,6 +317,15 @@ class EmbeddingCache:
                 except OSError:  # a read-only cache folder: the entry stays, and is not used
                     pass
             return None
+
+
+class _Pending:
+    """An entry one thread is computing; the others wait on ``done`` for its ``result`` (None:
+    the computing thread failed)."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: ImageEmbedding | None = None
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

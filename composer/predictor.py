@@ -189,7 +189,7 @@ class SamPredictor(PromptableSegmenter):
 
     def __getstate__(self) -> dict[str, Any]:
         # tensor addresses mean nothing in another process: the id is derived again there
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         state["_derived_id"] = None
         return state
 

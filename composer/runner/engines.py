@@ -115,17 +115,22 @@ class LocalEngine:
             futures = {pool.submit(_run_in_worker, fn, i, item): i for i, item in enumerate(items)}
             try:
                 for fut in cf.as_completed(futures):
+                    # dropped here: a finished future holds its result, and a long run must
+                    # not keep every image's result alive until the end
+                    index = futures.pop(fut)
                     try:
                         result = fut.result()
                     except cf.BrokenExecutor as exc:
                         # a worker died (killed, out of memory, failed setup): this item and
                         # the ones still queued cannot finish; each is reported as failed
-                        result = futures[fut], None, error_text(exc) or "worker process died"
+                        result = index, None, error_text(exc) or "worker process died"
                     except Exception as exc:
                         # the item or its result could not be sent between processes (not
                         # picklable): that item's failure, as its exceptions are; the rest go on
-                        result = futures[fut], None, error_text(exc)
+                        result = index, None, error_text(exc)
+                    del fut
                     yield result
+                    del result
             finally:
                 for fut in futures:
                     fut.cancel()

@@ -133,6 +133,13 @@ class PromptableSegmenter(ABC):
     mask_rank: ContrastRank | None = None
     box_zoom: float | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the memo of mirrored embeddings is this process's cache: a copy (e.g. for a batch-run
+        # worker process) would carry up to two images' embeddings and pixels for nothing
+        state = self.__dict__.copy()
+        state.pop("_mirror_memo", None)
+        return state
+
     @abstractmethod
     def embed(self, image: Any) -> ImageEmbedding: ...
 
@@ -273,6 +280,10 @@ class PromptableSegmenter(ABC):
                 return hit[1]
         image = refine_image(embedding)
         mirrored = self.embed(image[:, ::-1].copy())  # a copy: a width-1 view keeps its negative stride
+        # only decoded, never refined or ranked: the memo need not hold a second copy of the pixels
+        mirrored = dataclasses.replace(
+            mirrored, extras={k: v for k, v in mirrored.extras.items() if k != "image"}
+        )
         with _MIRROR_LOCK:
             self.mirror_encoder_calls += 1
             memo[id(embedding)] = (embedding, mirrored)
@@ -281,13 +292,15 @@ class PromptableSegmenter(ABC):
         return mirrored
 
     def decode_tta(self, embedding: ImageEmbedding, prompts: Prompts, multimask: bool = True,
-                   flip: bool = True) -> MaskLogits:
+                   flip: bool = True, mirrored: ImageEmbedding | None = None) -> MaskLogits:
         """``decode``, averaged with the mirrored image's output when ``flip`` is set and the
         prompts carry no ``mask_input``.
 
-        The mirrored prompts are decoded against ``mirrored_embedding``; their low-res logits
-        are mirrored back about the valid (unpadded) region and averaged with the direct ones
-        there (padding columns keep the direct logits), and the predicted IoUs are averaged.
+        The mirrored prompts are decoded against ``mirrored`` (default: ``mirrored_embedding``
+        of ``embedding``; a caller that decodes many batches of one image looks it up once, as
+        other threads' images may push it out of the memo between batches); their low-res
+        logits are mirrored back about the valid (unpadded) region and averaged with the direct
+        ones there (padding columns keep the direct logits), and the predicted IoUs are averaged.
         ``feedback`` keeps the direct logits: fed back as a later click's ``mask_input`` they
         are the mask prompt the model was trained with (averaged logits, a first variant, cost
         clicks on held-out data; ``recipes/README.md``, "Flip TTA").
@@ -295,7 +308,8 @@ class PromptableSegmenter(ABC):
         out = self.decode(embedding, prompts, multimask)
         if not flip or prompts.mask_input is not None:
             return out
-        mirrored = self.mirrored_embedding(embedding)
+        if mirrored is None:
+            mirrored = self.mirrored_embedding(embedding)
         back = self.decode(mirrored, mirror_prompts(prompts, embedding.original_size[1]), multimask)
         valid_w = embedding.input_size[1] * out.logits.shape[-1] / embedding.pad_size
         logits, valid = mirror_low_res(back.logits, valid_w)
@@ -346,9 +360,12 @@ class PromptableSegmenter(ABC):
         h, w = embedding.original_size
         parts: list[Detections] = []
         n = len(prompts)
+        # looked up once for all batches: one encoder pass per call whatever other threads do
+        mirrored = (self.mirrored_embedding(embedding)
+                    if flip and n and prompts.mask_input is None else None)
         for start in range(0, n, self.prompt_batch):
             chunk = prompts[start : min(n, start + self.prompt_batch)]
-            out = self.decode_tta(embedding, chunk, multimask, flip)
+            out = self.decode_tta(embedding, chunk, multimask, flip, mirrored)
             parts.append(self._to_detections(out, embedding, start, keep_low_res, refiner, image,
                                              chunk, ranker))
         dets = Detections.concatenate(parts) if parts else Detections.empty((h, w))

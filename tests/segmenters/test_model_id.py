@@ -66,11 +66,14 @@ def test_composer_tiny_id_follows_weights_and_cache_recomputes(image, tmp_path) 
     assert fresh.encoder_calls == 0 and torch.equal(again.features, before.features)
 
 
-def test_cast_changes_the_id_and_pickles_keep_it() -> None:
+def test_cast_changes_the_id_and_pickles_keep_it(image) -> None:
     seg = composer.load_segmenter("composer_tiny")
     packaged = seg.model_id
+    seg.predict(seg.embed(image), points=[[60, 45]])  # fills flip TTA's memo
+    assert seg.__dict__.get("_mirror_memo")
     clone = pickle.loads(pickle.dumps(seg))
     assert clone.model_id == packaged
+    assert not clone.__dict__.get("_mirror_memo")  # the memo stays in this process
     seg.model.half()
     assert seg.model_id != packaged
 
