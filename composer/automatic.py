@@ -26,17 +26,19 @@ from typing import Any
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from torchvision.ops import batched_nms
 
 from .amg_utils import (
+    TRIM_PIXELS,
     CropBox,
     LowResUpsampler,
+    box_nms,
     boxes_near_crop_edge,
     build_layer_point_grids,
     encode_rles_transposed,
     generate_crop_boxes,
     mask_boxes_transposed,
     remove_small_regions,
+    trim_heap,
 )
 from .embedding import EmbeddingCache, ImageEmbedding, crop_image
 from .io.image import load_image
@@ -277,8 +279,7 @@ class _Candidates:
         )
 
 
-def _nms(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) -> torch.Tensor:
-    return batched_nms(boxes.float(), scores.float(), torch.zeros(len(boxes)), iou_threshold=thresh)
+_nms = box_nms  # the name recipes/calibrate_amg.py imports
 
 
 class AutomaticMaskGenerator:
@@ -374,7 +375,7 @@ class AutomaticMaskGenerator:
         if len(crop_boxes) > 1 and len(data):
             cb = torch.as_tensor(data.crop_boxes)
             area = ((cb[:, 2] - cb[:, 0]) * (cb[:, 3] - cb[:, 1])).float()
-            data = data.select(_nms(data.boxes, 1.0 / area, cfg.crop_nms_thresh))
+            data = data.select(box_nms(data.boxes, 1.0 / area, cfg.crop_nms_thresh))
         min_area = cfg.min_mask_region_area if min_region_area is None else min_region_area
         if min_area > 0 and len(data):
             data = self._remove_small_regions(data, (height, width), min_area)
@@ -401,6 +402,8 @@ class AutomaticMaskGenerator:
             m = mask_utils.decode(rle).astype(np.float32)
             up = cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) >= 0.5
             rles.append(encode_rles_transposed(up.T[None], (0, 0, width, height), (height, width))[0])
+            if width * height >= TRIM_PIXELS:
+                trim_heap()
         data.rles = rles
         data.points = data.points * np.array([[fx, fy]])
         cb = data.crop_boxes.astype(np.float64) * np.array([[fx, fy, fx, fy]])
@@ -458,7 +461,7 @@ class AutomaticMaskGenerator:
         data = _Candidates.concatenate(parts, cfg.keep_low_res_logits)
         if not len(data):
             return data
-        data = data.select(_nms(data.boxes, data.iou, cfg.box_nms_thresh))
+        data = data.select(box_nms(data.boxes, data.iou, cfg.box_nms_thresh))
         x0, y0 = int(crop_box[0]), int(crop_box[1])
         data.boxes = data.boxes + torch.tensor([[x0, y0, x0, y0]], dtype=torch.int64)
         data.points = data.points + np.array([[x0, y0]], dtype=np.float64)
@@ -496,12 +499,15 @@ class AutomaticMaskGenerator:
         upsampler = self._upsampler(emb, low_res, logits.device)  # type: ignore[arg-type]
         crop_h, crop_w = emb.original_size
         chunk = max(1, _CHUNK_BYTES // (4 * crop_h * crop_w))
-        parts = [
-            self._process_chunk(
+        # a large crop's full-size temporaries would otherwise pin freed heap (see trim_heap)
+        trim = crop_h * crop_w >= TRIM_PIXELS
+        parts = []
+        for s in range(0, len(idx), chunk):
+            parts.append(self._process_chunk(
                 logits, iou, points, m, idx[s : s + chunk], upsampler, crop_box, image_size
-            )
-            for s in range(0, len(idx), chunk)
-        ]
+            ))
+            if trim:
+                trim_heap()
         return _Candidates.concatenate(parts, cfg.keep_low_res_logits)
 
     def _process_chunk(
@@ -569,7 +575,7 @@ class AutomaticMaskGenerator:
                 else None
             )
         thresh = max(self.config.box_nms_thresh, self.config.crop_nms_thresh)
-        keep = _nms(boxes, scores, thresh)
+        keep = box_nms(boxes, scores, thresh)
         for i in keep.tolist():
             if new_rles[i] is not None:
                 data.rles[i] = new_rles[i]  # type: ignore[assignment]

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from ..structures import Detections, Masks
 
@@ -53,23 +54,62 @@ def overlay(image: np.ndarray, masks: Masks | np.ndarray | None = None, alpha: f
             and image.shape[2] == 3):
         image = load_image(image)  # a 16-bit or [0, 1] float image was drawn all white / black
     out = image.astype(np.float32).copy()
-    dense = masks.to_dense() if isinstance(masks, Masks) else (None if masks is None else np.asarray(masks, bool))
-    if dense is not None and (dense.ndim != 3 or dense.shape[1:] != image.shape[:2]):
-        raise ValueError(
-            f"masks of shape {dense.shape} do not fit the {image.shape[1]}x{image.shape[0]} image; "
-            "give (N, H, W) masks of the image's size"
-        )
-    if dense is not None and len(dense):
-        colors = palette(len(dense)).astype(np.float32)
-        order = np.argsort(-dense.reshape(len(dense), -1).sum(1))
+    # Masks are decoded one at a time and drawn inside their boxes: thousands of masks of a
+    # photo held as (N, H, W) took gigabytes, and whole-image passes per mask took minutes
+    if isinstance(masks, Masks):
+        if masks.image_size != image.shape[:2]:
+            raise ValueError(
+                f"masks of shape {(len(masks), *masks.image_size)} do not fit the "
+                f"{image.shape[1]}x{image.shape[0]} image; give (N, H, W) masks of the image's size"
+            )
+        n, areas, boxes_xyxy = len(masks), masks.area, masks.boxes()
+        rles = masks.rles
+
+        def mask_at(i: int) -> np.ndarray:
+            return mask_utils.decode(rles[i]).view(bool)
+    elif masks is not None:
+        dense = np.asarray(masks, bool)
+        if dense.ndim != 3 or dense.shape[1:] != image.shape[:2]:
+            raise ValueError(
+                f"masks of shape {dense.shape} do not fit the {image.shape[1]}x{image.shape[0]} "
+                "image; give (N, H, W) masks of the image's size"
+            )
+        n, areas = len(dense), dense.sum(axis=(1, 2))
+        boxes_xyxy = _dense_boxes(dense)
+
+        def mask_at(i: int) -> np.ndarray:
+            return dense[i]
+    else:
+        n = 0
+    if n:
+        colors = palette(n).astype(np.float32)
+        order = np.argsort(-np.asarray(areas))
+        # each mask's tight box (x1, y1 exclusive) grown by a pixel, so that outlines traced in
+        # it equal those traced in the whole image
+        h, w = image.shape[:2]
+        windows: list[tuple[int, int, int, int] | None] = []
         for i in order:
-            m = dense[i]
-            out[m] = out[m] * (1 - alpha) + colors[i] * alpha
+            x0, y0, x1, y1 = (int(v) for v in boxes_xyxy[i])
+            if x1 <= x0 or y1 <= y0:
+                windows.append(None)  # an empty mask
+                continue
+            windows.append((max(0, x0 - 1), max(0, y0 - 1), min(w, x1 + 1), min(h, y1 + 1)))
+        outlines: list[tuple[Any, tuple[int, ...]]] = []
+        for i, win in zip(order, windows, strict=True):
+            if win is None:
+                continue
+            x0, y0, x1, y1 = win
+            m = np.ascontiguousarray(mask_at(int(i))[y0:y1, x0:x1])
+            region = out[y0:y1, x0:x1]
+            region[...] = np.where(m[..., None], region * (1 - alpha) + colors[i] * alpha, region)
+            if outline:
+                contours, _ = cv2.findContours(m.view(np.uint8),
+                                               cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE,
+                                               offset=(x0, y0))
+                outlines.append((contours, tuple(int(c) for c in colors[i])))
         out_u8 = out.clip(0, 255).astype(np.uint8)
-        if outline:
-            for i in order:
-                contours, _ = cv2.findContours(dense[i].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-                cv2.drawContours(out_u8, contours, -1, tuple(int(c) for c in colors[i]), 1)
+        for contours, color in outlines:  # drawn over every mask's fill
+            cv2.drawContours(out_u8, contours, -1, color, 1)
     else:
         out_u8 = out.clip(0, 255).astype(np.uint8)
     out_u8 = np.ascontiguousarray(out_u8)
@@ -92,6 +132,17 @@ def overlay(image: np.ndarray, masks: Masks | np.ndarray | None = None, alpha: f
             cv2.circle(out_u8, (int(round(x)), int(round(y))), r, color, -1)
             cv2.circle(out_u8, (int(round(x)), int(round(y))), r, (255, 255, 255), 1)
     return out_u8
+
+
+def _dense_boxes(dense: np.ndarray) -> np.ndarray:
+    """(N, 4) int64 tight XYXY boxes (x1, y1 exclusive) of (N, H, W) bool masks; zeros for an
+    empty mask."""
+    out = np.zeros((len(dense), 4), np.int64)
+    for i, m in enumerate(dense):
+        cols, rows = np.flatnonzero(m.any(axis=0)), np.flatnonzero(m.any(axis=1))
+        if cols.size:
+            out[i] = cols[0], rows[0], cols[-1] + 1, rows[-1] + 1
+    return out
 
 
 def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> Path:
@@ -145,8 +196,9 @@ def write_detections(dets: Detections, image: np.ndarray, out_dir: str | os.Path
         if pattern.fullmatch(old.name):
             old.unlink()
     if dets.masks is not None and mask_pngs:
-        for i, m in enumerate(dets.masks.to_dense()):
-            written["masks"].append(str(save_png(m.astype(np.uint8) * 255, out / f"{stem}_mask{i:03d}.png")))
+        for i, rle in enumerate(dets.masks.rles):  # one at a time: never (N, H, W)
+            m = mask_utils.decode(rle)
+            written["masks"].append(str(save_png(m * np.uint8(255), out / f"{stem}_mask{i:03d}.png")))
     pic = overlay(image, dets.masks, boxes=prompt_boxes, points=points, point_labels=point_labels)
     written["overlay"] = str(save_png(pic, out / f"{stem}_overlay.png"))
     record: dict[str, Any] = {
@@ -156,6 +208,7 @@ def write_detections(dets: Detections, image: np.ndarray, out_dir: str | os.Path
         "detections": [],
     }
     rles = dets.masks.to_coco_rles() if dets.masks is not None else [None] * len(dets)
+    areas = dets.masks.area if dets.masks is not None else None  # once, not once per item
     scalar_extras = {k: v for k, v in dets.extras.items() if v.ndim <= 2 and k != "low_res_logits"}
     for i in range(len(dets)):
         item: dict[str, Any] = {"box_xyxy": [float(v) for v in dets.boxes[i]]}
@@ -165,7 +218,7 @@ def write_detections(dets: Detections, image: np.ndarray, out_dir: str | os.Path
             item["label"] = int(dets.labels[i])
         if rles[i] is not None:
             item["segmentation"] = rles[i]
-            item["area"] = int(dets.masks.area[i]) if dets.masks is not None else 0
+            item["area"] = int(areas[i]) if areas is not None else 0
         for k, v in scalar_extras.items():
             item[k] = np.asarray(v[i]).tolist()
         record["detections"].append(item)
