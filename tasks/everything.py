@@ -195,10 +195,12 @@ def annotate_folder(
     Each image's result is appended (and fsync'ed) to ``<out_json>.records.jsonl`` as soon as it
     is computed, and ``out_json`` is rewritten atomically (temporary file + rename) every
     ``write_every`` images and at the end, so an interruption never loses finished images.
-    The log starts with the run's settings (:func:`run_settings`: model id, AMG config,
-    segmenter settings). With ``resume`` an existing record log is read back: finished images
-    are skipped, failed ones are retried; a log written with other settings is refused (its
-    masks would be mislabelled). A failing image is logged on one line at WARNING (traceback at
+    The log starts with the run's settings (the resolved input folder and
+    :func:`run_settings`: model id, AMG config, segmenter settings). With ``resume`` an
+    existing record log is read back: finished images are skipped unless their file changed
+    since (its modification time is logged with its masks), failed ones are retried; a log
+    written with other settings, another folder's included, is refused (its masks would be
+    mislabelled). A failing image is logged on one line at WARNING (traceback at
     INFO, shown with -v) and listed under ``"failures"``.
 
     Args:
@@ -248,7 +250,9 @@ def annotate_folder(
     if limit is not None:
         files = files[: int(limit)]
     task = EverythingTask(segmenter, config)
-    log = RecordLog(log_path(out_path), run_settings(task), resume=resume,
+    # the input folder is a setting: another folder's images of the same names are not done
+    settings = {"input": str(src.resolve()), **run_settings(task)}
+    log = RecordLog(log_path(out_path), settings, resume=resume,
                     overwrite_hint="--overwrite, resume=False")
     records = log.records
     own_cache = cache is None
@@ -292,10 +296,13 @@ def annotate_folder(
             "failures": failures,
         }
 
+    # each image's modification time is logged with its masks: one replaced since is redone
+    stamps = {path.name: path.stat().st_mtime_ns for path in files}
     pending = [
         (image_id, str(path))
         for image_id, path in enumerate(files, start=1)
         if path.name not in records or "error" in records[path.name]
+        or records[path.name].get("mtime_ns") != stamps[path.name]
     ]
     engine = LocalEngine(1) if engine is None else engine
     setup: Callable[[], _FolderState]
@@ -315,6 +322,8 @@ def annotate_folder(
                 logger.warning("annotate_folder: %s failed: %s", path.name, rec["error"])
                 if rec.get("traceback"):
                     logger.info("annotate_folder: %s failed:\n%s", path.name, rec["traceback"])
+            else:
+                rec = {**rec, "mtime_ns": stamps[path.name]}
             log.append(rec)
             new += 1
             if new % write_every == 0:

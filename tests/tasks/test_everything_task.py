@@ -93,6 +93,35 @@ def test_annotate_folder_incremental_and_resumable(tmp_path):
     assert np.isfinite([a["stability_score"] for a in anns]).all()
 
 
+def test_annotate_folder_resumes_only_its_own_folder_and_unchanged_images(tmp_path):
+    """A rerun into the same json took another folder's a.png, or a photo replaced under the
+    same name, as done and kept the old masks (and sizes) for it."""
+    import os
+
+    import pytest
+
+    src, other = tmp_path / "images", tmp_path / "other"
+    src.mkdir()
+    other.mkdir()
+    Image.fromarray(toy_scene()).save(src / "a.png")
+    Image.fromarray(toy_scene()[:40].copy()).save(other / "a.png")
+    out = tmp_path / "ann.json"
+    annotate_folder(src, ToySegmenter(), out, config=SMALL)
+    with pytest.raises(ValueError, match="input"):
+        annotate_folder(other, ToySegmenter(), out, config=SMALL)
+    # the same folder through another spelling of its path resumes
+    CountingToy.calls = 0
+    annotate_folder(tmp_path / "." / "images", CountingToy(), out, config=SMALL)
+    assert CountingToy.calls == 0
+    # a.png replaced by a smaller picture: redone, with the new size
+    Image.fromarray(toy_scene()[:40].copy()).save(src / "a.png")
+    stat = (src / "a.png").stat()
+    os.utime(src / "a.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    again = annotate_folder(src, CountingToy(), out, config=SMALL)
+    assert CountingToy.calls > 0  # one image, embedded once per crop
+    assert again["images"][0]["height"] == 40
+
+
 def test_everything_cli_uses_the_models_thresholds(tmp_path, capsys):
     """`sam-composer everything IMAGE --model composer_tiny` finds the object with the model's
     calibrated thresholds; explicit thresholds on the command line still apply."""
