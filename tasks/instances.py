@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from composer.amg_utils import encode_rles_transposed, trim_heap
+from composer.amg_utils import encode_rles_transposed
 from composer.embedding import EmbeddingCache
 from composer.segmenters.base import best_per_prompt
 from composer.structures import Detections, Masks
@@ -26,10 +26,6 @@ from composer.structures import Detections, Masks
 from .base import TaskContext
 
 logger = logging.getLogger(__name__)
-
-#: Bytes of full-size float32 logits that one ``predict`` call of :meth:`InstanceTask._decode`
-#: may produce (bounds the memory of many boxes on a large photo).
-_DECODE_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)
@@ -213,27 +209,7 @@ class InstanceTask:
         return 0.0 if z == "off" else float(z)
 
     def _decode(self, emb: Any, boxes: np.ndarray) -> Detections:
-        """The most confident mask of each box (after the refinement pass), in box order.
-
-        ``predict`` upsamples a whole batch of prompts to the image's size at once (a batch
-        of 64 boxes of a 6000 x 4000 photo: 6 GB of logits), so on a large image the boxes go
-        in smaller groups; images whose batch fits ``_DECODE_BYTES`` are decoded as before.
-        """
-        h, w = (int(v) for v in emb.original_size)
-        outputs = 3 if self.config.multimask else 1
-        step = max(1, _DECODE_BYTES // (4 * h * w * outputs))
-        if step >= len(boxes):
-            return self._decode_group(emb, boxes)
-        batch = int(getattr(self.segmenter, "prompt_batch", 1) or 1)
-        if step >= batch:
-            step -= step % batch  # whole decoder batches, as in one call
-        parts = []
-        for s in range(0, len(boxes), step):
-            parts.append(self._decode_group(emb, boxes[s : s + step]))
-            trim_heap()
-        return Detections.concatenate(parts)
-
-    def _decode_group(self, emb: Any, boxes: np.ndarray) -> Detections:
+        """The most confident mask of each box (after the refinement pass), in box order."""
         cfg = self.config
         first = best_per_prompt(
             self.segmenter.predict(

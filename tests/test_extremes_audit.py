@@ -131,8 +131,13 @@ def test_write_detections_writes_mask_pngs_one_at_a_time(monkeypatch, tmp_path) 
     assert calls["area"] <= 2  # once for the overlay, once for the json (was once per mask)
 
 
-# --------------------------------------------------------------------------- instances
-def test_instances_decode_boxes_of_a_large_image_in_groups(tiny_sam, monkeypatch) -> None:
+# --------------------------------------------------------------------------- predict batches
+def test_predict_decodes_a_large_image_in_smaller_batches(tiny_sam, monkeypatch) -> None:
+    """predict upsampled a whole batch of 64 prompts to the image's size at once (6000 x 4000:
+    18 GB of logits); a batch's full-size logits are now capped (PREDICT_CHUNK_BYTES), and
+    the instances task, which calls predict, gets the cap too."""
+    from composer.segmenters import base
+
     image = np.random.default_rng(4).integers(0, 255, (40, 60, 3), dtype=np.uint8)
     rng = np.random.default_rng(5)
     xy = rng.uniform(0, 30, (9, 2))
@@ -144,16 +149,17 @@ def test_instances_decode_boxes_of_a_large_image_in_groups(tiny_sam, monkeypatch
     cfg = instances.InstanceConfig(max_dets=9, zoom_small="off")
     whole = instances.InstanceTask(tiny_sam, detector, cfg)(TaskContext(image, 1, EmbeddingCache()))
     sizes: list[int] = []
-    predict = tiny_sam.predict
+    decode = tiny_sam.decode
 
-    def recording(emb, *args, **kwargs):
-        sizes.append(len(kwargs["boxes"]))
-        return predict(emb, *args, **kwargs)
+    def recording(emb, prompts, *args, **kwargs):
+        sizes.append(len(prompts))
+        return decode(emb, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(instances, "_DECODE_BYTES", 4 * 40 * 60 * 4)  # four masks per call
-    monkeypatch.setattr(tiny_sam, "predict", recording)
+    monkeypatch.setattr(base, "PREDICT_CHUNK_BYTES", 4 * 40 * 60 * 4)  # four single-mask prompts
+    monkeypatch.setattr(tiny_sam, "decode", recording)
     grouped = instances.InstanceTask(tiny_sam, detector, cfg)(TaskContext(image, 1, EmbeddingCache()))
-    assert sizes == [4, 4, 1]
+    # the boxes, then the refinement pass with their masks as prompts
+    assert sizes[:3] == [4, 4, 1] and max(sizes) == 4
     assert [r["counts"] for r in grouped.masks.rles] == [r["counts"] for r in whole.masks.rles]
     # decoder batches of 4 and 1 instead of 9: float rounding may differ in the last bit
     np.testing.assert_allclose(grouped.extras["predicted_iou"], whole.extras["predicted_iou"],

@@ -14,11 +14,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..amg_utils import trim_heap
 from ..embedding import ImageEmbedding
 from ..refine import ContrastRank, GrabCutRefine
 from ..structures import Detections, Masks, Prompts
 
 logger = logging.getLogger(__name__)
+#: Bytes of full-size float32 logits that one decoder batch of ``predict`` may upsample at
+#: once: a larger image is decoded in batches smaller than ``prompt_batch`` (images up to
+#: about 1.4 megapixels keep whole batches of 64 multimask prompts).
+PREDICT_CHUNK_BYTES = 1 << 30
+
 # guards every segmenter's memo of mirrored embeddings (a module lock keeps segmenters picklable)
 _MIRROR_LOCK = threading.Lock()
 
@@ -363,11 +369,17 @@ class PromptableSegmenter(ABC):
         # looked up once for all batches: one encoder pass per call whatever other threads do
         mirrored = (self.mirrored_embedding(embedding)
                     if flip and n and prompts.mask_input is None else None)
-        for start in range(0, n, self.prompt_batch):
-            chunk = prompts[start : min(n, start + self.prompt_batch)]
+        # each batch's masks are upsampled to the image's size at once (64 prompts of a
+        # 6000 x 4000 photo: 18 GB of float32 logits), so a large image takes smaller batches
+        per_prompt = 4 * h * w * (3 if multimask else 1)
+        batch = max(1, min(self.prompt_batch, PREDICT_CHUNK_BYTES // per_prompt))
+        for start in range(0, n, batch):
+            chunk = prompts[start : min(n, start + batch)]
             out = self.decode_tta(embedding, chunk, multimask, flip, mirrored)
             parts.append(self._to_detections(out, embedding, start, keep_low_res, refiner, image,
                                              chunk, ranker))
+            if batch < self.prompt_batch:
+                trim_heap()  # the freed full-size temporaries would stay pinned (trim_heap)
         dets = Detections.concatenate(parts) if parts else Detections.empty((h, w))
         dets.meta.update(model_id=self.model_id, image_size=(h, w),
                          refine=None if refiner is None else dataclasses.asdict(refiner),
