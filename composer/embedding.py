@@ -51,6 +51,16 @@ class ImageEmbedding:
     crop_box: CropBox | None = None
     extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        # shapes, not the tensors (nor the image in extras)
+        def brief(t: torch.Tensor) -> str:
+            return f"<{' x '.join(map(str, t.shape))} {str(t.dtype).replace('torch.', '')} {t.device}>"
+
+        extras = ", ".join(f"{k}: {brief(v)}" for k, v in self.extras.items())
+        return (f"ImageEmbedding(model_id={self.model_id!r}, features={brief(self.features)}, "
+                f"original_size={tuple(self.original_size)}, input_size={tuple(self.input_size)}, "
+                f"pad_size={self.pad_size}, crop_box={self.crop_box}, extras={{{extras}}})")
+
     @property
     def nbytes(self) -> int:
         total = self.features.element_size() * self.features.nelement()

@@ -41,6 +41,17 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _brief(value: Any) -> str:
+    """An array as its values when it has a few (up to 6), else as its shape and dtype."""
+    if value is None:
+        return "None"
+    arr = np.asarray(value)
+    if arr.ndim <= 1 and arr.size <= 6:
+        fmt = "{:.4g}" if arr.dtype.kind == "f" else "{}"
+        return "[" + ", ".join(fmt.format(v) for v in arr.reshape(-1).tolist()) + "]"
+    return f"<{' x '.join(map(str, arr.shape))} {arr.dtype}>"
+
+
 @dataclass
 class Detections:
     """N items of one image, all coordinates in original-image pixels.
@@ -63,6 +74,17 @@ class Detections:
     masks: Masks | None = None
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # a summary, not the arrays: low-res logits of a few prompts filled pages of a notebook
+        fields = [f"n={len(self)}"]
+        if "image_size" in self.meta:
+            fields.append(f"image_size={tuple(self.meta['image_size'])}")
+        fields += [f"boxes={_brief(self.boxes)}", f"scores={_brief(self.scores)}",
+                   f"labels={_brief(self.labels)}", f"masks={self.masks!r}"]
+        extras = ", ".join(f"{k}: {_brief(v)}" for k, v in self.extras.items())
+        keys = ", ".join(str(k) for k in self.meta)
+        return f"Detections({', '.join(fields)}, extras={{{extras}}}, meta keys=[{keys}])"
 
     def __post_init__(self) -> None:
         boxes = _as_array(self.boxes, np.float32, "boxes")
