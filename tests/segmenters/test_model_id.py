@@ -87,3 +87,11 @@ def test_given_model_id_is_kept(image) -> None:
     assert plain.model_id.startswith("mine-")
     plain.model_id = "renamed"
     assert plain.model_id == "renamed" and plain.embed(image).model_id == "renamed"
+
+
+def test_a_model_built_in_inference_mode_has_an_id() -> None:
+    """Inference tensors keep no version counter (reading it raised RuntimeError)."""
+    with torch.inference_mode():
+        seg = composer.load_segmenter("composer_tiny")
+        inside = seg.model_id
+    assert seg.model_id == inside == composer.load_segmenter("composer_tiny").model_id
