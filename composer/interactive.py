@@ -6,7 +6,8 @@ the first click(s) the image is cropped to the current prediction, the positive 
 newest click, expanded by ``expansion``; the crop is embedded on its own, so the object fills the
 encoder's input and its boundary gets the decoder's full low-res grid. Older clicks outside the
 crop are left out of its prompt. The crop is kept while it still
-holds every click and overlaps the new box by ``recompute_iou``; otherwise it is recomputed
+holds every positive click and the newest click and overlaps the new box by ``recompute_iou``
+(an older negative click may lie outside it); otherwise it is recomputed
 (one more encoder call). The previous mask prompt is carried across frames
 (:func:`reframe_logits`).
 
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from .embedding import ImageEmbedding
 from .io.image import load_image
 from .segmenters.base import upsample_logits
+from .structures.masks import Masks
 
 #: Logit used for pixels of a mask prompt that lie outside the previous frame.
 OUTSIDE_LOGIT = -20.0
@@ -46,7 +48,7 @@ class ZoomIn:
             positive clicks and the newest click (per axis).
         min_crop: smallest crop side in pixels (small objects keep some context).
         recompute_iou: a new crop is embedded when the new box overlaps the current crop less
-            than this (or a click falls outside it).
+            than this (or a positive click or the newest click falls outside it).
     """
 
     skip_clicks: int = 1
@@ -160,6 +162,30 @@ def reframe_logits(
     return out[0, 0].numpy()
 
 
+def _pack_mask(mask: np.ndarray | None) -> Masks | np.ndarray | None:
+    """A compact copy of an (H, W) bool prediction for the undo history.
+
+    The RLE is of the transposed mask: COCO RLE runs down columns, so encoding ``mask.T``
+    needs no column-major copy of the image (about 10 ms instead of 120 ms at 12 MP). A mask
+    whose RLE would be longer than its packed bits (noise) is kept as bits instead.
+    """
+    if mask is None:
+        return None
+    rle = Masks.from_dense(mask.T)
+    if len(rle.rles[0]["counts"]) <= mask.size // 8:
+        return rle
+    return np.packbits(mask.reshape(-1))
+
+
+def _unpack_mask(packed: Masks | np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:
+    """The (H, W) bool prediction stored by :func:`_pack_mask`."""
+    if packed is None:
+        return None
+    if isinstance(packed, Masks):
+        return np.ascontiguousarray(packed.to_dense()[0].T)
+    return np.unpackbits(packed, count=size[0] * size[1]).reshape(size).astype(bool)
+
+
 def top_index(scores: np.ndarray) -> int:
     """Index of the highest score; a NaN score (a diverged head) never wins over a number, and
     an all-NaN (or empty) set gives 0. ``np.argmax`` takes the first NaN as the maximum."""
@@ -181,6 +207,12 @@ class ClickSession:
         use_prev_logits: feed the chosen mask's low-res logits back as the next mask prompt.
 
     Attributes:
+        points: the clicks so far, each (2,) float32 (x, y) in image pixels, oldest first.
+        labels: their labels (1 positive, 0 negative).
+        prediction: (H, W) bool current mask in image pixels (the session's own copy), or None
+            before the first click.
+        prev_logits: (h, w) float32 low-res logits of the current mask in the geometry of the
+            current frame (the crop's with zoom-in, see :func:`reframe_logits`), or None.
         encoder_calls: crop embeddings computed by this session (not counting ``embedding``).
         crop_box: XYXY of the current zoom crop, or None (whole image).
 
@@ -239,8 +271,11 @@ class ClickSession:
         self.prev_logits: np.ndarray | None = None
         self.prediction: np.ndarray | None = None
         self.encoder_calls = 0
-        # (frame, prev_logits, prediction) before each click, for undo()
-        self._history: list[tuple[ImageEmbedding, np.ndarray | None, np.ndarray | None]] = []
+        # (frame, prev_logits, packed prediction) before each click, for undo(); the prediction
+        # is kept as RLE (:func:`_pack_mask`): dense, 100 clicks on a 12 MP photo held 1.2 GB
+        self._history: list[
+            tuple[ImageEmbedding, np.ndarray | None, Masks | np.ndarray | None]
+        ] = []
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -304,6 +339,7 @@ class ClickSession:
         if multimask is None:
             multimask = len(self.points) == 1
         before = (self.frame, self.prev_logits, self.prediction)
+        packed = _pack_mask(self.prediction)  # before predicting: a failure leaves no trace
         try:
             out = self._predict(bool(multimask))
         except BaseException:
@@ -312,7 +348,7 @@ class ClickSession:
             self.labels.pop()
             self.frame, self.prev_logits, self.prediction = before
             raise
-        self._history.append(before)
+        self._history.append((before[0], before[1], packed))
         return out
 
     def undo(self) -> np.ndarray | None:
@@ -320,17 +356,18 @@ class ClickSession:
         prompt and prediction; no prediction runs again).
 
         Returns:
-            The prediction now current, (H, W) bool, or None when no click is left.
+            A copy of the prediction now current, (H, W) bool, or None when no click is left.
 
         Raises:
             ValueError: there is no click to take back.
         """
         if not self._history:
             raise ValueError("no click to undo")
-        self.frame, self.prev_logits, self.prediction = self._history.pop()
+        self.frame, self.prev_logits, packed = self._history.pop()
+        self.prediction = _unpack_mask(packed, self.image_size)
         self.points.pop()
         self.labels.pop()
-        return self.prediction
+        return None if self.prediction is None else self.prediction.copy()
 
     def reset(self) -> None:
         """Forget every click (start the object again); the whole image's embedding is kept,
@@ -383,7 +420,9 @@ class ClickSession:
             fh, fw = frame.original_size
             masks[:, oy : oy + fh, ox : ox + fw] = local
         top = top_index(scores)
-        self.prediction = masks[top]
+        # copies, not views: the caller owns ``masks`` (and may paint on them), and a view of
+        # one of three masks (or logit maps) would keep all three alive
+        self.prediction = masks[top].copy()
         low = dets.extras.get("low_res_logits") if len(dets) else None
-        self.prev_logits = None if low is None else np.asarray(low[top], np.float32)
+        self.prev_logits = None if low is None else np.array(low[top], np.float32)
         return masks, scores
