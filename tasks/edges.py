@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 #: Float32 probability maps upsampled at once (bounds transient memory).
 _CHUNK_BYTES = 64 << 20
+#: Pixels of the edge map compared at once by :func:`edge_nms` (bounds its temporaries).
+_NMS_CHUNK_PIXELS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -187,9 +189,12 @@ class EdgeTask:
             edges = mask_boundary_edges(logits, up, thr, cfg.boundary, refine)
         peak = float(edges.max())
         if peak > 0:
-            edges = edges / peak
+            edges /= peak  # a fresh float32 map: in place, the same values as edges / peak
         if cfg.edge_nms and peak > 0:
-            edges = np.clip(edge_nms(edges, cfg.nms_radius, cfg.nms_border, cfg.nms_margin), 0, 1)
+            thin = edge_nms(edges, cfg.nms_radius, cfg.nms_border, cfg.nms_margin)
+            del edges
+            edges = np.clip(thin, 0, 1, out=thin)
+            del thin
         meta = {
             "image_id": context.image_id,
             "model_id": self.model_id,
@@ -231,20 +236,28 @@ def mask_boundary_edges(
     chunk = max(1, _CHUNK_BYTES // (4 * height * width))
     for s in range(0, len(logits), chunk):
         up = upsampler(logits[s : s + chunk])[:, None]  # (C, 1, H, W)
-        prob = torch.sigmoid(up)
+        # Memory: a 24-MP image makes every map here 96 MB, so each is freed or reused as soon
+        # as it is spent (in-place ops give the same values as the out-of-place ones).
         if refine is not None:
-            prob = _refine_maps(prob, refine)
+            prob = _refine_maps(torch.sigmoid(up), refine)
             mask = (prob > 1.0 / (1.0 + np.exp(-mask_threshold))).float()
         else:
             mask = (up > mask_threshold).float()
+            prob = torch.sigmoid_(up)
+        del up
         padded = F.pad(prob, (1, 1, 1, 1), mode="replicate")
-        mag = torch.sqrt(F.conv2d(padded, kx) ** 2 + F.conv2d(padded, ky) ** 2)
+        del prob
+        mag = F.conv2d(padded, kx).square_()
+        mag += F.conv2d(padded, ky).square_()
+        del padded
+        mag.sqrt_()
         keep = torch.zeros_like(mask, dtype=torch.bool)
         if boundary in ("outer", "both"):
             keep |= (F.max_pool2d(mask, 3, 1, 1) > 0) & (mask == 0)
         if boundary in ("inner", "both"):
             keep |= (-F.max_pool2d(-mask, 3, 1, 1) == 0) & (mask > 0)
-        out = torch.maximum(out, (mag * keep).amax(dim=(0, 1)))
+        del mask
+        torch.maximum(out, mag.mul_(keep).amax(dim=(0, 1)), out=out)
     return out.numpy()
 
 
@@ -319,20 +332,25 @@ def edge_nms(edges: np.ndarray, r: int = 1, s: int = 5, m: float = 1.01) -> np.n
     if height < 2 or width < 2:
         return e.copy()
     e = conv_tri(e, 1)
-    oy, ox = np.gradient(conv_tri(e, 4))
-    _, oxx = np.gradient(ox)
-    oyy, oxy = np.gradient(oy)
-    ori = np.mod(np.arctan(oyy * np.sign(-oxy) / (oxx + 1e-5)), np.pi)
-    out = e.copy()
-    ys, xs = np.nonzero(e)
-    val = e[ys, xs] * m
-    cos, sin = np.cos(ori[ys, xs]), np.sin(ori[ys, xs])
-    suppressed = np.zeros(len(ys), bool)
-    for d in range(-r, r + 1):
-        if d == 0:
-            continue
-        suppressed |= val < _interp(e, xs + d * cos, ys + d * sin)
-    out[ys[suppressed], xs[suppressed]] = 0.0
+    ori = _orientation(e)
+    # Memory: a 24-MP map holds ~20 float64 per-pixel temporaries in the comparisons below, so
+    # they run over bands of rows; every value is computed as on the whole map.
+    suppressed = np.zeros(e.shape, bool)
+    band = max(1, _NMS_CHUNK_PIXELS // width)
+    for y0 in range(0, height, band):
+        ys, xs = np.nonzero(e[y0 : y0 + band])
+        ys += y0
+        val = e[ys, xs] * m
+        cos, sin = np.cos(ori[ys, xs]), np.sin(ori[ys, xs])
+        sup = np.zeros(len(ys), bool)
+        for d in range(-r, r + 1):
+            if d == 0:
+                continue
+            sup |= val < _interp(e, xs + d * cos, ys + d * sin)
+        suppressed[ys[sup], xs[sup]] = True
+    del ori
+    out = e  # the comparisons are done: suppress and fade in place
+    out[suppressed] = 0.0
     s = min(s, width // 2, height // 2)
     for i in range(s):
         f = i / s
@@ -340,4 +358,47 @@ def edge_nms(edges: np.ndarray, r: int = 1, s: int = 5, m: float = 1.01) -> np.n
         out[:, width - 1 - i] *= f
         out[i, :] *= f
         out[height - 1 - i, :] *= f
+    return out
+
+
+def _orientation(e: np.ndarray) -> np.ndarray:
+    """(H, W) float64 edge orientation in [0, pi) from the second derivatives of ``convTri(e, 4)``:
+    ``mod(arctan(oyy * sign(-oxy) / (oxx + 1e-5)), pi)``. Four maps are alive at most (the
+    whole-array expression holds ten): the derivatives reuse buffers and the rest runs in place,
+    giving the same values."""
+    ox = conv_tri(e, 4)
+    oy = _gradient(ox, 0)
+    _gradient(ox, 1, out=ox)
+    oxx = _gradient(ox, 1, out=ox)
+    oyy = _gradient(oy, 0)
+    ori = _gradient(oy, 1, out=oy)  # oxy
+    np.negative(ori, out=ori)
+    np.sign(ori, out=ori)
+    ori *= oyy
+    del oyy
+    oxx += 1e-5
+    ori /= oxx
+    del oxx, ox
+    np.arctan(ori, out=ori)
+    np.mod(ori, np.pi, out=ori)
+    return ori
+
+
+def _gradient(f: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.gradient(f, axis=axis)`` of a (H, W) float64 map, over bands of rows (each with a
+    row of context on both sides) so its temporaries stay small; ``out`` may be ``f`` for
+    ``axis=1`` (a row's derivative needs only that row)."""
+    height, width = f.shape
+    if out is None:
+        out = np.empty_like(f)
+    elif out is f and axis != 1:
+        raise ValueError("only the axis=1 gradient can be taken in place")
+    band = max(1, _NMS_CHUNK_PIXELS // width)
+    for y0 in range(0, height, band):
+        y1 = min(y0 + band, height)
+        if axis == 1:
+            out[y0:y1] = np.gradient(f[y0:y1], axis=1)
+        else:
+            lo, hi = max(y0 - 1, 0), min(y1 + 1, height)
+            out[y0:y1] = np.gradient(f[lo:hi], axis=0)[y0 - lo : y1 - lo]
     return out
