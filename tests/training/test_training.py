@@ -156,7 +156,10 @@ def test_composer_tiny_geometry_and_fp16_export(tmp_path) -> None:
     assert tuple(model.prompt_encoder.mask_input_size) == (16, 16) == (cfg.low_res_size,) * 2
     with pytest.raises(ValueError):
         model.image_encoder(torch.zeros(1, 3, 64, 64))
-    path = export_fp16(model, tmp_path / "w.pt")
+    # a backbone that is not the pip package's (random here) is written by default
+    assert any(k.startswith("image_encoder.backbone.")
+               for k in torch.load(export_fp16(model, tmp_path / "d.pt"), weights_only=True))
+    path = export_fp16(model, tmp_path / "w.pt", include_backbone=False)
     sd = torch.load(path, weights_only=True)
     assert all(v.dtype == torch.float16 for v in sd.values() if v.is_floating_point())
     assert not any(k.startswith("image_encoder.backbone.") for k in sd)  # packaged format
