@@ -106,10 +106,8 @@ class TrainConfig:
             statistics, running statistics updated). Off (default): they stay in eval mode
             and only their affine weights train (as torchvision's frozen BatchNorm). A step
             holds one image, so batch statistics are one image's and the features differ
-            from inference's: fine-tuning composer_tiny's whole encoder on 5 COCO images,
-            the first step's loss was 2.9 with them against 1.4 without, and held-out top-1
-            mIoU after 15/30/60 steps 0.47/0.38/0.43 against 0.45/0.46/0.44 (0.47 before).
-            Wholly frozen modules are in eval mode either way.
+            from inference's (a short fine-tune of composer_tiny's whole encoder started
+            from twice the loss with them). Wholly frozen modules are in eval mode either way.
         amp: mixed precision; None = on for CUDA (float16 + grad scaling), off on CPU;
             True on the CPU autocasts to bfloat16 (no grad scaling).
         checkpoint_dir: where ``last.pt`` goes (None disables checkpoints).
