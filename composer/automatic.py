@@ -279,9 +279,6 @@ class _Candidates:
         )
 
 
-_nms = box_nms  # the name recipes/calibrate_amg.py imports
-
-
 class AutomaticMaskGenerator:
     """Masks for everything in an image, from a grid of point prompts.
 

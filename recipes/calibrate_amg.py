@@ -39,7 +39,8 @@ for _path in (REPO, REPO / "recipes"):
 
 from _cli import check_at_least, one_line_errors  # noqa: E402
 
-from composer.automatic import AmgConfig, AutomaticMaskGenerator, _nms  # noqa: E402
+from composer.amg_utils import box_nms  # noqa: E402
+from composer.automatic import AmgConfig, AutomaticMaskGenerator  # noqa: E402
 from composer.data.bsds import BSDS500  # noqa: E402
 
 PRED_GRID = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.88)
@@ -95,7 +96,7 @@ def score_pairs(items: list[dict[str, Any]], nms_thresh: float = 0.7) -> list[di
                 keep = (it["pred_iou"] > pred_t) & (it["stability"] >= stab_t)
                 idx = np.flatnonzero(keep)
                 if len(idx):
-                    order = _nms(
+                    order = box_nms(
                         torch.from_numpy(it["boxes"][idx]),
                         torch.from_numpy(it["pred_iou"][idx]),
                         nms_thresh,
