@@ -315,7 +315,9 @@ def test_workers_resume_and_log_in_the_parent(folder, tmp_path, monkeypatch):
     assert main(_argv("text", src, boxes, whole)) == 0
     assert main(_argv("text", src, boxes, out, "--limit", "1")) == 0  # 1.png done
     assert main(_argv("text", src, boxes, out, "--workers", "2")) == 0
-    assert [rec["file_name"] for rec in _log_lines(out)[1:]] == ["1.png", "2.png", "3.png"]
+    logged = [rec["file_name"] for rec in _log_lines(out)[1:]]
+    # the workers' records come in the order they finish (either may be first)
+    assert logged[0] == "1.png" and sorted(logged[1:]) == ["2.png", "3.png"]
     assert _summary(out) == _summary(whole)
 
 
