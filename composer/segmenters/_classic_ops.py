@@ -329,7 +329,8 @@ def mask_features(
     index: np.ndarray,
     n_colours: int,
 ) -> np.ndarray:
-    """Quality cues of a candidate mask, in [0, 1] each (the scorer weighs them).
+    """Quality cues of a candidate mask, each >= 0 and all but the edge cue in [0, 1] (the
+    scorer weighs them).
 
     Args:
         mask: (h, w) bool final candidate. raw: (h, w) bool its rough initial mask.
@@ -340,7 +341,8 @@ def mask_features(
         (6,) float64: centrality of the clicks (distance to the mask boundary over the largest
         such distance; 0.5 without clicks), colour separation from a surrounding ring
         (1 - Bhattacharyya coefficient of palette histograms), mean edge strength on the mask
-        boundary, IoU with ``raw``, fraction of the image border covered, area fraction.
+        boundary (``edges`` is ~1 at its 99th percentile, so this may exceed 1), IoU with
+        ``raw``, fraction of the image border covered, area fraction.
     """
     area = int(mask.sum())
     if area == 0:
