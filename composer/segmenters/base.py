@@ -441,16 +441,21 @@ def mirror_low_res(logits: torch.Tensor, valid_w: float) -> tuple[torch.Tensor, 
     ``valid_w`` is the unpadded width in low-res pixels (``input_size[1] * w / pad_size``, may
     be fractional): column c takes the (linearly interpolated) value at ``valid_w - 1 - c``,
     which maps the centre of a mirrored input pixel back onto the original's. Returns the
-    mirrored logits and a (w,) bool mask of the columns inside the valid region.
+    mirrored logits and a (w,) bool mask of the columns inside the valid region (both on the
+    logits' device).
     """
     w = logits.shape[-1]
-    cols = torch.arange(w, dtype=torch.float64, device=logits.device)
+    # The sampling positions are worked out in float64 on the CPU (Apple's MPS has no float64)
+    # and only the indices and weights move to the logits' device.
+    cols = torch.arange(w, dtype=torch.float64)
     src = (valid_w - 1 - cols).clamp(0, w - 1)
     i0 = src.floor().long()
     i1 = (i0 + 1).clamp(max=w - 1)
-    frac = (src - i0).to(logits.dtype)
+    dev = logits.device
+    frac = (src - i0).to(logits.dtype).to(dev)
+    i0, i1 = i0.to(dev), i1.to(dev)
     mirrored = logits[..., i0] * (1 - frac) + logits[..., i1] * frac
-    return mirrored, cols < valid_w
+    return mirrored, (cols < valid_w).to(dev)
 
 
 def refine_image(embedding: ImageEmbedding) -> np.ndarray:

@@ -72,6 +72,30 @@ def test_mirror_low_res_flips_the_valid_region_and_interpolates_fractional_width
     assert float(mirrored[0, 0, 5]) == 0.0  # clamped at the first column
 
 
+def test_mirror_low_res_makes_no_float64_off_the_cpu() -> None:
+    """Apple's MPS has no float64: with the logits on another device than the CPU (the meta
+    device here), no float64 tensor may be made there. The sampling positions were computed
+    on the logits' device in float64, so flip TTA failed on MPS."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    made: list[tuple[str, torch.dtype]] = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.device.type != "cpu":
+                    made.append((str(func), t.dtype))
+            return out
+
+    logits = torch.zeros(2, 3, 16, 16, device="meta")
+    with Spy():
+        mirrored, valid = mirror_low_res(logits, 12.5)
+    assert made and torch.float64 not in {dtype for _, dtype in made}
+    assert mirrored.device.type == "meta" and valid.device.type == "meta"
+    assert mirrored.shape == logits.shape and valid.shape == (16,)
+
+
 def test_mirror_prompts_maps_pixel_columns_and_boxes() -> None:
     prompts = Prompts.create(
         points=[[[0, 5], [9, 7]]], labels=[[1, 0]], boxes=[[1, 2, 4, 6]], image_size=(20, 10)
