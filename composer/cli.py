@@ -133,6 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # OSError: an output path that is a file, not writable, or a full disk
         print(f"sam-composer {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:
+        # an optional dependency whose extra is not installed (ray, onnx, edges): the message
+        # names the pip command; any other ImportError is a bug and keeps its traceback
+        if "sam-composer[" not in str(exc):
+            raise
+        print(f"sam-composer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except (MemoryError, RuntimeError) as exc:
         if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":
             raise  # torch's CUDA out-of-memory error is a RuntimeError; others are bugs

@@ -95,9 +95,15 @@ def as_boundary_map(edges: EdgeMap | np.ndarray) -> np.ndarray:
 
 def _import_pyedgeeval():
     # pyEdgeEval prints a warning on import when an optional .mat reader is missing.
-    with contextlib.redirect_stdout(io.StringIO()):
-        from pyEdgeEval._lib import correspond_pixels
-        from pyEdgeEval.preprocess import fast_nms
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            from pyEdgeEval._lib import correspond_pixels
+            from pyEdgeEval.preprocess import fast_nms
+    except ImportError as exc:
+        raise ImportError(
+            "edge NMS (apply_nms=True) and matcher='csa' need pyEdgeEval, the edges extra: "
+            'pip install "sam-composer[edges]"'
+        ) from exc
     return correspond_pixels, fast_nms
 
 
