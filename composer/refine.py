@@ -41,7 +41,9 @@ def _window_sum(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
     last = c.narrow(dim, n - 1, 1)
     # upper ends: c[min(i + r, n - 1)]; lower ends: c[i - r - 1], or 0 below the start
     hi = torch.cat([c.narrow(dim, r, n - r), last.expand_as(c.narrow(dim, 0, r))], dim=dim)
-    lo = torch.cat([torch.zeros_like(c.narrow(dim, 0, r + 1)), c.narrow(dim, 0, n - r - 1)], dim=dim)
+    lo = torch.cat(
+        [torch.zeros_like(c.narrow(dim, 0, r + 1)), c.narrow(dim, 0, n - r - 1)], dim=dim
+    )
     return hi - lo
 
 
@@ -58,12 +60,108 @@ def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
     return s / (ones_h[:, None] * ones_w[None, :])
 
 
+#: Values (float32) of one band of the guided filter's streamed box filters: the filter works
+#: over bands of rows of about this many values per pass (at least two windows' heights), so
+#: its temporaries are a few tens of bytes times this, not a multiple of the image.
+_BAND_ELEMENTS = 1 << 20
+
+
+def _band_rows(planes: int, width: int, height: int, radius: int) -> int:
+    """Rows of one band of ``planes`` (.., rows, ``width``) planes: about ``_BAND_ELEMENTS``
+    values, and at least two windows' heights (a band re-reads ``2 * radius + 1`` rows)."""
+    rows = max(2 * (2 * radius + 1), _BAND_ELEMENTS // max(1, planes * width))
+    return max(1, min(height, rows))
+
+
+def _window_sum_lean(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """``_window_sum(x, radius, -1)`` to the bit (the same running sums and differences; its
+    first ``r + 1`` values, less zero there, are the sums themselves), with one temporary."""
+    n = x.shape[-1]
+    r = min(radius, n - 1)
+    c = torch.cumsum(x, dim=-1)
+    out = torch.empty(c.shape)
+    out[..., : n - r] = c[..., r:]
+    out[..., n - r :] = c[..., n - 1 :]
+    out[..., r + 1 :] -= c[..., : n - r - 1]
+    return out
+
+
+class _BoxMeanRows:
+    """:func:`box_mean` of an (..., H, W) array whose rows ``rows(lo, hi)`` gives on demand,
+    band by band from the top (``take``), bit-identical to ``box_mean`` of the whole array.
+
+    A band's horizontal running sums are its own rows'. The vertical ones run down whole
+    columns: torch's CPU ``cumsum`` of float32 adds in a float64 accumulator and rounds it to
+    float32 at every row, so a band's sums restart from the float64 sums of the row above its
+    first input row (``carry``) and are the whole columns' to the bit.
+    """
+
+    def __init__(self, rows: Any, height: int, width: int, radius: int) -> None:
+        self.rows = rows
+        self.height = height
+        self.radius = radius
+        self.reach = min(radius, height - 1)  # the vertical pass's, clipped as _window_sum does
+        self.ones_h = _window_sum(torch.ones(height), radius, 0)
+        self.ones_w = _window_sum(torch.ones(width), radius, 0)
+        self.pos = 0  # the first row the next band gives
+        self.carry: torch.Tensor | None = None  # float64 column sums down to the row above it
+
+    def take(self, end: int) -> torch.Tensor:
+        """(..., end - pos, W) float32 box means of rows [pos, end); pos moves to ``end``."""
+        r0, r1, r, h = self.pos, end, self.reach, self.height
+        lo, hi = max(0, r0 - r - 1), min(h, r1 + r)  # the input rows the band's windows read
+        sums = _window_sum_lean(self.rows(lo, hi), self.radius).double()
+        if self.carry is not None:  # lo > 0: the step the whole column's accumulator takes
+            sums[..., 0, :] += self.carry
+        sums.cumsum_(dim=-2)
+        nxt = r1 - r - 1  # the next band's first input row
+        self.carry = sums[..., nxt - 1 - lo, :].clone() if nxt > 0 else None
+        c = sums.float()
+        del sums
+        # row i: c[min(i + r, h - 1)] - c[i - r - 1] (nothing above the first r + 1 rows)
+        out = torch.empty((*c.shape[:-2], r1 - r0, c.shape[-1]))
+        k = max(0, min(r1, h - r) - r0)
+        out[..., :k, :] = c[..., r0 + r - lo : r0 + r - lo + k, :]
+        out[..., k:, :] = c[..., h - 1 - lo : h - lo, :]
+        j = max(r0, r + 1)
+        if j < r1:
+            out[..., j - r0 :, :] -= c[..., j - r - 1 - lo : r1 - r - 1 - lo, :]
+        out /= self.ones_h[r0:r1, None] * self.ones_w[None, :]
+        self.pos = r1
+        return out
+
+
+class _RowWindow:
+    """Rows ``[lo, hi)`` on demand of what ``produce(end)`` gives band by band (rows
+    ``[hi, end)``), for a reader whose ``lo`` and ``hi`` only move down: keeps the rows read
+    again (a box filter's overlap of its bands), forgets those above ``lo``."""
+
+    def __init__(self, produce: Any) -> None:
+        self.produce = produce
+        self.buf: torch.Tensor | None = None
+        self.lo = self.hi = 0
+
+    def __call__(self, lo: int, hi: int) -> torch.Tensor:
+        if hi > self.hi:
+            new = self.produce(hi)
+            self.buf = new if self.buf is None else torch.cat([self.buf, new], dim=-2)
+            self.hi = hi
+        assert self.buf is not None and lo >= self.lo
+        self.buf = self.buf[..., lo - self.lo :, :]
+        self.lo = lo
+        return self.buf[..., : hi - lo, :]
+
+
 class GuidedFilter:
     """Colour guided filter for many maps of one image.
 
     Args:
         image: (H, W, 3) RGB or (H, W) grey guide image: uint8, or float in [0, 1]. Memory:
-            about 60 bytes per pixel for the image's statistics (a 12-MP photo: 0.7 GB).
+            about 51 bytes per pixel for a uint8 image (60 for a float one): a copy of the
+            image, its window means and the inverses of its window covariances (a 12-MP
+            photo: 0.6 GB). Building them and filtering work over bands of rows, so the
+            temporaries are a band's: about 0.1 GB for a 6000-px-wide image at radius 8
+            (they grow with the width and the radius, not with the height).
         radius: window radius r in pixels (>= 1).
         eps: regulariser of the local linear fit, in units of the guide's [0, 1] intensities
             squared: edges with contrast well above ``sqrt(eps)`` are followed, weaker
@@ -71,6 +169,10 @@ class GuidedFilter:
 
     Call with (N, H, W) or (N, 1, H, W) float maps (probabilities in [0, 1]); returns the
     filtered maps with the input's shape.
+
+    Attributes:
+        mean_i: (1, C, H, W) float32 window means of the guide.
+        inv: (1, C, C, H, W) float32 inverses of the regularised window covariances.
     """
 
     def __init__(self, image: Any, radius: int, eps: float) -> None:
@@ -83,26 +185,64 @@ class GuidedFilter:
             arr = arr[..., None]
         if arr.ndim != 3 or arr.shape[-1] not in (1, 3):
             raise ValueError(f"guide image must be (H, W), (H, W, 1) or (H, W, 3), got {arr.shape}")
-        scale = 255.0 if arr.dtype == np.uint8 else 1.0
-        guide = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32) / scale)
-        self.guide = guide.permute(2, 0, 1)[None]  # (1, C, H, W)
+        # a uint8 guide is kept as a copy of its pixels (3 bytes a pixel, not 12) and scaled
+        # to [0, 1] band by band, to the same float32 values
+        self._scale = 255.0 if arr.dtype == np.uint8 else 1.0
+        if arr.dtype == np.uint8:
+            self._pixels = np.array(arr, order="C")
+        else:
+            self._pixels = np.ascontiguousarray(arr, dtype=np.float32) / self._scale
         self.radius = int(radius)
         self.eps = float(eps)
         self.size = tuple(arr.shape[:2])
-        g = self.guide
-        c = g.shape[1]
-        self.mean_i = box_mean(g, self.radius)  # (1, C, H, W)
-        # per-pixel covariance of the guide in its window, regularised, then inverted once
-        cov = torch.empty((1, c, c, *self.size))
-        for i in range(c):
-            for j in range(i, c):
-                v = box_mean(g[:, i : i + 1] * g[:, j : j + 1], self.radius)[:, 0]
-                v = v - self.mean_i[:, i] * self.mean_i[:, j]
+        h, w = self.size
+        c = arr.shape[-1]
+        r = self.radius
+        self.mean_i = torch.empty((1, c, h, w))
+        means = _BoxMeanRows(lambda lo, hi: self._guide(lo, hi, 0, w), h, w, r)
+        rows = _band_rows(c, w, h, r)
+        for r0 in range(0, h, rows):
+            self.mean_i[..., r0 : r0 + rows, :] = means.take(min(h, r0 + rows))
+        # per-pixel covariance of the guide in its window, regularised, then inverted once:
+        # band by band, so only a band's covariances exist at a time
+        pairs = [(i, j) for i in range(c) for j in range(i, c)]
+
+        def products(lo: int, hi: int) -> torch.Tensor:
+            g = self._guide(lo, hi, 0, w)
+            return torch.cat([g[:, i : i + 1] * g[:, j : j + 1] for i, j in pairs], dim=1)
+
+        boxes = _BoxMeanRows(products, h, w, r)
+        eye = self.eps * torch.eye(c)
+        # (H, W, C, C) inverses, stored as torch.linalg.inv returns them (column-major)
+        inv = torch.empty_strided((h, w, c, c), (w * c * c, c * c, 1, c))
+        rows = _band_rows(len(pairs) + c * c, w, h, r)
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            sums = boxes.take(r1)
+            mean_i = self.mean_i[..., r0:r1, :]
+            cov = torch.empty((1, c, c, r1 - r0, w))
+            for k, (i, j) in enumerate(pairs):
+                v = sums[:, k] - mean_i[:, i] * mean_i[:, j]
                 cov[:, i, j] = v
                 cov[:, j, i] = v
-        cov = cov + self.eps * torch.eye(c).view(1, c, c, 1, 1)
-        # (H, W, C, C) inverse; a C x C solve per pixel, shared by every map of the image
-        self.inv = torch.linalg.inv(cov[0].permute(2, 3, 0, 1)).permute(2, 3, 0, 1)[None]
+            cov += eye.view(1, c, c, 1, 1)
+            # a C x C solve per pixel, shared by every map of the image
+            inv[r0:r1] = torch.linalg.inv(cov[0].permute(2, 3, 0, 1))
+            del sums, cov
+        self.inv = inv.permute(2, 3, 0, 1)[None]
+
+    @property
+    def guide(self) -> torch.Tensor:
+        """(1, C, H, W) float32 guide intensities in [0, 1] (made on each access)."""
+        return self._guide(0, self.size[0], 0, self.size[1])
+
+    def _guide(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        """(1, C, y1 - y0, x1 - x0) float32 guide intensities in [0, 1] of those rows and
+        columns (a view of the float pixels, or a fresh band scaled from the uint8 ones)."""
+        px = self._pixels[y0:y1, x0:x1]
+        if self._pixels.dtype == np.uint8:
+            px = np.ascontiguousarray(px, dtype=np.float32) / self._scale
+        return torch.from_numpy(px).permute(2, 0, 1)[None]
 
     @torch.inference_mode()
     def __call__(
@@ -111,7 +251,12 @@ class GuidedFilter:
         """Filter (N, H, W) or (N, 1, H, W) maps of the whole image, or of ``window``
         ``(y0, y1, x0, x1)`` of it (maps then (..., y1 - y0, x1 - x0)). A window gives the
         whole-image result except within ``2 * radius`` of its sides that are inside the image
-        (there the maps' windows are clipped), so pad windows by that much."""
+        (there the maps' windows are clipped), so pad windows by that much.
+
+        Works over bands of rows and groups of maps (the result is the same to the bit as
+        filtering all at once): besides the maps and the result, it holds a band's
+        temporaries, not the direct computation's full-size ones (about 100 bytes per pixel
+        of the window per map)."""
         y0, y1, x0, x1 = (0, self.size[0], 0, self.size[1]) if window is None else window
         if not (0 <= y0 < y1 <= self.size[0] and 0 <= x0 < x1 <= self.size[1]):
             raise ValueError(f"window {window} is not inside the {self.size} guide")
@@ -119,17 +264,60 @@ class GuidedFilter:
         shape = maps.shape
         if tuple(shape[-2:]) != size:
             raise ValueError(f"maps are {tuple(shape[-2:])}, the guide window is {size}")
-        g = self.guide[..., y0:y1, x0:x1]
-        mean_i = self.mean_i[..., y0:y1, x0:x1]
-        inv = self.inv[..., y0:y1, x0:x1]
-        r = self.radius
+        h, w = size
+        c = self.mean_i.shape[1]
         p = maps.reshape(-1, 1, *size).float()
-        mean_p = box_mean(p, r)  # (N, 1, h, w)
-        cov_ip = box_mean(g * p, r) - mean_i * mean_p  # (N, C, h, w)
-        a = (inv * cov_ip[:, None]).sum(2)  # (N, C, h, w): inv @ cov per pixel
-        b = mean_p[:, 0] - (a * mean_i).sum(1)  # (N, h, w)
-        q = (box_mean(a, r) * g).sum(1) + box_mean(b[:, None], r)[:, 0]
+        q = torch.empty((p.shape[0], h, w))
+        # a group's band: its maps' p, g * p, a and b (1 + C planes each) and inv * cov (C * C)
+        per_map = (1 + c) + c * c
+        group = max(1, _BAND_ELEMENTS // (per_map * w * _band_rows(1, w, h, self.radius)))
+        for m0 in range(0, p.shape[0], group):
+            self._filter(p[m0 : m0 + group], q[m0 : m0 + group], (y0, x0), per_map)
         return q.reshape(shape)
+
+    def _filter(
+        self, p: torch.Tensor, q: torch.Tensor, origin: tuple[int, int], per_map: int
+    ) -> None:
+        """Write the filtered (n, 1, h, w) maps ``p`` of the window at ``origin`` (y0, x0) of
+        the guide into the (n, h, w) ``q``, band by band. The maths is the direct one's,
+
+            mean_p = box_mean(p); cov_ip = box_mean(g * p) - mean_i * mean_p
+            a = inv @ cov_ip (per pixel); b = mean_p - a . mean_i
+            q = box_mean(a) . g + box_mean(b)
+
+        with every box mean streamed (``_BoxMeanRows``): the second pair reads the rows of
+        ``a`` and ``b`` that the first pair's bands give."""
+        (y0, x0), (n, _, h, w) = origin, p.shape
+        r = self.radius
+        c = self.mean_i.shape[1]
+
+        def guide(lo: int, hi: int) -> torch.Tensor:
+            return self._guide(y0 + lo, y0 + hi, x0, x0 + w)
+
+        def maps_rows(lo: int, hi: int) -> torch.Tensor:  # p and g * p: (n, 1 + C, k, w)
+            pr = p[..., lo:hi, :]
+            return torch.cat([pr, guide(lo, hi) * pr], dim=1)
+
+        first = _BoxMeanRows(maps_rows, h, w, r)
+
+        def coefficients(end: int) -> torch.Tensor:  # a and b of the next rows: (n, C + 1, k, w)
+            r0 = first.pos
+            means = first.take(end)
+            mean_p = means[:, :1]
+            mean_i = self.mean_i[..., y0 + r0 : y0 + end, x0 : x0 + w]
+            inv = self.inv[..., y0 + r0 : y0 + end, x0 : x0 + w]
+            cov_ip = means[:, 1:] - mean_i * mean_p  # (n, C, k, w)
+            del means
+            a = (inv * cov_ip[:, None]).sum(2)  # (n, C, k, w): inv @ cov per pixel
+            b = mean_p[:, 0] - (a * mean_i).sum(1)  # (n, k, w)
+            return torch.cat([a, b[:, None]], dim=1)
+
+        second = _BoxMeanRows(_RowWindow(coefficients), h, w, r)
+        rows = _band_rows(n * per_map, w, h, r)
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            means = second.take(r1)  # box means of a and b: (n, C + 1, k, w)
+            q[:, r0:r1] = (means[:, :c] * guide(r0, r1)).sum(1) + means[:, c]
 
 
 @dataclass(frozen=True)
@@ -216,9 +404,13 @@ class GrabCutRefine:
         """Refine the writable (H, W) bool ``mask`` in place (only inside its padded bounding
         box); the arguments are those of ``__call__``. Returns whether GrabCut ran."""
         if not isinstance(mask, np.ndarray) or mask.dtype != bool or mask.ndim != 2:
-            raise ValueError(f"mask must be an (H, W) bool array, got {getattr(mask, 'shape', None)}")
+            raise ValueError(
+                f"mask must be an (H, W) bool array, got {getattr(mask, 'shape', None)}"
+            )
         if not mask.flags.writeable:
-            raise ValueError("mask is read-only; refine_inplace writes into it (use __call__ for a copy)")
+            raise ValueError(
+                "mask is read-only; refine_inplace writes into it (use __call__ for a copy)"
+            )
         m = mask
         img = np.asarray(image)
         if img.ndim == 2:
@@ -257,13 +449,17 @@ class GrabCutRefine:
         if not small.any() or small.all():
             return False
         small_pts = None if pts is None else (pts - (x0, y0)) * (sw / cw, sh / ch)
-        out = self._grabcut(small_img, small, max(2, int(round(bw * scale))), small_pts, labs, (0, 0))
+        out = self._grabcut(
+            small_img, small, max(2, int(round(bw * scale))), small_pts, labs, (0, 0)
+        )
         if out is None:
             return False
         refined, band = out
         up = cv2.resize(refined.astype(np.float32), (cw, ch), interpolation=cv2.INTER_LINEAR) >= 0.5
-        up_band = cv2.resize(band.astype(np.uint8), (cw, ch), interpolation=cv2.INTER_NEAREST) > 0
-        crop[up_band] = up[up_band]
+        # nearest-neighbour resizing keeps the 0/1 values, so the result reads as bool as it is,
+        # and copyto takes the band's labels without gathering them into more arrays
+        up_band = cv2.resize(band.astype(np.uint8), (cw, ch), interpolation=cv2.INTER_NEAREST)
+        np.copyto(crop, up, where=up_band.view(bool))
         return True
 
     def _grabcut(
@@ -313,8 +509,9 @@ class GrabCutRefine:
         fgd_model = np.zeros((1, 65), np.float64)
         cv2.setRNGSeed(self.seed)
         try:
-            cv2.grabCut(bgr, tri, (0, 0, 0, 0), bgd_model, fgd_model, int(self.iters),
-                        cv2.GC_INIT_WITH_MASK)
+            cv2.grabCut(
+                bgr, tri, (0, 0, 0, 0), bgd_model, fgd_model, int(self.iters), cv2.GC_INIT_WITH_MASK
+            )
         except cv2.error as exc:  # too few samples for a colour model: keep the mask
             logger.debug("GrabCut refinement skipped: %s", exc)
             return None
@@ -330,8 +527,12 @@ def _padded_bbox(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:
     h, w = mask.shape
     ys = np.flatnonzero(mask.any(axis=1))
     xs = np.flatnonzero(mask.any(axis=0))
-    return (max(0, int(ys[0]) - pad), min(h, int(ys[-1]) + pad + 1),
-            max(0, int(xs[0]) - pad), min(w, int(xs[-1]) + pad + 1))
+    return (
+        max(0, int(ys[0]) - pad),
+        min(h, int(ys[-1]) + pad + 1),
+        max(0, int(xs[0]) - pad),
+        min(w, int(xs[-1]) + pad + 1),
+    )
 
 
 #: Threads that refine the masks of one ``predict`` call side by side (OpenCV's GrabCut
@@ -386,8 +587,10 @@ def refine_masks(
         for i in range(n):
             refiner.refine_inplace(image, masks[i], pts[i], lbl[i])
         return
-    jobs = [_pool(workers).submit(refiner.refine_inplace, image, masks[i], pts[i], lbl[i])
-            for i in range(n)]
+    jobs = [
+        _pool(workers).submit(refiner.refine_inplace, image, masks[i], pts[i], lbl[i])
+        for i in range(n)
+    ]
     for job in jobs:
         job.result()  # re-raises a worker's error here
 
@@ -487,13 +690,17 @@ class ContrastRank:
         img = np.asarray(image)
         h, w = img.shape[:2]
         if np.ndim(masks) != 3 or tuple(np.shape(masks)[1:]) != (h, w):
-            raise ValueError(f"masks must be (N, {h}, {w}) for the {w}x{h} image, got {np.shape(masks)}")
+            raise ValueError(
+                f"masks must be (N, {h}, {w}) for the {w}x{h} image, got {np.shape(masks)}"
+            )
         if not self.max_side or max(h, w) <= self.max_side:
             lab_bins = self.lab(img)
             return np.array([self.contrast(lab_bins, m) for m in masks], np.float32)
         scale = self.max_side / max(h, w)
         size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-        lab_bins = self.lab(cv2.resize(np.ascontiguousarray(img), size, interpolation=cv2.INTER_AREA))
+        lab_bins = self.lab(
+            cv2.resize(np.ascontiguousarray(img), size, interpolation=cv2.INTER_AREA)
+        )
         out = []
         for m in masks:
             small = cv2.resize(np.asarray(m, np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5
