@@ -16,7 +16,8 @@ per-slot linear map from predicted to real IoU (least squares, each set weighted
 prints every set's top-1 mIoU without and with each, and a leave-one-set-out check of the map
 on the tuning sets. Sets: ``bsds_heldout``, ``coco_tune`` (see ``choose_mask_refine.py``), ``grabcut``,
 ``berkeley``, ``bsds20`` (BSDS500 test regions, first 20 images), ``coco20`` (COCO held-out,
-first 20 images): the last four are the README's benchmark rows.
+first 20 images): these four are the README's benchmark rows; ``bsds200`` and ``coco40`` are
+the whole BSDS500 test split and the whole held-out COCO half.
 
     OMP_NUM_THREADS=1 python recipes/first_click_slots.py --sets bsds_heldout coco_tune \\
         grabcut berkeley bsds20 coco20 --mask-rank off --calibrate --out runs/first_click_slots
@@ -48,7 +49,7 @@ from composer.evaluation.runner import _item_image, point_targets  # noqa: E402
 from composer.interactive import ClickSession  # noqa: E402
 from composer.segmenters import load_segmenter  # noqa: E402
 
-SETS = ("bsds_heldout", "coco_tune", "grabcut", "berkeley", "bsds20", "coco20")
+SETS = ("bsds_heldout", "coco_tune", "grabcut", "berkeley", "bsds20", "coco20", "bsds200", "coco40")
 TUNING = ("bsds_heldout", "coco_tune")
 
 
@@ -65,16 +66,16 @@ def dataset(name: str) -> Any:
         from composer.data.interactive import Berkeley
 
         return Berkeley()
-    if name == "bsds20":
+    if name in ("bsds20", "bsds200"):
         from composer.data.regions import BSDSRegions
 
         regions = BSDSRegions("test")
-        return [regions[i] for i in range(20)]
-    if name == "coco20":
+        return [regions[i] for i in range(20 if name == "bsds20" else len(regions))]
+    if name in ("coco20", "coco40"):
         from composer.data.coco import coco_subset
 
         coco = coco_subset()
-        return [coco[i] for i in range(20)]
+        return [coco[i] for i in range(int(name[4:]))]
     raise ValueError(f"unknown set {name!r}; valid: {SETS}")
 
 

@@ -101,3 +101,16 @@ def test_per_set_arrays_saves_loads_and_recomputes(tmp_path) -> None:
     assert calls == ["a", "b"] and all(np.array_equal(first[k], again[k]) for k in first)
     fresh = mod.per_set_arrays(tmp_path, ["b"], True, compute)
     assert calls == ["a", "b", "b"] and fresh["b"][0, 0] == 3
+
+
+def test_whole_held_out_sets(bsds_dir, coco_dir) -> None:
+    """``bsds200`` is the whole BSDS500 test split and ``coco40`` the held-out COCO half
+    (``coco_subset_split("holdout")``), of which ``bsds20`` / ``coco20`` are the first images."""
+    from composer.training.data import coco_subset_split
+
+    mod = _load()
+    bsds200, coco40 = mod.dataset("bsds200"), mod.dataset("coco40")
+    assert len(bsds200) == 200 and len(coco40) == 40
+    assert {item.image_id for item in coco40} == set(coco_subset_split("holdout"))
+    assert [i.image_id for i in mod.dataset("coco20")] == [i.image_id for i in coco40[:20]]
+    assert [i.image_id for i in mod.dataset("bsds20")] == [i.image_id for i in bsds200[:20]]
