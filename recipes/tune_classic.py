@@ -38,7 +38,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cli import check_out_dir, one_line_errors  # noqa: E402
-from first_click_slots import SETS, TUNING, dataset, first_click_masks, per_set_arrays  # noqa: E402
+from first_click_slots import (  # noqa: E402
+    SETS,
+    TUNING,
+    dataset,
+    first_click_masks,
+    per_set_arrays,
+    top1,  # the IoUs sit in columns 3-5 here too
+)
 
 from composer.evaluation.points import mask_iou  # noqa: E402
 from composer.segmenters import load_segmenter  # noqa: E402
@@ -120,11 +127,6 @@ def rescore(a: np.ndarray, weights: np.ndarray, bias: float) -> np.ndarray:
     flags = a[:, FALLBACK]
     s = np.where(flags == 1, 0.5 * s, s)
     return np.where(flags == -1, 0.0, s)
-
-
-def top1(a: np.ndarray, scores: np.ndarray) -> float:
-    """Mean IoU of the mask ranked first (ties to the first, as ``np.argmax``)."""
-    return float(a[np.arange(len(a)), 3 + scores.argmax(1)].mean()) if len(a) else float("nan")
 
 
 def tuning_mean(data: dict[str, np.ndarray], sets: list[str], params: np.ndarray) -> float:
