@@ -32,10 +32,15 @@ ONNX Runtime behind the usual segmenter interface. Needs the ``onnx`` extra
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
+import inspect
 import logging
+import math
 import os
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -66,6 +71,80 @@ def max_opset() -> int:
         return int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
     except (ImportError, AttributeError):  # pragma: no cover - older or newer torch
         return 20
+
+
+def _torchscript_exporter() -> dict[str, Any]:
+    """``dynamo=False`` where ``torch.onnx.export`` has the flag (torch 2.5 on, where newer
+    releases default to the dynamo exporter); before it the TorchScript exporter is the only one."""
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        return {"dynamo": False}
+    return {}  # pragma: no cover - torch < 2.5
+
+
+@functools.lru_cache(maxsize=1)
+def sdpa_scale_exports() -> bool:
+    """Whether the TorchScript exporter translates ``scaled_dot_product_attention`` with an
+    explicit ``scale``. Older torch releases (2.1 to 2.3 were seen to) read the scale as a Python
+    float and fail inside the exporter (``AttributeError: 'float' object has no attribute 'node'``
+    on 2.1.0, ``TypeError: z_(): incompatible function arguments`` on 2.1.2 to 2.3)."""
+
+    class Probe(nn.Module):
+        def forward(self, q: torch.Tensor) -> torch.Tensor:
+            return nn.functional.scaled_dot_product_attention(q, q, q, scale=0.5)
+
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Probe(), (torch.zeros(1, 1, 2, 4),), str(Path(tmp) / "probe.onnx"),
+                              opset_version=MIN_OPSET, **_torchscript_exporter())
+    except Exception:  # noqa: BLE001 - 2.1.0 raises AttributeError, 2.1.2 to 2.3 TypeError
+        return False
+    return True
+
+
+def _query_dim(module: nn.Module) -> int | None:
+    """The query's channels per head of a SAM ViT or TinyViT attention module, else None."""
+    from ..sam.image_encoder import Attention as VitAttention
+    from ..sam.tiny_vit import Attention as TinyVitAttention
+
+    if isinstance(module, VitAttention):
+        return int(module.qkv.out_features) // (3 * module.num_heads)
+    if isinstance(module, TinyVitAttention):
+        return int(module.key_dim)
+    return None
+
+
+@contextlib.contextmanager
+def _exportable_attention(net: nn.Module) -> Any:
+    """On a torch whose exporter fails on an explicit attention scale (:func:`sdpa_scale_exports`),
+    let the ViT and TinyViT attention modules pass ``scale=None`` while exporting: their scale is
+    ``head_dim ** -0.5``, the function's own default, which the graph then computes from the
+    query's shape (equal in float32). The modules' scales are restored afterwards.
+
+    Raises:
+        ValueError: an attention scale other than the default (a modified model), which this
+            torch cannot export.
+    """
+    changed: list[tuple[Any, float]] = []
+    if not sdpa_scale_exports():
+        for module in net.modules():
+            dim = _query_dim(module)
+            if dim is None:
+                continue
+            scale = float(module.scale)  # type: ignore[arg-type]
+            if not math.isclose(scale, 1.0 / math.sqrt(dim), rel_tol=1e-6):
+                raise ValueError(
+                    f"torch {torch.__version__}'s ONNX exporter cannot export attention with a "
+                    f"scale ({scale}) other than 1/sqrt(head dim); export with a newer torch"
+                )
+            changed.append((module, scale))
+    try:
+        for module, _ in changed:
+            module.scale = None
+        yield
+    finally:
+        for module, scale in changed:
+            module.scale = scale
 
 
 def require_onnx() -> tuple[Any, Any]:
@@ -277,7 +356,8 @@ def export_onnx(
     with torch.inference_mode():
         features = net.image_encoder(image)
     enc_path, dec_path = out / ENCODER_FILE, out / DECODER_FILE
-    _export(EncoderGraph(net), (image,), enc_path, ["image"], ["image_embeddings"], {}, opset)
+    with _exportable_attention(net):
+        _export(EncoderGraph(net), (image,), enc_path, ["image"], ["image_embeddings"], {}, opset)
     max_batch = max_prompt_batch(net, features)
     batch = {0: "num_prompts"}
     _export(
@@ -337,8 +417,8 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input
             warnings.filterwarnings("ignore", message="Constant folding")
             torch.onnx.export(
                 module.eval(), args, str(tmp), input_names=inputs, output_names=outputs,
-                dynamic_axes=dynamic or None, opset_version=opset, dynamo=False,
-                do_constant_folding=True,
+                dynamic_axes=dynamic or None, opset_version=opset, do_constant_folding=True,
+                **_torchscript_exporter(),
             )
         os.replace(tmp, path)
     except BaseException:

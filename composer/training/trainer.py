@@ -190,6 +190,15 @@ class StepStats:
     seconds: float
 
 
+
+def _grad_scaler(enabled: bool) -> Any:
+    """CUDA's loss scaler for float16 autocast: ``torch.amp.GradScaler("cuda")`` (torch 2.3 and
+    newer), or ``torch.cuda.amp.GradScaler`` on the older releases the package admits (2.1, 2.2);
+    the two keep the same state dict."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)  # pragma: no cover - torch < 2.3
+
 class Trainer:
     """Trains ``model`` on ``samples`` (see module docstring).
 
@@ -236,7 +245,7 @@ class Trainer:
         use_amp = config.amp if config.amp is not None else self.device.type == "cuda"
         self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         self.amp = bool(use_amp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.device.type == "cuda")
+        self.scaler = _grad_scaler(enabled=self.amp and self.device.type == "cuda")
         self.rng = np.random.default_rng(config.seed)
         self.step = 0
         self._updating = False  # inside the weight update of a step (see fit)

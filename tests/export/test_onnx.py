@@ -42,6 +42,14 @@ def tiny(tmp_path_factory):
     return seg, out
 
 
+def assert_vit_parity(parity: dict[str, float]) -> None:
+    """The small ViT's export against the model: ONNX Runtime 1.32 keeps every output within
+    1e-4; 1.17 and 1.18 (``make test-oldest``) differ by 6e-4 on the decoder's logits, within the
+    export's own 1e-3 check."""
+    assert parity["embedding"] < 1e-4 and parity["iou"] < 1e-4, parity
+    assert parity["logits"] < 1e-3, parity
+
+
 def small_vit_sam() -> SamPredictor:
     """SAM's ViT architecture (windowed + global attention, relative positions) at a small
     size, seeded random weights."""
@@ -137,7 +145,7 @@ def test_onnx_embedding_is_refused_by_torch_model(tiny, image):
 def test_sam_vit_architecture_exports(tmp_path, image):
     ref = small_vit_sam()
     out = export_onnx(ref, tmp_path)
-    assert max(out.meta["parity"].values()) < 1e-4
+    assert_vit_parity(out.meta["parity"])
     assert out.meta["settings"] == {"mask_refine": None, "mask_rank": None, "flip_tta": False,
                                     "amg_thresholds": None, "edge_refine": None,
                                     "box_zoom": None}
