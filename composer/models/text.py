@@ -214,6 +214,8 @@ class MiniLmEncoder:
                     "the MiniLM text encoder needs sentence-transformers: "
                     "pip install 'sam-composer[text]'"
                 ) from exc
+            except Exception as exc:  # noqa: BLE001 - a transformers release refusing this torch
+                raise BrokenTextStack(_import_failure(exc)) from exc
             self.model = SentenceTransformer(str(model_dir), device=device)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -222,6 +224,33 @@ class MiniLmEncoder:
             list(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
         )
         return np.asarray(out, np.float32)
+
+
+class BrokenTextStack(ValueError):
+    """sentence-transformers is installed but fails to import (see :func:`_import_failure`)."""
+
+
+def _import_failure(exc: BaseException) -> str:
+    """Why sentence-transformers failed to import for another reason than a missing package.
+
+    A transformers release needs a newest-enough torch; with an older one it disables its torch
+    models and sentence-transformers then fails inside its own import (a NameError with
+    transformers 5 and torch 2.1), which says nothing of the cause.
+    """
+    import torch
+
+    msg = (f"the MiniLM text encoder's sentence-transformers failed to import "
+           f"({type(exc).__name__}: {exc})")
+    try:
+        import transformers
+        from transformers.utils import is_torch_available
+    except Exception:  # noqa: BLE001 - transformers itself is broken: say what failed
+        return msg
+    if not is_torch_available():
+        msg += (f": transformers {transformers.__version__} does not run with the installed torch "
+                f"{torch.__version__}; upgrade torch, or install a transformers release that "
+                "supports it")
+    return msg
 
 
 def load_text_encoder(name: str | None = "auto", device: str = "cpu") -> SentenceEncoder | None:
@@ -237,6 +266,11 @@ def load_text_encoder(name: str | None = "auto", device: str = "cpu") -> Sentenc
     if name == "auto":
         try:
             return MiniLmEncoder(device)
+        except BrokenTextStack as exc:  # installed but unusable: say so, not only in the log
+            logger.warning(
+                "no sentence encoder (%s); prompts are matched by names and synonyms only", exc
+            )
+            return None
         except (ValueError, ImportError) as exc:
             logger.info(
                 "no sentence encoder (%s); prompts are matched by names and synonyms only", exc
