@@ -309,7 +309,8 @@ def test_sobel_peak_is_a_few_maps(monkeypatch):
     assert peak < 6.0 * map_bytes, f"Sobel peaked at {peak / map_bytes:.1f} float64 maps"
     gy, gx, mag = classic_mod._gradients(img, 0.0, "max")
     peak = _traced_peak(nonmax_suppress, gy, gx, mag)  # ~10 maps over its inputs before
-    assert peak < 1.6 * map_bytes, f"NMS peaked at {peak / map_bytes:.1f} float64 maps"
+    # 1.5 maps with NumPy 2.x, 1.61 with NumPy 1.24 (make test-oldest)
+    assert peak < 2.0 * map_bytes, f"NMS peaked at {peak / map_bytes:.2f} float64 maps"
 
 
 def test_canny_frees_the_gradients_before_the_reconstruction(monkeypatch):

@@ -133,7 +133,9 @@ def test_nan_weights_never_overwrite_the_last_checkpoint(tmp_path) -> None:
     assert t2.resume() and t2.step == 8
     with torch.no_grad():  # weights gone bad in memory since the last checkpoint
         next(t2.model.mask_decoder.parameters()).fill_(float("nan"))
-    with pytest.raises(ValueError, match="step 9: loss is nan"):
+    # The loss itself is NaN with torch 2.1; torch 2.14's CPU attention kernel returns finite
+    # values for NaN queries, so there only the gradient norm is NaN. Either guard stops the step.
+    with pytest.raises(ValueError, match=r"step 9: (loss|gradient norm) is nan .*before the update"):
         t2.fit()
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["step"] == 8
