@@ -22,6 +22,7 @@ import contextlib
 import io
 import logging
 import multiprocessing
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,6 +94,10 @@ def as_boundary_map(edges: EdgeMap | np.ndarray) -> np.ndarray:
     return pb
 
 
+#: pyEdgeEval (an sdist only) builds on Python 3.10 to 3.12; its setup.py fails on 3.13 and newer.
+PYEDGEEVAL_INSTALLS = sys.version_info < (3, 13)
+
+
 def _import_pyedgeeval():
     # pyEdgeEval prints a warning on import when an optional .mat reader is missing.
     try:
@@ -100,6 +105,12 @@ def _import_pyedgeeval():
             from pyEdgeEval._lib import correspond_pixels
             from pyEdgeEval.preprocess import fast_nms
     except ImportError as exc:
+        if not PYEDGEEVAL_INSTALLS:
+            raise ImportError(
+                "edge NMS (apply_nms=True) and matcher='csa' need pyEdgeEval, which does not "
+                "install on Python 3.13 and newer (its setup.py fails); use Python 3.10 to 3.12 "
+                "for them. The default matcher and the edge task's own NMS do not need it"
+            ) from exc
         raise ImportError(
             "edge NMS (apply_nms=True) and matcher='csa' need pyEdgeEval, the edges extra: "
             'pip install "sam-composer[edges]"'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,9 @@ def test_disk_offsets():
         disk_offsets(-1.0)
 
 
+@pytest.mark.skipif(
+    sys.version_info >= (3, 13), reason="pyEdgeEval does not install on Python 3.13 and newer"
+)
 def test_correspond_pixels_against_pyedgeeval(bsds_dir: Path):
     with contextlib.redirect_stdout(io.StringIO()):
         from pyEdgeEval._lib import correspond_pixels as csa
