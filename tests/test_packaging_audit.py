@@ -303,9 +303,26 @@ def test_edges_extra_leaves_pyedgeeval_out_from_python_313():
 
 
 def _source_copy(dest: Path) -> Path:
+    """What a clone holds: git's tracked and untracked-but-not-ignored files, or, outside a git
+    checkout, the tree minus build outputs and environments (a second venv such as
+    ``.venv-oldest`` made the copy 24 GB before)."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT, capture_output=True, check=True,
+        ).stdout.decode().split("\0")
+    except (OSError, subprocess.CalledProcessError):
+        listed = []
+    if listed:
+        for rel in filter(None, listed):
+            src = ROOT / rel
+            if src.is_file():  # a file deleted but not yet staged is still listed
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / rel)
+        return dest
     skip = shutil.ignore_patterns(
         ".git",
-        ".venv",
+        ".venv*",
         "venv",
         "runs",
         "outputs",
