@@ -126,11 +126,9 @@ def _exportable_attention(net: nn.Module) -> Any:
             torch cannot export.
     """
     changed: list[tuple[Any, float]] = []
-    if not sdpa_scale_exports():
-        for module in net.modules():
-            dim = _query_dim(module)
-            if dim is None:
-                continue
+    attention = [(m, d) for m in net.modules() if (d := _query_dim(m)) is not None]
+    if attention and not sdpa_scale_exports():  # no probe for a model without such modules
+        for module, dim in attention:
             scale = float(module.scale)  # type: ignore[arg-type]
             if not math.isclose(scale, 1.0 / math.sqrt(dim), rel_tol=1e-6):
                 raise ValueError(

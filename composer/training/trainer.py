@@ -190,7 +190,6 @@ class StepStats:
     seconds: float
 
 
-
 def _grad_scaler(enabled: bool) -> Any:
     """CUDA's loss scaler for float16 autocast: ``torch.amp.GradScaler("cuda")`` (torch 2.3 and
     newer), or ``torch.cuda.amp.GradScaler`` on the older releases the package admits (2.1, 2.2);
@@ -198,6 +197,7 @@ def _grad_scaler(enabled: bool) -> Any:
     if hasattr(torch.amp, "GradScaler"):
         return torch.amp.GradScaler("cuda", enabled=enabled)
     return torch.cuda.amp.GradScaler(enabled=enabled)  # pragma: no cover - torch < 2.3
+
 
 class Trainer:
     """Trains ``model`` on ``samples`` (see module docstring).

@@ -83,3 +83,12 @@ def test_exporter_with_scale_support_changes_nothing(monkeypatch) -> None:
     a.scale = 0.5  # not the default: exported as it is
     with onnx_export._exportable_attention(torch.nn.Sequential(a)):
         assert a.scale == 0.5
+
+
+def test_model_without_vit_attention_skips_the_probe(monkeypatch) -> None:
+    def probe() -> bool:
+        raise AssertionError("probed the exporter for a model without ViT/TinyViT attention")
+
+    monkeypatch.setattr(onnx_export, "sdpa_scale_exports", probe)
+    with onnx_export._exportable_attention(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1))):
+        pass
