@@ -18,7 +18,7 @@ from pathlib import Path
 
 COMMANDS = (
     "segment", "everything", "instances", "text", "eval", "train", "weights", "export", "convert",
-    "demo",
+    "demo", "env",
 )
 
 
@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log progress details (also accepted after the command)")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"sam-composer {__version__}",
+                        help="print the version and exit (`sam-composer env` tells more)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
