@@ -35,7 +35,7 @@ def test_json_report_names_what_runs_here(capsys, monkeypatch, tmp_path) -> None
     assert report["weights"]["default_segmenter"] == default_segmenter_name()
     assert report["weights"]["packaged_weights_present"] is True
     assert report["data"] == {
-        "root": str(tmp_path), "from_env": True,
+        "root": str(tmp_path), "source": "env",
         "datasets": {"bsds500": False, "grabcut": True, "berkeley": False,
                      "coco_val2017_tiny80": False},
     }

@@ -13,7 +13,6 @@ import contextlib
 import importlib
 import io
 import json
-import os
 import platform
 import sys
 from importlib import metadata
@@ -36,6 +35,12 @@ EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
              ("sentence-transformers", "sentence_transformers")),
     "onnx": (("onnx", "onnx"), ("onnxruntime", "onnxruntime")),
     "ray": (("ray", "ray"),),
+}
+#: how each rule of :func:`composer.data.paths.data_root_source` is printed
+_ROOT_RULES = {
+    "env": "SAM_COMPOSER_DATA",
+    "checkout": "default: ../shared/data beside the checkout",
+    "home": "default for an installed copy: data/ under the weights home",
 }
 
 
@@ -104,12 +109,12 @@ def _weights() -> dict[str, Any]:
 
 
 def _data() -> dict[str, Any]:
-    from ..data.paths import DATASETS, data_root
+    from ..data.paths import DATASETS, data_root, data_root_source
 
     root = data_root()
     return {
         "root": str(root),
-        "from_env": bool(os.environ.get("SAM_COMPOSER_DATA")),
+        "source": data_root_source(),
         "datasets": {name: (root / name).is_dir() for name in DATASETS},
     }
 
@@ -160,7 +165,7 @@ def _text(report: dict[str, Any]) -> str:
               f"{'present' if w['packaged_weights_present'] else 'MISSING'} ({w['packaged_weights']})",
               f"  cache: {w['cache_dir']} ({len(w['cached_files'])} files)",
               "", "data:",
-              f"  root: {data['root']} ({'SAM_COMPOSER_DATA' if data['from_env'] else 'default'})"]
+              f"  root: {data['root']} ({_ROOT_RULES[data['source']]})"]
     lines += [f"  {name:22s} {'found' if ok else 'not found'}" for name, ok in data["datasets"].items()]
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Dataset readers for the data in ``$SAM_COMPOSER_DATA`` (default ``../shared/data``)."""
+"""Dataset readers for the data under :func:`data_root` (``$SAM_COMPOSER_DATA``; see paths.py)."""
 
 from .paths import data_root, dataset_dir
 

@@ -1,4 +1,6 @@
-"""Where datasets live: ``$SAM_COMPOSER_DATA``, else ``../shared/data`` beside the checkout."""
+"""Where datasets live: ``$SAM_COMPOSER_DATA``; else ``../shared/data`` beside a source
+checkout; else, for an installed copy, ``data/`` under the weights home
+(``$SAM_COMPOSER_HOME``, default ``~/.cache/sam-composer``)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,33 @@ from pathlib import Path
 _REPO = Path(__file__).resolve().parents[2]
 
 
+def _is_checkout(root: Path) -> bool:
+    """``root`` holds the project's sources (pyproject.toml beside ``composer/``), not a
+    site-packages folder that an installed copy lives in."""
+    return (root / "pyproject.toml").is_file() and (root / "composer").is_dir()
+
+
+def data_root_source() -> str:
+    """Which rule :func:`data_root` follows here: ``"env"``, ``"checkout"`` or ``"home"``."""
+    if os.environ.get("SAM_COMPOSER_DATA"):
+        return "env"
+    return "checkout" if _is_checkout(_REPO) else "home"
+
+
 def data_root() -> Path:
-    """The dataset root folder (may not exist; readers raise a clear error then)."""
-    env = os.environ.get("SAM_COMPOSER_DATA")
-    if env:
-        return Path(env).expanduser()
-    return _REPO.parent / "shared" / "data"
+    """The dataset root folder, absolute (may not exist; readers raise a clear error then).
+
+    ``$SAM_COMPOSER_DATA`` when set (a relative path is taken from the current folder); else
+    ``../shared/data`` beside a source checkout; else (an installed copy, whose package sits
+    in site-packages) ``$SAM_COMPOSER_HOME/data``, default ``~/.cache/sam-composer/data``.
+    """
+    source = data_root_source()
+    if source == "env":
+        return Path(os.environ["SAM_COMPOSER_DATA"]).expanduser().absolute()
+    if source == "checkout":
+        return _REPO.parent / "shared" / "data"
+    home = os.environ.get("SAM_COMPOSER_HOME") or "~/.cache/sam-composer"
+    return Path(home).expanduser().absolute() / "data"
 
 
 #: The evaluation datasets' folder names under :func:`data_root` (each folder has a SOURCE.md).
