@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._tasks_import import check_tasks_found
+
 COMMANDS = (
     "segment", "everything", "instances", "text", "eval", "train", "weights", "export", "convert",
     "demo", "env",
@@ -115,6 +117,10 @@ def _check_out_writable(out: str) -> None:
         raise ValueError(f"--out {out}: cannot write in {existing} (permission denied)")
 
 
+#: commands that run the task adapters of the top-level ``tasks`` package
+_TASK_COMMANDS = ("eval", "everything", "instances", "text")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
@@ -132,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--out {out} exists and is not a folder")
         if out:
             _check_out_writable(out)
+        if args.command in _TASK_COMMANDS:
+            check_tasks_found()  # before a model loads (and without running the other module)
         return int(args.func(args) or 0)
     except (ValueError, TypeError, OSError) as exc:
         # OSError: an output path that is a file, not writable, or a full disk
@@ -139,8 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ImportError as exc:
         # an optional dependency whose extra is not installed (ray, onnx, edges): the message
-        # names the pip command; any other ImportError is a bug and keeps its traceback
-        if "sam-composer[" not in str(exc):
+        # names the pip command, or a user's own `tasks` module hides ours (ShadowedTasksError);
+        # any other ImportError is a bug and keeps its traceback
+        if "sam-composer[" not in str(exc) and type(exc).__name__ != "ShadowedTasksError":
             raise
         print(f"sam-composer {args.command}: error: {exc}", file=sys.stderr)
         return 2

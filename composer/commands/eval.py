@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .._tasks_import import tasks_import
 from .common import add_model_args, describe, load_model, parse_zoom_small
 from .instances import check_limit
 
@@ -193,7 +194,8 @@ class _ImageTask:
 # ---------------------------------------------------------------------- commands
 def run_edges(args: argparse.Namespace) -> int:
     check_limit(args.limit)  # before any model or data loads
-    from tasks.edges import parse_refine
+    with tasks_import():
+        from tasks.edges import parse_refine
 
     from ..evaluation import ItemGroundTruth, run
     from ..evaluation.edges_bsds import BoundaryEvaluator
@@ -219,7 +221,8 @@ def run_edges(args: argparse.Namespace) -> int:
         raise ValueError(f"--edge-refine: {e}") from None
     dataset = _dataset(args)
     if args.method == "segmenter":
-        from tasks.edges import EdgeConfig, EdgeTask
+        with tasks_import():
+            from tasks.edges import EdgeConfig, EdgeTask
 
         seg = load_model(args)
         print(describe(seg))
@@ -229,7 +232,8 @@ def run_edges(args: argparse.Namespace) -> int:
         print(f"edge refinement: {how}")
         task: Any = EdgeTask(seg, cfg)
     else:
-        from tasks.edges_classic import make_classic_task
+        with tasks_import():
+            from tasks.edges_classic import make_classic_task
 
         task = _ImageTask(make_classic_task(args.method))
     ev = BoundaryEvaluator(thresholds=args.thresholds, workers=args.workers or None)
@@ -240,7 +244,8 @@ def run_edges(args: argparse.Namespace) -> int:
 
 def run_proposals(args: argparse.Namespace) -> int:
     check_limit(args.limit)  # before any model or data loads
-    from tasks.proposals import ProposalConfig, ProposalTask
+    with tasks_import():
+        from tasks.proposals import ProposalConfig, ProposalTask
 
     from ..evaluation import ProposalEvaluator, run
 
@@ -256,7 +261,8 @@ def run_proposals(args: argparse.Namespace) -> int:
 
 def run_instances(args: argparse.Namespace) -> int:
     check_limit(args.limit)  # before any model or data loads
-    from tasks.instances import InstanceConfig, InstanceTask, ScoredByPredictedIoU
+    with tasks_import():
+        from tasks.instances import InstanceConfig, InstanceTask, ScoredByPredictedIoU
 
     from ..evaluation import CocoEvaluator, run
     from ..models.detectors import (

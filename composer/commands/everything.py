@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .._tasks_import import tasks_import
 from ..io.image import IMAGE_SUFFIXES
 from .common import add_model_args, add_worker_args, describe, engine_from_args, load_model
 from .instances import image_files
@@ -60,7 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tasks.everything import SA1B_CONFIG, annotate_folder
+    with tasks_import():
+        from tasks.everything import SA1B_CONFIG, annotate_folder
 
     from ..automatic import AmgConfig, AutomaticMaskGenerator
     from ..io.image import load_image

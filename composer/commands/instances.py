@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._tasks_import import tasks_import
 from ..io.image import IMAGE_SUFFIXES
 from ..io.visualize import write_json
 from ..runner import LocalEngine, error_text
@@ -442,8 +443,9 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
     the segmenter's model id (weights fingerprint) and mask settings, the detector's id (with
     its slicing) and score floor, and the task config (refine, max boxes, zoom ...).
     """
-    from tasks.base import TaskContext
-    from tasks.instances import InstanceConfig, InstanceTask
+    with tasks_import():
+        from tasks.base import TaskContext
+        from tasks.instances import InstanceConfig, InstanceTask
 
     from ..embedding import EmbeddingCache
     from ..io.image import load_image

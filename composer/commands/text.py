@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from .._tasks_import import tasks_import
 from .common import (
     add_model_args,
     add_overwrite_arg,
@@ -105,8 +106,9 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
     """
     import numpy as np
 
-    from tasks.base import TaskContext
-    from tasks.text_to_mask import TextConfig, TextToMaskTask
+    with tasks_import():
+        from tasks.base import TaskContext
+        from tasks.text_to_mask import TextConfig, TextToMaskTask
 
     from ..embedding import EmbeddingCache
     from ..io.image import load_image

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .._tasks_import import tasks_import
 from ..embedding import EmbeddingCache
 from ..io.image import load_image
 from ..io.visualize import write_json
@@ -217,7 +218,8 @@ def run(
             (PointEvaluator with a task, any other evaluator with a bare segmenter).
         TypeError: ``task_or_segmenter`` is neither a segmenter nor callable.
     """
-    from tasks.base import TaskContext  # tasks sit above composer; import late
+    with tasks_import():
+        from tasks.base import TaskContext  # tasks sit above composer; import late
 
     evs: list[Any] = [evaluators] if hasattr(evaluators, "evaluate") else list(evaluators)  # type: ignore[arg-type]
     if not evs:
