@@ -162,6 +162,15 @@ def reframe_logits(
     return out[0, 0].numpy()
 
 
+@dataclass(frozen=True)
+class _LeanFrame:
+    """An earlier zoom crop's embedding kept for undo without its ``extras["image"]`` (the crop's
+    pixels, which the session's own image gives back): on a large photo every crop the session
+    has moved through would otherwise hold its pixels until the session ends."""
+
+    embedding: ImageEmbedding
+
+
 def _pack_mask(mask: np.ndarray | None) -> Masks | np.ndarray | None:
     """A compact copy of an (H, W) bool prediction for the undo history.
 
@@ -274,7 +283,7 @@ class ClickSession:
         # (frame, prev_logits, packed prediction) before each click, for undo(); the prediction
         # is kept as RLE (:func:`_pack_mask`): dense, 100 clicks on a 12 MP photo held 1.2 GB
         self._history: list[
-            tuple[ImageEmbedding, np.ndarray | None, Masks | np.ndarray | None]
+            tuple[ImageEmbedding | _LeanFrame, np.ndarray | None, Masks | np.ndarray | None]
         ] = []
 
     @property
@@ -349,6 +358,8 @@ class ClickSession:
             self.frame, self.prev_logits, self.prediction = before
             raise
         self._history.append((before[0], before[1], packed))
+        if self.frame is not before[0]:
+            self._lean_history(before[0])
         return out
 
     def undo(self) -> np.ndarray | None:
@@ -363,11 +374,30 @@ class ClickSession:
         """
         if not self._history:
             raise ValueError("no click to undo")
-        self.frame, self.prev_logits, packed = self._history.pop()
+        frame, self.prev_logits, packed = self._history.pop()
+        self.frame = self._restore(frame) if isinstance(frame, _LeanFrame) else frame
         self.prediction = _unpack_mask(packed, self.image_size)
         self.points.pop()
         self.labels.pop()
         return None if self.prediction is None else self.prediction.copy()
+
+    def _lean_history(self, left: ImageEmbedding) -> None:
+        """The session has moved off the crop frame ``left``: its history entries keep one
+        copy of it without the crop's pixels (:class:`_LeanFrame`)."""
+        if left.crop_box is None or "image" not in left.extras or self.image is None:
+            return
+        lean = _LeanFrame(dataclasses.replace(
+            left, extras={k: v for k, v in left.extras.items() if k != "image"}
+        ))
+        self._history = [(lean if f is left else f, p, m) for f, p, m in self._history]
+
+    def _restore(self, frame: _LeanFrame) -> ImageEmbedding:
+        """The crop embedding of ``frame`` with its pixels again, as the segmenter kept them."""
+        emb = frame.embedding
+        assert emb.crop_box is not None and self.image is not None
+        x0, y0, x1, y1 = (int(v) for v in emb.crop_box)
+        pixels = torch.tensor(np.ascontiguousarray(self.image[y0:y1, x0:x1]))
+        return dataclasses.replace(emb, extras={**emb.extras, "image": pixels})
 
     def reset(self) -> None:
         """Forget every click (start the object again); the whole image's embedding is kept,
