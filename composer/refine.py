@@ -413,10 +413,10 @@ class GrabCutRefine:
             )
         m = mask
         img = np.asarray(image)
-        if img.ndim == 2:
-            img = np.repeat(img[..., None], 3, axis=2)
-        if img.ndim != 3 or img.shape[2] != 3 or img.shape[:2] != m.shape:
-            raise ValueError(f"image {img.shape} does not match mask {m.shape} (need (H, W, 3))")
+        # a grey image is made RGB only inside the box worked on (``_crop``), not all of it
+        shape = (*img.shape, 3) if img.ndim == 2 else img.shape
+        if len(shape) != 3 or shape[2] != 3 or shape[:2] != m.shape:
+            raise ValueError(f"image {shape} does not match mask {m.shape} (need (H, W, 3))")
         if img.dtype != np.uint8:
             raise ValueError(f"image must be uint8, got {img.dtype}")
         if not m.any() or m.all():
@@ -434,7 +434,9 @@ class GrabCutRefine:
         if self.max_side and max(h, w) > self.max_side:
             scale = self.max_side / max(h, w)
         if scale == 1.0:
-            out = self._grabcut(img[y0:y1, x0:x1], m[y0:y1, x0:x1], bw, pts, labs, (x0, y0))
+            out = self._grabcut(
+                _crop(img, y0, y1, x0, x1), m[y0:y1, x0:x1], bw, pts, labs, (x0, y0)
+            )
             if out is None:
                 return False
             m[y0:y1, x0:x1] = out[0]
@@ -444,7 +446,7 @@ class GrabCutRefine:
         ch, cw = y1 - y0, x1 - x0
         sw, sh = max(1, int(round(cw * scale))), max(1, int(round(ch * scale)))
         crop = m[y0:y1, x0:x1]
-        small_img = cv2.resize(img[y0:y1, x0:x1], (sw, sh), interpolation=cv2.INTER_AREA)
+        small_img = cv2.resize(_crop(img, y0, y1, x0, x1), (sw, sh), interpolation=cv2.INTER_AREA)
         small = cv2.resize(crop.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA) >= 0.5
         if not small.any() or small.all():
             return False
@@ -475,35 +477,50 @@ class GrabCutRefine:
         (H, W, 3) uint8 RGB ``img``; ``points`` are in the frame whose (0, 0) is ``origin`` of
         the crop. Returns (refined mask, the pixels whose label may differ from ``crop_mask``:
         the band GrabCut could relabel and the click disks), or None when it did not run."""
+        # Labels: GC_BGD 0, GC_FGD 1, GC_PR_BGD 2, GC_PR_FGD 3, so a label is foreground (sure
+        # or probable) when odd and in the band (probable) when >= 2; the label maps are
+        # uint8, none of them int64 or a gathered copy (memory: a few bytes per crop pixel
+        # besides GrabCut's own)
         crop = crop_mask.astype(np.uint8)
+        if crop_mask.dtype != bool:
+            crop = (crop > 0).view(np.uint8)  # 0/1: the same erosion and dilation where > 0
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * bw + 1, 2 * bw + 1))
+        tri = crop + np.uint8(cv2.GC_PR_BGD)  # GC_PR_FGD (3) inside the mask, GC_PR_BGD outside
         inner = cv2.erode(crop, kernel, borderType=cv2.BORDER_REPLICATE)
+        tri[inner.view(bool)] = cv2.GC_FGD  # erosion and dilation of 0/1 are 0/1
+        del inner
         outer = cv2.dilate(crop, kernel, borderType=cv2.BORDER_REPLICATE)
-        tri = np.where(crop > 0, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
-        tri[inner > 0] = cv2.GC_FGD
+        del crop
         tri[outer == 0] = cv2.GC_BGD
-        clicked = np.zeros_like(crop)
+        del outer
+        clicked = None
         if points is not None and labels is not None:
             radius = max(2, bw // 3)
             ox, oy = origin
-            ch, cw = crop.shape
+            ch, cw = tri.shape
             for (x, y), lab in zip(points, labels, strict=True):
                 if lab not in (0, 1) or not (ox <= x < ox + cw and oy <= y < oy + ch):
                     continue
+                if clicked is None:
+                    clicked = np.zeros_like(tri)
                 value = cv2.GC_FGD if lab == 1 else cv2.GC_BGD
                 cv2.circle(tri, (int(x) - ox, int(y) - oy), radius, int(value), -1)
                 cv2.circle(clicked, (int(x) - ox, int(y) - oy), radius, 1, -1)
-        fg = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
+        fg = (tri & 1).view(bool)  # GC_FGD or GC_PR_FGD
         if fg.all() or not fg.any():
             return None
-        if not np.ptp(img.reshape(-1, 3), axis=0).any():
+        del fg
+        if (img.max(axis=(0, 1)) == img.min(axis=(0, 1))).all():
             # one colour throughout: nothing to snap to, and GrabCut gave the whole band to
             # the background (the mask shrank by the band's width)
             return None
         # the click disks are fixed, not in the band, yet may differ from the mask (a negative
         # click inside it, a positive one outside): a caller that copies back only what may have
         # changed (the scaled path of refine_inplace) needs them too
-        band = (tri == cv2.GC_PR_FGD) | (tri == cv2.GC_PR_BGD) | (clicked > 0)
+        band = tri >= cv2.GC_PR_BGD  # GC_PR_BGD or GC_PR_FGD
+        if clicked is not None:
+            band |= clicked.view(bool)
+            del clicked
         bgr = np.ascontiguousarray(img[..., ::-1])
         bgd_model = np.zeros((1, 65), np.float64)
         fgd_model = np.zeros((1, 65), np.float64)
@@ -515,7 +532,8 @@ class GrabCutRefine:
         except cv2.error as exc:  # too few samples for a colour model: keep the mask
             logger.debug("GrabCut refinement skipped: %s", exc)
             return None
-        refined = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
+        del bgr
+        refined = np.bitwise_and(tri, 1, out=tri).view(bool)  # GC_FGD or GC_PR_FGD
         if not refined.any():  # no sure foreground (a mask thinner than the band) and GrabCut
             return None  # relabelled every pixel: keep the model's mask rather than none
         return refined, band
@@ -533,6 +551,13 @@ def _padded_bbox(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:
         max(0, int(xs[0]) - pad),
         min(w, int(xs[-1]) + pad + 1),
     )
+
+
+def _crop(image: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """(y1 - y0, x1 - x0, 3) RGB pixels of that box of an (H, W, 3) image (a view), or of an
+    (H, W) grey one (its box repeated into three channels, not the whole image)."""
+    box = image[y0:y1, x0:x1]
+    return np.repeat(box[..., None], 3, axis=2) if box.ndim == 2 else box
 
 
 #: Threads that refine the masks of one ``predict`` call side by side (OpenCV's GrabCut

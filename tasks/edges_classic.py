@@ -363,12 +363,16 @@ class FelzHuttEdges(_ClassicTask):
     def _edges(self, image: np.ndarray) -> np.ndarray:
         c = self.config
         img = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-        count = np.zeros(img.shape[:2], dtype=np.int32)
+        n = len(c.scales)
+        # Memory: skimage's felzenszwalb is the peak, about 330 bytes a pixel inside each call
+        # (float64 copies of the image, 8-connected edge lists and their sorted copies); what
+        # this loop keeps alive across the calls is the count, the smallest integer type that
+        # holds n (one byte a pixel, not four)
+        count = np.zeros(img.shape[:2], dtype=np.min_scalar_type(n))
         for k in c.scales:
             labels = felzenszwalb(img, scale=float(k), sigma=c.sigma, min_size=int(c.min_size))
             count += segment_boundaries(labels)
             del labels  # not alive during the next scale's segmentation
-        n = len(c.scales)
         # value of a count: 0, else (count - 0.5) / n, as float32
         counts = np.arange(n + 1)
         table = np.where(counts > 0, (counts - 0.5) / n, 0.0).astype(np.float32)
