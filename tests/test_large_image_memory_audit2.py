@@ -1,6 +1,6 @@
 """Large-image memory audit of GrabCutRefine's label maps (and grey images) and the
-Felzenszwalb-Huttenlocher classic edges. Every output must equal the code as first written (kept here as the oracle),
-bit for bit; memory is measured with tracemalloc on moderately sized images, with generous
+Felzenszwalb-Huttenlocher classic edges. Every output must equal the code as first written
+(kept here as the oracle), bit for bit; memory is measured with tracemalloc on moderately sized images, with generous
 margins, and each bound fails on the old code."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import tracemalloc
 
 import cv2
 import numpy as np
+from _memory import traced_peak
 
 import composer.refine as refine
 import tasks.edges_classic as classic_mod
@@ -185,15 +186,6 @@ def test_felzenszwalb_edges_equal_the_int32_count_version() -> None:
 
 
 # --------------------------------------------------------------------------- memory
-def _traced_peak(fn, *args):
-    tracemalloc.start()
-    try:
-        fn(*args)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def test_full_resolution_grabcut_label_maps_are_uint8(monkeypatch) -> None:
     """GrabCut at full resolution (max_side=0) on a 0.5-MP crop: besides OpenCV's own
     memory, the label maps and the BGR copy (the first version held an int64 trimap and a
@@ -203,7 +195,7 @@ def test_full_resolution_grabcut_label_maps_are_uint8(monkeypatch) -> None:
     y0, y1, x0, x1 = refine._padded_bbox(big, 3 * ref.band_pixels(big.shape))
     crop = (y1 - y0) * (x1 - x0)
     mask = big.copy()
-    peak = _traced_peak(ref.refine_inplace, image, mask)
+    peak = traced_peak(ref.refine_inplace, image, mask)
     assert (mask != big).any()
     assert peak < 9.0 * crop, f"full-resolution GrabCut peaked at {peak / crop:.2f} B/px"
 
@@ -230,3 +222,15 @@ def test_felzenszwalb_keeps_one_byte_per_pixel_alive_across_scales(monkeypatch) 
     assert len(alive) == 2 and edges.max() > 0
     worst = max(alive) / pixels
     assert worst < 2.0, f"{worst:.1f} bytes per pixel alive during a segmentation"
+
+
+def test_a_grey_image_is_made_rgb_only_inside_the_box() -> None:
+    """A small mask on a grey 3-MP image: the first version repeated the whole image into
+    three channels (3 bytes a pixel) before cropping; now only the padded box is."""
+    image, (_, small) = _scene(1500, 2000, seed=6)
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    ref = GrabCutRefine(max_side=256)
+    mask = small.copy()
+    peak = traced_peak(ref.refine_inplace, grey, mask)
+    assert (mask != small).any()
+    assert peak < 1.0 * grey.size, f"peaked at {peak / grey.size:.2f} bytes per image pixel"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _memory import traced_peak
 from scipy import ndimage
 from skimage.color import rgb2gray
 from skimage.filters import gaussian, sobel_h, sobel_v
@@ -291,24 +292,15 @@ def test_nonmax_suppress_equals_the_whole_array_version_and_keeps_its_inputs(mon
         assert np.array_equal(a, b)
 
 
-def _traced_peak(fn, *args):
-    tracemalloc.start()
-    try:
-        fn(*args)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def test_sobel_peak_is_a_few_maps(monkeypatch):
     # the whole-array code peaked at ~11.5 float64 maps over the image
     monkeypatch.setattr(classic_mod, "_BAND_PIXELS", 1 << 15)
     img = _shapes_image(600, 800, seed=3)
     map_bytes = 600 * 800 * 8
-    peak = _traced_peak(SobelEdges(), img)
+    peak = traced_peak(SobelEdges(), img)
     assert peak < 6.0 * map_bytes, f"Sobel peaked at {peak / map_bytes:.1f} float64 maps"
     gy, gx, mag = classic_mod._gradients(img, 0.0, "max")
-    peak = _traced_peak(nonmax_suppress, gy, gx, mag)  # ~10 maps over its inputs before
+    peak = traced_peak(nonmax_suppress, gy, gx, mag)  # ~10 maps over its inputs before
     # 1.5 maps with NumPy 2.x, 1.61 with NumPy 1.24 (make test-oldest)
     assert peak < 2.0 * map_bytes, f"NMS peaked at {peak / map_bytes:.2f} float64 maps"
 
