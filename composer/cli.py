@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._tasks_import import check_tasks_found
+from ._tasks_import import ShadowedTasksError, check_tasks_found
 
 COMMANDS = (
     "segment", "everything", "instances", "text", "eval", "train", "weights", "export", "convert",
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # an optional dependency whose extra is not installed (ray, onnx, edges): the message
         # names the pip command, or a user's own `tasks` module hides ours (ShadowedTasksError);
         # any other ImportError is a bug and keeps its traceback
-        if "sam-composer[" not in str(exc) and type(exc).__name__ != "ShadowedTasksError":
+        if "sam-composer[" not in str(exc) and not isinstance(exc, ShadowedTasksError):
             raise
         print(f"sam-composer {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -386,6 +386,9 @@ class ClickSession:
         copy of it without the crop's pixels (:class:`_LeanFrame`)."""
         if left.crop_box is None or "image" not in left.extras or self.image is None:
             return
+        x0, y0, x1, y1 = (int(v) for v in left.crop_box)
+        if tuple(left.extras["image"].shape) != (y1 - y0, x1 - x0, 3):
+            return  # not the crop's pixels as they are: keep them (``_restore`` could not)
         lean = _LeanFrame(dataclasses.replace(
             left, extras={k: v for k, v in left.extras.items() if k != "image"}
         ))
