@@ -390,3 +390,25 @@ def test_sdist_builds_a_wheel_that_carries_what_a_user_needs(tmp_path):
         assert need in members, need
     assert not [n for n in members if n.startswith(("runs/", "outputs/", ".venv/", "shared/"))]
     assert max(members.values()) < 5 * 2**20  # the weights (2.7 MB) are the largest file
+
+    # the installed copy (the wheel unpacked as pip would into site-packages) finds its own
+    # task adapters beside it and looks for datasets under the weights home, not beside
+    # site-packages
+    site = tmp_path / "site-packages"
+    with zipfile.ZipFile(wheel) as whl:
+        whl.extractall(site)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import composer; "
+        "from composer.data.paths import data_root, data_root_source; "
+        "from composer._tasks_import import shadowing_tasks; "
+        "print(composer.__file__); print(data_root_source()); print(data_root()); "
+        "print(shadowing_tasks())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SAM_COMPOSER_DATA"}
+    env["SAM_COMPOSER_HOME"] = str(tmp_path / "home")
+    proc = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    where, source, root, shadow = proc.stdout.strip().splitlines()[-4:]
+    assert Path(where).parent == site / "composer"
+    assert (source, root, shadow) == ("home", str(tmp_path / "home" / "data"), "None")
