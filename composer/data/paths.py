@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .._home import home_dir
+
 _REPO = Path(__file__).resolve().parents[2]
 
 
@@ -35,8 +37,7 @@ def data_root() -> Path:
         return Path(os.environ["SAM_COMPOSER_DATA"]).expanduser().absolute()
     if source == "checkout":
         return _REPO.parent / "shared" / "data"
-    home = os.environ.get("SAM_COMPOSER_HOME") or "~/.cache/sam-composer"
-    return Path(home).expanduser().absolute() / "data"
+    return home_dir() / "data"
 
 
 #: The evaluation datasets' folder names under :func:`data_root` (each folder has a SOURCE.md).

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .._home import home_dir
 from .registry import WEIGHTS, WeightsSpec, find_spec, get_spec
 
 logger = logging.getLogger(__name__)
@@ -51,8 +52,7 @@ def cache_dir() -> Path:
     ``$SAM_COMPOSER_HOME`` is taken from the current folder), so a path handed out keeps its
     meaning after the process changes folder. The directory is created only when written to.
     """
-    home = os.environ.get("SAM_COMPOSER_HOME") or "~/.cache/sam-composer"
-    return Path(home).expanduser().absolute()
+    return home_dir()
 
 
 def cached_path(spec: WeightsSpec | str) -> Path:
