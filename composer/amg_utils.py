@@ -128,9 +128,19 @@ class _Blocked1D:
             w_t = torch.tensor(mat[o0:o1, a:b].T, dtype=torch.float32, device=device)
             self.blocks.append((o0, o1, a - self.lo, b - self.lo, w_t.contiguous()))
 
-    def apply_last(self, x: torch.Tensor) -> torch.Tensor:
-        """Resize the last axis of ``x`` (..., hi - lo) (already cut to [lo, hi)) to out_len."""
-        out = x.new_empty((*x.shape[:-1], self.out_len))
+    def apply_last(self, x: torch.Tensor, scratch: Scratch | None = None,
+                   name: str = "") -> torch.Tensor:
+        """Resize the last axis of ``x`` (..., hi - lo) (already cut to [lo, hi)) to out_len.
+
+        With ``scratch`` the result is its buffer ``name`` (the same values).
+        """
+        shape = (*x.shape[:-1], self.out_len)
+        if scratch is None:
+            out = x.new_empty(shape)
+            for o0, o1, a, b, w_t in self.blocks:
+                out[..., o0:o1] = torch.matmul(x[..., a:b], w_t)
+            return out
+        out = scratch.take(name, shape, x)
         for o0, o1, a, b, w_t in self.blocks:
             out[..., o0:o1] = torch.matmul(x[..., a:b], w_t)
         return out
@@ -196,28 +206,116 @@ class LowResUpsampler:
             h, w = self.low_res_size
             raise ValueError(f"logits must be (C, {h}, {w}), got {tuple(logits.shape)}")
 
-    def transposed(self, logits: torch.Tensor) -> torch.Tensor:
+    def transposed(self, logits: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
         """(C, h, w) low-res logits -> (C, W, H) float32 logits, each mask column-major.
 
         Column-major masks are what COCO RLE encodes. The result may be a transposed view.
+        With ``scratch`` the result and the intermediates live in its buffers (the same values):
+        the result is valid until the next call with the same ``scratch``.
         """
         self._check(logits)
         if self._two_stage:
-            return self(logits).transpose(1, 2)
+            return self(logits, scratch).transpose(1, 2)
         x = logits.float()[:, self._y.lo : self._y.hi, self._x.lo : self._x.hi]
-        x = self._x.apply_last(x)  # (C, rows, W)
-        return self._y.apply_last(x.transpose(1, 2).contiguous())  # (C, W, H)
+        c, rows = x.shape[0], x.shape[1]
+        width = self._x.out_len
+        if scratch is None:
+            x = self._x.apply_last(x)  # (C, rows, W)
+            return self._y.apply_last(x.transpose(1, 2).contiguous())  # (C, W, H)
+        mid = self._x.apply_last(x, scratch, "up_x")  # (C, rows, W)
+        mid_t = scratch.take("up_xt", (c, width, rows), x)
+        mid_t.copy_(mid.transpose(1, 2))
+        return self._y.apply_last(mid_t, scratch, "up")  # (C, W, H)
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        """(C, h, w) low-res logits -> (C, H, W) float32 logits at the original size."""
+    def __call__(self, logits: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
+        """(C, h, w) low-res logits -> (C, H, W) float32 logits at the original size.
+
+        ``scratch``: as in :meth:`transposed`.
+        """
         self._check(logits)
         if not self._two_stage:
-            return self.transposed(logits).transpose(1, 2)
+            return self.transposed(logits, scratch).transpose(1, 2)
         ih, iw = self.input_size
         x = logits.float()[:, None, : self._hv, : self._wv]
-        x = F.interpolate(x, self._mid, mode="bilinear", align_corners=False)[..., :ih, :iw]
-        x = F.interpolate(x, self.original_size, mode="bilinear", align_corners=False)
-        return x[:, 0]
+        if scratch is None:
+            x = F.interpolate(x, self._mid, mode="bilinear", align_corners=False)[..., :ih, :iw]
+            x = F.interpolate(x, self.original_size, mode="bilinear", align_corners=False)
+            return x[:, 0]
+        c = x.shape[0]
+        mid = _resize_into(x, self._mid, scratch.take("up_mid", (c, 1, *self._mid), x))
+        up = scratch.take("up", (c, 1, *self.original_size), x)
+        return _resize_into(mid[..., :ih, :iw], self.original_size, up)[:, 0]
+
+
+class Scratch:
+    """Reusable scratch tensors for a loop over chunks of full-size masks.
+
+    A chunk's full-size temporaries are tens of MB. Allocated afresh for every chunk, glibc
+    maps each one from the OS and the kernel zeroes every page on first touch: an automatic
+    mask run on a 640 x 480 photo spent more than a third of its time in such page faults
+    (two-thirds at 2 MP). Buffers taken from a ``Scratch`` are allocated once, on the first
+    chunk that needs them (or a larger one), and reused by the later chunks.
+
+    ``take`` returns a view of a buffer: it is valid until the next ``take`` of the same name.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: Sequence[int], like: torch.Tensor,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
+        """An uninitialised (contiguous) tensor of ``shape`` on ``like``'s device, of ``dtype``
+        (default: ``like``'s)."""
+        dtype = like.dtype if dtype is None else dtype
+        n = math.prod(int(v) for v in shape)
+        buf = self._bufs.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != like.device:
+            self._bufs.pop(name, None)  # free the old buffer before the larger one is made
+            buf = torch.empty(n, dtype=dtype, device=like.device)
+            self._bufs[name] = buf
+        return buf[:n].view(tuple(int(v) for v in shape))
+
+    def clear(self) -> None:
+        """Free every buffer."""
+        self._bufs.clear()
+
+
+def scratch_like(scratch: Scratch, name: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A ``scratch`` tensor of ``t``'s shape and ``dtype`` laid out in memory as ``t`` is when
+    ``t`` is contiguous or a view with its last two axes swapped (as the transposed masks are),
+    so that an elementwise op from ``t`` into it runs over both in memory order."""
+    if t.ndim >= 2 and not t.is_contiguous() and t.transpose(-1, -2).is_contiguous():
+        shape = (*t.shape[:-2], t.shape[-1], t.shape[-2])
+        return scratch.take(name, shape, t, dtype).transpose(-1, -2)
+    return scratch.take(name, t.shape, t, dtype)
+
+
+def count_true(masks: torch.Tensor, scratch: Scratch) -> torch.Tensor:
+    """(C,) int32 number of True pixels of each of the (C, A, B) bool ``masks``.
+
+    ``masks.sum(dim=(1, 2), dtype=torch.int32)`` casts the whole chunk to a fresh int32 tensor
+    first (4 bytes a pixel, page-faulted anew on every call); here the cast goes into a reused
+    ``scratch`` buffer. The counts are the same.
+    """
+    count = scratch_like(scratch, "count", masks, torch.int32)
+    count.copy_(masks)
+    return count.sum(dim=(1, 2), dtype=torch.int32)
+
+
+def _resize_into(x: torch.Tensor, size: tuple[int, int], out: torch.Tensor) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False)`` written into ``out``.
+
+    The same kernel that ``F.interpolate`` calls (its out= variant, with no scale factors, as
+    ``F.interpolate`` passes for a given size), hence the same values; where that private
+    signature is missing, ``F.interpolate``'s result is copied. (torch's type stubs list only
+    the form that ``F.interpolate`` uses; the out= form has been in every supported release.)
+    """
+    try:
+        return torch._C._nn.upsample_bilinear2d(  # type: ignore[call-arg]
+            x, size, False, None, None, out=out)
+    except (TypeError, AttributeError):
+        out.copy_(F.interpolate(x, size, mode="bilinear", align_corners=False))
+        return out
 
 
 # --------------------------------------------------------------------------- memory

@@ -31,13 +31,16 @@ from .amg_utils import (
     TRIM_PIXELS,
     CropBox,
     LowResUpsampler,
+    Scratch,
     box_nms,
     boxes_near_crop_edge,
     build_layer_point_grids,
+    count_true,
     encode_rles_transposed,
     generate_crop_boxes,
     mask_boxes_transposed,
     remove_small_regions,
+    scratch_like,
     trim_heap,
 )
 from .embedding import EmbeddingCache, ImageEmbedding, crop_image
@@ -449,12 +452,14 @@ class AutomaticMaskGenerator:
         emb = self._embed(image, crop_box, full)
         crop_h, crop_w = emb.original_size
         points = self._grids[layer] * np.array([[crop_w, crop_h]], dtype=np.float64)
+        scratch = Scratch()  # the full-size temporaries of every chunk of this crop
         parts = [
             self._process_batch(
-                emb, points[s : s + cfg.points_per_batch], crop_box, image.shape[:2]
+                emb, points[s : s + cfg.points_per_batch], crop_box, image.shape[:2], scratch
             )
             for s in range(0, len(points), cfg.points_per_batch)
         ]
+        scratch.clear()
         data = _Candidates.concatenate(parts, cfg.keep_low_res_logits)
         if not len(data):
             return data
@@ -471,9 +476,11 @@ class AutomaticMaskGenerator:
         points: np.ndarray,
         crop_box: CropBox,
         image_size: tuple[int, int],
+        scratch: Scratch | None = None,
     ) -> _Candidates:
         cfg = self.config
         n = len(points)
+        scratch = Scratch() if scratch is None else scratch
         prompts = Prompts(
             points=points.astype(np.float32)[:, None, :], labels=np.ones((n, 1), dtype=np.int64)
         )
@@ -501,7 +508,8 @@ class AutomaticMaskGenerator:
         parts = []
         for s in range(0, len(idx), chunk):
             parts.append(self._process_chunk(
-                logits, iou, points, m, idx[s : s + chunk], upsampler, crop_box, image_size
+                logits, iou, points, m, idx[s : s + chunk], upsampler, crop_box, image_size,
+                scratch,
             ))
             if trim:
                 trim_heap()
@@ -517,23 +525,28 @@ class AutomaticMaskGenerator:
         upsampler: LowResUpsampler,
         crop_box: CropBox,
         image_size: tuple[int, int],
+        scratch: Scratch,
     ) -> _Candidates:
         cfg = self.config
         thr = float(self.segmenter.mask_threshold)
-        up = upsampler.transposed(logits[idx])  # (C, crop_w, crop_h)
-        hi = (up > thr + cfg.stability_score_offset).sum(dim=(1, 2), dtype=torch.int32)
-        lo = (up > thr - cfg.stability_score_offset).sum(dim=(1, 2), dtype=torch.int32)
+        up = upsampler.transposed(logits[idx], scratch)  # (C, crop_w, crop_h)
+        # the three thresholdings write into one reused boolean buffer laid out as ``up``
+        above = scratch_like(scratch, "above", up, torch.bool)
+        hi = count_true(torch.gt(up, thr + cfg.stability_score_offset, out=above), scratch)
+        lo = count_true(torch.gt(up, thr - cfg.stability_score_offset, out=above), scratch)
         stability = torch.nan_to_num(hi / lo, nan=0.0)
         keep = torch.ones_like(stability, dtype=torch.bool)
         if cfg.stability_score_thresh > 0.0:
             keep = stability >= cfg.stability_score_thresh
-        masks = up[keep] > thr
+        masks = torch.gt(up, thr, out=above)
+        if not bool(keep.all()):
+            masks = masks[keep]
         idx, stability = idx[keep], stability[keep]
         boxes = mask_boxes_transposed(masks)
         height, width = image_size
         keep = ~boxes_near_crop_edge(boxes, crop_box, (0, 0, width, height))
         if cfg.max_mask_area_fraction is not None:
-            area = masks.sum(dim=(1, 2), dtype=torch.int64)
+            area = count_true(masks, scratch).long()
             keep &= area <= cfg.max_mask_area_fraction * height * width
         if not bool(keep.all()):
             masks, idx, stability, boxes = masks[keep], idx[keep], stability[keep], boxes[keep]

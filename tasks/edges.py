@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from composer.amg_utils import TRIM_PIXELS, LowResUpsampler, trim_heap
+from composer.amg_utils import TRIM_PIXELS, LowResUpsampler, Scratch, trim_heap
 from composer.automatic import AmgConfig, AutomaticMaskGenerator
 from composer.embedding import EmbeddingCache
 from composer.refine import GuidedFilter
@@ -246,20 +246,22 @@ def mask_boundary_edges(
     height, width = upsampler.original_size
     out = torch.zeros((height, width))
     chunk = max(1, _CHUNK_BYTES // (4 * height * width))
+    scratch = Scratch()  # each chunk's maps and masks reuse the first chunk's buffers
     for s in range(0, len(logits), chunk):
-        up = upsampler(logits[s : s + chunk])[:, None]  # (C, 1, H, W)
+        up = upsampler(logits[s : s + chunk], scratch)[:, None]  # (C, 1, H, W)
+        mask = scratch.take("mask", up.shape, up, torch.bool)
         # The sigmoid runs over whole maps as before: on a crop its vectorised and scalar code
         # paths would round some values differently. In place: the same values.
         if refine is not None:
             prob = _refine_maps(torch.sigmoid_(up), refine)
-            mask = prob > 1.0 / (1.0 + np.exp(-mask_threshold))
+            torch.gt(prob, 1.0 / (1.0 + np.exp(-mask_threshold)), out=mask)
         else:
-            mask = up > mask_threshold
+            torch.gt(up, mask_threshold, out=mask)
             prob = torch.sigmoid_(up)
         del up
         for i in range(len(prob)):
             _max_boundary_sobel(out, prob[i, 0], mask[i, 0], boundary)
-        del prob, mask  # before the next chunk is upsampled
+        del prob, mask
         if height * width >= TRIM_PIXELS:
             trim_heap()  # glibc holds freed masks otherwise: 24 MP peaked at 0.48 GB, not 0.27
     return out.numpy()
