@@ -9,19 +9,17 @@ intermediate per mask.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
-import sys
 from collections.abc import Sequence
 from itertools import product
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from torchvision.ops import batched_nms, box_iou
+
+from .allocator import trim_heap  # noqa: F401 - imported from here by the generator and tasks
 
 CropBox = tuple[int, int, int, int]
 
@@ -319,31 +317,9 @@ def _resize_into(x: torch.Tensor, size: tuple[int, int], out: torch.Tensor) -> t
 
 
 # --------------------------------------------------------------------------- memory
-#: Crops of at least this many pixels call :func:`trim_heap` after each chunk of masks.
+#: Crops of at least this many pixels call :func:`trim_heap` (``composer.allocator``) after
+#: each chunk of masks.
 TRIM_PIXELS = 4_000_000
-
-
-@functools.cache
-def _malloc_trim() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc only (musl has none)
-    except (OSError, AttributeError):
-        return None
-
-
-def trim_heap() -> None:
-    """Hand freed heap memory back to the OS (glibc's ``malloc_trim``; elsewhere nothing).
-
-    A large photo's full-size masks are temporaries of tens of MB that glibc serves from the
-    heap once its mmap threshold has grown; the small results kept between them pin the freed
-    space, so a 6000 x 4000 image grew to 6 GB of resident memory within one batch of prompts
-    (1.3 GB with a trim after each chunk). The results do not change.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 # --------------------------------------------------------------------------- masks

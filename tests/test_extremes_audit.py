@@ -172,10 +172,10 @@ def test_trim_heap_runs_on_large_crops_and_changes_no_result(tiny_sam, monkeypat
     6000 x 4000 photo pinned 6 GB without it); the masks are the same with it."""
     import sys
 
-    from composer import amg_utils, automatic
+    from composer import allocator, automatic
 
     if sys.platform.startswith("linux"):
-        assert amg_utils._malloc_trim() is not None  # glibc's malloc_trim is found here
+        assert allocator._glibc() is not None  # glibc's malloc_trim is found here
     image = np.random.default_rng(7).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     plain = AutomaticMaskGenerator(tiny_sam, points_per_side=4, pred_iou_thresh=0.0,
                                    stability_score_thresh=0.0).generate(image)

@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ..allocator import allocator_tuned
+
 #: distribution names of the core dependencies, in the order printed (the same set as
 #: pyproject.toml's dependencies: tests/test_cli_env.py checks it)
 CORE = (
@@ -89,6 +91,7 @@ def _devices() -> dict[str, Any]:
         "mps_available": bool(mps and mps.is_available()),
         "cpu_threads": torch.get_num_threads(),
         "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)(),
+        "malloc_tuned": allocator_tuned(),
     }
 
 
@@ -151,6 +154,9 @@ def _text(report: dict[str, Any]) -> str:
               f"{d['torch_cuda_build'] or '-'}; GPUs: {gpus})",
               f"  MPS available: {'yes' if d['mps_available'] else 'no'}",
               f"  CPU: {d['cpu_threads']} torch threads, {d['cpu_capability'] or '?'} kernels",
+              "  heap: " + ("glibc thresholds tuned (mmap 32 MiB, trim 64 MiB; "
+                            "composer.allocator)" if d["malloc_tuned"] else
+                            "the C library's defaults (composer.allocator)"),
               "", "extras (pip install \"sam-composer[NAME]\"):"]
     for extra, modules in report["extras"].items():
         parts = []

@@ -26,6 +26,8 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
+from ..allocator import allocator_tuned, tune_allocator
+
 logger = logging.getLogger(__name__)
 
 Result = tuple[int, Any, str | None]
@@ -68,8 +70,10 @@ def _call(state: Any, fn: Callable[[Any, Any], Any], index: int, item: Any) -> R
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _init_worker(setup: Callable[[], Any], threads: int | None) -> None:
+def _init_worker(setup: Callable[[], Any], threads: int | None, tune: bool = False) -> None:
     _set_threads(threads)
+    if tune:  # as the parent process (composer.allocator)
+        tune_allocator()
     _WORKER_STATE["state"] = setup()
 
 
@@ -110,7 +114,7 @@ class LocalEngine:
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(
             max_workers=min(self.workers, len(items)), mp_context=ctx,
-            initializer=_init_worker, initargs=(setup, self.threads),
+            initializer=_init_worker, initargs=(setup, self.threads, allocator_tuned()),
         ) as pool:
             futures = {pool.submit(_run_in_worker, fn, i, item): i for i, item in enumerate(items)}
             try:
@@ -140,8 +144,10 @@ class _RayWorker:
     """A Ray actor's body: the state built once, then one call per item."""
 
     def __init__(self, setup: Callable[[], Any], fn: Callable[[Any, Any], Any],
-                 threads: int) -> None:
+                 threads: int, tune: bool = False) -> None:
         _set_threads(threads)
+        if tune:  # as the driver process (composer.allocator)
+            tune_allocator()
         self.fn = fn
         self.state = setup()
 
@@ -196,7 +202,7 @@ class RayEngine:
             return
         ray = self._ray()
         worker: Any = ray.remote(num_cpus=self.cpus_per_worker)(_RayWorker)
-        actors = [worker.remote(setup, fn, self.cpus_per_worker)
+        actors = [worker.remote(setup, fn, self.cpus_per_worker, allocator_tuned())
                   for _ in range(min(self.workers, len(items)))]
         pending: dict[Any, tuple[int, Any]] = {}
         queue = list(enumerate(items))[::-1]
