@@ -251,7 +251,7 @@ class Scratch:
     A chunk's full-size temporaries are tens of MB. Allocated afresh for every chunk, glibc
     maps each one from the OS and the kernel zeroes every page on first touch: an automatic
     mask run on a 640 x 480 photo spent more than a third of its time in such page faults
-    (two-thirds at 2 MP). Buffers taken from a ``Scratch`` are allocated once, on the first
+    (half at 2 MP). Buffers taken from a ``Scratch`` are allocated once, on the first
     chunk that needs them (or a larger one), and reused by the later chunks.
 
     ``take`` returns a view of a buffer: it is valid until the next ``take`` of the same name.
