@@ -133,12 +133,7 @@ class _Blocked1D:
         With ``scratch`` the result is its buffer ``name`` (the same values).
         """
         shape = (*x.shape[:-1], self.out_len)
-        if scratch is None:
-            out = x.new_empty(shape)
-            for o0, o1, a, b, w_t in self.blocks:
-                out[..., o0:o1] = torch.matmul(x[..., a:b], w_t)
-            return out
-        out = scratch.take(name, shape, x)
+        out = x.new_empty(shape) if scratch is None else scratch.take(name, shape, x)
         for o0, o1, a, b, w_t in self.blocks:
             out[..., o0:o1] = torch.matmul(x[..., a:b], w_t)
         return out
