@@ -19,8 +19,6 @@ import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from torchvision.ops import batched_nms, box_iou
 
-from .allocator import trim_heap  # noqa: F401 - imported from here by the generator and tasks
-
 CropBox = tuple[int, int, int, int]
 
 #: Mask boxes closer than this many pixels to an inner crop edge are dropped (official value).

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from .allocator import trim_heap
 from .amg_utils import (
     TRIM_PIXELS,
     CropBox,
@@ -41,7 +42,6 @@ from .amg_utils import (
     mask_boxes_transposed,
     remove_small_regions,
     scratch_like,
-    trim_heap,
 )
 from .embedding import EmbeddingCache, ImageEmbedding, crop_image
 from .io.image import load_image
@@ -476,11 +476,10 @@ class AutomaticMaskGenerator:
         points: np.ndarray,
         crop_box: CropBox,
         image_size: tuple[int, int],
-        scratch: Scratch | None = None,
+        scratch: Scratch,
     ) -> _Candidates:
         cfg = self.config
         n = len(points)
-        scratch = Scratch() if scratch is None else scratch
         prompts = Prompts(
             points=points.astype(np.float32)[:, None, :], labels=np.ones((n, 1), dtype=np.int64)
         )

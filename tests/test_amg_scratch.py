@@ -116,12 +116,13 @@ def tiny_and_photo(coco_dir):
     return seg, photo
 
 
+_REAL_TAKE = Scratch.take
+
+
 def _fresh_take(self: Scratch, name, shape, like, dtype=None):
+    """``Scratch.take`` allocating anew on every call (every chunk's buffers fresh)."""
     self._bufs.pop(name, None)
     return _REAL_TAKE(self, name, shape, like, dtype)
-
-
-_REAL_TAKE = Scratch.take
 
 
 def test_generator_reuses_one_buffer_per_crop_and_keeps_its_masks(tiny_and_photo, monkeypatch):

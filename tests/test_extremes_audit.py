@@ -9,7 +9,8 @@ from PIL import Image
 from torchvision.ops import batched_nms
 
 import tasks.instances as instances
-from composer.amg_utils import box_nms, trim_heap
+from composer.allocator import trim_heap
+from composer.amg_utils import box_nms
 from composer.automatic import AutomaticMaskGenerator
 from composer.embedding import EmbeddingCache
 from composer.io import visualize

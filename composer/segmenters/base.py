@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..amg_utils import trim_heap
+from ..allocator import trim_heap
 from ..embedding import ImageEmbedding
 from ..refine import ContrastRank, GrabCutRefine
 from ..structures import Detections, Masks, Prompts
