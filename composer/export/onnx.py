@@ -257,13 +257,14 @@ class OnnxExport:
 
 def _settings(segmenter: Any) -> dict[str, Any]:
     """The segmenter's predict-time settings (``mask_refine``, ``mask_rank``, ``flip_tta``,
-    ``amg_thresholds``, ``edge_refine``, ``box_zoom``) as JSON values; ``OnnxSegmenter``
+    ``prompt_shift``, ``amg_thresholds``, ``edge_refine``, ``box_zoom``) as JSON values; ``OnnxSegmenter``
     restores them."""
     refine, rank, edge = segmenter.mask_refine, segmenter.mask_rank, segmenter.edge_refine
     return {
         "mask_refine": None if refine is None else dataclasses.asdict(refine),
         "mask_rank": None if rank is None else dataclasses.asdict(rank),
         "flip_tta": bool(segmenter.flip_tta),
+        "prompt_shift": float(segmenter.prompt_shift),
         "amg_thresholds": None if segmenter.amg_thresholds is None else dict(segmenter.amg_thresholds),
         "edge_refine": None if edge is None else [float(v) for v in edge],
         "box_zoom": None if segmenter.box_zoom is None else float(segmenter.box_zoom),

@@ -132,6 +132,12 @@ MASK_REFINE = GrabCutRefine(band=16.0, iters=2)
 # .268 / .362 / 15.55 / 17.60 (recipes/README.md, "Flip TTA").
 FLIP_TTA = True
 
+# Input-frame pixels from the place a prompt marks to where the prompt encoder puts it, as the
+# model was trained (``PromptableSegmenter.prompt_shift``): composer/training/prompts.py gives a
+# low-res pixel centre or box edge c as c (input pixels) and the encoder adds 0.5, so the model
+# reads a point at p as marking p - 0.5. Flip TTA mirrors the marked place: x -> W - x.
+PROMPT_SHIFT = 0.5
+
 # Ranking of a multimask prompt's masks (``mask_rank``): predicted IoU plus WEIGHT times the
 # colour contrast across each refined mask's boundary (Lab histograms, 8 bins per channel, of
 # 16-px strips inside and outside it). The IoU head under-rates whole objects (GrabCut: the top

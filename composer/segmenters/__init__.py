@@ -131,6 +131,7 @@ def _load_composer_tiny(
         MASK_REFINE,
         MODEL_NAME,
         PACKAGED_WEIGHTS,
+        PROMPT_SHIFT,
         build_composer_tiny,
     )
 
@@ -151,6 +152,8 @@ def _load_composer_tiny(
     segmenter.mask_refine = MASK_REFINE
     # flip test-time augmentation of first clicks and boxes, chosen on the same held-out data
     segmenter.flip_tta = FLIP_TTA
+    # where its training put prompts: flip TTA mirrors the place a prompt marks
+    segmenter.prompt_shift = PROMPT_SHIFT
     # first-click masks ranked by predicted IoU and boundary colour contrast, chosen likewise
     segmenter.mask_rank = MASK_RANK
     # small detector boxes decoded again in a crop, chosen on the COCO subset's training half

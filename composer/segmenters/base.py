@@ -113,6 +113,11 @@ class PromptableSegmenter(ABC):
             keeps the image in ``extras["image"]``.
         mirror_encoder_calls: encoder passes made for flip TTA's mirrored images (outside any
             ``EmbeddingCache``, whose ``encoder_calls`` do not include them).
+        prompt_shift: how far (input-frame pixels, right and down) the model's training
+            encoded a prompt from the place it marks; flip TTA mirrors the marked place (see
+            ``mirror_prompts``). 0 for SAM (a point at ``x * s + 0.5`` marks that pixel's
+            centre); 0.5 for models trained by ``composer.training``, which puts a low-res
+            pixel centre or box edge ``c`` (input pixels) at ``c + 0.5``.
         mask_rank: None, or a :class:`~composer.refine.ContrastRank` that ``predict``
             (``rank="auto"``) uses to score the masks of multimask prompts: ``scores`` become
             the predicted IoU plus ``weight`` times the colour contrast at each (refined)
@@ -136,6 +141,7 @@ class PromptableSegmenter(ABC):
     mask_refine: GrabCutRefine | None = None
     flip_tta: bool = False
     mirror_encoder_calls: int = 0
+    prompt_shift: float = 0.0
     mask_rank: ContrastRank | None = None
     box_zoom: float | None = None
 
@@ -297,6 +303,22 @@ class PromptableSegmenter(ABC):
                 memo.popitem(last=False)
         return mirrored
 
+    def mirror_prompts(self, prompts: Prompts, embedding: ImageEmbedding) -> Prompts:
+        """``prompts`` for the horizontally mirrored image of ``embedding``: each marks the
+        mirror of the place the original marks, as the model reads prompts.
+
+        SAM's prompt encoder (and composer_tiny's click maps) put an original-pixel x at
+        ``x * s + 0.5`` of the input frame (s = ``input_size[1] / W``, ``iw`` the resized
+        width), and a model trained with ``prompt_shift`` d reads that as the place
+        ``x * s + 0.5 - d``. Its mirror in the resized image is ``iw - x * s - 0.5 + d``, so
+        x goes to ``W - (1 - 2 d) * W / iw - x``: ``W - W / iw - x`` for SAM, ``W - x`` for
+        composer_tiny. The pixel mirror ``W - 1 - x`` is right for neither unless s = 1.
+        A backend with another prompt frame overrides this.
+        """
+        width = embedding.original_size[1]
+        offset = (1.0 - 2.0 * float(self.prompt_shift)) * width / embedding.input_size[1]
+        return mirror_prompts(prompts, width, offset)
+
     def decode_tta(self, embedding: ImageEmbedding, prompts: Prompts, multimask: bool = True,
                    flip: bool = True, mirrored: ImageEmbedding | None = None) -> MaskLogits:
         """``decode``, averaged with the mirrored image's output when ``flip`` is set and the
@@ -316,7 +338,7 @@ class PromptableSegmenter(ABC):
             return out
         if mirrored is None:
             mirrored = self.mirrored_embedding(embedding)
-        back = self.decode(mirrored, mirror_prompts(prompts, embedding.original_size[1]), multimask)
+        back = self.decode(mirrored, self.mirror_prompts(prompts, embedding), multimask)
         valid_w = embedding.input_size[1] * out.logits.shape[-1] / embedding.pad_size
         logits, valid = mirror_low_res(back.logits, valid_w)
         averaged = torch.where(valid, (out.logits + logits.to(out.logits)) / 2, out.logits)
@@ -422,16 +444,19 @@ class PromptableSegmenter(ABC):
         return Detections.from_masks(masks, scores=scores, extras=extras)
 
 
-def mirror_prompts(prompts: Prompts, width: int) -> Prompts:
-    """Prompts of the horizontally mirrored image of ``width`` pixels: pixel column x becomes
-    ``width - 1 - x`` (points) and a box's x0, x1 become ``width - 1 - x1``, ``width - 1 - x0``."""
+def mirror_prompts(prompts: Prompts, width: float, offset: float = 1.0) -> Prompts:
+    """Prompts of the horizontally mirrored image of ``width`` pixels: x becomes
+    ``width - offset - x`` (points), and a box's x0, x1 become ``width - offset - x1``,
+    ``width - offset - x0``. ``offset`` 1 mirrors pixel indices (column x to ``width - 1 - x``),
+    0 continuous coordinates; ``PromptableSegmenter.mirror_prompts`` picks the one of its
+    backend's prompt frame."""
     points = boxes = None
     if prompts.points is not None:
         points = prompts.points.copy()
-        points[..., 0] = width - 1 - points[..., 0]
+        points[..., 0] = width - offset - points[..., 0]
     if prompts.boxes is not None:
         boxes = prompts.boxes.copy()
-        boxes[:, [0, 2]] = width - 1 - prompts.boxes[:, [2, 0]]
+        boxes[:, [0, 2]] = width - offset - prompts.boxes[:, [2, 0]]
     return dataclasses.replace(prompts, points=points, boxes=boxes)
 
 

@@ -27,7 +27,7 @@ from ..embedding import ImageEmbedding
 from ..io.image import load_image
 from ..structures import Prompts
 from . import _classic_ops as ops
-from .base import MaskLogits, PromptableSegmenter
+from .base import MaskLogits, PromptableSegmenter, mirror_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +250,12 @@ class ClassicSegmenter(PromptableSegmenter):
             model_id=self.model_id,
             extras=extras,
         )
+
+    def mirror_prompts(self, prompts: Prompts, embedding: ImageEmbedding) -> Prompts:
+        """Flip TTA's mirrored prompts in classic's frame: a point x falls in work column
+        ``floor(x * sx)`` and a box spans ``[floor(x0 * sx), ceil(x1 * sx))``, so the
+        continuous mirror ``W - x`` lands in the mirrored column and box exactly."""
+        return mirror_prompts(prompts, embedding.original_size[1], 0.0)
 
     # ------------------------------------------------------------------ decode
     def decode(

@@ -164,6 +164,7 @@ class OnnxSegmenter(PromptableSegmenter):
         if s.get("mask_rank"):
             self.mask_rank = ContrastRank(**s["mask_rank"])
         self.flip_tta = bool(s.get("flip_tta", False))
+        self.prompt_shift = float(s.get("prompt_shift", 0.0))
         if s.get("amg_thresholds"):
             self.amg_thresholds = {k: float(v) for k, v in s["amg_thresholds"].items()}
         if s.get("edge_refine"):

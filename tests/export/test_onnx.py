@@ -107,6 +107,7 @@ def test_export_records_parity_and_settings(tiny):
     assert max(meta["parity"].values()) < 1e-4
     assert meta["max_batch"] == 16  # composer_tiny's CPU decoder chunk
     assert meta["settings"]["flip_tta"] is True
+    assert meta["settings"]["prompt_shift"] == 0.5
     assert meta["settings"]["mask_refine"]["band"] == seg.mask_refine.band
     assert meta["settings"]["mask_rank"]["weight"] == seg.mask_rank.weight
     assert meta["settings"]["box_zoom"] == 0.35
@@ -118,6 +119,7 @@ def test_onnx_backend_matches_composer_tiny(tiny, image):
     assert isinstance(ours, OnnxSegmenter) and ours.model_id == f"onnx-{seg.model_id}"
     assert ours.device.type == "cpu"
     assert (ours.flip_tta, ours.mask_refine, ours.mask_rank) == (seg.flip_tta, seg.mask_refine, seg.mask_rank)
+    assert ours.prompt_shift == seg.prompt_shift == 0.5
     assert ours.amg_thresholds == seg.amg_thresholds and ours.edge_refine == seg.edge_refine
     assert ours.box_zoom == seg.box_zoom == 0.35
     _compare(seg, ours, image)
@@ -147,10 +149,10 @@ def test_sam_vit_architecture_exports(tmp_path, image):
     out = export_onnx(ref, tmp_path)
     assert_vit_parity(out.meta["parity"])
     assert out.meta["settings"] == {"mask_refine": None, "mask_rank": None, "flip_tta": False,
-                                    "amg_thresholds": None, "edge_refine": None,
-                                    "box_zoom": None}
+                                    "prompt_shift": 0.0, "amg_thresholds": None,
+                                    "edge_refine": None, "box_zoom": None}
     ours = OnnxSegmenter(out.directory)
-    assert ours.mask_refine is None and not ours.flip_tta
+    assert ours.mask_refine is None and not ours.flip_tta and ours.prompt_shift == 0.0
     _compare(ref, ours, image)
 
 

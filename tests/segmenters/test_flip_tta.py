@@ -18,8 +18,9 @@ from composer.structures import Prompts
 
 class _Cones(PromptableSegmenter):
     """A mirror-equivariant toy backend: cones of three radii around the first point, in a
-    128x128 low-res frame over a 512 padded square (SAM's pixel-centre convention), with a
-    predicted IoU that depends on which side of the image the point is."""
+    128x128 low-res frame over a 512 padded square, with a predicted IoU that depends on which
+    side of the image the point is. Points are placed as SAM's prompt encoder places them: an
+    original x at ``x * s + 0.5`` of the input frame (s = input width / original width)."""
 
     model_id = "cones"
     low_res_size = (128, 128)
@@ -44,8 +45,8 @@ class _Cones(PromptableSegmenter):
         oh, ow = embedding.original_size
         ih, iw = embedding.input_size
         p = torch.as_tensor(prompts.points[:, 0], dtype=torch.float32)
-        x = (p[:, 0] + 0.5) * iw / ow / 4
-        y = (p[:, 1] + 0.5) * ih / oh / 4
+        x = (p[:, 0] * iw / ow + 0.5) / 4
+        y = (p[:, 1] * ih / oh + 0.5) / 4
         yy, xx = torch.meshgrid(torch.arange(128) + 0.5, torch.arange(128) + 0.5, indexing="ij")
         d = torch.sqrt((xx - x[:, None, None]) ** 2 + (yy - y[:, None, None]) ** 2)
         radii = torch.tensor([3.0, 6.0, 12.0] if multimask else [6.0])
@@ -105,13 +106,77 @@ def test_mirror_prompts_maps_pixel_columns_and_boxes() -> None:
     np.testing.assert_array_equal(m.boxes, [[5, 2, 8, 6]])
     np.testing.assert_array_equal(m.labels, prompts.labels)
     np.testing.assert_array_equal(prompts.points, [[[0, 5], [9, 7]]])  # not modified
+    c = mirror_prompts(prompts, 10, 0.0)  # continuous coordinates: x -> 10 - x
+    np.testing.assert_array_equal(c.points, [[[10, 5], [1, 7]]])
+    np.testing.assert_array_equal(c.boxes, [[6, 2, 9, 6]])
 
 
-@pytest.mark.parametrize("size", [(90, 140), (200, 61), (200, 85), (37, 37)])
+@pytest.mark.parametrize("shift", [0.0, 0.5])
+@pytest.mark.parametrize("size", [(480, 640), (640, 427), (37, 37), (300, 200)])
+def test_segmenter_mirror_marks_the_mirrored_place(size, shift) -> None:
+    """SAM's prompt encoder puts an original x at ``x * s + 0.5`` of the input frame, and a
+    model trained with ``prompt_shift`` d reads it as marking ``x * s + 0.5 - d``: the mirrored
+    prompt must mark the mirror of that place in the ``iw``-wide resized image. For SAM (d = 0)
+    the pixel mirror ``W - 1 - x`` was off by ``1 - 1/s`` px (-0.25 px at a 640-px side,
+    s = 0.8); for composer_tiny (d = 0.5) the mirror is ``W - x``."""
+    seg = _Cones()
+    seg.prompt_shift = shift
+    h, w = size
+    emb = seg.embed(_image(h, w))
+    s = emb.input_size[1] / w
+    xs = np.array([0.0, 0.4, w / 3, w - 1.0], np.float32)
+    prompts = Prompts.create(
+        points=np.stack([xs, np.full_like(xs, h / 2)], -1)[:, None],
+        labels=np.ones((4, 1), int),
+        boxes=np.stack([xs * 0.5, np.zeros_like(xs), xs, np.full_like(xs, h - 1)], -1),
+        image_size=emb.original_size,
+    )
+    m = seg.mirror_prompts(prompts, emb)
+
+    def marked(x):  # the input-frame place the model reads an original x as
+        return x * s + 0.5 - shift
+
+    iw = emb.input_size[1]
+    np.testing.assert_allclose(marked(m.points[:, 0, 0]), iw - marked(xs), atol=1e-3)
+    np.testing.assert_allclose(marked(m.boxes[:, [2, 0]]), iw - marked(prompts.boxes[:, [0, 2]]),
+                               atol=1e-3)
+    np.testing.assert_array_equal(m.points[..., 1], prompts.points[..., 1])
+    if shift == 0.5:
+        np.testing.assert_allclose(m.points[:, 0, 0], w - xs, atol=1e-3)
+
+
+def test_classic_mirror_lands_in_the_mirrored_work_cell() -> None:
+    """classic reads a point's work column as ``floor(x * sx)`` and a box as
+    ``[floor(x0 * sx), ceil(x1 * sx))``: its mirrored prompts fall in the mirrored column and
+    span the mirrored box of its work image."""
+    from composer.segmenters.classic import ClassicSegmenter
+
+    seg = ClassicSegmenter()
+    emb = seg.embed(_image(150, 333))
+    wh, ww = emb.input_size
+    rng = np.random.default_rng(1)
+    xs = rng.uniform(0, 332, 40).astype(np.float32)
+    ys = rng.uniform(0, 149, 40).astype(np.float32)
+    x0 = rng.uniform(0, 160, 40).astype(np.float32)
+    boxes = np.stack([x0, ys * 0.5, x0 + rng.uniform(5, 170, 40).astype(np.float32), ys], -1)
+    prompts = Prompts.create(points=np.stack([xs, ys], -1)[:, None], labels=np.ones((40, 1), int),
+                             boxes=boxes, image_size=emb.original_size)
+    m = seg.mirror_prompts(prompts, emb)
+    for i in range(40):
+        a = seg._prompt(emb, prompts, i, (wh, ww))
+        b = seg._prompt(emb, m, i, (wh, ww))
+        np.testing.assert_array_equal(b.pos[:, 0], ww - 1 - a.pos[:, 0])
+        np.testing.assert_array_equal(b.pos[:, 1], a.pos[:, 1])
+        assert a.box is not None and b.box is not None
+        assert b.box == (ww - a.box[2], a.box[1], ww - a.box[0], a.box[3])
+
+
+@pytest.mark.parametrize("size", [(90, 140), (200, 61), (200, 85), (37, 37), (64, 640)])
 def test_flip_tta_of_a_mirror_equivariant_model_changes_no_mask(size) -> None:
     """Averaging with the mirrored image's output is geometrically consistent: for a
-    mirror-equivariant backend the logits agree (up to interpolation when the unpadded width is
-    not a whole number of low-res pixels) and the predicted IoU is the mean of both sides."""
+    mirror-equivariant backend the logits agree (exactly when the unpadded width is a whole
+    number of low-res pixels, else up to interpolation) and the predicted IoU is the mean of
+    both sides."""
     seg = _Cones()
     seg.flip_tta = True
     h, w = size
@@ -125,7 +190,8 @@ def test_flip_tta_of_a_mirror_equivariant_model_changes_no_mask(size) -> None:
     averaged = seg.decode_tta(emb, prompts)
     whole = emb.input_size[1] // 4  # a last, partly padded column is clamped, not compared
     diff = (averaged.logits - direct.logits).abs()[..., :whole]
-    assert float(diff.max()) < 0.1
+    # the pixel mirror W - 1 - x was off by 0.012 (640 px) to 0.80 (37 px, upscaled) here
+    assert float(diff.max()) < (1e-4 if emb.input_size[1] % 4 == 0 else 0.1)
     assert averaged.feedback is not None and torch.equal(averaged.feedback, direct.logits)
     # the returned low-res logits (a later prompt's mask_input) stay the direct decoder's
     np.testing.assert_array_equal(tta.extras["low_res_logits"], plain.extras["low_res_logits"])
@@ -193,3 +259,18 @@ def test_packaged_composer_tiny_mirrors_first_prompts() -> None:
     off = load_model(args)
     assert off.flip_tta is False and "flip TTA" not in describe(off)
     assert "flip TTA" in describe(seg)
+
+
+def test_composer_tiny_prompt_shift_follows_its_training_frame() -> None:
+    """composer.training hands the prompt encoder a low-res pixel's centre in input pixels,
+    ``(j + 0.5) * img_size / low_res``, and the encoder adds 0.5 more: the model learned to read
+    a point at p as marking p - 0.5, which ``PROMPT_SHIFT`` (the loaded model's
+    ``prompt_shift``) records for flip TTA. Changing either frame must change the other."""
+    from composer import load_segmenter
+    from composer.sam.composer_tiny import PROMPT_SHIFT
+    from composer.training.prompts import to_input_frame
+
+    np.testing.assert_allclose(to_input_frame(np.array([[0, 3]]), 64, 512), [[4.0, 28.0]])
+    assert PROMPT_SHIFT == 0.5
+    assert load_segmenter("composer_tiny").prompt_shift == PROMPT_SHIFT
+    assert load_segmenter("classic").prompt_shift == 0.0
