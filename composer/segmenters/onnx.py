@@ -164,7 +164,10 @@ class OnnxSegmenter(PromptableSegmenter):
         if s.get("mask_rank"):
             self.mask_rank = ContrastRank(**s["mask_rank"])
         self.flip_tta = bool(s.get("flip_tta", False))
-        self.prompt_shift = float(s.get("prompt_shift", 0.0))
+        # exports from before 2026-11-24 lack it: composer.training's models read prompts half an
+        # input pixel left of where the encoder puts them (composer_tiny.PROMPT_SHIFT), SAM's not
+        default = 0.5 if str(self.meta["model_id"]).startswith("composer_tiny") else 0.0
+        self.prompt_shift = float(s.get("prompt_shift", default))
         if s.get("amg_thresholds"):
             self.amg_thresholds = {k: float(v) for k, v in s["amg_thresholds"].items()}
         if s.get("edge_refine"):

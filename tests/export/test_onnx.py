@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -123,6 +124,18 @@ def test_onnx_backend_matches_composer_tiny(tiny, image):
     assert ours.amg_thresholds == seg.amg_thresholds and ours.edge_refine == seg.edge_refine
     assert ours.box_zoom == seg.box_zoom == 0.35
     _compare(seg, ours, image)
+
+
+def test_export_without_prompt_shift_follows_its_model(tiny, tmp_path):
+    """Exports from before ``prompt_shift`` was recorded: a composer_tiny one mirrors flip TTA's
+    prompts as its training frame needs (0.5), as the PyTorch model does."""
+    _, out = tiny
+    old = tmp_path / "old"
+    shutil.copytree(out.directory, old)
+    meta = json.loads((old / "model.json").read_text())
+    del meta["settings"]["prompt_shift"]
+    (old / "model.json").write_text(json.dumps(meta))
+    assert OnnxSegmenter(old).prompt_shift == 0.5
 
 
 def test_onnx_click_session_follows_the_torch_one(tiny, image):

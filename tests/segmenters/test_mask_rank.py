@@ -105,7 +105,10 @@ def _scene() -> tuple[np.ndarray, np.ndarray]:
     yy, xx = np.mgrid[:256, :256]
     image = np.full((256, 256, 3), (90, 140, 90), np.uint8)
     image[(yy - 128) ** 2 + (xx - 192) ** 2 <= 12**2] = (220, 40, 40)
-    return image, np.array([[[192, 128]]], np.float32)
+    # _Cones puts x at x * s + 0.5 input pixels (s = 2 here), SAM's frame: this point's cones are
+    # centred on the centre of the disk's centre pixel, (192.5, 128.5) in continuous pixels
+    at = 0.5 - 0.5 / 2
+    return image, np.array([[[192 + at, 128 + at]]], np.float32)
 
 
 def test_predict_ranks_multimask_outputs_by_iou_plus_contrast() -> None:
