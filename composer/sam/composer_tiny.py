@@ -79,16 +79,18 @@ SHIPPED_METRICS: dict[str, Any] = {
     "refined_berkeley_oracle_miou@1": 0.769,
     "refined_berkeley_noc@85": 4.73,
     "refined_berkeley_noc@90": 7.59,
-    # the same with the defaults, MASK_REFINE, FLIP_TTA and MASK_RANK (recipes/README.md,
-    # "Contrast ranking"; without MASK_RANK GrabCut .742 / 3.24 / 4.38, Berkeley .681 / 4.79 / 7.59)
-    "default_grabcut_miou@1": 0.778,
+    # the same with the defaults, MASK_REFINE, FLIP_TTA (mirroring at PROMPT_SHIFT) and MASK_RANK
+    # (recipes/README.md, "Flip TTA's mirrored prompts in the model's frame"; with the earlier
+    # pixel mirror GrabCut .778 / .837 / 3.10 / 4.22, Berkeley .692 / .774 / 4.74 / 7.54, and
+    # without MASK_RANK GrabCut .742 / 3.24 / 4.38, Berkeley .681 / 4.79 / 7.59)
+    "default_grabcut_miou@1": 0.789,
     "default_grabcut_oracle_miou@1": 0.837,
-    "default_grabcut_noc@85": 3.10,
-    "default_grabcut_noc@90": 4.22,
-    "default_berkeley_miou@1": 0.692,
-    "default_berkeley_oracle_miou@1": 0.774,
-    "default_berkeley_noc@85": 4.74,
-    "default_berkeley_noc@90": 7.54,
+    "default_grabcut_noc@85": 2.96,
+    "default_grabcut_noc@90": 4.04,
+    "default_berkeley_miou@1": 0.682,
+    "default_berkeley_oracle_miou@1": 0.773,
+    "default_berkeley_noc@85": 4.77,
+    "default_berkeley_noc@90": 7.67,
     # tasks.edges on BSDS500 test (200 images), with the guided refinement EDGE_REFINE / without
     "bsds500_edges_ods": 0.678,
     "bsds500_edges_ods_paper_procedure": 0.568,
@@ -129,7 +131,9 @@ MASK_REFINE = GrabCutRefine(band=16.0, iters=2)
 #   OMP_NUM_THREADS=1 python recipes/choose_mask_refine.py --set bsds_heldout --settings 16,2 --tta flip
 # mIoU@1 / oracle@1 / NoC@85 / NoC@90, off -> flip: BSDS held-out .555 / .629 / 7.02 / 10.20 ->
 # .563 / .658 / 6.86 / 10.16; COCO images 21-40 (--set coco_tune) .256 / .347 / 15.57 / 17.57 ->
-# .268 / .362 / 15.55 / 17.60 (recipes/README.md, "Flip TTA").
+# .268 / .362 / 15.55 / 17.60 (recipes/README.md, "Flip TTA"). Re-run after the mirror's mend
+# (PROMPT_SHIFT below, --out runs/flip_tta_*_mir): BSDS .555 / .660 / 6.95 / 10.23, COCO .264 /
+# .366 / 15.61 / 17.63: still the better first click for about the same clicks, so it stays on.
 FLIP_TTA = True
 
 # Input-frame pixels from the place a prompt marks to where the prompt encoder puts it, as the
@@ -146,7 +150,9 @@ PROMPT_SHIFT = 0.5
 # the two tuning sets, by
 #   OMP_NUM_THREADS=1 python recipes/choose_mask_rank.py --out runs/mask_rank
 # weight 0 / 1 / 2 / 3 (BSDS held-out, COCO images 21-40): .563 / .586 / .588 / .583 and
-# .268 / .276 / .286 / .290 (recipes/README.md, "Contrast ranking").
+# .268 / .276 / .286 / .290 (recipes/README.md, "Contrast ranking"). Re-run after the flip TTA
+# mirror's mend (--out runs/mask_rank_mir), the tuning mean of weights 1 / 2 / 3 / 5 is .434 /
+# .439 / .433 / .430: 2 again.
 MASK_RANK = ContrastRank(weight=2.0, band=16.0, bins=8)
 
 # Box prompts whose longer side is below BOX_ZOOM of the image's longer side are decoded again
