@@ -444,7 +444,7 @@ class PromptableSegmenter(ABC):
         return Detections.from_masks(masks, scores=scores, extras=extras)
 
 
-def mirror_prompts(prompts: Prompts, width: float, offset: float = 1.0) -> Prompts:
+def mirror_prompts(prompts: Prompts, width: float, offset: float) -> Prompts:
     """Prompts of the horizontally mirrored image of ``width`` pixels: x becomes
     ``width - offset - x`` (points), and a box's x0, x1 become ``width - offset - x1``,
     ``width - offset - x0``. ``offset`` 1 mirrors pixel indices (column x to ``width - 1 - x``),

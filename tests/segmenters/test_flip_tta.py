@@ -101,7 +101,7 @@ def test_mirror_prompts_maps_pixel_columns_and_boxes() -> None:
     prompts = Prompts.create(
         points=[[[0, 5], [9, 7]]], labels=[[1, 0]], boxes=[[1, 2, 4, 6]], image_size=(20, 10)
     )
-    m = mirror_prompts(prompts, 10)
+    m = mirror_prompts(prompts, 10, 1.0)  # pixel indices: column x -> 9 - x
     np.testing.assert_array_equal(m.points, [[[9, 5], [0, 7]]])
     np.testing.assert_array_equal(m.boxes, [[5, 2, 8, 6]])
     np.testing.assert_array_equal(m.labels, prompts.labels)
