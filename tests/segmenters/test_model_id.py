@@ -7,6 +7,7 @@ ONNX exports and reports carried the old id.
 
 from __future__ import annotations
 
+import copy
 import pickle
 
 import numpy as np
@@ -95,3 +96,76 @@ def test_a_model_built_in_inference_mode_has_an_id() -> None:
         seg = composer.load_segmenter("composer_tiny")
         inside = seg.model_id
     assert seg.model_id == inside == composer.load_segmenter("composer_tiny").model_id
+
+
+def _shifted(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` with every floating weight moved by 0.01."""
+    out = copy.deepcopy(module)
+    with torch.no_grad():
+        for t in out.state_dict().values():
+            if t.is_floating_point():
+                t.add_(0.01)
+    return out
+
+
+def _assign_load(seg: SamPredictor) -> None:
+    seg.model.load_state_dict(_shifted(seg.model).state_dict(), assign=True)
+
+
+def _swap_decoder(seg: SamPredictor) -> None:
+    seg.model.mask_decoder = _shifted(seg.model.mask_decoder)
+
+
+def _write_through_data(seg: SamPredictor) -> None:
+    """As EMA updates and older training loops do: ``.data`` keeps no version count."""
+    new = _shifted(seg.model).state_dict()
+    for name, t in seg.model.state_dict(keep_vars=True).items():
+        t.data.copy_(new[name])
+
+
+def _load_in_inference_mode(seg: SamPredictor) -> None:
+    new = _shifted(seg.model).state_dict()
+    with torch.inference_mode():
+        seg.model.load_state_dict(new)
+
+
+@pytest.mark.parametrize(
+    "change", [_assign_load, _swap_decoder, _write_through_data, _load_in_inference_mode],
+    ids=["assign", "swap", "data", "inference"])
+def test_id_follows_weight_changes_that_bypass_version_counters(image, change) -> None:
+    """New tensor objects (assign=True, a swapped submodule) and writes that leave no version
+    count (``.data``, tensors made under inference_mode) change the id too: before, the cache
+    served the old weights' embedding and predict took it."""
+    if change is _load_in_inference_mode:
+        with torch.inference_mode():
+            seg = composer.load_segmenter("composer_tiny")
+    else:
+        seg = composer.load_segmenter("composer_tiny")
+    cache = EmbeddingCache()
+    old = cache.get(image, seg)
+    packaged = seg.model_id
+    change(seg)
+    assert seg.model_id != packaged
+    new = cache.get(image, seg)
+    assert cache.encoder_calls == 2 and new.model_id == seg.model_id
+    with pytest.raises(ValueError, match="cannot be decoded"):
+        seg.predict(old, points=[[60, 45]])
+
+
+def test_an_unchanged_model_and_a_deep_copy_keep_the_id(image) -> None:
+    seg = composer.load_segmenter("composer_tiny")
+    first = seg.model_id
+    seg.predict(seg.embed(image), points=[[60, 45]])
+    assert seg.model_id == first
+    # a deep copy has the same weights in new tensors: the same id
+    seg.model = copy.deepcopy(seg.model)
+    assert seg.model_id == first
+
+
+def test_setting_none_derives_the_id_afresh(image) -> None:
+    seg = composer.load_segmenter("composer_tiny")
+    packaged = seg.model_id
+    seg.model_id = "fixed"
+    assert seg.model_id == "fixed"
+    seg.model_id = None
+    assert seg.model_id == packaged
