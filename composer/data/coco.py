@@ -37,14 +37,20 @@ def normalise_coco_dict(data: Mapping[str, Any]) -> dict[str, Any]:
     """A COCO-format dict that pycocotools evaluates correctly, also for LVIS files.
 
     Adds ``iscrowd = 0`` where missing, ``area`` from the bbox where missing, and
-    ``file_name`` from ``coco_url`` where missing. The input is not modified.
+    ``file_name`` from ``coco_url`` where missing. Image and category ids, annotations'
+    ``image_id`` and ``category_id`` and images' ``height`` and ``width`` given as integer
+    strings or floats (``"18"``, ``18.0``) become ints. Polygon parts of fewer than 3 points
+    are dropped, and an annotation left with none is dropped with a warning (it has no pixels
+    to segment or score; pycocotools fails on it), as is said of annotations whose image is
+    not in ``images``. The input is not modified.
 
     Raises:
         ValueError: ``data`` is not a mapping; ``images``, ``annotations`` or ``categories`` is
             missing or not a list of records; a record lacks a key pycocotools indexes by
             (an image's or category's ``id``; an annotation's ``id``, ``image_id`` or
-            ``category_id``); two images or two annotations share an id (pycocotools keeps
-            the last and counts it twice); or an annotation's ``category_id`` is not among the
+            ``category_id``); an image or category id, ``image_id`` or ``category_id`` that is
+            not an integer; two images or two annotations share an id (pycocotools keeps the
+            last and counts it twice); or an annotation's ``category_id`` is not among the
             categories (COCOeval would leave that object out of AP unseen).
     """
     if not isinstance(data, Mapping):
@@ -67,24 +73,43 @@ def normalise_coco_dict(data: Mapping[str, Any]) -> dict[str, Any]:
             missing = [f for f in fields if f not in rec]
             if missing:
                 raise ValueError(f"COCO json {key}[{i}] has no {', '.join(missing)}")
+    out = dict(data)
+    out["images"] = [dict(im) for im in data["images"]]
+    out["annotations"] = [dict(a) for a in data["annotations"]]
+    out["categories"] = [dict(c) for c in data["categories"]]
+    # ids as integers: pycocotools indexes by the value, and results (ours, and any detector's)
+    # carry integer category and image ids, so a json with "18" would match none of them
+    for key, field in (("images", "id"), ("categories", "id"), ("annotations", "image_id"),
+                       ("annotations", "category_id")):
+        for i, rec in enumerate(out[key]):
+            rec[field] = _integer(rec[field], f"COCO json {key}[{i}] {field}")
     for key in ("images", "annotations"):
         seen: set[Any] = set()
-        for i, rec in enumerate(data[key]):
+        for i, rec in enumerate(out[key]):
             if not isinstance(rec["id"], Hashable):
                 raise ValueError(f"COCO json {key}[{i}] has id {str(rec['id'])[:60]}, not a number")
             if rec["id"] in seen:
                 raise ValueError(f"COCO json {key}[{i}] repeats id {rec['id']!r}")
             seen.add(rec["id"])
-    cat_ids = {c["id"] for c in data["categories"] if isinstance(c["id"], Hashable)}
-    for i, ann in enumerate(data["annotations"]):
-        if not isinstance(ann["category_id"], Hashable) or ann["category_id"] not in cat_ids:
+    for im in out["images"]:
+        for field in ("height", "width"):
+            if field in im:
+                try:
+                    im[field] = _integer(im[field], "")
+                except ValueError:
+                    pass  # a missing or bad size is reported where the image is read
+    cat_ids = {c["id"] for c in out["categories"]}
+    for i, ann in enumerate(out["annotations"]):
+        if ann["category_id"] not in cat_ids:
             raise ValueError(
                 f"COCO json annotations[{i}] (id {ann['id']!r}) has category_id "
                 f"{ann['category_id']!r}, which is not among the categories"
             )
-    out = dict(data)
-    out["images"] = [dict(im) for im in data["images"]]
-    out["annotations"] = [dict(a) for a in data["annotations"]]
+    image_ids = {im["id"] for im in out["images"]}
+    orphans = sum(a["image_id"] not in image_ids for a in out["annotations"])
+    if orphans:
+        logger.warning("%d annotation(s) name an image_id that is not among the images; they "
+                       "are not used", orphans)
     for im in out["images"]:
         if "file_name" not in im:
             url = im.get("coco_url")
@@ -100,6 +125,23 @@ def normalise_coco_dict(data: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"COCO json annotations[{i}] (id {ann['id']!r}): {exc}") from None
         if "area" not in ann and "bbox" in ann:
             ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
+    # polygon parts of fewer than 3 points (pycocotools cannot encode them: [] fails, and 4
+    # numbers are read as a box) are left out, and so is an annotation with no part left, as
+    # detectron2 does: it has no pixels to segment or to score
+    kept, empty = [], 0
+    for ann in out["annotations"]:
+        seg = ann.get("segmentation")
+        if isinstance(seg, list) and all(isinstance(part, list) for part in seg):
+            parts = [part for part in seg if len(part) >= 6]
+            if not parts:
+                empty += 1
+                continue
+            ann["segmentation"] = parts
+        kept.append(ann)
+    if empty:
+        logger.warning("%d annotation(s) have no polygon of 3 or more points (an empty "
+                       "segmentation); they are left out", empty)
+    out["annotations"] = kept
     return out
 
 
@@ -291,6 +333,27 @@ class CocoDataset:
         return CocoItem(
             int(image_id), self.image_dir / rec["file_name"], size, gt, self.class_names
         )
+
+
+def _integer(value: Any, what: str) -> int:
+    """``value`` as an int where it is one: 18, ``"18"``, 18.0, ``"18.0"`` (not True, 1.5, NaN or
+    ``"cat"``).
+
+    Raises:
+        ValueError: any other value; the message starts with ``what``.
+    """
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            value = float(value) if "." in value or "e" in value.lower() else int(value)
+        except ValueError:
+            pass
+        else:
+            return _integer(value, what)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    raise ValueError(f"{what} must be an integer, got {str(value)[:60]!r}")
 
 
 def _is_int(value: Any) -> bool:

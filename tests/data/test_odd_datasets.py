@@ -20,6 +20,8 @@ from composer.data.bsds import BSDS500, load_ground_truth
 from composer.data.coco import CocoDataset, normalise_coco_dict
 from composer.data.interactive import Berkeley, GrabCut
 from composer.data.regions import BSDSRegions
+from composer.structures import Detections, Masks
+from composer.structures.masks import polygons_rle
 
 H, W = 20, 30
 
@@ -199,7 +201,7 @@ def test_coco_unknown_categories_and_repeated_ids_are_refused():
         ({**GOOD, "annotations": [ann, {**ann, "bbox": [0, 0, 3, 3]}]},
          r"annotations\[1\] repeats id 7"),
         ({**GOOD, "images": GOOD["images"] * 2}, r"images\[1\] repeats id 1"),
-        ({**GOOD, "images": [{**GOOD["images"][0], "id": [1]}]}, r"images\[0\] has id \[1\]"),
+        ({**GOOD, "images": [{**GOOD["images"][0], "id": [1]}]}, r"images\[0\] id must be an integer, got '\[1\]'"),
     ]
     for data, msg in cases:
         with pytest.raises(ValueError, match=msg):
@@ -249,3 +251,65 @@ def test_eval_refuses_split_and_images_flags_it_would_ignore(tmp_path, capsys, m
     with pytest.raises(SystemExit) as exc:
         cli_main(["eval", "edges", "--coco", str(tmp_path / "x.json"), "--out", out])
     assert exc.value.code == 2 and "unrecognized arguments: --coco" in capsys.readouterr().err
+
+
+def _perfect_detections() -> Detections:
+    """GOOD's object (rasterised from its polygon) with category 1 and score 0.9."""
+    rle = polygons_rle(GOOD["annotations"][0]["segmentation"], (H, W))
+    return Detections.from_masks(Masks([rle], (H, W)), scores=[0.9], labels=[1])
+
+
+def test_coco_string_ids_and_sizes_score_like_integers(caplog):
+    """A json with "1" for its ids and "20" for its sizes scored AP 0: the results' integer
+    category ids matched no ground truth (and string sizes broke COCOeval)."""
+    from composer.evaluation.coco_ap import CocoEvaluator
+
+    stringy = json.loads(json.dumps(GOOD))
+    stringy["images"][0].update(id="1", height=str(H), width=f"{W}.0")
+    stringy["annotations"][0].update(image_id="1", category_id="1")
+    stringy["categories"][0]["id"] = "1"
+    out = normalise_coco_dict(stringy)
+    assert out["images"][0]["id"] == 1 and out["images"][0]["width"] == W
+    assert out["annotations"][0]["category_id"] == 1 and out["categories"][0]["id"] == 1
+    scores = []
+    for data in (GOOD, stringy):
+        ev = CocoEvaluator(data)
+        ev.process(1, _perfect_detections())
+        scores.append(ev.evaluate())
+    assert scores[0]["segm/AP"] == pytest.approx(1.0) and scores[1] == scores[0]
+    for bad, msg in (("cat", r"categories\[0\] id must be an integer, got 'cat'"),
+                     (1.5, r"categories\[0\] id must be an integer, got '1.5'"),
+                     (True, r"categories\[0\] id must be an integer")):
+        with pytest.raises(ValueError, match=msg):
+            normalise_coco_dict({**GOOD, "categories": [{"id": bad, "name": "x"}]})
+    with pytest.raises(ValueError, match=r"images\[1\] repeats id 1"):
+        normalise_coco_dict({**GOOD, "images": [GOOD["images"][0], stringy["images"][0]]})
+
+
+@pytest.mark.parametrize("segmentation", [[], [[]], [[5, 5, 15, 5]], [[5, 5], []]])
+def test_coco_empty_segmentations_are_left_out_of_ap(segmentation, caplog):
+    """pycocotools failed at the end of a whole evaluation on these (IndexError, 'input type is
+    not supported', a 4-number polygon read as a box), losing every metric."""
+    from composer.evaluation.coco_ap import CocoEvaluator
+
+    ann = GOOD["annotations"][0]
+    data = {**GOOD, "annotations": [
+        ann, {**ann, "id": 8, "segmentation": segmentation},
+        {**ann, "id": 9, "segmentation": [[1, 1], [5, 5, 15, 5, 15, 13, 5, 13]]}]}
+    with caplog.at_level("WARNING"):
+        out = normalise_coco_dict(data)
+    assert [a["id"] for a in out["annotations"]] == [7, 9]
+    assert out["annotations"][1]["segmentation"] == [[5, 5, 15, 5, 15, 13, 5, 13]]
+    assert "1 annotation(s) have no polygon of 3 or more points" in caplog.text
+    ev = CocoEvaluator(data)
+    ev.process(1, _perfect_detections())
+    metrics = ev.evaluate()
+    assert 0 < metrics["segm/AP"] < 1  # annotation 9 repeats 7: one of the two is missed
+
+
+def test_coco_annotations_of_unknown_images_are_reported(caplog):
+    ann = GOOD["annotations"][0]
+    with caplog.at_level("WARNING"):
+        out = normalise_coco_dict({**GOOD, "annotations": [ann, {**ann, "id": 8, "image_id": 5}]})
+    assert len(out["annotations"]) == 2
+    assert "1 annotation(s) name an image_id that is not among the images" in caplog.text

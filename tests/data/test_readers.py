@@ -113,7 +113,7 @@ def test_malformed_coco_json_is_a_one_line_error(tmp_path):
     bad_id = {**good, "images": [{**good["images"][0], "id": "abc"}],
               "annotations": [{**good["annotations"][0], "image_id": "abc"}]}
     (tmp_path / "s.json").write_text(json.dumps(bad_id))
-    with pytest.raises(ValueError, match="image ids must be integers, got 'abc'"):
+    with pytest.raises(ValueError, match=r"images\[0\] id must be an integer, got 'abc'"):
         CocoDataset(tmp_path / "s.json", tmp_path)
 # ---------------------------------------------------------------- GrabCut
 def test_grabcut_items(grabcut_dir):
