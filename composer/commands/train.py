@@ -20,6 +20,7 @@ share to resume) and ``train_report.json``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -193,13 +194,21 @@ def _run_identity(args: argparse.Namespace) -> dict[str, Any]:
     def path(p: str | None) -> str | None:
         return None if p is None else str(Path(p).resolve())
 
+    def digest(p: str | None) -> str | None:
+        """The json's SHA-256: an edited file at the same path is other data (and another
+        held-out split)."""
+        if p is None or not Path(p).is_file():
+            return None
+        return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
     checkpoint = args.checkpoint  # a file by its resolved path; a registered name as given
     if checkpoint is not None and Path(checkpoint).exists():
         checkpoint = str(Path(checkpoint).resolve())
     return {
         "model": args.model, "checkpoint": checkpoint, "random_init": bool(args.random_init),
-        "data": path(args.data), "images": path(args.images), "max_images": args.max_images,
-        "val_data": path(args.val_data), "val_images": path(args.val_images),
+        "data": path(args.data), "data_sha256": digest(args.data), "images": path(args.images),
+        "max_images": args.max_images, "val_data": path(args.val_data),
+        "val_data_sha256": digest(args.val_data), "val_images": path(args.val_images),
         "val_fraction": args.val_fraction, "masks_per_image": args.masks_per_image,
         "corrective": args.corrective, "lr": args.lr, "train_encoder": bool(args.train_encoder),
         "seed": args.seed,
@@ -217,7 +226,8 @@ def _check_same_run(out: Path, run_id: dict[str, Any]) -> None:
         before = None
     if not isinstance(before, dict):
         raise ValueError(f"{ident} is unreadable; delete it to resume, or use a fresh --out")
-    changed = sorted(k for k in set(before) | set(run_id) if before.get(k) != run_id.get(k))
+    # a key an older run.json lacks (the jsons' digests) is not compared
+    changed = sorted(k for k in before if before[k] != run_id.get(k))
     if changed:
         raise ValueError(
             f"--out {out} holds a training run (last.pt) started with other settings "

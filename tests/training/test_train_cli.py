@@ -99,10 +99,11 @@ def test_train_command_errors(tmp_path, capsys, monkeypatch) -> None:
 
 
 def test_train_command_is_robust_to_odd_data_and_other_runs(tmp_path, capsys) -> None:
-    """An empty segmentation is an empty mask (not a pycocotools crash); a held-out share that
-    would take every image leaves one for training; an --out holding a run with other settings
-    or another architecture is refused with a one-line error, never silently resumed."""
-    ann, images = _coco_dataset(tmp_path, n=2)
+    """An empty segmentation is left out (not a pycocotools crash; image 1 has no other
+    object); a held-out share that would take every image leaves one for training; an --out
+    holding a run with other settings or another architecture is refused with a one-line
+    error, never silently resumed."""
+    ann, images = _coco_dataset(tmp_path, n=3)
     doc = json.loads(ann.read_text())
     doc["annotations"][0]["segmentation"] = []
     ann.write_text(json.dumps(doc))
@@ -120,6 +121,18 @@ def test_train_command_is_robust_to_odd_data_and_other_runs(tmp_path, capsys) ->
     assert main([*argv, "--lr", "3e-4"]) == 2
     err = capsys.readouterr().err
     assert "other settings (lr)" in err and len(err.strip().splitlines()) == 1
+    # the json edited in place is other data (it resumed silently, with another split)
+    saved = ann.read_text()
+    ann.write_text(json.dumps({**doc, "info": {"edited": True}}))
+    assert main(argv) == 2
+    assert "other settings (data_sha256)" in capsys.readouterr().err
+    ann.write_text(saved)
+    # a run.json from before the digests were recorded still resumes
+    ident = json.loads((out / "run.json").read_text())
+    del ident["data_sha256"], ident["val_data_sha256"]
+    (out / "run.json").write_text(json.dumps(ident))
+    assert main(argv) == 0
+    assert "resumed from" in capsys.readouterr().out
     # a last.pt of another architecture (no run.json: an older run) is a clear error too
     (out / "run.json").unlink()
     other = ["train", "--data", str(ann), "--images", str(images), "--model", "composer_tiny",
