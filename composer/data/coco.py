@@ -36,13 +36,13 @@ PathLike = str | os.PathLike
 def normalise_coco_dict(data: Mapping[str, Any]) -> dict[str, Any]:
     """A COCO-format dict that pycocotools evaluates correctly, also for LVIS files.
 
-    Adds ``iscrowd = 0`` where missing, ``area`` from the bbox where missing, and
-    ``file_name`` from ``coco_url`` where missing. Image and category ids, annotations'
-    ``image_id`` and ``category_id`` and images' ``height`` and ``width`` given as integer
-    strings or floats (``"18"``, ``18.0``) become ints. Polygon parts of fewer than 3 points
-    are dropped, and an annotation left with none is dropped with a warning (it has no pixels
-    to segment or score; pycocotools fails on it), as is said of annotations whose image is
-    not in ``images``. The input is not modified.
+    Adds ``iscrowd = 0`` where missing, ``bbox`` from the segmentation and then ``area`` from
+    the bbox where missing, and ``file_name`` from ``coco_url`` where missing. Image and
+    category ids, annotations' ``image_id`` and ``category_id`` and images' ``height`` and
+    ``width`` given as integer strings or floats (``"18"``, ``18.0``) become ints. Polygon
+    parts of fewer than 3 points are dropped, and so is an annotation left with none, with a
+    warning (it has no pixels to segment or score, and pycocotools fails on it). Annotations
+    whose image is not in ``images`` are counted in a warning. The input is not modified.
 
     Raises:
         ValueError: ``data`` is not a mapping; ``images``, ``annotations`` or ``categories`` is
@@ -118,11 +118,14 @@ def normalise_coco_dict(data: Mapping[str, Any]) -> dict[str, Any]:
                     f"image record {im.get('id')!r} has neither file_name nor coco_url"
                 )
             im["file_name"] = str(url).rstrip("/").rsplit("/", 1)[-1]
+    sizes = {im["id"]: (im.get("height"), im.get("width")) for im in out["images"]}
     for i, ann in enumerate(out["annotations"]):
         try:  # an int pycocotools can compare: the string "0" is not a crowd region
             ann["iscrowd"] = int(crowd_flag(ann.get("iscrowd")))
         except ValueError as exc:
             raise ValueError(f"COCO json annotations[{i}] (id {ann['id']!r}): {exc}") from None
+        if "bbox" not in ann:
+            _add_bbox(ann, sizes.get(ann["image_id"]))
         if "area" not in ann and "bbox" in ann:
             ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
     # polygon parts of fewer than 3 points (pycocotools cannot encode them: [] fails, and 4
@@ -333,6 +336,21 @@ class CocoDataset:
         return CocoItem(
             int(image_id), self.image_dir / rec["file_name"], size, gt, self.class_names
         )
+
+
+def _add_bbox(ann: dict[str, Any], size: tuple[Any, Any] | None) -> None:
+    """Give ``ann`` the ``bbox`` (XYWH) of its segmentation, COCO's definition of it, where the
+    image's size and the segmentation can be read; else leave it without (reading the image's
+    ground truth then says so)."""
+    from pycocotools import mask as mask_utils
+
+    if size is None or not all(isinstance(v, int) and v > 0 for v in size):
+        return
+    try:
+        rle = segmentation_rle(ann.get("segmentation"), size)
+    except (ValueError, TypeError, KeyError):
+        return
+    ann["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]
 
 
 def _integer(value: Any, what: str) -> int:

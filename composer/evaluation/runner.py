@@ -254,8 +254,9 @@ def run(
     interrupted = False
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t_run = time.perf_counter()
+    ids = getattr(dataset, "image_ids", None)  # names an item whose read fails (COCO)
     for index, fetch in _iter_items(dataset, None if limit is None else int(limit)):
-        image_id: Any = None
+        image_id: Any = ids[index] if isinstance(ids, list) and index < len(ids) else None
         t0 = time.perf_counter()
         fed: list[Any] = []  # evaluators that already took this image
         try:

@@ -217,8 +217,13 @@ def test_coco_records_without_size_or_bbox_name_the_record(tmp_path):
         CocoDataset(tmp_path / "nosize.json", tmp_path)[0]
     nobox = {k: v for k, v in GOOD["annotations"][0].items() if k != "bbox"}
     (tmp_path / "nobox.json").write_text(json.dumps({**GOOD, "annotations": [nobox]}))
+    # COCO's bbox is its mask's: computed where the json has none (eval points failed the image)
+    gt = CocoDataset(tmp_path / "nobox.json", tmp_path)[0].gt
+    np.testing.assert_array_equal(gt.boxes, [[5, 5, 15, 13]])
+    nothing = {**nobox, "segmentation": {"size": [H, W], "counts": "junk!"}}
+    (tmp_path / "nothing.json").write_text(json.dumps({**GOOD, "annotations": [nothing]}))
     with pytest.raises(ValueError, match="annotation 7 has no bbox"):
-        CocoDataset(tmp_path / "nobox.json", tmp_path)[0]
+        CocoDataset(tmp_path / "nothing.json", tmp_path)[0]
 
 
 # ---------------------------------------------------------------- eval --dataset flags
@@ -313,3 +318,20 @@ def test_coco_annotations_of_unknown_images_are_reported(caplog):
         out = normalise_coco_dict({**GOOD, "annotations": [ann, {**ann, "id": 8, "image_id": 5}]})
     assert len(out["annotations"]) == 2
     assert "1 annotation(s) name an image_id that is not among the images" in caplog.text
+
+
+def test_an_item_that_cannot_be_read_is_a_failure_naming_its_image(tmp_path):
+    """The failure said ``image None`` when the item's ground truth could not be built."""
+    from composer.evaluation.coco_ap import CocoEvaluator
+    from composer.evaluation.runner import run
+
+    Image.fromarray(np.full((H, W, 3), 90, np.uint8)).save(tmp_path / "a.jpg")
+    ann = GOOD["annotations"][0]
+    data = {**GOOD, "images": [*GOOD["images"], {**GOOD["images"][0], "id": 2}],
+            "annotations": [ann, {**ann, "id": 8, "image_id": 2, "segmentation": None}]}
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    ds = CocoDataset(tmp_path / "d.json", tmp_path)
+    report = run(lambda ctx: _perfect_detections(), ds, [CocoEvaluator(ds.coco, ("segm",))])
+    (fail,) = report["meta"]["failures"]
+    assert fail["image_id"] == 2 and "annotation 8 has no segmentation" in fail["error"]
+    assert report["meta"]["n_images"] == 1 and report["metrics"]["segm/AP"] == pytest.approx(1.0)
