@@ -369,11 +369,21 @@ class PointEvaluator:
         return {"mIoU": ious.mean(0), "oracle_mIoU": orc.mean(0)}
 
     def evaluate(self) -> dict[str, float]:
-        """mIoU@k, oracle mIoU@k, NoC and NoF; zeros (with a warning) when nothing was processed."""
+        """mIoU@k, oracle mIoU@k, NoC and NoF; with no mask processed (a dataset without
+        non-crowd masks, or every image failed) mIoU and NoC are -1, pycocotools' value for
+        "undefined", with a warning (they were 0, a score no segmenter had earned)."""
         p = self.prefix
         out: dict[str, float] = {}
         if not self.traces:
-            logger.warning("PointEvaluator: no masks were processed; metrics are 0")
+            logger.warning("PointEvaluator: no masks were processed; mIoU and NoC are -1 "
+                           "(undefined)")
+            for k in self.report_clicks:
+                out[f"{p}/mIoU@{k}"] = out[f"{p}/oracle_mIoU@{k}"] = -1.0
+            for thr in self.iou_thresholds:
+                out[f"{p}/NoC@{threshold_name(thr)}"] = -1.0
+                out[f"{p}/NoF@{threshold_name(thr)}"] = 0.0
+            out[f"{p}/n_masks"] = 0.0
+            return out
         curves = self.curves()
         for k in self.report_clicks:
             out[f"{p}/mIoU@{k}"] = float(curves["mIoU"][k - 1])
@@ -384,7 +394,7 @@ class PointEvaluator:
                 number_of_clicks(t.padded("ious", self.max_clicks), thr, self.max_clicks)
                 for t in self.traces
             ]
-            out[f"{p}/NoC@{name}"] = float(np.mean([r[0] for r in res])) if res else 0.0
+            out[f"{p}/NoC@{name}"] = float(np.mean([r[0] for r in res]))
             out[f"{p}/NoF@{name}"] = float(sum(not r[1] for r in res))
         out[f"{p}/n_masks"] = float(len(self.traces))
         return out

@@ -313,7 +313,11 @@ def test_point_evaluator_aggregates_known_traces():
     assert m["points/n_masks"] == 3.0
     np.testing.assert_allclose(ev.curves()["mIoU"], [0.5, 1.96 / 3, 2.12 / 3, 2.75 / 3])
     ev.reset()
-    assert ev.evaluate()["points/n_masks"] == 0.0
+    # nothing to score is "undefined" (-1, pycocotools' value), not a score of 0
+    empty = ev.evaluate()
+    assert set(empty) == set(m) and empty["points/n_masks"] == 0.0
+    assert empty["points/mIoU@1"] == empty["points/oracle_mIoU@3"] == empty["points/NoC@90"] == -1.0
+    assert empty["points/NoF@85"] == 0.0
 
 
 def test_point_evaluator_validates_arguments():
