@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
-from ..io.image import load_image
+from ..io.image import load_image, size_mismatch
 from ..structures import Detections, Masks
 from ..structures.masks import crowd_flag, segmentation_rle
 from .paths import dataset_dir
@@ -248,8 +248,18 @@ class CocoItem:
     class_names: Mapping[int, str]
 
     def load_image(self) -> np.ndarray:
-        """(H, W, 3) uint8 RGB pixels of the image."""
-        return load_image(self.path)
+        """(H, W, 3) uint8 RGB pixels of the image.
+
+        Raises:
+            ValueError: the file is unreadable, or its size (upright, per its EXIF orientation)
+                is not the json's; the message names the file (and an EXIF rotation that
+                explains the difference).
+        """
+        image = load_image(self.path)
+        if image.shape[:2] != tuple(self.image_size):
+            raise ValueError(f"{self.path.name}: "
+                             f"{size_mismatch(self.path, image.shape[:2], self.image_size)}")
+        return image
 
 
 class CocoDataset:

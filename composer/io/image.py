@@ -163,3 +163,28 @@ def load_image(image: ImageLike) -> np.ndarray:
     except ImportError:  # pragma: no cover
         pass
     raise TypeError(f"cannot read an image from {type(image).__name__}")
+
+
+def size_mismatch(path: str | os.PathLike, loaded: tuple[int, int], expected: tuple[int, int]) -> str:
+    """A one-line message for an image file whose size, as :func:`load_image` turns it upright,
+    is ``loaded`` (H, W) where the annotations say ``expected``.
+
+    When the file's EXIF orientation is what makes the two differ (the stored pixels have the
+    annotations' size), the message says so: the annotations were drawn on the stored pixels.
+    """
+    (h, w), (eh, ew) = loaded, expected
+    text = f"the image file is {w}x{h} (WxH) but the json says {ew}x{eh}"
+    try:
+        with Image.open(path) as img:
+            stored = (img.height, img.width)
+            orientation = int(img.getexif().get(0x0112, 1))
+    except Exception:  # the message must not fail; the size difference stands as it is
+        return text
+    if orientation != 1 and stored == tuple(expected):
+        text += (
+            f": the file stores {stored[1]}x{stored[0]} pixels with EXIF orientation "
+            f"{orientation}, which turns them upright to {w}x{h}; the json's size is of the "
+            "stored pixels, so re-save the image without the orientation tag (or give the "
+            "json the upright size, if the annotations were drawn upright)"
+        )
+    return text

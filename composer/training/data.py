@@ -172,7 +172,7 @@ def coco_items(
     from pycocotools import mask as mask_utils
 
     from ..data.coco import CocoDataset
-    from ..io.image import load_image
+    from ..io.image import load_image, size_mismatch
     from ..structures.masks import segmentation_rle
 
     ds = CocoDataset(ann_file, image_dir, image_ids=image_ids)
@@ -207,10 +207,7 @@ def coco_items(
                 raise ValueError(f"file_name must be a non-empty string, got {name!r}")
             image = load_image(ds.image_dir / name)
             if image.shape[:2] != (h, w):
-                raise ValueError(
-                    f"the image file is {image.shape[1]}x{image.shape[0]} (WxH) but the json "
-                    f"says {w}x{h}"
-                )
+                raise ValueError(size_mismatch(ds.image_dir / name, image.shape[:2], (h, w)))
         except (ValueError, TypeError, KeyError) as exc:
             where = what if ann_id is None else f"{what}, annotation {ann_id}"
             detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc).strip()

@@ -335,3 +335,23 @@ def test_an_item_that_cannot_be_read_is_a_failure_naming_its_image(tmp_path):
     (fail,) = report["meta"]["failures"]
     assert fail["image_id"] == 2 and "annotation 8 has no segmentation" in fail["error"]
     assert report["meta"]["n_images"] == 1 and report["metrics"]["segm/AP"] == pytest.approx(1.0)
+
+
+def test_an_exif_rotated_image_of_the_json_size_is_explained_before_the_model_runs(tmp_path):
+    """The stored pixels have the json's size and EXIF orientation 6 turns them: the message
+    said only that the sizes differ (the file "is" 20x30 though it stores 30x20), and eval
+    instances segmented the image before finding out."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.full((H, W, 3), 90, np.uint8)).save(tmp_path / "a.jpg", exif=exif)
+    (tmp_path / "d.json").write_text(json.dumps(GOOD))
+    item = CocoDataset(tmp_path / "d.json", tmp_path)[0]
+    with pytest.raises(ValueError, match=(
+            r"a.jpg: the image file is 20x30 \(WxH\) but the json says 30x20: the file stores "
+            r"30x20 pixels with EXIF orientation 6")):
+        item.load_image()
+    Image.fromarray(np.full((H, W, 3), 90, np.uint8)).save(tmp_path / "a.jpg")
+    assert item.load_image().shape == (H, W, 3)
+    Image.fromarray(np.full((W, H, 3), 90, np.uint8)).save(tmp_path / "a.jpg")
+    with pytest.raises(ValueError, match=r"is 20x30 \(WxH\) but the json says 30x20$"):
+        item.load_image()
