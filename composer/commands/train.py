@@ -298,6 +298,10 @@ def run(args: argparse.Namespace) -> int:
         val_ids = set(range(0, len(items), len(items) // n_val)[:n_val]) if n_val else set()
         val_items = [it for i, it in enumerate(items) if i in val_ids]
         items = [it for i, it in enumerate(items) if i not in val_ids]
+        if not n_val and args.val_fraction > 0:
+            print(f"--val-fraction {args.val_fraction:g} of {len(items)} image(s) holds out none, "
+                  "so there is no held-out mIoU before and after; give a larger --val-fraction "
+                  "(at least 2 images) or --val-data")
     t0 = time.perf_counter()
     kept: list[int] = []
     train = _samples(items, model, frozen, mirror=True, kept=kept)

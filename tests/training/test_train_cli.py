@@ -147,3 +147,15 @@ def test_train_command_is_robust_to_odd_data_and_other_runs(tmp_path, capsys) ->
     (out / "run.json").write_text("[1]")
     assert main(argv) == 2
     assert "run.json is unreadable" in capsys.readouterr().err
+
+
+def test_a_small_dataset_that_holds_out_nothing_says_so(tmp_path, capsys) -> None:
+    """3 images x the default 0.1 round to none held out: no before/after mIoU, which only a
+    "0 held out" in the summary line said."""
+    ann, images = _coco_dataset(tmp_path, n=3)
+    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--random-init", "--out", str(tmp_path / "run"), "--steps", "1",
+            "--masks-per-image", "1", "--corrective", "0"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "--val-fraction 0.1 of 3 image(s) holds out none" in text and "0 held out" in text
