@@ -342,6 +342,11 @@ def _safe_stems(images: list[ImageAnnotations]) -> list[str]:
     return out
 
 
+#: the label files a YOLO conversion wrote, in its output folder
+YOLO_MANIFEST = ".sam-composer-yolo.json"
+_SAFE_LABEL = re.compile(r"[^/\\]+\.txt")
+
+
 def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
             tolerance: float = 0.0) -> dict[str, int]:
     """Write YOLO segmentation labels: ``labels/<stem>.txt`` with one object per line, ``class
@@ -352,26 +357,49 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
     Returns stats: ``images``, ``objects``, ``multi_part`` (masks joined from several parts),
     ``dropped_holes``, ``crowd`` (crowd regions: not written), ``empty`` (masks with no
     pixels: not written), ``stale_labels_removed``: when ``out_dir`` holds an earlier
-    conversion (its ``classes.txt``), that run's ``labels/*.txt`` are removed first, as they
-    index another class list; a folder without ``classes.txt`` keeps its files.
+    conversion (the label files it lists in ``YOLO_MANIFEST``), those are removed first, as
+    they index another class list.
 
     Raises:
-        ValueError: a malformed segmentation (named by image and mask).
+        ValueError: a malformed segmentation (named by image and mask), or ``out_dir`` holds
+            YOLO files (``classes.txt``, ``data.yaml``, ``labels/*.txt``) that no conversion
+            listed: a user's own dataset, whose labels would be deleted or re-indexed.
     """
     rles = _check_masks(annotations, crowd=False)  # before the stale labels go
     out = Path(out_dir)
     labels = out / "labels"
+    manifest = out / YOLO_MANIFEST
+    if manifest.is_file():
+        try:
+            earlier = json.loads(manifest.read_text())["labels"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise ValueError(f"{manifest} is unreadable; delete it (and the labels it listed) "
+                             "or convert into a new folder") from None
+        written = [labels / str(n) for n in earlier if _SAFE_LABEL.fullmatch(str(n))]
+    else:
+        theirs = [p for p in (out / "classes.txt", out / "data.yaml") if p.exists()]
+        theirs += sorted(labels.glob("*.txt")) if labels.is_dir() else []
+        if theirs:
+            raise ValueError(
+                f"{out} holds YOLO files that sam-composer convert did not write (e.g. "
+                f"{theirs[0].relative_to(out)}); they would be replaced or re-indexed, so "
+                "convert into a new or empty folder"
+            )
+        written = []
     labels.mkdir(parents=True, exist_ok=True)
     stale = 0
-    if (out / "classes.txt").is_file():  # an earlier convert's output: its labels index
-        for old in labels.glob("*.txt"):  # another classes.txt, so they go
+    for old in written:  # an earlier conversion's labels index another class list
+        if old.is_file():
             old.unlink()
             stale += 1
+    # what this conversion writes, listed before it writes (a run cut short is still listed):
+    # the next conversion into this folder removes these labels, and no file of the user's
+    stems = _safe_stems(annotations.images)
+    manifest.write_text(json.dumps({"labels": [f"{n}.txt" for n in stems]}))
     index = {key: i for i, key in enumerate(annotations.categories)}
     stats = {"images": 0, "objects": 0, "multi_part": 0, "dropped_holes": 0, "crowd": 0,
              "empty": 0, "stale_labels_removed": stale}
-    for k, (im, name) in enumerate(zip(annotations.images, _safe_stems(annotations.images),
-                                       strict=True)):
+    for k, (im, name) in enumerate(zip(annotations.images, stems, strict=True)):
         lines = []
         for i, (cat, _seg, src) in enumerate(im.anns):
             if crowd_flag(src.get("iscrowd")):  # a crowd region is no instance (as Ultralytics' converter)

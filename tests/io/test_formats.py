@@ -211,11 +211,20 @@ def test_instances_class_names_stale_labels_and_corrupt_files(tmp_path):
     write_detections(dets, image, tmp_path / "other", stem="b", mask_pngs=False)
     convert(tmp_path / "other", tmp_path / "y", "yolo")
     assert sorted(p.name for p in (tmp_path / "y" / "labels").iterdir()) == ["b.txt"]
-    # a folder that is no earlier conversion (no classes.txt) keeps its files
-    (tmp_path / "mine" / "labels").mkdir(parents=True)
-    (tmp_path / "mine" / "labels" / "keep.txt").write_text("0 0.1 0.1 0.2 0.1 0.2 0.2\n")
-    assert convert(tmp_path / "other", tmp_path / "mine", "yolo")["stale_labels_removed"] == 0
-    assert (tmp_path / "mine" / "labels" / "keep.txt").is_file()
+    # a user's own YOLO folder (files no conversion listed) is refused, never emptied or
+    # re-indexed: its hand-made labels were deleted and its classes.txt replaced
+    for own in ("labels/keep.txt", "classes.txt", "data.yaml"):
+        mine = tmp_path / "mine" / own.replace("/", "_").replace(".", "_")
+        (mine / own).parent.mkdir(parents=True, exist_ok=True)
+        (mine / own).write_text("cat\n")
+        with pytest.raises(ValueError, match=f"holds YOLO files that sam-composer convert did "
+                                             f"not write \\(e.g. {own}\\)"):
+            convert(tmp_path / "other", mine, "yolo")
+        assert (mine / own).read_text() == "cat\n"
+    # a file the user adds to a converted folder survives the next conversion
+    (tmp_path / "y" / "labels" / "extra.txt").write_text("0 0.1 0.1 0.2 0.1 0.2 0.2\n")
+    assert convert(tmp_path / "inst", tmp_path / "y", "yolo")["stale_labels_removed"] == 1
+    assert sorted(p.name for p in (tmp_path / "y" / "labels").iterdir()) == ["a.txt", "extra.txt"]
     # stems that differ only in case are one file on macOS/Windows: kept apart
     from composer.io.formats import ImageAnnotations, _safe_stems
 
