@@ -136,7 +136,10 @@ def test_rerun_skips_finished_images(command, folder, tmp_path, calls, capsys):
     assert settings["command"] == command and settings["model_id"].startswith("classic")
     assert settings["detector"]["model_id"] == "coco-json:boxes.json"
     assert [rec["file_name"] for rec in lines[1:]] == ["1.png", "2.png", "3.png"]
-    assert lines[1:] == first["images"]  # a record is the image's summary entry
+    # a record is the image's summary entry, with its file's time and size
+    assert all(set(rec) >= {"mtime_ns", "bytes"} for rec in lines[1:])
+    stamps = ("mtime_ns", "bytes")
+    assert [{k: v for k, v in rec.items() if k not in stamps} for rec in lines[1:]] == first["images"]
     capsys.readouterr()
     # flags that do not change outputs are no settings: same run, nothing recomputed
     assert main(_argv(command, src, boxes, out, "--threads-per-worker", "1")) == 0
@@ -207,6 +210,32 @@ def test_a_deleted_output_is_recomputed(command, folder, tmp_path, calls):
     assert calls.take() == ["2.png", "3.png"]
     assert (out / "2.json").is_file() and (out / "3_overlay.png").is_file()
     assert _summary(out) == first
+
+
+@COMMANDS
+def test_an_image_replaced_with_an_older_time_is_recomputed(command, folder, tmp_path, calls):
+    """``cp -p`` / ``rsync -a`` / an unpacked archive give a replaced image an older time than
+    its outputs: it was skipped, its outputs those of the old image. A log written before the
+    stamps were kept still resumes by the outputs' age."""
+    import os
+
+    src, boxes = folder
+    out = tmp_path / "out"
+    assert main(_argv(command, src, boxes, out)) == 0
+    calls.take()
+    old = (src / "2.png").stat()
+    Image.fromarray(np.full((40, 56, 3), 200, np.uint8)).save(src / "2.png")
+    os.utime(src / "2.png", ns=(old.st_atime_ns, old.st_mtime_ns - 10**9))
+    assert main(_argv(command, src, boxes, out)) == 0
+    assert calls.take() == ["2.png"]
+    assert json.loads((out / "2.json").read_text())["image_size"] == [40, 56]
+    # the log of an earlier version: no stamps, outputs newer than the images
+    log = out / "summary.json.records.jsonl"
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    log.write_text("".join(json.dumps({k: v for k, v in rec.items() if k not in ("mtime_ns", "bytes")}) + "\n"
+                           for rec in lines))
+    assert main(_argv(command, src, boxes, out)) == 0
+    assert calls.take() == []
 
 
 @COMMANDS

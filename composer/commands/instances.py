@@ -48,7 +48,8 @@ OUT_HELP = (
 EXIT_HELP = (
     "Folder mode: each image is logged as it finishes (summary.json.records.jsonl in --out, "
     "with the input folder, models and settings), so a rerun with the same settings resumes: "
-    "finished images whose outputs are still there (and newer than the image) are skipped, "
+    "finished images whose outputs are still there (and whose file has the logged time and size) "
+    "are skipped, "
     "failed ones retried; an unreadable image is reported and skipped; Ctrl-C writes "
     "summary.json of the images finished so far; exit "
     "status 0 when every image succeeded, 1 when some failed, 2 for unusable input (no images, "
@@ -353,10 +354,11 @@ def process_images(
     )
     # done[k]: image k's summary entry {"file_name", "output", **result} or its failure
     done: dict[int, dict[str, Any]] = {}
+    stamps = {k: _stamp(path) for k, path in enumerate(files)}
     for k, (path, stem) in enumerate(zip(files, stems, strict=True)):
         rec = None if log is None else log.records.get(path.name)
-        if rec is not None and _finished(rec, out, stem, path):
-            done[k] = rec
+        if rec is not None and _finished(rec, out, stem, path, stamps[k]):
+            done[k] = {key: v for key, v in rec.items() if key not in _STAMP_KEYS}
     pending = [k for k in range(len(files)) if k not in done]
     if done and log is not None:
         print(f"resuming {log.path}: {len(done)} of {len(files)} images done earlier, "
@@ -394,8 +396,8 @@ def process_images(
                     entry["error"] = rec["error"]
                 else:
                     entry.update(rec["result"])
-                if log is not None:
-                    log.append(entry)
+                if log is not None:  # with the file's stamp, which a resume compares
+                    log.append({**entry, **stamps[k]} if stamps[k] else entry)
                 done[k] = entry
         except KeyboardInterrupt:
             # Ctrl-C: the images done so far keep their outputs, so the summary lists them
@@ -422,16 +424,36 @@ def process_images(
     return 1 if failures else 0
 
 
-def _finished(rec: dict[str, Any], out: Path, stem: str, image: Path) -> bool:
+_STAMP_KEYS = ("mtime_ns", "bytes")
+
+
+def _stamp(image: Path) -> dict[str, int]:
+    """The image file's modification time and size, as the record log keeps them ({} when
+    it cannot be read: the image then fails in its turn)."""
+    try:
+        st = image.stat()
+    except OSError:
+        return {}
+    return {"mtime_ns": st.st_mtime_ns, "bytes": st.st_size}
+
+
+def _finished(rec: dict[str, Any], out: Path, stem: str, image: Path,
+              stamp: dict[str, int]) -> bool:
     """Whether a logged record is an image finished under output stem ``stem`` whose outputs
-    (``<stem>.json``, ``<stem>_overlay.png``) are still in ``out`` and not older than the
-    ``image`` file (an image replaced under the same name since is recomputed)."""
+    (``<stem>.json``, ``<stem>_overlay.png``) are still in ``out``, and whose file is the one
+    it was computed from: the same modification time and size (``stamp``) as logged. An
+    image replaced under the same name since is recomputed, also when the copy kept an older
+    time (``cp -p``, ``rsync -a``, an unpacked archive). Records logged before stamps were
+    kept count when their outputs are not older than the image."""
     if "error" in rec or rec.get("output") != stem:
         return False
     outputs = (out / f"{stem}.json", out / f"{stem}_overlay.png")
     try:
-        return all(p.is_file() for p in outputs) and (
-            min(p.stat().st_mtime_ns for p in outputs) >= image.stat().st_mtime_ns)
+        if not all(p.is_file() for p in outputs):
+            return False
+        if "mtime_ns" in rec:
+            return bool(stamp) and all(rec.get(key) == stamp[key] for key in _STAMP_KEYS)
+        return min(p.stat().st_mtime_ns for p in outputs) >= image.stat().st_mtime_ns
     except OSError:  # gone since
         return False
 
