@@ -23,6 +23,7 @@ import concurrent.futures as cf
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -71,6 +72,10 @@ _WORKER_STATE: dict[str, Any] = {}
 
 
 def _init_worker(setup: Callable[[], Any], threads: int | None, tune: bool = False) -> None:
+    # Ctrl-C in a terminal signals the whole process group: the parent handles it (and stops
+    # the workers); a worker interrupted inside the pool's queue code could die holding its
+    # lock and leave the parent waiting for it forever
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _set_threads(threads)
     if tune:  # as the parent process (composer.allocator)
         tune_allocator()
@@ -112,10 +117,12 @@ class LocalEngine:
                 yield _call(state, fn, i, item)
             return
         ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(
+        pool = cf.ProcessPoolExecutor(
             max_workers=min(self.workers, len(items)), mp_context=ctx,
             initializer=_init_worker, initargs=(setup, self.threads, allocator_tuned()),
-        ) as pool:
+        )
+        finished = False
+        try:
             futures = {pool.submit(_run_in_worker, fn, i, item): i for i, item in enumerate(items)}
             try:
                 for fut in cf.as_completed(futures):
@@ -138,6 +145,28 @@ class LocalEngine:
             finally:
                 for fut in futures:
                     fut.cancel()
+            finished = True
+        finally:
+            if finished:
+                pool.shutdown(wait=True)
+            else:
+                _stop(pool)
+
+
+def _stop(pool: cf.ProcessPoolExecutor) -> None:
+    """End a pool whose run was cut short (Ctrl-C, or the caller stopped reading): the queued
+    items are dropped and the workers terminated, not awaited. An item a worker was on is not
+    reported, so a resumed run does it again; waiting for it (``shutdown(wait=True)``) could
+    hang for good after a KeyboardInterrupt inside the pool's own code."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in processes:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
 
 
 class _RayWorker:

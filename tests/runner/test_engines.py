@@ -67,6 +67,43 @@ def test_local_engine_reports_a_failed_setup_per_item():
         list(LocalEngine(1).imap(failing_setup, add, [0]))
 
 
+def nap(state: tuple[int, int], item: int) -> int:
+    """Item 0 returns at once; the others take 10 minutes unless stopped."""
+    import signal
+    import time
+
+    if item == 0:
+        return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    time.sleep(600)
+    return item
+
+
+@pytest.mark.parametrize("where", ["consumer", "generator"])
+def test_local_engine_workers_stop_at_once_on_ctrl_c(where):
+    """Ctrl-C during a run of worker processes could leave the command waiting for a worker
+    forever (a worker interrupted inside the pool's queue code), and workers went on with
+    images after it. Now the workers ignore SIGINT and the parent terminates them."""
+    import multiprocessing
+    import time
+
+    engine = LocalEngine(workers=2, threads=1)
+    t0 = time.monotonic()
+    results = []
+    with pytest.raises(KeyboardInterrupt):
+        it = engine.imap(Offset(0), nap, list(range(5)))
+        results.append(next(it))
+        if where == "consumer":  # Ctrl-C while the caller records a result
+            raise KeyboardInterrupt
+        it.throw(KeyboardInterrupt)  # Ctrl-C while the engine waits for results
+    del it
+    assert results == [(0, True, None)]  # the worker ignores SIGINT
+    deadline = time.monotonic() + 60
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not multiprocessing.active_children()
+    assert time.monotonic() - t0 < 300  # not the 600 s an item takes
+
+
 def test_engine_arguments():
     with pytest.raises(ValueError, match="workers must be >= 1"):
         LocalEngine(0)
