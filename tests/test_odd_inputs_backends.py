@@ -220,3 +220,25 @@ def test_minilm_without_sentence_transformers_names_the_pip_command(monkeypatch,
     with pytest.raises(ValueError, match=r"needs sentence-transformers: pip install 'sam-composer\[text\]'"):
         MiniLmEncoder(model_dir=tmp_path)
     assert load_text_encoder("auto") is None  # auto falls back to names and synonyms
+
+
+def test_a_ground_truth_json_as_detector_maps_file_names_by_its_images(tmp_path):
+    """A COCO dataset json given as --detector matched no image of a folder ("image id 'good'
+    is not in the results' image ids"): its images list was not used to map names to ids."""
+    import json
+
+    data = {"images": [{"id": 7, "file_name": "sub/good.jpg", "height": 64, "width": 64}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [4, 5, 10, 12],
+                             "iscrowd": 0}],
+            "categories": [{"id": 3, "name": "car"}]}
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    det = CocoJsonDetector(tmp_path / "gt.json")
+    image = np.zeros((64, 64, 3), np.uint8)
+    for name in ("good", "good.jpg", "sub/good.jpg", 7):
+        dets = det(image, name)
+        np.testing.assert_array_equal(dets.boxes, [[4, 5, 14, 17]])
+        assert det.class_names[3] == "car"
+    assert len(det(image, "other")) == 0
+    (tmp_path / "bad.json").write_text(json.dumps({**data, "images": [{"id": 7}]}))
+    with pytest.raises(ValueError, match="images or categories of the COCO json are malformed"):
+        CocoJsonDetector(tmp_path / "bad.json")

@@ -472,8 +472,10 @@ def _check_result_entry(i: int, e: Mapping[str, Any]) -> None:
                 raise ValueError(f"results entry {i}: {key} must be an integer, got {value!r}"[:200])
 
 
-def _coco_image_map(path: Path) -> tuple[dict[Hashable, int], dict[int, str]]:
-    data = json.loads(path.read_text())
+def _coco_image_map(source: Path | Mapping[str, Any]) -> tuple[dict[Hashable, int], dict[int, str]]:
+    """(file name, name and stem -> image id; category id -> name) of a COCO json (a path or
+    its loaded dict)."""
+    data = json.loads(source.read_text()) if isinstance(source, Path) else source
     ids: dict[Hashable, int] = {}
     for im in data.get("images", []):
         name = str(im["file_name"])
@@ -490,7 +492,9 @@ class CocoJsonDetector:
         image_ids: how to find an image's entries from the ``image_id`` the caller passes: a
             mapping (e.g. file name -> COCO id) or a COCO annotation json whose ``images``
             map file names and stems to ids (its ``categories`` also name the classes).
-            Without it the caller's ``image_id`` must be the COCO id itself.
+            Without it the caller's ``image_id`` must be the COCO id itself, unless
+            ``results`` is a ground-truth-style json (``images``, ``annotations``), whose own
+            ``images`` then map the names.
         class_names: category id -> name (default: COCO's, or the annotation json's).
         score_threshold: drop entries scoring below this.
         max_dets: keep at most this many per image.
@@ -523,13 +527,22 @@ class CocoJsonDetector:
             default_id = f"coco-json:{path.name}"
         else:
             entries, default_id = list(results), "coco-json"
+        own_map: Mapping[str, Any] | None = None
         if isinstance(entries, Mapping) and "annotations" in entries:
-            entries = entries["annotations"]  # a ground-truth-style file works too
+            # a ground-truth-style file works too: its images map file names to ids (so a
+            # folder's images find their boxes) and its categories name the classes
+            own_map, entries = entries, entries["annotations"]
         if not isinstance(entries, list):
             raise ValueError("COCO results must be a list of {image_id, category_id, bbox, score}")
         names: dict[int, str] = {}
         if isinstance(image_ids, (str, os.PathLike)):
             self.image_ids, names = _coco_image_map(Path(image_ids))
+        elif image_ids is None and own_map is not None:
+            try:
+                self.image_ids, names = _coco_image_map(own_map)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"the images or categories of the COCO json are malformed: "
+                                 f"{type(exc).__name__}: {exc}") from None
         else:
             self.image_ids = dict(image_ids or {})
         self._class_names = dict(class_names or names or COCO_CATEGORIES)
