@@ -392,7 +392,7 @@ class CocoEvaluator:
         self._results.discard(image_id)
 
     def evaluate(self) -> dict[str, float]:
-        """pycocotools metrics; all zeros (with a warning) when no image was processed.
+        """pycocotools metrics; all -1 (undefined, with a warning) when no image was processed.
 
         Processed images with no detections at all score 0 where the ground truth has
         objects and -1 where it has none, as pycocotools does (with a warning).
@@ -411,7 +411,9 @@ class CocoEvaluator:
                     t,
                 )
             if E is None:
-                stats = dict.fromkeys(_stat_names(self.max_dets), 0.0)
+                # no image processed (every one failed): undefined, pycocotools' -1, not 0
+                logger.warning("CocoEvaluator: no image was processed; %s metrics are -1", t)
+                stats = dict.fromkeys(_stat_names(self.max_dets), -1.0)
             else:
                 self.evals[t] = E
                 stats = standard_stats(E, self.max_dets)

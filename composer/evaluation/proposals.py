@@ -91,7 +91,7 @@ class ProposalEvaluator:
         self._results.discard(image_id)
 
     def evaluate(self) -> dict[str, float]:
-        """Class-agnostic AR; zeros (with a warning) when no image was processed.
+        """Class-agnostic AR; -1 (undefined, with a warning) when no image was processed.
 
         Processed images without any proposal score 0 where the ground truth has objects and
         -1 where it has none, as pycocotools does (with a warning).
@@ -111,8 +111,9 @@ class ProposalEvaluator:
                     len(self._results.image_ids),
                     t,
                 )
-            if E is None:
-                out.update(dict.fromkeys(keys, 0.0))
+            if E is None:  # no image processed (every one failed): undefined, not 0
+                logger.warning("ProposalEvaluator: no image was processed; %s AR is -1", t)
+                out.update(dict.fromkeys(keys, -1.0))
                 continue
             pre = f"{self.prefix}/{_PREFIX[t]}"
             for m in self.max_dets:

@@ -285,7 +285,9 @@ def test_empty_results_give_zeros_with_warning(dataset, caplog):
     assert len(m) == 24 and all(v == 0.0 for v in m.values())
     assert p["proposals/AR@1000"] == 0.0
     assert "no detections" in caplog.text and "no proposals" in caplog.text
-    assert CocoEvaluator(dataset.coco).evaluate()["segm/AP"] == 0.0  # nothing processed at all
+    # nothing processed at all (every image failed): undefined, -1 as pycocotools says it
+    assert CocoEvaluator(dataset.coco).evaluate()["segm/AP"] == -1.0
+    assert ProposalEvaluator(dataset.coco).evaluate()["proposals/AR@1000"] == -1.0
 
 
 def test_only_processed_images_count(dataset):
