@@ -154,6 +154,15 @@ class _FolderSetup:
         return _FolderState(EverythingTask(self.segmenter, self.config), None)
 
 
+def _mtime_ns(path: Path) -> int | None:
+    """The file's modification time; None when it cannot be read (a broken link), so the
+    image is tried and fails with its own error."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
 def _annotate_one(state: _FolderState, item: tuple[int, str]) -> dict[str, Any]:
     """One image's record for the log: size and annotations, or the error and a traceback
     (an unreadable image or a failed generation is that image's failure, not the run's)."""
@@ -243,7 +252,7 @@ def annotate_folder(
     wanted = {s.lower() for s in suffixes}
     files = sorted(
         p for p in src.iterdir()
-        if p.suffix.lower() in wanted and not p.name.startswith(".") and p.is_file()
+        if p.suffix.lower() in wanted and not p.name.startswith(".") and not p.is_dir()
     )
     if not files:
         raise ValueError(f"no images ({', '.join(suffixes)}) in {src}")
@@ -297,7 +306,7 @@ def annotate_folder(
         }
 
     # each image's modification time is logged with its masks: one replaced since is redone
-    stamps = {path.name: path.stat().st_mtime_ns for path in files}
+    stamps = {path.name: _mtime_ns(path) for path in files}
     pending = [
         (image_id, str(path))
         for image_id, path in enumerate(files, start=1)

@@ -163,3 +163,23 @@ def test_cli_turns_out_of_memory_into_a_one_line_error(tmp_path, capsys, monkeyp
     monkeypatch.setattr(everything, "run", other)
     with pytest.raises(RuntimeError, match="a bug"):  # other runtime errors stay tracebacks
         cli_main(argv)
+
+
+def test_a_broken_link_in_a_folder_is_a_named_failure(tmp_path, capsys):
+    """A dangling symlink named like an image was skipped without a word."""
+    from composer.commands.instances import image_files
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    Image.fromarray(np.full((48, 64, 3), 120, np.uint8)).save(src / "good.png")
+    (src / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (src / "sub.jpg").mkdir()  # a folder named like an image is still no image
+    assert [p.name for p in image_files(src)] == ["gone.jpg", "good.png"]
+    out = tmp_path / "out"
+    assert cli_main(["everything", str(src), "--out", str(out), "--points-per-side", "4"]) == 1
+    assert "1 failed" in capsys.readouterr().out
+    import json
+
+    coco = json.loads((out / "annotations.json").read_text())
+    assert [f["file_name"] for f in coco["failures"]] == ["gone.jpg"]
+    assert [im["file_name"] for im in coco["images"]] == ["good.png"]

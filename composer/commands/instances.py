@@ -161,7 +161,9 @@ def image_files(src: Path, limit: int | None = None) -> list[Path]:
     """The image itself, or the image files (:data:`IMAGE_SUFFIXES`) of a folder, sorted.
 
     Sub-folders are skipped even when named like images, and so are hidden files (names
-    starting with "."; e.g. macOS's ``._photo.jpg`` metadata); ``limit`` keeps the first N.
+    starting with "."; e.g. macOS's ``._photo.jpg`` metadata); a broken link is listed (its
+    image then fails, named, rather than vanishing without a word); ``limit`` keeps the
+    first N.
 
     Raises:
         ValueError: a folder without images, or ``limit`` < 1.
@@ -171,7 +173,7 @@ def image_files(src: Path, limit: int | None = None) -> list[Path]:
     if src.is_dir():
         files = sorted(
             f for f in src.iterdir()
-            if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file()
+            if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and not f.is_dir()
         )
         if not files:
             nested = any(f.is_dir() and not f.name.startswith(".") for f in src.iterdir())
