@@ -154,6 +154,28 @@ class _FolderSetup:
         return _FolderState(EverythingTask(self.segmenter, self.config), None)
 
 
+def _annotate_pending(engine: Any, setup: Callable[[], _FolderState],
+                      pending: list[tuple[int, str]], stamps: dict[str, int | None],
+                      log: Any, write_every: int, write: Callable[[], Any]) -> None:
+    """Run the pending images on ``engine``, logging each as it finishes and calling ``write``
+    after every ``write_every`` new ones."""
+    new = 0
+    for k, rec, error in engine.imap(setup, _annotate_one, pending):
+        path = Path(pending[k][1])
+        if error is not None:  # the worker itself failed (died, or its setup failed)
+            rec = {"file_name": path.name, "error": error}
+        if "error" in rec:
+            logger.warning("annotate_folder: %s failed: %s", path.name, rec["error"])
+            if rec.get("traceback"):
+                logger.info("annotate_folder: %s failed:\n%s", path.name, rec["traceback"])
+        else:
+            rec = {**rec, "mtime_ns": stamps[path.name]}
+        log.append(rec)
+        new += 1
+        if new % write_every == 0:
+            write()
+
+
 def _mtime_ns(path: Path) -> int | None:
     """The file's modification time; None when it cannot be read (a broken link), so the
     image is tried and fails with its own error."""
@@ -266,7 +288,7 @@ def annotate_folder(
     records = log.records
     own_cache = cache is None
     cache = EmbeddingCache() if cache is None else cache
-    info = {
+    info: dict[str, Any] = {
         "description": "sam-composer annotate_folder (SA-1B-style automatic masks)",
         "model_id": task.model_id,
         "config": {
@@ -321,22 +343,15 @@ def annotate_folder(
             return _FolderState(task, cache, own_cache)
     else:
         setup = _FolderSetup(segmenter, task.config)
-    new = 0
     with log:
-        for k, rec, error in engine.imap(setup, _annotate_one, pending):
-            path = Path(pending[k][1])
-            if error is not None:  # the worker itself failed (died, or its setup failed)
-                rec = {"file_name": path.name, "error": error}
-            if "error" in rec:
-                logger.warning("annotate_folder: %s failed: %s", path.name, rec["error"])
-                if rec.get("traceback"):
-                    logger.info("annotate_folder: %s failed:\n%s", path.name, rec["traceback"])
-            else:
-                rec = {**rec, "mtime_ns": stamps[path.name]}
-            log.append(rec)
-            new += 1
-            if new % write_every == 0:
-                write_json(out_path, assemble(), fsync=True)
+        try:
+            _annotate_pending(engine, setup, pending, stamps, log, write_every,
+                              lambda: write_json(out_path, assemble(), fsync=True))
+        except KeyboardInterrupt:
+            # Ctrl-C: the json of the images finished so far (the log has them too), marked
+            info["interrupted"] = True
+            write_json(out_path, assemble(), fsync=True)
+            raise
     result = assemble()
     write_json(out_path, result, fsync=True)
     n_masks = len(result["annotations"])

@@ -168,3 +168,28 @@ def test_ray_engine(folder, tmp_path):
                   _annotate(folder, tmp_path / "ray", engine))
     finally:
         ray.shutdown()
+
+
+def test_an_interrupted_annotate_folder_writes_the_finished_images(folder, tmp_path, monkeypatch):
+    """Ctrl-C before the first periodic write left no annotations.json, only the record log."""
+    import tasks.everything as everything
+
+    real = everything._annotate_one
+
+    def one(state, item):
+        if item[1].endswith("1.jpg"):
+            raise KeyboardInterrupt
+        return real(state, item)
+
+    monkeypatch.setattr(everything, "_annotate_one", one)
+    seg = load_segmenter("composer_tiny", device="cpu")
+    config = AmgConfig.for_segmenter(seg, points_per_side=8)
+    with pytest.raises(KeyboardInterrupt):
+        annotate_folder(folder, seg, tmp_path / "a.json", config=config)
+    cut = json.loads((tmp_path / "a.json").read_text())
+    assert cut["info"]["interrupted"] is True
+    assert [im["file_name"] for im in cut["images"]] == ["0.jpg"] and cut["annotations"]
+    monkeypatch.setattr(everything, "_annotate_one", real)
+    done = annotate_folder(folder, seg, tmp_path / "a.json", config=config)
+    assert [im["file_name"] for im in done["images"]] == ["0.jpg", "1.jpg", "2.jpg"]
+    assert "interrupted" not in done["info"]
