@@ -330,6 +330,10 @@ def test_stems_stay_stable_and_a_changed_stem_is_recomputed(tmp_path, calls):
     assert main(_argv("instances", src, boxes, out)) == 0
     assert calls.take() == ["5.jpg", "5.png", "6.png"]
     assert [i["output"] for i in _summary(out)["images"]] == ["5_jpg", "5_png", "6"]
+    # the outputs under the old stem are gone (convert would read them as a fourth image)
+    assert not (out / "5.json").exists() and not (out / "5_overlay.png").exists()
+    assert sorted(p.name for p in out.glob("*.json")) == ["5_jpg.json", "5_png.json", "6.json",
+                                                           "summary.json"]
     assert main(_argv("instances", src, boxes, out)) == 0
     assert calls.take() == []
     assert [i["output"] for i in _summary(out)["images"]] == ["5_jpg", "5_png", "6"]

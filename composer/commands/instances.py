@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import glob
 import io
 import logging
+import re
 import sys
 import traceback
 from collections import Counter
@@ -361,6 +363,11 @@ def process_images(
         rec = None if log is None else log.records.get(path.name)
         if rec is not None and _finished(rec, out, stem, path, stamps[k]):
             done[k] = {key: v for key, v in rec.items() if key not in _STAMP_KEYS}
+        elif rec is not None and isinstance(rec.get("output"), str) and rec["output"] != stem \
+                and rec["output"] not in stems:
+            # the image's outputs moved to another stem (x.jpg is x_jpg once x.png came):
+            # the old ones would be read as one more image by convert
+            _remove_outputs(out, rec["output"])
     pending = [k for k in range(len(files)) if k not in done]
     if done and log is not None:
         print(f"resuming {log.path}: {len(done)} of {len(files)} images done earlier, "
@@ -427,6 +434,17 @@ def process_images(
 
 
 _STAMP_KEYS = ("mtime_ns", "bytes")
+
+
+def _remove_outputs(out: Path, stem: str) -> None:
+    """Delete ``out``'s outputs of output stem ``stem``: ``<stem>.json``,
+    ``<stem>_overlay.png`` and ``<stem>_maskNNN.png``."""
+    pattern = re.compile(re.escape(stem) + r"_mask[0-9]{3,}\.png")
+    olds = [out / f"{stem}.json", out / f"{stem}_overlay.png"]
+    olds += [p for p in out.glob(f"{glob.escape(stem)}_mask[0-9][0-9][0-9]*.png")
+             if pattern.fullmatch(p.name)]
+    for old in olds:
+        old.unlink(missing_ok=True)
 
 
 def _stamp(image: Path) -> dict[str, int]:
