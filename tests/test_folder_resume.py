@@ -397,3 +397,19 @@ def test_record_log_refuses_other_settings_and_names_them(tmp_path):
         {"model_id": "m", "detector": {"model_id": "d"}},
         {"model_id": "m", "detector": {"model_id": "e"}},
     ) == ["detector.model_id 'd' (now 'e')"]
+
+
+def test_a_moved_output_folder_resumes_with_its_own_paths(folder, tmp_path, calls):
+    """After a resume in a moved (or copied) --out, summary.json listed the earlier images'
+    outputs under the old folder."""
+    import shutil
+
+    src, boxes = folder
+    assert main(_argv("instances", src, boxes, tmp_path / "first")) == 0
+    shutil.copytree(tmp_path / "first", tmp_path / "moved")
+    calls.take()
+    assert main(_argv("instances", src, boxes, tmp_path / "moved")) == 0
+    assert calls.take() == []
+    images = json.loads((tmp_path / "moved" / "summary.json").read_text())["images"]
+    assert [Path(im["json"]).parent for im in images] == [tmp_path / "moved"] * 3
+    assert all(Path(im["overlay"]).is_file() for im in images)

@@ -362,7 +362,8 @@ def process_images(
     for k, (path, stem) in enumerate(zip(files, stems, strict=True)):
         rec = None if log is None else log.records.get(path.name)
         if rec is not None and _finished(rec, out, stem, path, stamps[k]):
-            done[k] = {key: v for key, v in rec.items() if key not in _STAMP_KEYS}
+            done[k] = _in_folder({key: v for key, v in rec.items() if key not in _STAMP_KEYS},
+                                 out)
         elif rec is not None and isinstance(rec.get("output"), str) and rec["output"] != stem \
                 and rec["output"] not in stems:
             # the image's outputs moved to another stem (x.jpg is x_jpg once x.png came):
@@ -434,6 +435,19 @@ def process_images(
 
 
 _STAMP_KEYS = ("mtime_ns", "bytes")
+
+
+def _in_folder(rec: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A logged record with its output paths (``json``, ``overlay``, ``masks``) in ``out``:
+    a folder moved or copied since logged them elsewhere."""
+    rec = dict(rec)
+    for key in ("json", "overlay"):
+        if isinstance(rec.get(key), str):
+            rec[key] = str(out / Path(rec[key]).name)
+    if isinstance(rec.get("masks"), list):
+        rec["masks"] = [str(out / Path(m).name) if isinstance(m, str) else m
+                        for m in rec["masks"]]
+    return rec
 
 
 def _remove_outputs(out: Path, stem: str) -> None:
