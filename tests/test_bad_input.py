@@ -111,6 +111,19 @@ def test_random_bytes_as_checkpoint(tmp_path):
     assert "weights_only" not in str(e.value)
 
 
+def test_a_plain_pickle_as_checkpoint_says_so_without_torch_warnings(tmp_path, recwarn):
+    """pickle.dump's file was said to hold "Python objects other than tensors", under a raw
+    torch UserWarning about its pickle protocol."""
+    import pickle
+
+    with open(tmp_path / "p.pth", "wb") as f:
+        pickle.dump({"a": 1}, f, protocol=4)
+    with pytest.raises(ValueError, match=r"a plain Python pickle \(protocol 4\), not a "
+                                         "checkpoint written by torch.save"):
+        load_state_dict_file(tmp_path / "p.pth")
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+
+
 def test_results_json_of_non_objects(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="results entry 0 lacks image_id or bbox"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -70,7 +71,9 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
         what = "is not a file" if file.exists() else "does not exist"
         raise UnreadableCheckpoint(f"checkpoint file {file} {what}")
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # the error below says it in one line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(file, map_location="cpu", weights_only=True)
     except MemoryError:
         raise
     except Exception as err:  # torch raises many types for bad files; all mean "unreadable"
@@ -168,6 +171,10 @@ def _describe_load_error(err: BaseException, file: Path) -> str:
     if size and not is_zip_start and not head.startswith(b"\x80"):
         # torch.save writes a zip archive; legacy files are pickles (protocol 2+ starts 0x80)
         return "the file is not a PyTorch checkpoint (neither a zip archive nor a pickle)"
+    if not is_zip_start and head.startswith(b"\x80") and head[1:2] > b"\x02":
+        # torch.save's legacy format is a protocol-2 pickle; a newer protocol is pickle.dump's
+        return (f"the file is a plain Python pickle (protocol {head[1]}), not a checkpoint "
+                "written by torch.save")
     if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
         return (
             "it holds Python objects other than tensors and plain containers, which "
