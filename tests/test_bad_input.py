@@ -196,3 +196,22 @@ def test_a_broken_link_in_a_folder_is_a_named_failure(tmp_path, capsys):
     coco = json.loads((out / "annotations.json").read_text())
     assert [f["file_name"] for f in coco["failures"]] == ["gone.jpg"]
     assert [im["file_name"] for im in coco["images"]] == ["good.png"]
+
+
+def test_many_crop_layers_say_what_they_cost(tmp_path, capsys, monkeypatch):
+    """--crop-n-layers 5 ran for minutes without a word."""
+    import composer.commands.everything as everything
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(everything, "annotate_folder", stop, raising=False)
+    img = tmp_path / "a.png"
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(img)
+    monkeypatch.setattr("composer.automatic.AutomaticMaskGenerator.generate", stop)
+    with pytest.raises(Stop):
+        cli_main(["everything", str(img), "--crop-n-layers", "4", "--out", str(tmp_path / "o")])
+    assert "--crop-n-layers 4: 341 crops per image" in capsys.readouterr().out

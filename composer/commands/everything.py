@@ -89,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
             seg, max_side=args.max_side, **{**defaults, **given}, **thresholds
         )
     print(describe(seg))
+    if config.crop_n_layers >= 3:  # a long run should not look like a hang
+        crops = sum(4**i for i in range(config.crop_n_layers + 1))
+        print(f"--crop-n-layers {config.crop_n_layers}: {crops} crops per image, each one "
+              f"encoder pass and its own point grid, so about {crops} times the work of one "
+              "pass")
     out = Path(args.out)
     if src.is_dir():
         coco = annotate_folder(
