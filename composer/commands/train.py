@@ -129,6 +129,7 @@ def build_model(name: str, checkpoint: str | None, random_init: bool) -> tuple[A
 def _check_disjoint(train: Any, held_out: Any) -> None:
     """Refuse held-out images that are also training images (by their pixels, whatever their
     file names or ids): the mIoU reported as held-out would be measured on trained images.
+    ``train`` and ``held_out`` are iterables of items, read one at a time.
 
     Raises:
         ValueError: some images of ``held_out`` are in ``train``; a few are named.
@@ -136,20 +137,28 @@ def _check_disjoint(train: Any, held_out: Any) -> None:
     from ..embedding import image_hash  # the cache's key of an image's pixels
 
     seen = {image_hash(it.image) for it in train}
-    both = [it.image_id for it in held_out if image_hash(it.image) in seen]
+    both, n = [], 0
+    for it in held_out:
+        n += 1
+        if image_hash(it.image) in seen:
+            both.append(it.image_id)
     if both:
         raise ValueError(
-            f"{len(both)} of the {len(held_out)} --val-data images are also in --data (e.g. "
+            f"{len(both)} of the {n} --val-data images are also in --data (e.g. "
             f"{', '.join(both[:3])}): the held-out mIoU would be measured on images trained "
             "on; remove them from one of the two"
         )
 
 
 def _samples(
-    items: Any, model: Any, frozen: bool, mirror: bool, kept: list[int] | None = None
+    items: Any, model: Any, frozen: bool, mirror: bool, kept: list[int] | None = None,
+    layers: list[int] | None = None,
 ) -> list[Any]:
     """PreparedSamples (identity, + mirror) with cached embeddings when the encoder is frozen;
-    ``kept`` (if given) gets the number of masks of each item's unmirrored sample appended."""
+    ``kept`` (if given) gets the number of masks of each item's unmirrored sample appended,
+    ``layers`` (if given) each item's number of instance layers. ``items`` is read one at a
+    time and no item is kept: only the samples (input-size image or embedding, low-res
+    masks) stay in memory, not the full-resolution images and masks."""
     from ..training.data import Variant, prepare_sample
     from ..training.features import cache_embeddings
 
@@ -157,6 +166,8 @@ def _samples(
     low_res = int(model.prompt_encoder.mask_input_size[0])
     out = []
     for item in items:
+        if layers is not None:
+            layers.append(int(item.layers.shape[0]))
         for v in (Variant(), Variant(flip=True))[: 2 if mirror else 1]:
             s = prepare_sample(item, v, img_size, low_res, min_area=MIN_MASK_PIXELS)
             if kept is not None and not v.flip:
@@ -236,12 +247,12 @@ def _check_same_run(out: Path, run_id: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import itertools
 
     import torch
 
+    from ..data.coco import load_coco
     from ..io.visualize import write_json
-    from ..training.data import coco_items
+    from ..training.data import coco_item_ids, coco_items
     from ..training.evaluate import evaluate_samples
     from ..training.trainer import TrainConfig, Trainer
 
@@ -285,27 +296,37 @@ def run(args: argparse.Namespace) -> int:
     model.to(device)
     frozen = not args.train_encoder
 
-    items = list(itertools.islice(coco_items(args.data, args.images), args.max_images))
-    if not items:
+    # The images are listed from the json, and read, one at a time, only to build their
+    # samples: the whole dataset at full resolution never sits in memory.
+    coco = load_coco(args.data)
+    ids = coco_item_ids(coco, args.images)[: args.max_images]
+    if not ids:
         raise ValueError(f"{args.data} has no image with a non-crowd instance")
     if args.val_data:
-        val_items = list(coco_items(args.val_data, args.val_images))
-        _check_disjoint(items, val_items)
+        val_coco = load_coco(args.val_data)
+        val_source, val_ids = val_coco, coco_item_ids(val_coco, args.val_images)
+        train_ids = ids
+        _check_disjoint(coco_items(coco, args.images, image_ids=train_ids),
+                        coco_items(val_coco, args.val_images, image_ids=val_ids))
     else:
         # Every k-th image is held out (spread over the dataset's order).
-        n_val = int(round(len(items) * args.val_fraction)) if len(items) > 1 else 0
-        n_val = min(n_val, len(items) - 1)  # at least one image stays for training
-        val_ids = set(range(0, len(items), len(items) // n_val)[:n_val]) if n_val else set()
-        val_items = [it for i, it in enumerate(items) if i in val_ids]
-        items = [it for i, it in enumerate(items) if i not in val_ids]
+        n_val = int(round(len(ids) * args.val_fraction)) if len(ids) > 1 else 0
+        n_val = min(n_val, len(ids) - 1)  # at least one image stays for training
+        held = set(range(0, len(ids), len(ids) // n_val)[:n_val]) if n_val else set()
+        val_source, val_ids = coco, [iid for i, iid in enumerate(ids) if i in held]
+        train_ids = [iid for i, iid in enumerate(ids) if i not in held]
         if not n_val and args.val_fraction > 0:
-            print(f"--val-fraction {args.val_fraction:g} of {len(items)} image(s) holds out none, "
-                  "so there is no held-out mIoU before and after; give a larger --val-fraction "
-                  "(at least 2 images) or --val-data")
+            print(f"--val-fraction {args.val_fraction:g} of {len(train_ids)} image(s) holds out "
+                  "none, so there is no held-out mIoU before and after; give a larger "
+                  "--val-fraction (at least 2 images) or --val-data")
+    val_images = args.val_images if args.val_data else args.images
     t0 = time.perf_counter()
     kept: list[int] = []
-    train = _samples(items, model, frozen, mirror=True, kept=kept)
-    val = _samples(val_items, model, frozen, mirror=False)
+    layers: list[int] = []
+    train = _samples(coco_items(coco, args.images, image_ids=train_ids), model, frozen,
+                     mirror=True, kept=kept, layers=layers)
+    val = _samples(coco_items(val_source, val_images, image_ids=val_ids), model, frozen,
+                   mirror=False)
     low_res = int(model.prompt_encoder.mask_input_size[0])
     size_rule = (
         f"at least {MIN_MASK_PIXELS} of the {low_res} x {low_res} low-res pixels of the padded "
@@ -314,10 +335,10 @@ def run(args: argparse.Namespace) -> int:
     if not train:
         raise ValueError(f"no usable training mask (a mask must cover {size_rule})")
     print(
-        f"model {args.model} from {start}; {len(items)} training images ({len(train)} samples), "
-        f"{len(val_items)} held out; embedded in {time.perf_counter() - t0:.1f} s"
+        f"model {args.model} from {start}; {len(train_ids)} training images ({len(train)} "
+        f"samples), {len(val_ids)} held out; embedded in {time.perf_counter() - t0:.1f} s"
     )
-    n_masks = sum(int(it.layers.shape[0]) for it in items)
+    n_masks = sum(layers)
     if sum(kept) < n_masks:
         print(
             f"{sum(kept)} of the {n_masks} training masks are trained on; the others are "
@@ -354,9 +375,9 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "model": args.model,
         "start_weights": str(start),
-        "train_images": len(items),
+        "train_images": len(train_ids),
         "train_samples": len(train),
-        "val_images": len(val_items),
+        "val_images": len(val_ids),
         "steps": trainer.step,
         "seconds": trainer.elapsed,
         "final_loss": sum(h["loss"] for h in tail) / max(len(tail), 1),

@@ -215,6 +215,36 @@ def coco_items(
         yield SegmentationItem(f"coco/{image_id}", image, layers)
 
 
+def coco_item_ids(
+    ann_file: Any,
+    image_dir: str | Path,
+    min_area: float = 0.0,
+    image_ids: Sequence[int] | None = None,
+) -> list[int]:
+    """The image ids :func:`coco_items` yields, in its order, read from the json alone (no
+    image or mask is decoded): the images with a non-crowd annotation of ``area`` >=
+    ``min_area``. An annotation :func:`coco_items` would refuse counts as usable here; it is
+    refused, named, when the image is read.
+
+    Raises:
+        ValueError: the json or the image folder is missing or malformed.
+    """
+    from ..data.coco import CocoDataset
+
+    ds = CocoDataset(ann_file, image_dir, image_ids=image_ids)
+    out = []
+    for image_id in ds.image_ids:
+        for a in ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=[image_id])):
+            try:
+                usable = not crowd_flag(a.get("iscrowd")) and float(a.get("area", 0)) >= min_area
+            except (TypeError, ValueError):
+                usable = True
+            if usable:
+                out.append(image_id)
+                break
+    return out
+
+
 # The shared COCO val2017 subset is both training data and an evaluation set: its first
 # COCO_HOLDOUT images in json order (what ``--limit N``, N <= 40, evaluates) are never trained
 # on; the remaining images are the training half.

@@ -159,3 +159,24 @@ def test_a_small_dataset_that_holds_out_nothing_says_so(tmp_path, capsys) -> Non
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "--val-fraction 0.1 of 3 image(s) holds out none" in text and "0 held out" in text
+
+
+def test_coco_item_ids_are_the_images_coco_items_yields(tmp_path) -> None:
+    """train lists the images from the json alone and reads them one at a time: the listing
+    must be the reader's own, or the held-out split would move."""
+    from composer.training.data import coco_item_ids, coco_items
+
+    ann, images = _coco_dataset(tmp_path, n=5)
+    doc = json.loads(ann.read_text())
+    for a in doc["annotations"]:
+        if a["image_id"] == 2:
+            a["iscrowd"] = 1  # image 2 has only a crowd region: no item
+        if a["image_id"] == 4:
+            a["area"] = 3.0  # below min_area below
+    ann.write_text(json.dumps(doc))
+    for min_area in (0.0, 10.0):
+        ids = coco_item_ids(ann, images, min_area=min_area)
+        items = list(coco_items(ann, images, min_area=min_area))
+        assert [f"coco/{i}" for i in ids] == [it.image_id for it in items]
+    assert coco_item_ids(ann, images) == [1, 3, 4, 5]
+    assert coco_item_ids(ann, images, min_area=10.0) == [1, 3, 5]
