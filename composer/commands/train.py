@@ -247,7 +247,6 @@ def _check_same_run(out: Path, run_id: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     import torch
 
     from ..data.coco import load_coco
