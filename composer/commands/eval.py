@@ -193,12 +193,19 @@ def _finish(report: dict[str, Any], args: argparse.Namespace, title: str) -> int
 class _ImageTask:
     """Adapts a classical edge method (image -> EdgeMap) to the task interface."""
 
-    def __init__(self, task: Any) -> None:
+    def __init__(self, task: Any, name: str) -> None:
         self.task = task
         self.config = getattr(task, "config", None)
+        self.task_name = f"edges:{name}"  # report.json's meta.task
 
     def __call__(self, context: Any) -> Any:
         return self.task(context.image)
+
+
+def _command_meta(args: argparse.Namespace) -> dict[str, Any]:
+    """report.json's record of how it was made: the command line."""
+    argv = getattr(args, "argv", None)
+    return {"command": None if argv is None else ["sam-composer", *map(str, argv)]}
 
 
 # ---------------------------------------------------------------------- commands
@@ -245,10 +252,16 @@ def run_edges(args: argparse.Namespace) -> int:
         with tasks_import():
             from tasks.edges_classic import make_classic_task
 
-        task = _ImageTask(make_classic_task(args.method))
+        # Canny's soft map encodes one hysteresis result per benchmark threshold: the same
+        # grid, so a threshold t scores exactly Canny(high=t) (99 levels suit only 9 or 99)
+        overrides = {"levels": args.thresholds} if args.method == "canny" else {}
+        task = _ImageTask(make_classic_task(args.method, **overrides), args.method)
     ev = BoundaryEvaluator(thresholds=args.thresholds, workers=args.workers or None)
     wrapped = ItemGroundTruth(ev, lambda s: s.boundaries, prefix="edges")
-    report = run(task, dataset, [wrapped], limit=args.limit, out_dir=args.out)
+    extra = _command_meta(args)
+    if args.method == "segmenter":
+        extra["edge_refine"] = setting  # "auto" resolved for this model
+    report = run(task, dataset, [wrapped], limit=args.limit, out_dir=args.out, extra_meta=extra)
     return _finish(report, args, f"edges ({args.method})")
 
 
@@ -265,7 +278,8 @@ def run_proposals(args: argparse.Namespace) -> int:
     task = ProposalTask(seg, ProposalConfig(points_per_side=args.points_per_side))
     results = Path(args.out) / "results.json"
     ev = ProposalEvaluator(dataset.coco, results_file=results)
-    report = run(task, dataset, [ev], limit=args.limit, out_dir=args.out)
+    report = run(task, dataset, [ev], limit=args.limit, out_dir=args.out,
+                 extra_meta=_command_meta(args))
     return _finish(report, args, "proposals")
 
 
@@ -311,7 +325,8 @@ def run_instances(args: argparse.Namespace) -> int:
         task = ScoredByPredictedIoU(task)
     results = Path(args.out) / "results.json"
     ev = CocoEvaluator(dataset.coco, iou_types=("segm", "bbox"), results_file=results)
-    report = run(task, dataset, [ev], limit=args.limit, out_dir=args.out)
+    report = run(task, dataset, [ev], limit=args.limit, out_dir=args.out,
+                 extra_meta=_command_meta(args))
     return _finish(report, args, f"instances (boxes: {args.boxes})")
 
 
@@ -338,7 +353,8 @@ def run_points(args: argparse.Namespace) -> int:
     if zoom is not None:
         print(f"zoom-in: {zoom}")
     ev = PointEvaluator(max_clicks=args.clicks, report_clicks=report_clicks, zoom_in=zoom)
-    report = run(seg, dataset, [ev], limit=args.limit, out_dir=args.out)
+    report = run(seg, dataset, [ev], limit=args.limit, out_dir=args.out,
+                 extra_meta=_command_meta(args))
     return _finish(report, args, "points")
 
 

@@ -115,6 +115,37 @@ def _iter_items(dataset: Any, limit: int | None) -> Iterator[tuple[int, Callable
         yield i, functools.partial(_identity, item)
 
 
+def _evaluator_settings(ev: Any) -> Any:
+    """An evaluator's ``settings()`` (or that of the evaluator it wraps), as JSON; None."""
+    for obj in (ev, getattr(ev, "evaluator", None)):
+        settings = getattr(obj, "settings", None)
+        if callable(settings):
+            return _jsonable(settings())
+    return None
+
+
+def _code_version() -> dict[str, Any]:
+    """The package version and, for a git checkout, its commit and whether it had changes."""
+    from .. import __version__
+
+    out: dict[str, Any] = {"version": __version__}
+    root = Path(__file__).resolve().parents[2]
+    if (root / ".git").exists():
+        import subprocess
+
+        try:
+            git = ["git", "-C", str(root)]
+            out["git_commit"] = subprocess.run(
+                [*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                check=True).stdout.strip()
+            out["git_dirty"] = bool(subprocess.run(
+                [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                text=True, timeout=10, check=True).stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass  # no git here: the version stands alone
+    return out
+
+
 def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
@@ -194,6 +225,7 @@ def run(
     cache: EmbeddingCache | None = None,
     limit: int | None = None,
     out_dir: str | os.PathLike | None = None,
+    extra_meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a segmenter (point protocol) or a task on a dataset.
 
@@ -207,6 +239,8 @@ def run(
         limit: evaluate only the first ``limit`` items.
         out_dir: when given, write ``report.json`` (standard JSON: NaN metrics become null)
             and plots (and per-mask click records for the point protocol) there.
+        extra_meta: more entries for ``meta`` (the CLI records its command line and the
+            settings it resolved).
 
     Returns:
         ``{"metrics": {flat key: float}, "meta": {...}}``; meta holds ``model_id``, ``task``,
@@ -354,9 +388,16 @@ def run(
         # where the network ran (timings depend on it); None without a promptable segmenter
         "device": (None if (dev := _segmenter_attr(task_or_segmenter, "device")) is None
                    else str(dev)),
-        "task": type(task_or_segmenter).__name__,
+        "task": getattr(task_or_segmenter, "task_name", None) or type(task_or_segmenter).__name__,
         "config": _jsonable(getattr(task_or_segmenter, "config", None)),
+        # what a number needs to be reproduced: the data (split, files), the evaluators'
+        # settings (e.g. the boundary benchmark's thresholds), the code
         "dataset": dataset_name,
+        "dataset_split": _jsonable(getattr(dataset, "split", None)),
+        "dataset_files": {k: str(v) for k in ("root", "ann_file", "image_dir")
+                          if (v := getattr(dataset, k, None)) is not None},
+        "evaluator_settings": [_evaluator_settings(ev) for ev in evs],
+        "code": _code_version(),
         "dataset_size": len(dataset) if hasattr(dataset, "__len__") else None,  # type: ignore[arg-type]
         "limit": limit,
         "evaluators": [type(ev).__name__ for ev in evs],
@@ -380,6 +421,7 @@ def run(
     }
     if points_mode:
         meta["n_masks"] = n_masks
+    meta.update(_jsonable(dict(extra_meta or {})))
     report = {"metrics": metrics, "meta": meta}
     if out_path is not None:
         _write_outputs(report, evs, out_path)
@@ -405,6 +447,13 @@ def _write_outputs(report: dict[str, Any], evs: Sequence[Any], out_dir: Path) ->
             files.append(per_mask.name)
         except Exception:  # a plot must never cost the report
             logger.exception("could not write point-protocol plots for %s", type(ev).__name__)
+    for ev in evs:  # the results files evaluators wrote beside the report
+        for obj in (ev, getattr(ev, "evaluator", None)):
+            written = getattr(obj, "results_file", None)
+            if written is not None and Path(written).is_file():
+                path = Path(written).resolve()
+                inside = path.is_relative_to(out_dir.resolve())
+                files.append(str(path.relative_to(out_dir.resolve()) if inside else path))
     files.append("report.json")
     _write_json(out_dir / "report.json", report)
 

@@ -355,3 +355,34 @@ def test_an_exif_rotated_image_of_the_json_size_is_explained_before_the_model_ru
     Image.fromarray(np.full((W, H, 3), 90, np.uint8)).save(tmp_path / "a.jpg")
     with pytest.raises(ValueError, match=r"is 20x30 \(WxH\) but the json says 30x20$"):
         item.load_image()
+
+
+def test_eval_reports_record_what_reproduces_their_numbers(tmp_path, monkeypatch):
+    """report.json said "BSDS500" and "_ImageTask" whatever the split and edge method, kept
+    no benchmark settings (the threshold count moves ODS), no data files, no command line and
+    no code version; Canny's soft map kept 99 levels whatever the threshold count."""
+    monkeypatch.setenv("SAM_COMPOSER_DATA", str(tmp_path / "data"))
+    root = _bsds(tmp_path / "data" / "bsds500", ("1", "2"))
+    out = tmp_path / "edges"
+    argv = ["eval", "edges", "--method", "canny", "--thresholds", "5", "--workers", "1",
+            "--out", str(out)]
+    assert cli_main(argv) == 0
+    meta = json.loads((out / "report.json").read_text())["meta"]
+    assert meta["task"] == "edges:canny" and meta["config"]["levels"] == 5
+    assert meta["dataset_split"] == "test" and meta["dataset_files"]["root"] == str(root)
+    assert len(meta["evaluator_settings"][0]["thresholds"]) == 5
+    assert meta["command"] == ["sam-composer", *argv]
+    import composer
+
+    checkout = (Path(composer.__file__).resolve().parents[1] / ".git").exists()
+    assert meta["code"]["version"] and ("git_commit" in meta["code"]) == checkout
+    # a COCO json: its files, and the results file written beside the report
+    Image.fromarray(np.full((H, W, 3), 90, np.uint8)).save(tmp_path / "a.jpg")
+    (tmp_path / "gt.json").write_text(json.dumps(GOOD))
+    out = tmp_path / "inst"
+    assert cli_main(["eval", "instances", "--coco", str(tmp_path / "gt.json"), "--images",
+                     str(tmp_path), "--model", "classic", "--boxes", "gt", "--out", str(out)]) == 0
+    meta = json.loads((out / "report.json").read_text())["meta"]
+    assert meta["dataset_files"] == {"ann_file": str(tmp_path / "gt.json"),
+                                     "image_dir": str(tmp_path)}
+    assert meta["files"] == ["results.json", "report.json"]
