@@ -118,6 +118,9 @@ def score(
     out: dict[str, float] = {"queries": float(len(records)), "images": float(len(img_ids))}
     per_query = np.zeros(len(records))
     if entries:
+        # masks are sized by their own area, as the harness's CocoEvaluator does: with a bbox
+        # present loadRes takes the box's area, which moves APs/APm/APl (AP is unchanged)
+        entries = [{k: v for k, v in e.items() if k not in ("bbox", "area")} for e in entries]
         dt = quiet_call(coco.loadRes, entries)
         ev = COCOeval(coco, dt, "segm")
         ev.params.imgIds = img_ids
@@ -159,6 +162,43 @@ def score(
     return out
 
 
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's data and options, for summary.json."""
+    keep = ("model", "checkpoint", "strategy", "detector", "score_threshold", "refine",
+            "clip_arch", "clip_weights", "max_masks", "coco", "images", "limit")
+    return {k: getattr(args, k) for k in keep}
+
+
+def _print(metrics: dict[str, float]) -> None:
+    for k, v in metrics.items():
+        pct = k.startswith(("mask_", "per_query", "top_", "hit", "answered"))
+        print(f"  {k:<14} " + (("     -" if v < 0 else f"{100 * v:6.1f}") if pct else f"{v:g}"))
+
+
+def _rescore(run: Path, dataset: CocoDataset, args: argparse.Namespace) -> int:
+    """Score an earlier run's saved results again (``--rescore``)."""
+    try:
+        entries = json.loads((run / "results.json").read_text())
+        records = json.loads((run / "queries.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--rescore {run}: needs the results.json and queries.json of a run "
+                         f"(--out): {exc}") from None
+    ids = set(dataset.image_ids[: args.limit] if args.limit else dataset.image_ids)
+    if not {r["image_id"] for r in records} <= ids:
+        raise ValueError(f"--rescore {run}: its queries name images outside the data given "
+                         "(give the run's --coco/--images/--limit)")
+    metrics = score(dataset, entries, records)
+    print(f"rescored {run} ({len(records)} queries)")
+    _print(metrics)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(
+            {"metrics": metrics, "rescored_from": str(run), "settings": _settings(args)},
+            indent=2))
+    return 0
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="text-to-mask on COCO: every present category by name")
@@ -182,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="first N images only")
     p.add_argument("--threads", type=int, default=None, help="torch/OpenCV threads")
     p.add_argument("--out", default=None, help="folder for summary.json and per-query records")
+    p.add_argument(
+        "--rescore", default=None, metavar="DIR",
+        help="score the results.json and queries.json an earlier run wrote to DIR again (with "
+        "this version's scoring; no model runs); --coco/--images/--limit name its data",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     check_at_least(p, [("--limit", args.limit, 1), ("--threads", args.threads, 1),
@@ -203,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.coco and not args.images:
         raise SystemExit("--coco needs --images DIR")
     dataset = CocoDataset(args.coco, args.images) if args.coco else coco_subset()
+    if args.rescore:
+        return _rescore(Path(args.rescore), dataset, args)
     from composer.segmenters import load_segmenter
 
     seg = load_segmenter(args.model, checkpoint=args.checkpoint)
@@ -239,9 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = score(dataset, entries, records)
     metrics["seconds"] = time.perf_counter() - t0
     stats = cache.stats()
-    for k, v in metrics.items():
-        pct = k.startswith(("mask_", "per_query", "top_", "hit", "answered"))
-        print(f"  {k:<14} " + (("     -" if v < 0 else f"{100 * v:6.1f}") if pct else f"{v:g}"))
+    _print(metrics)
     print(
         f"  encoder calls {stats['encoder_calls']} for {int(metrics['images'])} images "
         f"({stats['hits']} cache hits)"
@@ -255,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").write_text(
-            json.dumps({"metrics": metrics, "cache": stats, "model_id": task.model_id}, indent=2)
+            json.dumps({"metrics": metrics, "cache": stats, "model_id": task.model_id,
+                        "settings": _settings(args)}, indent=2)
         )
         (out / "queries.json").write_text(json.dumps(records, indent=1, default=str))
         (out / "results.json").write_text(json.dumps(entries))
