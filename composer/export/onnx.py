@@ -42,6 +42,7 @@ import math
 import os
 import tempfile
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,10 @@ ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 META_FILE = "model.json"
 FORMAT = "sam-composer-onnx/1"
+#: Keys of the graphs' metadata (``ModelProto.metadata_props``): the export both graphs came
+#: from (also ``model.json``'s ``export_id``) and which graph a file holds, so a folder that
+#: mixes exports, or swaps the two files, is refused when it is opened.
+EXPORT_ID_KEY, GRAPH_ROLE_KEY = "sam_composer_export_id", "sam_composer_graph"
 #: Label codes of ``point_labels`` in the decoder graph (the official ONNX model's).
 PAD_LABEL, NEG_LABEL, POS_LABEL, BOX_TL_LABEL, BOX_BR_LABEL = -1, 0, 1, 2, 3
 #: Lowest opset the graphs export to (the attention's ``scaled_dot_product_attention`` needs 14).
@@ -355,8 +360,10 @@ def export_onnx(
     with torch.inference_mode():
         features = net.image_encoder(image)
     enc_path, dec_path = out / ENCODER_FILE, out / DECODER_FILE
+    stamp = {EXPORT_ID_KEY: uuid.uuid4().hex}
     with _exportable_attention(net):
-        _export(EncoderGraph(net), (image,), enc_path, ["image"], ["image_embeddings"], {}, opset)
+        _export(EncoderGraph(net), (image,), enc_path, ["image"], ["image_embeddings"], {}, opset,
+                {**stamp, GRAPH_ROLE_KEY: "encoder"})
     max_batch = max_prompt_batch(net, features)
     batch = {0: "num_prompts"}
     _export(
@@ -369,12 +376,14 @@ def export_onnx(
          "mask_input": batch, "has_mask_input": batch, "low_res_masks": batch,
          "iou_predictions": batch},
         opset,
+        {**stamp, GRAPH_ROLE_KEY: "decoder"},
     )
     for path in (enc_path, dec_path):
         onnx.checker.check_model(str(path))
     meta: dict[str, Any] = {
         "format": FORMAT,
         "model_id": seg.model_id,
+        "export_id": stamp[EXPORT_ID_KEY],
         "img_size": int(s),
         "low_res_size": [int(v) for v in seg.low_res_size],
         "embedding_shape": [int(v) for v in features.shape],
@@ -398,10 +407,23 @@ def export_onnx(
     return OnnxExport(out, enc_path, dec_path, meta)
 
 
+def _add_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Add ``metadata`` to the ``metadata_props`` of the ONNX file ``path`` (in place; tensors
+    kept in external data files stay where they are)."""
+    onnx, _ = require_onnx()
+    proto = onnx.load(str(path), load_external_data=False)
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(proto, str(path))
+
+
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: list[str],
-            outputs: list[str], dynamic: dict[str, dict[int, str]], opset: int) -> None:
+            outputs: list[str], dynamic: dict[str, dict[int, str]], opset: int,
+            metadata: dict[str, str] | None = None) -> None:
     """Trace ``module`` to ``path`` through a temporary ``.tmp`` file, renamed over ``path``
     when complete and removed when the export fails (a full disk, an interruption).
+    ``metadata`` is added to the graph's ``metadata_props``.
 
     Raises:
         OSError: the file cannot be written; the exporter's own errors pass through.
@@ -419,15 +441,29 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input
                 dynamic_axes=dynamic or None, opset_version=opset, do_constant_folding=True,
                 **_torchscript_exporter(),
             )
+        if metadata:
+            _add_metadata(tmp, metadata)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a half-written graph (gigabytes for ViT-H) was left behind
         raise
 
 
+def require_onnxruntime() -> Any:
+    """``onnxruntime`` (all that running an export needs), or ImportError naming the extra."""
+    try:
+        import onnxruntime
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "the onnx backend needs ONNX Runtime: pip install onnxruntime "
+            '(or the onnx extra: pip install "sam-composer[onnx]")'
+        ) from exc
+    return onnxruntime
+
+
 def session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
     """An ONNX Runtime CPU session of ``path`` (``threads`` intra-op threads; None: ORT's)."""
-    _, ort = require_onnx()
+    ort = require_onnxruntime()
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = int(threads)

@@ -21,7 +21,16 @@ import numpy as np
 import torch
 
 from ..embedding import ImageEmbedding
-from ..export.onnx import DECODER_FILE, ENCODER_FILE, FORMAT, META_FILE, decoder_inputs, session
+from ..export.onnx import (
+    DECODER_FILE,
+    ENCODER_FILE,
+    EXPORT_ID_KEY,
+    FORMAT,
+    GRAPH_ROLE_KEY,
+    META_FILE,
+    decoder_inputs,
+    session,
+)
 from ..io.image import load_image
 from ..predictor import resize_longest_side
 from ..refine import ContrastRank, GrabCutRefine
@@ -82,14 +91,21 @@ class OnnxSegmenter(PromptableSegmenter):
 
     Args:
         directory: the export folder (``encoder.onnx``, ``decoder.onnx``, ``model.json``).
-        threads: ONNX Runtime intra-op threads (None: its default, all cores).
+        threads: ONNX Runtime intra-op threads (None: torch's thread count,
+            ``torch.get_num_threads()``, when the sessions open, so ``OMP_NUM_THREADS``,
+            ``torch.set_num_threads`` and ``--threads-per-worker`` reach it as they reach the
+            PyTorch backends).
         settings: apply the exported backend's predict-time settings (default); False gives
             the bare decoder (no refinement, ranking or TTA).
 
     Raises:
         ValueError: an incomplete folder, a ``model.json`` that is malformed or disagrees
-            with the graphs' input sizes, or graphs ONNX Runtime cannot load.
+            with the graphs (their sizes, or the export they came from), graphs that are not
+            this format's encoder and decoder, or graphs ONNX Runtime cannot load.
     """
+
+    _encoder: Any
+    _decoder: Any
 
     def __init__(self, directory: str | os.PathLike[str], threads: int | None = None,
                  settings: bool = True) -> None:
@@ -97,19 +113,32 @@ class OnnxSegmenter(PromptableSegmenter):
         self.threads = threads
         self.meta = read_meta(self.directory)
         self.model_id = f"onnx-{self.meta['model_id']}"
-        self.img_size = int(self.meta["img_size"])
-        self.low_res_size = (int(self.meta["low_res_size"][0]), int(self.meta["low_res_size"][1]))
+        try:
+            self.img_size = int(self.meta["img_size"])
+            low = self.meta["low_res_size"]
+            if isinstance(low, str) or len(low) != 2:
+                raise ValueError(f"low_res_size {low!r} is not [height, width]")
+            self.low_res_size = (int(low[0]), int(low[1]))
+            #: prompts per call of the decoder graph (the traced chunk; see ``export_onnx``)
+            self.max_batch = max(1, int(self.meta.get("max_batch", 1)))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{self.directory / META_FILE}: img_size, low_res_size and max_batch "
+                             f"must be whole numbers ({exc}); export the model again") from None
         self.mask_threshold = float(self.meta["mask_threshold"])
-        #: prompts per call of the decoder graph (the traced chunk; see ``export_onnx``)
-        self.max_batch = max(1, int(self.meta.get("max_batch", 1)))
         self._mean = np.asarray(self.meta["pixel_mean"], np.float32).reshape(3, 1, 1)
         self._std = np.asarray(self.meta["pixel_std"], np.float32).reshape(3, 1, 1)
-        self._encoder, self._decoder = (
-            self._session(self.directory / f, threads) for f in (ENCODER_FILE, DECODER_FILE)
-        )
+        self._encoder = self._decoder = None
+        self._sessions()
         self._check_graphs()
         if settings:
-            self._apply(self.meta.get("settings") or {})
+            try:
+                self._apply(self.meta.get("settings") or {})
+            except (TypeError, ValueError, AttributeError, KeyError) as exc:
+                raise ValueError(
+                    f"{self.directory / META_FILE}: its settings cannot be applied "
+                    f"({type(exc).__name__}: {exc}); export the model again, or load it with "
+                    "settings=False for the bare decoder"
+                ) from None
 
     def __getstate__(self) -> dict[str, Any]:
         # ONNX Runtime sessions do not pickle: a copy (e.g. for a batch-run worker process)
@@ -120,10 +149,17 @@ class OnnxSegmenter(PromptableSegmenter):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # the sessions open on first use: a copy sent to a worker process takes the threads
+        # the worker sets up (``threads=None`` follows torch's) rather than the parent's
         self.__dict__.update(state)
-        self._encoder, self._decoder = (
-            self._session(self.directory / f, self.threads) for f in (ENCODER_FILE, DECODER_FILE)
-        )
+        self._encoder = self._decoder = None
+
+    def _sessions(self) -> tuple[Any, Any]:
+        if self._encoder is None or self._decoder is None:
+            self._encoder, self._decoder = (
+                self._session(self.directory / f, self.threads) for f in (ENCODER_FILE, DECODER_FILE)
+            )
+        return self._encoder, self._decoder
 
     @property
     def device(self) -> torch.device:
@@ -132,8 +168,49 @@ class OnnxSegmenter(PromptableSegmenter):
         return torch.device("cpu")
 
     def _check_graphs(self) -> None:
-        """Raise ``ValueError`` when ``model.json``'s ``img_size`` or ``low_res_size`` differs
-        from the sizes the graphs were exported with (ONNX Runtime refused every image then)."""
+        """Raise ``ValueError`` when the two files are not this format's encoder and decoder
+        graphs (in that order), come from another export than ``model.json`` (its
+        ``export_id``, in both graphs' metadata since 2026-11-24; older exports are checked by
+        shapes alone), or when ``model.json``'s ``img_size``, ``low_res_size`` or
+        ``embedding_shape`` differs from the graphs' (ONNX Runtime refused every image then,
+        or a mixed folder ran silently with another model's embeddings)."""
+        meta_file = self.directory / META_FILE
+        wanted = {
+            ENCODER_FILE: (self._encoder, "encoder", {"image"}),
+            DECODER_FILE: (self._decoder, "decoder", {"image_embeddings", "point_coords",
+                                                      "point_labels", "mask_input",
+                                                      "has_mask_input"}),
+        }
+        export_id = self.meta.get("export_id")
+        for file, (sess, role, names) in wanted.items():
+            have = {inp.name for inp in sess.get_inputs()}
+            stamp = dict(sess.get_modelmeta().custom_metadata_map or {})
+            if stamp.get(GRAPH_ROLE_KEY, role) != role or not names <= have:
+                what = (f"the {stamp[GRAPH_ROLE_KEY]} graph" if GRAPH_ROLE_KEY in stamp
+                        else f"a graph with inputs {sorted(have)}")
+                raise ValueError(
+                    f"{self.directory / file} is not the {role} graph of a sam-composer export "
+                    f"(it is {what}); export the model again"
+                )
+            if export_id is not None and stamp.get(EXPORT_ID_KEY) != export_id:
+                raise ValueError(
+                    f"{self.directory / file} belongs to another export than {meta_file} "
+                    f"(export id {stamp.get(EXPORT_ID_KEY)!r}, model.json says {export_id!r}); "
+                    "keep an export's three files together, or export the model again"
+                )
+        emb_out = [tuple(o.shape) for o in self._encoder.get_outputs()][:1]
+        emb_in = [tuple(i.shape) for i in self._decoder.get_inputs() if i.name == "image_embeddings"]
+        shapes = [(f"{ENCODER_FILE}'s output", s) for s in emb_out]
+        shapes += [(f"{DECODER_FILE}'s image_embeddings input", s) for s in emb_in]
+        if isinstance(self.meta.get("embedding_shape"), list):
+            shapes.append((f"{META_FILE}'s embedding_shape", tuple(self.meta["embedding_shape"])))
+        fixed = [(n, s) for n, s in shapes if all(isinstance(v, int) for v in s)]
+        if len({s for _, s in fixed}) > 1:
+            raise ValueError(
+                f"{self.directory}: the image embedding's shape differs between "
+                + ", ".join(f"{n} {list(s)}" for n, s in fixed)
+                + "; the files belong to different exports"
+            )
         sizes = (
             (self._encoder, "image", "img_size", (self.img_size, self.img_size)),
             (self._decoder, "mask_input", "low_res_size", tuple(self.low_res_size)),
@@ -151,7 +228,7 @@ class OnnxSegmenter(PromptableSegmenter):
     @staticmethod
     def _session(path: Path, threads: int | None) -> Any:
         try:
-            return session(path, threads)
+            return session(path, threads or torch.get_num_threads())
         except ImportError:
             raise
         except Exception as exc:  # onnxruntime's own exception types (bad protobuf, bad graph)
@@ -183,7 +260,7 @@ class OnnxSegmenter(PromptableSegmenter):
         h, w = resized.shape[:2]
         x = np.zeros((1, 3, self.img_size, self.img_size), np.float32)
         x[0, :, :h, :w] = (resized.transpose(2, 0, 1).astype(np.float32) - self._mean) / self._std
-        features = self._encoder.run(None, {"image": x})[0]
+        features = self._sessions()[0].run(None, {"image": x})[0]
         return ImageEmbedding(
             features=torch.from_numpy(np.ascontiguousarray(features)),
             original_size=(int(arr.shape[0]), int(arr.shape[1])),
@@ -218,7 +295,7 @@ class OnnxSegmenter(PromptableSegmenter):
             if part.boxes is not None:
                 boxes = (part.boxes.reshape(b, 2, 2).astype(np.float32) * scale).reshape(b, 4)
             feed = decoder_inputs(coords, labels, part.mask_input, self.low_res_size, boxes)
-            m, q = self._decoder.run(None, {"image_embeddings": features, **feed})
+            m, q = self._sessions()[1].run(None, {"image_embeddings": features, **feed})
             if len(m) != b or len(q) != b:
                 # the traced graph keeps its chunk size: more prompts were silently dropped
                 raise ValueError(

@@ -239,3 +239,92 @@ def test_failed_export_leaves_no_stale_model_json(tmp_path, tiny, monkeypatch):
     assert not (tmp_path / "model.json").exists()
     with pytest.raises(ValueError, match="missing model.json"):
         OnnxSegmenter(tmp_path)
+
+
+def _strip_stamps(path) -> None:
+    """Remove the export id and role from a graph, as exports before 2026-11-24 wrote it."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(path))
+
+
+def test_graphs_of_another_export_or_swapped_are_refused(tmp_path, tiny, image):
+    """A folder mixing two exports of one architecture (same shapes, other weights) ran
+    silently with wrong masks; swapped files failed only at the first prompt."""
+    a = export_onnx(small_vit_sam(), tmp_path / "a", check=False).directory
+    b = export_onnx(small_vit_sam(), tmp_path / "b", check=False).directory
+    assert json.loads((a / "model.json").read_text())["export_id"] != json.loads(
+        (b / "model.json").read_text())["export_id"]
+    mixed = tmp_path / "mixed"
+    shutil.copytree(a, mixed)
+    shutil.copy(b / "encoder.onnx", mixed / "encoder.onnx")
+    with pytest.raises(ValueError, match="encoder.onnx belongs to another export"):
+        OnnxSegmenter(mixed)
+    swapped = tmp_path / "swapped"
+    shutil.copytree(a, swapped)
+    os.replace(swapped / "encoder.onnx", swapped / "tmp.onnx")
+    os.replace(swapped / "decoder.onnx", swapped / "encoder.onnx")
+    os.replace(swapped / "tmp.onnx", swapped / "decoder.onnx")
+    with pytest.raises(ValueError, match="not the encoder graph .*it is the decoder graph"):
+        OnnxSegmenter(swapped)
+    # exports without ids: the graphs' inputs and the embedding's shape are checked
+    for f in ("encoder.onnx", "decoder.onnx"):
+        _strip_stamps(swapped / f)
+    meta = json.loads((swapped / "model.json").read_text())
+    del meta["export_id"]
+    (swapped / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="not the encoder graph .*a graph with inputs"):
+        OnnxSegmenter(swapped)
+    old = tmp_path / "old"
+    shutil.copytree(a, old)
+    (old / "model.json").write_text(json.dumps(meta))
+    OnnxSegmenter(old).embed(image)  # an old, consistent export still loads
+    shutil.copy(tiny[1].directory / "encoder.onnx", old / "encoder.onnx")
+    _strip_stamps(old / "encoder.onnx")
+    with pytest.raises(ValueError, match="embedding's shape differs"):
+        OnnxSegmenter(old)
+
+
+def test_threads_follow_torch_and_onnx_is_not_needed_to_run(tiny, image, monkeypatch):
+    """ONNX Runtime took every core whatever OMP_NUM_THREADS or --threads-per-worker said, and
+    running a folder demanded the ``onnx`` package, which only exporting uses."""
+    import pickle
+    import sys
+
+    _, out = tiny
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx raises ImportError
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        seg = OnnxSegmenter(out.directory)
+        assert seg._encoder.get_session_options().intra_op_num_threads == 1
+        assert OnnxSegmenter(out.directory, threads=2)._decoder.get_session_options(
+            ).intra_op_num_threads == 2
+        copy = pickle.loads(pickle.dumps(seg))  # a worker's copy opens its sessions when used
+        assert copy._encoder is None
+        torch.set_num_threads(2)
+        emb = copy.embed(image)
+        assert copy._encoder.get_session_options().intra_op_num_threads == 2
+        np.testing.assert_allclose(emb.features.numpy(), seg.embed(image).features.numpy(),
+                                   atol=1e-5)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_hand_edited_model_json_errors_name_it(tmp_path, tiny):
+    _, out = tiny
+    meta = json.loads((out.directory / "model.json").read_text())
+    for f in ("encoder.onnx", "decoder.onnx"):
+        shutil.copy(out.directory / f, tmp_path / f)
+    bad = [({"settings": {**meta["settings"], "amg_thresholds": "x"}}, "its settings cannot be applied"),
+           ({"settings": {**meta["settings"], "edge_refine": [1, 2, 3]}}, "its settings cannot be applied"),
+           ({"low_res_size": 64}, "must be whole numbers"),
+           ({"img_size": "abc"}, "must be whole numbers")]
+    for change, message in bad:
+        (tmp_path / "model.json").write_text(json.dumps({**meta, **change}))
+        with pytest.raises(ValueError, match=f"model.json.*{message}"):
+            OnnxSegmenter(tmp_path)
+    (tmp_path / "model.json").write_text(json.dumps({**meta, "settings": {"amg_thresholds": "x"}}))
+    assert OnnxSegmenter(tmp_path, settings=False).amg_thresholds is None
