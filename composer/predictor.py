@@ -144,10 +144,21 @@ def _weights_signature(tensors: list[torch.Tensor]) -> tuple[Any, ...]:
     """
     ids = tuple((id(t), -1 if t.is_inference() else t._version, t.data_ptr()) for t in tensors)
     step = max(1, -(-len(tensors) // _PROBED_TENSORS))
-    probes = [t.detach().reshape(-1)[t.numel() // 2].to(torch.float64)
-              for t in tensors[::step] if t.numel() and t.device.type != "meta"]
-    values = torch.stack(probes).cpu().numpy().tobytes() if probes else b""
-    return ids, values
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors[::step]:
+        if t.numel() and t.device.type != "meta":
+            by_device.setdefault(t.device, []).append(t.detach().reshape(-1)[t.numel() // 2 :][:1])
+    # One copy to the CPU per device, in the values' own (promoted) type: no float64 on the
+    # model's device (MPS has none; docs/gpu.md) and one synchronisation on a GPU, not 32.
+    return ids, tuple(_host_bytes(torch.cat(probes)) for probes in by_device.values())
+
+
+def _host_bytes(values: torch.Tensor) -> bytes:
+    host = values.cpu()
+    try:
+        return host.numpy().tobytes()  # type: ignore[no-any-return]
+    except TypeError:  # bfloat16, float8: no numpy type, and float32 holds them exactly
+        return host.float().numpy().tobytes()  # type: ignore[no-any-return]
 
 
 # keywords of the stateless ``predict(embedding, ...)`` that the official-style form lacks

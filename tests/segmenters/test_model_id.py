@@ -169,3 +169,34 @@ def test_setting_none_derives_the_id_afresh(image) -> None:
     assert seg.model_id == "fixed"
     seg.model_id = None
     assert seg.model_id == packaged
+
+
+def test_the_weights_check_makes_no_float64_and_reads_bfloat16() -> None:
+    """The probed values were cast to float64 on the model's device, which Apple's MPS refuses
+    (every model_id, so every embed and predict, would have failed there); numpy has no
+    bfloat16, so a bfloat16 model's values are read as float32."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from composer.predictor import _model_tensors, _weights_signature
+
+    seg = composer.load_segmenter("composer_tiny")
+    made: list[torch.dtype] = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            made.extend(t.dtype for t in (out if isinstance(out, (tuple, list)) else [out])
+                        if isinstance(t, torch.Tensor))
+            return out
+
+    tensors = _model_tensors(seg.model)
+    with Spy():
+        _weights_signature(tensors)
+    assert made and torch.float64 not in made
+    seg.model.to(torch.bfloat16)
+    first = seg.model_id
+    with torch.no_grad():
+        for t in seg.model.state_dict().values():
+            if t.is_floating_point():
+                t.data.add_(1.0)  # through .data: only the probed values can tell
+    assert seg.model_id != first
