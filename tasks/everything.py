@@ -309,6 +309,8 @@ def annotate_folder(
             if "error" in rec:
                 failures.append({"file_name": path.name, "error": rec["error"]})
                 continue
+            if rec.get("mtime_ns") != stamps.get(path.name):
+                continue  # the masks of a file replaced since, not redone yet (a run cut short)
             images.append(
                 {
                     "id": image_id,

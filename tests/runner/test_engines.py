@@ -193,3 +193,36 @@ def test_an_interrupted_annotate_folder_writes_the_finished_images(folder, tmp_p
     done = annotate_folder(folder, seg, tmp_path / "a.json", config=config)
     assert [im["file_name"] for im in done["images"]] == ["0.jpg", "1.jpg", "2.jpg"]
     assert "interrupted" not in done["info"]
+
+
+def test_an_interrupted_run_leaves_out_a_replaced_image_not_redone_yet(folder, tmp_path, monkeypatch):
+    """Ctrl-C listed an image replaced since the last run, but not redone yet, with the old
+    picture's size and masks."""
+    import shutil
+
+    import tasks.everything as everything
+
+    src = tmp_path / "src"
+    shutil.copytree(folder, src)
+    seg = load_segmenter("composer_tiny", device="cpu")
+    config = AmgConfig.for_segmenter(seg, points_per_side=8)
+    annotate_folder(src, seg, tmp_path / "a.json", config=config)
+    Image.fromarray(np.full((50, 70, 3), 90, np.uint8)).save(src / "1.jpg")
+    st = os.stat(src / "1.jpg")
+    os.utime(src / "1.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    real = everything._annotate_one
+
+    def one(state, item):
+        if item[1].endswith("1.jpg"):
+            raise KeyboardInterrupt
+        return real(state, item)
+
+    monkeypatch.setattr(everything, "_annotate_one", one)
+    with pytest.raises(KeyboardInterrupt):
+        annotate_folder(src, seg, tmp_path / "a.json", config=config)
+    cut = json.loads((tmp_path / "a.json").read_text())
+    assert cut["info"]["interrupted"] is True
+    assert [im["file_name"] for im in cut["images"]] == ["0.jpg", "2.jpg"]
+    monkeypatch.setattr(everything, "_annotate_one", real)
+    done = annotate_folder(src, seg, tmp_path / "a.json", config=config)
+    assert [(im["file_name"], im["height"], im["width"]) for im in done["images"]][1] == ("1.jpg", 50, 70)
