@@ -191,11 +191,20 @@ def _rescore(run: Path, dataset: CocoDataset, args: argparse.Namespace) -> int:
     print(f"rescored {run} ({len(records)} queries)")
     _print(metrics)
     if args.out:
+        # the run's own summary (its settings, model id, cache counts) with the new metrics:
+        # this command's model options are not the run's, and --out may be the run itself
+        try:
+            before = json.loads((run / "summary.json").read_text())
+        except (OSError, ValueError):
+            before = {}
+        before = before if isinstance(before, dict) else {}
+        summary = {**before, "metrics": metrics, "rescored_from": str(run),
+                   "rescore_data": {k: getattr(args, k) for k in ("coco", "images", "limit")}}
+        if "metrics" in before:
+            summary["metrics_before_rescore"] = before["metrics"]
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(
-            {"metrics": metrics, "rescored_from": str(run), "settings": _settings(args)},
-            indent=2))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return 0
 
 

@@ -49,12 +49,18 @@ def test_masks_are_sized_by_their_area_and_a_saved_run_rescores(tmp_path, capsys
     run.mkdir()
     (run / "results.json").write_text(json.dumps(entries))
     (run / "queries.json").write_text(json.dumps(records))
+    run_settings = {"model": "composer_tiny", "refine": True, "limit": None}
+    (run / "summary.json").write_text(json.dumps(
+        {"metrics": {"mask_APs": 0.0}, "model_id": "m-1", "settings": run_settings}))
     argv = ["--coco", str(tmp_path / "gt.json"), "--images", str(tmp_path), "--rescore",
             str(run), "--out", str(tmp_path / "again")]
     assert recipe.main(argv) == 0
     summary = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert summary["metrics"]["mask_APs"] == pytest.approx(1.0)
     assert summary["rescored_from"] == str(run)
+    # the run's own settings and model id, not this command's defaults (model None, no refine)
+    assert summary["settings"] == run_settings and summary["model_id"] == "m-1"
+    assert summary["metrics_before_rescore"] == {"mask_APs": 0.0}
     (run / "queries.json").write_text(json.dumps([{**records[0], "image_id": 7}]))
     with pytest.raises(SystemExit) as exc:
         recipe.main(argv)

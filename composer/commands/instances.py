@@ -327,8 +327,9 @@ def process_images(
     ``<out>/summary.json.records.jsonl`` as it finishes (:class:`composer.runner.records.RecordLog`,
     first line the settings). With ``resume`` a rerun of the same settings skips the images
     that log lists as done under the same output stem whose ``<stem>.json`` and
-    ``<stem>_overlay.png`` still exist and are not older than the image file, retries the
-    failed ones, and writes the summary of all;
+    ``<stem>_overlay.png`` still exist and whose image file has the modification time and
+    size the log recorded for it (records of older versions, which logged none: outputs not
+    older than the image), retries the failed ones, and writes the summary of all;
     a log of other settings is refused (ValueError naming what changed). ``resume=False``
     deletes the log and recomputes every image.
 
