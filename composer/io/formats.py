@@ -347,6 +347,23 @@ YOLO_MANIFEST = ".sam-composer-yolo.json"
 _SAFE_LABEL = re.compile(r"[^/\\]+\.txt")
 
 
+def _data_yaml(out: Path, names: list[str]) -> str:
+    """The ``data.yaml`` a conversion writes into ``out`` for class ``names``."""
+    lines = "".join(f"  {i}: {json.dumps(v)}\n" for i, v in enumerate(names))
+    return f"path: {json.dumps(str(out.resolve()))}\ntrain: images\nval: images\nnames:\n{lines}"
+
+
+def _unlisted_conversion(out: Path) -> bool:
+    """Whether ``out`` is a YOLO conversion written before :data:`YOLO_MANIFEST` existed: its
+    ``data.yaml`` is exactly what a conversion into this folder writes for the class names of
+    its ``classes.txt``."""
+    try:
+        names = (out / "classes.txt").read_text().splitlines()
+        return (out / "data.yaml").read_text() == _data_yaml(out, names)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
             tolerance: float = 0.0) -> dict[str, int]:
     """Write YOLO segmentation labels: ``labels/<stem>.txt`` with one object per line, ``class
@@ -376,6 +393,10 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
             raise ValueError(f"{manifest} is unreadable; delete it (and the labels it listed) "
                              "or convert into a new folder") from None
         written = [labels / str(n) for n in earlier if _SAFE_LABEL.fullmatch(str(n))]
+    elif _unlisted_conversion(out):
+        # written before conversions listed their labels: its labels/*.txt were all its own
+        # (as that version removed them all on the next conversion)
+        written = sorted(labels.glob("*.txt")) if labels.is_dir() else []
     else:
         theirs = [p for p in (out / "classes.txt", out / "data.yaml") if p.exists()]
         theirs += sorted(labels.glob("*.txt")) if labels.is_dir() else []
@@ -383,7 +404,9 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
             raise ValueError(
                 f"{out} holds YOLO files that sam-composer convert did not write (e.g. "
                 f"{theirs[0].relative_to(out)}); they would be replaced or re-indexed, so "
-                "convert into a new or empty folder"
+                "convert into a new or empty folder (a conversion by sam-composer before "
+                "2026-11-24 that was moved or edited since: delete its labels, classes.txt "
+                "and data.yaml first)"
             )
         written = []
     labels.mkdir(parents=True, exist_ok=True)
@@ -420,9 +443,7 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
         stats["images"] += 1
     (out / "classes.txt").write_text("".join(f"{v}\n" for v in annotations.categories.values()))
     # the dataset file Ultralytics reads (point its train/val entries at the image folders)
-    names = "".join(f"  {i}: {json.dumps(v)}\n" for i, v in enumerate(annotations.categories.values()))
-    (out / "data.yaml").write_text(f"path: {json.dumps(str(out.resolve()))}\ntrain: images\n"
-                                   f"val: images\nnames:\n{names}")
+    (out / "data.yaml").write_text(_data_yaml(out, [str(v) for v in annotations.categories.values()]))
     return stats
 
 

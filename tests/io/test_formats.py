@@ -225,6 +225,16 @@ def test_instances_class_names_stale_labels_and_corrupt_files(tmp_path):
     (tmp_path / "y" / "labels" / "extra.txt").write_text("0 0.1 0.1 0.2 0.1 0.2 0.2\n")
     assert convert(tmp_path / "inst", tmp_path / "y", "yolo")["stale_labels_removed"] == 1
     assert sorted(p.name for p in (tmp_path / "y" / "labels").iterdir()) == ["a.txt", "extra.txt"]
+    # a conversion written before the manifest existed (its data.yaml is what a conversion
+    # into that folder writes) is reconverted as before: it was refused as the user's own
+    (tmp_path / "y" / ".sam-composer-yolo.json").unlink()
+    (tmp_path / "y" / "labels" / "extra.txt").unlink()
+    assert convert(tmp_path / "other", tmp_path / "y", "yolo")["stale_labels_removed"] == 1
+    assert sorted(p.name for p in (tmp_path / "y" / "labels").iterdir()) == ["b.txt"]
+    (tmp_path / "y" / ".sam-composer-yolo.json").unlink()
+    (tmp_path / "y" / "data.yaml").write_text((tmp_path / "y" / "data.yaml").read_text() + "# mine\n")
+    with pytest.raises(ValueError, match="did not write"):
+        convert(tmp_path / "other", tmp_path / "y", "yolo")
     # stems that differ only in case are one file on macOS/Windows: kept apart
     from composer.io.formats import ImageAnnotations, _safe_stems
 
