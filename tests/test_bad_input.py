@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from composer.cli import main as cli_main
@@ -122,6 +123,14 @@ def test_a_plain_pickle_as_checkpoint_says_so_without_torch_warnings(tmp_path, r
                                          "checkpoint written by torch.save"):
         load_state_dict_file(tmp_path / "p.pth")
     assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+    # torch.save's legacy format with a newer protocol is torch's, not a plain pickle
+    torch.save({"w": torch.zeros(2)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False,
+               pickle_protocol=4)
+    with pytest.raises(ValueError, match="legacy torch.save checkpoint written with pickle "
+                                         "protocol 4.*save it again"):
+        load_state_dict_file(tmp_path / "legacy.pth")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "legacy2.pth", _use_new_zipfile_serialization=False)
+    assert set(load_state_dict_file(tmp_path / "legacy2.pth")) == {"w"}  # protocol 2 loads
 
 
 def test_results_json_of_non_objects(tmp_path):

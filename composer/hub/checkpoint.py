@@ -161,13 +161,26 @@ def load_state_into(
 
 
 # ------------------------------------------------------------------ internals
+#: the number a legacy (non-zip) torch.save file pickles first, as the LONG1 opcode writes it
+_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
 def _describe_load_error(err: BaseException, file: Path) -> str:
     lines = str(err).strip().splitlines()
     cause = f"{type(err).__name__}: {lines[0][:300] if lines else ''}"
     size = file.stat().st_size
     with file.open("rb") as fin:
-        head = fin.read(4)
+        start = fin.read(32)
+    head = start[:4]
     is_zip_start = head == b"PK\x03\x04"
+    if head.startswith(b"\x80") and _LEGACY_MAGIC in start and head[1:2] > b"\x02":
+        # torch.save(..., _use_new_zipfile_serialization=False, pickle_protocol=N > 2)
+        return (
+            f"the file is a legacy torch.save checkpoint written with pickle protocol {head[1]}, "
+            "which torch's weights-only loader cannot read; if you trust it, load it with "
+            "torch.load(path, weights_only=False) and save it again with torch.save's defaults "
+            f"({cause})"
+        )
     if size and not is_zip_start and not head.startswith(b"\x80"):
         # torch.save writes a zip archive; legacy files are pickles (protocol 2+ starts 0x80)
         return "the file is not a PyTorch checkpoint (neither a zip archive nor a pickle)"
