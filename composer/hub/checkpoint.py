@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -52,8 +53,11 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     The file is read with ``torch.load(map_location="cpu", weights_only=True)``, so it can hold
     tensors and plain containers but no arbitrary Python objects. A state dict wrapped as
     ``{"model": sd}`` or ``{"state_dict": sd}`` (training checkpoints) is unwrapped, and a
-    ``module.`` prefix on every key (saved from ``DataParallel``) or an ``_orig_mod.`` one
-    (saved from a ``torch.compile``-d model) is removed.
+    ``module.`` prefix on every key (saved from ``DataParallel``, or from
+    ``torch.optim.swa_utils.AveragedModel``, whose ``n_averaged`` counter is dropped) or an
+    ``_orig_mod.`` one (saved from a ``torch.compile``-d model; also inside keys, from a
+    compiled submodule) is removed. A safetensors file (recognised by its header, whatever its
+    name) is read with ``safetensors``.
 
     Args:
         path: the checkpoint file.
@@ -70,6 +74,8 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     if not file.is_file():
         what = "is not a file" if file.exists() else "does not exist"
         raise UnreadableCheckpoint(f"checkpoint file {file} {what}")
+    if _is_safetensors(file):
+        return _as_state_dict(_load_safetensors(file), file)
     try:
         with warnings.catch_warnings():  # the error below says it in one line
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -189,10 +195,13 @@ def _describe_load_error(err: BaseException, file: Path) -> str:
         return (f"the file is a plain Python pickle (protocol {head[1]}), not a checkpoint "
                 "written by torch.save")
     if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f" (it pickles {found.group(1)})" if found else ""
         return (
-            "it holds Python objects other than tensors and plain containers, which "
-            "weights_only=True refuses to unpickle because a checkpoint is untrusted input "
-            f"({cause})"
+            f"it holds Python objects other than tensors and plain containers{what}, which "
+            "weights_only=True refuses to unpickle because a checkpoint is untrusted input; "
+            "a whole model saved with torch.save(model) is such a file: save "
+            "model.state_dict() instead"
         )
     if is_zip_start and not zipfile.is_zipfile(file):
         # torch.save writes a zip archive whose directory sits at the end of the file.
@@ -237,6 +246,10 @@ def _as_state_dict(obj: Any, file: Path) -> dict[str, torch.Tensor]:
             f"name -> tensor, e.g. {', '.join(bad[:_KEYS_SHOWN])}"
         )
     state = dict(obj)
+    # torch.swa_utils.AveragedModel (EMA weights): "module." + a step counter of its own
+    if "n_averaged" in state and state["n_averaged"].numel() == 1 and len(state) > 1 and all(
+            k.startswith("module.") for k in state if k != "n_averaged"):
+        del state["n_averaged"]
     # DataParallel / DistributedDataParallel wrap as "module.", torch.compile as "_orig_mod.";
     # a model compiled and then wrapped (or the reverse) carries both, in either order
     for _ in range(len(_WRAPPER_PREFIXES)):
@@ -246,7 +259,39 @@ def _as_state_dict(obj: Any, file: Path) -> dict[str, torch.Tensor]:
         if prefix is None:
             break
         state = {k[len(prefix) :]: v for k, v in state.items()}
+    # a compiled submodule (e.g. only the image encoder, as SAM fine-tuning often does)
+    if any("._orig_mod." in k for k in state):
+        state = {k.replace("._orig_mod.", "."): v for k, v in state.items()}
     return state
+
+
+def _is_safetensors(file: Path) -> bool:
+    """Whether ``file`` starts as a safetensors file does: the JSON header's length (8 bytes,
+    little-endian, within the file) and the header's opening brace, whatever the file's name."""
+    try:
+        with file.open("rb") as fin:
+            head = fin.read(9)
+        size = file.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8
+
+
+def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UnreadableCheckpoint(
+            f"checkpoint {file} is a safetensors file: pip install safetensors to read it"
+        ) from None
+    try:
+        return dict(load_file(str(file), device="cpu"))
+    except Exception as err:  # safetensors' own error types (a truncated or corrupt file)
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise UnreadableCheckpoint(
+            f"could not read checkpoint {file}: a damaged safetensors file "
+            f"({type(err).__name__}: {first})"
+        ) from err
 
 
 def _all_tensors(obj: Mapping[Any, Any]) -> bool:

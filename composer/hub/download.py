@@ -16,6 +16,7 @@ import http.client
 import importlib.resources
 import logging
 import os
+import re
 import secrets
 import time
 import urllib.error
@@ -202,6 +203,10 @@ def import_checkpoint(path: str | os.PathLike[str], name: str | None = None) -> 
     if spec is not None and (directory / spec.filename).resolve() == src.resolve():
         _check(spec, _file_digests(src), f"file {src}")
         return src
+    if spec is not None and spec.url is None and spec.packaged is not None:
+        # the package's own copy is always the one loaded: a cached copy would never be read
+        raise ValueError(f"weights {spec.name!r} ship with sam-composer ({cached_path(spec)}); "
+                         "there is nothing to import")
 
     out, tmp = _open_part(directory, spec.filename if spec is not None else "import")
     try:
@@ -213,6 +218,9 @@ def import_checkpoint(path: str | os.PathLike[str], name: str | None = None) -> 
             _sync(out, directory)
         if spec is None:
             spec = _spec_for_digests(digests, src)
+            if spec.url is None and spec.packaged is not None:
+                raise ValueError(f"{src} is the weights {spec.name!r}, which ship with "
+                                 f"sam-composer ({cached_path(spec)}); there is nothing to import")
         _check(spec, digests, f"file {src}")
         target = directory / spec.filename
         os.replace(tmp, target)
@@ -350,13 +358,17 @@ def _sync(out: BinaryIO, directory: Path) -> None:
 STALE_PART_S = 3600.0
 
 
-def _remove_stale_parts(directory: Path, stem: str) -> None:
-    """Remove ``<stem>.<random>.part`` files in ``directory`` left by a process that died
-    before its ``finally`` ran. A live download writes its file every few seconds, so only
-    files untouched for :data:`STALE_PART_S` go; failures to remove are ignored."""
+_PART_NAME = re.compile(r".+\.[0-9a-f]{12}\.part")
+
+
+def _remove_stale_parts(directory: Path) -> None:
+    """Remove ``<stem>.<random>.part`` files (any weights' or an import's) in ``directory``
+    left by a process that died before its ``finally`` ran. A live download writes its file
+    every few seconds, so only files untouched for :data:`STALE_PART_S` go; failures to remove
+    are ignored."""
     now = time.time()
     try:
-        parts = list(directory.glob(f"{_glob_escape(stem)}.*.part"))
+        parts = [p for p in directory.glob("*.part") if _PART_NAME.fullmatch(p.name)]
     except OSError:
         return
     for part in parts:
@@ -366,11 +378,6 @@ def _remove_stale_parts(directory: Path, stem: str) -> None:
                 logger.info("removed %s, left by an interrupted download", part)
         except OSError:
             continue
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` with the glob pattern characters ``*?[`` taken literally."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def _open_part(directory: Path, stem: str) -> tuple[BinaryIO, Path]:
@@ -386,7 +393,7 @@ def _open_part(directory: Path, stem: str) -> tuple[BinaryIO, Path]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        _remove_stale_parts(directory, stem)
+        _remove_stale_parts(directory)
         while True:
             tmp = directory / f"{stem}.{secrets.token_hex(6)}.part"
             try:
