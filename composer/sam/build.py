@@ -277,8 +277,12 @@ def _load_weights(model: Sam, checkpoint: str | os.PathLike[str], arch: str) -> 
 
         if f"{arch!r}" in str(err) or isinstance(err, UnreadableCheckpoint):
             raise  # already names the architecture, or the file cannot be read at all
+        detail = str(err)
+        repeated = f"checkpoint {os.fspath(checkpoint)} does not fit "
+        if detail.startswith(repeated):  # the hub's message names the file already
+            detail = detail[len(repeated):]
         raise ValueError(
-            f"checkpoint {os.fspath(checkpoint)} does not fit SAM architecture {arch!r}: {err}"
+            f"checkpoint {os.fspath(checkpoint)} does not fit SAM architecture {arch!r}: {detail}"
         ) from err
     # Storage left NaN by _construct_for_loading means a tensor the load did not fill.
     unfilled = [
