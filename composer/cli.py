@@ -122,6 +122,29 @@ def _check_out_writable(out: str) -> None:
 _TASK_COMMANDS = ("eval", "everything", "instances", "text")
 
 
+def _stdout_is_closed() -> bool:
+    """Whether standard output's reader has gone (a pipe closed early). If so, standard output
+    is pointed at the null device, so the interpreter's final flush raises nothing more."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):  # a stream without a descriptor
+        return False
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        closed = any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, AttributeError):  # no poll (Windows): a broken pipe there is stdout's
+        closed = True
+    if closed:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        except OSError:
+            pass
+    return closed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         # the command's own process (not a call from Python): reuse heap memory for the
@@ -147,6 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in _TASK_COMMANDS:
             check_tasks_found()  # before a model loads (and without running the other module)
         return int(args.func(args) or 0)
+    except BrokenPipeError as exc:
+        if _stdout_is_closed():  # the reader went away (`| head`): stop quietly, as `yes` does
+            return 141
+        print(f"sam-composer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, OSError) as exc:
         # OSError: an output path that is a file, not writable, or a full disk
         print(f"sam-composer {args.command}: error: {exc}", file=sys.stderr)

@@ -54,6 +54,10 @@ class EverythingTask:
             to the paper's 2x2 + 4x4 crops at about 3x the cost).
     """
 
+    #: automatic masks are decoded without the segmenter's predict-time settings (mask
+    #: refinement, flip TTA, contrast ranking); reports record them as not applied
+    uses_predict_settings = False
+
     def __init__(self, segmenter: Any, config: AmgConfig | None = None) -> None:
         self.segmenter = segmenter
         self.config = AmgConfig.for_segmenter(segmenter, SA1B_CONFIG) if config is None else config

@@ -84,6 +84,10 @@ class ProposalTask:
     Call with a :class:`TaskContext` (uses its shared cache) or an image.
     """
 
+    #: automatic masks are decoded without the segmenter's predict-time settings (mask
+    #: refinement, flip TTA, contrast ranking); reports record them as not applied
+    uses_predict_settings = False
+
     def __init__(self, segmenter: Any, config: ProposalConfig | None = None) -> None:
         self.segmenter = segmenter
         self.config = ProposalConfig() if config is None else config

@@ -159,7 +159,7 @@ def test_eval_instances_detector_needs_boxes_detector(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag", [["--points-per-side", "8"], ["--edge-refine", "off"],
-                                  ["--model", "classic"], ["--tta", "flip"]])
+                                  ["--model", "classic"], ["--device", "cpu"]])
 def test_eval_edges_classical_method_refuses_segmenter_flags(tmp_path, capsys, flag):
     """--method sobel runs no segmenter: its grid, refinement and model flags were ignored."""
     argv = ["eval", "edges", "--method", "sobel", "--limit", "1", "--thresholds", "3",
@@ -243,3 +243,40 @@ def test_train_records_the_default_val_fraction_as_before(tmp_path, monkeypatch)
     ann, images = _coco(tmp_path)
     main(["train", "--data", str(ann), "--images", str(images), "--out", str(tmp_path / "o")])
     assert seen["val_fraction"] == 0.1
+
+
+@pytest.mark.parametrize("flag", [["--tta", "flip"], ["--mask-refine", "32,5"],
+                                  ["--mask-rank", "2"]])
+@pytest.mark.parametrize("command", [["eval", "edges", "--limit", "1"],
+                                     ["eval", "proposals", "--limit", "1"], ["everything", "x.png"]])
+def test_automatic_mask_commands_do_not_take_predict_settings(tmp_path, capsys, flag, command):
+    """Automatic masks are decoded without refinement, flip TTA or contrast ranking: the flags
+    were accepted, changed nothing, and the report recorded them as applied."""
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--out", str(tmp_path / "o"), *flag])
+    assert exc.value.code == 2
+    assert f"unrecognized arguments: {' '.join(flag)}" in _err(capsys)
+
+
+def test_an_edges_report_records_no_predict_settings(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["eval", "edges", "--limit", "1", "--thresholds", "3", "--workers", "1",
+                 "--points-per-side", "4", "--out", str(out)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("segmenter:"))
+    assert "GrabCut" not in line and "TTA" not in line and "ranked" not in line
+    meta = json.loads((out / "report.json").read_text())["meta"]
+    assert meta["mask_refine"] is None and meta["mask_rank"] is None and meta["flip_tta"] is None
+
+
+def test_a_closed_output_pipe_ends_quietly():
+    """`sam-composer ... | head` printed "error: [Errno 32] Broken pipe" and exited 2."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "composer", "weights", "list"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the command writes
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Broken pipe" not in err and "Traceback" not in err and "Exception ignored" not in err

@@ -6,25 +6,30 @@ import argparse
 from typing import Any
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, prompted: bool = True) -> None:
+    """``--model``, ``--checkpoint``, ``--device`` and, for commands that prompt the segmenter
+    (``prompted``), its predict-time settings ``--mask-refine``, ``--tta``, ``--mask-rank``:
+    automatic mask generation (everything, edges, proposals) decodes its grid without them, so
+    there they are not offered (they were accepted and ignored)."""
     p.add_argument("--model", default=None,
                    help="segmenter: vit_b, vit_l, vit_h, vit_t, composer_tiny, classic, onnx "
                         "(default: the best one available here)")
     p.add_argument("--checkpoint", default=None,
                    help="weights file or registered weights name (see `sam-composer weights "
                         "list`); for --model onnx, the folder `sam-composer export` wrote")
-    p.add_argument("--mask-refine", default="auto", metavar="auto|off|BAND[,ITERS]",
-                   help="GrabCut refinement of returned masks in a band around their boundary: "
-                        "the model's recommendation (auto, default), off, or the band's "
-                        "half-width in pixels at a 512-px image side and GrabCut iterations")
-    p.add_argument("--tta", default="auto", choices=("auto", "flip", "off"),
-                   help="test-time augmentation of prompts without a previous mask (first "
-                        "clicks, boxes): average with the mirrored image's output (flip), none "
-                        "(off), or the model's recommendation (auto, default)")
-    p.add_argument("--mask-rank", default="auto", metavar="auto|off|WEIGHT",
-                   help="how a multimask prompt's masks are scored: predicted IoU plus WEIGHT "
-                        "times the colour contrast at each mask's boundary, predicted IoU alone "
-                        "(off), or the model's recommendation (auto, default)")
+    if prompted:
+        p.add_argument("--mask-refine", default="auto", metavar="auto|off|BAND[,ITERS]",
+                       help="GrabCut refinement of returned masks in a band around their boundary: "
+                            "the model's recommendation (auto, default), off, or the band's "
+                            "half-width in pixels at a 512-px image side and GrabCut iterations")
+        p.add_argument("--tta", default="auto", choices=("auto", "flip", "off"),
+                       help="test-time augmentation of prompts without a previous mask (first "
+                            "clicks, boxes): average with the mirrored image's output (flip), none "
+                            "(off), or the model's recommendation (auto, default)")
+        p.add_argument("--mask-rank", default="auto", metavar="auto|off|WEIGHT",
+                       help="how a multimask prompt's masks are scored: predicted IoU plus WEIGHT "
+                            "times the colour contrast at each mask's boundary, predicted IoU alone "
+                            "(off), or the model's recommendation (auto, default)")
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
                    help="where the network runs: CUDA when torch sees a GPU, else the CPU "
                         "(auto, default), or the device named; the classic backend always "
@@ -88,11 +93,15 @@ def segmenter_device(segmenter: Any) -> str:
     return str(getattr(segmenter, "device", "cpu"))
 
 
-def describe(segmenter: Any) -> str:
-    """One line naming the backend and weights that ran, printed by every command."""
+def describe(segmenter: Any, prompted: bool = True) -> str:
+    """One line naming the backend and weights that ran, printed by every command; with
+    ``prompted`` False (automatic masks, which the decoder scores itself) without the
+    predict-time settings, which do not apply."""
     desc = getattr(segmenter, "description", None)
     line = f"segmenter: {segmenter.model_id}" + (f" ({desc})" if desc else "")
     line += f"; on {segmenter_device(segmenter)}"
+    if not prompted:
+        return line
     refine = getattr(segmenter, "mask_refine", None)
     if refine is not None:
         line += (f"; masks refined by GrabCut (band {refine.band:g} px at {refine.ref_size}, "

@@ -23,8 +23,9 @@ DATASETS = ("bsds500", "grabcut", "berkeley", "coco")
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval", help="evaluate a task on a dataset with the paper's protocols",
-        description="Evaluate a task on a dataset with the paper's protocols; report.json and "
-        "plots go to --out. An image that fails (unreadable, bad annotations) is recorded in "
+        description="Evaluate a task on a dataset with the paper's protocols; report.json goes "
+        "to --out, with the detections or proposals (results.json) and, for points, the "
+        "mIoU-vs-clicks plot. An image that fails (unreadable, bad annotations) is recorded in "
         "report.json's meta.failures and the others are scored. Exit status 0 when every image "
         "was scored, 1 when some failed (the metrics cover the others) or an evaluator failed, "
         "2 for unusable input.")
@@ -44,11 +45,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             q.set_defaults(coco=None, images=None)
         q.add_argument("--split", default=None, help="BSDS500 split (default test)")
         q.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-        q.add_argument("--out", required=True, help="output folder for report.json and plots")
+        q.add_argument("--out", required=True,
+                       help="output folder for report.json (and results.json or the clicks plot)")
 
     e = esub.add_parser("edges", help="BSDS500 boundary benchmark (ODS/OIS/AP/R50)")
     common(e, ("bsds500",), "bsds500", coco=False)
-    add_model_args(e)
+    add_model_args(e, prompted=False)
     e.add_argument("--method", default="segmenter", choices=("segmenter", "sobel", "canny", "felzhutt"),
                    help="edge method: SAM-style edges from the segmenter (default) or a classical baseline "
                         "(runs no segmenter: the segmenter flags are refused with it)")
@@ -67,7 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     pr = esub.add_parser("proposals", help="class-agnostic mask proposals, AR@10/100/1000")
     common(pr, ("coco",), "coco")
-    add_model_args(pr)
+    add_model_args(pr, prompted=False)
     pr.add_argument("--points-per-side", type=int, default=64, help="grid (default 64, the paper's)")
     pr.set_defaults(func=run_proposals)
 
@@ -211,6 +213,7 @@ def _command_meta(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------- commands
 def run_edges(args: argparse.Namespace) -> int:
     check_limit(args.limit)  # before any model or data loads
+    _check_grid(args.points_per_side)
     with tasks_import():
         from tasks.edges import parse_refine
 
@@ -223,9 +226,6 @@ def run_edges(args: argparse.Namespace) -> int:
                                    ("--edge-refine", args.edge_refine, None),
                                    ("--model", args.model, None),
                                    ("--checkpoint", args.checkpoint, None),
-                                   ("--mask-refine", args.mask_refine, "auto"),
-                                   ("--tta", args.tta, "auto"),
-                                   ("--mask-rank", args.mask_rank, "auto"),
                                    ("--device", args.device, "auto")):
             if value != unset:
                 raise ValueError(f"{flag} needs --method segmenter (--method {args.method} "
@@ -242,7 +242,7 @@ def run_edges(args: argparse.Namespace) -> int:
             from tasks.edges import EdgeConfig, EdgeTask
 
         seg = load_model(args)
-        print(describe(seg))
+        print(describe(seg, prompted=False))
         cfg = EdgeConfig(points_per_side=args.points_per_side, refine=refine)
         setting = cfg.refine_setting(seg)
         how = "off" if setting is None else f"guided filter r={setting[0]} eps={setting[1]:g}"
@@ -265,8 +265,15 @@ def run_edges(args: argparse.Namespace) -> int:
     return _finish(report, args, f"edges ({args.method})")
 
 
+def _check_grid(points_per_side: int | None) -> None:
+    """``--points-per-side`` >= 1, checked before any model or data loads."""
+    if points_per_side is not None and points_per_side < 1:
+        raise ValueError(f"--points-per-side must be >= 1, got {points_per_side}")
+
+
 def run_proposals(args: argparse.Namespace) -> int:
     check_limit(args.limit)  # before any model or data loads
+    _check_grid(args.points_per_side)
     with tasks_import():
         from tasks.proposals import ProposalConfig, ProposalTask
 
@@ -274,7 +281,7 @@ def run_proposals(args: argparse.Namespace) -> int:
 
     dataset = _dataset(args)
     seg = load_model(args)
-    print(describe(seg))
+    print(describe(seg, prompted=False))
     task = ProposalTask(seg, ProposalConfig(points_per_side=args.points_per_side))
     results = Path(args.out) / "results.json"
     ev = ProposalEvaluator(dataset.coco, results_file=results)

@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "unusable input (no images, bad flags, a log of other settings without --overwrite).",
     )
     p.add_argument("input", help="image file, or a folder of images (writes one COCO json)")
-    add_model_args(p)
+    add_model_args(p, prompted=False)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--overwrite", action="store_true",
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         config = AmgConfig.for_segmenter(
             seg, max_side=args.max_side, **{**defaults, **given}, **thresholds
         )
-    print(describe(seg))
+    print(describe(seg, prompted=False))
     if config.crop_n_layers >= 3:  # a long run should not look like a hang
         crops = sum(4**i for i in range(config.crop_n_layers + 1))
         print(f"--crop-n-layers {config.crop_n_layers}: {crops} crops per image, each one "

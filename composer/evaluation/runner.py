@@ -376,15 +376,20 @@ def run(
 
     secs = np.asarray([s for _, s in per_image], np.float64)
     total = time.perf_counter() - t_run
+    # a task of automatic masks (edges, proposals) decodes its grid without the segmenter's
+    # predict-time settings: they did not make its numbers
+    prompted = getattr(task_or_segmenter, "uses_predict_settings", True)
     meta: dict[str, Any] = {
         "mode": "points" if points_mode else "task",
         "model_id": _model_id(task_or_segmenter),
         # predict-time mask refinement (as JSON) and flip TTA; None without a promptable segmenter
-        "mask_refine": _jsonable(_segmenter_attr(task_or_segmenter, "mask_refine")),
+        "mask_refine": (_jsonable(_segmenter_attr(task_or_segmenter, "mask_refine"))
+                        if prompted else None),
         # how multimask outputs are ranked (ContrastRank as JSON, None: predicted IoU alone)
-        "mask_rank": _jsonable(_segmenter_attr(task_or_segmenter, "mask_rank")),
+        "mask_rank": (_jsonable(_segmenter_attr(task_or_segmenter, "mask_rank"))
+                      if prompted else None),
         "flip_tta": (None if (flip := _segmenter_attr(task_or_segmenter, "flip_tta")) is None
-                     else bool(flip)),
+                     or not prompted else bool(flip)),
         # where the network ran (timings depend on it); None without a promptable segmenter
         "device": (None if (dev := _segmenter_attr(task_or_segmenter, "device")) is None
                    else str(dev)),
