@@ -31,10 +31,41 @@ def test_a_rerun_removes_mask_pngs_numbered_past_999(tmp_path):
     image = np.full((40, 60, 3), 90, np.uint8)
     for name in ("img_mask1000.png", "img_mask12345.png", "img_maskabc.png", "img_mask_x.png"):
         (tmp_path / name).write_bytes(b"old")
+    # the json of an earlier run, written before it listed its mask files
+    (tmp_path / "img.json").write_text('{"image_size": [40, 60], "detections": []}')
     write_detections(_dets(n=1), image, tmp_path, stem="img")
     # an earlier run with more than 1000 masks left its four-digit ones beside the new mask
     names = sorted(p.name for p in tmp_path.glob("img_mask*.png"))
     assert names == ["img_mask000.png", "img_mask_x.png", "img_maskabc.png"]
+    # the json lists what it wrote: the next run removes exactly those
+    (tmp_path / "img_mask001.png").write_bytes(b"mine")
+    write_detections(_dets(n=3), image, tmp_path, stem="img")
+    write_detections(_dets(n=1), image, tmp_path, stem="img")
+    names = sorted(p.name for p in tmp_path.glob("img_mask*.png"))
+    assert names == ["img_mask000.png", "img_mask_x.png", "img_maskabc.png"]
+
+
+def test_files_no_run_wrote_are_never_replaced_or_removed(tmp_path):
+    """segment --out DS, where DS held photo.png, a LabelMe photo.json and hand-made mask
+    PNGs: photo_mask007.png was deleted, photo_mask000.png and photo.json replaced."""
+    image = np.full((40, 60, 3), 90, np.uint8)
+    (tmp_path / "photo_mask000.png").write_bytes(b"mine")
+    (tmp_path / "photo_mask007.png").write_bytes(b"mine")
+    with pytest.raises(ValueError, match="photo_mask000.png exists and no earlier output"):
+        write_detections(_dets(n=1), image, tmp_path, stem="photo")
+    assert (tmp_path / "photo_mask000.png").read_bytes() == b"mine"
+    assert (tmp_path / "photo_mask007.png").read_bytes() == b"mine"
+    (tmp_path / "photo_mask000.png").unlink()
+    (tmp_path / "photo.json").write_text('{"version": "5.2.1", "shapes": []}')  # LabelMe's
+    with pytest.raises(ValueError, match="photo.json exists and is not an output of sam-composer"):
+        write_detections(_dets(n=1), image, tmp_path, stem="photo")
+    assert "shapes" in (tmp_path / "photo.json").read_text()
+    (tmp_path / "photo.json").unlink()
+    write_detections(_dets(n=1), image, tmp_path, stem="photo")  # mask000 free: written
+    assert (tmp_path / "photo_mask007.png").read_bytes() == b"mine"
+    # a folder-mode run's own folder: its outputs are its own even without their json
+    (tmp_path / "photo.json").unlink()
+    write_detections(_dets(n=1), image, tmp_path, stem="photo", owned=True)
 
 
 def test_masks_of_another_size_are_refused_before_any_file_is_touched(tmp_path):

@@ -224,8 +224,9 @@ def output_stems(files: Sequence[Path], reserved: Sequence[str] = ()) -> list[st
 
 
 def write_result(dets: Any, image: Any, out: Path, stem: str,
-                 image_file: str | None = None) -> dict[str, Any]:
-    """Overlay (masks and detector boxes) and JSON with class names, via write_detections.
+                 image_file: str | None = None, owned: bool = False) -> dict[str, Any]:
+    """Overlay (masks and detector boxes) and JSON with class names, via write_detections
+    (``owned``: a folder-mode run's own output folder).
 
     NaN scores are written as null, so the JSON stays valid.
     """
@@ -248,6 +249,7 @@ def write_result(dets: Any, image: Any, out: Path, stem: str,
         extra_meta={"class_names": {str(k): v for k, v in names.items()}},
         mask_pngs=False,
         image_file=image_file,
+        owned=owned,
     )
 
 
@@ -530,7 +532,8 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
         cache.clear()  # each image comes once: the last one's embeddings would only fill memory
         image = load_image(path)
         dets = task(TaskContext(image, path.stem, cache))
-        written = write_result(dets, image, out, stem, image_file=path.name)
+        written = write_result(dets, image, out, stem, image_file=path.name,
+                               owned=Path(args.input).is_dir())
         if len(dets) == 0:
             print(f"{path.name}: {dets.meta.get('message', 'no detections')}")
         else:

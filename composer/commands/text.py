@@ -171,7 +171,8 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
             )
         if dets.labels is None:  # open vocabulary: the prompt is the class
             dets.extras["class_name"] = np.array([args.prompt] * len(dets), dtype=object)
-        written = write_result(dets, image, out, stem, image_file=path.name)
+        written = write_result(dets, image, out, stem, image_file=path.name,
+                               owned=Path(args.input).is_dir())
         if len(dets) == 0:
             print(f"{path.name}: {dets.meta.get('message', 'nothing found')}")
         else:

@@ -164,21 +164,26 @@ def write_detections(dets: Detections, image: np.ndarray, out_dir: str | os.Path
                      stem: str = "image", points: np.ndarray | None = None,
                      point_labels: np.ndarray | None = None, prompt_boxes: np.ndarray | None = None,
                      extra_meta: dict[str, Any] | None = None, mask_pngs: bool = True,
-                     image_file: str | None = None) -> dict[str, Any]:
+                     image_file: str | None = None, owned: bool = False) -> dict[str, Any]:
     """Write mask PNGs, an overlay PNG and a JSON (RLE, boxes, scores, extras) for one image.
 
     ``image_file`` (the input image's file name) is recorded as the JSON's ``image_file``, so
-    that a conversion to COCO names the image file and not only its stem.
+    that a conversion to COCO names the image file and not only its stem. ``owned``: the
+    folder is a run's own (a folder-mode run's ``--out``, whose log lists its outputs), so
+    files named as this call's outputs are earlier outputs even without their json.
 
     Mask PNGs ``<stem>_maskNNN.png`` (``NNN`` three digits or more) of an earlier call with
-    this stem are removed first, so the folder never mixes two runs' masks. NaN scores are
-    written as JSON null.
+    this stem (those its json lists in ``mask_files``) are removed first, so the folder never
+    mixes two runs' masks; files of the user's are never replaced (see ``Raises``). NaN scores
+    are written as JSON null.
 
     Returns:
         A dict with the written paths: ``masks`` (list), ``overlay``, ``json``.
 
     Raises:
-        ValueError: the masks are not of the image's size (checked before any file is touched).
+        ValueError: the masks are not of the image's size, ``<stem>.json`` exists and is not
+            an output of ours, or a file this call writes exists with no json of ours beside it
+            (checked before any file is touched).
     """
     if dets.masks is not None and dets.masks.image_size != tuple(np.shape(image)[:2]):
         h, w = dets.masks.image_size
@@ -187,24 +192,19 @@ def write_detections(dets: Detections, image: np.ndarray, out_dir: str | os.Path
             f"{np.shape(image)[1]}x{np.shape(image)[0]}; give the image the masks belong to"
         )
     out = Path(out_dir)
+    mask_names = ([f"{stem}_mask{i:03d}.png" for i in range(len(dets.masks.rles))]
+                  if dets.masks is not None and mask_pngs else [])
+    stale = _earlier_outputs(out, stem, mask_names, owned)  # refuses files no run of ours wrote
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Any] = {"masks": []}
-    # mask PNGs of an earlier run with this stem would sit beside the new ones as if current
-    # (more than 1000 masks are numbered with four digits or more)
-    pattern = re.compile(re.escape(stem) + r"_mask[0-9]{3,}\.png")
-    for old in out.glob(f"{glob_escape(stem)}_mask[0-9][0-9][0-9]*.png"):
-        if pattern.fullmatch(old.name):
-            old.unlink()
-    if dets.masks is not None and mask_pngs:
-        for i, rle in enumerate(dets.masks.rles):  # one at a time: never (N, H, W)
-            m = mask_utils.decode(rle)
-            written["masks"].append(str(save_png(m * np.uint8(255), out / f"{stem}_mask{i:03d}.png")))
-    pic = overlay(image, dets.masks, boxes=prompt_boxes, points=points, point_labels=point_labels)
-    written["overlay"] = str(save_png(pic, out / f"{stem}_overlay.png"))
+    for old in stale:
+        old.unlink(missing_ok=True)
     record: dict[str, Any] = {
         "image_size": list(image.shape[:2]),
         **({} if image_file is None else {"image_file": str(image_file)}),
         "meta": {k: v for k, v in {**dets.meta, **(extra_meta or {})}.items() if _jsonable(v)},
+        # what this call writes beside the json: the next call with this stem removes these
+        "mask_files": mask_names,
         "detections": [],
     }
     rles = dets.masks.to_coco_rles() if dets.masks is not None else [None] * len(dets)
@@ -222,8 +222,53 @@ def write_detections(dets: Detections, image: np.ndarray, out_dir: str | os.Path
         for k, v in scalar_extras.items():
             item[k] = np.asarray(v[i]).tolist()
         record["detections"].append(item)
+    # the json first: it lists the mask files, so a run cut short while writing them leaves
+    # files the next run knows as its own (a run is complete once the overlay exists)
     written["json"] = str(write_json(out / f"{stem}.json", record, indent=1))
+    if dets.masks is not None and mask_pngs:
+        for name, rle in zip(mask_names, dets.masks.rles, strict=True):  # one at a time
+            m = mask_utils.decode(rle)
+            written["masks"].append(str(save_png(m * np.uint8(255), out / name)))
+    pic = overlay(image, dets.masks, boxes=prompt_boxes, points=points, point_labels=point_labels)
+    written["overlay"] = str(save_png(pic, out / f"{stem}_overlay.png"))
     return written
+
+
+def _earlier_outputs(out: Path, stem: str, mask_names: list[str], owned: bool) -> list[Path]:
+    """The mask PNGs of an earlier :func:`write_detections` with ``stem`` in ``out``, to remove
+    (so the folder never mixes two runs' masks): those its ``<stem>.json`` lists, or, for a
+    json written before the list was kept, every ``<stem>_maskNNN.png``.
+
+    Raises:
+        ValueError: ``<stem>.json`` exists and is no output of ours (e.g. a LabelMe
+            annotation beside its image), or there is no such json, the folder is not
+            ``owned`` and a file this call would write (``<stem>_maskNNN.png``,
+            ``<stem>_overlay.png``) exists: a user's file.
+    """
+    json_path = out / f"{stem}.json"
+    pattern = re.compile(re.escape(stem) + r"_mask[0-9]{3,}\.png")
+    if json_path.exists():
+        try:
+            earlier = json.loads(json_path.read_text())
+            ours = isinstance(earlier, dict) and {"image_size", "detections"} <= set(earlier)
+        except (OSError, ValueError):
+            ours = False
+        if not ours:
+            raise ValueError(f"{json_path} exists and is not an output of sam-composer (it would be "
+                             "replaced); write into another folder")
+        listed = earlier.get("mask_files")
+        if isinstance(listed, list):
+            return [out / str(n) for n in listed if pattern.fullmatch(str(n))]
+        return [p for p in out.glob(f"{glob_escape(stem)}_mask[0-9][0-9][0-9]*.png")
+                if pattern.fullmatch(p.name)]
+    if owned:
+        return [p for p in out.glob(f"{glob_escape(stem)}_mask[0-9][0-9][0-9]*.png")
+                if pattern.fullmatch(p.name)]
+    theirs = [out / n for n in (*mask_names, f"{stem}_overlay.png") if (out / n).exists()]
+    if theirs:
+        raise ValueError(f"{theirs[0]} exists and no earlier output here lists it (no {json_path.name}); "
+                         "it would be replaced: write into another folder, or remove it")
+    return []
 
 
 def json_finite(obj: Any) -> Any:
