@@ -134,7 +134,7 @@ def test_rerun_skips_finished_images(command, folder, tmp_path, calls, capsys):
     lines = _log_lines(out)
     settings = lines[0]["settings"]
     assert settings["command"] == command and settings["model_id"].startswith("classic")
-    assert settings["detector"]["model_id"] == "coco-json:boxes.json"
+    assert settings["detector"]["model_id"].startswith("coco-json:boxes.json#")
     assert [rec["file_name"] for rec in lines[1:]] == ["1.png", "2.png", "3.png"]
     # a record is the image's summary entry, with its file's time and size
     assert all(set(rec) >= {"mtime_ns", "bytes"} for rec in lines[1:])

@@ -23,6 +23,7 @@ on overlapping tiles of the image and merges all boxes (SAHI's sliced inference,
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -377,7 +378,7 @@ class TorchvisionDetector:
         self.model = model.eval().to(device)
         self.device = device
         self.weights_path = path
-        self.model_id = f"{arch}:{path.name}"
+        self.model_id = f"{arch}:{path.name}#{_file_digest(path)}"
 
     @property
     def class_names(self) -> Mapping[int, str]:
@@ -524,7 +525,9 @@ class CocoJsonDetector:
                 entries = json.loads(path.read_text())
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path} is not valid json: {exc}") from exc
-            default_id = f"coco-json:{path.name}"
+            # the content's digest: a file edited, or another file of the same name, is another
+            # detector (a folder run resumed with the old boxes' outputs)
+            default_id = f"coco-json:{path.name}#{_file_digest(path)}"
         else:
             entries, default_id = list(results), "coco-json"
         own_map: Mapping[str, Any] | None = None
@@ -570,10 +573,10 @@ class CocoJsonDetector:
         for k in (key, Path(key).name, Path(key).stem):
             if k in self.image_ids:
                 return int(self.image_ids[k])
-        try:
-            return int(image_id)  # type: ignore[call-overload]
-        except (TypeError, ValueError):
-            return None
+        # a number itself, or digits alone: int() also reads "2_1" as 21 and " 7" as 7
+        if isinstance(image_id, (int, np.integer)) and not isinstance(image_id, bool):
+            return int(image_id)
+        return int(key) if key.isascii() and key.isdigit() else None
 
     def __call__(self, image: Any, image_id: Hashable | None = None) -> Detections:
         arr = _load(image)
@@ -915,9 +918,10 @@ class SlicedDetector:
         boxes = np.concatenate([p[0].reshape(-1, 4) for p in parts]) if parts else np.zeros((0, 4))
         scores = np.concatenate([p[1].reshape(-1) for p in parts]) if parts else np.zeros(0)
         labels = np.concatenate([p[2].reshape(-1) for p in parts]) if parts else np.zeros(0)
-        boxes, scores, labels = merge_boxes(
-            boxes, scores, labels, self.metric, self.threshold, self.merge, self.class_agnostic
-        )
+        if len(windows):  # duplicates between tiles and the whole image; no tile: none to merge
+            boxes, scores, labels = merge_boxes(
+                boxes, scores, labels, self.metric, self.threshold, self.merge, self.class_agnostic
+            )
         dets = _finish(boxes, scores, labels, (h, w), self.model_id, self.class_names,
                        image_id, 0.0, self.max_dets)
         dets.meta["slices"] = int(len(windows))
@@ -936,6 +940,15 @@ def _arrays(dets: Detections) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _SSD_NAMES = ("ssd", "ssd_mobilenet_v2", "ssd_mobilenet_v2_coco")
 
 
+def _file_digest(path: Path) -> str:
+    """The first 12 hex digits of a file's SHA-256 (part of a file-backed detector's id)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
 def load_detector(name: str | None = None, **kwargs: Any) -> Detector:
     """A detector by name.
 
@@ -948,7 +961,8 @@ def load_detector(name: str | None = None, **kwargs: Any) -> Detector:
     Raises:
         ValueError: an unknown name (the message lists the valid ones).
     """
-    if name is not None and not str(name).endswith(".json"):
+    is_json = name is not None and str(name).lower().endswith(".json")
+    if name is not None and not is_json:
         name = str(name).strip().lower()  # as load_segmenter: "SSD" and " ssd" are ssd
     if name is None or name in _SSD_NAMES:
         return SsdMobileNetDetector(**kwargs)
@@ -957,7 +971,7 @@ def load_detector(name: str | None = None, **kwargs: Any) -> Detector:
     for arch in TORCHVISION_ARCHS:
         if name == torchvision_weights_name(arch):
             return TorchvisionDetector(arch, weights=name, **kwargs)
-    if str(name).endswith(".json"):
+    if is_json:
         return CocoJsonDetector(name, **kwargs)
     raise ValueError(
         f"unknown detector {name!r}; valid: {', '.join(_SSD_NAMES)}, {', '.join(TORCHVISION_ARCHS)}, "

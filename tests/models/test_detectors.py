@@ -436,3 +436,38 @@ def test_instances_cli_slices(ssd_files, tmp_path, capsys):
         assert main([*text, *extra]) == 2, extra
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
+
+
+def test_a_detector_file_is_known_by_its_content_and_names_are_read_strictly(tmp_path):
+    """A results file edited in place (or another file of the same name) kept its id, so a
+    folder run resumed with the old boxes' outputs; "Dir/Odd.JSON" was lower-cased to a path
+    that does not exist; "2_1" was read as image 21."""
+    entry = {"image_id": 21, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.9}
+    path = tmp_path / "Odd.JSON"
+    path.write_text(json.dumps([entry]))
+    first = load_detector(str(path))
+    assert first.model_id.startswith("coco-json:Odd.JSON#")
+    path.write_text(json.dumps([{**entry, "bbox": [2, 2, 5, 5]}]))
+    assert load_detector(str(path)).model_id != first.model_id
+    image = np.zeros((10, 10, 3), np.uint8)
+    assert len(first(image, "2_1")) == 0 and len(first(image, "21")) == 1
+    assert len(first(image, np.int64(21))) == 1 and len(first(image, "000021")) == 1
+
+
+def test_slicing_that_cuts_no_tile_returns_the_detector_output():
+    """With no tile the boxes still went through the merge's NMS, dropping overlapping boxes
+    the detector kept."""
+    from composer.models.detectors import SlicedDetector
+
+    class Overlapping:
+        model_id = "overlap"
+        class_names = {1: "thing"}
+
+        def __call__(self, image, image_id=None):
+            boxes = np.array([[0, 0, 50, 50], [5, 5, 55, 55]], np.float32)  # IoU 0.68
+            return Detections(boxes, np.array([0.9, 0.8], np.float32), np.ones(2, np.int64),
+                              meta={"image_size": image.shape[:2]})
+
+    sliced = SlicedDetector(Overlapping(), slice_size=1000)
+    dets = sliced(np.zeros((100, 100, 3), np.uint8))
+    assert dets.meta["slices"] == 0 and len(dets) == 2
