@@ -128,7 +128,9 @@ class EmbeddingCache:
             image: (H, W, 3) uint8 RGB array, a path or a PIL image.
             segmenter: anything with ``model_id`` and ``embed(image)``.
             crop_box: optional XYXY int box in ``image`` pixels; the crop is embedded and the
-                returned embedding records the box.
+                returned embedding records the box. It is the crop's embedding: ``predict``
+                takes prompts in the crop's pixels and returns masks of the crop's size
+                (add ``crop_box[:2]`` to map them back; the tasks' zoom does this).
 
         An entry cached without the pixels that ``segmenter`` now keeps in ``extras["image"]``
         (made while its ``mask_refine``, ``flip_tta`` and ``mask_rank`` were off) gets them.

@@ -280,3 +280,10 @@ def test_a_closed_output_pipe_ends_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141
     assert "Broken pipe" not in err and "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_segment_checks_its_prompts_before_the_model_loads(tmp_path, capsys):
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "a.png")
+    assert main(["segment", str(tmp_path / "a.png"), "--point=-5,-5", "--out", str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    assert "points outside the 50x40 image" in captured.err and "segmenter:" not in captured.out

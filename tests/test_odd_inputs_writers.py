@@ -214,3 +214,19 @@ def test_an_interrupted_png_write_keeps_the_earlier_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert np.asarray(Image.open(path)).tolist() == [[200] * 5] * 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.png"]
+
+
+def test_overlay_takes_one_mask_and_refuses_probabilities_and_bad_alpha():
+    """A (H, W) mask was refused with "masks of shape (H, W) do not fit the WxH image", float
+    probabilities were all drawn as foreground, and alpha 2 was taken."""
+    image = np.full((20, 30, 3), 100, np.uint8)
+    mask = np.zeros((20, 30), bool)
+    mask[5:10, 5:10] = True
+    one = overlay(image, mask)
+    assert (one[7, 7] != image[7, 7]).any() and (one[15, 25] == image[15, 25]).all()
+    np.testing.assert_array_equal(overlay(image, mask.astype(np.float32)), one)
+    with pytest.raises(ValueError, match="float masks must hold only 0 and 1"):
+        overlay(image, mask * 0.3)
+    for alpha in (2, -1, float("nan"), "0.5"):
+        with pytest.raises(ValueError, match="alpha must be a number in"):
+            overlay(image, mask, alpha=alpha)

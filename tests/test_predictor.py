@@ -174,3 +174,25 @@ def test_crop_embedding_and_lru_budget(model, image):
     assert len(cache) == 2 and cache.stats()["bytes"] <= emb_bytes * 2
     with pytest.raises(ValueError, match="not inside"):
         cache.get(image, pred, crop_box=(0, 0, 500, 60))
+
+
+def test_the_official_predictor_runs_box_prompts_on_our_model(image):
+    """The official SamPredictor passes boxes as (B, 1, 4); our prompt encoder refused every
+    box prompt of it (and of our own predict_torch given that shape)."""
+    from segment_anything import SamPredictor as OfficialPredictor
+
+    from composer.sam import build_sam
+
+    ours_model = build_sam("vit_tiny_test")
+    official = OfficialPredictor(ours_model)
+    official.set_image(image)
+    box = np.array([10, 20, image.shape[1] // 2, image.shape[0] // 2])
+    masks, _, low = official.predict(box=box)
+    ours = SamPredictor(ours_model)
+    ours.set_image(image)
+    m2, _, low2 = ours.predict(box=box)
+    np.testing.assert_allclose(low2, low, atol=1e-5)
+    assert (masks == m2).all()
+    b = ours.transform.apply_boxes_torch(torch.as_tensor(box[None], dtype=torch.float32),
+                                         image.shape[:2])[:, None]
+    assert ours.predict_torch(None, None, boxes=b)[0].shape[:2] == (1, 3)

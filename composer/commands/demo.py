@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     dets = seg.predict(emb, points=[DEMO_POINT], boxes=None, multimask=True)
     best = best_per_prompt(dets)
     box_dets = best_per_prompt(seg.predict(emb, boxes=[DEMO_BOX]))
+    if "prompt_index" in box_dets.extras:  # the box is the second prompt of the json
+        box_dets.extras["prompt_index"] = box_dets.extras["prompt_index"] + 1
     from ..structures import Detections
 
     both = Detections.concatenate([best, box_dets])

@@ -44,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--point LABEL must be 1 (foreground) or 0 (background), got {bad[0]:g}")
         labels = np.array([[int(p[2]) if len(p) == 3 else 1 for p in pts]])
     box_arr = np.array(boxes, np.float32) if boxes else None
+    from ..structures import Prompts
+
+    # the prompts' own checks (inside the image, finite, x0 <= x1) before the model loads and
+    # the encoder runs: a typo was reported only after a full encoder pass
+    Prompts.create(points, labels, box_arr, None, image_size=image.shape[:2])
     seg = load_model(args)
     print(describe(seg))
     emb = seg.embed(image)

@@ -34,7 +34,7 @@ def overlay(image: np.ndarray, masks: Masks | np.ndarray | None = None, alpha: f
     Args:
         image: (H, W, 3) uint8 RGB; other arrays (gray, RGBA, 16-bit, float in [0, 1]) are
             converted as :func:`composer.io.image.load_image` converts them.
-        masks: Masks or (N, H, W) bool.
+        masks: Masks, or (N, H, W) or (H, W) bool (or 0/1 numbers).
         alpha: mask opacity in [0, 1].
         boxes: optional (N, 4) XYXY pixels; boxes with NaN or infinite values are not drawn.
         points: optional (K, 2) XY pixels; ``point_labels`` (K,) 1 = green, 0 = red; points
@@ -44,12 +44,15 @@ def overlay(image: np.ndarray, masks: Masks | np.ndarray | None = None, alpha: f
         (H, W, 3) uint8 RGB picture.
 
     Raises:
-        ValueError: the masks are not of the image's size, or the image array is unusable.
+        ValueError: the masks are not of the image's size or are float values other than 0
+            and 1, ``alpha`` is outside [0, 1], or the image array is unusable.
     """
     import cv2
 
     from .image import load_image
 
+    if not (isinstance(alpha, (int, float, np.number)) and 0.0 <= float(alpha) <= 1.0):
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
     if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
             and image.shape[2] == 3):
         image = load_image(image)  # a 16-bit or [0, 1] float image was drawn all white / black
@@ -68,7 +71,14 @@ def overlay(image: np.ndarray, masks: Masks | np.ndarray | None = None, alpha: f
         def mask_at(i: int) -> np.ndarray:
             return mask_utils.decode(rles[i]).view(bool)
     elif masks is not None:
-        dense = np.asarray(masks, bool)
+        given = np.asarray(masks)
+        if given.dtype.kind == "f" and given.size and not np.isin(given, (0.0, 1.0)).all():
+            # as Masks.from_dense: probabilities or logits would all be drawn as foreground
+            raise ValueError("float masks must hold only 0 and 1; threshold probabilities or "
+                             "logits first (e.g. masks > 0.5)")
+        dense = given.astype(bool)
+        if dense.ndim == 2:
+            dense = dense[None]  # one (H, W) mask
         if dense.ndim != 3 or dense.shape[1:] != image.shape[:2]:
             raise ValueError(
                 f"masks of shape {dense.shape} do not fit the {image.shape[1]}x{image.shape[0]} "

@@ -279,7 +279,7 @@ class PromptEncoder(nn.Module):
             sizes["points"] = coords.shape[0]
         if boxes is not None:
             if boxes.ndim != 2 or boxes.shape[-1] != 4:
-                raise ValueError(f"boxes must be (B, 4), got {tuple(boxes.shape)}")
+                raise ValueError(f"boxes must be (B, 4) or (B, 1, 4), got {tuple(boxes.shape)}")
             sizes["boxes"] = boxes.shape[0]
         if masks is not None:
             expected = (1, *self.mask_input_size)
@@ -308,7 +308,8 @@ class PromptEncoder(nn.Module):
         Args:
             points: optional ((B, N, 2) float XY, (B, N) int labels) in the model input frame;
                 label 1 foreground, 0 background, -1 padding (ignored).
-            boxes: optional (B, 4) float XYXY boxes in the model input frame.
+            boxes: optional (B, 4) (or (B, 1, 4), as the official ``SamPredictor`` passes them)
+                float XYXY boxes in the model input frame.
             masks: optional (B, 1, 4h, 4w) float mask logits (256x256 for SAM), the low-res
                 frame of the decoder output.
 
@@ -322,6 +323,8 @@ class PromptEncoder(nn.Module):
             ValueError: on wrong shapes, unknown labels, inconsistent batch sizes, or NaN or
                 infinite point or box coordinates.
         """
+        if boxes is not None and boxes.ndim == 3 and boxes.shape[1] == 1:
+            boxes = boxes[:, 0]
         self._check(points, boxes, masks)
         bs = self._get_batch_size(points, boxes, masks)
         tokens = []

@@ -240,8 +240,9 @@ class PromptableSegmenter(ABC):
         if "image" not in embedding.extras and not isinstance(refine, GrabCutRefine):
             if not getattr(self, "_warned_no_image", False):
                 logger.warning(
-                    "%s: the embedding carries no image (made before mask_refine was set, or "
-                    "from an older cache), so its masks are not refined; re-embed the image",
+                    "%s: the embedding carries no image (made by set_torch_image, before "
+                    "mask_refine was set, or read from an older cache), so its masks are not "
+                    "refined; embed the image itself (set_image, embed) to refine them",
                     self.model_id,
                 )
                 self._warned_no_image = True
