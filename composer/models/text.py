@@ -51,6 +51,28 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
         "rider",
         "someone",
         "adult",
+        "officer",
+        "policeman",
+        "policewoman",
+        "police officer",
+        "worker",
+        "athlete",
+        "batter",
+        "umpire",
+        "chef",
+        "soldier",
+        "student",
+        "tourist",
+        "spectator",
+        "passenger",
+        "cyclist",
+        "runner",
+        "swimmer",
+        "snowboarder",
+        "teenager",
+        "toddler",
+        "infant",
+        "gentleman",
     ),
     "bicycle": ("bike", "cycle", "push bike"),
     "motorcycle": ("motorbike", "motor bike", "scooter", "moped"),
@@ -139,6 +161,31 @@ def _singulars(word: str) -> list[str]:
 
 def _singular(word: str) -> str:
     return _singulars(word)[0]
+
+
+#: words that end a noun phrase's head part ("a person | riding a horse", "a man | with a hat")
+_CUT_WORDS = frozenset((
+    "with", "without", "on", "in", "at", "of", "near", "by", "under", "over", "behind", "beside",
+    "next", "from", "to", "for", "and", "or", "who", "that", "which", "while", "into", "onto",
+    "inside", "outside", "above", "below", "across", "along", "around", "against", "between",
+))
+#: words after which an "-ing" word is a verb ("riding a horse"), not a modifier ("dining table")
+_DETERMINERS = frozenset(("a", "an", "the", "his", "her", "their", "its", "some", "this", "that",
+                          "these", "those", "my", "our", "your", "two", "three"))
+
+
+def _head_candidates(text: str) -> list[str]:
+    """The head noun of a prompt's noun phrase and the two words ending it, longest first:
+    the phrase ends before a preposition or conjunction, or a verb in "-ing" with an object."""
+    words = normalise(text).split()
+    for k in range(1, len(words)):
+        nxt = words[k + 1] if k + 1 < len(words) else ""
+        if words[k] in _CUT_WORDS or (words[k].endswith("ing") and nxt in _DETERMINERS):
+            words = words[:k]
+            break
+    if not words:
+        return []
+    return ([" ".join(words[-2:])] if len(words) >= 2 else []) + [words[-1]]
 
 
 def _forms(text: str) -> list[str]:
@@ -288,7 +335,8 @@ class Match:
         name: its class name.
         score: 1.0 for exact and synonym matches, else the encoder's cosine similarity (or
             the fraction of prompt words a word-match covers).
-        method: "exact", "synonym", "encoder" or "words".
+        method: "exact", "synonym", "head noun" (the name or a synonym is the prompt's head
+            noun: "a baseball player" -> person), "encoder" or "words".
     """
 
     class_id: int
@@ -367,6 +415,13 @@ class TextMatcher:
             if hit is not None:
                 i, how = hit
                 return Match(i, self.class_names[i], 1.0, how)
+        # a class name or synonym as the phrase's head noun: "a baseball player" is a person,
+        # not a baseball bat (the sentence encoder's pick), "a person riding a horse" a person
+        for cand in _head_candidates(prompt):
+            for form in _forms(cand):
+                hit = self._lookup.get(form)
+                if hit is not None:
+                    return Match(hit[0], self.class_names[hit[0]], 1.0, "head noun")
         if self.encoder is not None:
             if self._class_emb is None:
                 self._class_emb = self.encoder.encode([self.class_names[i] for i in self._ids])

@@ -41,7 +41,7 @@ def test_lexical_matching_without_an_encoder():
         ("sofa", "couch", "synonym"),
         ("wine glasses", "wine glass", "exact"),
         ("zebra-like animal", "zebra", "words"),
-        ("a red car", "car", "words"),
+        ("a red car", "car", "head noun"),
         ("hot dogs", "hot dog", "exact"),
     ]:
         got = m.match(prompt)
@@ -68,6 +68,21 @@ def test_sentence_encoder_matching(minilm_matcher):
     assert m.match("the moon") is None and m.match("quantum entanglement") is None
     v = m.encoder.encode(["a dog", "a puppy"])
     assert v.shape == (2, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+
+
+def test_the_head_noun_decides_before_the_sentence_encoder(minilm_matcher):
+    """The encoder matched "a baseball player" to baseball bat, "a tennis player" to tennis
+    racket and "a person riding a horse" to horse; "police officer" matched nothing."""
+    m = minilm_matcher
+    for prompt, name in (("a baseball player", "person"), ("a tennis player", "person"),
+                         ("a person riding a horse", "person"), ("police officer", "person"),
+                         ("a dog on the couch", "dog"), ("the man with a red umbrella", "person"),
+                         ("a dining table", "dining table"), ("a red sports car", "car"),
+                         ("baseball bat", "baseball bat")):
+        got = m.match(prompt)
+        assert got is not None and got.name == name, (prompt, got)
+    assert m.match("a baseball player").method == "head noun"
+    assert m.match("the moon") is None
 
 
 # ---------------------------------------------------------------------- detector strategy
