@@ -287,3 +287,14 @@ def test_segment_checks_its_prompts_before_the_model_loads(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "a.png"), "--point=-5,-5", "--out", str(tmp_path / "o")]) == 2
     captured = capsys.readouterr()
     assert "points outside the 50x40 image" in captured.err and "segmenter:" not in captured.out
+
+
+def test_eval_instances_score_threshold_is_checked_before_loading(tmp_path, capsys):
+    """The detector's floor was fixed at 0.05: the recipes' 0.2 rows could not be reproduced
+    from the command line."""
+    base = ["eval", "instances", "--limit", "1", "--out", str(tmp_path / "o")]
+    assert main([*base, "--boxes", "gt", "--score-threshold", "0.2"]) == 2
+    assert "--score-threshold needs --boxes detector" in _err(capsys)
+    for bad in ("1.5", "nan", "-0.1"):
+        assert main([*base, "--score-threshold", bad]) == 2
+        assert "--score-threshold must be in [0, 1]" in _err(capsys)

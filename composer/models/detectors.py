@@ -535,6 +535,9 @@ class CocoJsonDetector:
             # a ground-truth-style file works too: its images map file names to ids (so a
             # folder's images find their boxes) and its categories name the classes
             own_map, entries = entries, entries["annotations"]
+            if isinstance(entries, list):  # crowd regions are no instances (as GroundTruthDetector)
+                entries = [e for e in entries
+                           if not (isinstance(e, Mapping) and e.get("iscrowd") in (1, True, "1"))]
         if not isinstance(entries, list):
             raise ValueError("COCO results must be a list of {image_id, category_id, bbox, score}")
         names: dict[int, str] = {}
@@ -631,7 +634,11 @@ class GroundTruthDetector:
     def __call__(self, image: Any, image_id: Hashable | None = None) -> Detections:
         if image_id is None:
             raise ValueError("GroundTruthDetector needs the image_id of a dataset image")
-        gt = self.dataset.item(image_id).gt
+        try:
+            gt = self.dataset.item(image_id).gt
+        except (KeyError, ValueError, TypeError) as exc:  # a bare KeyError: 123 said nothing
+            raise ValueError(f"{self.model_id}: image id {image_id!r} is not an image of the "
+                             f"dataset ({type(exc).__name__}: {exc})") from None
         crowd = np.asarray(gt.extras.get("iscrowd", np.zeros(len(gt))), bool)
         gt = gt[~crowd]
         h, w = gt.image_size or _load(image).shape[:2]

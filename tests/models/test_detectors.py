@@ -471,3 +471,19 @@ def test_slicing_that_cuts_no_tile_returns_the_detector_output():
     sliced = SlicedDetector(Overlapping(), slice_size=1000)
     dets = sliced(np.zeros((100, 100, 3), np.uint8))
     assert dets.meta["slices"] == 0 and len(dets) == 2
+
+
+def test_a_dataset_json_as_detector_skips_crowds_and_unknown_gt_ids_are_named(tmp_path, coco_dir):
+    gt = {"images": [{"id": 1, "file_name": "a.jpg", "height": 10, "width": 10}],
+          "categories": [{"id": 1, "name": "person"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4]},
+                          {"id": 2, "image_id": 1, "category_id": 1, "bbox": [0, 0, 9, 9],
+                           "iscrowd": 1}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    dets = CocoJsonDetector(tmp_path / "gt.json")(np.zeros((10, 10, 3), np.uint8), "a.jpg")
+    assert len(dets) == 1
+    from composer.data.coco import coco_subset
+
+    det = GroundTruthDetector(coco_subset())
+    with pytest.raises(ValueError, match="image id 123456789 is not an image of the dataset"):
+        det(np.zeros((10, 10, 3), np.uint8), 123456789)
