@@ -298,3 +298,10 @@ def test_eval_instances_score_threshold_is_checked_before_loading(tmp_path, caps
     for bad in ("1.5", "nan", "-0.1"):
         assert main([*base, "--score-threshold", bad]) == 2
         assert "--score-threshold must be in [0, 1]" in _err(capsys)
+
+
+def test_instances_max_dets_is_checked_before_loading(tmp_path, capsys):
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "a.png")
+    assert main(["instances", str(tmp_path / "a.png"), "--max-dets", "0", "--out", str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    assert "--max-dets must be >= 1, got 0" in captured.err and "segmenter:" not in captured.out

@@ -573,4 +573,6 @@ def run_folder_command(command: str, build_fn: BuildFn, args: argparse.Namespace
 def run(args: argparse.Namespace) -> int:
     parse_zoom_small(args.zoom_small)  # bad values fail before the models load
     check_slice_args(args)
+    if args.max_dets < 1:
+        raise ValueError(f"--max-dets must be >= 1, got {args.max_dets}")
     return run_folder_command("instances", build_processor, args)
