@@ -388,7 +388,8 @@ class TorchvisionDetector:
         import torch
 
         arr = _load(image)
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div(255.0)
+        # writable: torch warns on every read-only array (a cached or memory-mapped image)
+        x = torch.from_numpy(np.require(arr, requirements=["C", "W"])).permute(2, 0, 1).float().div(255.0)
         with torch.inference_mode():
             out = self.model([x.to(self.device)])[0]
         labels = out["labels"].cpu().numpy()
