@@ -151,16 +151,14 @@ def _exportable_attention(net: nn.Module) -> Any:
 
 
 def require_onnx() -> tuple[Any, Any]:
-    """``(onnx, onnxruntime)``, or ImportError naming the extra to install."""
+    """``(onnx, onnxruntime)`` (what exporting needs), or ImportError naming the extra."""
     try:
         import onnx
-        import onnxruntime
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise ImportError(
-            "ONNX export and the onnx backend need the onnx extra: "
-            'pip install "sam-composer[onnx]" (onnx, onnxruntime)'
+            "ONNX export needs the onnx extra: pip install \"sam-composer[onnx]\" (onnx, onnxruntime)"
         ) from exc
-    return onnx, onnxruntime
+    return onnx, require_onnxruntime()
 
 
 class EncoderGraph(nn.Module):

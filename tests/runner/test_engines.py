@@ -170,18 +170,27 @@ def test_ray_engine(folder, tmp_path):
         ray.shutdown()
 
 
-def test_an_interrupted_annotate_folder_writes_the_finished_images(folder, tmp_path, monkeypatch):
-    """Ctrl-C before the first periodic write left no annotations.json, only the record log."""
+def _interrupt_at(monkeypatch, name: str):
+    """Make annotate_folder's per-image step raise KeyboardInterrupt (Ctrl-C) at image
+    ``name``; returns the real step, to put back."""
     import tasks.everything as everything
 
     real = everything._annotate_one
 
     def one(state, item):
-        if item[1].endswith("1.jpg"):
+        if item[1].endswith(name):
             raise KeyboardInterrupt
         return real(state, item)
 
     monkeypatch.setattr(everything, "_annotate_one", one)
+    return real
+
+
+def test_an_interrupted_annotate_folder_writes_the_finished_images(folder, tmp_path, monkeypatch):
+    """Ctrl-C before the first periodic write left no annotations.json, only the record log."""
+    import tasks.everything as everything
+
+    real = _interrupt_at(monkeypatch, "1.jpg")
     seg = load_segmenter("composer_tiny", device="cpu")
     config = AmgConfig.for_segmenter(seg, points_per_side=8)
     with pytest.raises(KeyboardInterrupt):
@@ -210,14 +219,7 @@ def test_an_interrupted_run_leaves_out_a_replaced_image_not_redone_yet(folder, t
     Image.fromarray(np.full((50, 70, 3), 90, np.uint8)).save(src / "1.jpg")
     st = os.stat(src / "1.jpg")
     os.utime(src / "1.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    real = everything._annotate_one
-
-    def one(state, item):
-        if item[1].endswith("1.jpg"):
-            raise KeyboardInterrupt
-        return real(state, item)
-
-    monkeypatch.setattr(everything, "_annotate_one", one)
+    real = _interrupt_at(monkeypatch, "1.jpg")
     with pytest.raises(KeyboardInterrupt):
         annotate_folder(src, seg, tmp_path / "a.json", config=config)
     cut = json.loads((tmp_path / "a.json").read_text())
