@@ -562,6 +562,12 @@ class CocoJsonDetector:
                 raise ValueError(f"results entry {i} lacks image_id or bbox: {e!r}"[:200])
             _check_result_entry(i, e)
             self._by_image.setdefault(int(e["image_id"]), []).append(e)
+        negative = sum(1 for e in entries if _finite_number(e.get("score", 1.0))
+                       and float(e.get("score", 1.0)) < min(0.0, self.score_threshold or 0.0))
+        if negative:  # logits rather than probabilities? below the floor, they are never used
+            logger.warning("%s: %d of %d entries have negative scores, below the score floor "
+                           "%g, and are never used (are the scores logits?)", self.model_id,
+                           negative, len(entries), self.score_threshold or 0.0)
 
     @property
     def class_names(self) -> Mapping[int, str]:

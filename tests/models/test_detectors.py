@@ -487,3 +487,14 @@ def test_a_dataset_json_as_detector_skips_crowds_and_unknown_gt_ids_are_named(tm
     det = GroundTruthDetector(coco_subset())
     with pytest.raises(ValueError, match="image id 123456789 is not an image of the dataset"):
         det(np.zeros((10, 10, 3), np.uint8), 123456789)
+
+
+def test_negative_scores_in_a_results_json_are_named(tmp_path, caplog):
+    """They sit below every score floor, so they were dropped without a word (logits?)."""
+    entries = [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "score": s}
+               for s in (-1.5, -0.2, 0.7)]
+    (tmp_path / "r.json").write_text(json.dumps(entries))
+    with caplog.at_level("WARNING"):
+        det = CocoJsonDetector(tmp_path / "r.json")
+    assert "2 of 3 entries have negative scores" in caplog.text
+    assert len(det(np.zeros((10, 10, 3), np.uint8), 1)) == 1
