@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import glob
 import io
 import logging
-import re
 import sys
 import traceback
 from collections import Counter
@@ -456,11 +454,9 @@ def _in_folder(rec: dict[str, Any], out: Path) -> dict[str, Any]:
 def _remove_outputs(out: Path, stem: str) -> None:
     """Delete ``out``'s outputs of output stem ``stem``: ``<stem>.json``,
     ``<stem>_overlay.png`` and ``<stem>_maskNNN.png``."""
-    pattern = re.compile(re.escape(stem) + r"_mask[0-9]{3,}\.png")
-    olds = [out / f"{stem}.json", out / f"{stem}_overlay.png"]
-    olds += [p for p in out.glob(f"{glob.escape(stem)}_mask[0-9][0-9][0-9]*.png")
-             if pattern.fullmatch(p.name)]
-    for old in olds:
+    from ..io.visualize import mask_png_files
+
+    for old in [out / f"{stem}.json", out / f"{stem}_overlay.png", *mask_png_files(out, stem)]:
         old.unlink(missing_ok=True)
 
 

@@ -20,7 +20,6 @@ share to resume) and ``train_report.json``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -205,12 +204,14 @@ def _run_identity(args: argparse.Namespace) -> dict[str, Any]:
     def path(p: str | None) -> str | None:
         return None if p is None else str(Path(p).resolve())
 
+    from ..hub.download import file_sha256
+
     def digest(p: str | None) -> str | None:
         """The json's SHA-256: an edited file at the same path is other data (and another
         held-out split)."""
         if p is None or not Path(p).is_file():
             return None
-        return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+        return file_sha256(p)
 
     checkpoint = args.checkpoint  # a file by its resolved path; a registered name as given
     if checkpoint is not None and Path(checkpoint).exists():

@@ -203,10 +203,8 @@ def import_checkpoint(path: str | os.PathLike[str], name: str | None = None) -> 
     if spec is not None and (directory / spec.filename).resolve() == src.resolve():
         _check(spec, _file_digests(src), f"file {src}")
         return src
-    if spec is not None and spec.url is None and spec.packaged is not None:
-        # the package's own copy is always the one loaded: a cached copy would never be read
-        raise ValueError(f"weights {spec.name!r} ship with sam-composer ({cached_path(spec)}); "
-                         "there is nothing to import")
+    if spec is not None:
+        _refuse_packaged(spec)
 
     out, tmp = _open_part(directory, spec.filename if spec is not None else "import")
     try:
@@ -218,9 +216,7 @@ def import_checkpoint(path: str | os.PathLike[str], name: str | None = None) -> 
             _sync(out, directory)
         if spec is None:
             spec = _spec_for_digests(digests, src)
-            if spec.url is None and spec.packaged is not None:
-                raise ValueError(f"{src} is the weights {spec.name!r}, which ship with "
-                                 f"sam-composer ({cached_path(spec)}); there is nothing to import")
+            _refuse_packaged(spec)
         _check(spec, digests, f"file {src}")
         target = directory / spec.filename
         os.replace(tmp, target)
@@ -229,6 +225,14 @@ def import_checkpoint(path: str | os.PathLike[str], name: str | None = None) -> 
         raise
     logger.info("imported %s as weights %s at %s", src, spec.name, target)
     return target
+
+
+def _refuse_packaged(spec: WeightsSpec) -> None:
+    """Raise for weights that ship inside the package: the package's own copy is always the
+    one loaded, so a cached copy would never be read."""
+    if spec.url is None and spec.packaged is not None:
+        raise ValueError(f"weights {spec.name!r} ship with sam-composer ({cached_path(spec)}); "
+                         "there is nothing to import")
 
 
 def verify(name: str) -> Path:
@@ -437,6 +441,16 @@ def _copy_hashing(
 def _file_digests(path: Path) -> dict[str, str]:
     with path.open("rb") as fin:
         return _copy_hashing(fin, None, None, None)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The hex SHA-256 of a file, read in chunks (what identifies a file-backed input: a
+    detector's results or weights, a training json)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fin:
+        while chunk := fin.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _matches(spec: WeightsSpec, digests: dict[str, str]) -> bool:

@@ -244,6 +244,17 @@ def write_detections(dets: Detections, image: np.ndarray, out_dir: str | os.Path
     return written
 
 
+def mask_png_files(out: Path, stem: str) -> list[Path]:
+    """The files in ``out`` named as :func:`write_detections` names the masks of output stem
+    ``stem``: ``<stem>_maskNNN.png``, ``NNN`` three digits or more."""
+    pattern = re.compile(re.escape(stem) + r"_mask[0-9]{3,}\.png")
+    try:
+        return [p for p in out.glob(f"{glob_escape(stem)}_mask[0-9][0-9][0-9]*.png")
+                if pattern.fullmatch(p.name)]
+    except OSError:  # no such folder
+        return []
+
+
 def _earlier_outputs(out: Path, stem: str, mask_names: list[str], owned: bool) -> list[Path]:
     """The mask PNGs of an earlier :func:`write_detections` with ``stem`` in ``out``, to remove
     (so the folder never mixes two runs' masks): those its ``<stem>.json`` lists, or, for a
@@ -256,7 +267,6 @@ def _earlier_outputs(out: Path, stem: str, mask_names: list[str], owned: bool) -
             ``<stem>_overlay.png``) exists: a user's file.
     """
     json_path = out / f"{stem}.json"
-    pattern = re.compile(re.escape(stem) + r"_mask[0-9]{3,}\.png")
     if json_path.exists():
         try:
             earlier = json.loads(json_path.read_text())
@@ -268,12 +278,11 @@ def _earlier_outputs(out: Path, stem: str, mask_names: list[str], owned: bool) -
                              "replaced); write into another folder")
         listed = earlier.get("mask_files")
         if isinstance(listed, list):
-            return [out / str(n) for n in listed if pattern.fullmatch(str(n))]
-        return [p for p in out.glob(f"{glob_escape(stem)}_mask[0-9][0-9][0-9]*.png")
-                if pattern.fullmatch(p.name)]
+            present = {p.name for p in mask_png_files(out, stem)}
+            return [out / str(n) for n in listed if str(n) in present]
+        return mask_png_files(out, stem)
     if owned:
-        return [p for p in out.glob(f"{glob_escape(stem)}_mask[0-9][0-9][0-9]*.png")
-                if pattern.fullmatch(p.name)]
+        return mask_png_files(out, stem)
     theirs = [out / n for n in (*mask_names, f"{stem}_overlay.png") if (out / n).exists()]
     if theirs:
         raise ValueError(f"{theirs[0]} exists and no earlier output here lists it (no {json_path.name}); "

@@ -23,7 +23,6 @@ on overlapping tiles of the image and merges all boxes (SAHI's sliced inference,
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -956,11 +955,9 @@ _SSD_NAMES = ("ssd", "ssd_mobilenet_v2", "ssd_mobilenet_v2_coco")
 
 def _file_digest(path: Path) -> str:
     """The first 12 hex digits of a file's SHA-256 (part of a file-backed detector's id)."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
+    from ..hub.download import file_sha256
+
+    return file_sha256(path)[:12]
 
 
 def load_detector(name: str | None = None, **kwargs: Any) -> Detector:
