@@ -203,10 +203,7 @@ class InstanceTask:
     @property
     def zoom_fraction(self) -> float:
         """The resolved ``zoom_small`` (0: off)."""
-        z = self.config.zoom_small
-        if z == "auto":
-            return float(getattr(self.segmenter, "box_zoom", None) or 0.0)
-        return 0.0 if z == "off" else float(z)
+        return resolve_zoom_small(self.segmenter, self.config.zoom_small)
 
     def _decode(self, emb: Any, boxes: np.ndarray) -> Detections:
         """The most confident mask of each box (after the refinement pass), in box order."""
@@ -225,6 +222,14 @@ class InstanceTask:
                 )
             )
         return out[np.argsort(out.extras["prompt_index"], kind="stable")]
+
+
+def resolve_zoom_small(segmenter: Any, zoom_small: float | str) -> float:
+    """The fraction ``zoom_small`` ("auto", "off" or a fraction) means for ``segmenter``: "auto"
+    is its ``box_zoom`` (0 when it has none), "off" is 0."""
+    if zoom_small == "auto":
+        return float(getattr(segmenter, "box_zoom", None) or 0.0)
+    return 0.0 if zoom_small == "off" else float(zoom_small)
 
 
 class ScoredByPredictedIoU:

@@ -159,7 +159,7 @@ def test_other_settings_are_refused_until_overwrite(command, folder, tmp_path, c
     changes = [
         (["--score-threshold", "0.5"], "score_threshold 0.3 (now 0.5)"),
         (["--refine"], "refine False (now True)"),
-        (["--zoom-small", "0.2"], "zoom_small 'auto' (now 0.2)"),
+        (["--zoom-small", "0.2"], "zoom_small 0.0 (now 0.2)"),  # classic: "auto" is off
         (["--mask-rank", "0.5"], "mask_rank None (now 'ContrastRank("),
     ]
     changes.append(
@@ -181,6 +181,31 @@ def test_other_settings_are_refused_until_overwrite(command, folder, tmp_path, c
     assert len(_log_lines(out)) == 4  # the old log was started afresh
     assert main(_argv(command, src, boxes, out, "--refine")) == 0
     assert calls.take() == []
+
+
+@COMMANDS
+def test_a_zoom_spelled_otherwise_resumes(command, folder, tmp_path, calls, capsys):
+    """--zoom-small is recorded as the fraction it resolves to: "auto", "off" and "0" are one
+    setting for classic (no recommended zoom), and a log of an older version, which recorded
+    the spelling "auto", resumes too."""
+    src, boxes = folder
+    out = tmp_path / "out"
+    assert main(_argv(command, src, boxes, out)) == 0
+    assert calls.take() == ["1.png", "2.png", "3.png"]
+    assert _log_lines(out)[0]["settings"]["config"]["zoom_small"] == 0.0
+    for spelled in ("off", "0", "auto"):
+        assert main(_argv(command, src, boxes, out, "--zoom-small", spelled)) == 0, spelled
+        assert calls.take() == []
+    log = out / "summary.json.records.jsonl"
+    lines = log.read_text().splitlines()
+    old = json.loads(lines[0])
+    old["settings"]["config"]["zoom_small"] = "auto"  # as versions before 2026-11-24 wrote it
+    log.write_text("\n".join([json.dumps(old), *lines[1:]]) + "\n")
+    assert main(_argv(command, src, boxes, out, "--zoom-small", "off")) == 0
+    assert calls.take() == []
+    capsys.readouterr()
+    assert main(_argv(command, src, boxes, out, "--zoom-small", "0.3")) == 2  # a real change
+    assert "zoom_small 'auto' (now 0.3)" in capsys.readouterr().err
 
 
 def test_text_prompt_and_segmenter_settings_are_settings(folder, tmp_path, calls, capsys):
@@ -393,6 +418,16 @@ def test_record_log_refuses_other_settings_and_names_them(tmp_path):
         RecordLog(path, {"command": "text", "prompt": "a", "config": {"max_masks": 4}})
     fresh = RecordLog(path, {"command": "text", "prompt": "b"}, resume=False)
     assert fresh.records == {} and not path.exists()
+    # aliases: spellings of a recorded value that an earlier log may hold
+    aliased = {("config", "max_masks"): ["auto"]}
+    with RecordLog(path, {"command": "text", "config": {"max_masks": "auto"}}, resume=False) as log:
+        log.append({"file_name": "1.png", "output": "a", "count": 1})
+    assert list(RecordLog(path, {"command": "text", "config": {"max_masks": 3}},
+                          aliases=aliased).records) == ["1.png"]
+    with pytest.raises(ValueError, match=r"max_masks 'auto' \(now 3\)"):
+        RecordLog(path, {"command": "text", "config": {"max_masks": 3}})
+    with pytest.raises(ValueError, match=r"command 'text' \(now 'x'\)"):
+        RecordLog(path, {"command": "x", "config": {"max_masks": 3}}, aliases=aliased)
     assert settings_diff(
         {"model_id": "m", "detector": {"model_id": "d"}},
         {"model_id": "m", "detector": {"model_id": "e"}},

@@ -180,6 +180,20 @@ def runs_here(engine: Any) -> bool:
     return engine is None or (isinstance(engine, LocalEngine) and engine.workers == 1)
 
 
+def zoom_small_setting(segmenter: Any, value: float | str) -> tuple[float, list[str]]:
+    """``--zoom-small`` as a folder run records it: the fraction it resolves to for
+    ``segmenter`` (0: off), and the spellings ("auto", "off") that resolve to the same, which a
+    resumed run accepts in an earlier log (:class:`composer.runner.records.RecordLog`'s
+    ``aliases``)."""
+    from .._tasks_import import tasks_import
+
+    with tasks_import():
+        from tasks.instances import resolve_zoom_small
+
+    fraction = resolve_zoom_small(segmenter, value)
+    return fraction, [s for s in ("auto", "off") if resolve_zoom_small(segmenter, s) == fraction]
+
+
 def parse_zoom_small(text: str) -> float | str:
     """``--zoom-small`` of box-prompted instance segmentation: "auto", "off" or a fraction in
     [0, 1] (``tasks.instances.InstanceConfig.zoom_small``).

@@ -10,7 +10,7 @@ import logging
 import sys
 import traceback
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from .common import (
     load_model,
     parse_zoom_small,
     runs_here,
+    zoom_small_setting,
 )
 
 logger = logging.getLogger(__name__)
@@ -313,6 +314,7 @@ def process_images(
     setup: FolderWorker | None = None,
     settings: dict[str, Any] | None = None,
     resume: bool = True,
+    aliases: Mapping[tuple[str, ...], Sequence[Any]] | None = None,
 ) -> int:
     """Run ``process(path, output_stem)`` on each image; the exit status of the command.
 
@@ -330,8 +332,10 @@ def process_images(
     ``<stem>_overlay.png`` still exist and whose image file has the modification time and
     size the log recorded for it (records of older versions, which logged none: outputs not
     older than the image), retries the failed ones, and writes the summary of all;
-    a log of other settings is refused (ValueError naming what changed). ``resume=False``
-    deletes the log and recomputes every image.
+    a log of other settings is refused (ValueError naming what changed; ``aliases``: other
+    spellings of a recorded value that an earlier log may hold, see
+    :class:`~composer.runner.records.RecordLog`). ``resume=False`` deletes the log and
+    recomputes every image.
 
     ``engine`` (``composer.runner``; None: this process) runs the images: with one local worker
     ``process`` runs here; otherwise each worker builds its own from ``setup`` and the images
@@ -355,7 +359,8 @@ def process_images(
     stems = output_stems(files, (SUMMARY_STEM,))
     summary = out / f"{SUMMARY_STEM}.json"
     log = None if settings is None else RecordLog(
-        record_log_path(summary), {"command": command, **settings}, resume=resume
+        record_log_path(summary), {"command": command, **settings}, resume=resume,
+        aliases=aliases,
     )
     # done[k]: image k's summary entry {"file_name", "output", **result} or its failure
     done: dict[int, dict[str, Any]] = {}
@@ -512,12 +517,15 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
     cfg = InstanceConfig(refine=args.refine, max_dets=args.max_dets,
                          zoom_small=parse_zoom_small(args.zoom_small))
     task = InstanceTask(seg, detector, cfg)
+    config = dataclasses.asdict(cfg)
+    config["zoom_small"], spellings = zoom_small_setting(seg, cfg.zoom_small)
     args.run_settings = {
         "model_id": seg.model_id,
         "segmenter": segmenter_settings(seg),
         "detector": {"model_id": detector.model_id, "score_threshold": args.score_threshold},
-        "config": dataclasses.asdict(cfg),
+        "config": config,
     }
+    args.run_settings_aliases = {("config", "zoom_small"): spellings}
     if task.zoom_fraction:
         header.append(f"small boxes (longer side < {task.zoom_fraction:g} of the image's) "
                       "segmented again in a crop")
@@ -563,7 +571,8 @@ def run_folder_command(command: str, build_fn: BuildFn, args: argparse.Namespace
     settings = {"input": str(src.resolve()), **(getattr(args, "run_settings", None) or {})}
     return process_images(command, src, files, Path(args.out), process, engine=engine,
                           setup=FolderWorker.from_args(build_fn, args), settings=settings,
-                          resume=not getattr(args, "overwrite", False))
+                          resume=not getattr(args, "overwrite", False),
+                          aliases=getattr(args, "run_settings_aliases", None))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from .common import (
     describe,
     load_model,
     parse_zoom_small,
+    zoom_small_setting,
 )
 from .instances import (
     EXIT_HELP,
@@ -155,6 +156,9 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
     config = dataclasses.asdict(cfg)
     for key in ("clip_batch", "cache_images"):  # speed and memory, not outputs
         config.pop(key)
+    if cfg.strategy == "detector":
+        config["zoom_small"], spellings = zoom_small_setting(seg, cfg.zoom_small)
+        args.run_settings_aliases = {("config", "zoom_small"): spellings}
     args.run_settings = {"prompt": args.prompt, "model_id": seg.model_id,
                          "segmenter": segmenter_settings(seg), **models, "config": config}
     cache = EmbeddingCache()

@@ -14,10 +14,12 @@ image's record, keyed by its ``file_name``; a later record of a file replaces an
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -100,6 +102,25 @@ def read_log(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, dict[
     return settings, done
 
 
+def _unalias(
+    old: Any, new: Any, aliases: Mapping[tuple[str, ...], Sequence[Any]]
+) -> Any:
+    """``old`` (a log's settings) with each aliased value replaced by ``new``'s value there."""
+    if not isinstance(old, dict):
+        return old
+    old = copy.deepcopy(old)
+    for keys, spellings in aliases.items():
+        o, n = old, new
+        for key in keys[:-1]:
+            o = o.get(key) if isinstance(o, dict) else None
+            n = n.get(key) if isinstance(n, dict) else None
+        last = keys[-1]
+        if isinstance(o, dict) and isinstance(n, dict) and last in o and last in n:
+            if o[last] in json_normal(list(spellings)):
+                o[last] = n[last]
+    return old
+
+
 class RecordLog:
     """The record log of one folder run: the earlier run's records to keep, then an append-only,
     fsync'ed file while used as a context manager.
@@ -110,6 +131,10 @@ class RecordLog:
         resume: keep the records of an earlier run of the same settings (those that are not
             failures make a log of other settings an error); False deletes the old log.
         overwrite_hint: how the caller starts afresh, named in the error.
+        aliases: other spellings of a setting that mean the recorded value, by its key path,
+            e.g. ``{("config", "zoom_small"): ["auto"]}`` when "auto" resolves to the recorded
+            fraction: an earlier log that holds one of them resumes (older logs recorded the
+            spelling, and a user may spell out what "auto" resolves to).
 
     Attributes:
         settings: ``settings`` as written to the log.
@@ -128,10 +153,13 @@ class RecordLog:
         *,
         resume: bool = True,
         overwrite_hint: str = "--overwrite",
+        aliases: Mapping[tuple[str, ...], Sequence[Any]] | None = None,
     ) -> None:
         self.path = Path(path)
         self.settings = json_normal(settings)
         old, records = read_log(self.path) if resume else (None, {})
+        if old is not None and aliases:
+            old = _unalias(old, self.settings, aliases)
         if old != self.settings:
             if any("error" not in rec for rec in records.values()):
                 what = (
