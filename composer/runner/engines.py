@@ -20,10 +20,12 @@ call; results must be picklable (plain dicts, numpy arrays, ``Detections``).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -82,6 +84,24 @@ def _init_worker(setup: Callable[[], Any], threads: int | None, tune: bool = Fal
     _WORKER_STATE["state"] = setup()
 
 
+@contextlib.contextmanager
+def _started_ignoring_sigint() -> Iterator[None]:
+    """Processes started inside begin with SIGINT ignored: an ignored signal stays ignored
+    across exec, and Python then installs no KeyboardInterrupt handler of its own. A spawned
+    worker imports this package (and torch) before its initializer can ignore Ctrl-C itself,
+    and a Ctrl-C in those seconds printed each worker's KeyboardInterrupt traceback. This
+    process ignores SIGINT only while the workers are launched (off the main thread, where
+    signals cannot be set, nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+
+
 def _run_in_worker(fn: Callable[[Any, Any], Any], index: int, item: Any) -> Result:
     return _call(_WORKER_STATE["state"], fn, index, item)
 
@@ -123,7 +143,13 @@ class LocalEngine:
         )
         finished = False
         try:
-            futures = {pool.submit(_run_in_worker, fn, i, item): i for i, item in enumerate(items)}
+            with _started_ignoring_sigint():  # the first submit launches the workers
+                first = pool.submit(_run_in_worker, fn, 0, items[0])
+            futures = {first: 0}
+            futures.update(
+                (pool.submit(_run_in_worker, fn, i, item), i)
+                for i, item in enumerate(items) if i
+            )
             try:
                 for fut in cf.as_completed(futures):
                     # dropped here: a finished future holds its result, and a long run must

@@ -228,3 +228,38 @@ def test_an_interrupted_run_leaves_out_a_replaced_image_not_redone_yet(folder, t
     monkeypatch.setattr(everything, "_annotate_one", real)
     done = annotate_folder(src, seg, tmp_path / "a.json", config=config)
     assert [(im["file_name"], im["height"], im["width"]) for im in done["images"]][1] == ("1.jpg", 50, 70)
+
+
+class SignalAtStart:
+    """A setup that records, while it is unpickled in the worker (before the pool's
+    initializer runs), how the worker's SIGINT is handled."""
+
+    def __getstate__(self) -> dict[str, str]:
+        return {}
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        import signal
+
+        handler = signal.getsignal(signal.SIGINT)
+        self.at_start = "ignored" if handler is signal.SIG_IGN else repr(handler)
+
+    def __call__(self) -> str:
+        return self.at_start
+
+
+def state(s: str, item: int) -> str:
+    return s
+
+
+def test_workers_start_with_ctrl_c_ignored():
+    """A spawned worker imports the package and torch before its initializer ignores SIGINT;
+    a Ctrl-C in those seconds printed a KeyboardInterrupt traceback from each worker. The
+    workers now start with SIGINT ignored, and this process's handler is put back."""
+    import signal
+    import threading
+
+    assert threading.current_thread() is threading.main_thread()  # where signals can be set
+    before = signal.getsignal(signal.SIGINT)
+    results = list(LocalEngine(2, threads=1).imap(SignalAtStart(), state, [0, 1]))
+    assert [r[1:] for r in results] == [("ignored", None)] * 2
+    assert signal.getsignal(signal.SIGINT) is before
