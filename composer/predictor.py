@@ -161,8 +161,18 @@ def _host_bytes(values: torch.Tensor) -> bytes:
         return host.float().numpy().tobytes()  # type: ignore[no-any-return]
 
 
+def _flag(name: str, value: Any) -> bool:
+    """``value`` as a bool, refusing what is not one: ``multimask_output="False"`` would be
+    truthy and silently give three masks."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
 # keywords of the stateless ``predict(embedding, ...)`` that the official-style form lacks
 _STATELESS_ONLY = frozenset(("points", "labels", "boxes", "multimask", "keep_low_res", "refine", "tta", "rank"))
+# and those of the official-style ``predict(point_coords=..., ...)`` that the stateless one lacks
+_OFFICIAL_ONLY = frozenset(("point_coords", "point_labels", "box", "multimask_output", "return_logits"))
 
 
 class SamPredictor(PromptableSegmenter):
@@ -463,6 +473,10 @@ class SamPredictor(PromptableSegmenter):
                 -1, 0, 1, or shapes that do not fit (named by the prompt encoder).
         """
         emb = self.embedding
+        # weights changed since set_image (fine-tuned, reloaded, cast): the features are stale
+        emb.check_model(self.model_id)
+        multimask_output = _flag("multimask_output", multimask_output)
+        return_logits = _flag("return_logits", return_logits)
         if point_coords is not None and point_labels is None:
             raise ValueError("point_labels must be given with point_coords")
         if point_coords is None and point_labels is not None:
@@ -481,6 +495,8 @@ class SamPredictor(PromptableSegmenter):
                 raise ValueError(f"point labels must be 1, 0 or -1, got {labels.unique().tolist()}")
             points = (tensors["point_coords"], labels)
         mask = tensors.get("mask_input")
+        if mask is not None and mask.dtype == torch.bool:
+            raise ValueError("mask_input takes low-res logits (low_res_logits), not a boolean mask")
         if mask is not None and (
             mask.ndim != 4 or tuple(mask.shape[1:]) != (1, *self.low_res_size)
         ):
@@ -507,10 +523,19 @@ class SamPredictor(PromptableSegmenter):
         scored under its ``mask_rank`` (if any); logits are the decoder's (averaged
         with the mirrored image's under ``flip_tta`` when there is no ``mask_input``).
         """
+        official = sorted(_OFFICIAL_ONLY.intersection(kwargs))
+        stateless = sorted(_STATELESS_ONLY.intersection(kwargs))
+        if official and stateless:
+            raise TypeError(
+                f"predict() mixes the official form's {', '.join(official)} with the "
+                f"embedding form's {', '.join(stateless)}: after set_image use point_coords, "
+                "point_labels, box, mask_input, multimask_output, return_logits; with an "
+                "embedding use points, labels, boxes, mask_input, multimask"
+            )
         if (
             (args and isinstance(args[0], ImageEmbedding))
             or "embedding" in kwargs
-            or not _STATELESS_ONLY.isdisjoint(kwargs)
+            or stateless
         ):
             # the stateless form (its TypeError names a first argument that is no embedding)
             return super().predict(*args, **kwargs)
@@ -521,6 +546,9 @@ class SamPredictor(PromptableSegmenter):
                         mask_input: Any = None, multimask_output: bool = True,
                         return_logits: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         emb = self.embedding
+        emb.check_model(self.model_id)  # stale after a change of weights since set_image
+        multimask_output = _flag("multimask_output", multimask_output)
+        return_logits = _flag("return_logits", return_logits)
         if point_coords is not None and point_labels is None:
             raise ValueError("point_labels must be given with point_coords")
         box_arr = None if box is None else np.asarray(box, np.float32)

@@ -158,6 +158,13 @@ def load_image(image: ImageLike) -> np.ndarray:
             if t.dtype == torch.bfloat16:  # numpy has no bfloat16
                 t = t.float()
             if t.ndim == 3 and t.shape[0] in (1, 3, 4):
+                if t.shape[0] in (3, 4) and t.shape[2] in (3, 4):
+                    # (3, 50, 3) is a 3x50 HWC image or a 50x3 CHW one; a numpy array of this
+                    # shape is read as HWC, so guessing CHW here would differ silently
+                    raise ValueError(
+                        f"image tensor of shape {tuple(t.shape)} is ambiguous between CHW and "
+                        "HWC: pass t.permute(1, 2, 0).numpy() (CHW) or t.numpy() (HWC)"
+                    )
                 t = t.permute(1, 2, 0)
             return _from_array(t.numpy())
     except ImportError:  # pragma: no cover

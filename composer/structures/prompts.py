@@ -76,6 +76,11 @@ class Prompts:
             if bxs.ndim != 2 or bxs.shape[-1] != 4:
                 raise ValueError(f"boxes must be (4,) or (N, 4), got shape {bxs.shape}")
         if mask_input is not None:
+            if np.asarray(mask_input).dtype == bool:
+                raise ValueError(
+                    "mask_input takes low-res logits (a previous low_res_logits), not a boolean "
+                    "mask: as logits its 0/1 values are barely a prompt"
+                )
             mi = np.asarray(mask_input, dtype=np.float32)
             given = mi.shape
             while 2 <= mi.ndim < 4:
