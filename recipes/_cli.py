@@ -53,3 +53,39 @@ def check_out_dir(
     written there at the end of the run)."""
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         parser.error(f"{flag} {out} exists and is not a folder")
+
+
+def check_same_run(checkpoint_dir: str | Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume ``checkpoint_dir/last.pt`` written with other settings, as
+    ``sam-composer train`` does (its ``run.json``); record the settings otherwise.
+
+    ``Trainer.resume`` restores any same-architecture ``last.pt``, and a finished one is not
+    trained again: without this, a rerun with another ``--lr``, ``--init``/``--weights`` or
+    other data reports (and exports) the earlier run's weights as its own.
+
+    Raises:
+        ValueError: the folder holds a ``last.pt`` whose recorded settings differ.
+    """
+    import json
+
+    folder = Path(checkpoint_dir)
+    ident = folder / "run_settings.json"
+    if (folder / "last.pt").is_file() and ident.is_file():
+        before = json.loads(ident.read_text())
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed:
+            raise ValueError(
+                f"{folder} holds a training run (last.pt) started with other settings "
+                f"({', '.join(changed)}); rerun with the same ones to resume, or use a fresh folder"
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    ident.write_text(json.dumps(settings, indent=2, sort_keys=True))
+
+
+def file_digest(path: str | Path | None) -> str | None:
+    """SHA-256 of a file (None for None or a missing file)."""
+    import hashlib
+
+    if path is None or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

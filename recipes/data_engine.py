@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _cli import check_out_dir, one_line_errors  # noqa: E402
+from _cli import check_out_dir, check_same_run, file_digest, one_line_errors  # noqa: E402
 from train_default import CACHE_LOW_RES, CACHE_NAME, evaluate  # noqa: E402
 
 from composer.automatic import AmgConfig  # noqa: E402
@@ -122,7 +122,23 @@ def cached_samples(model, name: str, items, n_variants: int, low: int, min_area:
     return cache.load_all(paths, min_area=min_area, low_res=low)
 
 
-def finetune(args, samples, tag: str) -> torch.nn.Module:
+def annotations_digest(path: str | Path) -> str:
+    """The automatic stage's masks and images, digested (10 hex digits): not the file's bytes,
+    as annotate_folder rewrites ``info.date_created`` on every run and a file digest named a new
+    feature cache (rebuilt, the old one left) at each rerun."""
+    doc = json.loads(Path(path).read_text())
+    content = json.dumps([doc.get("images"), doc.get("annotations")], sort_keys=True)
+    return hashlib.sha1(content.encode()).hexdigest()[:10]
+
+
+def finetune(args, samples, tag: str, data_digest: str | None = None) -> torch.nn.Module:
+    # A rerun into the same --work-dir resumes this run only with the same start weights,
+    # learning rate and data (--steps may grow); anything else is refused, not reported stale.
+    check_same_run(
+        args.work_dir / tag,
+        {"weights_sha256": file_digest(args.weights), "lr": args.lr,
+         "samples": [s.image_id for s in samples], "automatic_json": data_digest},
+    )
     model = build_composer_tiny(checkpoint=str(args.weights))
     config = TrainConfig(
         steps=args.steps,
@@ -203,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         low,
         min_area=200,
     )
-    digest = hashlib.sha1(Path(auto_json).read_bytes()).hexdigest()[:10]
+    digest = annotations_digest(auto_json)
     pseudo = cached_samples(
         model, f"engine-{digest}", coco_items(auto_json, images), 2, low, min_area=50
     )
@@ -218,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     control = finetune(args, human, "control_human_only")
     results["control_human_only"] = evaluate(control, args.work_dir / "eval_control.json")
-    engine = finetune(args, human + pseudo, "engine_human_plus_automatic")
+    engine = finetune(args, human + pseudo, "engine_human_plus_automatic", digest)
     results["engine_human_plus_automatic"] = evaluate(engine, args.work_dir / "eval_engine.json")
     torch.save(engine.state_dict(), args.work_dir / "engine_model.pt")
 

@@ -116,7 +116,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _cli import check_out_dir, one_line_errors  # noqa: E402
+from _cli import check_out_dir, check_same_run, file_digest, one_line_errors  # noqa: E402
 
 from composer.sam.composer_tiny import (  # noqa: E402
     PACKAGED_WEIGHTS,
@@ -668,6 +668,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.only_cache:
         return
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    # settings a resumed run must share (a longer --steps / --time-budget-min trains on)
+    volatile = {"steps", "time_budget_min", "threads", "eval_every", "output", "skip_eval",
+                "only_cache", "eval_only", "work_dir", "checkpoint_every", "shape_paths",
+                "coco_paths", "paste_paths"}
+    settings = {k: (str(v) if isinstance(v, Path) else v)
+                for k, v in vars(args).items() if k not in volatile}
+    settings["init_sha256"] = file_digest(args.init)
+    check_same_run(args.work_dir, settings)
     train(args, model, per_id)
     out = export_fp16(model, args.output)
     logging.info("exported fp16 weights to %s (%.2f MB)", out, out.stat().st_size / 1e6)

@@ -32,6 +32,20 @@ logger = logging.getLogger(__name__)
 
 #: smallest mask trained on, in low-res pixels (prepare_sample's default min_area)
 MIN_MASK_PIXELS = 16
+#: instances per image that coco_items keeps (the largest; its default max_instances)
+MAX_INSTANCES = 64
+
+
+def _capped_instances(coco: Any, image_ids: list[int]) -> int:
+    """How many non-crowd instances of ``image_ids`` fall beyond coco_items' per-image cap."""
+    from ..structures.masks import crowd_flag
+
+    n = 0
+    for iid in image_ids:
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[iid]))
+        usable = sum(1 for a in anns if not crowd_flag(a.get("iscrowd")))
+        n += max(0, usable - MAX_INSTANCES)
+    return n
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -151,7 +165,8 @@ def _check_disjoint(train: Any, held_out: Any) -> None:
 
 def _samples(
     items: Any, model: Any, frozen: bool, mirror: bool, kept: list[int] | None = None,
-    layers: list[int] | None = None,
+    layers: list[int] | None = None, hashes: set[str] | None = None,
+    skip_hashes: set[str] | None = None, skipped: list[str] | None = None,
 ) -> list[Any]:
     """PreparedSamples (identity, + mirror) with cached embeddings when the encoder is frozen;
     ``kept`` (if given) gets the number of masks of each item's unmirrored sample appended,
@@ -163,8 +178,18 @@ def _samples(
 
     img_size = int(model.image_encoder.img_size)
     low_res = int(model.prompt_encoder.mask_input_size[0])
+    from ..embedding import image_hash
+
     out = []
     for item in items:
+        if hashes is not None or skip_hashes is not None:
+            key = image_hash(item.image)
+            if hashes is not None:
+                hashes.add(key)
+            if skip_hashes is not None and key in skip_hashes:
+                if skipped is not None:
+                    skipped.append(item.image_id)
+                continue
         if layers is not None:
             layers.append(int(item.layers.shape[0]))
         for v in (Variant(), Variant(flip=True))[: 2 if mirror else 1]:
@@ -323,10 +348,22 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     kept: list[int] = []
     layers: list[int] = []
-    train = _samples(coco_items(coco, args.images, image_ids=train_ids), model, frozen,
-                     mirror=True, kept=kept, layers=layers)
+    # The split holds out json records; the same picture listed twice (two ids) would be
+    # trained on and "held out" at once: such held-out images are left out, and said so.
+    train_hashes: set[str] | None = None if args.val_data else set()
+    leaked: list[str] = []
+    train = _samples(coco_items(coco, args.images, image_ids=train_ids,
+                                max_instances=MAX_INSTANCES), model, frozen,
+                     mirror=True, kept=kept, layers=layers, hashes=train_hashes)
     val = _samples(coco_items(val_source, val_images, image_ids=val_ids), model, frozen,
-                   mirror=False)
+                   mirror=False, skip_hashes=train_hashes, skipped=leaked)
+    if leaked:
+        print(f"{len(leaked)} held-out image(s) are also training images under another id "
+              f"(e.g. {', '.join(leaked[:3])}); they are left out of the held-out mIoU")
+    capped = _capped_instances(coco, train_ids)
+    if capped:
+        print(f"{capped} training mask(s) beyond the {MAX_INSTANCES} largest of their image are "
+              "not used")
     low_res = int(model.prompt_encoder.mask_input_size[0])
     size_rule = (
         f"at least {MIN_MASK_PIXELS} of the {low_res} x {low_res} low-res pixels of the padded "
@@ -336,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"no usable training mask (a mask must cover {size_rule})")
     print(
         f"model {args.model} from {start}; {len(train_ids)} training images ({len(train)} "
-        f"samples), {len(val_ids)} held out; embedded in {time.perf_counter() - t0:.1f} s"
+        f"samples), {len(val_ids) - len(leaked)} held out; embedded in {time.perf_counter() - t0:.1f} s"
     )
     n_masks = sum(layers)
     if sum(kept) < n_masks:
@@ -366,6 +403,10 @@ def run(args: argparse.Namespace) -> int:
     # only now, with last.pt (if any) known to be this model's: the folder's settings
     write_json(out / RUN_FILE, run_id, indent=2)
     history = trainer.fit(progress=True) if not trainer.done() else trainer.history
+    if trainer.step > args.steps:
+        print(f"{args.out} already holds {trainer.step} trained steps, more than --steps "
+              f"{args.steps}; its weights are those of step {trainer.step} (use a fresh --out "
+              "for a shorter run)")
     after = evaluate_samples(model, val) if val else None
     weights = out / "model.pt"
     tmp = weights.with_suffix(".pt.part")
@@ -377,7 +418,7 @@ def run(args: argparse.Namespace) -> int:
         "start_weights": str(start),
         "train_images": len(train_ids),
         "train_samples": len(train),
-        "val_images": len(val_ids),
+        "val_images": len(val_ids) - len(leaked),
         "steps": trainer.step,
         "seconds": trainer.elapsed,
         "final_loss": sum(h["loss"] for h in tail) / max(len(tail), 1),

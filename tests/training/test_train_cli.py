@@ -180,3 +180,42 @@ def test_coco_item_ids_are_the_images_coco_items_yields(tmp_path) -> None:
         assert [f"coco/{i}" for i in ids] == [it.image_id for it in items]
     assert coco_item_ids(ann, images) == [1, 3, 4, 5]
     assert coco_item_ids(ann, images, min_area=10.0) == [1, 3, 5]
+
+
+def test_a_picture_listed_twice_is_not_held_out_and_trained_on(tmp_path, capsys) -> None:
+    """The --val-fraction split is by json record: one picture under two ids could be trained
+    on and held out at once (the held-out mIoU then measured a trained image). Such held-out
+    records are left out and counted; masks beyond the 64 largest of an image are counted;
+    a rerun with fewer --steps says it returns the longer run."""
+    ann, images = _coco_dataset(tmp_path, n=4)
+    doc = json.loads(ann.read_text())
+    first = doc["images"][0]
+    doc["images"].append({**first, "id": 99})  # image 1's file again, as image 99
+    anns = [a for a in doc["annotations"] if a["image_id"] == first["id"]]
+    doc["annotations"] += [{**a, "id": 1000 + k, "image_id": 99} for k, a in enumerate(anns)]
+    # 70 copies of one small square on image 2: 6 beyond the cap of 64 masks per image
+    m = np.zeros((96, 96), np.uint8, order="F")
+    m[10:20, 10:20] = 1
+    rle = mask_utils.encode(m)
+    rle["counts"] = rle["counts"].decode()
+    doc["annotations"] += [
+        {"id": 2000 + k, "image_id": 2, "category_id": 1, "segmentation": rle, "area": 100.0,
+         "bbox": [10, 10, 10, 10], "iscrowd": 0}
+        for k in range(70)
+    ]
+    ann.write_text(json.dumps(doc))
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--random-init", "--out", str(out), "--steps", "3", "--masks-per-image", "2",
+            "--val-fraction", "0.4"]  # holds out records 0 and 2 of 5: image 1 and image 3
+    # the duplicate (id 99, last) is trained on, its twin (id 1) is held out: left out
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "1 held-out image(s) are also training images under another id (e.g. coco/1)" in text
+    assert "1 held out" in text
+    n_cap = sum(1 for a in doc["annotations"] if a["image_id"] == 2) - 64
+    assert f"{n_cap} training mask(s) beyond the 64 largest of their image" in text
+    assert json.loads((out / "train_report.json").read_text())["val_images"] == 1
+    argv[argv.index("--steps") + 1] = "2"
+    assert main(argv) == 0
+    assert "already holds 3 trained steps, more than --steps 2" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -37,3 +38,66 @@ def test_salient_stage_extends_the_shipped_stage() -> None:
         k: v for k, v in clicks.items() if k not in changed
     }
     assert salient["lr"] < clicks["lr"]
+
+
+def test_a_work_dir_resumes_only_its_own_settings(tmp_path) -> None:
+    """Trainer.resume restores any last.pt of the architecture, and a finished one is not
+    trained again: a rerun of a recipe into the same work folder with another --lr or other
+    start weights reported (and exported) the earlier run's weights as its own."""
+    from tests._modules import REPO, load_file
+
+    cli = load_file(REPO / "recipes" / "_cli.py", "_cli")
+    work = tmp_path / "w"
+    settings = {"lr": 1e-3, "init_sha256": "a"}
+    cli.check_same_run(work, settings)  # nothing there yet: recorded
+    (work / "last.pt").write_bytes(b"x")
+    cli.check_same_run(work, dict(settings))  # the same: resumes
+    with pytest.raises(ValueError, match=r"other settings \(init_sha256, lr\)"):
+        cli.check_same_run(work, {"lr": 5e-3, "init_sha256": "b"})
+    (work / "last.pt").unlink()  # no training to resume: any settings start afresh
+    cli.check_same_run(work, {"lr": 5e-3})
+    assert cli.file_digest(None) is None and cli.file_digest(work / "missing") is None
+
+
+def test_train_default_records_what_a_resume_must_share(tmp_path, monkeypatch, capsys) -> None:
+    recipe = load_recipe("train_default")
+    seen = {}
+
+    def fake_train(args, model, per_id):
+        seen["settings"] = json.loads((args.work_dir / "run_settings.json").read_text())
+        raise SystemExit(0)
+
+    monkeypatch.setattr(recipe, "build_cache", lambda args, model: {"bsds": []})
+    monkeypatch.setattr(recipe, "train", fake_train)
+    argv = ["train_default.py", "--work-dir", str(tmp_path / "w"), "--variants", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--steps", "7"])
+    with pytest.raises(SystemExit) as exc:
+        recipe.main()
+    assert exc.value.code == 0  # fake_train's
+    settings = seen["settings"]
+    assert settings["lr"] == 1e-3 and settings["variants"] == 1 and "steps" not in settings
+    (tmp_path / "w" / "last.pt").write_bytes(b"x")
+    monkeypatch.setattr(sys, "argv", [*argv, "--steps", "9"])  # a longer run: resumes
+    with pytest.raises(SystemExit) as exc:
+        recipe.main()
+    assert exc.value.code == 0
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", [*argv, "--lr", "5e-3"])
+    with pytest.raises(SystemExit) as exc:
+        recipe.main()
+    assert exc.value.code == 2
+    assert "started with other settings (lr)" in capsys.readouterr().err
+
+
+def test_data_engine_names_its_feature_cache_by_the_masks_not_the_file(tmp_path) -> None:
+    """annotate_folder rewrites info.date_created each run; the feature cache of the automatic
+    masks was named by the file's bytes, so every rerun built (and left) a new one."""
+    engine = load_recipe("data_engine")
+    doc = {"info": {"date_created": "2026-11-24 10:00"}, "images": [{"id": 1}],
+           "annotations": [{"id": 1, "image_id": 1, "segmentation": {"size": [2, 2], "counts": "04"}}]}
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(doc))
+    b.write_text(json.dumps({**doc, "info": {"date_created": "2026-11-25 09:00"}}))
+    c.write_text(json.dumps({**doc, "annotations": []}))
+    digest = engine.annotations_digest(a)
+    assert engine.annotations_digest(b) == digest != engine.annotations_digest(c)
