@@ -1,4 +1,4 @@
-"""Every runnable block of docs/*.md is executed, so the tutorials cannot rot.
+"""Every runnable block of docs/*.md and README.md is executed, so the tutorials cannot rot.
 
 ```python blocks run in one namespace per page; ```bash lines starting with ``sam-composer``
 run through the CLI entry point. Blocks tagged ``skip`` / ``no-run`` (downloads, official
@@ -89,7 +89,7 @@ def compile_block(body: str, where: str):
     return compile(tree, where, "exec")
 
 
-PAGES = sorted(p for p in DOCS.glob("*.md") if blocks(p))
+PAGES = sorted(p for p in [*DOCS.glob("*.md"), DOCS.parent / "README.md"] if blocks(p))
 
 
 def test_docs_have_runnable_pages():

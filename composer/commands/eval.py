@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     esub.required = True
 
     def common(q: argparse.ArgumentParser, datasets: tuple[str, ...], default: str,
-               coco: bool = True) -> None:
+               coco: bool = True, also: str = "") -> None:
         # None until _open_dataset: a --dataset given with --coco is refused, not ignored
         q.add_argument("--dataset", choices=datasets, default=None, help=f"dataset (default {default})")
         q.set_defaults(default_dataset=default)
@@ -43,10 +43,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--images", default=None, help="image folder for --coco")
         else:
             q.set_defaults(coco=None, images=None)
-        q.add_argument("--split", default=None, help="BSDS500 split (default test)")
+        if "bsds500" in datasets:
+            q.add_argument("--split", default=None, help="BSDS500 split (default test)")
+        else:  # COCO has no splits here: offering the flag only to refuse it misled
+            q.set_defaults(split=None)
         q.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-        q.add_argument("--out", required=True,
-                       help="output folder for report.json (and results.json or the clicks plot)")
+        q.add_argument("--out", required=True, help=f"output folder for report.json{also}; what an "
+                       "earlier report there listed and this run does not write is removed")
 
     e = esub.add_parser("edges", help="BSDS500 boundary benchmark (ODS/OIS/AP/R50)")
     common(e, ("bsds500",), "bsds500", coco=False)
@@ -68,13 +71,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_edges)
 
     pr = esub.add_parser("proposals", help="class-agnostic mask proposals, AR@10/100/1000")
-    common(pr, ("coco",), "coco")
+    common(pr, ("coco",), "coco", also=" and the proposals (results.json)")
     add_model_args(pr, prompted=False)
     pr.add_argument("--points-per-side", type=int, default=64, help="grid (default 64, the paper's)")
     pr.set_defaults(func=run_proposals)
 
     ins = esub.add_parser("instances", help="mask AP of box-prompted instance segmentation")
-    common(ins, ("coco",), "coco")
+    common(ins, ("coco",), "coco", also=" and the detections (results.json)")
     add_model_args(ins)
     ins.add_argument("--boxes", default="detector",
                      help="'gt' (ground-truth boxes), 'detector' (default: --detector's boxes, those "
@@ -92,7 +95,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ins.set_defaults(func=run_instances)
 
     pt = esub.add_parser("points", help="point-prompt mIoU@k and NoC@85/90")
-    common(pt, ("grabcut", "berkeley", "coco", "bsds500"), "grabcut")
+    common(pt, ("grabcut", "berkeley", "coco", "bsds500"), "grabcut",
+           also=", the mIoU-vs-clicks plot and points_per_mask.json")
     add_model_args(pt)
     pt.add_argument("--clicks", type=int, default=20, help="maximum clicks per object (default 20)")
     pt.add_argument("--zoom-in", action="store_true",
@@ -136,7 +140,7 @@ def _open_dataset(args: argparse.Namespace) -> Any:
     """
     if args.images and not args.coco:
         raise ValueError(f"--images {args.images} needs --coco ANNOTATIONS.json")
-    if args.coco and args.dataset not in (None, "coco"):
+    if args.coco and args.dataset is not None:  # even --dataset coco would be ignored
         raise ValueError(f"--dataset {args.dataset} and --coco {args.coco} name two datasets; "
                          "give one")
     if args.dataset is None:

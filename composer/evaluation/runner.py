@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import time
@@ -285,6 +286,7 @@ def run(
     per_image: list[list[Any]] = []
     failures: list[dict[str, Any]] = []
     n_masks = 0
+    zoom_calls = 0  # zoom-in crop embeddings (ClickSession.encoder_calls; outside the cache)
     interrupted = False
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t_run = time.perf_counter()
@@ -306,6 +308,7 @@ def run(
                             task_or_segmenter, emb, gt, ignore, image_id=image_id, image=image
                         )
                         tr.meta["mask_id"] = mask_id
+                        zoom_calls += int(tr.meta.get("encoder_calls", 0))
                         traces[id(ev)].append(tr)
                 for ev in evs:
                     ev.process(image_id, traces[id(ev)])
@@ -426,6 +429,7 @@ def run(
     }
     if points_mode:
         meta["n_masks"] = n_masks
+        meta["zoom_encoder_calls"] = zoom_calls
     meta.update(_jsonable(dict(extra_meta or {})))
     report = {"metrics": metrics, "meta": meta}
     if out_path is not None:
@@ -460,7 +464,29 @@ def _write_outputs(report: dict[str, Any], evs: Sequence[Any], out_dir: Path) ->
                 inside = path.is_relative_to(out_dir.resolve())
                 files.append(str(path.relative_to(out_dir.resolve()) if inside else path))
     files.append("report.json")
+    _remove_stale_outputs(out_dir, files)
     _write_json(out_dir / "report.json", report)
+
+
+def _remove_stale_outputs(out_dir: Path, files: Sequence[str]) -> None:
+    """Remove what an earlier report in ``out_dir`` listed as its files (``meta.files``) and
+    this run does not write again: an ``eval instances`` ``results.json`` or a points plot must
+    not sit beside another run's report as if it were that run's. Only names inside
+    ``out_dir`` that the earlier report lists are removed, never other files."""
+    try:
+        old = json.loads((out_dir / "report.json").read_text())
+        listed = old["meta"]["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if not isinstance(listed, list):
+        return
+    root = out_dir.resolve()
+    for name in listed:
+        if not isinstance(name, str) or name in files or Path(name).is_absolute():
+            continue
+        path = (out_dir / name).resolve()
+        if path.parent == root and path.is_file():
+            path.unlink()
 
 
 def plot_click_curves(evaluator: Any, path: str | os.PathLike, title: str = "") -> Path:

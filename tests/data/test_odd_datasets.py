@@ -235,8 +235,10 @@ def test_eval_refuses_split_and_images_flags_it_would_ignore(tmp_path, capsys, m
     cases = [
         (["points", "--dataset", "grabcut", "--split", "val"],
          "--split applies to --dataset bsds500 only; grabcut has no splits"),
-        (["instances", "--coco", str(tmp_path / "x.json"), "--images", str(tmp_path),
+        (["points", "--coco", str(tmp_path / "x.json"), "--images", str(tmp_path),
           "--split", "val"], "--split applies to --dataset bsds500 only; a --coco json"),
+        (["instances", "--dataset", "coco", "--coco", str(tmp_path / "x.json"), "--images",
+          str(tmp_path)], "--dataset coco and --coco"),  # was accepted, --dataset ignored
         (["instances", "--images", str(tmp_path)], f"--images {tmp_path} needs --coco"),
         (["points", "--dataset", "grabcut", "--images", str(tmp_path)], "needs --coco"),
     ]
@@ -245,6 +247,11 @@ def test_eval_refuses_split_and_images_flags_it_would_ignore(tmp_path, capsys, m
         err = capsys.readouterr().err
         assert err.startswith("sam-composer eval: error: ") and msg in err, (argv, err)
         assert len(err.strip().splitlines()) == 1
+    # instances and proposals (COCO only) do not offer --split at all
+    for task in ("instances", "proposals"):
+        with pytest.raises(SystemExit):
+            cli_main(["eval", task, "--split", "val", "--out", out])
+        assert "unrecognized arguments: --split val" in capsys.readouterr().err
     # a BSDS split typo and a missing dataset stay one-line errors
     argv = ["eval", "edges", "--split", "tst", "--method", "sobel", "--out", out]
     assert cli_main(argv) == 2

@@ -165,6 +165,30 @@ def test_task_run_on_coco_feeds_all_evaluators(coco_dir, tmp_path):
     assert (tmp_path / "report.json").is_file()
 
 
+def test_an_earlier_runs_outputs_do_not_stay_beside_another_report(coco_dir, grabcut3, tmp_path):
+    """Another evaluation into the same folder left the earlier run's results.json (or points
+    plots) beside its report, unlisted, as if they were its own. What the earlier report.json
+    listed and this run does not write is removed; other files stay."""
+    ds = coco_subset()
+    results = tmp_path / "results.json"
+    run(GtTask(), ds, CocoEvaluator(ds.coco, iou_types=("segm",), results_file=results),
+        limit=2, out_dir=tmp_path)
+    assert json.loads((tmp_path / "report.json").read_text())["meta"]["files"] == [
+        "results.json", "report.json"]
+    (tmp_path / "notes.txt").write_text("mine")
+    report = run(OracleSegmenter(grabcut3), grabcut3, PointEvaluator(max_clicks=2),
+                 out_dir=tmp_path)
+    assert not results.exists() and (tmp_path / "notes.txt").read_text() == "mine"
+    assert report["meta"]["files"] == [
+        "points_miou_vs_clicks.png", "points_per_mask.json", "report.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*report["meta"]["files"], "notes.txt"])
+    # and back: the points files go, the new results.json is listed and kept
+    run(GtTask(), ds, CocoEvaluator(ds.coco, iou_types=("segm",), results_file=results),
+        limit=2, out_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "report.json", "results.json"]
+
+
 def test_task_exception_is_recorded(coco_dir):
     ds = coco_subset(image_ids=coco_subset().image_ids[:3])
     calls = []
@@ -277,6 +301,9 @@ def test_points_cli_with_zoom_in_records_the_protocol(grabcut3, tmp_path):
     assert report["meta"]["failures"] == [] and 0.0 < report["metrics"]["points/mIoU@3"] <= 1.0
     per_mask = json.loads(next(out.glob("points_per_mask*.json")).read_text())
     assert per_mask
+    # the crops' embeddings are counted (they are not the cache's: it counted only the image's)
+    assert report["meta"]["cache"]["encoder_calls"] == 1
+    assert report["meta"]["zoom_encoder_calls"] >= 1
 
 
 @pytest.mark.parametrize("task", ["points", "instances", "edges", "proposals"])
