@@ -305,3 +305,19 @@ def test_instances_max_dets_is_checked_before_loading(tmp_path, capsys):
     assert main(["instances", str(tmp_path / "a.png"), "--max-dets", "0", "--out", str(tmp_path / "o")]) == 2
     captured = capsys.readouterr()
     assert "--max-dets must be >= 1, got 0" in captured.err and "segmenter:" not in captured.out
+
+
+def test_everything_no_masks_hint_names_the_filters_that_ran(tmp_path, capsys):
+    """A 1 x 1 image with --sa1b keeps no mask: the hint named the IoU filter as ">=" (it is
+    ">", as SAM's) and left out --sa1b's area filter, the one that dropped the mask."""
+    from PIL import Image
+
+    from composer.cli import main
+
+    img = tmp_path / "one.png"
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(img)
+    assert main(["everything", str(img), "--model", "classic", "--points-per-side", "2",
+                 "--sa1b", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "no mask passed the quality filters (predicted IoU > " in err
+    assert "area at most 0.95 of the image" in err

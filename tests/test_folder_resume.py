@@ -329,6 +329,10 @@ def test_a_torn_last_record_is_recomputed(folder, tmp_path, calls):
     assert main(_argv("instances", src, boxes, out)) == 0
     assert calls.take() == ["3.png"]
     assert _summary(out) == first
+    # its new record went on a line of its own (it was glued to the torn one, and the next
+    # run dropped both and redid 3.png once more)
+    assert main(_argv("instances", src, boxes, out)) == 0
+    assert calls.take() == []
 
 
 def test_stems_stay_stable_and_a_changed_stem_is_recomputed(tmp_path, calls):

@@ -123,9 +123,11 @@ def _no_masks_hint(seg: Any, config: Any) -> str:
     """What to try when no mask passed the filters: SAM's official thresholds, the default of a
     model without calibrated ones, keep little or nothing of classic's scores (on their own
     scale; the demo uses 0.5 and 0.8 for it)."""
-    hint = (f"no mask passed the quality filters (predicted IoU >= {config.pred_iou_thresh:g}, "
-            f"stability >= {config.stability_score_thresh:g}); lower them with "
-            "--pred-iou-thresh and --stability-thresh")
+    hint = (f"no mask passed the quality filters (predicted IoU > {config.pred_iou_thresh:g}, "
+            f"stability >= {config.stability_score_thresh:g}"
+            + (f", area at most {config.max_mask_area_fraction:g} of the image"
+               if config.max_mask_area_fraction is not None else "")
+            + "); lower them with --pred-iou-thresh and --stability-thresh")
     if str(seg.model_id).startswith("classic") and not getattr(seg, "amg_thresholds", None):
         hint += (" (classic's scores are lower than SAM's, for which the defaults were chosen: "
                  "try 0.5 and 0.8)")

@@ -102,6 +102,28 @@ def _started_ignoring_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
+class _SetupFile:
+    """A ``setup`` pickled to a file, loaded by each worker.
+
+    Handing a large ``setup`` (a segmenter) to the workers as initializer arguments puts it
+    in the spawn pipe, which the parent writes while still holding the pipe's read end: a
+    worker that dies before reading it all (e.g. a script without ``if __name__ ==
+    "__main__":``, whose spawned copy fails while re-running the script) leaves the parent
+    blocked on that write for good. A file path keeps the spawn data small, so the death is
+    seen and reported (``BrokenProcessPool``) instead.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self) -> Any:
+        import pickle
+
+        with open(self.path, "rb") as f:
+            setup = pickle.load(f)
+        return setup()
+
+
 def _run_in_worker(fn: Callable[[Any, Any], Any], index: int, item: Any) -> Result:
     return _call(_WORKER_STATE["state"], fn, index, item)
 
@@ -136,10 +158,21 @@ class LocalEngine:
             for i, item in enumerate(items):
                 yield _call(state, fn, i, item)
             return
+        import pickle
+        import tempfile
+
         ctx = multiprocessing.get_context("spawn")
+        fd, setup_path = tempfile.mkstemp(prefix="sam-composer-setup-", suffix=".pkl")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(setup, f, protocol=pickle.HIGHEST_PROTOCOL)
+        except BaseException:
+            os.unlink(setup_path)
+            raise
         pool = cf.ProcessPoolExecutor(
             max_workers=min(self.workers, len(items)), mp_context=ctx,
-            initializer=_init_worker, initargs=(setup, self.threads, allocator_tuned()),
+            initializer=_init_worker,
+            initargs=(_SetupFile(setup_path), self.threads, allocator_tuned()),
         )
         finished = False
         try:
@@ -173,10 +206,13 @@ class LocalEngine:
                     fut.cancel()
             finished = True
         finally:
-            if finished:
-                pool.shutdown(wait=True)
-            else:
-                _stop(pool)
+            try:
+                if finished:
+                    pool.shutdown(wait=True)
+                else:
+                    _stop(pool)
+            finally:
+                os.unlink(setup_path)
 
 
 def _stop(pool: cf.ProcessPoolExecutor) -> None:

@@ -181,8 +181,18 @@ class RecordLog:
     def __enter__(self) -> RecordLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a")
-        if not self.path.stat().st_size:
+        size = self.path.stat().st_size
+        if not size:
             self._write({"settings": self.settings})
+        else:
+            # a run killed mid-write left a torn last line: end it, or the next record would
+            # be glued to it and dropped (with it) by the next resume
+            with open(self.path, "rb") as f:
+                f.seek(size - 1)
+                torn = f.read(1) != b"\n"
+            if torn:
+                self._file.write("\n")
+                self._file.flush()
         return self
 
     def __exit__(

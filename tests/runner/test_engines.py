@@ -230,36 +230,65 @@ def test_an_interrupted_run_leaves_out_a_replaced_image_not_redone_yet(folder, t
     assert [(im["file_name"], im["height"], im["width"]) for im in done["images"]][1] == ("1.jpg", 50, 70)
 
 
-class SignalAtStart:
-    """A setup that records, while it is unpickled in the worker (before the pool's
-    initializer runs), how the worker's SIGINT is handled."""
+def _report_sigint(queue) -> None:
+    import signal
 
-    def __getstate__(self) -> dict[str, str]:
-        return {}
-
-    def __setstate__(self, state: dict[str, str]) -> None:
-        import signal
-
-        handler = signal.getsignal(signal.SIGINT)
-        self.at_start = "ignored" if handler is signal.SIG_IGN else repr(handler)
-
-    def __call__(self) -> str:
-        return self.at_start
-
-
-def state(s: str, item: int) -> str:
-    return s
+    handler = signal.getsignal(signal.SIGINT)
+    queue.put("ignored" if handler is signal.SIG_IGN else repr(handler))
 
 
 def test_workers_start_with_ctrl_c_ignored():
     """A spawned worker imports the package and torch before its initializer ignores SIGINT;
-    a Ctrl-C in those seconds printed a KeyboardInterrupt traceback from each worker. The
-    workers now start with SIGINT ignored, and this process's handler is put back."""
+    a Ctrl-C in those seconds printed a KeyboardInterrupt traceback from each worker. Processes
+    that LocalEngine launches (inside ``_started_ignoring_sigint``) start with SIGINT ignored,
+    and this process's handler is put back."""
+    import multiprocessing
     import signal
     import threading
 
+    from composer.runner import engines
+
     assert threading.current_thread() is threading.main_thread()  # where signals can be set
+    ctx = multiprocessing.get_context("spawn")
     before = signal.getsignal(signal.SIGINT)
-    results = list(LocalEngine(2, threads=1).imap(SignalAtStart(), state, [0, 1]))
-    assert [r[1:] for r in results] == [("ignored", None)] * 2
+    seen = []
+    for ignoring in (False, True):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_report_sigint, args=(queue,))
+        if ignoring:
+            with engines._started_ignoring_sigint():
+                proc.start()
+        else:
+            proc.start()
+        seen.append(queue.get(timeout=120))
+        proc.join(timeout=60)
+    assert seen[0] != "ignored" and seen[1] == "ignored"
     assert signal.getsignal(signal.SIGINT) is before
+    # and a pool run still works, its workers ignoring SIGINT
+    assert [r[1:] for r in LocalEngine(2, threads=1).imap(Offset(0), nap, [0])] == [(True, None)]
+
+
+class Huge:
+    """A setup too large for the spawn pipe's buffer (a segmenter's weights)."""
+
+    def __init__(self) -> None:
+        self.blob = b"x" * (8 << 20)
+
+    def __call__(self) -> int:
+        return len(self.blob)
+
+
+def length(state: int, item: int) -> int:
+    return state + item
+
+
+def test_a_large_setup_reaches_the_workers_through_a_file(tmp_path, monkeypatch):
+    """A large setup handed over as initializer arguments sat in the spawn pipe, and a worker
+    that died before reading it (a script without the __main__ guard) left the parent blocked
+    on the write for good. It now goes through a temporary file, removed after the run."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    results = sorted(LocalEngine(2, threads=1).imap(Huge(), length, [0, 1, 2]))
+    assert results == [(i, (8 << 20) + i, None) for i in range(3)]
+    assert list(tmp_path.iterdir()) == []  # the setup file is gone
