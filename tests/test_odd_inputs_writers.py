@@ -230,3 +230,18 @@ def test_overlay_takes_one_mask_and_refuses_probabilities_and_bad_alpha():
     for alpha in (2, -1, float("nan"), "0.5"):
         with pytest.raises(ValueError, match="alpha must be a number in"):
             overlay(image, mask, alpha=alpha)
+
+
+def test_numpy_scalars_in_meta_are_written(tmp_path):
+    """A meta value holding a numpy scalar (image_id=np.int64(3)) was left out of the json."""
+    import json
+
+    dets = _dets(n=1)
+    dets.meta["image_id"] = np.int64(3)
+    dets.meta["scores"] = {"mean": np.float32(0.5), "n": [np.int32(1)]}
+    dets.meta["array"] = np.zeros(3)  # not a scalar: still left out
+    image = np.full((40, 60, 3), 90, np.uint8)
+    written = write_detections(dets, image, tmp_path, stem="m", extra_meta={"k": np.bool_(True)})
+    meta = json.loads(Path(written["json"]).read_text())["meta"]
+    assert meta["image_id"] == 3 and meta["scores"] == {"mean": 0.5, "n": [1]}
+    assert meta["k"] is True and "array" not in meta

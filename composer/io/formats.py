@@ -64,7 +64,10 @@ class Annotations:
 
 
 def _int(value: Any, what: str) -> int:
-    """``int(value)``; ``ValueError`` naming ``what`` for NaN, text and the like."""
+    """``int(value)``; ``ValueError`` naming ``what`` for NaN, text, fractions and the like (a
+    height of 20.7 was cut to 20)."""
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{what} is {value!r}, not an integer")
     try:
         return int(value)
     except (TypeError, ValueError, OverflowError):
@@ -269,7 +272,9 @@ def to_coco_polygons(annotations: Annotations, out_json: str | os.PathLike[str],
 
     Returns stats: ``images``, ``annotations``, ``kept_rle`` (masks with holes kept as RLE),
     ``filled_holes``, ``crowd`` (crowd regions, kept as RLE), ``empty`` (masks with no pixels:
-    kept as RLE, since an empty polygon list does not load).
+    kept as RLE, since an empty polygon list does not load). A polygon annotation's ``area``
+    and ``bbox`` are those of what its polygons decode to (with ``holes="fill"`` or a
+    ``tolerance``, not the source mask's).
 
     Raises:
         ValueError: an unknown ``holes``, or a malformed segmentation (named by image and mask).
@@ -278,8 +283,17 @@ def to_coco_polygons(annotations: Annotations, out_json: str | os.PathLike[str],
         raise ValueError(f"holes must be 'rle' or 'fill', got {holes!r}")
     stats = {"images": 0, "annotations": 0, "kept_rle": 0, "filled_holes": 0, "crowd": 0,
              "empty": 0}
-    cat_ids = {key: (key if isinstance(key, int) else i + 1)
-               for i, key in enumerate(annotations.categories)}
+    # ids of the source kept; other keys (e.g. a string category_id) numbered after the
+    # largest id, so that they never take an id another category holds
+    taken = [k for k in annotations.categories if isinstance(k, int)]
+    next_id = max(taken, default=0) + 1
+    cat_ids: dict[Any, int] = {}
+    for key in annotations.categories:
+        if isinstance(key, int):
+            cat_ids[key] = key
+        else:
+            cat_ids[key] = next_id
+            next_id += 1
     out: dict[str, Any] = {
         "images": [], "annotations": [],
         "categories": [{"id": cat_ids[k], "name": v} for k, v in annotations.categories.items()],
@@ -315,6 +329,11 @@ def to_coco_polygons(annotations: Annotations, out_json: str | os.PathLike[str],
             else:
                 ann["segmentation"] = polys
                 stats["filled_holes"] += int(n_holes > 0)
+                # area and box of what the polygons decode to (filled holes, --tolerance):
+                # COCOeval's size buckets and annotation tools read ``area``
+                h, w = (int(v) for v in rle["size"])
+                rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
+                area = int(mask_utils.area(rle))
             ann["area"] = area
             ann["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]
             out["annotations"].append(ann)
@@ -324,15 +343,18 @@ def to_coco_polygons(annotations: Annotations, out_json: str | os.PathLike[str],
 
 
 _SAFE = re.compile(r"[^\w.-]+")
+#: what a YOLO label's stem cannot hold: Ultralytics pairs ``images/<stem>.<ext>`` with
+#: ``labels/<stem>.txt``, so anything a file name can hold is kept as it is
+_PATH_UNSAFE = re.compile(r"[/\\\x00-\x1f]+")
 
 
-def _safe_stems(images: list[ImageAnnotations]) -> list[str]:
-    """Output stems of ``images``: unsafe characters as ``_``, distinct (a stem that clashes
+def _safe_stems(images: list[ImageAnnotations], unsafe: re.Pattern[str] = _SAFE) -> list[str]:
+    """Output stems of ``images``: ``unsafe`` characters as ``_``, distinct (a stem that clashes
     gets ``_<image id>``), never empty, ``.`` or ``..`` (those become ``image_<image id>``)."""
     used: set[str] = set()
     out = []
     for im in images:
-        name = _SAFE.sub("_", im.name)
+        name = unsafe.sub("_", im.name)
         if not name.strip("."):  # "", "." or "..": no usable file or folder name
             name = f"image_{_SAFE.sub('_', str(im.image_id))}"
         if name.lower() in used:  # stems differing only in unsafe characters or in case
@@ -375,7 +397,9 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
     ``dropped_holes``, ``crowd`` (crowd regions: not written), ``empty`` (masks with no
     pixels: not written), ``stale_labels_removed``: when ``out_dir`` holds an earlier
     conversion (the label files it lists in ``YOLO_MANIFEST``), those are removed first, as
-    they index another class list.
+    they index another class list; ``renamed``: label files not named as their image's stem
+    (stems that clash, e.g. ``a.jpg`` and ``a.png``, or a path separator in a name), which
+    Ultralytics will not pair with the image.
 
     Raises:
         ValueError: a malformed segmentation (named by image and mask), or ``out_dir`` holds
@@ -417,11 +441,13 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
             stale += 1
     # what this conversion writes, listed before it writes (a run cut short is still listed):
     # the next conversion into this folder removes these labels, and no file of the user's
-    stems = _safe_stems(annotations.images)
+    stems = _safe_stems(annotations.images, _PATH_UNSAFE)
     manifest.write_text(json.dumps({"labels": [f"{n}.txt" for n in stems]}))
     index = {key: i for i, key in enumerate(annotations.categories)}
     stats = {"images": 0, "objects": 0, "multi_part": 0, "dropped_holes": 0, "crowd": 0,
-             "empty": 0, "stale_labels_removed": stale}
+             "empty": 0, "stale_labels_removed": stale,
+             # labels not named as their image (a clash): Ultralytics will not pair them
+             "renamed": sum(n != im.name for n, im in zip(stems, annotations.images, strict=True))}
     for k, (im, name) in enumerate(zip(annotations.images, stems, strict=True)):
         lines = []
         for i, (cat, _seg, src) in enumerate(im.anns):

@@ -212,7 +212,8 @@ def write_detections(dets: Detections, image: np.ndarray, out_dir: str | os.Path
     record: dict[str, Any] = {
         "image_size": list(image.shape[:2]),
         **({} if image_file is None else {"image_file": str(image_file)}),
-        "meta": {k: v for k, v in {**dets.meta, **(extra_meta or {})}.items() if _jsonable(v)},
+        "meta": {k: v for k, v in ((k, _numpy_scalars_plain(v)) for k, v in
+                                    {**dets.meta, **(extra_meta or {})}.items()) if _jsonable(v)},
         # what this call writes beside the json: the next call with this stem removes these
         "mask_files": mask_names,
         "detections": [],
@@ -323,6 +324,18 @@ def write_json(path: str | os.PathLike[str], data: Any, indent: int | None = Non
         tmp.unlink(missing_ok=True)  # no half-written .part left behind
         raise
     return path
+
+
+def _numpy_scalars_plain(v: Any) -> Any:
+    """``v`` with numpy scalars (``np.int64(3)``, in dicts and lists too) as Python numbers:
+    json cannot write them, and a meta value holding one was left out of the json."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, dict):
+        return {k: _numpy_scalars_plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_numpy_scalars_plain(x) for x in v]
+    return v
 
 
 def _jsonable(v: Any) -> bool:

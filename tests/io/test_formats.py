@@ -280,8 +280,9 @@ def test_convert_command_and_bad_input(tmp_path, capsys):
     (tmp_path / "clash.json").write_text(json.dumps(clash))
     convert(tmp_path / "clash.json", tmp_path / "yc", "yolo")
     files = sorted(p.name for p in (tmp_path / "yc" / "labels").iterdir())
-    assert files == ["a_b.txt", "a_b_2.txt"]
-    assert (tmp_path / "yc" / "labels" / "a_b_2.txt").read_text().startswith("0 0.2")
+    assert files == ["a b.txt", "a_b.txt"]  # each image's own stem, as Ultralytics pairs them
+    assert (tmp_path / "yc" / "labels" / "a_b.txt").read_text().startswith("0 0.2")
+    assert (tmp_path / "yc" / "labels" / "a b.txt").read_text() == ""
     for bad in ({"images": [{"id": 1}], "annotations": []},
                 {"images": [{"id": 1, "height": 5, "width": 5}], "annotations": [{"id": 1}]},
                 {"images": {"a": 1}}, [], {"images": [{"id": 1, "height": 0, "width": 5}]}):
@@ -522,8 +523,10 @@ def test_png_masks_stems_reruns_and_bad_fields(tmp_path, capsys):
     folders = ["a_b", "a_b_2", "image_3", "x_y_"]  # "..." would be a path out of --out
     assert sorted(p.name for p in out.iterdir()) == folders
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "out"]
-    convert(tmp_path / "d.json", tmp_path / "yolo", "yolo")  # the same stems as YOLO labels
-    assert sorted(p.stem for p in (tmp_path / "yolo" / "labels").iterdir()) == folders
+    # YOLO labels keep the image's stem (Ultralytics pairs images/<stem>.* with labels/<stem>.txt)
+    assert convert(tmp_path / "d.json", tmp_path / "yolo", "yolo")["renamed"] == 1
+    assert sorted(p.stem for p in (tmp_path / "yolo" / "labels").iterdir()) == [
+        "a b", "a_b", "image_3", "x:y?"]
     masks, rows, _ = read_png_masks(out / "a_b_2")
     assert rows[0]["iscrowd"] == "" and masks[0].sum() == 9
     # a rerun with fewer masks leaves none of the earlier run's PNGs behind
@@ -543,3 +546,55 @@ def test_png_masks_stems_reruns_and_bad_fields(tmp_path, capsys):
                          "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err
         assert msg in err and "'a_b.jpg', mask 0" in err
+
+
+def test_coco_polygons_string_category_takes_no_existing_id(tmp_path):
+    """A category_id that is no integer gets an id after the largest: it took id 2 (its
+    position) although category 2 existed, merging the two classes."""
+    from composer.io.formats import convert
+
+    data = {"images": [{"id": 1, "file_name": "c.jpg", "height": 10, "width": 10}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 2,
+                             "segmentation": [[1, 1, 4, 1, 4, 4, 1, 4]]},
+                            {"id": 2, "image_id": 1, "category_id": "x",
+                             "segmentation": [[5, 5, 8, 5, 8, 8, 5, 8]]}],
+            "categories": [{"id": 2, "name": "a"}]}
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    convert(tmp_path / "d.json", tmp_path / "p.json", "coco-polygons")
+    out = json.loads((tmp_path / "p.json").read_text())
+    assert out["categories"] == [{"id": 2, "name": "a"}, {"id": 3, "name": "x"}]
+    assert [a["category_id"] for a in out["annotations"]] == [2, 3]
+
+
+def test_coco_polygons_area_is_the_written_shapes(tmp_path):
+    """With --holes fill the area stayed the mask's (316 for a ring whose filled polygon covers
+    400 px); COCOeval's size buckets and annotation tools read it."""
+    from pycocotools import mask as mask_utils
+
+    from composer.io.formats import convert
+
+    ring = np.zeros((30, 30), np.uint8, order="F")
+    ring[5:25, 5:25] = 1
+    ring[10:20, 10:20] = 0  # a hole of 100 px
+    rle = mask_utils.encode(ring)
+    rle["counts"] = rle["counts"].decode()
+    data = {"images": [{"id": 1, "file_name": "r.png", "height": 30, "width": 30}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": rle,
+                             "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "ring"}]}
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    for holes, area in (("rle", 300), ("fill", 400)):
+        convert(tmp_path / "d.json", tmp_path / f"{holes}.json", "coco-polygons", holes=holes)
+        (ann,) = json.loads((tmp_path / f"{holes}.json").read_text())["annotations"]
+        assert ann["area"] == area and ann["bbox"] == [5.0, 5.0, 20.0, 20.0], holes
+
+
+def test_a_fractional_image_size_is_refused(tmp_path):
+    """A height of 20.7 was cut to 20 without a word."""
+    from composer.io.formats import convert
+
+    data = {"images": [{"id": 1, "file_name": "r.png", "height": 20.7, "width": 30}],
+            "annotations": [], "categories": []}
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="20.7, not an integer"):
+        convert(tmp_path / "d.json", tmp_path / "p.json", "coco-polygons")
