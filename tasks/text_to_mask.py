@@ -53,7 +53,9 @@ class TextConfig:
             (:attr:`tasks.instances.InstanceConfig.zoom_small`; "auto": the segmenter's
             ``box_zoom``).
         points_per_side: clip: proposal grid.
-        pred_iou_thresh, stability_score_thresh: clip: proposal quality filters.
+        pred_iou_thresh, stability_score_thresh: clip: proposal quality filters (None:
+            the segmenter's recommended ``amg_thresholds`` when it has them, e.g.
+            composer_tiny's 0.2 / 0.7, else 0.7 / 0.8).
         max_proposals: clip: score at most this many proposals (highest predicted IoU first).
         crop_expand: clip: crop side = this x the mask box's longer side.
         background_dim: clip: 0 keeps pixels outside the mask, 1 replaces them with grey.
@@ -70,8 +72,8 @@ class TextConfig:
     refine: bool = False
     zoom_small: float | str = "auto"
     points_per_side: int = 16
-    pred_iou_thresh: float = 0.7
-    stability_score_thresh: float = 0.8
+    pred_iou_thresh: float | None = None
+    stability_score_thresh: float | None = None
     max_proposals: int = 64
     crop_expand: float = 1.5
     background_dim: float = 0.5
@@ -261,11 +263,19 @@ class TextToMaskTask:
         from composer.automatic import AmgConfig, AutomaticMaskGenerator
 
         cfg = self.config
-        amg = AmgConfig(
+        # SAM-calibrated filters are far too strict for a segmenter whose predicted IoU is
+        # calibrated otherwise (composer_tiny: no proposal at all passed 0.7 / 0.8 on COCO
+        # photos): its recommended thresholds apply unless the config names its own.
+        base = AmgConfig(
             points_per_side=cfg.points_per_side,
+            pred_iou_thresh=0.7,
+            stability_score_thresh=0.8,
+            keep_low_res_logits=cfg.refine,
+        )
+        amg = AmgConfig.for_segmenter(
+            self.segmenter, base,
             pred_iou_thresh=cfg.pred_iou_thresh,
             stability_score_thresh=cfg.stability_score_thresh,
-            keep_low_res_logits=cfg.refine,
         )
         props = AutomaticMaskGenerator(self.segmenter, amg, cache=context.cache).generate(
             context.image

@@ -11,10 +11,11 @@ encoded in batches. Needs ``pip install 'sam-composer[text]'``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,10 @@ class ClipModel:
             )
         path = None if weights is None else Path(weights).expanduser()
         if path is not None and path.is_file():
-            model = oc.create_model(arch, pretrained=None)
+            # open_clip warns "Model initialized randomly" for pretrained=None, which read as
+            # if the weights file were ignored: they are loaded right below
+            with _no_random_init_warning():
+                model = oc.create_model(arch, pretrained=None)
             _load_strict(model, _read_state(path), path)
             wid = path.name
         elif weights is None:
@@ -243,6 +247,27 @@ class ClipModel:
         ).clamp(0, 1)
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_random_init_warning() -> Iterator[None]:
+    """Silence open_clip's "No pretrained weights loaded" warning (root logger) meanwhile."""
+    root, flt = logging.getLogger(), _DropRandomInitWarning()
+    handlers = list(root.handlers)
+    root.addFilter(flt)
+    for h in handlers:  # a record logged by logging.warning() is filtered by the root logger
+        h.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+        for h in handlers:
+            h.removeFilter(flt)
+
+
 def _file_preprocess(oc: Any, arch: str, path: Path) -> dict[str, Any]:
     """Image mean/std for weights loaded from a local file.
 
@@ -287,4 +312,12 @@ def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: P
         state = {k[len("module.") :]: v for k, v in state.items()}
     from ..hub.checkpoint import load_state_into
 
+    want = set(model.state_dict())
+    shared = len(want & set(state))
+    if want and shared < len(want) // 2:  # another architecture: not a list of 1,500 keys
+        raise ValueError(
+            f"{path} does not look like a checkpoint of this architecture ({shared} of its "
+            f"{len(want)} keys are in the file, which holds {len(state)}): is --clip-arch "
+            "(ClipModel.load's arch) the one these weights were trained as?"
+        )
     load_state_into(model, state, path, strict=True)

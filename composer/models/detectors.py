@@ -551,6 +551,7 @@ class CocoJsonDetector:
                                  f"{type(exc).__name__}: {exc}") from None
         else:
             self.image_ids = dict(image_ids or {})
+        self._mapped_ids = {int(v) for v in self.image_ids.values()}
         self._class_names = dict(class_names or names or COCO_CATEGORIES)
         self.score_threshold = _check_threshold(score_threshold)
         self.max_dets = _check_max_dets(max_dets)
@@ -561,6 +562,15 @@ class CocoJsonDetector:
                 raise ValueError(f"results entry {i} lacks image_id or bbox: {e!r}"[:200])
             _check_result_entry(i, e)
             self._by_image.setdefault(int(e["image_id"]), []).append(e)
+        if any("category_id" not in e for e in entries):
+            # boxes without a class are objects, not persons (the old default label 1)
+            self._class_names.setdefault(0, "object")
+        unnamed = sorted({int(e["category_id"]) for e in entries if "category_id" in e}
+                         - set(self._class_names))
+        if unnamed:  # 0-based or 80-class ids (YOLO exports) name the wrong classes or none
+            logger.warning("%s: category ids %s are not among the %d class names (are they "
+                           "0-based or 1..80 rather than COCO's 1..90 ids?)", self.model_id,
+                           unnamed[:10], len(self._class_names))
         negative = sum(1 for e in entries if _finite_number(e.get("score", 1.0))
                        and float(e.get("score", 1.0)) < min(0.0, self.score_threshold or 0.0))
         if negative:  # logits rather than probabilities? below the floor, they are never used
@@ -578,14 +588,20 @@ class CocoJsonDetector:
             return None
         if image_id in self.image_ids:
             return int(self.image_ids[image_id])
+        # a number is the results' id itself: not looked up as a file name ("1.jpg" may be
+        # the image of another id; int 1 gave the boxes of the image whose stem is "1")
+        if isinstance(image_id, (int, np.integer)) and not isinstance(image_id, bool):
+            return int(image_id)
         key = str(image_id)
         for k in (key, Path(key).name, Path(key).stem):
             if k in self.image_ids:
                 return int(self.image_ids[k])
-        # a number itself, or digits alone: int() also reads "2_1" as 21 and " 7" as 7
-        if isinstance(image_id, (int, np.integer)) and not isinstance(image_id, bool):
-            return int(image_id)
-        return int(key) if key.isascii() and key.isdigit() else None
+        # digits alone (int() also reads "2_1" as 21 and " 7" as 7), unless the map gives
+        # that id to another file: "2.jpg" is then not the image named "1.jpg" of id 2
+        if not (key.isascii() and key.isdigit()):
+            return None
+        cid = int(key)
+        return None if cid in self._mapped_ids else cid
 
     def __call__(self, image: Any, image_id: Hashable | None = None) -> Detections:
         arr = _load(image)
@@ -603,7 +619,7 @@ class CocoJsonDetector:
         xywh = np.asarray([e["bbox"] for e in entries], np.float32).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         scores = np.asarray([float(e.get("score", 1.0)) for e in entries], np.float32)
-        labels = np.asarray([int(e.get("category_id", 1)) for e in entries], np.int64)
+        labels = np.asarray([int(e.get("category_id", 0)) for e in entries], np.int64)
         return _finish(
             boxes,
             scores,

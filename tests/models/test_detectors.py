@@ -498,3 +498,37 @@ def test_negative_scores_in_a_results_json_are_named(tmp_path, caplog):
         det = CocoJsonDetector(tmp_path / "r.json")
     assert "2 of 3 entries have negative scores" in caplog.text
     assert len(det(np.zeros((10, 10, 3), np.uint8), 1)) == 1
+
+
+def test_a_dataset_json_detector_reads_an_int_as_the_id(tmp_path, caplog):
+    """With 0-based digit file names (0.jpg is id 1, 1.jpg is id 2), the int id 1 gave the
+    boxes of the image whose stem is "1" (id 2). An int is the id; a digit stem the json gives
+    to another file's id is no id; a results entry without category_id is an "object", not a
+    person; category ids outside the class names are warned about."""
+    import json
+    import logging
+
+    ds = {"images": [{"id": 1, "file_name": "0.jpg", "height": 20, "width": 20},
+                     {"id": 2, "file_name": "1.jpg", "height": 20, "width": 20}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 18, "bbox": [1, 1, 5, 5],
+                           "area": 25, "iscrowd": 0},
+                          {"id": 2, "image_id": 2, "category_id": 17, "bbox": [9, 9, 5, 5],
+                           "area": 25, "iscrowd": 0}],
+          "categories": [{"id": 17, "name": "cat"}, {"id": 18, "name": "dog"}]}
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(ds))
+    det = load_detector(str(path))
+    image = np.zeros((20, 20, 3), np.uint8)
+    for key in (1, np.int64(1), "0", "0.jpg"):
+        assert det(image, image_id=key).labels.tolist() == [18], key  # the dog of image 1
+    assert det(image, image_id="1").labels.tolist() == [17]
+    assert len(det(image, image_id="2")) == 0  # "2.jpg" is not listed; id 2 is 1.jpg's
+    with caplog.at_level(logging.WARNING):
+        plain = CocoJsonDetector([{"image_id": 5, "bbox": [1, 1, 5, 5]},
+                                  {"image_id": 5, "bbox": [2, 2, 5, 5], "category_id": 0}])
+    found = plain(image, image_id=5)
+    assert found.labels.tolist() == [0, 0] and found.meta["class_names"][0] == "object"
+    assert "category ids" not in caplog.text  # 0 named "object" since entries lack one
+    with caplog.at_level(logging.WARNING):
+        CocoJsonDetector([{"image_id": 5, "bbox": [1, 1, 5, 5], "category_id": 95}])
+    assert "category ids [95] are not among the" in caplog.text

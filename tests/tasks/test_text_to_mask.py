@@ -143,7 +143,9 @@ def tiny_clip(tmp_path_factory):
     return ClipModel.load(TINY_CLIP)
 
 
-def test_clip_model_loads_a_checkpoint_file(tiny_clip, tmp_path):
+def test_clip_model_loads_a_checkpoint_file(tiny_clip, tmp_path, caplog):
+    import logging
+
     from safetensors.torch import save_file
 
     from composer.models.clip import ClipModel
@@ -159,12 +161,19 @@ def test_clip_model_loads_a_checkpoint_file(tiny_clip, tmp_path):
     save_file({k: v.contiguous() for k, v in state.items()}, str(st))
     for path in (pt, st):
         torch.manual_seed(123)  # a different random init, overwritten by the file
-        clip = ClipModel.load(TINY_CLIP, weights=path)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            clip = ClipModel.load(TINY_CLIP, weights=path)
+        # open_clip's "Model initialized randomly" read as if the file were ignored
+        assert "initialized randomly" not in caplog.text
         assert clip.model_id == f"{TINY_CLIP}:{path.name}"
         assert np.allclose(clip.encode_images(crops), want_img, atol=1e-5)
         assert np.allclose(clip.encode_text(["a dog", "a cat"]), want_txt, atol=1e-5)
     bad = tmp_path / "bad.pt"
-    torch.save({"visual.proj": torch.zeros(3)}, bad)
+    torch.save({"visual.proj": torch.zeros(3)}, bad)  # another architecture's file: said so
+    with pytest.raises(ValueError, match="does not look like a checkpoint of this architecture"):
+        ClipModel.load(TINY_CLIP, weights=bad)
+    torch.save({k: v for k, v in list(state.items())[1:]}, bad)  # one key short: named
     with pytest.raises(ValueError, match="missing keys"):
         ClipModel.load(TINY_CLIP, weights=bad)
     with pytest.raises(ValueError, match="neither a file nor a pretrained tag"):
@@ -314,3 +323,34 @@ def test_loading_minilm_prints_no_progress_bar(capfd):
     MiniLmEncoder()
     assert "Loading weights" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled()  # the caller's setting is put back
+
+
+def test_clip_proposals_use_the_segmenters_recommended_thresholds(monkeypatch):
+    """The clip strategy's proposals took SAM's 0.7 / 0.8 quality cut-offs whatever the
+    segmenter: composer_tiny (its IoU head calibrated otherwise) kept no proposal on COCO
+    photos. Unless the config names its own, the segmenter's amg_thresholds apply."""
+    import composer.automatic as automatic
+
+    seen = []
+
+    class Capture:
+        def __init__(self, segmenter, config, cache=None):
+            seen.append(config)
+
+        def generate(self, image):
+            from composer.structures import Detections
+
+            return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
+
+    monkeypatch.setattr(automatic, "AutomaticMaskGenerator", Capture)
+    image = toy_scene()
+    seg = ToySegmenter()
+    for thresholds, cfg_kw, want in (
+        (None, {}, (0.7, 0.8)),  # SAM's
+        ({"pred_iou_thresh": 0.2, "stability_score_thresh": 0.7}, {}, (0.2, 0.7)),
+        ({"pred_iou_thresh": 0.2}, {"pred_iou_thresh": 0.5}, (0.5, 0.8)),  # the config's own
+    ):
+        seg.amg_thresholds = thresholds
+        task = TextToMaskTask(seg, TextConfig(strategy="clip", **cfg_kw), clip=ColourClip())
+        task(TaskContext(image, 0, EmbeddingCache()), "red")
+        assert (seen[-1].pred_iou_thresh, seen[-1].stability_score_thresh) == want, thresholds
