@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's composer, not an installed one
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _bench_args import check_at_least, check_json  # noqa: E402

@@ -20,13 +20,13 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's composer, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench_args import check_at_least, check_json  # noqa: E402
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     files = sorted(src.glob("*.jpg"))[: args.images]
     if not files:
         sys.exit(f"no images under {src}")
-    exe = shutil.which("sam-composer") or str(Path(sys.executable).with_name("sam-composer"))
+    repo = str(Path(__file__).resolve().parents[1])  # this checkout's CLI, not the installed one
     settings = [(f"1 worker x {t} thread(s)", 1, t) for t in range(1, args.cores + 1)]
     settings.append((f"{args.cores} workers x 1 thread", args.cores, 1))
     rows = []
@@ -73,12 +73,13 @@ def main(argv: list[str] | None = None) -> None:
         ref = None
         for label, workers, threads in settings:
             out = Path(tmp) / f"out_{workers}_{threads}"
-            cmd = [exe, args.task, str(folder)]
+            cmd = [sys.executable, "-m", "composer", args.task, str(folder)]
             if args.task == "text":
                 cmd.append(args.prompt)
             cmd += ["--model", args.model, "--out", str(out), "--workers", str(workers),
                     "--threads-per-worker", str(threads)]
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+                       PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             wall = time.perf_counter() - t0

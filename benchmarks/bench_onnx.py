@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's composer, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench_args import check_at_least, check_json  # noqa: E402

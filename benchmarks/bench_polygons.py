@@ -23,6 +23,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from scipy import ndimage as ndi
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's composer, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench_args import check_at_least  # noqa: E402

@@ -364,3 +364,39 @@ def test_docstring_command_parses_with_the_scripts_flags(folder, stem, argv, mon
     model = getattr(parsed.value.args_, "model", None)
     if folder == "recipes" and model is not None:  # was: --model sam_vit_h, not a segmenter
         assert model in BACKENDS, f"{stem}: --model {model}"
+
+
+def test_bench_amg_match_says_when_nothing_was_compared(tmp_path):
+    """The AMG benchmark's random weights keep no mask at the official thresholds: its "same
+    masks" compared nothing and said nothing. The match now records that (``vacuous``) and
+    compares both ways (an extra mask of ours was not noticed)."""
+    import json
+
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    match = _bench("bench_amg")._match
+
+    def rles(*boxes):
+        out = []
+        for y0, y1, x0, x1 in boxes:
+            m = np.zeros((20, 20), np.uint8, order="F")
+            m[y0:y1, x0:x1] = 1
+            r = mask_utils.encode(m)
+            out.append({"size": r["size"], "counts": r["counts"].decode()})
+        return out
+
+    def files(a, b):
+        pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+        pa.write_text(json.dumps(a))
+        pb.write_text(json.dumps(b))
+        return str(pa), str(pb)
+
+    none = match(*files([], []))
+    assert none["vacuous"] and none["same"]
+    one, two = rles((0, 5, 0, 5)), rles((0, 5, 0, 5), (10, 15, 10, 15))
+    same = match(*files(one, one))
+    assert same["same"] and not same["vacuous"] and same["min_best_iou_ours"] == 1.0
+    extra = match(*files(one, two))  # every official mask is in ours, not the other way
+    assert extra["min_best_iou"] == 1.0 and extra["min_best_iou_ours"] == 0.0
+    assert not extra["same"] and not extra["vacuous"]
