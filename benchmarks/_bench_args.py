@@ -4,8 +4,12 @@ timing runs, with ``parser.error`` (one line, exit status 2), not a traceback at
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 
 def check_at_least(
@@ -30,3 +34,20 @@ def check_json(parser: argparse.ArgumentParser, path: str | Path | None) -> None
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         parser.error(f"--json {path}: cannot create its folder ({e})")
+
+
+def run_main(main: Callable[[], Any]) -> Any:
+    """Run a benchmark's ``main``: bad input found during the run (a missing dataset, an unknown
+    model; the library's ``ValueError``) or a missing optional package ends with one line on
+    stderr and exit status 2, as a bad flag does, not a traceback. ``SAM_COMPOSER_TRACEBACK=1``
+    shows the traceback as well."""
+    try:
+        return main()
+    except (ValueError, ImportError) as e:
+        if os.environ.get("SAM_COMPOSER_TRACEBACK"):
+            traceback.print_exc()
+        extra = ""
+        if isinstance(e, ImportError):
+            extra = " (an optional package this benchmark needs: see its docstring)"
+        print(f"error: {e}{extra}", file=sys.stderr)
+        raise SystemExit(2) from None

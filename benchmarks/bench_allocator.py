@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's composer, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench_args import check_at_least, check_json  # noqa: E402
+from _bench_args import check_at_least, check_json, run_main  # noqa: E402
 
 STEPS = ("embed", "first click", "later click", "amg")
 
@@ -172,4 +172,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench_args import check_at_least  # noqa: E402
+from _bench_args import check_at_least, run_main  # noqa: E402
 
 from composer.data.interactive import Berkeley  # noqa: E402
 from composer.segmenters import ClassicConfig, ClassicSegmenter  # noqa: E402
@@ -74,4 +74,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))

@@ -37,7 +37,7 @@ for _path in (_REPO, _REPO / "benchmarks"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from _bench_args import check_at_least, check_json  # noqa: E402
+from _bench_args import check_at_least, check_json, run_main  # noqa: E402
 
 from composer.data.bsds import (  # noqa: E402
     BSDS500,
@@ -168,4 +168,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's composer, not an installed one
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _bench_args import check_at_least, check_json  # noqa: E402
+from _bench_args import check_at_least, check_json, run_main  # noqa: E402
 
 ENCODERS = ("composer_tiny", "vit_t", "vit_b")
 
@@ -120,4 +120,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

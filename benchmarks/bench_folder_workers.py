@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's composer, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench_args import check_at_least, check_json  # noqa: E402
+from _bench_args import check_at_least, check_json, run_main  # noqa: E402
 
 
 def _digest(out: Path) -> str:
@@ -103,4 +103,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))

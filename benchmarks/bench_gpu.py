@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _bench_args import check_at_least, check_json  # noqa: E402
+from _bench_args import check_at_least, check_json, run_main  # noqa: E402
 from bench_encoder import _input  # noqa: E402  (resize + preprocess, as the CPU benchmark)
 
 ARCHS = ("vit_b", "vit_l", "vit_h", "vit_t")
@@ -183,4 +183,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

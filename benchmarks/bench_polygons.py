@@ -26,7 +26,7 @@ from scipy import ndimage as ndi
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's composer, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench_args import check_at_least  # noqa: E402
+from _bench_args import check_at_least, run_main  # noqa: E402
 
 from composer.data.paths import data_root  # noqa: E402
 from composer.io.formats import convert  # noqa: E402
@@ -75,4 +75,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))
