@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     if not Path(args.weights).is_file():
-        raise SystemExit(f"no weights at {args.weights}; run recipes/train_default.py first")
+        raise ValueError(f"no weights at {args.weights}; run recipes/train_default.py first")
     args.work_dir.mkdir(parents=True, exist_ok=True)
 
     images = args.images or unlabelled_folder(args.work_dir)

@@ -62,10 +62,11 @@ def _value_error_cases(tmp: Path) -> list[tuple[str, list[str]]]:
         ("click_honour", ["--model", "nosuch"]),
         ("lowres_ceiling", []),  # no datasets under SAM_COMPOSER_DATA
         ("train_default", ["--eval-only", "--output", str(tmp / "no.pt"), "--work-dir", str(tmp)]),
+        ("data_engine", ["--weights", str(tmp / "no.pt"), "--work-dir", str(tmp / "w")]),
     ]
 
 
-@pytest.mark.parametrize("index", range(13))
+@pytest.mark.parametrize("index", range(14))
 def test_recipe_value_error_is_one_line_error_and_exit_2(index, tmp_path, monkeypatch, capsys):
     stem, argv = _value_error_cases(tmp_path)[index]
     monkeypatch.setenv("SAM_COMPOSER_DATA", str(tmp_path / "no_data"))
