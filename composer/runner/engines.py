@@ -179,6 +179,7 @@ class LocalEngine:
             with _started_ignoring_sigint():  # the first submit launches the workers
                 first = pool.submit(_run_in_worker, fn, 0, items[0])
             futures = {first: 0}
+            del first  # the dict's reference only: a finished future is dropped with its result
             futures.update(
                 (pool.submit(_run_in_worker, fn, i, item), i)
                 for i, item in enumerate(items) if i
