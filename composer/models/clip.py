@@ -111,14 +111,25 @@ class ClipModel:
             download: allow open_clip to fetch a pretrained tag.
 
         Raises:
-            ValueError: unknown arch; a missing file; a tag without ``download``; a state dict
-                that does not fit (missing/unexpected/mis-shaped keys are named).
+            ValueError: unknown arch; a tokenizer that cannot be loaded (fetched from the Hub
+                for some architectures); a missing file; a tag without ``download``; a state
+                dict that does not fit (missing/unexpected/mis-shaped keys are named).
         """
         oc = _open_clip()
         if oc.get_model_config(arch) is None:
             raise ValueError(
                 f"unknown open_clip architecture {arch!r}; see open_clip.list_models()"
             )
+        try:  # first: SigLIP-like models fetch theirs from the Hugging Face Hub
+            tokenizer = oc.get_tokenizer(arch)
+        except (OSError, ValueError, RuntimeError, ImportError) as exc:
+            raise ValueError(
+                f"the text tokenizer of {arch} could not be loaded ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); some architectures (SigLIP, "
+                "...) fetch theirs from the Hugging Face Hub: with no network, put it in the "
+                "Hub cache first, or use an architecture with CLIP's built-in tokenizer "
+                "(e.g. ViT-B-32)"
+            ) from None
         path = None if weights is None else Path(weights).expanduser()
         if path is not None and path.is_file():
             # open_clip warns "Model initialized randomly" for pretrained=None, which read as
@@ -161,7 +172,7 @@ class ClipModel:
         std = cfg.get(
             "std", getattr(oc, "OPENAI_DATASET_STD", (0.26862954, 0.26130258, 0.27577711))
         )
-        return cls(model, oc.get_tokenizer(arch), f"{arch}:{wid}", size, mean, std, device)  # type: ignore[arg-type]
+        return cls(model, tokenizer, f"{arch}:{wid}", size, mean, std, device)  # type: ignore[arg-type]
 
     @torch.no_grad()
     def encode_text(

@@ -354,3 +354,18 @@ def test_clip_proposals_use_the_segmenters_recommended_thresholds(monkeypatch):
         task = TextToMaskTask(seg, TextConfig(strategy="clip", **cfg_kw), clip=ColourClip())
         task(TaskContext(image, 0, EmbeddingCache()), "red")
         assert (seen[-1].pred_iou_thresh, seen[-1].stability_score_thresh) == want, thresholds
+
+
+def test_a_tokenizer_that_cannot_load_is_one_clear_error(monkeypatch):
+    """SigLIP-like architectures fetch their tokenizer from the Hub: offline, that failed after
+    the weights had loaded, with a two-line OSError. It is now checked first and explained."""
+    open_clip = pytest.importorskip("open_clip")
+    from composer.models.clip import ClipModel
+
+    def offline(arch):
+        raise OSError("We couldn't connect to 'https://huggingface.co'\nsecond line")
+
+    monkeypatch.setattr(open_clip, "get_tokenizer", offline)
+    with pytest.raises(ValueError, match=r"tokenizer of ViT-B-32 could not be loaded \(OSError: "
+                                         r"We couldn't connect.*Hugging Face Hub"):
+        ClipModel.load("ViT-B-32")
