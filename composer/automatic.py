@@ -592,7 +592,7 @@ class AutomaticMaskGenerator:
         return data.select(keep)
 
     def _to_detections(self, data: _Candidates, image_size: tuple[int, int]) -> Detections:
-        masks = Masks(data.rles, image_size)
+        masks = Masks._trusted(data.rles, image_size)  # encoded here
         iou = data.iou.numpy().astype(np.float32)
         extras: dict[str, np.ndarray] = {
             "predicted_iou": iou,

@@ -194,7 +194,7 @@ class InstanceTask:
                 ious[i] = float(local.extras["predicted_iou"][0])
                 zoomed += 1
             if zoomed:
-                masks = Masks(rles, (h, w))
+                masks = Masks._trusted(rles, (h, w))  # encoded here
                 mask_box = masks.boxes().astype(np.float32)
             meta["zoomed"] = zoomed
         extras = {"predicted_iou": ious, "mask_box": mask_box}

@@ -216,7 +216,7 @@ def annotations_to_detections(
         if "bbox" not in a:
             raise ValueError(f"annotation {a.get('id')} has no bbox")
         rles.append(segmentation_rle(dict(seg) if isinstance(seg, Mapping) else seg, (h, w)))
-    masks = Masks(rles, (h, w))
+    masks = Masks._trusted(rles, (h, w))  # segmentation_rle checked each
     boxes = np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]
     extras = {

@@ -205,6 +205,11 @@ class PromptableSegmenter(ABC):
                 f"{type(embedding).__name__}"
             )
         embedding.check_model(self.model_id)
+        if isinstance(points, Prompts):  # DESIGN: predict(embedding, prompts, multimask=...)
+            if labels is not None or boxes is not None or mask_input is not None:
+                raise TypeError("predict takes a Prompts or points/labels/boxes/mask_input, not both")
+            p = points
+            points, labels, boxes, mask_input = p.points, p.labels, p.boxes, p.mask_input
         prompts = Prompts.create(points, labels, boxes, mask_input, image_size=embedding.original_size)
         self.check_mask_input(prompts)
         refiner, image = self.refinement(embedding, refine)

@@ -52,7 +52,7 @@ def _brief(value: Any) -> str:
     return f"<{' x '.join(map(str, arr.shape))} {arr.dtype}>"
 
 
-@dataclass
+@dataclass(eq=False)
 class Detections:
     """N items of one image, all coordinates in original-image pixels.
 
@@ -107,6 +107,10 @@ class Detections:
                 raise TypeError(f"masks must be a Masks, got {type(self.masks).__name__}")
             if len(self.masks) != n:
                 raise ValueError(f"masks has {len(self.masks)} items, boxes has {n}")
+        if self.masks is not None and self.meta.get("image_size") is not None:
+            if tuple(int(s) for s in self.meta["image_size"]) != self.masks.image_size:
+                raise ValueError(f"meta['image_size'] {tuple(self.meta['image_size'])} differs from "
+                                 f"the masks' image_size {self.masks.image_size}")
         extras = {}
         for key, value in dict(self.extras).items():
             arr = np.asarray(value)
@@ -115,6 +119,25 @@ class Detections:
             extras[key] = arr
         self.extras = extras
         self.meta = dict(self.meta)
+
+    def __eq__(self, other: object) -> bool:
+        """Same items: equal arrays (NaN equal to NaN), masks, extras and meta."""
+        if not isinstance(other, Detections):
+            return NotImplemented
+
+        def same(a: Any, b: Any) -> bool:
+            if a is None or b is None:
+                return a is b
+            a, b = np.asarray(a), np.asarray(b)
+            return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+
+        return (same(self.boxes, other.boxes) and same(self.scores, other.scores)
+                and same(self.labels, other.labels) and self.masks == other.masks
+                and self.extras.keys() == other.extras.keys()
+                and all(same(v, other.extras[k]) for k, v in self.extras.items())
+                and self.meta == other.meta)
+
+    __hash__ = None  # type: ignore[assignment]
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -144,11 +167,15 @@ class Detections:
         if not items:
             return cls.empty()
         sizes = {d.image_size for d in items} - {None}
+        # empty items (Detections.empty(), a filter that kept nothing) add no items: their
+        # missing labels, masks or extras must not refuse the others
         ids = {_plain(d.meta["image_id"]) for d in items if d.meta.get("image_id") is not None}
+        metas = [d.meta for d in items]
+        items = [d for d in items if len(d)] or list(items)
         for key, values in (("image_size", sizes), ("image_id", ids)):
             if len(values) > 1:
                 raise ValueError(f"cannot concatenate detections of different images ({key} "
-                                 f"{', '.join(sorted(map(str, values)))})")
+                                 f"{', '.join(sorted(map(repr, values)))})")
         def cat(name: str) -> np.ndarray | None:
             vals = [getattr(d, name) for d in items]
             if all(v is None for v in vals):
@@ -169,9 +196,11 @@ class Detections:
                 raise ValueError(f"cannot concatenate: extras keys differ ({sorted(keys)} vs {sorted(d.extras)})")
         extras = {k: np.concatenate([d.extras[k] for d in items]) for k in keys}
         meta: dict[str, Any] = {}
-        for d in items:
-            for k, v in d.meta.items():
+        for m in metas:
+            for k, v in m.items():
                 meta.setdefault(k, v)
+        if len(sizes) == 1 and masks is None:
+            meta.setdefault("image_size", next(iter(sizes)))
         return cls(np.concatenate([d.boxes for d in items]), cat("scores"), cat("labels"), masks, extras, meta)
 
     # ---------------------------------------------------------------- access
@@ -279,6 +308,11 @@ class Detections:
         """
         if not entries:
             return cls.empty(image_size, **meta)
+        ids = {_plain(e["image_id"]) for e in entries if e.get("image_id") is not None}
+        if len(ids) > 1:
+            raise ValueError(f"from_coco takes entries of one image, got image_ids {sorted(map(repr, ids))[:5]}")
+        if ids and "image_id" not in meta:
+            meta["image_id"] = next(iter(ids))
         boxes = []
         for e in entries:
             x, y, w, h = (float(v) for v in e["bbox"])
@@ -286,9 +320,16 @@ class Detections:
         scores = [float(e.get("score", 1.0)) for e in entries]
         labels = [int(e.get("category_id", 1)) for e in entries]
         masks = None
-        if image_size is not None and all("segmentation" in e for e in entries):
+        has_seg = ["segmentation" in e for e in entries]
+        if any(has_seg) and not all(has_seg):
+            raise ValueError(f"segmentation missing in {has_seg.count(False)} of {len(entries)} entries")
+        if image_size is None and all(has_seg) and all(isinstance(e["segmentation"], Mapping) for e in entries):
+            image_size = tuple(entries[0]["segmentation"]["size"])  # RLEs carry the image's size
+        if any(has_seg) and image_size is None:
+            raise ValueError("from_coco needs image_size for polygon segmentations")
+        if image_size is not None and all(has_seg):
             h, w = _check_hw(image_size)
-            masks = Masks([segmentation_rle(e["segmentation"], (h, w)) for e in entries], (h, w))
+            masks = Masks._trusted([segmentation_rle(e["segmentation"], (h, w)) for e in entries], (h, w))
         if image_size is not None:
             meta.setdefault("image_size", tuple(int(s) for s in image_size))
         return cls(np.asarray(boxes, np.float32), np.asarray(scores, np.float32),

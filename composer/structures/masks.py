@@ -31,7 +31,7 @@ def _check_size(image_size: Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
-def _normalise_rle(rle: RLE, image_size: tuple[int, int]) -> RLE:
+def _normalise_rle(rle: RLE, image_size: tuple[int, int], check_counts: bool = True) -> RLE:
     """Return a compressed RLE with bytes counts; accept str counts or uncompressed lists.
 
     Raises:
@@ -58,6 +58,9 @@ def _normalise_rle(rle: RLE, image_size: tuple[int, int]) -> RLE:
         return mask_utils.frPyObjects({"size": size, "counts": counts}, size[0], size[1])
     if isinstance(counts, str):
         counts = counts.encode("ascii")
+    if check_counts:
+        # a truncated string decodes into uninitialised memory (area 0, to_dense() garbage)
+        _check_compressed_counts(counts, size[0] * size[1])
     return {"size": size, "counts": counts}
 
 
@@ -141,30 +144,35 @@ def _check_compressed_counts(counts: bytes, n_pixels: int) -> None:
         ValueError: a character outside the format, a run cut off, a negative run, or runs
             that do not add up to ``n_pixels``.
     """
-    runs: list[int] = []
-    p = 0
-    while p < len(counts):
-        x = k = 0
-        more = True
-        while more:
-            if p == len(counts):
-                raise ValueError("compressed RLE counts end inside a run")
-            c = counts[p] - 48
-            if not 0 <= c < 64:
-                raise ValueError(f"compressed RLE counts hold {chr(counts[p])!r}")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(runs) > 2:
-            x += runs[-2]
-        if x < 0:
-            raise ValueError("compressed RLE counts hold a negative run")
-        runs.append(x)
-    if sum(runs) != n_pixels:
-        raise ValueError(f"compressed RLE counts cover {sum(runs)} pixels, not "
+    c = np.frombuffer(counts, np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        if n_pixels:
+            raise ValueError(f"compressed RLE counts cover 0 pixels, not {n_pixels} (a truncated "
+                             "or corrupt string)")
+        return
+    if ((c < 0) | (c >= 64)).any():
+        bad = counts[int(np.flatnonzero((c < 0) | (c >= 64))[0])]
+        raise ValueError(f"compressed RLE counts hold {chr(bad)!r}")
+    ends = (c & 0x20) == 0
+    if not ends[-1]:
+        raise ValueError("compressed RLE counts end inside a run")
+    group = np.concatenate([[0], np.cumsum(ends)[:-1]])
+    starts = np.flatnonzero(np.concatenate([[True], ends[:-1]]))
+    k = np.arange(len(c)) - starts[group]
+    if k.max() > 11:
+        raise ValueError("compressed RLE counts hold a run too long for any image")
+    x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
+    neg = (c[ends] & 0x10) != 0
+    x[neg] -= np.int64(1) << (5 * (k[ends][neg] + 1))
+    runs_v = x.copy()
+    # runs i >= 3 are deltas from run i - 2: cumulative sums along the odd and even chains
+    runs_v[1::2] = np.cumsum(x[1::2])
+    if len(x) > 2:
+        runs_v[2::2] = np.cumsum(x[2::2])
+    if (runs_v < 0).any():
+        raise ValueError("compressed RLE counts hold a negative run")
+    if int(runs_v.sum()) != n_pixels:
+        raise ValueError(f"compressed RLE counts cover {int(runs_v.sum())} pixels, not "
                          f"{n_pixels} (a truncated or corrupt string)")
 
 
@@ -281,6 +289,21 @@ class Masks:
         self.image_size = _check_size(image_size)
         self._rles = [_normalise_rle(r, self.image_size) for r in rles]
 
+    @classmethod
+    def _trusted(cls, rles: list[RLE], image_size: tuple[int, int]) -> Masks:
+        """Masks of RLEs pycocotools just encoded (no counts check: they cover the image)."""
+        out = cls.empty(image_size)
+        out._rles = [_normalise_rle(r, out.image_size, check_counts=False) for r in rles]
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Masks):
+            return NotImplemented
+        return self.image_size == other.image_size and [r["counts"] for r in self._rles] == [
+            r["counts"] for r in other._rles]
+
+    __hash__ = None  # type: ignore[assignment]
+
     # ---------------------------------------------------------------- construction
     @classmethod
     def empty(cls, image_size: Sequence[int]) -> Masks:
@@ -318,7 +341,7 @@ class Masks:
             # at every change of value, so uint8 masks of 1s and 2s decoded with gaps
             arr = arr != 0
         fortran = np.asfortranarray(arr.transpose(1, 2, 0).astype(np.uint8, copy=False))
-        return cls(mask_utils.encode(fortran), (h, w))
+        return cls._trusted(mask_utils.encode(fortran), (h, w))
 
     @classmethod
     def from_polygons(cls, polygons: Sequence[Sequence[Sequence[float]]], image_size: Sequence[int]) -> Masks:

@@ -126,6 +126,20 @@ class Prompts:
         return 0
 
     def __getitem__(self, index: Any) -> Prompts:
+        """Select prompts with an int, slice, boolean (N,) mask or integer array; the result
+        keeps the prompt axis (``p[0]`` is one prompt with points (1, K, 2)).
+
+        Raises:
+            IndexError: an index out of range or a bare ``True``/``False``.
+        """
+        if isinstance(index, (bool, np.bool_)):
+            raise IndexError(f"a bare boolean is not an index of prompts: {index!r}")
+        if isinstance(index, (int, np.integer)):
+            i = int(index)
+            if not -len(self) <= i < len(self):
+                raise IndexError(f"index {i} out of range for {len(self)} prompts")
+            index = slice(i % len(self), i % len(self) + 1)
+
         def pick(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else a[index]
         return Prompts(pick(self.points), pick(self.labels), pick(self.boxes), pick(self.mask_input))
