@@ -145,11 +145,27 @@ def _stdout_is_closed() -> bool:
     return closed
 
 
+#: the signals (SIGTERM, SIGHUP) that stopped the command as a Ctrl-C would
+_STOPPED_BY: list[int] = []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         # the command's own process (not a call from Python): reuse heap memory for the
         # CPU's tensors instead of fresh pages (composer.allocator; the results are the same)
         tune_allocator()
+        # `kill`, `timeout`, a batch scheduler, a closed terminal: stop as Ctrl-C does, so a
+        # folder run ends its worker processes (else orphaned, each holding a model) and
+        # writes what it finished; the exit status is then 128 + the signal's number
+        import signal
+
+        def _stop(signum: int, frame: object) -> None:
+            _STOPPED_BY.append(signum)
+            raise KeyboardInterrupt
+
+        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:  # not nohup's
+                signal.signal(sig, _stop)
     parser = build_parser()
     args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     args.argv = list(sys.argv[1:] if argv is None else argv)  # reports record the command
@@ -196,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return 128 + _STOPPED_BY[-1] if _STOPPED_BY else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -288,7 +288,7 @@ def annotate_folder(
     # the input folder is a setting: another folder's images of the same names are not done
     settings = {"input": str(src.resolve()), **run_settings(task)}
     log = RecordLog(log_path(out_path), settings, resume=resume,
-                    overwrite_hint="--overwrite, resume=False")
+                    overwrite_hint="--overwrite on the command line, resume=False in Python")
     records = log.records
     own_cache = cache is None
     cache = EmbeddingCache() if cache is None else cache

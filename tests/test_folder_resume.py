@@ -452,3 +452,32 @@ def test_a_moved_output_folder_resumes_with_its_own_paths(folder, tmp_path, call
     images = json.loads((tmp_path / "moved" / "summary.json").read_text())["images"]
     assert [Path(im["json"]).parent for im in images] == [tmp_path / "moved"] * 3
     assert all(Path(im["overlay"]).is_file() for im in images)
+
+
+def test_overwrite_removes_the_earlier_runs_outputs_and_convert_reads_the_summarys(
+        folder, tmp_path, calls, caplog):
+    """--overwrite "starts afresh", yet the earlier run's per-image outputs stayed, and
+    `convert` of the folder read them as images of the new run (person masks in a "bear"
+    dataset). They now go with the old log; and `convert` of a folder run reads only the
+    per-image jsons its summary.json lists (a photo deleted before a resume leaves its json)."""
+    import logging
+
+    from composer.io.formats import read_annotations
+
+    src, boxes = folder
+    out = tmp_path / "out"
+    assert main(_argv("instances", src, boxes, out)) == 0
+    assert sorted(p.name for p in out.glob("*.json")) == ["1.json", "2.json", "3.json",
+                                                           "summary.json"]
+    assert main(_argv("instances", src, boxes, out, "--overwrite", "--limit", "1")) == 0
+    assert sorted(p.name for p in out.glob("*.json")) == ["1.json", "summary.json"]
+    assert not (out / "2_overlay.png").exists()
+    assert [im.name for im in read_annotations(out).images] == ["1"]
+    # a photo deleted before a resume: its json stays, unlisted, and convert leaves it out
+    assert main(_argv("instances", src, boxes, out, "--overwrite")) == 0
+    (src / "3.png").unlink()
+    assert main(_argv("instances", src, boxes, out)) == 0
+    assert (out / "3.json").exists()
+    with caplog.at_level(logging.WARNING):
+        names = [im.name for im in read_annotations(out).images]
+    assert names == ["1", "2"] and "skipping 1 json(s) not listed in its summary.json" in caplog.text

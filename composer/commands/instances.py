@@ -18,7 +18,7 @@ from .._tasks_import import tasks_import
 from ..io.image import IMAGE_SUFFIXES
 from ..io.visualize import write_json
 from ..runner import LocalEngine, error_text
-from ..runner.records import RecordLog
+from ..runner.records import RecordLog, read_log
 from ..runner.records import log_path as record_log_path
 from .common import (
     add_model_args,
@@ -334,8 +334,8 @@ def process_images(
     older than the image), retries the failed ones, and writes the summary of all;
     a log of other settings is refused (ValueError naming what changed; ``aliases``: other
     spellings of a recorded value that an earlier log may hold, see
-    :class:`~composer.runner.records.RecordLog`). ``resume=False`` deletes the log and
-    recomputes every image.
+    :class:`~composer.runner.records.RecordLog`). ``resume=False`` deletes the log and the
+    per-image outputs it lists, and recomputes every image.
 
     ``engine`` (``composer.runner``; None: this process) runs the images: with one local worker
     ``process`` runs here; otherwise each worker builds its own from ``setup`` and the images
@@ -358,6 +358,14 @@ def process_images(
         return 0
     stems = output_stems(files, (SUMMARY_STEM,))
     summary = out / f"{SUMMARY_STEM}.json"
+    if settings is not None and not resume:
+        # --overwrite starts afresh: the earlier run's per-image outputs go with its log (they
+        # stayed, and `convert` of the folder read them as this run's images)
+        _, old_records = read_log(record_log_path(summary))
+        for rec in old_records.values():
+            stem = rec.get("output")
+            if isinstance(stem, str) and stem and Path(stem).name == stem:
+                _remove_outputs(out, stem)
     log = None if settings is None else RecordLog(
         record_log_path(summary), {"command": command, **settings}, resume=resume,
         aliases=aliases,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import re
@@ -150,7 +151,11 @@ def _from_detection_files(paths: list[Path]) -> Annotations:
                 cats.setdefault(i, n)
         # the image's file name where the json records it (written since 2026-11-23)
         file_name = rec.get("image_file")
-        im = ImageAnnotations(path.stem, str(file_name) if file_name else path.stem, h, w, k,
+        # labels are named after the image (Ultralytics pairs images/<stem>.* with
+        # labels/<stem>.txt), not after the json, whose stem a folder run may have
+        # disambiguated (photo.jpg + photo.png -> photo_jpg.json, photo_png.json)
+        stem = Path(str(file_name)).stem if file_name else path.stem
+        im = ImageAnnotations(stem, str(file_name) if file_name else path.stem, h, w, k,
                               source="detections")
         for j, det in enumerate(rec.get("detections") or []):
             if "segmentation" not in det:
@@ -190,6 +195,21 @@ def read_annotations(path: str | os.PathLike[str]) -> Annotations:
     return out
 
 
+def _summary_jsons(folder: Path) -> set[str] | None:
+    """Names of the per-image jsons that ``folder``'s ``summary.json`` (instances/text) lists,
+    or None where there is no such summary."""
+    path = folder / "summary.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(doc, dict) or doc.get("command") not in ("instances", "text")
+            or not isinstance(doc.get("images"), list)):
+        return None
+    return {Path(str(im["json"])).name for im in doc["images"]
+            if isinstance(im, dict) and im.get("json")}
+
+
 def _read(src: Path) -> Annotations:
     if src.is_dir():
         files = []
@@ -201,6 +221,16 @@ def _read(src: Path) -> Annotations:
                 raise ValueError(f"{p} is not valid JSON ({exc}); fix or remove it") from None
         if not files:
             raise ValueError(f"no per-image detection jsons (image_size, detections) in {src}")
+        listed = _summary_jsons(src)
+        if listed is not None:  # a folder run's output: only the images of its last run
+            extra = [p.name for p in files if p.name not in listed]
+            if extra:
+                logging.getLogger(__name__).warning(
+                    "%s: skipping %d json(s) not listed in its summary.json (an earlier run's "
+                    "outputs): %s", src, len(extra), ", ".join(extra[:5]))
+            files = [p for p in files if p.name in listed]
+            if not files:
+                raise ValueError(f"{src}/summary.json lists no per-image jsons")
         return _from_detection_files(files)
     try:
         data = json.loads(src.read_text())
@@ -447,7 +477,9 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
     stats = {"images": 0, "objects": 0, "multi_part": 0, "dropped_holes": 0, "crowd": 0,
              "empty": 0, "stale_labels_removed": stale,
              # labels not named as their image (a clash): Ultralytics will not pair them
-             "renamed": sum(n != im.name for n, im in zip(stems, annotations.images, strict=True))}
+             # (compared with the image file's own stem: a clash may have renamed im.name already)
+             "renamed": sum(n != Path(im.file_name).stem
+                            for n, im in zip(stems, annotations.images, strict=True))}
     for k, (im, name) in enumerate(zip(annotations.images, stems, strict=True)):
         lines = []
         for i, (cat, _seg, src) in enumerate(im.anns):

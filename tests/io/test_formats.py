@@ -598,3 +598,30 @@ def test_a_fractional_image_size_is_refused(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="20.7, not an integer"):
         convert(tmp_path / "d.json", tmp_path / "p.json", "coco-polygons")
+
+
+def test_yolo_labels_are_named_after_the_image_and_clashes_counted(tmp_path):
+    """dup.jpg and dup.png: a folder run names their jsons dup_jpg / dup_png, and the labels
+    were named after those (neither pairs with its image), and a clash was counted as renamed
+    0 (compared with the already renamed stem)."""
+    from composer.io.formats import convert
+    from composer.io.visualize import write_detections
+    from composer.structures import Detections, Masks
+
+    image = np.zeros((10, 12, 3), np.uint8)
+    dense = np.zeros((1, 10, 12), bool)
+    dense[0, 2:6, 3:8] = True
+    dets = Detections.from_masks(Masks.from_dense(dense), scores=[0.9])
+    folder = tmp_path / "run"
+    for name in ("dup.jpg", "dup.png", "other.jpg"):
+        write_detections(dets, image, folder, stem=name.replace(".", "_"), image_file=name,
+                         mask_pngs=False)
+    stats = convert(folder, tmp_path / "y", "yolo")
+    labels = sorted(p.name for p in (tmp_path / "y" / "labels").iterdir())
+    assert "other.txt" in labels and "dup.txt" in labels and len(labels) == 3
+    assert stats["renamed"] == 1
+    data = {"images": [{"id": i + 1, "file_name": n, "height": 10, "width": 12}
+                       for i, n in enumerate(("dup.jpg", "dup.png"))],
+            "annotations": [], "categories": []}
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    assert convert(tmp_path / "d.json", tmp_path / "y2", "yolo")["renamed"] == 1

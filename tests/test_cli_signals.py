@@ -1,0 +1,52 @@
+"""``sam-composer`` stopped by SIGTERM (``kill``, ``timeout``, a batch scheduler) or SIGHUP: it
+stops as on Ctrl-C, so a folder run with worker processes ends them (they were orphaned, each
+holding a model, with the setup's temporary file left behind) and writes what it finished; the
+exit status is 128 + the signal's number."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+
+def test_sigterm_stops_a_worker_run_as_ctrl_c_does(tmp_path):
+    src = tmp_path / "images"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        img = (rng.random((96, 128, 3)) * 80).astype(np.uint8)
+        img[20:60, 30:90] = (200, 60, 40)
+        Image.fromarray(img).save(src / f"{i}.png")
+    out = tmp_path / "out"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp))
+    cmd = [sys.executable, "-m", "composer", "everything", str(src), "--model", "classic",
+           "--points-per-side", "6", "--workers", "2", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    log = out / "annotations.json.records.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 2:  # settings + one image
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    os.kill(proc.pid, signal.SIGTERM)  # the command only, as `kill PID` does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "interrupted" in err
+    doc = json.loads((out / "annotations.json").read_text())
+    assert doc["info"].get("interrupted") is True and 1 <= len(doc["images"]) < 10
+    assert list(tmp.glob("sam-composer-setup-*")) == []  # the workers' setup file is gone
+    # no worker outlives the command (they were orphaned, holding their models)
+    time.sleep(1)
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    assert str(src) not in ps.replace(" ".join(cmd), "")
