@@ -191,6 +191,10 @@ def test_demo_without_automatic_removes_an_earlier_runs_everything_outputs(tmp_p
     names = {p.name for p in tmp_path.iterdir()}
     assert "prompts.json" in names and "notes.txt" in names
     assert not names & {"everything.json", "everything_overlay.png"}
+    # the json names its image, so `convert` of the folder calls it astronaut.png, not prompts
+    import json
+
+    assert json.loads((tmp_path / "prompts.json").read_text())["image_file"] == "astronaut.png"
 
 
 def test_an_interrupted_png_write_keeps_the_earlier_file(tmp_path, monkeypatch):

@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     both = Detections.concatenate([best, box_dets])
     written = write_detections(both, image, out, stem="prompts", points=np.array([DEMO_POINT]),
-                               point_labels=np.array([1]), prompt_boxes=np.array([DEMO_BOX]))
+                               point_labels=np.array([1]), prompt_boxes=np.array([DEMO_BOX]),
+                               image_file="astronaut.png")  # convert names the image by it
     summary: dict[str, Any] = {"segmenter": seg.model_id, "prompts": written}
     if args.no_automatic:
         # an earlier run's segment-everything outputs would sit beside this run's as if current
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
             "pred_iou_thresh": 0.5, "stability_score_thresh": 0.8}
         amg = AutomaticMaskGenerator(seg, cache=cache, points_per_side=16, **loose)
         auto = amg.generate(image)
-        summary["automatic"] = write_detections(auto, image, out, stem="everything", mask_pngs=False)
+        summary["automatic"] = write_detections(auto, image, out, stem="everything", mask_pngs=False,
+                                                image_file="astronaut.png")
         summary["automatic"]["n_masks"] = len(auto)
     summary["cache"] = cache.stats()
     summary["mirror_encoder_calls"] = int(getattr(seg, "mirror_encoder_calls", 0))
