@@ -669,7 +669,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     args.work_dir.mkdir(parents=True, exist_ok=True)
     # settings a resumed run must share (a longer --steps / --time-budget-min trains on)
-    volatile = {"steps", "time_budget_min", "threads", "eval_every", "output", "skip_eval",
+    # (--init by its contents, not its path: the same weights under another path resume)
+    volatile = {"init", "steps", "time_budget_min", "threads", "eval_every", "output", "skip_eval",
                 "only_cache", "eval_only", "work_dir", "checkpoint_every", "shape_paths",
                 "coco_paths", "paste_paths"}
     settings = {k: (str(v) if isinstance(v, Path) else v)

@@ -259,24 +259,31 @@ class TextToMaskTask:
             meta={"model_id": self.model_id},
         )
 
-    def _proposals(self, context: TaskContext) -> tuple[Detections, np.ndarray]:
-        from composer.automatic import AmgConfig, AutomaticMaskGenerator
+    def proposal_config(self) -> Any:
+        """The clip strategy's automatic-mask settings (an ``AmgConfig``): the config's grid,
+        and its quality thresholds or, where it names none, the segmenter's recommended ones
+        (SAM-calibrated 0.7 / 0.8 are far too strict for a segmenter whose predicted IoU is
+        calibrated otherwise: composer_tiny kept no proposal at all on COCO photos)."""
+        from composer.automatic import AmgConfig
 
         cfg = self.config
-        # SAM-calibrated filters are far too strict for a segmenter whose predicted IoU is
-        # calibrated otherwise (composer_tiny: no proposal at all passed 0.7 / 0.8 on COCO
-        # photos): its recommended thresholds apply unless the config names its own.
         base = AmgConfig(
             points_per_side=cfg.points_per_side,
             pred_iou_thresh=0.7,
             stability_score_thresh=0.8,
             keep_low_res_logits=cfg.refine,
         )
-        amg = AmgConfig.for_segmenter(
+        return AmgConfig.for_segmenter(
             self.segmenter, base,
             pred_iou_thresh=cfg.pred_iou_thresh,
             stability_score_thresh=cfg.stability_score_thresh,
         )
+
+    def _proposals(self, context: TaskContext) -> tuple[Detections, np.ndarray]:
+        from composer.automatic import AutomaticMaskGenerator
+
+        cfg = self.config
+        amg = self.proposal_config()
         props = AutomaticMaskGenerator(self.segmenter, amg, cache=context.cache).generate(
             context.image
         )

@@ -200,6 +200,8 @@ def test_a_zoom_spelled_otherwise_resumes(command, folder, tmp_path, calls, caps
     lines = log.read_text().splitlines()
     old = json.loads(lines[0])
     old["settings"]["config"]["zoom_small"] = "auto"  # as versions before 2026-11-24 wrote it
+    if command == "text":  # and SAM's proposal thresholds, unused by the detector strategy
+        old["settings"]["config"].update(pred_iou_thresh=0.7, stability_score_thresh=0.8)
     log.write_text("\n".join([json.dumps(old), *lines[1:]]) + "\n")
     assert main(_argv(command, src, boxes, out, "--zoom-small", "off")) == 0
     assert calls.take() == []
@@ -454,13 +456,15 @@ def test_a_moved_output_folder_resumes_with_its_own_paths(folder, tmp_path, call
     assert all(Path(im["overlay"]).is_file() for im in images)
 
 
-def test_overwrite_removes_the_earlier_runs_outputs_and_convert_reads_the_summarys(
+def test_overwrite_removes_the_earlier_runs_outputs_and_convert_reads_the_runs_jsons(
         folder, tmp_path, calls, caplog):
     """--overwrite "starts afresh", yet the earlier run's per-image outputs stayed, and
     `convert` of the folder read them as images of the new run (person masks in a "bear"
     dataset). They now go with the old log; and `convert` of a folder run reads only the
-    per-image jsons its summary.json lists (a photo deleted before a resume leaves its json)."""
+    per-image jsons its record log lists as done (all invocations of the run: --limit is no
+    setting), so a json that its run did not write is left out with a warning."""
     import logging
+    import shutil
 
     from composer.io.formats import read_annotations
 
@@ -473,11 +477,12 @@ def test_overwrite_removes_the_earlier_runs_outputs_and_convert_reads_the_summar
     assert sorted(p.name for p in out.glob("*.json")) == ["1.json", "summary.json"]
     assert not (out / "2_overlay.png").exists()
     assert [im.name for im in read_annotations(out).images] == ["1"]
-    # a photo deleted before a resume: its json stays, unlisted, and convert leaves it out
-    assert main(_argv("instances", src, boxes, out, "--overwrite")) == 0
-    (src / "3.png").unlink()
+    # the whole run, then a shorter invocation of it: convert still reads all three
     assert main(_argv("instances", src, boxes, out)) == 0
-    assert (out / "3.json").exists()
+    assert main(_argv("instances", src, boxes, out, "--limit", "1")) == 0
+    assert len(json.loads((out / "summary.json").read_text())["images"]) == 1
+    assert [im.name for im in read_annotations(out).images] == ["1", "2", "3"]
+    shutil.copy(out / "1.json", out / "9.json")  # not this run's
     with caplog.at_level(logging.WARNING):
         names = [im.name for im in read_annotations(out).images]
-    assert names == ["1", "2"] and "skipping 1 json(s) not listed in its summary.json" in caplog.text
+    assert names == ["1", "2", "3"] and "skipping 1 json(s) that its run did not write" in caplog.text

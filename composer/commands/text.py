@@ -156,9 +156,19 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
     config = dataclasses.asdict(cfg)
     for key in ("clip_batch", "cache_images"):  # speed and memory, not outputs
         config.pop(key)
+    # the proposal thresholds as they resolve (None: the segmenter's recommended ones); logs
+    # written before they could be None recorded SAM's 0.7 / 0.8, which still resume where
+    # they are what the thresholds resolve to, or where nothing uses them (detector strategy)
+    amg = task.proposal_config()
+    aliases: dict[tuple[str, ...], list[Any]] = {}
+    for key, old_default in (("pred_iou_thresh", 0.7), ("stability_score_thresh", 0.8)):
+        config[key] = float(getattr(amg, key))
+        if cfg.strategy == "detector" or config[key] == old_default:
+            aliases[("config", key)] = [old_default, None]
     if cfg.strategy == "detector":
         config["zoom_small"], spellings = zoom_small_setting(seg, cfg.zoom_small)
-        args.run_settings_aliases = {("config", "zoom_small"): spellings}
+        aliases[("config", "zoom_small")] = spellings
+    args.run_settings_aliases = aliases
     args.run_settings = {"prompt": args.prompt, "model_id": seg.model_id,
                          "segmenter": segmenter_settings(seg), **models, "config": config}
     cache = EmbeddingCache()

@@ -195,12 +195,46 @@ def read_annotations(path: str | os.PathLike[str]) -> Annotations:
     return out
 
 
+def _image_stem(im: ImageAnnotations) -> str:
+    """The stem Ultralytics pairs a label with: the image file's ("my.photo.jpg" ->
+    "my.photo"); a file_name with no image suffix (a json of an older version records only
+    the stem) is the stem itself."""
+    from .image import IMAGE_SUFFIXES
+
+    path = Path(im.file_name)
+    return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else path.name
+
+
 def _summary_jsons(folder: Path) -> set[str] | None:
-    """Names of the per-image jsons that ``folder``'s ``summary.json`` (instances/text) lists,
-    or None where there is no such summary."""
-    path = folder / "summary.json"
+    """Names of the per-image jsons of ``folder``'s folder run (instances/text): those its
+    record log (``summary.json.records.jsonl``) lists as done, every earlier invocation of the
+    same run included (``--limit`` is no setting, and a later, shorter invocation's
+    ``summary.json`` lists only its own images), else those ``summary.json`` lists; None where
+    the folder is no such run's output."""
+    log = folder / "summary.json.records.jsonl"
     try:
-        doc = json.loads(path.read_text())
+        lines = log.read_text().splitlines()
+    except OSError:
+        lines = []
+    done: dict[str, str | None] = {}
+    command = None
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a torn line
+        if not isinstance(rec, dict):
+            continue
+        if "settings" in rec and isinstance(rec["settings"], dict):
+            command = rec["settings"].get("command")
+        elif isinstance(rec.get("file_name"), str):
+            out = rec.get("output")
+            done[rec["file_name"]] = (None if "error" in rec or not isinstance(out, str)
+                                      else f"{out}.json")
+    if command in ("instances", "text"):
+        return {name for name in done.values() if name}
+    try:
+        doc = json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError):
         return None
     if (not isinstance(doc, dict) or doc.get("command") not in ("instances", "text")
@@ -226,11 +260,12 @@ def _read(src: Path) -> Annotations:
             extra = [p.name for p in files if p.name not in listed]
             if extra:
                 logging.getLogger(__name__).warning(
-                    "%s: skipping %d json(s) not listed in its summary.json (an earlier run's "
-                    "outputs): %s", src, len(extra), ", ".join(extra[:5]))
+                    "%s: skipping %d json(s) that its run did not write (not in its record log "
+                    "or summary.json): %s", src, len(extra), ", ".join(extra[:5]))
             files = [p for p in files if p.name in listed]
             if not files:
-                raise ValueError(f"{src}/summary.json lists no per-image jsons")
+                raise ValueError(f"{src}: its run lists no per-image jsons (summary.json, "
+                                 "summary.json.records.jsonl)")
         return _from_detection_files(files)
     try:
         data = json.loads(src.read_text())
@@ -478,7 +513,7 @@ def to_yolo(annotations: Annotations, out_dir: str | os.PathLike[str],
              "empty": 0, "stale_labels_removed": stale,
              # labels not named as their image (a clash): Ultralytics will not pair them
              # (compared with the image file's own stem: a clash may have renamed im.name already)
-             "renamed": sum(n != Path(im.file_name).stem
+             "renamed": sum(n != _image_stem(im)
                             for n, im in zip(stems, annotations.images, strict=True))}
     for k, (im, name) in enumerate(zip(annotations.images, stems, strict=True)):
         lines = []

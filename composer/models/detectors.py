@@ -551,7 +551,15 @@ class CocoJsonDetector:
                                  f"{type(exc).__name__}: {exc}") from None
         else:
             self.image_ids = dict(image_ids or {})
-        self._mapped_ids = {int(v) for v in self.image_ids.values()}
+        # the stems of the names each id is mapped from ("1.jpg" -> 1: {1: {"1"}})
+        self._mapped_ids: dict[int, set[str]] = {}
+        stem_ids: dict[str, set[int]] = {}
+        for k, v in self.image_ids.items():
+            self._mapped_ids.setdefault(int(v), set()).add(Path(str(k)).stem)
+            stem_ids.setdefault(Path(str(k)).stem, set()).add(int(v))
+        # a map keyed by file names also answers their stems (the CLI passes stems), where
+        # the stem names one id only
+        self._stem_ids = {k: next(iter(v)) for k, v in stem_ids.items() if len(v) == 1}
         self._class_names = dict(class_names or names or COCO_CATEGORIES)
         self.score_threshold = _check_threshold(score_threshold)
         self.max_dets = _check_max_dets(max_dets)
@@ -596,12 +604,15 @@ class CocoJsonDetector:
         for k in (key, Path(key).name, Path(key).stem):
             if k in self.image_ids:
                 return int(self.image_ids[k])
+        if Path(key).stem in self._stem_ids:
+            return self._stem_ids[Path(key).stem]
         # digits alone (int() also reads "2_1" as 21 and " 7" as 7), unless the map gives
         # that id to another file: "2.jpg" is then not the image named "1.jpg" of id 2
         if not (key.isascii() and key.isdigit()):
             return None
         cid = int(key)
-        return None if cid in self._mapped_ids else cid
+        stems = self._mapped_ids.get(cid)
+        return cid if stems is None or Path(key).stem in stems else None
 
     def __call__(self, image: Any, image_id: Hashable | None = None) -> Detections:
         arr = _load(image)

@@ -73,11 +73,25 @@ def _call(state: Any, fn: Callable[[Any, Any], Any], index: int, item: Any) -> R
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _init_worker(setup: Callable[[], Any], threads: int | None, tune: bool = False) -> None:
+def _stop_signals() -> list[int]:
+    """SIGTERM and SIGHUP where this platform has them."""
+    return [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+            if s is not None]
+
+
+def _init_worker(setup: Callable[[], Any], threads: int | None, tune: bool = False,
+                 ignore_stop: tuple[int, ...] = ()) -> None:
+    # what the worker inherited, before it sets anything (the tests read it)
+    _WORKER_STATE["sigint_at_start"] = signal.getsignal(signal.SIGINT)
     # Ctrl-C in a terminal signals the whole process group: the parent handles it (and stops
     # the workers); a worker interrupted inside the pool's queue code could die holding its
     # lock and leave the parent waiting for it forever
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # likewise the stop signals the parent handles itself (the CLI: SIGTERM, SIGHUP to the
+    # process group, as `timeout` and a closed terminal send them): a worker that died of
+    # one first had its image logged as failed before the parent's own stop came
+    for sig in ignore_stop:
+        signal.signal(sig, signal.SIG_IGN)
     _set_threads(threads)
     if tune:  # as the parent process (composer.allocator)
         tune_allocator()
@@ -169,21 +183,23 @@ class LocalEngine:
         except BaseException:
             os.unlink(setup_path)
             raise
-        pool = cf.ProcessPoolExecutor(
-            max_workers=min(self.workers, len(items)), mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(_SetupFile(setup_path), self.threads, allocator_tuned()),
-        )
+        # stop signals that this process handles (not the default action): the workers leave
+        # them to it, and are ended by it (_stop) when they come
+        ignore_stop = tuple(int(sig) for sig in _stop_signals()
+                            if signal.getsignal(sig) not in (signal.SIG_DFL, signal.SIG_IGN, None))
+        pool: cf.ProcessPoolExecutor | None = None
         finished = False
         try:
-            with _started_ignoring_sigint():  # the first submit launches the workers
-                first = pool.submit(_run_in_worker, fn, 0, items[0])
-            futures = {first: 0}
-            del first  # the dict's reference only: a finished future is dropped with its result
-            futures.update(
-                (pool.submit(_run_in_worker, fn, i, item), i)
-                for i, item in enumerate(items) if i
+            pool = cf.ProcessPoolExecutor(
+                max_workers=min(self.workers, len(items)), mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(_SetupFile(setup_path), self.threads, allocator_tuned(), ignore_stop),
             )
+            # the submits launch the workers (one per submit, up to max_workers): all of
+            # them start with SIGINT ignored
+            with _started_ignoring_sigint():
+                futures = {pool.submit(_run_in_worker, fn, i, item): i
+                           for i, item in enumerate(items)}
             try:
                 for fut in cf.as_completed(futures):
                     # dropped here: a finished future holds its result, and a long run must
@@ -208,9 +224,9 @@ class LocalEngine:
             finished = True
         finally:
             try:
-                if finished:
+                if pool is not None and finished:
                     pool.shutdown(wait=True)
-                else:
+                elif pool is not None:
                     _stop(pool)
             finally:
                 os.unlink(setup_path)
@@ -225,11 +241,9 @@ def _stop(pool: cf.ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in processes:
         if proc.is_alive():
-            proc.terminate()
+            proc.kill()  # the workers may ignore SIGTERM (_init_worker); they hold no results
     for proc in processes:
         proc.join(timeout=10)
-        if proc.is_alive():
-            proc.kill()
 
 
 class _RayWorker:

@@ -52,6 +52,22 @@ def _brief(value: Any) -> str:
     return f"<{' x '.join(map(str, arr.shape))} {arr.dtype}>"
 
 
+def _same_meta(a: Any, b: Any) -> bool:
+    """Meta values equal as they read back from JSON: tuples as lists, arrays by value (a
+    plain ``==`` raised on an array and told (4, 4) from [4, 4])."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_meta(v, b[k]) for k, v in a.items())
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        x, y = np.asarray(a), np.asarray(b)
+        return x.shape == y.shape and bool(np.array_equal(x, y))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_meta(x, y) for x, y in zip(a, b, strict=True))
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
 @dataclass(eq=False)
 class Detections:
     """N items of one image, all coordinates in original-image pixels.
@@ -135,7 +151,7 @@ class Detections:
                 and same(self.labels, other.labels) and self.masks == other.masks
                 and self.extras.keys() == other.extras.keys()
                 and all(same(v, other.extras[k]) for k, v in self.extras.items())
-                and self.meta == other.meta)
+                and _same_meta(self.meta, other.meta))
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -625,3 +625,19 @@ def test_yolo_labels_are_named_after_the_image_and_clashes_counted(tmp_path):
             "annotations": [], "categories": []}
     (tmp_path / "d.json").write_text(json.dumps(data))
     assert convert(tmp_path / "d.json", tmp_path / "y2", "yolo")["renamed"] == 1
+
+
+def test_a_dotted_stem_is_not_counted_as_renamed(tmp_path):
+    """A json without image_file records the stem alone: "my.photo" was compared with
+    Path("my.photo").stem, "my", and counted as renamed."""
+    from composer.io.formats import convert
+    from composer.io.visualize import write_detections
+    from composer.structures import Detections, Masks
+
+    dense = np.zeros((1, 10, 12), bool)
+    dense[0, 2:6, 3:8] = True
+    dets = Detections.from_masks(Masks.from_dense(dense), scores=[0.9])
+    write_detections(dets, np.zeros((10, 12, 3), np.uint8), tmp_path / "run", stem="my.photo",
+                     mask_pngs=False)
+    stats = convert(tmp_path / "run", tmp_path / "y", "yolo")
+    assert stats["renamed"] == 0 and (tmp_path / "y" / "labels" / "my.photo.txt").is_file()

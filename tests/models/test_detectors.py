@@ -532,3 +532,11 @@ def test_a_dataset_json_detector_reads_an_int_as_the_id(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         CocoJsonDetector([{"image_id": 5, "bbox": [1, 1, 5, 5], "category_id": 95}])
     assert "category ids [95] are not among the" in caplog.text
+
+
+def test_a_users_file_name_map_still_finds_a_digit_stem() -> None:
+    """A caller's map keyed by file names ({"1.jpg": 1}) with the CLI's stem "1" found no id
+    after the digit rule learnt to refuse ids mapped to other files: "1" is that file's stem."""
+    det = CocoJsonDetector([{"image_id": 1, "bbox": [1, 1, 5, 5], "category_id": 18}],
+                           image_ids={"1.jpg": 1, "0.jpg": 2})
+    assert det.coco_id("1") == 1 and det.coco_id("0") == 2 and det.coco_id("2") is None

@@ -230,42 +230,41 @@ def test_an_interrupted_run_leaves_out_a_replaced_image_not_redone_yet(folder, t
     assert [(im["file_name"], im["height"], im["width"]) for im in done["images"]][1] == ("1.jpg", 50, 70)
 
 
-def _report_sigint(queue) -> None:
+def _signals_at_start(state, item: int):
+    """In a worker: whether it inherited SIGINT ignored, its SIGTERM handling, its pid."""
     import signal
-
-    handler = signal.getsignal(signal.SIGINT)
-    queue.put("ignored" if handler is signal.SIG_IGN else repr(handler))
-
-
-def test_workers_start_with_ctrl_c_ignored():
-    """A spawned worker imports the package and torch before its initializer ignores SIGINT;
-    a Ctrl-C in those seconds printed a KeyboardInterrupt traceback from each worker. Processes
-    that LocalEngine launches (inside ``_started_ignoring_sigint``) start with SIGINT ignored,
-    and this process's handler is put back."""
-    import multiprocessing
-    import signal
-    import threading
+    import time
 
     from composer.runner import engines
 
+    time.sleep(0.4)  # long enough for every worker to get items
+    term = signal.getsignal(signal.SIGTERM)
+    return (engines._WORKER_STATE["sigint_at_start"] is signal.SIG_IGN,
+            "ignored" if term is signal.SIG_IGN else "default", os.getpid())
+
+
+def test_every_worker_starts_with_ctrl_c_ignored():
+    """A spawned worker imports the package and torch before its initializer ignores SIGINT;
+    a Ctrl-C in those seconds printed a KeyboardInterrupt traceback from each worker. Every
+    worker (the pool starts one per submit) now inherits SIGINT ignored, and this process's
+    handler is put back. SIGTERM is left to the workers' default unless this process handles
+    it (the CLI), when the workers ignore it and the parent ends them."""
+    import signal
+    import threading
+
     assert threading.current_thread() is threading.main_thread()  # where signals can be set
-    ctx = multiprocessing.get_context("spawn")
     before = signal.getsignal(signal.SIGINT)
-    seen = []
-    for ignoring in (False, True):
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_report_sigint, args=(queue,))
-        if ignoring:
-            with engines._started_ignoring_sigint():
-                proc.start()
-        else:
-            proc.start()
-        seen.append(queue.get(timeout=120))
-        proc.join(timeout=60)
-    assert seen[0] != "ignored" and seen[1] == "ignored"
+    results = list(LocalEngine(3, threads=1).imap(Offset(0), _signals_at_start, list(range(9))))
     assert signal.getsignal(signal.SIGINT) is before
-    # and a pool run still works, its workers ignoring SIGINT
-    assert [r[1:] for r in LocalEngine(2, threads=1).imap(Offset(0), nap, [0])] == [(True, None)]
+    values = [r[1] for r in results]
+    assert len({pid for _, _, pid in values}) == 3  # three workers, each checked
+    assert all(at_start and term == "default" for at_start, term, _ in values), values
+    previous = signal.signal(signal.SIGTERM, lambda *a: None)  # as the CLI's handler
+    try:
+        results = list(LocalEngine(2, threads=1).imap(Offset(0), _signals_at_start, [0, 1, 2]))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert all(r[1][1] == "ignored" for r in results)
 
 
 class Huge:

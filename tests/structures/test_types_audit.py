@@ -82,3 +82,14 @@ def test_the_counts_check_agrees_with_pycocotools() -> None:
                 _check_compressed_counts(counts[:cut], h * w)
     big = mask_utils.encode(np.asfortranarray(np.ones((3000, 4000), np.uint8)))["counts"]
     _check_compressed_counts(big, 12_000_000)  # one run of 12 million pixels
+
+
+def test_equality_reads_meta_as_json_does() -> None:
+    """meta compared with a plain ==: an array value raised, and (4, 4) differed from [4, 4]
+    (a JSON round trip)."""
+    a, b = _dets(), _dets()
+    a.meta.update(size=(4, 4), arr=np.arange(3))
+    b.meta.update(size=[4, 4], arr=np.arange(3))
+    assert a == b
+    b.meta["arr"] = np.arange(4)
+    assert a != b
