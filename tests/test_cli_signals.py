@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -39,6 +40,10 @@ def test_sigterm_stops_a_worker_run_as_ctrl_c_does(tmp_path):
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()
+    ps = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True,
+                        text=True).stdout
+    children = [int(v) for v in ps.split()]
+    assert children  # the worker processes (and multiprocessing's resource tracker)
     os.kill(proc.pid, signal.SIGTERM)  # the command only, as `kill PID` does
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
@@ -47,6 +52,18 @@ def test_sigterm_stops_a_worker_run_as_ctrl_c_does(tmp_path):
     assert doc["info"].get("interrupted") is True and 1 <= len(doc["images"]) < 10
     assert list(tmp.glob("sam-composer-setup-*")) == []  # the workers' setup file is gone
     # no worker outlives the command (they were orphaned, holding their models)
-    time.sleep(1)
-    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    assert str(src) not in ps.replace(" ".join(cmd), "")
+    deadline = time.monotonic() + 30
+    alive = children
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in children if _alive(pid)]
+    assert not alive
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

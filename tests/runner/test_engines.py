@@ -230,20 +230,27 @@ def test_an_interrupted_run_leaves_out_a_replaced_image_not_redone_yet(folder, t
     assert [(im["file_name"], im["height"], im["width"]) for im in done["images"]][1] == ("1.jpg", 50, 70)
 
 
-def _signals_at_start(state, item: int):
-    """In a worker: whether it inherited SIGINT ignored, its SIGTERM handling, its pid."""
+def _signals_at_start(state, item):
+    """In a worker: whether it inherited SIGINT ignored, its SIGTERM handling, its pid. With
+    ``item = (i, folder, n)`` it first waits until ``n`` workers have checked in there, so
+    that each of ``n`` items is taken by another worker."""
     import signal
     import time
+    from pathlib import Path
 
     from composer.runner import engines
 
-    time.sleep(0.4)  # long enough for every worker to get items
+    _, folder, n = item
+    Path(folder, str(os.getpid())).touch()
+    deadline = time.monotonic() + 120
+    while len(list(Path(folder).iterdir())) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
     term = signal.getsignal(signal.SIGTERM)
     return (engines._WORKER_STATE["sigint_at_start"] is signal.SIG_IGN,
             "ignored" if term is signal.SIG_IGN else "default", os.getpid())
 
 
-def test_every_worker_starts_with_ctrl_c_ignored():
+def test_every_worker_starts_with_ctrl_c_ignored(tmp_path):
     """A spawned worker imports the package and torch before its initializer ignores SIGINT;
     a Ctrl-C in those seconds printed a KeyboardInterrupt traceback from each worker. Every
     worker (the pool starts one per submit) now inherits SIGINT ignored, and this process's
@@ -254,17 +261,21 @@ def test_every_worker_starts_with_ctrl_c_ignored():
 
     assert threading.current_thread() is threading.main_thread()  # where signals can be set
     before = signal.getsignal(signal.SIGINT)
-    results = list(LocalEngine(3, threads=1).imap(Offset(0), _signals_at_start, list(range(9))))
+    (tmp_path / "a").mkdir()
+    items = [(i, str(tmp_path / "a"), 3) for i in range(3)]
+    results = list(LocalEngine(3, threads=1).imap(Offset(0), _signals_at_start, items))
     assert signal.getsignal(signal.SIGINT) is before
     values = [r[1] for r in results]
-    assert len({pid for _, _, pid in values}) == 3  # three workers, each checked
+    assert len({pid for _, _, pid in values}) == 3, results  # three workers, each checked
     assert all(at_start and term == "default" for at_start, term, _ in values), values
     previous = signal.signal(signal.SIGTERM, lambda *a: None)  # as the CLI's handler
     try:
-        results = list(LocalEngine(2, threads=1).imap(Offset(0), _signals_at_start, [0, 1, 2]))
+        (tmp_path / "b").mkdir()
+        items = [(i, str(tmp_path / "b"), 2) for i in range(2)]
+        results = list(LocalEngine(2, threads=1).imap(Offset(0), _signals_at_start, items))
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert all(r[1][1] == "ignored" for r in results)
+    assert [r[1][1] for r in results] == ["ignored", "ignored"], results
 
 
 class Huge:
