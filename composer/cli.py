@@ -8,12 +8,14 @@ running out of memory (e.g. a huge grid).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ._tasks_import import ShadowedTasksError, check_tasks_found
@@ -154,18 +156,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the command's own process (not a call from Python): reuse heap memory for the
         # CPU's tensors instead of fresh pages (composer.allocator; the results are the same)
         tune_allocator()
-        # `kill`, `timeout`, a batch scheduler, a closed terminal: stop as Ctrl-C does, so a
-        # folder run ends its worker processes (else orphaned, each holding a model) and
-        # writes what it finished; the exit status is then 128 + the signal's number
-        import signal
+    _STOPPED_BY.clear()
+    with _stop_signals_as_ctrl_c(argv is None):
+        return _main(argv)
 
-        def _stop(signum: int, frame: object) -> None:
-            _STOPPED_BY.append(signum)
-            raise KeyboardInterrupt
 
+@contextlib.contextmanager
+def _stop_signals_as_ctrl_c(install: bool) -> Iterator[None]:
+    """While the command runs (``install``: its own process), SIGTERM and SIGHUP (`kill`,
+    `timeout`, a batch scheduler, a closed terminal) stop it as Ctrl-C does, so a folder run
+    ends its worker processes (else orphaned, each holding a model) and writes what it
+    finished; the exit status is then 128 + the signal's number. The earlier handlers are put
+    back after (a Python caller's process keeps its own)."""
+    import signal
+
+    def _stop(signum: int, frame: object) -> None:
+        _STOPPED_BY.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {}
+    if install and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
             if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:  # not nohup's
-                signal.signal(sig, _stop)
+                previous[sig] = signal.signal(sig, _stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     args.argv = list(sys.argv[1:] if argv is None else argv)  # reports record the command

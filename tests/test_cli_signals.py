@@ -67,3 +67,14 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def test_the_cli_puts_the_callers_signal_handlers_back(monkeypatch, capsys):
+    """main() run as the command (argv None) handles SIGTERM/SIGHUP while it runs; a Python
+    caller's process got those handlers for good (a later SIGTERM raised KeyboardInterrupt)."""
+    from composer.cli import main
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    monkeypatch.setattr(sys, "argv", ["sam-composer", "weights", "list"])
+    assert main() == 0
+    assert {sig: signal.getsignal(sig) for sig in before} == before

@@ -263,7 +263,11 @@ def test_every_worker_starts_with_ctrl_c_ignored(tmp_path):
     before = signal.getsignal(signal.SIGINT)
     (tmp_path / "a").mkdir()
     items = [(i, str(tmp_path / "a"), 3) for i in range(3)]
-    results = list(LocalEngine(3, threads=1).imap(Offset(0), _signals_at_start, items))
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # whatever an earlier test left
+    try:
+        results = list(LocalEngine(3, threads=1).imap(Offset(0), _signals_at_start, items))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert signal.getsignal(signal.SIGINT) is before
     values = [r[1] for r in results]
     assert len({pid for _, _, pid in values}) == 3, results  # three workers, each checked
