@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .masks import Masks, segmentation_rle
+from .masks import Masks, int_position, segmentation_rle
 
 
 def _as_array(value: Any, dtype: Any, name: str) -> np.ndarray:
@@ -230,13 +230,9 @@ class Detections:
             IndexError: an index out of range, a boolean array of another length, a bare
                 ``True``/``False`` (it used to pick item 1 or 0), or another kind of index.
         """
-        if isinstance(index, (bool, np.bool_)):
-            raise IndexError(f"a bare boolean is not an index of detections: {index!r}")
-        if isinstance(index, (int, np.integer)):
-            i = int(index)
-            if not -len(self) <= i < len(self):
-                raise IndexError(f"index {i} out of range for {len(self)} detections")
-            index = np.array([i % len(self)])
+        i = int_position(index, len(self), "detections")
+        if i is not None:
+            index = np.array([i])
         elif isinstance(index, slice):
             index = np.arange(len(self))[index]
         idx = np.asarray(index)

@@ -274,6 +274,24 @@ def merge_polygons(polygons: Sequence[Sequence[float]]) -> list[float]:
     out.extend(reversed(tails))
     return np.concatenate(out).ravel().tolist()
 
+def int_position(index: Any, n: int, items: str) -> int | None:
+    """The position (0 .. n-1) an int index names among ``n`` ``items``, or None for another
+    kind of index (slice, array).
+
+    Raises:
+        IndexError: a bare ``True``/``False`` (an int to Python: it picked item 1 or 0), or an
+            int out of range.
+    """
+    if isinstance(index, (bool, np.bool_)):
+        raise IndexError(f"a bare boolean is not an index of {items}: {index!r}")
+    if not isinstance(index, (int, np.integer)):
+        return None
+    i = int(index)
+    if not -n <= i < n:
+        raise IndexError(f"index {i} out of range for {n} {items}")
+    return i % n
+
+
 class Masks:
     """N binary masks of one image as COCO compressed RLE.
 
@@ -378,12 +396,8 @@ class Masks:
                 ``True``/``False`` (it used to pick mask 1 or 0), or another kind of index.
         """
         out = Masks.empty(self.image_size)
-        if isinstance(index, (bool, np.bool_)):
-            raise IndexError(f"a bare boolean is not a mask index: {index!r}")
-        if isinstance(index, (int, np.integer)):
-            i = int(index)
-            if not -len(self) <= i < len(self):
-                raise IndexError(f"mask index {i} out of range for {len(self)} masks")
+        i = int_position(index, len(self), "masks")
+        if i is not None:
             out._rles = [self._rles[i]]
             return out
         if isinstance(index, slice):

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from .masks import int_position
+
 
 def _host(value: Any) -> Any:
     """A tensor (on any device, with or without grad; duck-typed, so this package needs no
@@ -132,13 +134,9 @@ class Prompts:
         Raises:
             IndexError: an index out of range or a bare ``True``/``False``.
         """
-        if isinstance(index, (bool, np.bool_)):
-            raise IndexError(f"a bare boolean is not an index of prompts: {index!r}")
-        if isinstance(index, (int, np.integer)):
-            i = int(index)
-            if not -len(self) <= i < len(self):
-                raise IndexError(f"index {i} out of range for {len(self)} prompts")
-            index = slice(i % len(self), i % len(self) + 1)
+        i = int_position(index, len(self), "prompts")
+        if i is not None:
+            index = slice(i, i + 1)
 
         def pick(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else a[index]
