@@ -83,9 +83,10 @@ def check_same_run(checkpoint_dir: str | Path, settings: dict[str, Any]) -> None
 
 
 def file_digest(path: str | Path | None) -> str | None:
-    """SHA-256 of a file (None for None or a missing file)."""
-    import hashlib
+    """SHA-256 of a file (None for None or a missing file): the hub's chunked
+    ``file_sha256``, which does not read a large checkpoint into memory at once."""
+    from composer.hub.download import file_sha256
 
     if path is None or not Path(path).is_file():
         return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return file_sha256(path)

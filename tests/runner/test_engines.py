@@ -300,9 +300,20 @@ def test_a_large_setup_reaches_the_workers_through_a_file(tmp_path, monkeypatch)
     """A large setup handed over as initializer arguments sat in the spawn pipe, and a worker
     that died before reading it (a script without the __main__ guard) left the parent blocked
     on the write for good. It now goes through a temporary file, removed after the run."""
+    import concurrent.futures as cf
+    import pickle
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    handed: list[int] = []
+    real_pool = cf.ProcessPoolExecutor
+
+    def pool(*args, **kwargs):  # what goes through the spawn pipe: the initializer's args
+        handed.append(len(pickle.dumps(kwargs["initargs"])))
+        return real_pool(*args, **kwargs)
+
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", pool)
     results = sorted(LocalEngine(2, threads=1).imap(Huge(), length, [0, 1, 2]))
+    assert handed and handed[0] < 10_000  # a path, not the 8 MB setup
     assert results == [(i, (8 << 20) + i, None) for i in range(3)]
     assert list(tmp_path.iterdir()) == []  # the setup file is gone
