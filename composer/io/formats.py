@@ -36,6 +36,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ..structures.masks import crowd_flag, mask_polygons, merge_polygons, segmentation_rle
+from .records import log_path, read_log
 from .visualize import write_json
 
 FORMATS = ("coco-polygons", "yolo", "png-masks")
@@ -210,29 +211,16 @@ def _summary_jsons(folder: Path) -> set[str] | None:
     record log (``summary.json.records.jsonl``) lists as done, every earlier invocation of the
     same run included (``--limit`` is no setting, and a later, shorter invocation's
     ``summary.json`` lists only its own images), else those ``summary.json`` lists; None where
-    the folder is no such run's output."""
-    log = folder / "summary.json.records.jsonl"
-    try:
-        lines = log.read_text().splitlines()
-    except OSError:
-        lines = []
-    done: dict[str, str | None] = {}
-    command = None
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a torn line
-        if not isinstance(rec, dict):
-            continue
-        if "settings" in rec and isinstance(rec["settings"], dict):
-            command = rec["settings"].get("command")
-        elif isinstance(rec.get("file_name"), str):
-            out = rec.get("output")
-            done[rec["file_name"]] = (None if "error" in rec or not isinstance(out, str)
-                                      else f"{out}.json")
+    the folder is no such run's output.
+
+    Raises:
+        OSError: the record log exists but cannot be read.
+    """
+    settings, records = read_log(log_path(folder / "summary.json"))
+    command = settings.get("command") if settings is not None else None
     if command in ("instances", "text"):
-        return {name for name in done.values() if name}
+        return {f"{rec['output']}.json" for rec in records.values()
+                if "error" not in rec and isinstance(rec.get("output"), str)}
     try:
         doc = json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError):

@@ -9,7 +9,9 @@ image's record, keyed by its ``file_name``; a later record of a file replaces an
 (a retried failure), and a torn last line (a crash mid-write) is ignored.
 
 ``tasks.everything.annotate_folder`` (``sam-composer everything DIR``) and the folder mode of
-``sam-composer instances`` / ``text`` keep such logs.
+``sam-composer instances`` / ``text`` keep such logs. Reading one (:func:`read_log`, with
+:func:`log_path` and :data:`LOG_SUFFIX`) lives in :mod:`composer.io.records`, which readers of a
+run's outputs below the runner share; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -24,18 +26,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from ..io.records import LOG_SUFFIX as LOG_SUFFIX
+from ..io.records import log_path as log_path
+from ..io.records import read_log as read_log
 from ..io.visualize import json_finite
 
 logger = logging.getLogger(__name__)
-
-#: Suffix of a run's record log after its output file's name.
-LOG_SUFFIX = ".records.jsonl"
-
-
-def log_path(output: str | os.PathLike[str]) -> Path:
-    """The record log of ``output`` (``annotations.json`` -> ``annotations.json.records.jsonl``)."""
-    out = Path(output)
-    return out.with_name(out.name + LOG_SUFFIX)
 
 
 def json_normal(obj: Any) -> Any:
@@ -78,28 +74,6 @@ def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         return leaf if leaves.count(leaf) == 1 else key
 
     return [f"{name(k)} {a.get(k)!r} (now {b.get(k)!r})" for k in keys if a.get(k) != b.get(k)]
-
-
-def read_log(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """Settings header and per-image records (by ``file_name``) of an earlier, possibly
-    interrupted, run. A torn line is ignored. Returns ``(None, {})`` when there is no log."""
-    path = Path(path)
-    settings: dict[str, Any] | None = None
-    done: dict[str, Any] = {}
-    if not path.exists():
-        return settings, done
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning("ignoring a torn record in %s", path)
-                continue
-            if "settings" in rec:
-                settings = rec["settings"]
-            else:
-                done[rec["file_name"]] = rec
-    return settings, done
 
 
 def _unalias(
