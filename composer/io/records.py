@@ -49,26 +49,28 @@ def read_log(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, dict[
     settings: dict[str, Any] | None = None
     done: dict[str, Any] = {}
     try:
-        data = path.read_bytes()
+        f = open(path, "rb")
     except FileNotFoundError:
         return settings, done
-    # bytes split on "\n" only (what the writer ends lines with), each line decoded on its own:
-    # a corrupt line is skipped, not the whole log refused
-    for number, line in enumerate(data.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:  # JSONDecodeError, UnicodeDecodeError
-            logger.warning("ignoring a torn record in %s (line %d)", path, number)
-            continue
-        if isinstance(rec, dict) and "settings" in rec:
-            if isinstance(rec["settings"], dict):
-                settings = rec["settings"]
+    # binary lines (split on "\n" only, what the writer ends them with), each decoded on its
+    # own: a corrupt line is skipped, not the whole log refused; read line by line, as a long
+    # run's log can be large
+    with f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
                 continue
-        elif isinstance(rec, dict) and isinstance(rec.get("file_name"), str):
-            done[rec["file_name"]] = rec
-            continue
-        logger.warning("ignoring line %d of %s: neither the settings nor a record with a "
-                       "file_name", number, path)
+            try:
+                rec = json.loads(line)
+            except ValueError:  # JSONDecodeError, UnicodeDecodeError
+                logger.warning("ignoring a torn record in %s (line %d)", path, number)
+                continue
+            if isinstance(rec, dict) and "settings" in rec:
+                if isinstance(rec["settings"], dict):
+                    settings = rec["settings"]
+                    continue
+            elif isinstance(rec, dict) and isinstance(rec.get("file_name"), str):
+                done[rec["file_name"]] = rec
+                continue
+            logger.warning("ignoring line %d of %s: neither the settings nor a record with a "
+                           "file_name", number, path)
     return settings, done
