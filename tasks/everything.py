@@ -24,7 +24,14 @@ from composer.embedding import EmbeddingCache
 from composer.io.image import IMAGE_SUFFIXES, load_image
 from composer.io.visualize import json_finite, write_json
 from composer.runner import LocalEngine, error_text
-from composer.runner.records import RecordLog, json_normal, log_path, segmenter_settings
+from composer.runner.records import (
+    RecordLog,
+    finished_message,
+    json_normal,
+    log_path,
+    resume_message,
+    segmenter_settings,
+)
 from composer.structures import Detections
 
 from .base import TaskContext
@@ -224,6 +231,7 @@ def annotate_folder(
     resume: bool = True,
     write_every: int = 10,
     engine: Any = None,
+    progress: Callable[[str], Any] | None = None,
 ) -> dict[str, Any]:
     """Segment every image of a folder and write one COCO-style annotation json.
 
@@ -255,6 +263,11 @@ def annotate_folder(
             gets a copy of ``segmenter`` (pickled once) and its own embedding cache (``cache``
             is then unused); results are logged here as they finish, in any order, and the
             json is the same as a sequential run's.
+        progress: where the run's lines for a person go (the CLI passes ``print``; None: the
+            log at INFO): on resuming, how many images an earlier run finished
+            ("resuming LOG: N of M images done earlier, K to go"); on Ctrl-C, how many images
+            are done and failed and the json that lists them ("N of M images done, F failed
+            (interrupted) -> OUT_JSON").
 
     Returns:
         The written COCO dict: ``info``, ``images`` (id, file_name, height, width),
@@ -341,6 +354,9 @@ def annotate_folder(
         if path.name not in records or "error" in records[path.name]
         or records[path.name].get("mtime_ns") != stamps[path.name]
     ]
+    say = progress if progress is not None else logger.info
+    if len(pending) < len(files):
+        say(resume_message(log.path, len(files) - len(pending), len(files)))
     engine = LocalEngine(1) if engine is None else engine
     setup: Callable[[], _FolderState]
     if isinstance(engine, LocalEngine) and engine.workers == 1:
@@ -356,7 +372,10 @@ def annotate_folder(
         except KeyboardInterrupt:
             # Ctrl-C: the json of the images finished so far (the log has them too), marked
             info["interrupted"] = True
-            write_json(out_path, assemble(), fsync=True)
+            cut = assemble()
+            write_json(out_path, cut, fsync=True)
+            say(finished_message(len(cut["images"]), len(files), len(cut["failures"]),
+                                 out_path, interrupted=True))
             raise
     result = assemble()
     write_json(out_path, result, fsync=True)

@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "mIoU-vs-clicks plot. An image that fails (unreadable, bad annotations) is recorded in "
         "report.json's meta.failures and the others are scored. Exit status 0 when every image "
         "was scored, 1 when some failed (the metrics cover the others) or an evaluator failed, "
-        "2 for unusable input.")
+        "2 for unusable input, 130 when interrupted (143: SIGTERM): Ctrl-C writes report.json of "
+        "the images evaluated so far and says how many.")
     esub = p.add_subparsers(dest="task", metavar="TASK")
     esub.required = True
 
@@ -199,6 +200,26 @@ def _finish(report: dict[str, Any], args: argparse.Namespace, title: str) -> int
     return 1 if stages or meta.get("n_failed") else 0
 
 
+def _evaluate(args: argparse.Namespace, *what: Any, extra_meta: dict[str, Any]) -> dict[str, Any]:
+    """``composer.evaluation.run`` of ``what`` (task or segmenter, dataset, evaluators) with
+    ``--limit`` and ``--out``; on Ctrl-C (or SIGTERM) it first says how many images were
+    evaluated and where their report is, as the folder commands do."""
+    from ..evaluation import EvaluationInterrupted, run
+    from ..runner.records import finished_message
+
+    try:
+        return run(*what, limit=args.limit, out_dir=args.out, extra_meta=extra_meta)
+    except EvaluationInterrupted as exc:
+        meta = exc.report["meta"]
+        done, failed = int(meta.get("n_images") or 0), int(meta.get("n_failed") or 0)
+        # the images the run was to evaluate: the dataset's, or --limit of them
+        sizes = [int(v) for v in (meta.get("dataset_size"), args.limit) if v is not None]
+        total = min(sizes) if sizes else done + failed
+        print(finished_message(done, total, failed, Path(args.out) / "report.json",
+                               interrupted=True))
+        raise
+
+
 class _ImageTask:
     """Adapts a classical edge method (image -> EdgeMap) to the task interface."""
 
@@ -224,7 +245,7 @@ def run_edges(args: argparse.Namespace) -> int:
     with tasks_import():
         from tasks.edges import parse_refine
 
-    from ..evaluation import ItemGroundTruth, run
+    from ..evaluation import ItemGroundTruth
     from ..evaluation.edges_bsds import BoundaryEvaluator
 
     if args.method != "segmenter":
@@ -268,7 +289,7 @@ def run_edges(args: argparse.Namespace) -> int:
     extra = _command_meta(args)
     if args.method == "segmenter":
         extra["edge_refine"] = setting  # "auto" resolved for this model
-    report = run(task, dataset, [wrapped], limit=args.limit, out_dir=args.out, extra_meta=extra)
+    report = _evaluate(args, task, dataset, [wrapped], extra_meta=extra)
     return _finish(report, args, f"edges ({args.method})")
 
 
@@ -284,7 +305,7 @@ def run_proposals(args: argparse.Namespace) -> int:
     with tasks_import():
         from tasks.proposals import ProposalConfig, ProposalTask
 
-    from ..evaluation import ProposalEvaluator, run
+    from ..evaluation import ProposalEvaluator
 
     dataset = _dataset(args)
     seg = load_model(args)
@@ -292,8 +313,7 @@ def run_proposals(args: argparse.Namespace) -> int:
     task = ProposalTask(seg, ProposalConfig(points_per_side=args.points_per_side))
     results = Path(args.out) / "results.json"
     ev = ProposalEvaluator(dataset.coco, results_file=results)
-    report = run(task, dataset, [ev], limit=args.limit, out_dir=args.out,
-                 extra_meta=_command_meta(args))
+    report = _evaluate(args, task, dataset, [ev], extra_meta=_command_meta(args))
     return _finish(report, args, "proposals")
 
 
@@ -302,7 +322,7 @@ def run_instances(args: argparse.Namespace) -> int:
     with tasks_import():
         from tasks.instances import InstanceConfig, InstanceTask, ScoredByPredictedIoU
 
-    from ..evaluation import CocoEvaluator, run
+    from ..evaluation import CocoEvaluator
     from ..models.detectors import (
         CocoJsonDetector,
         GroundTruthDetector,
@@ -346,14 +366,13 @@ def run_instances(args: argparse.Namespace) -> int:
         task = ScoredByPredictedIoU(task)
     results = Path(args.out) / "results.json"
     ev = CocoEvaluator(dataset.coco, iou_types=("segm", "bbox"), results_file=results)
-    report = run(task, dataset, [ev], limit=args.limit, out_dir=args.out,
-                 extra_meta=_command_meta(args))
+    report = _evaluate(args, task, dataset, [ev], extra_meta=_command_meta(args))
     return _finish(report, args, f"instances (boxes: {args.boxes})")
 
 
 def run_points(args: argparse.Namespace) -> int:
     check_limit(args.limit)  # before any model or data loads
-    from ..evaluation import PointEvaluator, run
+    from ..evaluation import PointEvaluator
 
     if args.clicks < 1:
         raise ValueError(f"--clicks must be >= 1, got {args.clicks}")
@@ -374,8 +393,7 @@ def run_points(args: argparse.Namespace) -> int:
     if zoom is not None:
         print(f"zoom-in: {zoom}")
     ev = PointEvaluator(max_clicks=args.clicks, report_clicks=report_clicks, zoom_in=zoom)
-    report = run(seg, dataset, [ev], limit=args.limit, out_dir=args.out,
-                 extra_meta=_command_meta(args))
+    report = _evaluate(args, seg, dataset, [ev], extra_meta=_command_meta(args))
     return _finish(report, args, "points")
 
 

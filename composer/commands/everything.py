@@ -20,9 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="An image: <stem>_overlay.png and <stem>.json in --out. A folder: one "
         "COCO json, annotations.json, with each image logged as it finishes "
         "(annotations.json.records.jsonl, with the model and settings), so a rerun with the "
-        "same settings resumes; an unreadable image is reported, skipped and listed under "
-        '"failures". Exit status 0 when every image succeeded, 1 when some failed, 2 for '
-        "unusable input (no images, bad flags, a log of other settings without --overwrite).",
+        "same settings resumes (it says how many images were done earlier); Ctrl-C writes the "
+        "json of the images finished so far and says how many; an unreadable image is "
+        'reported, skipped and listed under "failures". Exit status 0 when every image '
+        "succeeded, 1 when some failed, 2 for unusable input (no images, bad flags, a log of "
+        "other settings without --overwrite), 130 when interrupted (143: SIGTERM).",
     )
     p.add_argument("input", help="image file, or a folder of images (writes one COCO json)")
     add_model_args(p, prompted=False)
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if src.is_dir():
         coco = annotate_folder(
             src, seg, out / "annotations.json", config=config, suffixes=IMAGE_SUFFIXES,
-            limit=args.limit, resume=not args.overwrite, engine=engine,
+            limit=args.limit, resume=not args.overwrite, engine=engine, progress=print,
         )
         n_failed = len(coco.get("failures", []))
         print(f"{len(coco['images'])} images, {len(coco['annotations'])} masks, "

@@ -18,7 +18,7 @@ from .._tasks_import import tasks_import
 from ..io.image import IMAGE_SUFFIXES
 from ..io.visualize import write_json
 from ..runner import LocalEngine, error_text
-from ..runner.records import RecordLog, read_log
+from ..runner.records import RecordLog, finished_message, read_log, resume_message
 from ..runner.records import log_path as record_log_path
 from .common import (
     add_model_args,
@@ -54,7 +54,8 @@ EXIT_HELP = (
     "failed ones retried; an unreadable image is reported and skipped; Ctrl-C writes "
     "summary.json of the images finished so far; exit "
     "status 0 when every image succeeded, 1 when some failed, 2 for unusable input (no images, "
-    "bad flags, a log of other settings without --overwrite), 130 when interrupted."
+    "bad flags, a log of other settings without --overwrite), 130 when interrupted (143: "
+    "SIGTERM)."
 )
 
 
@@ -385,8 +386,7 @@ def process_images(
             _remove_outputs(out, rec["output"])
     pending = [k for k in range(len(files)) if k not in done]
     if done and log is not None:
-        print(f"resuming {log.path}: {len(done)} of {len(files)} images done earlier, "
-              f"{len(pending)} to go")
+        print(resume_message(log.path, len(done), len(files)))
     items = [(str(files[k]), stems[k]) for k in pending]
     worker: Callable[[], _FolderState]
     if runs_here(engine):
@@ -441,8 +441,7 @@ def process_images(
     if interrupted:
         record["interrupted"] = True
     write_json(summary, record, fsync=True)
-    print(f"{len(images)} of {len(files)} images done, {len(failures)} failed"
-          + (" (interrupted)" if interrupted else "") + f" -> {summary}")
+    print(finished_message(len(images), len(files), len(failures), summary, interrupted))
     if interrupted:
         raise KeyboardInterrupt
     return 1 if failures else 0

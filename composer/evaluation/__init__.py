@@ -7,11 +7,12 @@ from .base import Evaluator, ItemGroundTruth
 from .coco_ap import CocoEvaluator
 from .points import ClickTrace, PointEvaluator, mask_iou, next_click, simulate_clicks
 from .proposals import ProposalEvaluator
-from .runner import plot_click_curves, point_targets, run
+from .runner import EvaluationInterrupted, plot_click_curves, point_targets, run
 
 __all__ = [
     "ClickTrace",
     "CocoEvaluator",
+    "EvaluationInterrupted",
     "Evaluator",
     "ItemGroundTruth",
     "PointEvaluator",

@@ -218,6 +218,16 @@ def _write_json(path: Path, data: Any) -> None:
     write_json(path, _jsonable(data), indent=2)  # NaN (e.g. an undefined R50) -> null
 
 
+class EvaluationInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a signal the CLI turns into one) stopped :func:`run` after the images it
+    finished were evaluated and, with ``out_dir``, written: ``report`` is that report (its
+    ``meta["interrupted"]`` True). A KeyboardInterrupt, so callers that catch that still do."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        super().__init__()
+        self.report = report
+
+
 def run(
     task_or_segmenter: Any,
     dataset: Iterable[Any],
@@ -252,6 +262,8 @@ def run(
         ValueError: no evaluators, a bad ``limit``, or evaluators that do not fit the mode
             (PointEvaluator with a task, any other evaluator with a bare segmenter).
         TypeError: ``task_or_segmenter`` is neither a segmenter nor callable.
+        EvaluationInterrupted: Ctrl-C during the images: what was processed is evaluated
+            (and written) first, and the report rides on the exception.
     """
     with tasks_import():
         from tasks.base import TaskContext  # tasks sit above composer; import late
@@ -435,7 +447,7 @@ def run(
     if out_path is not None:
         _write_outputs(report, evs, out_path)
     if interrupted:
-        raise KeyboardInterrupt
+        raise EvaluationInterrupted(report)
     return report
 
 

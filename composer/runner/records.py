@@ -39,6 +39,21 @@ def json_normal(obj: Any) -> Any:
     return json_finite(json.loads(json.dumps(obj)))
 
 
+def resume_message(log: str | os.PathLike[str], done: int, total: int) -> str:
+    """The line a resumed folder run prints: how many of its ``total`` images an earlier run
+    finished (``done``; failures are retried, so not among them) and how many are left."""
+    return f"resuming {log}: {done} of {total} images done earlier, {total - done} to go"
+
+
+def finished_message(done: int, total: int, failed: int, output: str | os.PathLike[str],
+                     interrupted: bool = False) -> str:
+    """The line a folder run prints at its end, also when Ctrl-C (or SIGTERM) stopped it: the
+    images finished (``done``, earlier runs' included) and failed of ``total``, and where
+    they are listed (``output``)."""
+    return (f"{done} of {total} images done, {failed} failed"
+            + (" (interrupted)" if interrupted else "") + f" -> {output}")
+
+
 def segmenter_settings(segmenter: Any) -> dict[str, Any]:
     """The segmenter settings that change its masks beyond its ``model_id``: mask refinement,
     mask ranking and flip TTA (a dataclass setting by its repr, another object by its type)."""
