@@ -76,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     mirrored = int(getattr(seg, "mirror_encoder_calls", 0))
     print(f"encoder calls: {cache.encoder_calls} for all of the above"
           + (f", plus {mirrored} for the mirrored image (flip TTA)" if mirrored else ""))
-    print(f"outputs in {out}/: prompts_overlay.png, prompts_mask*.png, prompts.json"
+    # the input is listed too: the tutorials go on with other commands on it
+    print(f"outputs in {out}/: astronaut.png (the input), prompts_overlay.png, prompts_mask*.png,"
+          " prompts.json"
           + (", everything_overlay.png, everything.json" if "automatic" in summary else "")
           + ", summary.json")
     return 0

@@ -191,3 +191,21 @@ def test_demo_runs_the_shipped_model_end_to_end(monkeypatch, tmp_path, capsys) -
     assert "point prompt: score" in printed and "(predicted IoU " in printed
     for name in ("prompts_overlay.png", "everything_overlay.png", "prompts.json"):
         assert (out / name).stat().st_size > 0
+
+
+def test_demo_lists_every_file_it_writes(monkeypatch, tmp_path, capsys) -> None:
+    """The demo's closing line names each file of its folder, astronaut.png (the input that the
+    tutorials segment next) included: a learner reads the folder from that line."""
+    import fnmatch
+
+    from composer.cli import main
+
+    monkeypatch.setenv("SAM_COMPOSER_HOME", str(tmp_path / "home"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--no-automatic"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("outputs in "))
+    listed = [name.split(" (")[0] for name in line.split(": ", 1)[1].split(", ")]
+    written = sorted(p.name for p in out.iterdir())
+    assert "astronaut.png" in written
+    unlisted = [n for n in written if not any(fnmatch.fnmatch(n, pat) for pat in listed)]
+    assert not unlisted, f"{unlisted} written but not in {line!r}"
