@@ -1,6 +1,6 @@
 """How often a segmenter honours a new corrective click (the pixel under it gets its label).
 
-Runs the point protocol's clicks (centre of the largest error region, previous logits fed back,
+Runs the point protocol's clicks (the deepest error pixel, previous logits fed back,
 ``composer.interactive.ClickSession``) on GrabCut or Berkeley and counts, for every click, whether
 the chosen mask afterwards has the click's label at the click's pixel, split by positive and
 negative clicks. A model that ignores its corrections stalls in NoC; this measures it directly.

@@ -393,7 +393,7 @@ def evaluate(model: torch.nn.Module, out_json: Path, max_clicks: int = 5) -> dic
 
     First click at the maximum of the GT mask's distance transform (GrabCut's 128 band
     ignored); top-1 = the mask with the highest predicted IoU, oracle = best of the 3. Later
-    clicks (mIoU@3/@5) go to the largest error region, with the previous logits fed back.
+    clicks (mIoU@3/@5) go to the deepest error pixel, with the previous logits fed back.
     """
     from composer.data.interactive import Berkeley, GrabCut
     from composer.evaluation.points import PointEvaluator
