@@ -131,12 +131,17 @@ def annotations_digest(path: str | Path) -> str:
     return hashlib.sha1(content.encode()).hexdigest()[:10]
 
 
-def finetune(args, samples, tag: str, data_digest: str | None = None) -> torch.nn.Module:
+def finetune(
+    args, samples, tag: str, weights_sha256: str | None, data_digest: str | None = None
+) -> torch.nn.Module:
+    """Fine-tune the start weights on ``samples`` into ``<work-dir>/<tag>`` (resumable).
+    ``weights_sha256``: ``file_digest(args.weights)``, taken once per run by the caller (the
+    two runs share it; a large checkpoint was read once for each)."""
     # A rerun into the same --work-dir resumes this run only with the same start weights,
     # learning rate and data (--steps may grow); anything else is refused, not reported stale.
     check_same_run(
         args.work_dir / tag,
-        {"weights_sha256": file_digest(args.weights), "lr": args.lr,
+        {"weights_sha256": weights_sha256, "lr": args.lr,
          "samples": [s.image_id for s in samples], "automatic_json": data_digest},
     )
     model = build_composer_tiny(checkpoint=str(args.weights))
@@ -232,9 +237,10 @@ def main(argv: list[str] | None = None) -> None:
             build_composer_tiny(checkpoint=str(args.weights)), args.work_dir / "eval_start.json"
         )
     }
-    control = finetune(args, human, "control_human_only")
+    weights_sha256 = file_digest(args.weights)
+    control = finetune(args, human, "control_human_only", weights_sha256)
     results["control_human_only"] = evaluate(control, args.work_dir / "eval_control.json")
-    engine = finetune(args, human + pseudo, "engine_human_plus_automatic", digest)
+    engine = finetune(args, human + pseudo, "engine_human_plus_automatic", weights_sha256, digest)
     results["engine_human_plus_automatic"] = evaluate(engine, args.work_dir / "eval_engine.json")
     torch.save(engine.state_dict(), args.work_dir / "engine_model.pt")
 

@@ -101,3 +101,53 @@ def test_data_engine_names_its_feature_cache_by_the_masks_not_the_file(tmp_path)
     c.write_text(json.dumps({**doc, "annotations": []}))
     digest = engine.annotations_digest(a)
     assert engine.annotations_digest(b) == digest != engine.annotations_digest(c)
+
+
+def test_data_engine_hashes_the_start_weights_once(tmp_path, monkeypatch, capsys) -> None:
+    """The control and the engine fine-tuning each hashed --weights for their run settings:
+    a large checkpoint read twice per run. The stages around the hashing are stubbed."""
+    from types import SimpleNamespace
+
+    import torch
+
+    engine = load_recipe("data_engine")
+    weights = tmp_path / "start.pt"
+    weights.write_bytes(b"weights")
+    auto = tmp_path / "auto.json"
+    auto.write_text(json.dumps({"images": [], "annotations": []}))
+    hashed: list[str] = []
+    real_digest = engine.file_digest
+
+    def counting_digest(path):
+        hashed.append(str(path))
+        return real_digest(path)
+
+    class DoneTrainer:
+        def __init__(self, model, config, samples) -> None:
+            self.step, self.elapsed = 0, 0.0
+
+        def resume(self) -> bool:
+            return False
+
+        def done(self) -> bool:
+            return True
+
+    clicks = {"points/mIoU@1": 0.5, "points/mIoU@5": 0.6}
+    monkeypatch.setattr(engine, "file_digest", counting_digest)
+    monkeypatch.setattr(engine, "automatic_stage", lambda args, images: auto)
+    monkeypatch.setattr(engine, "evaluation_bsds_ids", lambda: set())
+    monkeypatch.setattr(engine, "build_composer_tiny", lambda checkpoint=None: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(
+        engine, "cached_samples",
+        lambda model, name, items, n, low, min_area: [SimpleNamespace(image_id=name)],
+    )
+    monkeypatch.setattr(engine, "evaluate", lambda model, out: {"GrabCut": clicks, "Berkeley": clicks})
+    monkeypatch.setattr(engine, "Trainer", DoneTrainer)
+    work = tmp_path / "work"
+    engine.main(["--weights", str(weights), "--work-dir", str(work), "--images", str(tmp_path)])
+    assert hashed == [str(weights)]
+    digest = real_digest(weights)
+    for tag in ("control_human_only", "engine_human_plus_automatic"):
+        settings = json.loads((work / tag / "run_settings.json").read_text())
+        assert settings["weights_sha256"] == digest
+    capsys.readouterr()
