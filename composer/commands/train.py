@@ -25,6 +25,7 @@ import logging
 import math
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,25 +140,21 @@ def build_model(name: str, checkpoint: str | None, random_init: bool) -> tuple[A
     return build_sam(name, checkpoint=checkpoint), checkpoint or "random"
 
 
-def _check_disjoint(train: Any, held_out: Any) -> None:
+def _check_disjoint(train_keys: set[str], held_out: list[tuple[str, str]]) -> None:
     """Refuse held-out images that are also training images (by their pixels, whatever their
     file names or ids): the mIoU reported as held-out would be measured on trained images.
-    ``train`` and ``held_out`` are iterables of items, read one at a time.
+
+    Args:
+        train_keys: the pixel hashes (``embedding.image_hash``) of the training images.
+        held_out: (item id, pixel hash) of each held-out image, in the --val-data order.
 
     Raises:
-        ValueError: some images of ``held_out`` are in ``train``; a few are named.
+        ValueError: some images of ``held_out`` are in ``train_keys``; a few are named.
     """
-    from ..embedding import image_hash  # the cache's key of an image's pixels
-
-    seen = {image_hash(it.image) for it in train}
-    both, n = [], 0
-    for it in held_out:
-        n += 1
-        if image_hash(it.image) in seen:
-            both.append(it.image_id)
+    both = [item_id for item_id, key in held_out if key in train_keys]
     if both:
         raise ValueError(
-            f"{len(both)} of the {n} --val-data images are also in --data (e.g. "
+            f"{len(both)} of the {len(held_out)} --val-data images are also in --data (e.g. "
             f"{', '.join(both[:3])}): the held-out mIoU would be measured on images trained "
             "on; remove them from one of the two"
         )
@@ -165,31 +162,25 @@ def _check_disjoint(train: Any, held_out: Any) -> None:
 
 def _samples(
     items: Any, model: Any, frozen: bool, mirror: bool, kept: list[int] | None = None,
-    layers: list[int] | None = None, hashes: set[str] | None = None,
-    skip_hashes: set[str] | None = None, skipped: list[str] | None = None,
+    layers: list[int] | None = None, keep: Callable[[str, str], bool] | None = None,
 ) -> list[Any]:
     """PreparedSamples (identity, + mirror) with cached embeddings when the encoder is frozen;
     ``kept`` (if given) gets the number of masks of each item's unmirrored sample appended,
-    ``layers`` (if given) each item's number of instance layers. ``items`` is read one at a
-    time and no item is kept: only the samples (input-size image or embedding, low-res
-    masks) stay in memory, not the full-resolution images and masks."""
+    ``layers`` (if given) each item's number of instance layers. ``keep`` (if given) is asked
+    with each item's id and pixel hash (``embedding.image_hash``) whether to build its samples;
+    the images are hashed only then. ``items`` is read one at a time (each image decoded once)
+    and no item is kept: only the samples (input-size image or embedding, low-res masks) stay
+    in memory, not the full-resolution images and masks."""
+    from ..embedding import image_hash
     from ..training.data import Variant, prepare_sample
     from ..training.features import cache_embeddings
 
     img_size = int(model.image_encoder.img_size)
     low_res = int(model.prompt_encoder.mask_input_size[0])
-    from ..embedding import image_hash
-
     out = []
     for item in items:
-        if hashes is not None or skip_hashes is not None:
-            key = image_hash(item.image)
-            if hashes is not None:
-                hashes.add(key)
-            if skip_hashes is not None and key in skip_hashes:
-                if skipped is not None:
-                    skipped.append(item.image_id)
-                continue
+        if keep is not None and not keep(item.image_id, image_hash(item.image)):
+            continue
         if layers is not None:
             layers.append(int(item.layers.shape[0]))
         for v in (Variant(), Variant(flip=True))[: 2 if mirror else 1]:
@@ -331,8 +322,6 @@ def run(args: argparse.Namespace) -> int:
         val_coco = load_coco(args.val_data)
         val_source, val_ids = val_coco, coco_item_ids(val_coco, args.val_images)
         train_ids = ids
-        _check_disjoint(coco_items(coco, args.images, image_ids=train_ids),
-                        coco_items(val_coco, args.val_images, image_ids=val_ids))
     else:
         # Every k-th image is held out (spread over the dataset's order).
         n_val = int(round(len(ids) * args.val_fraction)) if len(ids) > 1 else 0
@@ -348,15 +337,56 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     kept: list[int] = []
     layers: list[int] = []
-    # The split holds out json records; the same picture listed twice (two ids) would be
-    # trained on and "held out" at once: such held-out images are left out, and said so.
-    train_hashes: set[str] | None = None if args.val_data else set()
+    # Each image is decoded once: its pixel hash (the held-out checks) is taken from the image
+    # its samples are built from.
+    train_keys: set[str] = set()
     leaked: list[str] = []
-    train = _samples(coco_items(coco, args.images, image_ids=train_ids,
-                                max_instances=MAX_INSTANCES), model, frozen,
-                     mirror=True, kept=kept, layers=layers, hashes=train_hashes)
-    val = _samples(coco_items(val_source, val_images, image_ids=val_ids), model, frozen,
-                   mirror=False, skip_hashes=train_hashes, skipped=leaked)
+
+    def train_items() -> Any:
+        return coco_items(coco, args.images, image_ids=train_ids, max_instances=MAX_INSTANCES)
+
+    def val_items() -> Any:
+        return coco_items(val_source, val_images, image_ids=val_ids)
+
+    if args.val_data:
+        # --val-data images that are also --data images (by their pixels) are refused. The
+        # held-out images are read first; once a training image is found among them the run
+        # will be refused, so the remaining training images are only hashed, not embedded.
+        held_out: list[tuple[str, str]] = []
+        held_keys: set[str] = set()
+        overlap: list[str] = []  # training images that are held-out images
+
+        def val_keep(item_id: str, key: str) -> bool:
+            held_out.append((item_id, key))
+            held_keys.add(key)
+            return True
+
+        def train_keep(item_id: str, key: str) -> bool:
+            train_keys.add(key)
+            if key in held_keys:
+                overlap.append(item_id)
+            return not overlap
+
+        val = _samples(val_items(), model, frozen, mirror=False, keep=val_keep)
+        train = _samples(train_items(), model, frozen, mirror=True, kept=kept, layers=layers,
+                         keep=train_keep)
+        _check_disjoint(train_keys, held_out)
+    else:
+        # The split holds out json records; the same picture listed twice (two ids) would be
+        # trained on and "held out" at once: such held-out images are left out, and said so.
+        def train_keep(item_id: str, key: str) -> bool:
+            train_keys.add(key)
+            return True
+
+        def val_keep(item_id: str, key: str) -> bool:
+            if key in train_keys:
+                leaked.append(item_id)
+                return False
+            return True
+
+        train = _samples(train_items(), model, frozen, mirror=True, kept=kept, layers=layers,
+                         keep=train_keep)
+        val = _samples(val_items(), model, frozen, mirror=False, keep=val_keep)
     if leaked:
         print(f"{len(leaked)} held-out image(s) are also training images under another id "
               f"(e.g. {', '.join(leaked[:3])}); they are left out of the held-out mIoU")

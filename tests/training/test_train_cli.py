@@ -219,3 +219,54 @@ def test_a_picture_listed_twice_is_not_held_out_and_trained_on(tmp_path, capsys)
     argv[argv.index("--steps") + 1] = "2"
     assert main(argv) == 0
     assert "already holds 3 trained steps, more than --steps 2" in capsys.readouterr().out
+
+
+def _counting_loads(monkeypatch) -> dict[str, int]:
+    """Counts image decodes by file name (coco_items reads every image through load_image)."""
+    import composer.io.image as image_io
+
+    real, counts = image_io.load_image, {}
+
+    def load_image(path):
+        counts[Path(path).name] = counts.get(Path(path).name, 0) + 1
+        return real(path)
+
+    monkeypatch.setattr(image_io, "load_image", load_image)
+    return counts
+
+
+@pytest.mark.parametrize("held_out", ["val-data", "val-fraction", "overlap"])
+def test_train_decodes_each_image_once(tmp_path, capsys, monkeypatch, held_out) -> None:
+    """The --val-data duplicate check read every training and held-out image, then the samples
+    read them all again; the --val-fraction split must not either. With an overlap the error
+    is the same as before."""
+    ann, images = _coco_dataset(tmp_path / "train", n=4)
+    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--random-init", "--out", str(tmp_path / "run"), "--steps", "1",
+            "--masks-per-image", "1", "--corrective", "0"]
+    val_dir = tmp_path / "val"
+    val_dir.mkdir()
+    doc = json.loads(ann.read_text())
+    for im in doc["images"]:  # other pixels (or, for "overlap", image 3's) under other names
+        pixels = np.array(Image.open(images / im["file_name"]))
+        if not (held_out == "overlap" and im["id"] == 3):
+            pixels[0, 0] = 255 - pixels[0, 0]
+        im["file_name"] = f"v{im['file_name']}"
+        Image.fromarray(pixels).save(val_dir / im["file_name"])
+    (tmp_path / "val.json").write_text(json.dumps(doc))
+    if held_out == "val-fraction":
+        argv += ["--val-fraction", "0.5"]
+    else:
+        argv += ["--val-data", str(tmp_path / "val.json"), "--val-images", str(val_dir)]
+    counts = _counting_loads(monkeypatch)
+    if held_out == "overlap":
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "1 of the 4 --val-data images are also in --data (e.g. coco/3)" in err
+    else:
+        assert main(argv) == 0
+        assert ("2" if held_out == "val-fraction" else "4") + " held out" in capsys.readouterr().out
+    expected = {f"{i:03d}.png" for i in range(4)}
+    if held_out != "val-fraction":
+        expected |= {f"v{i:03d}.png" for i in range(4)}
+    assert counts == dict.fromkeys(expected, 1)
