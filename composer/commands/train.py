@@ -14,7 +14,8 @@ it is reported before and after training.
 Writes to ``--out``: ``last.pt`` (resumable training state; re-running the same command
 continues from it), ``model.pt`` (the trained model's state dict, loadable with
 ``--checkpoint out/model.pt`` by every other command), ``run.json`` (the settings a rerun must
-share to resume) and ``train_report.json``.
+share to resume) and ``train_report.json`` (with the images left out as unusable, each with
+its reason, under ``failures``).
 """
 
 from __future__ import annotations
@@ -341,12 +342,18 @@ def run(args: argparse.Namespace) -> int:
     # its samples are built from.
     train_keys: set[str] = set()
     leaked: list[str] = []
+    # An unusable image (missing or unreadable file, a record or annotation that cannot be
+    # read, a box-only annotation) is left out and named, as eval does: the run trains on
+    # the others instead of stopping at it after embedding the images before it.
+    failed: list[tuple[str, str]] = []
+    val_failed: list[tuple[str, str]] = []
 
     def train_items() -> Any:
-        return coco_items(coco, args.images, image_ids=train_ids, max_instances=MAX_INSTANCES)
+        return coco_items(coco, args.images, image_ids=train_ids, max_instances=MAX_INSTANCES,
+                          failures=failed)
 
     def val_items() -> Any:
-        return coco_items(val_source, val_images, image_ids=val_ids)
+        return coco_items(val_source, val_images, image_ids=val_ids, failures=val_failed)
 
     if args.val_data:
         # --val-data images that are also --data images (by their pixels) are refused. The
@@ -390,7 +397,18 @@ def run(args: argparse.Namespace) -> int:
     if leaked:
         print(f"{len(leaked)} held-out image(s) are also training images under another id "
               f"(e.g. {', '.join(leaked[:3])}); they are left out of the held-out mIoU")
-    capped = _capped_instances(coco, train_ids)
+    n_train = len(train_ids) - len(failed)
+    n_val = len(val_ids) - len(leaked) - len(val_failed)
+    if failed or val_failed:
+        print(f"{len(failed)} training and {len(val_failed)} held-out image(s) could not be "
+              "used and are left out (all listed in train_report.json), e.g.:")
+        for _, message in (failed[:3] + val_failed[:3])[:3]:
+            print(f"  {message}")
+    if not n_train:
+        raise ValueError(f"none of the {len(train_ids)} training images could be used (e.g. "
+                         f"{failed[0][1]})")
+    failed_ids = {int(item_id.split("/", 1)[1]) for item_id, _ in failed}
+    capped = _capped_instances(coco, [iid for iid in train_ids if iid not in failed_ids])
     if capped:
         print(f"{capped} training mask(s) beyond the {MAX_INSTANCES} largest of their image are "
               "not used")
@@ -402,8 +420,8 @@ def run(args: argparse.Namespace) -> int:
     if not train:
         raise ValueError(f"no usable training mask (a mask must cover {size_rule})")
     print(
-        f"model {args.model} from {start}; {len(train_ids)} training images ({len(train)} "
-        f"samples), {len(val_ids) - len(leaked)} held out; embedded in {time.perf_counter() - t0:.1f} s"
+        f"model {args.model} from {start}; {n_train} training images ({len(train)} "
+        f"samples), {n_val} held out; embedded in {time.perf_counter() - t0:.1f} s"
     )
     n_masks = sum(layers)
     if sum(kept) < n_masks:
@@ -446,9 +464,9 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "model": args.model,
         "start_weights": str(start),
-        "train_images": len(train_ids),
+        "train_images": n_train,
         "train_samples": len(train),
-        "val_images": len(val_ids) - len(leaked),
+        "val_images": n_val,
         "steps": trainer.step,
         "seconds": trainer.elapsed,
         "final_loss": sum(h["loss"] for h in tail) / max(len(tail), 1),
@@ -457,6 +475,11 @@ def run(args: argparse.Namespace) -> int:
         "val_oracle_miou_before": None if before is None else before.miou_oracle,
         "val_oracle_miou_after": None if after is None else after.miou_oracle,
         "weights": str(weights),
+        "failures": [
+            {"image_id": item_id, "held_out": held, "error": message}
+            for held, group in ((False, failed), (True, val_failed))
+            for item_id, message in group
+        ],
     }
     (out / "train_report.json").write_text(json.dumps(report, indent=2))
     print(

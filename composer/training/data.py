@@ -156,18 +156,21 @@ def coco_items(
     min_area: float = 0.0,
     max_instances: int = 64,
     image_ids: Sequence[int] | None = None,
+    failures: list[tuple[str, str]] | None = None,
 ) -> Iterator[SegmentationItem]:
     """Items of a COCO/LVIS json (path or loaded ``COCO``): one binary layer per non-crowd
     instance (largest first).
 
     ``image_ids`` restricts (and orders) the images, e.g. :func:`coco_subset_split`.
+    ``failures``: if given, an unusable image (see Raises) is appended to it as (item id,
+    message) and skipped, and the items of the other images still come; if None it raises.
 
     Raises:
         ValueError: the json or the image folder is missing or malformed, or one image is
             unusable: an image record without a usable ``height``/``width``/``file_name``, an
-            annotation with a missing or undecodable ``segmentation`` or a non-numeric
-            ``area``, an image file that is missing or unreadable, or one whose size differs
-            from its record's. The message names the image (and the annotation).
+            annotation with a missing or undecodable ``segmentation`` (a box-only one) or a
+            non-numeric ``area``, an image file that is missing or unreadable, or one whose
+            size differs from its record's. The message names the image (and the annotation).
     """
     from pycocotools import mask as mask_utils
 
@@ -211,7 +214,11 @@ def coco_items(
         except (ValueError, TypeError, KeyError) as exc:
             where = what if ann_id is None else f"{what}, annotation {ann_id}"
             detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc).strip()
-            raise ValueError(f"{where}: {detail or type(exc).__name__}") from None
+            message = f"{where}: {detail or type(exc).__name__}"
+            if failures is None:
+                raise ValueError(message) from None
+            failures.append((f"coco/{image_id}", message))
+            continue
         yield SegmentationItem(f"coco/{image_id}", image, layers)
 
 

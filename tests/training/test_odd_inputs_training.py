@@ -73,13 +73,50 @@ def test_coco_items_check_the_image_file_and_need_no_bbox(tmp_path) -> None:
 
 
 def test_train_command_reports_a_bad_record_without_a_traceback(tmp_path, capsys) -> None:
+    """Every image unusable: a one-line error naming one of them."""
     ann, images = _coco_dataset(tmp_path, n=2)
-    _edit(ann, lambda d: d["images"][1].pop("width"))
+    _edit(ann, lambda d: [im.pop("width") for im in d["images"]])
     argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
             "--random-init", "--out", str(tmp_path / "o"), "--steps", "1"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "COCO image 2 (001.png): no 'width'" in err and len(err.strip().splitlines()) == 1
+    assert "none of the 2 training images could be used (e.g. COCO image 1 (000.png): no " \
+        "'width')" in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_command_leaves_out_unusable_images_and_names_them(tmp_path, capsys) -> None:
+    """A record without a size, a file missing on disk, a box-only annotation (no
+    segmentation): the run stopped at the first such image with an error, after embedding the
+    images before it; now each is left out, named, and listed in train_report.json, as eval
+    lists the images it cannot read. An image that a bad record hides from the held-out set
+    is not counted as held out."""
+    ann, images = _coco_dataset(tmp_path, n=6)
+
+    def change(d) -> None:
+        d["images"][1].pop("width")  # image 2
+        (images / d["images"][3]["file_name"]).unlink()  # image 4: held out below
+        d["annotations"].append({**d["annotations"][-1], "id": 99, "image_id": 5})
+        d["annotations"][-1].pop("segmentation")  # image 5: a box-only annotation
+
+    _edit(ann, change)
+    out = tmp_path / "o"
+    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--random-init", "--out", str(out), "--steps", "1", "--masks-per-image", "1",
+            "--corrective", "0", "--val-fraction", "0.34"]  # holds out images 1 and 4
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "2 training and 1 held-out image(s) could not be used" in text
+    assert "COCO image 2 (001.png): no 'width'" in text
+    assert "2 training images (4 samples), 1 held out" in text
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["train_images"] == 2 and report["val_images"] == 1
+    failures = {f["image_id"]: f for f in report["failures"]}
+    assert sorted(failures) == ["coco/2", "coco/4", "coco/5"]
+    assert failures["coco/4"]["held_out"] and "image file not found" in failures["coco/4"]["error"]
+    assert failures["coco/5"]["error"] == "COCO image 5 (004.png), annotation 99: no segmentation"
+    # the library reader still raises without a failures list
+    with pytest.raises(ValueError, match=r"COCO image 2 \(001\.png\): no 'width'"):
+        list(coco_items(ann, images))
 
 
 def test_a_one_pixel_high_image_prepares() -> None:
