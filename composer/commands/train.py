@@ -167,7 +167,8 @@ def _samples(
 ) -> list[Any]:
     """PreparedSamples (identity, + mirror) with cached embeddings when the encoder is frozen;
     ``kept`` (if given) gets the number of masks of each item's unmirrored sample appended,
-    ``layers`` (if given) each item's number of instance layers. ``keep`` (if given) is asked
+    ``layers`` (if given) each item's number of instance masks (its layers' labels, 1..k in
+    each layer: coco_items' packed layers). ``keep`` (if given) is asked
     with each item's id and pixel hash (``embedding.image_hash``) whether to build its samples;
     the images are hashed only then. ``items`` is read one at a time (each image decoded once)
     and no item is kept: only the samples (input-size image or embedding, low-res masks) stay
@@ -183,7 +184,7 @@ def _samples(
         if keep is not None and not keep(item.image_id, image_hash(item.image)):
             continue
         if layers is not None:
-            layers.append(int(item.layers.shape[0]))
+            layers.append(sum(int(layer.max()) for layer in item.layers))
         for v in (Variant(), Variant(flip=True))[: 2 if mirror else 1]:
             s = prepare_sample(item, v, img_size, low_res, min_area=MIN_MASK_PIXELS)
             if kept is not None and not v.flip:
@@ -350,10 +351,11 @@ def run(args: argparse.Namespace) -> int:
 
     def train_items() -> Any:
         return coco_items(coco, args.images, image_ids=train_ids, max_instances=MAX_INSTANCES,
-                          failures=failed)
+                          failures=failed, pack_layers=True)
 
     def val_items() -> Any:
-        return coco_items(val_source, val_images, image_ids=val_ids, failures=val_failed)
+        return coco_items(val_source, val_images, image_ids=val_ids, failures=val_failed,
+                          pack_layers=True)
 
     if args.val_data:
         # --val-data images that are also --data images (by their pixels) are refused. The
