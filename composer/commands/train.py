@@ -141,6 +141,15 @@ def build_model(name: str, checkpoint: str | None, random_init: bool) -> tuple[A
     return build_sam(name, checkpoint=checkpoint), checkpoint or "random"
 
 
+def _say_unannotated(path: str, coco: Any, ids: list[int]) -> None:
+    """Say how many images of the json ``path`` are not used: those without a non-crowd
+    instance (``ids`` are the others). They were left out without a word."""
+    n = len(coco.dataset["images"])
+    if len(ids) < n:
+        print(f"{n - len(ids)} of the {n} images of {path} have no non-crowd instance (no "
+              "annotation, or crowd regions only) and are not used")
+
+
 def _check_disjoint(train_keys: set[str], held_out: list[tuple[str, str]]) -> None:
     """Refuse held-out images that are also training images (by their pixels, whatever their
     file names or ids): the mIoU reported as held-out would be measured on trained images.
@@ -317,12 +326,15 @@ def run(args: argparse.Namespace) -> int:
     # The images are listed from the json, and read, one at a time, only to build their
     # samples: the whole dataset at full resolution never sits in memory.
     coco = load_coco(args.data)
-    ids = coco_item_ids(coco, args.images)[: args.max_images]
+    ids = coco_item_ids(coco, args.images)
     if not ids:
         raise ValueError(f"{args.data} has no image with a non-crowd instance")
+    _say_unannotated(args.data, coco, ids)
+    ids = ids[: args.max_images]
     if args.val_data:
         val_coco = load_coco(args.val_data)
         val_source, val_ids = val_coco, coco_item_ids(val_coco, args.val_images)
+        _say_unannotated(args.val_data, val_coco, val_ids)
         train_ids = ids
     else:
         # Every k-th image is held out (spread over the dataset's order).

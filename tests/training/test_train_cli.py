@@ -270,3 +270,23 @@ def test_train_decodes_each_image_once(tmp_path, capsys, monkeypatch, held_out) 
     if held_out != "val-fraction":
         expected |= {f"v{i:03d}.png" for i in range(4)}
     assert counts == dict.fromkeys(expected, 1)
+
+
+def test_train_says_how_many_listed_images_have_no_instance(tmp_path, capsys) -> None:
+    """Images without annotations, or with crowd regions only, were dropped without a word:
+    the count of training images was all that showed it."""
+    ann, images = _coco_dataset(tmp_path, n=4)
+    doc = json.loads(ann.read_text())
+    doc["images"].append({"id": 50, "file_name": "000.png", "height": 96, "width": 96})
+    for a in doc["annotations"]:
+        if a["image_id"] == 2:
+            a["iscrowd"] = 1
+    ann.write_text(json.dumps(doc))
+    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--random-init", "--out", str(tmp_path / "run"), "--steps", "1",
+            "--masks-per-image", "1", "--corrective", "0", "--val-fraction", "0",
+            "--max-images", "2"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert f"2 of the 5 images of {ann} have no non-crowd instance" in text
+    assert "2 training images" in text
