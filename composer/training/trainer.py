@@ -608,8 +608,8 @@ class Trainer:
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)
             self.load_state_dict(state)
-        except (RuntimeError, KeyError, ValueError, TypeError, EOFError,
-                pickle.UnpicklingError) as exc:
+        except (RuntimeError, KeyError, ValueError, TypeError, EOFError, OSError,
+                pickle.UnpicklingError) as exc:  # OSError: torch.load of some cut-off files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(
                 f"{file} is not a training state of this model ({first}); use a fresh "

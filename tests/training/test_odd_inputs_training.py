@@ -284,6 +284,20 @@ def test_resume_refuses_a_folder_named_like_the_checkpoint(tmp_path) -> None:
         t.resume()
 
 
+@pytest.mark.parametrize("keep", [10_000, 300_000])
+def test_resume_names_a_cut_off_checkpoint(tmp_path, keep) -> None:
+    """A last.pt cut short (a full disk, a copy interrupted) ended the train command with
+    "error: [Errno 22] Invalid argument" (torch.load's OSError for some lengths), naming no
+    file."""
+    t = _tiny(tmp_path, steps=2, checkpoint_every=2)
+    t.fit()
+    data = (tmp_path / "last.pt").read_bytes()
+    assert len(data) > keep
+    (tmp_path / "last.pt").write_bytes(data[:keep])
+    with pytest.raises(ValueError, match=r"last\.pt is not a training state of this model"):
+        _tiny(tmp_path).resume()
+
+
 # --------------------------------------------------------------------------- the CLI
 def test_train_command_nan_loss_exits_2_and_keeps_last_pt(tmp_path, capsys, monkeypatch) -> None:
     ann, images = _coco_dataset(tmp_path, n=3)
