@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cli import check_out_dir, check_same_run, file_digest, one_line_errors  # noqa: E402
-from train_default import CACHE_LOW_RES, CACHE_NAME, evaluate  # noqa: E402
+from train_default import CACHE_LOW_RES, cache_name, evaluate  # noqa: E402
 
 from composer.automatic import AmgConfig  # noqa: E402
 from composer.sam.composer_tiny import (  # noqa: E402
@@ -216,9 +216,10 @@ def main(argv: list[str] | None = None) -> None:
 
     low = ComposerTinyConfig().low_res_size
     model = build_composer_tiny(checkpoint=str(args.weights))
+    # caches named by the backbone: a fine-tuned one's features are not the ImageNet one's
     human = cached_samples(
         model,
-        CACHE_NAME,
+        cache_name(model),
         bsds_items(("train", "val"), exclude=evaluation_bsds_ids()),
         4,
         low,
@@ -226,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     digest = annotations_digest(auto_json)
     pseudo = cached_samples(
-        model, f"engine-{digest}", coco_items(auto_json, images), 2, low, min_area=50
+        model, cache_name(model, f"engine-{digest}"), coco_items(auto_json, images), 2, low,
+        min_area=50,
     )
     logging.info("human samples %d, automatic samples %d", len(human), len(pseudo))
     if not pseudo:

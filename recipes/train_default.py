@@ -51,7 +51,8 @@ run, 38 min) was worse on both sets (GrabCut 0.554, Berkeley 0.587 at one click)
 Stages (each resumes where it stopped; interrupting is normal):
   1. feature cache: frozen EfficientNet-Lite0 (ImageNet) features of every training image x 4
      augmentation variants (identity, mirror, 2 random crops with flip/colour jitter) and of
-     200 synthetic warm-up images -> ~/.cache/sam-composer/train_features (outside the repo);
+     200 synthetic warm-up images -> ~/.cache/sam-composer/train_features (outside the repo;
+     an --init with a fine-tuned backbone gets a cache of its own, named by that backbone);
   2. training (composer.training.Trainer): neck + prompt encoder + mask decoder; per step one
      image and up to 16 of its masks, each through SAM's simulated session (a point or a
      jittered box, one corrective point from the error region, a round with no new point, the
@@ -202,6 +203,21 @@ CACHE_NAME = "efficientnet_lite0-512-128"
 CACHE_LOW_RES = 128  # stored label layers; subsampled to the model's low-res side on load
 
 
+def cache_name(model: torch.nn.Module, base: str = CACHE_NAME) -> str:
+    """The feature cache folder of ``model``'s backbone: ``base`` for the pip package's
+    ImageNet backbone (every stage of this recipe, the packaged weights), else ``base`` plus a
+    fingerprint of the backbone's weights. A cache holds one backbone's features: weights with
+    a fine-tuned backbone (``sam-composer train --train-encoder``, as --init here or the data
+    engine's --weights) were trained on the ImageNet backbone's cached features, not their own.
+    """
+    from composer.predictor import weights_fingerprint
+    from composer.sam.composer_tiny import backbone_is_imagenet
+
+    if backbone_is_imagenet(model):
+        return base
+    return f"{base}-backbone-{weights_fingerprint(model.image_encoder.backbone)}"
+
+
 def build_cache(args: argparse.Namespace, model: torch.nn.Module) -> dict[str, list[Path]]:
     """Cache the backbone features; returns image id -> its variants' cache entries."""
     from tqdm import tqdm
@@ -213,7 +229,7 @@ def build_cache(args: argparse.Namespace, model: torch.nn.Module) -> dict[str, l
         len(items),
         len(exclude),
     )
-    cache = FeatureCache(CACHE_NAME)
+    cache = FeatureCache(cache_name(model))
     bar = tqdm(total=len(items), desc="feature cache", unit="img")
 
     def variants(item):
@@ -308,7 +324,7 @@ def split_holdout(
 def train(
     args: argparse.Namespace, model: torch.nn.Module, items_paths: dict[str, list[Path]]
 ) -> None:
-    cache = FeatureCache(CACHE_NAME)
+    cache = FeatureCache(cache_name(model))
     train_paths, val_paths = split_holdout(items_paths, args.holdout)
     low = ComposerTinyConfig().low_res_size
     samples = cache.load_all(train_paths, min_area=args.min_area, low_res=low)

@@ -346,7 +346,7 @@ def export_fp16(
             dropped for the ImageNet one).
     """
     if include_backbone is None:
-        include_backbone = not _backbone_is_imagenet(model)
+        include_backbone = not backbone_is_imagenet(model)
     state = {
         k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).cpu().clone()
         for k, v in model.state_dict().items()
@@ -360,8 +360,9 @@ def export_fp16(
     return out
 
 
-def _backbone_is_imagenet(model: Sam) -> bool:
-    """Whether ``model``'s backbone holds the pip package's ImageNet weights (in its dtype)."""
+def backbone_is_imagenet(model: Sam) -> bool:
+    """Whether ``model``'s backbone holds the pip package's ImageNet weights (in its dtype):
+    not a fine-tuned one (e.g. ``sam-composer train --train-encoder``)."""
     backbone: Any = model.image_encoder.backbone
     reference = copy.deepcopy(backbone).float().cpu()
     reference.load_pretrained()

@@ -137,17 +137,43 @@ def test_data_engine_hashes_the_start_weights_once(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(engine, "automatic_stage", lambda args, images: auto)
     monkeypatch.setattr(engine, "evaluation_bsds_ids", lambda: set())
     monkeypatch.setattr(engine, "build_composer_tiny", lambda checkpoint=None: torch.nn.Linear(1, 1))
-    monkeypatch.setattr(
-        engine, "cached_samples",
-        lambda model, name, items, n, low, min_area: [SimpleNamespace(image_id=name)],
-    )
+    caches: list[str] = []
+
+    def cached_samples(model, name, items, n, low, min_area):
+        caches.append(name)
+        return [SimpleNamespace(image_id=name)]
+
+    monkeypatch.setattr(engine, "cached_samples", cached_samples)
+    # the caches are named by the model's backbone (here a stand-in's)
+    monkeypatch.setattr(engine, "cache_name", lambda model, base="human": f"{base}-B")
     monkeypatch.setattr(engine, "evaluate", lambda model, out: {"GrabCut": clicks, "Berkeley": clicks})
     monkeypatch.setattr(engine, "Trainer", DoneTrainer)
     work = tmp_path / "work"
     engine.main(["--weights", str(weights), "--work-dir", str(work), "--images", str(tmp_path)])
     assert hashed == [str(weights)]
+    assert caches == ["human-B", f"engine-{engine.annotations_digest(auto)}-B"]
     digest = real_digest(weights)
     for tag in ("control_human_only", "engine_human_plus_automatic"):
         settings = json.loads((work / tag / "run_settings.json").read_text())
         assert settings["weights_sha256"] == digest
     capsys.readouterr()
+
+
+def test_feature_caches_are_named_by_the_backbone() -> None:
+    """The cache holds frozen-backbone features under one fixed name: weights with a
+    fine-tuned backbone (train --train-encoder), as --init or the data engine's --weights,
+    were trained on the ImageNet backbone's cached features instead of their own."""
+    import torch
+
+    from composer.sam.composer_tiny import build_composer_tiny
+
+    recipe = load_recipe("train_default")
+    model = build_composer_tiny(checkpoint=None, pretrained_backbone=True)
+    assert recipe.cache_name(model) == recipe.CACHE_NAME
+    assert recipe.cache_name(model, "engine-abc") == "engine-abc"
+    with torch.no_grad():
+        for p in model.image_encoder.backbone.parameters():
+            p.mul_(1.01)  # a fine-tuned backbone
+    name = recipe.cache_name(model)
+    assert name.startswith(f"{recipe.CACHE_NAME}-backbone-") and recipe.cache_name(model) == name
+    assert recipe.cache_name(model, "engine-abc") == f"engine-abc{name[len(recipe.CACHE_NAME):]}"
