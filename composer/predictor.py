@@ -333,8 +333,22 @@ class SamPredictor(PromptableSegmenter):
         min_iou: float | None = None,
     ) -> MaskLogits:
         """Prompt encoder + mask decoder for prompts already in the model input frame: points
-        ((N, K, 2) XY, (N, K) labels), boxes (N, 4) XYXY, masks (N, 1, h, w) low-res logits."""
+        ((N, K, 2) XY, (N, K) labels), boxes (N, 4) XYXY, masks (N, 1, h, w) low-res logits.
+
+        Raises:
+            ValueError: ``embedding``'s feature grid or ``pad_size`` are not this model's (an
+                embedding built by hand under this model's id).
+        """
         dev = self.device
+        image_pe = self.model.prompt_encoder.get_dense_pe()
+        # the decoder adds the dense prompt embedding (of the pe's grid) to the features: the
+        # grids must agree (the channels need not: a decoder may project them first)
+        if embedding.features.shape[-2:] != image_pe.shape[-2:] or embedding.pad_size != self.img_size:
+            raise ValueError(
+                f"embedding features {tuple(embedding.features.shape)} with pad_size "
+                f"{embedding.pad_size} do not fit this model, which decodes features of a "
+                f"{tuple(image_pe.shape[-2:])} grid over a {self.img_size} input"
+            )
         if points is not None:
             points = (points[0].to(dev, torch.float32), points[1].to(dev, torch.int))
         if boxes is not None:
@@ -347,7 +361,7 @@ class SamPredictor(PromptableSegmenter):
             image_embeddings=embedding.features.to(
                 dev, weight_dtype(self.model.mask_decoder)
             ),
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            image_pe=image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
@@ -424,7 +438,8 @@ class SamPredictor(PromptableSegmenter):
 
         Raises:
             ValueError: the tensor is not (1, 3, h, w) with longest side ``img_size``, or
-                ``original_image_size`` is not two positive sizes.
+                ``original_image_size`` is not two positive sizes of which the tensor is a
+                resize (see :class:`~composer.embedding.ImageEmbedding`).
         """
         self._embedding = None
         shape = tuple(transformed_image.shape)

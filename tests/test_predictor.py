@@ -196,3 +196,18 @@ def test_the_official_predictor_runs_box_prompts_on_our_model(image):
     b = ours.transform.apply_boxes_torch(torch.as_tensor(box[None], dtype=torch.float32),
                                          image.shape[:2])[:, None]
     assert ours.predict_torch(None, None, boxes=b)[0].shape[:2] == (1, 3)
+
+
+def test_an_embedding_that_does_not_fit_the_model_is_refused(model, image):
+    """An embedding built by hand under the model's id, with another feature grid or padded
+    input side, failed deep inside the decoder (or decoded with the wrong geometry)."""
+    import dataclasses
+
+    pred = SamPredictor(model)
+    emb = pred.embed(image)
+    wrong_grid = dataclasses.replace(emb, features=torch.zeros(1, emb.features.shape[1], 8, 8))
+    with pytest.raises(ValueError, match=r"features \(1, 64, 8, 8\) with pad_size 256 do not fit"):
+        pred.predict(wrong_grid, points=[[80, 60]])
+    with pytest.raises(ValueError, match=r"pad_size 512 do not fit .* \(16, 16\) grid over a 256 input"):
+        pred.predict(dataclasses.replace(emb, pad_size=512), points=[[80, 60]])
+    assert len(pred.predict(emb, points=[[80, 60]])) == 3
