@@ -427,7 +427,9 @@ class AutomaticMaskGenerator:
             fbox = (int(round(x0 * fw / w)), int(round(y0 * fh / h)),
                     min(fw, int(round(x1 * fw / w))), min(fh, int(round(y1 * fh / h))))
             emb = self._embed(full, fbox)
-            return dataclasses.replace(emb, original_size=(y1 - y0, x1 - x0))
+            # in the scaled image's frame: its size, and its box there (fbox is the full's)
+            small: CropBox | None = None if (x0, y0, x1, y1) == (0, 0, w, h) else (x0, y0, x1, y1)
+            return dataclasses.replace(emb, original_size=(y1 - y0, x1 - x0), crop_box=small)
         height, width = image.shape[:2]
         box = None if tuple(crop_box) == (0, 0, width, height) else tuple(crop_box)
         if self.cache is not None:

@@ -7,11 +7,12 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,15 +32,25 @@ CropBox = tuple[int, int, int, int]
 class ImageEmbedding:
     """The encoder output of one image (or one crop of it).
 
+    Frozen, and checked on construction (the checks below raise ``TypeError`` or
+    ``ValueError`` naming the value). ``extras`` is kept as a read-only mapping; the tensors
+    themselves cannot be made read-only, so an embedding that an :class:`EmbeddingCache` hands
+    out is the caller's own copy (see :meth:`clone`).
+
     Attributes:
-        features: (1, C, h, w) float32 image embedding (for SAM: (1, 256, 64, 64)).
-        original_size: (H, W) of the image (or crop) that was embedded, in pixels.
+        features: (1, C, h, w) floating-point image embedding, all finite (for SAM:
+            (1, 256, 64, 64) float32).
+        original_size: (H, W) of the image (or crop) that was embedded, in pixels; positive ints.
         input_size: (h, w) of the image after resizing its longest side to ``pad_size``,
-            before padding; the valid region of the padded input.
-        pad_size: side of the square, padded encoder input (1024 for SAM).
+            before padding; the valid region of the padded input. Positive ints, at most
+            ``pad_size``, and ``original_size`` scaled by one factor (to within a pixel of
+            rounding on either side).
+        pad_size: side of the square, padded encoder input (1024 for SAM); a positive int.
         model_id: id of the model that produced the embedding; decoding with another model
             raises ``ValueError``.
-        crop_box: optional XYXY box (x0, y0, x1, y1) of the crop in the full image's pixels.
+        crop_box: optional XYXY int box (x0, y0, x1, y1) of the crop in the full image's
+            pixels (x1, y1 exclusive); its size is ``original_size``. Fractional values are
+            refused (:func:`as_crop_box`).
         extras: further named tensors a backend needs (multi-scale features, the image itself).
     """
 
@@ -50,6 +61,55 @@ class ImageEmbedding:
     model_id: str
     crop_box: CropBox | None = None
     extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        feats = self.features
+        if not isinstance(feats, torch.Tensor):
+            raise TypeError(f"features must be a torch.Tensor, got {type(feats).__name__}")
+        if feats.ndim != 4 or feats.shape[0] != 1 or 0 in feats.shape:
+            raise ValueError(f"features must be (1, C, h, w) with C, h, w > 0, got {tuple(feats.shape)}")
+        if not feats.is_floating_point():
+            raise ValueError(f"features must be floating point, got {feats.dtype}")
+        if not _all_finite(feats):
+            raise ValueError("features hold NaN or infinite values")
+        original = _size_pair(self.original_size, "original_size")
+        inp = _size_pair(self.input_size, "input_size")
+        pad = _int_value(self.pad_size, "pad_size")
+        if pad <= 0:
+            raise ValueError(f"pad_size must be a positive int, got {self.pad_size!r}")
+        if max(inp) > pad:
+            raise ValueError(f"input_size {inp} does not fit in the padded {pad}x{pad} input")
+        if not _one_scale(original, inp):
+            raise ValueError(f"input_size {inp} is not original_size {original} resized by one factor")
+        if not isinstance(self.model_id, str):
+            raise TypeError(f"model_id must be a str, got {self.model_id!r}")
+        if not self.model_id:
+            raise ValueError("model_id must not be empty")
+        box = None if self.crop_box is None else as_crop_box(self.crop_box)
+        if box is not None and (box[3] - box[1], box[2] - box[0]) != original:
+            raise ValueError(f"crop_box {box} is {box[2] - box[0]}x{box[3] - box[1]} pixels, "
+                             f"but original_size is {original} (H, W)")
+        if not isinstance(self.extras, Mapping):
+            raise TypeError(f"extras must be a mapping of names to tensors, got {type(self.extras).__name__}")
+        for k, v in self.extras.items():
+            if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+                raise TypeError(f"extras must map str names to tensors; {k!r} holds {type(v).__name__}")
+        object.__setattr__(self, "original_size", original)
+        object.__setattr__(self, "input_size", inp)
+        object.__setattr__(self, "pad_size", pad)
+        object.__setattr__(self, "crop_box", box)
+        if not isinstance(self.extras, _Extras):
+            object.__setattr__(self, "extras", _Extras(self.extras))
+
+    def clone(self) -> ImageEmbedding:
+        """A copy with its own tensors (``Tensor.clone``): in-place changes to either side do
+        not reach the other. The checks are not run again."""
+        out = object.__new__(ImageEmbedding)
+        for f in dataclasses.fields(self):
+            object.__setattr__(out, f.name, getattr(self, f.name))
+        object.__setattr__(out, "features", self.features.clone())
+        object.__setattr__(out, "extras", _Extras({k: v.clone() for k, v in self.extras.items()}))
+        return out
 
     def __repr__(self) -> str:
         # shapes, not the tensors (nor the image in extras)
@@ -83,11 +143,51 @@ def image_hash(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def crop_image(image: np.ndarray, crop_box: CropBox) -> np.ndarray:
-    x0, y0, x1, y1 = (int(v) for v in crop_box)
+def as_crop_box(crop_box: Any) -> CropBox:
+    """``crop_box`` as an XYXY tuple of four Python ints (x0, y0, x1, y1), x1 > x0 >= 0 and
+    y1 > y0 >= 0 (x1, y1 exclusive).
+
+    Integral floats (``10.0``) and numpy integers are accepted; fractional values are refused
+    rather than truncated (a crop is a whole number of pixels: round the box yourself, in the
+    direction you mean).
+
+    Raises:
+        ValueError: not four finite numbers, a fractional or boolean value, or an empty or
+            negative box.
+    """
+    if isinstance(crop_box, torch.Tensor):
+        crop_box = crop_box.tolist()
+    try:
+        nums = [] if isinstance(crop_box, (str, bytes)) else list(
+            np.asarray(crop_box, dtype=object).reshape(-1))
+    except (TypeError, ValueError):  # ragged or not a sequence
+        nums = []
+    if len(nums) != 4 or not all(_is_number(v) and math.isfinite(v) for v in nums):
+        raise ValueError(f"crop_box must be 4 finite XYXY numbers, got {crop_box!r}")
+    if any(float(v) != int(v) for v in nums):
+        raise ValueError(f"crop_box must be whole pixels, got {tuple(float(v) for v in nums)}; "
+                         "round it first (the crop is not truncated for you)")
+    x0, y0, x1, y1 = (int(v) for v in nums)
+    if not (0 <= x0 < x1 and 0 <= y0 < y1):
+        raise ValueError(f"crop_box must have 0 <= x0 < x1 and 0 <= y0 < y1, got {(x0, y0, x1, y1)}")
+    return (x0, y0, x1, y1)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def crop_image(image: np.ndarray, crop_box: Any) -> np.ndarray:
+    """The ``crop_box`` (XYXY whole pixels, see :func:`as_crop_box`) of an (H, W, ...) image,
+    a view.
+
+    Raises:
+        ValueError: a malformed box, or one not inside the image.
+    """
+    x0, y0, x1, y1 = as_crop_box(crop_box)
     h, w = image.shape[:2]
-    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
-        raise ValueError(f"crop_box {crop_box} is not inside the {w}x{h} image")
+    if not (x1 <= w and y1 <= h):
+        raise ValueError(f"crop_box {(x0, y0, x1, y1)} is not inside the {w}x{h} image")
     return image[y0:y1, x0:x1]
 
 
@@ -95,10 +195,13 @@ class EmbeddingCache:
     """Shared embedding store keyed by (model id, pixel-content hash, crop box).
 
     A memory LRU bounded by ``max_bytes`` and an optional disk tier (``disk_dir``) that stores
-    tensors as ``.npz`` without pickle, next to a JSON header with a sha256 checksum; a corrupt
-    disk entry is logged and recomputed. Counters: ``hits`` (memory or disk), ``misses``,
-    ``encoder_calls`` and ``disk_hits``. Safe to share across threads: threads that ask for the
-    same image at once share one encoder pass (the others wait for it and count as hits).
+    tensors as ``.npz`` without pickle, next to a JSON header with a sha256 checksum of the
+    tensors and the header's fields; a corrupt disk entry (damaged, of another key, or failing
+    the :class:`ImageEmbedding` checks) is logged and recomputed. ``get`` hands out copies
+    (:meth:`ImageEmbedding.clone`), so no caller's in-place change reaches the cache. Counters:
+    ``hits`` (memory or disk), ``misses``, ``encoder_calls`` and ``disk_hits``. Safe to share
+    across threads: threads that ask for the same image at once share one encoder pass (the
+    others wait for it and count as hits).
 
     Args:
         max_bytes: memory budget for cached tensors (default 2 GiB); 0 disables the memory tier.
@@ -127,27 +230,35 @@ class EmbeddingCache:
         Args:
             image: (H, W, 3) uint8 RGB array, a path or a PIL image.
             segmenter: anything with ``model_id`` and ``embed(image)``.
-            crop_box: optional XYXY int box in ``image`` pixels; the crop is embedded and the
-                returned embedding records the box. It is the crop's embedding: ``predict``
-                takes prompts in the crop's pixels and returns masks of the crop's size
-                (add ``crop_box[:2]`` to map them back; the tasks' zoom does this).
+            crop_box: optional XYXY box in ``image`` pixels, whole pixels (integral floats
+                pass; fractional values are refused, see :func:`as_crop_box`); the crop is
+                embedded and the returned embedding records the box. It is the crop's
+                embedding: ``predict`` takes prompts in the crop's pixels and returns masks of
+                the crop's size (add ``crop_box[:2]`` to map them back; the tasks' zoom does
+                this).
+
+        Returns:
+            The caller's own copy of the cached embedding (:meth:`ImageEmbedding.clone`, a
+            memory copy of its tensors): changing its tensors in place does not reach the
+            cache or any other caller.
 
         An entry cached without the pixels that ``segmenter`` now keeps in ``extras["image"]``
         (made while its ``mask_refine``, ``flip_tta`` and ``mask_rank`` were off) gets them.
 
         Raises:
-            ValueError: a malformed ``crop_box``, or one not inside the image.
+            ValueError: a malformed or fractional ``crop_box``, or one not inside the image.
         """
         from .io.image import load_image
 
         arr = load_image(image)
         box: CropBox | None = None
         if crop_box is not None:
-            values = np.asarray(crop_box, dtype=np.float64).reshape(-1)
-            if values.shape != (4,) or not np.isfinite(values).all():
-                raise ValueError(f"crop_box must be 4 finite XYXY numbers, got {crop_box!r}")
-            x0, y0, x1, y1 = (int(v) for v in values)
-            box = (x0, y0, x1, y1)
+            box = as_crop_box(crop_box)
+            crop_image(arr, box)  # inside the image, checked before any lookup
+        return self._shared(arr, segmenter, box).clone()
+
+    def _shared(self, arr: np.ndarray, segmenter: Segmenter, box: CropBox | None) -> ImageEmbedding:
+        """The cached entry itself (not a copy) of ``arr``'s ``box`` by ``segmenter``."""
         key = (segmenter.model_id, image_hash(arr), box)
         while True:
             with self._lock:
@@ -190,10 +301,10 @@ class EmbeddingCache:
                 self.disk_hits += 1
                 self._put(key, emb)
             return self._with_image(key, emb, segmenter, arr, box)
-        pixels = arr if box is None else crop_image(arr, box)  # type: ignore[arg-type]
+        pixels = arr if box is None else crop_image(arr, box)
         emb = segmenter.embed(pixels)
         if box is not None:
-            emb = _with_crop(emb, box)  # type: ignore[arg-type]
+            emb = dataclasses.replace(emb, crop_box=box)
         with self._lock:
             self.misses += 1
             self.encoder_calls += 1
@@ -280,10 +391,8 @@ class EmbeddingCache:
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]
         data = buf.getvalue()
-        digest = hashlib.sha256(data).hexdigest()
-        header = {
+        meta = {
             "key": [key[0], key[1], list(key[2]) if key[2] else None],
-            "sha256": digest,
             "original_size": list(emb.original_size),
             "input_size": list(emb.input_size),
             "pad_size": emb.pad_size,
@@ -292,10 +401,15 @@ class EmbeddingCache:
             # numpy has no bfloat16: such tensors are stored as float32 (exactly) and cast back
             "dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in tensors.items()},
         }
+        header = {"format": _DISK_FORMAT, "sha256": _entry_digest(data, meta), **meta}
         _write_atomic(data_path, data)
         _write_atomic(head_path, json.dumps(header).encode())
 
     def _load_disk(self, key: tuple[str, str, CropBox | None]) -> ImageEmbedding | None:
+        """The disk entry of ``key``, or None (a miss) when there is none, or it is of an older
+        format, damaged (the checksum covers the tensors and the header's fields), of another
+        key, or fails the :class:`ImageEmbedding` checks; a damaged entry is logged and
+        removed."""
         if self.disk_dir is None:
             return None
         data_path, head_path = self._paths(key)
@@ -303,22 +417,33 @@ class EmbeddingCache:
             return None
         try:
             header = json.loads(head_path.read_text())
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
+            if header.get("format") != _DISK_FORMAT:
+                # an entry of an older version (its checksum did not cover the header): recomputed
+                logger.info("embedding cache entry %s has an older format; recomputing", data_path.name)
+                return None
             raw = data_path.read_bytes()
-            if hashlib.sha256(raw).hexdigest() != header["sha256"]:
+            meta = {k: v for k, v in header.items() if k not in ("format", "sha256")}
+            if _entry_digest(raw, meta) != header["sha256"]:
                 raise ValueError("checksum mismatch")
-            dtypes = header.get("dtypes") or {}
+            if meta["key"] != [key[0], key[1], list(key[2]) if key[2] else None]:
+                raise ValueError(f"the entry is of another key {meta['key']!r}")
+            if meta["model_id"] != key[0] or meta["crop_box"] != meta["key"][2]:
+                raise ValueError("the header's model id or crop box differs from its key")
+            dtypes = meta.get("dtypes") or {}
             # the verified bytes, not the file again: another process may have replaced it
             with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
                 features = _from_numpy(npz["features"], dtypes.get("features"))
                 extras = {k[len("extra__"):]: _from_numpy(npz[k], dtypes.get(k))
                           for k in npz.files if k.startswith("extra__")}
-            return ImageEmbedding(
+            return ImageEmbedding(  # checked on construction: shapes, sizes, finite features
                 features=features,
-                original_size=tuple(header["original_size"]),  # type: ignore[arg-type]
-                input_size=tuple(header["input_size"]),  # type: ignore[arg-type]
-                pad_size=int(header["pad_size"]),
-                model_id=str(header["model_id"]),
-                crop_box=tuple(header["crop_box"]) if header["crop_box"] else None,  # type: ignore[arg-type]
+                original_size=tuple(meta["original_size"]),  # type: ignore[arg-type]
+                input_size=tuple(meta["input_size"]),  # type: ignore[arg-type]
+                pad_size=meta["pad_size"],
+                model_id=meta["model_id"],
+                crop_box=meta["crop_box"],
                 extras=extras,
             )
         except Exception as exc:  # a damaged cache entry must never stop the run
@@ -329,6 +454,17 @@ class EmbeddingCache:
                 except OSError:  # a read-only cache folder: the entry stays, and is not used
                     pass
             return None
+
+
+#: version of the disk tier's entries; 2: the checksum covers the header's fields too
+_DISK_FORMAT = 2
+
+
+def _entry_digest(data: bytes, meta: Mapping[str, Any]) -> str:
+    """sha256 of a disk entry's ``.npz`` bytes and its header fields (canonical JSON)."""
+    h = hashlib.sha256(data)
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    return h.hexdigest()
 
 
 class _Pending:
@@ -379,6 +515,57 @@ def _from_numpy(arr: np.ndarray, dtype: Any) -> torch.Tensor:
     return t.to(want)
 
 
-def _with_crop(emb: ImageEmbedding, box: CropBox) -> ImageEmbedding:
-    return ImageEmbedding(emb.features, emb.original_size, emb.input_size, emb.pad_size,
-                          emb.model_id, box, emb.extras)
+class _Extras(Mapping[str, torch.Tensor]):
+    """A read-only copy of an embedding's ``extras`` dict (a plain class: it pickles)."""
+
+    def __init__(self, items: Mapping[str, torch.Tensor]) -> None:
+        self._items = dict(items)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._items!r})"
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is finite; a sum first (a NaN or inf anywhere makes it
+    non-finite), the exact check only when the sum is not finite (it may overflow)."""
+    with torch.no_grad():
+        if bool(torch.isfinite(t.sum(dtype=torch.float64))):
+            return True
+        return bool(torch.isfinite(t).all())
+
+
+def _int_value(v: Any, name: str) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {v!r}")
+    return int(v)
+
+
+def _size_pair(value: Any, name: str) -> tuple[int, int]:
+    """``value`` as a (height, width) pair of positive Python ints."""
+    pair = value.tolist() if isinstance(value, np.ndarray) and value.ndim == 1 else value
+    if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+        raise ValueError(f"{name} must be an (H, W) pair of ints, got {value!r}")
+    h, w = (_int_value(v, name) for v in pair)
+    if h <= 0 or w <= 0:
+        raise ValueError(f"{name} must be positive, got {(h, w)}")
+    return h, w
+
+
+def _one_scale(original: tuple[int, int], resized: tuple[int, int]) -> bool:
+    """Whether ``resized`` (h, w) is ``original`` (H, W) scaled by one factor s, each side
+    rounded (by up to half a pixel, a side of 1 from anything smaller), allowing either
+    original side to be a pixel off (a crop mapped between two scales of one image)."""
+    lo, hi = 0.0, math.inf
+    for o, r in zip(original, resized, strict=True):
+        lo = max(lo, 0.0 if r == 1 else (r - 0.5) / (o + 1))
+        hi = min(hi, math.inf if o == 1 else (r + 0.5) / (o - 1))
+    return lo <= hi

@@ -354,7 +354,7 @@ def test_upsampler_matches_official_geometry(low, pad, size):
     torch.manual_seed(0)
     s = pad / max(size)
     emb = ImageEmbedding(
-        torch.zeros(1), size, (int(size[0] * s + 0.5), int(size[1] * s + 0.5)), pad, "m"
+        torch.zeros(1, 1, 1, 1), size, (int(size[0] * s + 0.5), int(size[1] * s + 0.5)), pad, "m"
     )
     logits = torch.randn(3, low, low) * 4
     ref = upsample_logits(logits[:, None], emb)[:, 0]
@@ -489,6 +489,12 @@ def test_max_side_processes_a_large_image_at_that_size() -> None:
     crops = AutomaticMaskGenerator(seg, max_side=384, points_per_side=4, crop_n_layers=1).generate(big)
     cb = crops.extras["crop_box"]
     assert len(crops) and cb[:, 2].max() <= 768 and cb[:, 3].max() <= 512 and (cb[:, :2] >= 0).all()
+    # through a cache: the full image's crops are cached, each handed back in the scaled
+    # crop's frame (its size and box there; the full image's box made an inconsistent embedding)
+    crop_cache = EmbeddingCache()
+    cached = AutomaticMaskGenerator(seg, cache=crop_cache, max_side=384, points_per_side=4,
+                                    crop_n_layers=1).generate(big)
+    assert crop_cache.encoder_calls == 5 and cached.masks.to_coco_rles() == crops.masks.to_coco_rles()
     within = AutomaticMaskGenerator(seg, max_side=256, **cfg).generate(image)
     plain = AutomaticMaskGenerator(seg, **cfg).generate(image)
     assert within.masks.to_coco_rles() == plain.masks.to_coco_rles()

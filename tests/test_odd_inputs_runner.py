@@ -30,7 +30,9 @@ class FakeSegmenter:
     def embed(self, image: np.ndarray) -> ImageEmbedding:
         if self.barrier is not None:
             self.barrier.wait(timeout=30)
-        return ImageEmbedding(torch.ones(1, 64, 64, 64), tuple(image.shape[:2]), (64, 64), 64,
+        h, w = image.shape[:2]
+        s = 64 / max(h, w)  # the input frame: the image resized to a longest side of 64
+        return ImageEmbedding(torch.ones(1, 64, 64, 64), (h, w), (round(h * s), round(w * s)), 64,
                               self.model_id)
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..allocator import trim_heap
-from ..embedding import ImageEmbedding
+from ..embedding import ImageEmbedding, image_hash
 from ..refine import ContrastRank, GrabCutRefine
 from ..structures import Detections, Masks, Prompts
 
@@ -287,16 +287,25 @@ class PromptableSegmenter(ABC):
     def mirrored_embedding(self, embedding: ImageEmbedding) -> ImageEmbedding:
         """The embedding of the horizontally mirrored image of ``embedding`` (from its
         ``extras["image"]``); the last two are memoised, so a click session embeds once more.
-        These encoder passes bypass any ``EmbeddingCache``; ``mirror_encoder_calls`` counts them."""
-        memo: OrderedDict[int, tuple[ImageEmbedding, ImageEmbedding]] = self.__dict__.setdefault(
-            "_mirror_memo", OrderedDict()
+        The memo knows an embedding by identity, else by its model id and pixels: the copies
+        that an ``EmbeddingCache`` hands out of one entry share one mirrored pass. These
+        encoder passes bypass any ``EmbeddingCache``; ``mirror_encoder_calls`` counts them."""
+        memo: OrderedDict[int, tuple[ImageEmbedding, tuple[str, str], ImageEmbedding]] = (
+            self.__dict__.setdefault("_mirror_memo", OrderedDict())
         )
         with _MIRROR_LOCK:
             hit = memo.get(id(embedding))
             if hit is not None and hit[0] is embedding:
                 memo.move_to_end(id(embedding))
-                return hit[1]
+                return hit[2]
         image = refine_image(embedding)
+        content = (embedding.model_id, image_hash(image))
+        with _MIRROR_LOCK:
+            for key, (_, other, mirrored) in list(memo.items()):
+                if other == content:  # a copy of an embedding seen before: its pixels' mirror
+                    del memo[key]
+                    memo[id(embedding)] = (embedding, content, mirrored)
+                    return mirrored
         mirrored = self.embed(image[:, ::-1].copy())  # a copy: a width-1 view keeps its negative stride
         # only decoded, never refined or ranked: the memo need not hold a second copy of the pixels
         mirrored = dataclasses.replace(
@@ -304,7 +313,7 @@ class PromptableSegmenter(ABC):
         )
         with _MIRROR_LOCK:
             self.mirror_encoder_calls += 1
-            memo[id(embedding)] = (embedding, mirrored)
+            memo[id(embedding)] = (embedding, content, mirrored)
             while len(memo) > 2:
                 memo.popitem(last=False)
         return mirrored

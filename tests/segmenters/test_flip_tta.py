@@ -274,3 +274,23 @@ def test_composer_tiny_prompt_shift_follows_its_training_frame() -> None:
     assert PROMPT_SHIFT == 0.5
     assert load_segmenter("composer_tiny").prompt_shift == PROMPT_SHIFT
     assert load_segmenter("classic").prompt_shift == 0.0
+
+
+def test_copies_of_one_cached_embedding_share_one_mirrored_pass() -> None:
+    """The cache hands out a copy per ``get``; the mirror memo knew embeddings by identity
+    only, so every task sharing one cached image paid a mirrored encoder pass of its own."""
+    from composer.embedding import EmbeddingCache
+
+    seg = _Cones()
+    seg.flip_tta = True
+    cache = EmbeddingCache()
+    image = _image(60, 90)
+    pts, lbl = np.array([[[20.0, 30.0]]], np.float32), np.array([[1]])
+    a = seg.predict(cache.get(image, seg), pts, lbl)
+    b = seg.predict(cache.get(image, seg), pts, lbl)
+    assert seg.embeds == 2 and seg.mirror_encoder_calls == 1
+    np.testing.assert_array_equal(a.masks.to_dense(), b.masks.to_dense())
+    # other pixels are another image: their own mirrored pass, not the memoised one
+    seg.predict(cache.get(image[:, ::-1].copy(), seg), pts, lbl)
+    assert seg.embeds == 4 and seg.mirror_encoder_calls == 2
+    assert len(seg._mirror_memo) == 2

@@ -1,0 +1,235 @@
+"""ImageEmbedding's checks on construction, the cache's copies, its disk tier's damaged entries
+and whole-pixel crop boxes."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from composer.embedding import EmbeddingCache, ImageEmbedding, as_crop_box, crop_image, image_hash
+
+
+class _Toy:
+    """Segmenter double: (1, 2, 4, 4) features that follow the pixels, the image in extras,
+    the input frame of a 64-pixel longest side."""
+
+    model_id = "toy-embed"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def embed(self, image: np.ndarray) -> ImageEmbedding:
+        self.calls += 1
+        h, w = image.shape[:2]
+        s = 64 / max(h, w)
+        feats = torch.full((1, 2, 4, 4), float(image.mean())) + torch.arange(32.0).reshape(1, 2, 4, 4)
+        return ImageEmbedding(feats, (h, w), (round(h * s), round(w * s)), 64, self.model_id,
+                              extras={"image": torch.tensor(image)})
+
+
+IMAGE = np.arange(40 * 60 * 3, dtype=np.uint8).reshape(40, 60, 3)
+
+
+def _emb(**changes: Any) -> ImageEmbedding:
+    args: dict[str, Any] = dict(features=torch.zeros(1, 2, 4, 4), original_size=(40, 60),
+                                input_size=(43, 64), pad_size=64, model_id="m")
+    args.update(changes)
+    return ImageEmbedding(**args)
+
+
+# --------------------------------------------------------------------------- copies
+def test_a_callers_changes_to_its_embedding_do_not_reach_the_next_get() -> None:
+    cache, seg = EmbeddingCache(), _Toy()
+    first = cache.get(IMAGE, seg)  # the miss: the computed entry is not the caller's object
+    want_feats, want_image = first.features.clone(), first.extras["image"].clone()
+    first.features.mul_(0)
+    first.extras["image"][:] = 0
+    again = cache.get(IMAGE, seg)  # a hit
+    with torch.inference_mode():  # in-place writes are allowed there, on inference tensors too
+        again.features.add_(5)
+    again.extras["image"].numpy()[0, 0] = 7  # a write through a numpy view, unseen by torch
+    third = cache.get(IMAGE, seg)
+    assert seg.calls == 1 and cache.hits == 2
+    assert torch.equal(third.features, want_feats)
+    assert torch.equal(third.extras["image"], want_image)
+
+
+def test_fields_and_extras_cannot_be_replaced() -> None:
+    emb = EmbeddingCache().get(IMAGE, _Toy())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        emb.original_size = (1, 1)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        emb.extras["image"] = torch.zeros(1)  # type: ignore[index]
+    given = {"image": torch.zeros(2, 2, 3, dtype=torch.uint8)}
+    made = _emb(original_size=(2, 2), input_size=(64, 64), extras=given)
+    given.clear()  # the caller's dict is not the embedding's
+    assert list(made.extras) == ["image"]
+
+
+def test_clone_copies_the_tensors_and_pickles() -> None:
+    import pickle
+
+    emb = _emb(extras={"x": torch.ones(3)})
+    twin = emb.clone()
+    twin.features.add_(1)
+    twin.extras["x"].add_(1)
+    assert float(emb.features.sum()) == 0 and float(emb.extras["x"].sum()) == 3
+    back = pickle.loads(pickle.dumps(emb))
+    assert torch.equal(back.extras["x"], emb.extras["x"]) and back.original_size == (40, 60)
+
+
+# --------------------------------------------------------------------------- checks
+@pytest.mark.parametrize(
+    "changes, error, match",
+    [
+        (dict(features=np.zeros((1, 2, 4, 4), np.float32)), TypeError, "torch.Tensor"),
+        (dict(features=torch.zeros(2, 4, 4)), ValueError, r"\(1, C, h, w\)"),
+        (dict(features=torch.zeros(2, 2, 4, 4)), ValueError, r"\(1, C, h, w\)"),
+        (dict(features=torch.zeros(1, 0, 4, 4)), ValueError, r"\(1, C, h, w\)"),
+        (dict(features=torch.zeros(1, 2, 4, 4, dtype=torch.int64)), ValueError, "floating point"),
+        (dict(features=torch.full((1, 2, 4, 4), float("nan"))), ValueError, "NaN or infinite"),
+        (dict(features=torch.tensor([1.0, float("inf")]).reshape(1, 1, 1, 2)), ValueError, "NaN"),
+        (dict(original_size=(-40, 60)), ValueError, "original_size must be positive"),
+        (dict(original_size=(0, 60)), ValueError, "original_size must be positive"),
+        (dict(original_size=(40, 60, 3)), ValueError, r"original_size must be an \(H, W\) pair"),
+        (dict(original_size=(40.5, 60)), TypeError, "original_size must be an int"),
+        (dict(original_size=(True, 60)), TypeError, "original_size must be an int"),
+        (dict(input_size=(43, 0)), ValueError, "input_size must be positive"),
+        (dict(input_size=(43, 65)), ValueError, "does not fit in the padded 64x64"),
+        (dict(pad_size=0, input_size=(43, 64)), ValueError, "pad_size must be a positive int"),
+        (dict(pad_size=64.0), TypeError, "pad_size must be an int"),
+        # (W, H) for (H, W): the masks would come out transposed
+        (dict(original_size=(60, 40)), ValueError, "is not original_size .* resized by one factor"),
+        (dict(input_size=(64, 64)), ValueError, "resized by one factor"),
+        (dict(model_id=""), ValueError, "model_id must not be empty"),
+        (dict(model_id=None), TypeError, "model_id"),
+        (dict(crop_box=(0, 0, 60.5, 40)), ValueError, "whole pixels"),
+        (dict(crop_box=(0, 0, 50, 40)), ValueError, r"50x40 pixels, but original_size is \(40, 60\)"),
+        (dict(crop_box=(10, 10, 5, 50)), ValueError, "0 <= x0 < x1"),
+        (dict(extras={"image": np.zeros((40, 60, 3))}), TypeError, "'image' holds ndarray"),
+        (dict(extras=[("a", torch.zeros(1))]), TypeError, "extras must be a mapping"),
+    ],
+)
+def test_construction_refuses_bad_values(changes, error, match) -> None:
+    with pytest.raises(error, match=match):
+        _emb(**changes)
+
+
+def test_construction_normalises_good_values() -> None:
+    emb = _emb(original_size=[np.int64(40), 60], input_size=np.array([43, 64]),
+               pad_size=np.int32(64), crop_box=np.array([10.0, 5.0, 70.0, 45.0]))
+    assert emb.original_size == (40, 60) and type(emb.original_size[0]) is int
+    assert emb.input_size == (43, 64) and emb.pad_size == 64 and type(emb.pad_size) is int
+    assert emb.crop_box == (10, 5, 70, 45) and all(type(v) is int for v in emb.crop_box)
+    # a side of 1 may come from anything smaller, and either side may be a pixel off
+    assert _emb(original_size=(1, 5000), input_size=(1, 64)).input_size == (1, 64)
+    assert _emb(original_size=(341, 512), input_size=(683, 1024), pad_size=1024).pad_size == 1024
+    # values too large to sum in float64 are still finite
+    big = torch.full((1, 1, 2, 2), 1e308, dtype=torch.float64)
+    assert _emb(features=big).features is big
+    for half in (torch.float16, torch.bfloat16):
+        assert _emb(features=torch.full((1, 2, 4, 4), 6e4, dtype=half)).features.dtype == half
+
+
+# --------------------------------------------------------------------------- crop boxes
+def test_a_fractional_crop_box_is_refused_not_truncated() -> None:
+    cache, seg = EmbeddingCache(), _Toy()
+    with pytest.raises(ValueError, match=r"crop_box must be whole pixels, got \(10.5, 0.0, 50.2, 30.0\)"):
+        cache.get(IMAGE, seg, crop_box=(10.5, 0, 50.2, 30))
+    assert seg.calls == 0 and len(cache) == 0
+    with pytest.raises(ValueError, match="whole pixels"):
+        crop_image(IMAGE, (0.5, 0, 10, 10))
+    with pytest.raises(ValueError, match="4 finite XYXY numbers"):
+        as_crop_box((True, 0, 10, 10))
+    # whole pixels spelled as floats, numpy or torch numbers: one entry, int boxes
+    a = cache.get(IMAGE, seg, crop_box=(10.0, 0.0, 50.0, 30.0))
+    b = cache.get(IMAGE, seg, crop_box=np.array([10, 0, 50, 30], np.int64))
+    c = cache.get(IMAGE, seg, crop_box=torch.tensor([10, 0, 50, 30]))
+    assert seg.calls == 1 and a.crop_box == b.crop_box == c.crop_box == (10, 0, 50, 30)
+    assert a.original_size == (30, 40)
+
+
+# --------------------------------------------------------------------------- disk tier
+def _entry(tmp_path) -> tuple[Any, Any]:
+    EmbeddingCache(disk_dir=tmp_path).get(IMAGE, _Toy())
+    (npz,) = tmp_path.glob("*.npz")
+    return npz, npz.with_suffix(".json")
+
+
+def _reseal(npz, head, header: dict[str, Any]) -> None:
+    """Write ``header`` with a checksum that matches it (an entry damaged consistently)."""
+    meta = {k: v for k, v in header.items() if k not in ("format", "sha256")}
+    h = hashlib.sha256(npz.read_bytes())
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    head.write_text(json.dumps({**header, "sha256": h.hexdigest()}))
+
+
+def _nan_features(npz, head, header):
+    buf = io.BytesIO()
+    with np.load(npz) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["features"] = np.full_like(arrays["features"], np.nan)
+    np.savez(buf, **arrays)
+    npz.write_bytes(buf.getvalue())
+    _reseal(npz, head, header)
+
+
+# damage -> what the log says of it
+DAMAGE = {
+    "truncated data": (lambda npz, head, header: npz.write_bytes(npz.read_bytes()[:100]),
+                       "corrupt (checksum mismatch)"),
+    "truncated header": (lambda npz, head, header: head.write_text(head.read_text()[:30]),
+                         "corrupt"),
+    "header not an object": (lambda npz, head, header: head.write_text("[1, 2]"),
+                             "corrupt (the header is not a JSON object)"),
+    # sizes changed together keep the ImageEmbedding checks happy: only the checksum sees it
+    "sizes edited": (lambda npz, head, header: head.write_text(json.dumps(
+        {**header, "original_size": [20, 30], "input_size": [43, 64]})), "checksum mismatch"),
+    "an older format": (lambda npz, head, header: head.write_text(json.dumps(
+        {k: v for k, v in header.items() if k != "format"})), "has an older format"),
+    # damage that matches its checksum (written so, or resealed): the other checks see it
+    "another key's entry": (lambda npz, head, header: _reseal(
+        npz, head, {**header, "key": [header["key"][0], "0" * 40, None]}),
+        "the entry is of another key"),
+    "NaN features, resealed": (_nan_features, "features hold NaN or infinite values"),
+    "transposed sizes, resealed": (lambda npz, head, header: _reseal(
+        npz, head, {**header, "original_size": [60, 40]}), "resized by one factor"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_disk_entry_is_recomputed(tmp_path, caplog, damage) -> None:
+    npz, head = _entry(tmp_path)
+    spoil, says = DAMAGE[damage]
+    spoil(npz, head, json.loads(head.read_text()))
+    seg = _Toy()
+    cache = EmbeddingCache(disk_dir=tmp_path)
+    with caplog.at_level(logging.INFO, logger="composer.embedding"):
+        emb = cache.get(IMAGE, seg)
+    assert seg.calls == 1 and cache.disk_hits == 0
+    assert says in caplog.text
+    fresh = _Toy().embed(IMAGE)
+    assert emb.original_size == (40, 60) and torch.equal(emb.features, fresh.features)
+    # the entry was written again, whole: the next cache reads it
+    again = EmbeddingCache(disk_dir=tmp_path)
+    assert torch.equal(again.get(IMAGE, _Toy()).features, fresh.features) and again.disk_hits == 1
+
+
+def test_the_disk_entry_roundtrips_its_fields(tmp_path) -> None:
+    seg = _Toy()
+    EmbeddingCache(disk_dir=tmp_path).get(IMAGE, seg, crop_box=(10, 0, 50, 30))
+    cache = EmbeddingCache(disk_dir=tmp_path)
+    emb = cache.get(IMAGE, seg, crop_box=(10, 0, 50, 30))
+    assert cache.disk_hits == 1 and seg.calls == 1
+    assert emb.crop_box == (10, 0, 50, 30) and emb.original_size == (30, 40)
+    assert emb.input_size == (48, 64) and emb.pad_size == 64
+    assert torch.equal(emb.extras["image"], torch.tensor(IMAGE[0:30, 10:50]))
+    assert image_hash(IMAGE) in json.loads(next(tmp_path.glob("*.json")).read_text())["key"]
