@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -288,14 +289,15 @@ class PromptableSegmenter(ABC):
         """The embedding of the horizontally mirrored image of ``embedding`` (from its
         ``extras["image"]``); the last two are memoised, so a click session embeds once more.
         The memo knows an embedding by identity, else by its model id and pixels: the copies
-        that an ``EmbeddingCache`` hands out of one entry share one mirrored pass. These
-        encoder passes bypass any ``EmbeddingCache``; ``mirror_encoder_calls`` counts them."""
-        memo: OrderedDict[int, tuple[ImageEmbedding, tuple[str, str], ImageEmbedding]] = (
-            self.__dict__.setdefault("_mirror_memo", OrderedDict())
-        )
+        that an ``EmbeddingCache`` hands out of one entry share one mirrored pass (and the memo
+        holds no copy alive: a weak reference). These encoder passes bypass any
+        ``EmbeddingCache``; ``mirror_encoder_calls`` counts them."""
+        memo: OrderedDict[
+            int, tuple[weakref.ref[ImageEmbedding], tuple[str, str], ImageEmbedding]
+        ] = self.__dict__.setdefault("_mirror_memo", OrderedDict())
         with _MIRROR_LOCK:
             hit = memo.get(id(embedding))
-            if hit is not None and hit[0] is embedding:
+            if hit is not None and hit[0]() is embedding:
                 memo.move_to_end(id(embedding))
                 return hit[2]
         image = refine_image(embedding)
@@ -304,7 +306,7 @@ class PromptableSegmenter(ABC):
             for key, (_, other, mirrored) in list(memo.items()):
                 if other == content:  # a copy of an embedding seen before: its pixels' mirror
                     del memo[key]
-                    memo[id(embedding)] = (embedding, content, mirrored)
+                    memo[id(embedding)] = (weakref.ref(embedding), content, mirrored)
                     return mirrored
         mirrored = self.embed(image[:, ::-1].copy())  # a copy: a width-1 view keeps its negative stride
         # only decoded, never refined or ranked: the memo need not hold a second copy of the pixels
@@ -313,7 +315,7 @@ class PromptableSegmenter(ABC):
         )
         with _MIRROR_LOCK:
             self.mirror_encoder_calls += 1
-            memo[id(embedding)] = (embedding, content, mirrored)
+            memo[id(embedding)] = (weakref.ref(embedding), content, mirrored)
             while len(memo) > 2:
                 memo.popitem(last=False)
         return mirrored

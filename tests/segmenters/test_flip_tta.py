@@ -294,3 +294,19 @@ def test_copies_of_one_cached_embedding_share_one_mirrored_pass() -> None:
     seg.predict(cache.get(image[:, ::-1].copy(), seg), pts, lbl)
     assert seg.embeds == 4 and seg.mirror_encoder_calls == 2
     assert len(seg._mirror_memo) == 2
+
+
+def test_the_mirror_memo_keeps_no_embedding_alive() -> None:
+    """Each cache get is a copy (with the image's pixels): a memo holding it would keep it."""
+    import gc
+    import weakref
+
+    seg = _Cones()
+    seg.flip_tta = True
+    emb = seg.embed(_image(60, 90))
+    seg.predict(emb, np.array([[[20.0, 30.0]]], np.float32), np.array([[1]]))
+    assert seg.mirror_encoder_calls == 1
+    ref = weakref.ref(emb)
+    del emb
+    gc.collect()
+    assert ref() is None and len(seg._mirror_memo) == 1
