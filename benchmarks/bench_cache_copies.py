@@ -46,7 +46,7 @@ class _Fixed:
                               1024, self.model_id, extras={"image": torch.tensor(image)})
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--side", type=int, default=1024, help="photo's longer side (4:3)")
     parser.add_argument("--repeats", type=int, default=200)
@@ -54,7 +54,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--untuned", action="store_true", help="keep glibc's malloc thresholds")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     check_at_least(parser, [("--side", args.side, 4), ("--repeats", args.repeats, 1),
                             ("--amg-points", args.amg_points, 0), ("--threads", args.threads, 1)])
     torch.set_num_threads(args.threads)
