@@ -299,7 +299,15 @@ class RayEngine:
             if self.address is None:
                 kwargs.setdefault("num_cpus", max(os.cpu_count() or 1,
                                                   self.workers * self.cpus_per_worker))
+            # ray.init puts its own SIGTERM handler (sys.exit) in place of this process's: a
+            # handler already there (the CLI's, which stops a run as Ctrl-C does and writes
+            # what it finished; nohup's SIG_IGN) is put back
+            kept = {sig: signal.getsignal(sig) for sig in _stop_signals()}
             ray.init(address=self.address, **kwargs)
+            if threading.current_thread() is threading.main_thread():
+                for sig, handler in kept.items():
+                    if handler not in (signal.SIG_DFL, None):
+                        signal.signal(sig, handler)
         return ray
 
     def imap(self, setup: Callable[[], Any], fn: Callable[[Any, Any], Any],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,12 @@ def test_annotate_folder_with_worker_processes(folder, tmp_path):
 
 def test_ray_engine(folder, tmp_path):
     ray = pytest.importorskip("ray") if os.environ.get("CI") != "true" else __import__("ray")
+    before = signal.getsignal(signal.SIGTERM)
+
+    def cli_handler(signum, frame):  # stands for the CLI's, which turns SIGTERM into Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, cli_handler)
     try:
         # Ray workers import this test module by name: give them its folder
         here = str(Path(__file__).resolve().parent)
@@ -161,6 +168,9 @@ def test_ray_engine(folder, tmp_path):
         engine = RayEngine(2, init_kwargs={"num_cpus": 2, "runtime_env": {"env_vars": env}})
         results = list(engine.imap(Offset(100), add, list(range(7))))
         assert os.getpid() not in _check(results, 7)
+        # ray.init replaced it with its own sys.exit handler: SIGTERM then skipped the
+        # CLI's stop (no summary of the finished images) and left that handler in the process
+        assert signal.getsignal(signal.SIGTERM) is cli_handler
         failed = list(engine.imap(failing_setup, add, [0, 1, 2]))
         assert sorted(i for i, _, _ in failed) == [0, 1, 2]
         assert all(v is None and "no model here" in e for _, v, e in failed)
@@ -168,6 +178,7 @@ def test_ray_engine(folder, tmp_path):
                   _annotate(folder, tmp_path / "ray", engine))
     finally:
         ray.shutdown()
+        signal.signal(signal.SIGTERM, before)
 
 
 def _interrupt_at(monkeypatch, name: str):

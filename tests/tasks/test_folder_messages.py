@@ -127,9 +127,16 @@ def stop(monkeypatch: pytest.MonkeyPatch) -> Stop:
 
 
 def _run(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    """The command as its own process runs it (main() without argv: SIGTERM handled)."""
+    """The command as its own process runs it (main() without argv: SIGTERM handled), from
+    a fresh process's default stop signals (an earlier test of this worker process may have
+    left a handler, e.g. Ray's, which the CLI keeps as a caller's own)."""
     monkeypatch.setattr(sys, "argv", ["sam-composer", *argv])
-    return main()
+    previous = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return main()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
