@@ -195,7 +195,8 @@ def _describe_load_error(err: BaseException, file: Path) -> str:
         return (f"the file is a plain Python pickle (protocol {head[1]}), not a checkpoint "
                 "written by torch.save")
     if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        # torch 2.1 says "Unsupported class x.y", later releases "Unsupported global: GLOBAL x.y"
+        found = re.search(r"Unsupported (?:global: GLOBAL|class) ([\w.]+)", str(err))
         what = f" (it pickles {found.group(1)})" if found else ""
         return (
             f"it holds Python objects other than tensors and plain containers{what}, which "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import time
 from pathlib import Path
 
@@ -136,6 +137,24 @@ def test_a_pickled_whole_model_says_what_to_save(tmp_path):
         load_state_dict_file(tmp_path / "m.pth")
     assert "it pickles torch.nn.modules.container.Sequential" in str(e.value)
     assert "save model.state_dict() instead" in str(e.value) and "\x1b[" not in str(e.value)
+
+
+def test_a_pickled_whole_model_is_named_in_torch_2_1s_wording_too(tmp_path, monkeypatch):
+    """torch 2.1 (the oldest admitted) words the refusal "Unsupported class x.y", not
+    "Unsupported global: GLOBAL x.y": the class went unnamed there."""
+    torch.save(_model(), tmp_path / "m.pth")
+
+    def refuse_like_torch_2_1(*args, **kwargs):
+        raise pickle.UnpicklingError(
+            "Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` "
+            "will likely succeed, but it can result in arbitrary code execution.Do it only if you "
+            "get the file from a trusted source. WeightsUnpickler error: Unsupported class "
+            "torch.nn.modules.container.Sequential")
+
+    monkeypatch.setattr(torch, "load", refuse_like_torch_2_1)
+    with pytest.raises(ValueError, match=r"\(it pickles torch\.nn\.modules\.container\.Sequential\)"
+                       r", which weights_only=True refuses"):
+        load_state_dict_file(tmp_path / "m.pth")
 
 
 def test_importing_the_packaged_weights_is_refused(tmp_path, monkeypatch):
