@@ -536,9 +536,15 @@ class _Extras(Mapping[str, torch.Tensor]):
 
 def _all_finite(t: torch.Tensor) -> bool:
     """Whether every value of ``t`` is finite; a sum first (a NaN or inf anywhere makes it
-    non-finite), the exact check only when the sum is not finite (it may overflow)."""
+    non-finite), the exact check only when the sum is not finite (it may overflow).
+
+    The sum accumulates in float32 (float64 only for float64 values): Apple's MPS has no
+    float64, so a float64 sum refused every embedding made there; float32 is also the faster
+    sum on a CPU, and a sum that overflows it only costs the exact check.
+    """
     with torch.no_grad():
-        if bool(torch.isfinite(t.sum(dtype=torch.float64))):
+        acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+        if bool(torch.isfinite(t.sum(dtype=acc))):
             return True
         return bool(torch.isfinite(t).all())
 

@@ -139,6 +139,35 @@ def test_construction_normalises_good_values() -> None:
         assert _emb(features=torch.full((1, 2, 4, 4), 6e4, dtype=half)).features.dtype == half
 
 
+class _NoFloat64(torch.overrides.TorchFunctionMode):
+    """Torch as Apple's MPS runs it: asking for float64 raises (MPS has no float64)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        asked = [*args, *kwargs.values()]
+        if func is torch.Tensor.double or any(a is torch.float64 for a in asked):
+            raise TypeError("Cannot convert a MPS Tensor to float64 dtype")
+        return func(*args, **kwargs)
+
+
+def test_the_finite_check_asks_for_no_float64() -> None:
+    """The check summed in float64, which Apple's MPS has not: every embedding made on an MPS
+    device was refused with a TypeError."""
+    with _NoFloat64():
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            assert _emb(features=torch.ones(1, 2, 4, 4, dtype=dtype)).features.dtype == dtype
+            bad = torch.ones(1, 2, 4, 4, dtype=dtype)
+            bad[0, 1, 2, 3] = float("nan")
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                _emb(features=bad)
+        # a float32 sum that overflows: the exact check says finite, or names the inf
+        huge = torch.full((1, 2, 4, 4), 3e38)
+        assert _emb(features=huge).features is huge
+        huge[0, 0, 0, 0] = float("inf")
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            _emb(features=huge)
+
+
 # --------------------------------------------------------------------------- crop boxes
 def test_a_fractional_crop_box_is_refused_not_truncated() -> None:
     cache, seg = EmbeddingCache(), _Toy()
