@@ -19,6 +19,7 @@ resumed run continues exactly where the saved one stood.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -598,7 +599,8 @@ class Trainer:
 
         Raises:
             ValueError: the path exists but is not a file, or the file is not a training state
-                of this model (another architecture, a damaged file).
+                of this model (another architecture, a damaged or cut-off file).
+            OSError: the file cannot be read (no permission, a failing disk).
         """
         file = Path(path) if path is not None else self.checkpoint_path()
         if file.exists() and not file.is_file():
@@ -609,7 +611,11 @@ class Trainer:
             state = torch.load(file, map_location="cpu", weights_only=True)
             self.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError, TypeError, EOFError, OSError,
-                pickle.UnpicklingError) as exc:  # OSError: torch.load of some cut-off files
+                pickle.UnpicklingError) as exc:
+            if isinstance(exc, OSError) and exc.errno != errno.EINVAL:
+                # torch.load reads some cut-off files with EINVAL; another OSError (no
+                # permission, a failing disk) says nothing of the file's content: not "delete it"
+                raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(
                 f"{file} is not a training state of this model ({first}); use a fresh "

@@ -298,6 +298,21 @@ def test_resume_names_a_cut_off_checkpoint(tmp_path, keep) -> None:
         _tiny(tmp_path).resume()
 
 
+def test_resume_does_not_call_an_unreadable_checkpoint_damaged(tmp_path, monkeypatch) -> None:
+    """Catching torch.load's OSError for cut-off files also turned a last.pt that cannot be
+    read (no permission: root reads through chmod, hence the stand-in) into "not a training
+    state ... delete it", advice that throws away a good training state."""
+    t = _tiny(tmp_path, steps=2, checkpoint_every=2)
+    t.fit()
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "last.pt"))
+
+    monkeypatch.setattr(torch, "load", unreadable)
+    with pytest.raises(PermissionError, match="Permission denied"):
+        _tiny(tmp_path).resume()
+
+
 # --------------------------------------------------------------------------- the CLI
 def test_train_command_nan_loss_exits_2_and_keeps_last_pt(tmp_path, capsys, monkeypatch) -> None:
     ann, images = _coco_dataset(tmp_path, n=3)
