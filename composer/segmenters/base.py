@@ -306,7 +306,7 @@ class PromptableSegmenter(ABC):
             for key, (_, other, mirrored) in list(memo.items()):
                 if other == content:  # a copy of an embedding seen before: its pixels' mirror
                     del memo[key]
-                    memo[id(embedding)] = (weakref.ref(embedding), content, mirrored)
+                    _remember(memo, embedding, content, mirrored)
                     return mirrored
         mirrored = self.embed(image[:, ::-1].copy())  # a copy: a width-1 view keeps its negative stride
         # only decoded, never refined or ranked: the memo need not hold a second copy of the pixels
@@ -315,7 +315,7 @@ class PromptableSegmenter(ABC):
         )
         with _MIRROR_LOCK:
             self.mirror_encoder_calls += 1
-            memo[id(embedding)] = (weakref.ref(embedding), content, mirrored)
+            _remember(memo, embedding, content, mirrored)
             while len(memo) > 2:
                 memo.popitem(last=False)
         return mirrored
@@ -460,6 +460,16 @@ class PromptableSegmenter(ABC):
             low = out.logits if out.feedback is None else out.feedback
             extras["low_res_logits"] = low.reshape(n * m, *low.shape[-2:]).float().cpu().numpy()
         return Detections.from_masks(masks, scores=scores, extras=extras)
+
+
+def _remember(memo: OrderedDict[int, Any], embedding: ImageEmbedding, content: tuple[str, str],
+              mirrored: ImageEmbedding) -> None:
+    """Put ``embedding``'s mirror in the memo as its newest entry. Its id may be the key of a
+    dead embedding's entry (the memo holds weak references, and CPython gives a freed
+    object's address to a new one): assigning to that key would leave the entry where the
+    dead one was, first in line to be evicted."""
+    memo.pop(id(embedding), None)
+    memo[id(embedding)] = (weakref.ref(embedding), content, mirrored)
 
 
 def mirror_prompts(prompts: Prompts, width: float, offset: float) -> Prompts:

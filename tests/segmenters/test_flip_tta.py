@@ -310,3 +310,32 @@ def test_the_mirror_memo_keeps_no_embedding_alive() -> None:
     del emb
     gc.collect()
     assert ref() is None and len(seg._mirror_memo) == 1
+
+
+def test_a_reused_id_does_not_put_the_newest_mirror_first_in_line() -> None:
+    """The memo holds weak references, so a new embedding may get a dead one's id (CPython
+    reuses a freed object's address); the new entry was assigned to the dead one's key and
+    kept its place, oldest, so the next image's mirror evicted it: one more encoder pass."""
+    import weakref
+
+    seg = _Cones()
+    seg.flip_tta = True
+    pts, lbl = np.array([[[20.0, 30.0]]], np.float32), np.array([[1]])
+    a = seg.embed(_image(60, 90))
+    b = seg.embed(_image(60, 91))
+    seg.predict(a, pts, lbl)
+    seg.predict(b, pts, lbl)
+    c = seg.embed(_image(60, 92))
+    # stand-in for the address reuse: a's entry, its embedding dead, under c's id, oldest
+    dead = seg.embed(_image(2, 2))
+    gone = weakref.ref(dead)
+    del dead
+    memo = seg._mirror_memo
+    _, content, mirrored = memo.pop(id(a))
+    memo[id(c)] = (gone, content, mirrored)
+    memo.move_to_end(id(c), last=False)
+    seg.predict(c, pts, lbl)
+    assert seg.mirror_encoder_calls == 3
+    seg.predict(seg.embed(_image(60, 93)), pts, lbl)  # evicts the oldest: b's, not c's
+    seg.predict(c, pts, lbl)
+    assert seg.mirror_encoder_calls == 4
