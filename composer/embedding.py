@@ -72,15 +72,7 @@ class ImageEmbedding:
             raise ValueError(f"features must be floating point, got {feats.dtype}")
         if not _all_finite(feats):
             raise ValueError("features hold NaN or infinite values")
-        original = _size_pair(self.original_size, "original_size")
-        inp = _size_pair(self.input_size, "input_size")
-        pad = _int_value(self.pad_size, "pad_size")
-        if pad <= 0:
-            raise ValueError(f"pad_size must be a positive int, got {self.pad_size!r}")
-        if max(inp) > pad:
-            raise ValueError(f"input_size {inp} does not fit in the padded {pad}x{pad} input")
-        if not _one_scale(original, inp):
-            raise ValueError(f"input_size {inp} is not original_size {original} resized by one factor")
+        original, inp, pad = check_sizes(self.original_size, self.input_size, self.pad_size)
         if not isinstance(self.model_id, str):
             raise TypeError(f"model_id must be a str, got {self.model_id!r}")
         if not self.model_id:
@@ -133,6 +125,30 @@ class ImageEmbedding:
             raise ValueError(
                 f"embedding was made by model {self.model_id!r} and cannot be decoded by {model_id!r}"
             )
+
+
+def check_sizes(original_size: Any, input_size: Any, pad_size: Any
+                ) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """The sizes of an :class:`ImageEmbedding` as Python ints, checked as it checks them:
+    ``original_size`` and ``input_size`` (H, W) pairs of positive ints, ``pad_size`` a
+    positive int at least ``input_size``'s longer side, and ``input_size`` ``original_size``
+    resized by one factor (to within a pixel of rounding). Callers that embed run it before
+    the encoder, so that bad sizes cost no encoder pass.
+
+    Raises:
+        TypeError: a size that is no int.
+        ValueError: a size that is not positive, not a pair, or sizes that do not fit.
+    """
+    original = _size_pair(original_size, "original_size")
+    inp = _size_pair(input_size, "input_size")
+    pad = _int_value(pad_size, "pad_size")
+    if pad <= 0:
+        raise ValueError(f"pad_size must be a positive int, got {pad_size!r}")
+    if max(inp) > pad:
+        raise ValueError(f"input_size {inp} does not fit in the padded {pad}x{pad} input")
+    if not _one_scale(original, inp):
+        raise ValueError(f"input_size {inp} is not original_size {original} resized by one factor")
+    return original, inp, pad
 
 
 def image_hash(image: np.ndarray) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .embedding import ImageEmbedding
+from .embedding import ImageEmbedding, check_sizes
 from .io.image import load_image
 from .sam.common import weight_dtype
 from .segmenters.base import MaskLogits, PromptableSegmenter, refine_image, upsample_logits
@@ -451,6 +451,8 @@ class SamPredictor(PromptableSegmenter):
         size = tuple(int(v) for v in original_image_size)
         if len(size) != 2 or min(size) <= 0:
             raise ValueError(f"original_image_size must be (H, W), got {original_image_size!r}")
+        # the embedding's own size checks, before the encoder pass rather than after it
+        check_sizes(size, shape[2:], self.img_size)
         # no RGB image at the original size here: flip TTA, refinement and ranking do not apply
         self._embedding = self._embed_input(transformed_image, (size[0], size[1]), {})
 

@@ -211,3 +211,22 @@ def test_an_embedding_that_does_not_fit_the_model_is_refused(model, image):
     with pytest.raises(ValueError, match=r"pad_size 512 do not fit .* \(16, 16\) grid over a 256 input"):
         pred.predict(dataclasses.replace(emb, pad_size=512), points=[[80, 60]])
     assert len(pred.predict(emb, points=[[80, 60]])) == 3
+
+
+def test_set_torch_image_refuses_sizes_that_do_not_fit_before_the_encoder(model, image):
+    """An original size of which the tensor is no resize (e.g. (W, H) for (H, W)) was refused by
+    the embedding's own checks only after the encoder pass (seconds for a ViT-H on a CPU)."""
+    pred = SamPredictor(model)
+    x = torch.as_tensor(pred.transform.apply_image(image)).permute(2, 0, 1)[None]
+    h, w = image.shape[:2]
+    assert h != w
+    passes = []
+    hook = pred.model.image_encoder.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        with pytest.raises(ValueError, match="resized by one factor"):
+            pred.set_torch_image(x, (w, h))
+        assert not passes and not pred.is_image_set
+        pred.set_torch_image(x, (h, w))
+        assert len(passes) == 1 and pred.is_image_set
+    finally:
+        hook.remove()
