@@ -317,7 +317,8 @@ def run(args: argparse.Namespace) -> int:
     from ..segmenters import resolve_device
 
     device = resolve_device(args.device)  # a device this machine cannot use: a one-line error
-    print(f"training on {device}")
+    # the device is named in the start line below, once the weights and the data are known
+    # to be usable: a run that stops at a one-line error first printed "training on ..."
     torch.manual_seed(args.seed)
     model, start = build_model(args.model, args.checkpoint, args.random_init)
     model.to(device)
@@ -434,7 +435,7 @@ def run(args: argparse.Namespace) -> int:
     if not train:
         raise ValueError(f"no usable training mask (a mask must cover {size_rule})")
     print(
-        f"model {args.model} from {start}; {n_train} training images ({len(train)} "
+        f"model {args.model} from {start}, on {device}; {n_train} training images ({len(train)} "
         f"samples), {n_val} held out; embedded in {time.perf_counter() - t0:.1f} s"
     )
     n_masks = sum(layers)

@@ -290,3 +290,24 @@ def test_train_says_how_many_listed_images_have_no_instance(tmp_path, capsys) ->
     text = capsys.readouterr().out
     assert f"2 of the 5 images of {ann} have no non-crowd instance" in text
     assert "2 training images" in text
+
+
+def test_train_names_its_device_only_once_the_run_starts(tmp_path, capsys) -> None:
+    """Every run printed "training on cpu" before its weights and data were checked, so a run
+    that then stopped at a one-line error had printed a misleading first line; the device is
+    now named in the start line."""
+    ann, images = _coco_dataset(tmp_path, n=3)
+    base = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--out", str(tmp_path / "o"), "--steps", "1", "--masks-per-image", "1",
+            "--corrective", "0", "--device", "cpu"]
+    assert main(base) == 2  # no registered weights, no --random-init
+    captured = capsys.readouterr()
+    assert "--random-init" in captured.err and captured.out == ""
+    (tmp_path / "empty.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    assert main([*base, "--random-init", "--data", str(tmp_path / "empty.json")]) == 2
+    captured = capsys.readouterr()
+    assert "no image with a non-crowd instance" in captured.err and captured.out == ""
+    assert main([*base, "--random-init"]) == 0
+    out = capsys.readouterr().out
+    assert "training on" not in out
+    assert "model vit_tiny_test from random, on cpu; 3 training images" in out
