@@ -15,7 +15,8 @@ Writes to ``--out``: ``last.pt`` (resumable training state; re-running the same 
 continues from it), ``model.pt`` (the trained model's state dict, loadable with
 ``--checkpoint out/model.pt`` by every other command), ``run.json`` (the settings a rerun must
 share to resume) and ``train_report.json`` (with the images left out as unusable, each with
-its reason, under ``failures``).
+its reason, under ``failures``, and the annotations skipped as supplying no mask, e.g. box-only
+ones, under ``skipped_annotations``, counted per reason).
 """
 
 from __future__ import annotations
@@ -39,15 +40,40 @@ MAX_INSTANCES = 64
 
 
 def _capped_instances(coco: Any, image_ids: list[int]) -> int:
-    """How many non-crowd instances of ``image_ids`` fall beyond coco_items' per-image cap."""
+    """How many non-crowd instances of ``image_ids`` fall beyond coco_items' per-image cap
+    (of those it does not skip before the cap: a non-numeric ``area``, no segmentation)."""
     from ..structures.masks import crowd_flag
 
     n = 0
     for iid in image_ids:
-        anns = coco.loadAnns(coco.getAnnIds(imgIds=[iid]))
-        usable = sum(1 for a in anns if not crowd_flag(a.get("iscrowd")))
+        usable = 0
+        for a in coco.loadAnns(coco.getAnnIds(imgIds=[iid])):
+            if crowd_flag(a.get("iscrowd")) or a.get("segmentation") is None:
+                continue
+            try:
+                float(a.get("area", 0))
+            except (TypeError, ValueError):
+                continue  # skipped, and counted as such
+            usable += 1
         n += max(0, usable - MAX_INSTANCES)
     return n
+
+
+def _say_skipped(train: list[Any], held_out: list[Any]) -> None:
+    """Say how many annotations (SkippedAnnotation) of the training and held-out images were
+    skipped, per reason, with a few examples."""
+    n = len(train) + len(held_out)
+    if not n:
+        return
+    counts: dict[str, int] = {}
+    for s in train + held_out:
+        counts[s.reason] = counts.get(s.reason, 0) + 1
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    print(f"{n} annotation(s) supply no mask and are skipped ({len(train)} of training, "
+          f"{len(held_out)} of held-out images; {reasons}); the images' other masks are used "
+          "(all listed in train_report.json), e.g.:")
+    for s in (train[:3] + held_out[:3])[:3]:
+        print(f"  {s.message}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -279,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.coco import load_coco
     from ..io.visualize import write_json
-    from ..training.data import coco_item_ids, coco_items
+    from ..training.data import SkippedAnnotation, coco_item_ids, coco_items
     from ..training.evaluate import evaluate_samples
     from ..training.trainer import TrainConfig, Trainer
 
@@ -356,19 +382,23 @@ def run(args: argparse.Namespace) -> int:
     # its samples are built from.
     train_keys: set[str] = set()
     leaked: list[str] = []
-    # An unusable image (missing or unreadable file, a record or annotation that cannot be
-    # read, a box-only annotation) is left out and named, as eval does: the run trains on
-    # the others instead of stopping at it after embedding the images before it.
+    # An unusable image (missing or unreadable file, a record that cannot be read) is left
+    # out and named, as eval does: the run trains on the others instead of stopping at it
+    # after embedding the images before it. An annotation that supplies no mask (box-only,
+    # undecodable, a non-numeric area) is skipped and named, and the image's other masks
+    # are trained on (eval, which must not lose ground truth, still refuses the image).
     failed: list[tuple[str, str]] = []
     val_failed: list[tuple[str, str]] = []
+    skipped: list[SkippedAnnotation] = []
+    val_skipped: list[SkippedAnnotation] = []
 
     def train_items() -> Any:
         return coco_items(coco, args.images, image_ids=train_ids, max_instances=MAX_INSTANCES,
-                          failures=failed, pack_layers=True)
+                          failures=failed, pack_layers=True, skipped=skipped)
 
     def val_items() -> Any:
         return coco_items(val_source, val_images, image_ids=val_ids, failures=val_failed,
-                          pack_layers=True)
+                          pack_layers=True, skipped=val_skipped)
 
     if args.val_data:
         # --val-data images that are also --data images (by their pixels) are refused. The
@@ -412,6 +442,7 @@ def run(args: argparse.Namespace) -> int:
     if leaked:
         print(f"{len(leaked)} held-out image(s) are also training images under another id "
               f"(e.g. {', '.join(leaked[:3])}); they are left out of the held-out mIoU")
+        val_skipped[:] = [s for s in val_skipped if s.item_id not in set(leaked)]
     n_train = len(train_ids) - len(failed)
     n_val = len(val_ids) - len(leaked) - len(val_failed)
     if failed or val_failed:
@@ -419,6 +450,7 @@ def run(args: argparse.Namespace) -> int:
               "used and are left out (all listed in train_report.json), e.g.:")
         for _, message in (failed[:3] + val_failed[:3])[:3]:
             print(f"  {message}")
+    _say_skipped(skipped, val_skipped)
     if not n_train:
         raise ValueError(f"none of the {len(train_ids)} training images could be used (e.g. "
                          f"{failed[0][1]})")
@@ -494,6 +526,16 @@ def run(args: argparse.Namespace) -> int:
             {"image_id": item_id, "held_out": held, "error": message}
             for held, group in ((False, failed), (True, val_failed))
             for item_id, message in group
+        ],
+        "skipped_annotations_by_reason": {
+            reason: sum(1 for s in skipped + val_skipped if s.reason == reason)
+            for reason in sorted({s.reason for s in skipped + val_skipped})
+        },
+        "skipped_annotations": [
+            {"image_id": s.item_id, "annotation_id": s.annotation_id, "held_out": held,
+             "reason": s.reason, "error": s.message}
+            for held, group in ((False, skipped), (True, val_skipped))
+            for s in group
         ],
     }
     (out / "train_report.json").write_text(json.dumps(report, indent=2))

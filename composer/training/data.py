@@ -150,6 +150,31 @@ def bsds_items(
         yield load_bsds_item(split, image_id, data_root)
 
 
+#: why ``coco_items(skipped=...)`` skips an annotation (the keys of the counts that
+#: ``sam-composer train`` reports); each one supplies no mask, the image's others still do
+SKIP_NO_SEGMENTATION = "no segmentation"  # a box-only annotation
+SKIP_BAD_SEGMENTATION = "undecodable segmentation"
+SKIP_BAD_AREA = "unreadable area"
+
+
+@dataclass(frozen=True)
+class SkippedAnnotation:
+    """An annotation that :func:`coco_items` skipped (given a ``skipped`` list).
+
+    Attributes:
+        item_id: the image's item id (``"coco/<image id>"``).
+        annotation_id: the annotation's ``id`` as the json gives it (None without one).
+        reason: one of :data:`SKIP_NO_SEGMENTATION`, :data:`SKIP_BAD_SEGMENTATION`,
+            :data:`SKIP_BAD_AREA`.
+        message: what is wrong, naming the image and the annotation.
+    """
+
+    item_id: str
+    annotation_id: Any
+    reason: str
+    message: str
+
+
 def coco_items(
     ann_file: Any,
     image_dir: str | Path,
@@ -158,6 +183,7 @@ def coco_items(
     image_ids: Sequence[int] | None = None,
     failures: list[tuple[str, str]] | None = None,
     pack_layers: bool = False,
+    skipped: list[SkippedAnnotation] | None = None,
 ) -> Iterator[SegmentationItem]:
     """Items of a COCO/LVIS json (path or loaded ``COCO``): one binary layer per non-crowd
     instance (largest first).
@@ -169,15 +195,24 @@ def coco_items(
     instances on a large photo (64 x 24 Mpx x 2 bytes = 3 GB) stay small. A packed item's
     masks are those of the unpacked one, less the empty ones; each layer's largest label is
     its number of masks.
+    ``skipped``: if given, an annotation that supplies no mask (no ``segmentation``: a
+    box-only one; an undecodable one; a non-numeric ``area``) is skipped and appended to it
+    as a :class:`SkippedAnnotation`, and the image's other masks still come (the
+    ``max_instances`` largest of those left; an image whose every instance is skipped comes
+    without layers, ``(0, H, W)``); if None, such an annotation makes the image unusable (see
+    Raises). An ``iscrowd`` that is not a flag is not skipped: the json loader refuses the
+    whole file for it (as ``eval`` and ``convert`` do), and a ``COCO`` object with one makes
+    that image unusable.
     ``failures``: if given, an unusable image (see Raises) is appended to it as (item id,
     message) and skipped, and the items of the other images still come; if None it raises.
 
     Raises:
         ValueError: the json or the image folder is missing or malformed, or one image is
             unusable: an image record without a usable ``height``/``width``/``file_name``, an
+            image file that is missing or unreadable, or one whose size differs from its
+            record's, or an annotation with an odd ``iscrowd``; without ``skipped``, also an
             annotation with a missing or undecodable ``segmentation`` (a box-only one) or a
-            non-numeric ``area``, an image file that is missing or unreadable, or one whose
-            size differs from its record's. The message names the image (and the annotation).
+            non-numeric ``area``. The message names the image (and the annotation).
     """
     from pycocotools import mask as mask_utils
 
@@ -185,33 +220,63 @@ def coco_items(
     from ..io.image import load_image, size_mismatch
     from ..structures.masks import segmentation_rle
 
+    def skip(what: str, item_id: str, ann: dict[str, Any], reason: str, exc: Exception) -> None:
+        """Record ``ann`` as skipped, or (no ``skipped`` list) re-raise ``exc``."""
+        if skipped is None:
+            raise exc
+        detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc).strip()
+        message = f"{what}, annotation {ann.get('id')}: {detail or type(exc).__name__}"
+        skipped.append(SkippedAnnotation(item_id, ann.get("id"), reason, message))
+
     ds = CocoDataset(ann_file, image_dir, image_ids=image_ids)
     for image_id in ds.image_ids:
         rec = ds.coco.imgs[image_id]
+        item_id = f"coco/{image_id}"
         what = f"COCO image {image_id} ({rec.get('file_name')!s})"
         ann_id: Any = None
+
         try:
             h, w = int(rec["height"]), int(rec["width"])
             if h < 1 or w < 1:
                 raise ValueError(f"height and width must be >= 1, got {h} and {w}")
             anns = []
+            n_skipped = len(skipped) if skipped is not None else 0
             for a in ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=[image_id])):
                 ann_id = a.get("id")
-                if not crowd_flag(a.get("iscrowd")) and float(a.get("area", 0)) >= min_area:
-                    anns.append(a)
+                if crowd_flag(a.get("iscrowd")):
+                    continue
+                try:
+                    area = float(a.get("area", 0))
+                except (TypeError, ValueError):
+                    bad = ValueError(f"area must be a number, got {a.get('area')!r}"[:120])
+                    skip(what, item_id, a, SKIP_BAD_AREA, bad)
+                    continue
+                if not area >= min_area:
+                    continue
+                if skipped is not None and a.get("segmentation") is None:
+                    # skipped before the cap: the instances kept are the largest with a mask
+                    skip(what, item_id, a, SKIP_NO_SEGMENTATION, ValueError("no segmentation"))
+                    continue
+                anns.append((area, a))
             ann_id = None
-            anns = sorted(anns, key=lambda a: -float(a.get("area", 0)))[:max_instances]
-            if not anns:
+            anns = sorted(anns, key=lambda pair: -pair[0])[:max_instances]
+            if not anns and (skipped is None or len(skipped) == n_skipped):
+                # no instance (crowd regions only); an image whose every instance is skipped
+                # still comes, without layers, as coco_item_ids lists it
                 continue
             # zeros: the pages of layers that packing leaves unused are never touched
             layers = np.zeros((len(anns), h, w), np.uint16)
             labels = [0] * len(anns)  # labels given in each layer
-            for a in anns:
+            for _, a in anns:
                 ann_id = a.get("id")
                 if a.get("segmentation") is None:
                     raise ValueError("no segmentation")
                 # our decoder: an empty or odd segmentation is an empty mask or a clear error
-                rle = segmentation_rle(a["segmentation"], (h, w))
+                try:
+                    rle = segmentation_rle(a["segmentation"], (h, w))
+                except (ValueError, TypeError, KeyError) as exc:
+                    skip(what, item_id, a, SKIP_BAD_SEGMENTATION, exc)
+                    continue
                 # the mask within its box: a few instances of a large photo are read and
                 # written there only, not over the whole image each
                 x0, y0, bw, bh = (int(v) for v in mask_utils.toBbox(rle))
@@ -238,9 +303,9 @@ def coco_items(
             message = f"{where}: {detail or type(exc).__name__}"
             if failures is None:
                 raise ValueError(message) from None
-            failures.append((f"coco/{image_id}", message))
+            failures.append((item_id, message))
             continue
-        yield SegmentationItem(f"coco/{image_id}", image, layers)
+        yield SegmentationItem(item_id, image, layers)
 
 
 def coco_item_ids(
@@ -251,8 +316,8 @@ def coco_item_ids(
 ) -> list[int]:
     """The image ids :func:`coco_items` yields, in its order, read from the json alone (no
     image or mask is decoded): the images with a non-crowd annotation of ``area`` >=
-    ``min_area``. An annotation :func:`coco_items` would refuse counts as usable here; it is
-    refused, named, when the image is read.
+    ``min_area``. An annotation :func:`coco_items` would refuse or skip counts as usable here;
+    it is refused or skipped, named, when the image is read.
 
     Raises:
         ValueError: the json or the image folder is missing or malformed.

@@ -85,11 +85,11 @@ def test_train_command_reports_a_bad_record_without_a_traceback(tmp_path, capsys
 
 
 def test_train_command_leaves_out_unusable_images_and_names_them(tmp_path, capsys) -> None:
-    """A record without a size, a file missing on disk, a box-only annotation (no
-    segmentation): the run stopped at the first such image with an error, after embedding the
-    images before it; now each is left out, named, and listed in train_report.json, as eval
-    lists the images it cannot read. An image that a bad record hides from the held-out set
-    is not counted as held out."""
+    """A record without a size, a file missing on disk: the run stopped at the first such
+    image with an error, after embedding the images before it; now each is left out, named,
+    and listed in train_report.json, as eval lists the images it cannot read. An image that a
+    bad record hides from the held-out set is not counted as held out. A box-only annotation
+    (no segmentation) left its image out too, with its good masks; it is now skipped alone."""
     ann, images = _coco_dataset(tmp_path, n=6)
 
     def change(d) -> None:
@@ -105,18 +105,122 @@ def test_train_command_leaves_out_unusable_images_and_names_them(tmp_path, capsy
             "--corrective", "0", "--val-fraction", "0.34"]  # holds out images 1 and 4
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "2 training and 1 held-out image(s) could not be used" in text
+    assert "1 training and 1 held-out image(s) could not be used" in text
     assert "COCO image 2 (001.png): no 'width'" in text
-    assert "2 training images (4 samples), 1 held out" in text
+    assert "3 training images (6 samples), 1 held out" in text
+    assert "1 annotation(s) supply no mask and are skipped (1 of training, 0 of held-out " \
+        "images; no segmentation: 1)" in text
     report = json.loads((out / "train_report.json").read_text())
-    assert report["train_images"] == 2 and report["val_images"] == 1
+    assert report["train_images"] == 3 and report["val_images"] == 1
     failures = {f["image_id"]: f for f in report["failures"]}
-    assert sorted(failures) == ["coco/2", "coco/4", "coco/5"]
+    assert sorted(failures) == ["coco/2", "coco/4"]
     assert failures["coco/4"]["held_out"] and "image file not found" in failures["coco/4"]["error"]
-    assert failures["coco/5"]["error"] == "COCO image 5 (004.png), annotation 99: no segmentation"
+    assert report["skipped_annotations"] == [{
+        "image_id": "coco/5", "annotation_id": 99, "held_out": False,
+        "reason": "no segmentation",
+        "error": "COCO image 5 (004.png), annotation 99: no segmentation",
+    }]
     # the library reader still raises without a failures list
     with pytest.raises(ValueError, match=r"COCO image 2 \(001\.png\): no 'width'"):
         list(coco_items(ann, images))
+
+
+def _defective_annotations(tmp_path):
+    """A 4-image dataset whose images 1, 2 and 4 gain annotations that supply no mask, of each
+    kind (image 1 is held out by --val-fraction 0.25), and whose image 3 has box-only ones
+    only; with the json without them (and without image 3's)."""
+    ann, images = _coco_dataset(tmp_path, n=4)
+    clean = json.loads(ann.read_text())
+    doc = json.loads(ann.read_text())
+    first = {a["image_id"]: a for a in reversed(doc["annotations"])}
+    bad = [
+        ({"id": 90, "image_id": 1}, "segmentation"),  # box-only
+        ({"id": 91, "image_id": 1, "segmentation": {"size": [10, 10], "counts": "PP"}}, None),
+        ({"id": 92, "image_id": 2, "segmentation": {"size": [96, 96], "counts": 5}}, None),
+        ({"id": 94, "image_id": 2, "area": None}, None),
+        ({"id": 95, "image_id": 4, "segmentation": "a mask"}, None),
+    ]
+    for extra, drop in bad:
+        a = {**first[extra["image_id"]], **extra}
+        if drop:
+            a.pop(drop)
+        doc["annotations"].append(a)
+    for a in doc["annotations"]:
+        if a["image_id"] == 3:
+            a.pop("segmentation")  # every instance of image 3 is box-only
+    clean["annotations"] = [a for a in clean["annotations"] if a["image_id"] != 3]
+    ann.write_text(json.dumps(doc))
+    (tmp_path / "clean.json").write_text(json.dumps(clean))
+    n3 = sum(1 for a in doc["annotations"] if a["image_id"] == 3)
+    return ann, tmp_path / "clean.json", images, n3
+
+
+def test_coco_items_skip_annotations_that_supply_no_mask(tmp_path) -> None:
+    """Given a skipped list, an annotation without a usable mask is skipped, with its reason,
+    and the image's good masks still come; without it the image is refused as before, and the
+    evaluation's ground truth still refuses it too (it must not lose ground truth)."""
+    from composer.data.coco import CocoDataset
+    from composer.training.data import SkippedAnnotation
+
+    ann, clean, images, n3 = _defective_annotations(tmp_path)
+    skipped: list[SkippedAnnotation] = []
+    items = {it.image_id: it for it in coco_items(ann, images, skipped=skipped, pack_layers=True)}
+    expected = {it.image_id: it for it in coco_items(clean, images, pack_layers=True)}
+    assert sorted(items) == ["coco/1", "coco/2", "coco/3", "coco/4"]
+    for image_id in ("coco/1", "coco/2", "coco/4"):
+        assert _masks(items[image_id]) == _masks(expected[image_id]) != []
+    assert items["coco/3"].layers.shape == (0, 96, 96)  # every instance skipped
+    reasons = {(s.item_id, s.annotation_id): s.reason for s in skipped}
+    assert reasons == {
+        ("coco/1", 90): "no segmentation", ("coco/1", 91): "undecodable segmentation",
+        ("coco/2", 92): "undecodable segmentation", ("coco/2", 94): "unreadable area", ("coco/4", 95): "undecodable segmentation",
+        **{("coco/3", a): "no segmentation" for a in _ann_ids(ann, 3)},
+    }
+    assert len(skipped) == 5 + n3
+    message = {s.annotation_id: s.message for s in skipped}
+    assert message[94] == "COCO image 2 (001.png), annotation 94: area must be a number, got None"
+    assert message[91].startswith("COCO image 1 (000.png), annotation 91: RLE size")
+    # without a skipped list: the image is refused (or listed under failures), as before
+    failures: list[tuple[str, str]] = []
+    assert [it.image_id for it in coco_items(ann, images, failures=failures)] == []
+    assert [f[0] for f in failures] == ["coco/1", "coco/2", "coco/3", "coco/4"]
+    with pytest.raises(ValueError, match=r"COCO image 1 \(000\.png\), annotation 9[01]: "):
+        list(coco_items(ann, images))
+    with pytest.raises(ValueError, match="annotation 90 has no segmentation"):
+        CocoDataset(ann, images).item(1)
+
+
+def _ann_ids(ann: Path, image_id: int) -> list[int]:
+    return [a["id"] for a in json.loads(ann.read_text())["annotations"]
+            if a["image_id"] == image_id]
+
+
+def test_train_command_skips_annotations_that_supply_no_mask(tmp_path, capsys) -> None:
+    """The images with a box-only or an undecodable annotation were left out whole, their
+    good masks lost; the run now trains on them, and says, and reports, how many annotations
+    it skipped, per reason."""
+    ann, _, images, n3 = _defective_annotations(tmp_path)
+    out = tmp_path / "o"
+    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--random-init", "--out", str(out), "--steps", "1", "--masks-per-image", "1",
+            "--corrective", "0", "--val-fraction", "0.25"]  # holds out image 1
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "could not be used" not in text
+    n = 5 + n3
+    assert (f"{n} annotation(s) supply no mask and are skipped ({n - 2} of training, 2 of "
+            f"held-out images; no segmentation: {1 + n3}, undecodable segmentation: 3, "
+            "unreadable area: 1)") in text
+    assert "3 training images (4 samples), 1 held out" in text  # image 3: no mask
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["failures"] == [] and report["train_images"] == 3
+    assert report["skipped_annotations_by_reason"] == {
+        "no segmentation": 1 + n3, "undecodable segmentation": 3, "unreadable area": 1,
+    }
+    entries = {e["annotation_id"]: e for e in report["skipped_annotations"]}
+    assert len(entries) == n and entries[90]["held_out"] and not entries[92]["held_out"]
+    assert entries[92]["image_id"] == "coco/2" and entries[92]["error"].startswith(
+        "COCO image 2 (001.png), annotation 92: ")
 
 
 def _masks(item) -> list[bytes]:
