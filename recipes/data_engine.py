@@ -5,7 +5,8 @@ Command (after ``recipes/train_default.py``; ~35 min on one core of the 2-core C
     OMP_NUM_THREADS=1 python recipes/data_engine.py --weights composer/weights/composer_tiny.pt \\
         --work-dir ~/.cache/sam-composer/data_engine
 
-Stages (each resumes: the annotation log, the feature cache and the checkpoints are reused):
+Stages (each resumes: the annotation log, the feature cache and the checkpoints are reused; an
+image and its masks are read only for cache entries still missing):
   1. automatic annotation (``tasks.everything.annotate_folder``): the model segments every
      "unlabelled" image with a point grid, keeping masks by predicted IoU, stability and box
      NMS, small regions cleaned (SA-1B's fully automatic stage); written as COCO json;
@@ -49,8 +50,8 @@ from composer.sam.composer_tiny import (  # noqa: E402
 from composer.segmenters import load_segmenter  # noqa: E402
 from composer.training.data import (  # noqa: E402
     bsds_ids,
-    bsds_items,
-    coco_items,
+    bsds_item_refs,
+    coco_item_refs,
     evaluation_bsds_ids,
     make_variants,
 )
@@ -110,8 +111,9 @@ def automatic_stage(args: argparse.Namespace, images: Path) -> Path:
 
 
 def cached_samples(model, name: str, items, n_variants: int, low: int, min_area: int):
+    """The samples of ``items`` (ItemRefs: an item is read only where one of its cache
+    entries is missing, so a rerun reads no image or ground truth)."""
     cache = FeatureCache(name)
-    items = list(items)
     paths = cache.build(
         model,
         items,
@@ -220,14 +222,14 @@ def main(argv: list[str] | None = None) -> None:
     human = cached_samples(
         model,
         cache_name(model),
-        bsds_items(("train", "val"), exclude=evaluation_bsds_ids()),
+        bsds_item_refs(("train", "val"), exclude=evaluation_bsds_ids()),
         4,
         low,
         min_area=200,
     )
     digest = annotations_digest(auto_json)
     pseudo = cached_samples(
-        model, cache_name(model, f"engine-{digest}"), coco_items(auto_json, images), 2, low,
+        model, cache_name(model, f"engine-{digest}"), coco_item_refs(auto_json, images), 2, low,
         min_area=50,
     )
     logging.info("human samples %d, automatic samples %d", len(human), len(pseudo))

@@ -128,7 +128,7 @@ from composer.sam.composer_tiny import (  # noqa: E402
 from composer.training.data import (  # noqa: E402
     COCO_HOLDOUT,
     Variant,
-    bsds_items,
+    bsds_item_refs,
     coco_items,
     coco_subset_split,
     evaluation_bsds_ids,
@@ -223,7 +223,12 @@ def build_cache(args: argparse.Namespace, model: torch.nn.Module) -> dict[str, l
     from tqdm import tqdm
 
     exclude = evaluation_bsds_ids()
-    items = list(bsds_items(("train", "val"), exclude=exclude))
+    # Beyond the cache the pixels serve only as backgrounds of the warm-up shapes and the
+    # copy-paste composites: without those, a rerun over a complete cache reads no BSDS file
+    # (with them, each image is read once, here, and the cache reuses it).
+    items = list(bsds_item_refs(("train", "val"), exclude=exclude))
+    if args.warmup_shapes or (args.coco_train and args.paste):
+        items = [ref.load() for ref in items]
     logging.info(
         "training images: %d BSDS500 train+val (excluded %d evaluation ids)",
         len(items),

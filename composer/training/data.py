@@ -4,7 +4,9 @@ A *source* yields :class:`SegmentationItem` s: an image plus one or more label *
 positive label of each layer is one training mask). BSDS500 gives one layer per annotator
 (every region of every annotator is a mask), a COCO/LVIS json one layer per instance, the
 interactive benchmarks one layer per object, and :func:`synthetic_shapes` random shapes for
-tests.
+tests. :func:`bsds_item_refs` and :func:`coco_item_refs` list the same items unread, as
+:class:`ItemRef` s, for :class:`~composer.training.features.FeatureCache`, which reads an item
+only for the cache entries it still lacks.
 
 Each item is seen through a few deterministic augmentation :class:`Variant` s (crop, flip,
 colour jitter). :func:`prepare_sample` turns (item, variant) into the model-input image and
@@ -19,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,22 @@ class SegmentationItem:
             raise ValueError(
                 f"layers must be (A, H, W) with (H, W) = {self.image.shape[:2]}, got {self.layers.shape}"
             )
+
+
+@dataclass(frozen=True)
+class ItemRef:
+    """A training item known by its id before it is read: a source's image and label files
+    are decoded only by ``load()``. :meth:`~composer.training.features.FeatureCache.build`
+    loads it only when one of its entries is missing, so a rebuild of a complete cache reads
+    no image.
+
+    Attributes:
+        image_id: the :attr:`SegmentationItem.image_id` of the item ``load`` returns.
+        load: reads the item (each call reads it again).
+    """
+
+    image_id: str
+    load: Callable[[], SegmentationItem]
 
 
 # --------------------------------------------------------------------------- sources
@@ -148,6 +167,17 @@ def bsds_items(
     """BSDS500 items of ``splits`` minus the ids in ``exclude`` (see :func:`evaluation_bsds_ids`)."""
     for split, image_id in bsds_ids(splits, exclude, data_root):
         yield load_bsds_item(split, image_id, data_root)
+
+
+def bsds_item_refs(
+    splits: Sequence[str] = ("train", "val"),
+    exclude: Iterable[str] = (),
+    data_root: str | Path | None = None,
+) -> Iterator[ItemRef]:
+    """:func:`bsds_items` unread: the same items, in the same order, as :class:`ItemRef` s
+    (only the ground-truth folder is listed)."""
+    for split, image_id in bsds_ids(splits, exclude, data_root):
+        yield ItemRef(f"bsds/{split}/{image_id}", partial(load_bsds_item, split, image_id, data_root))
 
 
 #: why ``coco_items(skipped=...)`` skips an annotation (the keys of the counts that
@@ -336,6 +366,30 @@ def coco_item_ids(
                 out.append(image_id)
                 break
     return out
+
+
+def coco_item_refs(
+    ann_file: Any,
+    image_dir: str | Path,
+    min_area: float = 0.0,
+    max_instances: int = 64,
+    image_ids: Sequence[int] | None = None,
+) -> Iterator[ItemRef]:
+    """:func:`coco_items` unread: its items, in its order, as :class:`ItemRef` s listed from
+    the json alone (:func:`coco_item_ids`); the json is read once, when the first is asked
+    for. Loading one reads that image as :func:`coco_items` does, and raises where it would.
+    """
+    from ..data.coco import load_coco
+
+    coco = load_coco(ann_file)
+
+    def load(image_id: int) -> SegmentationItem:
+        for item in coco_items(coco, image_dir, min_area, max_instances, [image_id]):
+            return item
+        raise ValueError(f"COCO image {image_id} has no instance to train on")
+
+    for image_id in coco_item_ids(coco, image_dir, min_area, image_ids):
+        yield ItemRef(f"coco/{image_id}", partial(load, image_id))
 
 
 # The shared COCO val2017 subset is both training data and an evaluation set: its first

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import PreparedSample, SegmentationItem, Variant, index_masks, prepare_sample
+from .data import ItemRef, PreparedSample, SegmentationItem, Variant, index_masks, prepare_sample
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,16 @@ def cache_embeddings(model: Any, samples: Iterable[PreparedSample]) -> None:
             m.training = mode
 
 
+def _loaded(item: SegmentationItem | ItemRef) -> SegmentationItem:
+    """``item`` itself, or the item that the reference ``item`` loads (its id checked)."""
+    if isinstance(item, SegmentationItem):
+        return item
+    loaded = item.load()
+    if loaded.image_id != item.image_id:
+        raise ValueError(f"item reference {item.image_id!r} loaded item {loaded.image_id!r}")
+    return loaded
+
+
 class FeatureCache:
     """Backbone features of (item, variant) pairs, stored under ``root/<name>``.
 
@@ -92,8 +102,8 @@ class FeatureCache:
     def build(
         self,
         model: Any,
-        items: Iterable[SegmentationItem],
-        variants: Callable[[SegmentationItem], Sequence[Variant]],
+        items: Iterable[SegmentationItem | ItemRef],
+        variants: Callable[[Any], Sequence[Variant]],
         low_res: int,
         on_item: Callable[[str, int], None] | None = None,
     ) -> list[Path]:
@@ -101,10 +111,18 @@ class FeatureCache:
 
         Args:
             model: a ``Sam`` whose ``image_encoder`` has ``forward_backbone`` (run in eval mode).
-            items: source items.
-            variants: item -> its variants.
+            items: source items, or references to them (:class:`~composer.training.data.ItemRef`,
+                e.g. :func:`~composer.training.data.bsds_item_refs`): a reference is loaded
+                only when one of its entries is missing, so a rebuild of a complete cache
+                decodes no image and no ground truth.
+            variants: item -> its variants; it is given the reference itself for an
+                ``ItemRef`` (so it may read its ``image_id`` only); the entries are keyed by
+                the id and the variant.
             low_res: side of the low-res frame of the stored layers.
             on_item: optional callback(image_id, new_entries) after each item (progress).
+
+        Raises:
+            ValueError: a reference loads an item of another id.
         """
         encoder = model.image_encoder
         if not hasattr(encoder, "forward_backbone"):
@@ -118,16 +136,19 @@ class FeatureCache:
         try:
             for item in items:
                 new = 0
+                loaded: SegmentationItem | None = None
                 for v in variants(item):
                     path = self.path(item.image_id, v)
                     paths.append(path)
                     if path.exists():
                         continue
+                    if loaded is None:
+                        loaded = _loaded(item)  # an ItemRef is read once, and only now
                     # Corner-sampled layers: load() subsamples them at f // 2, which lands
                     # on the model's low-res pixel centres; entries stay as earlier builds
                     # wrote them.
                     sample = prepare_sample(
-                        item, v, encoder.img_size, low_res, layer_sampling="corner"
+                        loaded, v, encoder.img_size, low_res, layer_sampling="corner"
                     )
                     assert sample.image is not None
                     feats = encoder.forward_backbone(image_to_input(model, sample.image))

@@ -138,12 +138,17 @@ def test_data_engine_hashes_the_start_weights_once(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(engine, "evaluation_bsds_ids", lambda: set())
     monkeypatch.setattr(engine, "build_composer_tiny", lambda checkpoint=None: torch.nn.Linear(1, 1))
     caches: list[str] = []
+    sources: list[object] = []
 
     def cached_samples(model, name, items, n, low, min_area):
         caches.append(name)
+        sources.append(items)
         return [SimpleNamespace(image_id=name)]
 
     monkeypatch.setattr(engine, "cached_samples", cached_samples)
+    # the caches are built from unread items (ItemRefs): a rerun reads no image to find them
+    monkeypatch.setattr(engine, "bsds_item_refs", lambda splits, exclude: "bsds refs")
+    monkeypatch.setattr(engine, "coco_item_refs", lambda ann, images: f"refs of {ann.name}")
     # the caches are named by the model's backbone (here a stand-in's)
     monkeypatch.setattr(engine, "cache_name", lambda model, base="human": f"{base}-B")
     monkeypatch.setattr(engine, "evaluate", lambda model, out: {"GrabCut": clicks, "Berkeley": clicks})
@@ -152,6 +157,7 @@ def test_data_engine_hashes_the_start_weights_once(tmp_path, monkeypatch, capsys
     engine.main(["--weights", str(weights), "--work-dir", str(work), "--images", str(tmp_path)])
     assert hashed == [str(weights)]
     assert caches == ["human-B", f"engine-{engine.annotations_digest(auto)}-B"]
+    assert sources == ["bsds refs", "refs of auto.json"]
     digest = real_digest(weights)
     for tag in ("control_human_only", "engine_human_plus_automatic"):
         settings = json.loads((work / tag / "run_settings.json").read_text())

@@ -1,0 +1,142 @@
+"""FeatureCache.build with item references: a complete cache reads no image or ground truth
+(every rerun of recipes/data_engine.py decoded every BSDS image and .mat file, and every
+automatically annotated image, to find entries that were all on disk)."""
+
+from __future__ import annotations
+
+import dataclasses
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from composer.sam.composer_tiny import build_composer_tiny
+from composer.training.data import (
+    ItemRef,
+    SegmentationItem,
+    bsds_ids,
+    bsds_item_refs,
+    coco_item_refs,
+    coco_items,
+    load_bsds_item,
+    make_variants,
+    synthetic_shapes,
+)
+from composer.training.features import FeatureCache
+
+from .test_train_cli import _coco_dataset
+from .test_training import TINY
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _model():
+    cfg = dataclasses.replace(TINY, hires=False, click_maps=False)
+    return build_composer_tiny(config=cfg, pretrained_backbone=False)
+
+
+def _counting_refs(items: list[SegmentationItem], loads: list[str]) -> list[ItemRef]:
+    def load(item: SegmentationItem) -> SegmentationItem:
+        loads.append(item.image_id)
+        return item
+
+    return [ItemRef(it.image_id, lambda it=it: load(it)) for it in items]
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_a_complete_cache_loads_no_item(tmp_path) -> None:
+    model = _model()
+    items = synthetic_shapes(3, size=96, seed=5)
+    loads: list[str] = []
+    refs = _counting_refs(items, loads)
+
+    def variants(it):
+        return make_variants(2, seed=len(it.image_id))
+
+    cache = FeatureCache("refs", root=tmp_path / "a")
+    paths = cache.build(model, refs, variants, low_res=64)
+    assert loads == [it.image_id for it in items]  # each read once for its two entries
+    loads.clear()
+    assert cache.build(model, refs, variants, low_res=64) == paths
+    assert loads == []  # before: every item decoded again
+    paths[3].unlink()  # one entry of the second item is missing: only that item is read
+    assert cache.build(model, refs, variants, low_res=64) == paths and loads == ["shapes/5/1"]
+    # the entries are those of a build from the items themselves, bit for bit
+    plain = FeatureCache("refs", root=tmp_path / "b").build(model, items, variants, low_res=64)
+    assert [p.name for p in plain] == [p.name for p in paths]
+    for a, b in zip(paths, plain, strict=True):
+        ours, theirs = _arrays(a), _arrays(b)
+        assert ours.keys() == theirs.keys()
+        assert all(np.array_equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_reference_that_loads_another_item_is_refused(tmp_path) -> None:
+    item = synthetic_shapes(1, size=96, seed=5)[0]
+    cache = FeatureCache("refs", root=tmp_path)
+    with pytest.raises(ValueError, match="item reference 'other' loaded item 'shapes/5/0'"):
+        cache.build(_model(), [ItemRef("other", lambda: item)], lambda _: make_variants(1, 0), 64)
+
+
+def test_coco_item_refs_are_coco_items_unread(tmp_path, monkeypatch) -> None:
+    import composer.io.image as image_io
+
+    ann, images = _coco_dataset(tmp_path, n=3)
+    expected = list(coco_items(ann, images, image_ids=[3, 1]))
+    real, reads = image_io.load_image, []
+    monkeypatch.setattr(image_io, "load_image", lambda p: reads.append(p) or real(p))
+    refs = list(coco_item_refs(ann, images, image_ids=[3, 1]))
+    assert [r.image_id for r in refs] == ["coco/3", "coco/1"] and reads == []
+    for ref, item in zip(refs, expected, strict=True):
+        got = ref.load()
+        assert got.image_id == item.image_id
+        assert np.array_equal(got.image, item.image) and np.array_equal(got.layers, item.layers)
+    assert len(reads) == 2
+
+
+def test_bsds_item_refs_are_bsds_items_unread(bsds_dir, monkeypatch) -> None:
+    import composer.data.bsds as bsds_io
+
+    real, reads = bsds_io.load_ground_truth, []
+    monkeypatch.setattr(bsds_io, "load_ground_truth", lambda p: reads.append(p) or real(p))
+    refs = list(bsds_item_refs(("val",), data_root=bsds_dir.parent))
+    assert [r.image_id for r in refs] == [
+        f"bsds/val/{i}" for _, i in bsds_ids(("val",), data_root=bsds_dir.parent)
+    ]
+    assert reads == []
+    (ref,) = islice(refs, 1)
+    got, item = ref.load(), load_bsds_item("val", ref.image_id.rsplit("/", 1)[1], bsds_dir.parent)
+    assert got.image_id == item.image_id and np.array_equal(got.layers, item.layers)
+    assert np.array_equal(got.image, item.image)
+
+
+@pytest.mark.parametrize("warmup_shapes", [0, 2])
+def test_train_default_reads_bsds_only_where_it_needs_the_pixels(
+    tmp_path, monkeypatch, warmup_shapes
+) -> None:
+    """recipes/train_default.py's cache of BSDS features: without warm-up shapes (whose
+    backgrounds are the images) a rerun over a complete cache reads no image; with them each
+    image is read once per run, not once more for the cache."""
+    from argparse import Namespace
+
+    from tests._modules import load_recipe
+
+    recipe = load_recipe("train_default")
+    items = synthetic_shapes(2, size=96, seed=7)
+    loads: list[str] = []
+    monkeypatch.setenv("SAM_COMPOSER_HOME", str(tmp_path))
+    monkeypatch.setattr(recipe, "evaluation_bsds_ids", lambda: set())
+    monkeypatch.setattr(recipe, "bsds_item_refs", lambda *a, **k: _counting_refs(items, loads))
+    monkeypatch.setattr(recipe, "cache_name", lambda model: "bsds-test")
+    args = Namespace(variants=2, warmup_shapes=warmup_shapes, coco_train=False, paste=0)
+    model = _model()
+    first = recipe.build_cache(args, model)
+    assert loads == ["shapes/7/0", "shapes/7/1"]
+    loads.clear()
+    assert recipe.build_cache(args, model) == first
+    assert loads == ([] if not warmup_shapes else ["shapes/7/0", "shapes/7/1"])
+    assert sorted(first) == ["shapes/7/0", "shapes/7/1"] and all(len(v) == 2 for v in first.values())
