@@ -442,7 +442,8 @@ def run(args: argparse.Namespace) -> int:
     if leaked:
         print(f"{len(leaked)} held-out image(s) are also training images under another id "
               f"(e.g. {', '.join(leaked[:3])}); they are left out of the held-out mIoU")
-        val_skipped[:] = [s for s in val_skipped if s.item_id not in set(leaked)]
+        left_out = set(leaked)  # their skipped annotations are not the held-out set's
+        val_skipped[:] = [s for s in val_skipped if s.item_id not in left_out]
     n_train = len(train_ids) - len(failed)
     n_val = len(val_ids) - len(leaked) - len(val_failed)
     if failed or val_failed:

@@ -203,6 +203,10 @@ def test_a_picture_listed_twice_is_not_held_out_and_trained_on(tmp_path, capsys)
          "bbox": [10, 10, 10, 10], "iscrowd": 0}
         for k in range(70)
     ]
+    # box-only annotations on the held-out images 1 (left out below) and 3: only image 3's
+    # counts as skipped in the held-out set
+    doc["annotations"] += [{"id": 3000 + i, "image_id": i, "category_id": 1, "area": 50.0,
+                            "bbox": [0, 0, 5, 10], "iscrowd": 0} for i in (1, 3)]
     ann.write_text(json.dumps(doc))
     out = tmp_path / "run"
     argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
@@ -215,7 +219,12 @@ def test_a_picture_listed_twice_is_not_held_out_and_trained_on(tmp_path, capsys)
     assert "1 held out" in text
     n_cap = sum(1 for a in doc["annotations"] if a["image_id"] == 2) - 64
     assert f"{n_cap} training mask(s) beyond the 64 largest of their image" in text
-    assert json.loads((out / "train_report.json").read_text())["val_images"] == 1
+    assert "1 annotation(s) supply no mask and are skipped (0 of training, 1 of held-out " \
+        "images; no segmentation: 1)" in text
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["val_images"] == 1
+    assert [e["annotation_id"] for e in report["skipped_annotations"]] == [3003]
+    assert report["skipped_annotations_by_reason"] == {"no segmentation": 1}
     argv[argv.index("--steps") + 1] = "2"
     assert main(argv) == 0
     assert "already holds 3 trained steps, more than --steps 2" in capsys.readouterr().out
