@@ -3,13 +3,13 @@
 A *source* yields :class:`SegmentationItem` s: an image plus one or more label *layers* (each
 positive label of each layer is one training mask). BSDS500 gives one layer per annotator
 (every region of every annotator is a mask), a COCO/LVIS json one layer per instance, the
-interactive benchmarks one layer per object, and :func:`synthetic_shapes` random shapes for
-tests. :func:`bsds_item_refs` and :func:`coco_item_refs` list the same items unread, as
+interactive benchmarks one layer per object; :mod:`~composer.training.synthetic` makes random
+shapes for tests and copy-paste composites. :func:`bsds_item_refs` and :func:`coco_item_refs` list the same items unread, as
 :class:`ItemRef` s, for :class:`~composer.training.features.FeatureCache`, which reads an item
 only for the cache entries it still lacks.
 
 Each item is seen through a few deterministic augmentation :class:`Variant` s (crop, flip,
-colour jitter). :func:`prepare_sample` turns (item, variant) into the model-input image and
+colour jitter; :mod:`~composer.training.samples`). :func:`prepare_sample` turns (item, variant) into the model-input image and
 the layers in the decoder's low-res frame (the padded square input scaled to ``low_res``),
 which is what the loss and the prompt simulation use.
 
@@ -22,45 +22,17 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from ..structures.masks import crowd_flag
+from .items import IGNORE_LABEL, SegmentationItem
 
 logger = logging.getLogger(__name__)
-
-IGNORE_LABEL = 65535  # layer value of pixels excluded from loss and clicks (e.g. GrabCut's 128)
-
-
-@dataclass(frozen=True)
-class SegmentationItem:
-    """One training image with its masks.
-
-    Attributes:
-        image_id: unique id within its source (e.g. ``"bsds/train/2092"``).
-        image: (H, W, 3) uint8 RGB in original pixels.
-        layers: (A, H, W) uint16 label layers in original pixels; 0 = no mask, k in
-            1..65534 = mask k of that layer, :data:`IGNORE_LABEL` = ignored pixel.
-    """
-
-    image_id: str
-    image: np.ndarray
-    layers: np.ndarray
-
-    def __post_init__(self) -> None:
-        if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
-            raise ValueError(
-                f"image must be (H, W, 3) uint8, got {self.image.shape} {self.image.dtype}"
-            )
-        if self.layers.ndim != 3 or self.layers.shape[1:] != self.image.shape[:2]:
-            raise ValueError(
-                f"layers must be (A, H, W) with (H, W) = {self.image.shape[:2]}, got {self.layers.shape}"
-            )
 
 
 @dataclass(frozen=True)
@@ -421,341 +393,43 @@ def interactive_items(dataset: Iterable) -> Iterator[SegmentationItem]:
         yield SegmentationItem(f"interactive/{item.image_id}", item.load_image(), layer[None])
 
 
-def synthetic_shapes(
-    n: int,
-    size: int = 128,
-    seed: int = 0,
-    max_shapes: int = 4,
-    backgrounds: Sequence[np.ndarray] | None = None,
-) -> list[SegmentationItem]:
-    """Random ellipses and rectangles on a noisy or natural background (tests, warm-up).
+# Made elsewhere, importable from here as before: synthetic items and the augmented samples.
+from .samples import (  # noqa: E402
+    PreparedSample,
+    Variant,
+    apply_variant,
+    index_masks,
+    input_shape,
+    make_variants,
+    masks_of,
+    prepare_sample,
+)
+from .synthetic import paste_composites, synthetic_shapes  # noqa: E402
 
-    Args:
-        n: number of images.
-        size: side of the square images in pixels.
-        seed: RNG seed; the same seed gives the same images.
-        max_shapes: at most this many shapes per image (at least 1); later shapes occlude.
-        backgrounds: optional (H, W, 3) uint8 images; each item then uses a random crop of one
-            as background, and half of the shapes are filled with a texture cut from another
-            (shapes are flat colours with noise otherwise).
-
-    Returns:
-        ``n`` items, each with one layer whose labels 1..K are the visible shapes.
-    """
-    if n < 0 or size < 16:
-        raise ValueError(f"need n >= 0 and size >= 16, got n={n}, size={size}")
-    rng = np.random.default_rng(seed)
-
-    def texture() -> np.ndarray:
-        assert backgrounds is not None
-        src = backgrounds[int(rng.integers(len(backgrounds)))]
-        h, w = src.shape[:2]
-        side = int(min(h, w) * rng.uniform(0.5, 1.0))
-        y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        crop = src[y0 : y0 + side, x0 : x0 + side]
-        return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float64)
-
-    items = []
-    for i in range(n):
-        if backgrounds:
-            img = texture()
-        else:
-            img = rng.normal(0.0, 12.0, (size, size, 3)) + rng.uniform(40, 200, 3)
-        layer = np.zeros((size, size), np.uint16)
-        k = int(rng.integers(1, max_shapes + 1))
-        for j in range(1, k + 1):
-            m = np.zeros((size, size), np.uint8)
-            cx, cy = rng.uniform(0.2, 0.8, 2) * size
-            rx, ry = rng.uniform(0.08, 0.25, 2) * size
-            if rng.random() < 0.5:
-                angle = float(rng.uniform(0, 180))
-                cv2.ellipse(m, (int(cx), int(cy)), (int(rx), int(ry)), angle, 0, 360, 1, -1)
-            else:
-                cv2.rectangle(m, (int(cx - rx), int(cy - ry)), (int(cx + rx), int(cy + ry)), 1, -1)
-            inside = m > 0
-            if backgrounds and rng.random() < 0.5:
-                img[inside] = texture()[inside]
-            else:
-                img[inside] = rng.uniform(0, 255, 3) + rng.normal(0.0, 8.0, (int(inside.sum()), 3))
-            layer[inside] = j
-        items.append(
-            SegmentationItem(f"shapes/{seed}/{i}", img.clip(0, 255).astype(np.uint8), layer[None])
-        )
-    return items
-
-
-def paste_composites(
-    n: int,
-    sources: Sequence[SegmentationItem],
-    backgrounds: Sequence[np.ndarray],
-    size: int = 512,
-    seed: int = 0,
-    max_objects: int = 3,
-    min_source_frac: float = 0.01,
-    feather: float = 1.0,
-    scale: tuple[float, float] = (0.2, 0.7),
-) -> list[SegmentationItem]:
-    """Copy-paste training images: whole masks cut from ``sources`` onto other backgrounds.
-
-    Each item pastes 1..``max_objects`` masks (each a random labelled mask of a random source
-    item covering at least ``min_source_frac`` of its image), scaled so the object's box side
-    is 20-70% of the image side, randomly mirrored, at a random place, over a random crop of a
-    background. Later objects occlude earlier ones; the alpha edge is feathered by a Gaussian
-    of ``feather`` pixels so the paste seam is not a trivial cue. The labels are the visible
-    parts of the pasted objects (the background is unlabelled: no mask is sampled there).
-    Teaches whole, salient objects (Ghiasi et al. 2021, "Simple Copy-Paste"). With
-    ``max_objects=1`` and a larger ``scale`` the images look like salient-object photos (one
-    large object, as in GrabCut or Berkeley).
-
-    Args:
-        n: number of images.
-        sources: items whose labelled masks are cut out (e.g. COCO instances, BSDS regions).
-        backgrounds: (H, W, 3) uint8 images.
-        size: side of the square output images.
-        seed: RNG seed (same seed, same images).
-        max_objects: most objects per image.
-        min_source_frac: smallest source mask as a fraction of its image.
-        feather: sigma of the alpha blur in pixels (0: hard edges).
-        scale: range of the object's box side as a fraction of the image side.
-    """
-    if n < 0 or size < 16 or not sources or not backgrounds:
-        raise ValueError("need n >= 0, size >= 16, and non-empty sources and backgrounds")
-    if not 0 < scale[0] <= scale[1] <= 1:
-        raise ValueError(f"scale must be 0 < low <= high <= 1, got {scale}")
-    rng = np.random.default_rng(seed)
-
-    def random_mask() -> tuple[np.ndarray, np.ndarray] | None:
-        for _ in range(20):
-            it = sources[int(rng.integers(len(sources)))]
-            layer = it.layers[int(rng.integers(it.layers.shape[0]))]
-            labels = [v for v in np.unique(layer).tolist() if v not in (0, IGNORE_LABEL)]
-            if not labels:
-                continue
-            m = layer == labels[int(rng.integers(len(labels)))]
-            if m.mean() < min_source_frac:
-                continue
-            ys, xs = np.nonzero(m)
-            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-            return it.image[y0:y1, x0:x1], m[y0:y1, x0:x1]
-        return None
-
-    items = []
-    for i in range(n):
-        bg = backgrounds[int(rng.integers(len(backgrounds)))]
-        h, w = bg.shape[:2]
-        side = int(min(h, w) * rng.uniform(0.6, 1.0))
-        y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        img = cv2.resize(bg[y0 : y0 + side, x0 : x0 + side], (size, size)).astype(np.float32)
-        layer = np.zeros((size, size), np.uint16)
-        k = 0
-        for _ in range(int(rng.integers(1, max_objects + 1))):
-            got = random_mask()
-            if got is None:
-                continue
-            patch, m = got
-            factor = size * rng.uniform(*scale) / max(patch.shape[:2])
-            ph = max(2, min(size, int(patch.shape[0] * factor)))
-            pw = max(2, min(size, int(patch.shape[1] * factor)))
-            patch = cv2.resize(patch, (pw, ph), interpolation=cv2.INTER_LINEAR).astype(np.float32)
-            alpha = cv2.resize(m.astype(np.float32), (pw, ph), interpolation=cv2.INTER_LINEAR)
-            if rng.random() < 0.5:
-                patch, alpha = patch[:, ::-1], alpha[:, ::-1]
-            if feather > 0:
-                alpha = cv2.GaussianBlur(np.ascontiguousarray(alpha), (0, 0), feather)
-            py, px = int(rng.integers(0, size - ph + 1)), int(rng.integers(0, size - pw + 1))
-            region = img[py : py + ph, px : px + pw]
-            region[:] = region * (1 - alpha[..., None]) + patch * alpha[..., None]
-            k += 1
-            layer[py : py + ph, px : px + pw][alpha >= 0.5] = k
-        if k == 0:
-            continue
-        items.append(
-            SegmentationItem(
-                f"paste/{seed}/{i}", img.clip(0, 255).astype(np.uint8), layer[None]
-            )
-        )
-    return items
-
-
-# --------------------------------------------------------------------------- augmentation
-@dataclass(frozen=True)
-class Variant:
-    """A deterministic augmentation of one image.
-
-    Attributes:
-        crop: (x0, y0, x1, y1) as fractions of the original width/height (0..1).
-        flip: mirror left-right after cropping.
-        brightness: additive brightness on the 0..255 scale.
-        contrast: multiplicative contrast around the mean grey.
-        saturation: blend factor with the greyscale image (1 = unchanged).
-    """
-
-    crop: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
-    flip: bool = False
-    brightness: float = 0.0
-    contrast: float = 1.0
-    saturation: float = 1.0
-
-    def key(self) -> str:
-        """Stable text key (cache file names)."""
-        c = ",".join(f"{v:.4f}" for v in self.crop)
-        return (
-            f"c{c}f{int(self.flip)}b{self.brightness:.2f}k{self.contrast:.3f}s{self.saturation:.3f}"
-        )
-
-
-def make_variants(n: int, seed: int, min_crop: float = 0.5, jitter: float = 0.2) -> list[Variant]:
-    """``n`` variants of one image: identity, mirror, then random crops/flips/colour jitter.
-
-    Args:
-        n: number of variants (>= 1).
-        seed: per-image seed (e.g. hash of the image id) so variants are reproducible.
-        min_crop: smallest crop side as a fraction of the image side.
-        jitter: strength of colour jitter (0 disables it).
-    """
-    if n < 1:
-        raise ValueError(f"need at least one variant, got {n}")
-    rng = np.random.default_rng(seed)
-    out = [Variant()]
-    if n > 1:
-        out.append(Variant(flip=True))
-    while len(out) < n:
-        sw, sh = rng.uniform(min_crop, 1.0, 2)
-        x0, y0 = rng.uniform(0, 1 - sw), rng.uniform(0, 1 - sh)
-        out.append(
-            Variant(
-                crop=(float(x0), float(y0), float(x0 + sw), float(y0 + sh)),
-                flip=bool(rng.random() < 0.5),
-                brightness=float(rng.uniform(-40, 40) * jitter / 0.2) if jitter else 0.0,
-                contrast=float(1 + rng.uniform(-jitter, jitter)),
-                saturation=float(1 + rng.uniform(-2 * jitter, 2 * jitter)),
-            )
-        )
-    return out
-
-
-def _crop_px(v: Variant, h: int, w: int) -> tuple[int, int, int, int]:
-    x0, y0, x1, y1 = v.crop
-    ix0, iy0 = int(round(x0 * w)), int(round(y0 * h))
-    ix1, iy1 = max(ix0 + 1, int(round(x1 * w))), max(iy0 + 1, int(round(y1 * h)))
-    return ix0, iy0, min(ix1, w), min(iy1, h)
-
-
-def apply_variant(item: SegmentationItem, v: Variant) -> tuple[np.ndarray, np.ndarray]:
-    """(image (h, w, 3) uint8, layers (A, h, w) uint16) of ``item`` seen through ``v``."""
-    h, w = item.image.shape[:2]
-    x0, y0, x1, y1 = _crop_px(v, h, w)
-    img = item.image[y0:y1, x0:x1]
-    layers = item.layers[:, y0:y1, x0:x1]
-    if v.flip:
-        img, layers = img[:, ::-1], layers[:, :, ::-1]
-    if v.brightness or v.contrast != 1.0 or v.saturation != 1.0:
-        f = img.astype(np.float32)
-        grey = f.mean(axis=2, keepdims=True)
-        f = grey + (f - grey) * v.saturation
-        f = (f - f.mean()) * v.contrast + f.mean() + v.brightness
-        img = f.clip(0, 255).astype(np.uint8)
-    return np.ascontiguousarray(img), np.ascontiguousarray(layers)
-
-
-def input_shape(h: int, w: int, img_size: int) -> tuple[int, int]:
-    """(h', w') after resizing the longest side to ``img_size`` (as SAM's ResizeLongestSide);
-    a side never rounds down to 0 (a 1 x 3000 px image is 1 x ``img_size``)."""
-    scale = img_size / max(h, w)
-    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
-
-
-@dataclass
-class PreparedSample:
-    """One (item, variant) in model frames.
-
-    Attributes:
-        image_id: the item id plus the variant key.
-        image: (h, w, 3) uint8 RGB in the input frame (longest side ``img_size``, unpadded).
-        layers: (A, L, L) uint16 label layers in the low-res frame (padding = 0).
-        valid: (L, L) bool: inside the image and not ignored.
-        input_size: (h, w) of ``image``.
-        features: cached backbone features for ``image`` (None until computed).
-        embedding: cached (1, C, g, g) image embedding of a frozen encoder (None until
-            computed); takes precedence over ``features`` and ``image``.
-    """
-
-    image_id: str
-    image: np.ndarray | None
-    layers: np.ndarray
-    valid: np.ndarray
-    input_size: tuple[int, int]
-    features: tuple | None = None
-    embedding: Any = None
-    masks_index: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
-
-
-def prepare_sample(
-    item: SegmentationItem,
-    variant: Variant,
-    img_size: int,
-    low_res: int,
-    min_area: int = 16,
-    max_area_frac: float = 0.95,
-    layer_sampling: str = "centre",
-) -> PreparedSample:
-    """Resize ``item`` through ``variant`` to the input frame and its layers to the low-res frame.
-
-    Args:
-        item: the source item.
-        variant: its augmentation.
-        img_size: side of the padded model input.
-        low_res: side of the low-res frame (``img_size // 4`` for SAM's geometry).
-        min_area: masks smaller than this many low-res pixels are not sampled.
-        max_area_frac: masks covering more of the valid region than this are not sampled.
-        layer_sampling: ``"centre"``: each low-res pixel takes the label under its centre, so
-            masks and image stay aligned. ``"corner"``: the label under its top-left corner
-            (OpenCV's nearest resize; masks sit half a low-res pixel right of and below the
-            image): the format of :class:`~composer.training.features.FeatureCache` entries,
-            whose loader subsamples them at ``f // 2`` and so lands on the centres.
-    """
-    if layer_sampling not in ("centre", "corner"):
-        raise ValueError(f"layer_sampling must be 'centre' or 'corner', got {layer_sampling!r}")
-    img, layers = apply_variant(item, variant)
-    h, w = img.shape[:2]
-    ih, iw = input_shape(h, w, img_size)
-    img = cv2.resize(img, (iw, ih), interpolation=cv2.INTER_LINEAR)
-    lh, lw = max(1, round(ih * low_res / img_size)), max(1, round(iw * low_res / img_size))
-    low = np.zeros((layers.shape[0], low_res, low_res), np.uint16)
-    if layer_sampling == "corner":
-        for a in range(layers.shape[0]):
-            low[a, :lh, :lw] = cv2.resize(layers[a], (lw, lh), interpolation=cv2.INTER_NEAREST)
-    else:
-        # Low-res pixel j spans input pixels [j s, (j + 1) s), s = img_size / low_res; its
-        # centre (j + 0.5) s lies at (j + 0.5) s * w / iw original pixels (the image's frame).
-        s = img_size / low_res
-        ys = np.minimum(((np.arange(lh) + 0.5) * s * h / ih).astype(np.int64), h - 1)
-        xs = np.minimum(((np.arange(lw) + 0.5) * s * w / iw).astype(np.int64), w - 1)
-        low[:, :lh, :lw] = layers[:, ys[:, None], xs[None, :]]
-    valid = np.zeros((low_res, low_res), bool)
-    valid[:lh, :lw] = True
-    valid &= ~(low == IGNORE_LABEL).any(axis=0)
-    sample = PreparedSample(f"{item.image_id}@{variant.key()}", img, low, valid, (ih, iw))
-    sample.masks_index = index_masks(low, valid, min_area, max_area_frac)
-    return sample
-
-
-def index_masks(
-    layers: np.ndarray, valid: np.ndarray, min_area: int, max_area_frac: float
-) -> np.ndarray:
-    """(N, 2) int64 (layer, label) pairs of the masks worth sampling in ``layers`` (A, L, L)."""
-    limit = max_area_frac * max(int(valid.sum()), 1)
-    pairs = []
-    for a in range(layers.shape[0]):
-        labels, counts = np.unique(layers[a][valid], return_counts=True)
-        for lab, cnt in zip(labels.tolist(), counts.tolist(), strict=True):
-            if lab not in (0, IGNORE_LABEL) and min_area <= cnt <= limit:
-                pairs.append((a, lab))
-    return np.asarray(pairs, np.int64).reshape(-1, 2)
-
-
-def masks_of(sample: PreparedSample, pairs: np.ndarray) -> np.ndarray:
-    """(M, L, L) bool masks for (layer, label) ``pairs`` (M, 2) of ``sample``."""
-    if len(pairs) == 0:
-        return np.zeros((0, *sample.layers.shape[1:]), bool)
-    return sample.layers[pairs[:, 0]] == pairs[:, 1, None, None]
+__all__ = [
+    "COCO_HOLDOUT",
+    "IGNORE_LABEL",
+    "ItemRef",
+    "PreparedSample",
+    "SegmentationItem",
+    "SkippedAnnotation",
+    "Variant",
+    "apply_variant",
+    "bsds_ids",
+    "bsds_item_refs",
+    "bsds_items",
+    "coco_item_ids",
+    "coco_item_refs",
+    "coco_items",
+    "coco_subset_split",
+    "evaluation_bsds_ids",
+    "index_masks",
+    "input_shape",
+    "interactive_items",
+    "load_bsds_item",
+    "make_variants",
+    "masks_of",
+    "paste_composites",
+    "prepare_sample",
+    "synthetic_shapes",
+]
