@@ -28,7 +28,7 @@ from composer.allocator import trim_heap
 from composer.amg_utils import TRIM_PIXELS, LowResUpsampler, Scratch
 from composer.automatic import AmgConfig, AutomaticMaskGenerator
 from composer.embedding import EmbeddingCache
-from composer.refine import GuidedFilter
+from composer.guided_filter import GuidedFilter
 from composer.structures import EdgeMap
 
 from .base import TaskContext
@@ -61,9 +61,10 @@ class EdgeConfig:
         nms_border: suppress responses within this many pixels of the image border (s).
         nms_margin: multiplier m of the centre value before comparing (conservative NMS).
         refine: edge-aware refinement of each mask's probability map before the Sobel filter,
-            with a colour guided filter of the image (:class:`composer.refine.GuidedFilter`;
-            not in the paper): ``(radius, eps)``, ``"off"`` (the paper's procedure), or
-            ``"auto"``: the segmenter's recommendation, its ``edge_refine`` attribute
+            with a colour guided filter of the image
+            (:class:`composer.guided_filter.GuidedFilter`; not in the paper): ``(radius, eps)``,
+            ``"off"`` (the paper's procedure), or ``"auto"``: the segmenter's recommendation,
+            its ``edge_refine`` attribute
             (composer_tiny's 64x64 masks put boundaries on an 8-pixel grid and carry a setting
             chosen on BSDS500 val; SAM carries none, so it runs the paper's procedure).
     """

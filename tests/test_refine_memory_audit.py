@@ -1,5 +1,6 @@
-"""composer.refine on large images: the banded guided filter equals the whole-array one to the
-bit, and holds about its stored statistics, not several full-size temporaries per pixel."""
+"""composer.guided_filter and composer.refine on large images: the banded guided filter equals
+the whole-array one to the bit, and holds about its stored statistics, not several full-size
+temporaries per pixel."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import composer.guided_filter as guided_filter
 import composer.refine as refine
 from composer.refine import GrabCutRefine, GuidedFilter
 
@@ -97,8 +99,8 @@ def test_banded_guided_filter_equals_the_whole_array_filter_to_the_bit(monkeypat
     grey and float guides, whole image and non-contiguous windows at the border and inside:
     the statistics and the filtered maps are the whole-array oracle's, bit for bit."""
     if rows is not None:
-        monkeypatch.setattr(refine, "_band_rows", _fixed_rows(rows))
-        monkeypatch.setattr(refine, "_BAND_ELEMENTS", 1)  # maps one at a time
+        monkeypatch.setattr(guided_filter, "_band_rows", _fixed_rows(rows))
+        monkeypatch.setattr(guided_filter, "_BAND_ELEMENTS", 1)  # maps one at a time
     rng = np.random.default_rng(rows or 0)
     rgb = rng.integers(0, 256, (23, 31, 3)).astype(np.uint8)
     rgb[5:15, 3:20] = (200, 30, 60)  # a flat patch: near-singular covariances
