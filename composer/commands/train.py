@@ -27,6 +27,7 @@ import logging
 import math
 import shlex
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,15 @@ MIN_MASK_PIXELS = 16
 MAX_INSTANCES = 64
 
 
-def _capped_instances(coco: Any, image_ids: list[int]) -> int:
-    """How many non-crowd instances of ``image_ids`` fall beyond coco_items' per-image cap
-    (of those it does not skip before the cap: a non-numeric ``area``, no segmentation)."""
+def _capped_instances(coco: Any, image_ids: list[int], skipped: list[Any]) -> int:
+    """How many non-crowd instances of ``image_ids`` fall beyond coco_items' per-image cap:
+    of those it does not skip before the cap (a bad ``area``, no segmentation), less those it
+    skipped as undecodable (``skipped``: its SkippedAnnotations; each leaves its place under
+    the cap to the next largest)."""
     from ..structures.masks import crowd_flag
+    from ..training.data import SKIP_BAD_SEGMENTATION, annotation_area
 
+    undecodable = Counter(s.item_id for s in skipped if s.reason == SKIP_BAD_SEGMENTATION)
     n = 0
     for iid in image_ids:
         usable = 0
@@ -51,11 +56,11 @@ def _capped_instances(coco: Any, image_ids: list[int]) -> int:
             if crowd_flag(a.get("iscrowd")) or a.get("segmentation") is None:
                 continue
             try:
-                float(a.get("area", 0))
-            except (TypeError, ValueError):
+                annotation_area(a)
+            except ValueError:
                 continue  # skipped, and counted as such
             usable += 1
-        n += max(0, usable - MAX_INSTANCES)
+        n += max(0, usable - undecodable[f"coco/{iid}"] - MAX_INSTANCES)
     return n
 
 
@@ -385,8 +390,9 @@ def run(args: argparse.Namespace) -> int:
     # An unusable image (missing or unreadable file, a record that cannot be read) is left
     # out and named, as eval does: the run trains on the others instead of stopping at it
     # after embedding the images before it. An annotation that supplies no mask (box-only,
-    # undecodable, a non-numeric area) is skipped and named, and the image's other masks
-    # are trained on (eval, which must not lose ground truth, still refuses the image).
+    # undecodable, an area that is not a finite number >= 0) is skipped and named, and the
+    # image's other masks are trained on (eval, which must not lose ground truth, still
+    # refuses the image).
     failed: list[tuple[str, str]] = []
     val_failed: list[tuple[str, str]] = []
     skipped: list[SkippedAnnotation] = []
@@ -456,7 +462,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"none of the {len(train_ids)} training images could be used (e.g. "
                          f"{failed[0][1]})")
     failed_ids = {int(item_id.split("/", 1)[1]) for item_id, _ in failed}
-    capped = _capped_instances(coco, [iid for iid in train_ids if iid not in failed_ids])
+    capped = _capped_instances(
+        coco, [iid for iid in train_ids if iid not in failed_ids], skipped
+    )
     if capped:
         print(f"{capped} training mask(s) beyond the {MAX_INSTANCES} largest of their image are "
               "not used")

@@ -20,8 +20,9 @@ longest side is ``img_size``; "low-res": the padded ``img_size`` square scaled t
 from __future__ import annotations
 
 import logging
+import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -156,7 +157,25 @@ def bsds_item_refs(
 #: ``sam-composer train`` reports); each one supplies no mask, the image's others still do
 SKIP_NO_SEGMENTATION = "no segmentation"  # a box-only annotation
 SKIP_BAD_SEGMENTATION = "undecodable segmentation"
-SKIP_BAD_AREA = "unreadable area"
+SKIP_BAD_AREA = "unreadable area"  # not a finite number >= 0
+
+
+def annotation_area(ann: Mapping[str, Any]) -> float:
+    """An annotation's ``area`` as :func:`coco_items` reads it (0 where it has none).
+
+    Raises:
+        ValueError: the area is not a number, or is NaN, infinite or negative: such an
+            annotation is skipped as :data:`SKIP_BAD_AREA` (a NaN one was left out unnamed,
+            as if too small, while ``eval`` scores its mask).
+    """
+    value = ann.get("area", 0)
+    try:
+        area = float(value)
+    except (TypeError, ValueError):
+        area = math.nan
+    if not (math.isfinite(area) and area >= 0):
+        raise ValueError(f"area must be a finite number >= 0, got {value!r}"[:120])
+    return area
 
 
 @dataclass(frozen=True)
@@ -198,10 +217,11 @@ def coco_items(
     masks are those of the unpacked one, less the empty ones; each layer's largest label is
     its number of masks.
     ``skipped``: if given, an annotation that supplies no mask (no ``segmentation``: a
-    box-only one; an undecodable one; a non-numeric ``area``) is skipped and appended to it
-    as a :class:`SkippedAnnotation`, and the image's other masks still come (the
-    ``max_instances`` largest of those left; an image whose every instance is skipped comes
-    without layers, ``(0, H, W)``); if None, such an annotation makes the image unusable (see
+    box-only one; an undecodable one; an ``area`` that is not a finite number >= 0, see
+    :func:`annotation_area`) is skipped and appended to it as a :class:`SkippedAnnotation`,
+    and the image's other masks still come (the ``max_instances`` largest of those that
+    decode, an undecodable one leaving its place to the next; an image whose every instance
+    is skipped comes without layers, ``(0, H, W)``); if None, such an annotation makes the image unusable (see
     Raises). An ``iscrowd`` that is not a flag is not skipped: the json loader refuses the
     whole file for it (as ``eval`` and ``convert`` do), and a ``COCO`` object with one makes
     that image unusable.
@@ -213,8 +233,9 @@ def coco_items(
             unusable: an image record without a usable ``height``/``width``/``file_name``, an
             image file that is missing or unreadable, or one whose size differs from its
             record's, or an annotation with an odd ``iscrowd``; without ``skipped``, also an
-            annotation with a missing or undecodable ``segmentation`` (a box-only one) or a
-            non-numeric ``area``. The message names the image (and the annotation).
+            annotation with a missing or undecodable ``segmentation`` (a box-only one) or an
+            ``area`` that is not a finite number >= 0. The message names the image (and the
+            annotation).
     """
     from pycocotools import mask as mask_utils
 
@@ -248,9 +269,8 @@ def coco_items(
                 if crowd_flag(a.get("iscrowd")):
                     continue
                 try:
-                    area = float(a.get("area", 0))
-                except (TypeError, ValueError):
-                    bad = ValueError(f"area must be a number, got {a.get('area')!r}"[:120])
+                    area = annotation_area(a)
+                except ValueError as bad:
                     skip(what, item_id, a, SKIP_BAD_AREA, bad)
                     continue
                 if not area >= min_area:
@@ -261,15 +281,19 @@ def coco_items(
                     continue
                 anns.append((area, a))
             ann_id = None
-            anns = sorted(anns, key=lambda pair: -pair[0])[:max_instances]
-            if not anns and (skipped is None or len(skipped) == n_skipped):
+            anns = sorted(anns, key=lambda pair: -pair[0])
+            n_layers = min(len(anns), max_instances)
+            if not n_layers and (skipped is None or len(skipped) == n_skipped):
                 # no instance (crowd regions only); an image whose every instance is skipped
                 # still comes, without layers, as coco_item_ids lists it
                 continue
             # zeros: the pages of layers that packing leaves unused are never touched
-            layers = np.zeros((len(anns), h, w), np.uint16)
-            labels = [0] * len(anns)  # labels given in each layer
+            layers = np.zeros((n_layers, h, w), np.uint16)
+            labels = [0] * n_layers  # labels given in each layer
+            taken = 0  # instances decoded; an undecodable one (skipped) leaves its place
             for _, a in anns:
+                if taken == n_layers:
+                    break  # the max_instances largest that decode are in
                 ann_id = a.get("id")
                 if a.get("segmentation") is None:
                     raise ValueError("no segmentation")
@@ -279,6 +303,7 @@ def coco_items(
                 except (ValueError, TypeError, KeyError) as exc:
                     skip(what, item_id, a, SKIP_BAD_SEGMENTATION, exc)
                     continue
+                taken += 1
                 # the mask within its box: a few instances of a large photo are read and
                 # written there only, not over the whole image each
                 x0, y0, bw, bh = (int(v) for v in mask_utils.toBbox(rle))
@@ -331,8 +356,8 @@ def coco_item_ids(
     for image_id in ds.image_ids:
         for a in ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=[image_id])):
             try:
-                usable = not crowd_flag(a.get("iscrowd")) and float(a.get("area", 0)) >= min_area
-            except (TypeError, ValueError):
+                usable = not crowd_flag(a.get("iscrowd")) and annotation_area(a) >= min_area
+            except ValueError:
                 usable = True
             if usable:
                 out.append(image_id)
@@ -414,6 +439,7 @@ __all__ = [
     "SegmentationItem",
     "SkippedAnnotation",
     "Variant",
+    "annotation_area",
     "apply_variant",
     "bsds_ids",
     "bsds_item_refs",

@@ -178,7 +178,8 @@ def test_coco_items_skip_annotations_that_supply_no_mask(tmp_path) -> None:
     }
     assert len(skipped) == 5 + n3
     message = {s.annotation_id: s.message for s in skipped}
-    assert message[94] == "COCO image 2 (001.png), annotation 94: area must be a number, got None"
+    assert message[94] == (
+        "COCO image 2 (001.png), annotation 94: area must be a finite number >= 0, got None")
     assert message[91].startswith("COCO image 1 (000.png), annotation 91: RLE size")
     # without a skipped list: the image is refused (or listed under failures), as before
     failures: list[tuple[str, str]] = []
@@ -231,6 +232,89 @@ def _masks(item) -> list[bytes]:
             if k:
                 out.append(np.packbits(layer == k).tobytes())
     return sorted(out)
+
+
+def _crowded_image(tmp_path: Path, n: int = 70) -> tuple[Path, Path]:
+    """Image 1 (96 x 96) with ``n`` small disjoint boxes, annotation k + 1 the k-th largest by
+    its area (more than the 64 that sam-composer train keeps) and the largest undecodable;
+    image 2 with one large box."""
+    from pycocotools import mask as mask_utils
+
+    images = tmp_path / "images"
+    images.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(images / "a.png")
+    doc: dict = {"images": [{"id": 1, "file_name": "a.png", "height": 96, "width": 96}],
+                 "annotations": [], "categories": [{"id": 1, "name": "box"}]}
+    for k in range(n):
+        m = np.zeros((96, 96), np.uint8, order="F")
+        y, x = divmod(k, 9)
+        m[y * 10 : y * 10 + 5, x * 10 : x * 10 + 5 + k % 3] = 1
+        rle = mask_utils.encode(m)
+        rle["counts"] = rle["counts"].decode()
+        doc["annotations"].append({"id": k + 1, "image_id": 1, "category_id": 1,
+                                   "segmentation": rle, "area": 1000.0 - k, "iscrowd": 0,
+                                   "bbox": [x * 10, y * 10, 5 + k % 3, 5]})
+    doc["annotations"][0]["segmentation"] = {"size": [10, 10], "counts": "PP"}  # the largest
+    # image 2: one mask large enough to train on (image 1's are below the low-res minimum)
+    Image.fromarray(pixels[::-1].copy()).save(images / "b.png")
+    doc["images"].append({"id": 2, "file_name": "b.png", "height": 96, "width": 96})
+    big = np.zeros((96, 96), np.uint8, order="F")
+    big[20:70, 10:60] = 1
+    rle = mask_utils.encode(big)
+    rle["counts"] = rle["counts"].decode()
+    doc["annotations"].append({"id": 100, "image_id": 2, "category_id": 1, "segmentation": rle,
+                               "area": 2500.0, "iscrowd": 0, "bbox": [10, 20, 50, 50]})
+    ann = tmp_path / "crowded.json"
+    ann.write_text(json.dumps(doc))
+    return ann, images
+
+
+def test_an_undecodable_annotation_leaves_its_place_under_the_cap(tmp_path, capsys) -> None:
+    """The cap took the 64 largest annotations before decoding them: an undecodable one among
+    them was skipped and the image trained on 63 masks while 69 decode, and the run said 6
+    masks were beyond the cap (it counted the undecodable one). The 64 largest that decode
+    are kept, and 5 are beyond the cap."""
+    ann, images = _crowded_image(tmp_path)
+    skipped: list = []
+    item, _ = coco_items(ann, images, skipped=skipped, pack_layers=True)
+    assert [(s.annotation_id, s.reason) for s in skipped] == [(1, "undecodable segmentation")]
+    assert len(_masks(item)) == 64
+    # the 64 kept are annotations 2..65: the one just beyond the old cap is in
+    assert int(item.layers.max()) == 64 and item.layers[0][72, 12] > 0  # annotation 65
+    assert item.layers[0][72, 22] == 0  # annotation 66: beyond the cap
+    out = tmp_path / "o"
+    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--random-init", "--out", str(out), "--steps", "1", "--masks-per-image", "1",
+            "--corrective", "0", "--val-fraction", "0"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "5 training mask(s) beyond the 64 largest of their image are not used" in text
+    assert "1 annotation(s) supply no mask and are skipped" in text
+
+
+@pytest.mark.parametrize("area", [float("nan"), float("inf"), -3.0])
+def test_a_nan_or_negative_area_is_skipped_and_named(tmp_path, area) -> None:
+    """A NaN or negative ``area`` (json's NaN loads as a float) was compared as too small: its
+    annotation was left out unnamed, and an image with no other annotation was not listed at
+    all, while eval scores the mask. It is skipped as an unreadable area, and named."""
+    from composer.training.data import coco_item_ids
+
+    ann, images = _coco_dataset(tmp_path, n=2)
+    doc = json.loads(ann.read_text())
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] == 1 or a["id"] == 99
+                          ] + [{**next(a for a in doc["annotations"] if a["image_id"] == 2),
+                                "id": 99, "area": area}]
+    ann.write_text(json.dumps(doc))
+    assert coco_item_ids(ann, images) == [1, 2]
+    skipped: list = []
+    items = {it.image_id: it for it in coco_items(ann, images, skipped=skipped)}
+    assert sorted(items) == ["coco/1", "coco/2"] and items["coco/2"].layers.shape[0] == 0
+    assert [(s.item_id, s.annotation_id, s.reason) for s in skipped] == [
+        ("coco/2", 99, "unreadable area")]
+    assert "annotation 99: area must be a finite number >= 0, got " in skipped[0].message
+    with pytest.raises(ValueError, match=r"COCO image 2 \(001\.png\), annotation 99: area"):
+        list(coco_items(ann, images))
 
 
 def test_packed_coco_layers_hold_the_same_masks(tmp_path, monkeypatch, capsys) -> None:
