@@ -379,14 +379,19 @@ def coco_item_refs(
     from ..data.coco import load_coco
 
     coco = load_coco(ann_file)
-
-    def load(image_id: int) -> SegmentationItem:
-        for item in coco_items(coco, image_dir, min_area, max_instances, [image_id]):
-            return item
-        raise ValueError(f"COCO image {image_id} has no instance to train on")
-
     for image_id in coco_item_ids(coco, image_dir, min_area, image_ids):
-        yield ItemRef(f"coco/{image_id}", partial(load, image_id))
+        # a module-level function: a reference pickles (e.g. into a spawned worker)
+        load = partial(_load_coco_item, coco, image_dir, min_area, max_instances, image_id)
+        yield ItemRef(f"coco/{image_id}", load)
+
+
+def _load_coco_item(
+    coco: Any, image_dir: str | Path, min_area: float, max_instances: int, image_id: int
+) -> SegmentationItem:
+    """The item of one COCO image, read as :func:`coco_items` reads it (an ItemRef's load)."""
+    for item in coco_items(coco, image_dir, min_area, max_instances, [image_id]):
+        return item
+    raise ValueError(f"COCO image {image_id} has no instance to train on")
 
 
 # The shared COCO val2017 subset is both training data and an evaluation set: its first

@@ -98,6 +98,21 @@ def test_coco_item_refs_are_coco_items_unread(tmp_path, monkeypatch) -> None:
     assert len(reads) == 2
 
 
+def test_coco_item_refs_pickle(tmp_path) -> None:
+    """A reference of coco_item_refs loaded through a function local to it, which does not
+    pickle ("Can't pickle local object"): such a reference could not go to a spawned worker,
+    as a bsds_item_refs one can. It pickles, and its copy loads the same item."""
+    import pickle
+
+    ann, images = _coco_dataset(tmp_path, n=2)
+    (ref,) = coco_item_refs(ann, images, image_ids=[2])
+    copy = pickle.loads(pickle.dumps(ref))
+    (item,) = coco_items(ann, images, image_ids=[2])
+    got = copy.load()
+    assert copy.image_id == got.image_id == item.image_id == "coco/2"
+    assert np.array_equal(got.image, item.image) and np.array_equal(got.layers, item.layers)
+
+
 def test_bsds_item_refs_are_bsds_items_unread(bsds_dir, monkeypatch) -> None:
     import composer.data.bsds as bsds_io
 
