@@ -403,8 +403,8 @@ def run(args: argparse.Namespace) -> int:
                           failures=failed, pack_layers=True, skipped=skipped)
 
     def val_items() -> Any:
-        return coco_items(val_source, val_images, image_ids=val_ids, failures=val_failed,
-                          pack_layers=True, skipped=val_skipped)
+        return coco_items(val_source, val_images, image_ids=val_ids, max_instances=MAX_INSTANCES,
+                          failures=val_failed, pack_layers=True, skipped=val_skipped)
 
     if args.val_data:
         # --val-data images that are also --data images (by their pixels) are refused. The
@@ -468,6 +468,14 @@ def run(args: argparse.Namespace) -> int:
     if capped:
         print(f"{capped} training mask(s) beyond the {MAX_INSTANCES} largest of their image are "
               "not used")
+    # the held-out images are read under the same cap: their masks beyond it are not scored
+    val_left_out = {item_id for item_id, _ in val_failed} | set(leaked)
+    val_capped = _capped_instances(
+        val_source, [iid for iid in val_ids if f"coco/{iid}" not in val_left_out], val_skipped
+    )
+    if val_capped:
+        print(f"{val_capped} held-out mask(s) beyond the {MAX_INSTANCES} largest of their image "
+              "are not scored in the held-out mIoU")
     low_res = int(model.prompt_encoder.mask_input_size[0])
     size_rule = (
         f"at least {MIN_MASK_PIXELS} of the {low_res} x {low_res} low-res pixels of the padded "

@@ -293,6 +293,20 @@ def test_an_undecodable_annotation_leaves_its_place_under_the_cap(tmp_path, caps
     assert "1 annotation(s) supply no mask and are skipped" in text
 
 
+def test_held_out_masks_beyond_the_cap_are_counted(tmp_path, capsys) -> None:
+    """The held-out images are read under the same cap of 64 masks per image, but only the
+    training images' masks beyond it were counted: a held-out mIoU left masks out unsaid."""
+    ann, images = _crowded_image(tmp_path)
+    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--random-init", "--out", str(tmp_path / "o"), "--steps", "1",
+            "--masks-per-image", "1", "--corrective", "0", "--val-fraction", "0.5"]
+    assert main(argv) == 0  # image 1 (70 annotations, one undecodable) is held out
+    text = capsys.readouterr().out
+    assert "1 training images (2 samples), 1 held out" in text
+    assert "5 held-out mask(s) beyond the 64 largest of their image are not scored" in text
+    assert "training mask(s) beyond" not in text
+
+
 @pytest.mark.parametrize("area", [float("nan"), float("inf"), -3.0])
 def test_a_nan_or_negative_area_is_skipped_and_named(tmp_path, area) -> None:
     """A NaN or negative ``area`` (json's NaN loads as a float) was compared as too small: its
