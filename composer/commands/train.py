@@ -380,6 +380,10 @@ def run(args: argparse.Namespace) -> int:
                   "none, so there is no held-out mIoU before and after; give a larger "
                   "--val-fraction (at least 2 images) or --val-data")
     val_images = args.val_images if args.val_data else args.images
+    # the embedding of every image comes first and can take minutes: say so once the weights
+    # and the json are known to be usable
+    print(f"embedding {len(train_ids)} training and {len(val_ids)} held-out image(s) on "
+          f"{device} ...", flush=True)
     t0 = time.perf_counter()
     kept: list[int] = []
     layers: list[int] = []

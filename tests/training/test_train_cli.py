@@ -319,4 +319,6 @@ def test_train_names_its_device_only_once_the_run_starts(tmp_path, capsys) -> No
     assert main([*base, "--random-init"]) == 0
     out = capsys.readouterr().out
     assert "training on" not in out
+    # the embedding, which comes first and can take minutes, is announced once it starts
+    assert "embedding 3 training and 0 held-out image(s) on cpu ..." in out.splitlines()
     assert "model vit_tiny_test from random, on cpu; 3 training images" in out
