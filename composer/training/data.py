@@ -227,6 +227,7 @@ def coco_items(
     that image unusable.
     ``failures``: if given, an unusable image (see Raises) is appended to it as (item id,
     message) and skipped, and the items of the other images still come; if None it raises.
+    An unusable image adds nothing to ``skipped``: it is left out whole, named by its failure.
 
     Raises:
         ValueError: the json or the image folder is missing or malformed, or one image is
@@ -257,13 +258,13 @@ def coco_items(
         item_id = f"coco/{image_id}"
         what = f"COCO image {image_id} ({rec.get('file_name')!s})"
         ann_id: Any = None
+        n_skipped = len(skipped) if skipped is not None else 0
 
         try:
             h, w = int(rec["height"]), int(rec["width"])
             if h < 1 or w < 1:
                 raise ValueError(f"height and width must be >= 1, got {h} and {w}")
             anns = []
-            n_skipped = len(skipped) if skipped is not None else 0
             for a in ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=[image_id])):
                 ann_id = a.get("id")
                 if crowd_flag(a.get("iscrowd")):
@@ -328,6 +329,10 @@ def coco_items(
             where = what if ann_id is None else f"{what}, annotation {ann_id}"
             detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc).strip()
             message = f"{where}: {detail or type(exc).__name__}"
+            if skipped is not None:
+                # the image is left out whole: the annotations of it skipped so far are not
+                # those of an image whose other masks are used (its failure names it)
+                del skipped[n_skipped:]
             if failures is None:
                 raise ValueError(message) from None
             failures.append((item_id, message))

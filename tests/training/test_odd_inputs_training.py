@@ -125,6 +125,40 @@ def test_train_command_leaves_out_unusable_images_and_names_them(tmp_path, capsy
         list(coco_items(ann, images))
 
 
+def test_an_unusable_image_lists_no_skipped_annotation(tmp_path, capsys) -> None:
+    """An image left out whole (its file missing) kept the annotations of it skipped before
+    the file was read in the skipped list: the run said they "supply no mask and are skipped;
+    the images' other masks are used" and listed them in train_report.json beside the image's
+    failure. The failure alone names the image."""
+    ann, images = _coco_dataset(tmp_path, n=3)
+
+    def change(d) -> None:
+        d["annotations"].append({**d["annotations"][0], "id": 98})
+        d["annotations"][-1].pop("segmentation")  # image 1: a box-only annotation
+        (images / d["images"][0]["file_name"]).unlink()  # and no image file
+
+    _edit(ann, change)
+    skipped: list = []
+    failures: list[tuple[str, str]] = []
+    items = list(coco_items(ann, images, failures=failures, skipped=skipped))
+    assert [it.image_id for it in items] == ["coco/2", "coco/3"]
+    assert [item_id for item_id, _ in failures] == ["coco/1"] and skipped == []
+    with pytest.raises(ValueError, match=r"COCO image 1 \(000\.png\): image file not found"):
+        list(coco_items(ann, images, skipped=skipped))
+    assert skipped == []
+    out = tmp_path / "o"
+    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--random-init", "--out", str(out), "--steps", "1", "--masks-per-image", "1",
+            "--corrective", "0", "--val-fraction", "0"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "1 training and 0 held-out image(s) could not be used" in text
+    assert "supply no mask" not in text
+    report = json.loads((out / "train_report.json").read_text())
+    assert [f["image_id"] for f in report["failures"]] == ["coco/1"]
+    assert report["skipped_annotations"] == [] and report["skipped_annotations_by_reason"] == {}
+
+
 def _defective_annotations(tmp_path):
     """A 4-image dataset whose images 1, 2 and 4 gain annotations that supply no mask, of each
     kind (image 1 is held out by --val-fraction 0.25), and whose image 3 has box-only ones
