@@ -178,6 +178,19 @@ def annotation_area(ann: Mapping[str, Any]) -> float:
     return area
 
 
+def _check_max_instances(value: Any) -> int:
+    """``max_instances`` as an int >= 1.
+
+    Raises:
+        ValueError: not a whole number >= 1 (a negative cap made every image unusable with
+            "negative dimensions are not allowed", 0 yielded no image, 2.5 was taken as 2).
+    """
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not (ok and value >= 1):
+        raise ValueError(f"max_instances must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class SkippedAnnotation:
     """An annotation that :func:`coco_items` skipped (given a ``skipped`` list).
@@ -230,8 +243,8 @@ def coco_items(
     An unusable image adds nothing to ``skipped``: it is left out whole, named by its failure.
 
     Raises:
-        ValueError: the json or the image folder is missing or malformed, or one image is
-            unusable: an image record without a usable ``height``/``width``/``file_name``, an
+        ValueError: ``max_instances`` is not a whole number >= 1; the json or the image
+            folder is missing or malformed, or one image is unusable: an image record without a usable ``height``/``width``/``file_name``, an
             image file that is missing or unreadable, or one whose size differs from its
             record's, or an annotation with an odd ``iscrowd``; without ``skipped``, also an
             annotation with a missing or undecodable ``segmentation`` (a box-only one) or an
@@ -243,6 +256,8 @@ def coco_items(
     from ..data.coco import CocoDataset
     from ..io.image import load_image, size_mismatch
     from ..structures.masks import segmentation_rle
+
+    max_instances = _check_max_instances(max_instances)
 
     def skip(what: str, item_id: str, ann: dict[str, Any], reason: str, exc: Exception) -> None:
         """Record ``ann`` as skipped, or (no ``skipped`` list) re-raise ``exc``."""
@@ -380,9 +395,13 @@ def coco_item_refs(
     """:func:`coco_items` unread: its items, in its order, as :class:`ItemRef` s listed from
     the json alone (:func:`coco_item_ids`); the json is read once, when the first is asked
     for. Loading one reads that image as :func:`coco_items` does, and raises where it would.
+
+    Raises:
+        ValueError: ``max_instances`` is not a whole number >= 1 (when the first is asked for).
     """
     from ..data.coco import load_coco
 
+    max_instances = _check_max_instances(max_instances)
     coco = load_coco(ann_file)
     for image_id in coco_item_ids(coco, image_dir, min_area, image_ids):
         # a module-level function: a reference pickles (e.g. into a spawned worker)

@@ -159,6 +159,22 @@ def test_an_unusable_image_lists_no_skipped_annotation(tmp_path, capsys) -> None
     assert report["skipped_annotations"] == [] and report["skipped_annotations_by_reason"] == {}
 
 
+@pytest.mark.parametrize("cap", [-1, 0, 2.5, True, "64"])
+def test_coco_items_refuse_a_bad_max_instances(tmp_path, cap) -> None:
+    """A negative cap made every image unusable ("negative dimensions are not allowed"), 0
+    yielded no image at all, 2.5 was read as 2: each is a ValueError naming the value."""
+    from composer.training.data import coco_item_refs
+
+    ann, images = _coco_dataset(tmp_path, n=2)
+    failures: list[tuple[str, str]] = []
+    with pytest.raises(ValueError, match=r"max_instances must be a whole number >= 1, got "):
+        list(coco_items(ann, images, max_instances=cap, failures=failures))
+    assert failures == []
+    with pytest.raises(ValueError, match=r"max_instances must be a whole number >= 1"):
+        list(coco_item_refs(ann, images, max_instances=cap))
+    assert len(list(coco_items(ann, images, max_instances=np.int64(1)))) == 2
+
+
 def _defective_annotations(tmp_path):
     """A 4-image dataset whose images 1, 2 and 4 gain annotations that supply no mask, of each
     kind (image 1 is held out by --val-fraction 0.25), and whose image 3 has box-only ones
