@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,8 +29,6 @@ from ..io.records import LOG_SUFFIX as LOG_SUFFIX
 from ..io.records import log_path as log_path
 from ..io.records import read_log as read_log
 from ..io.visualize import json_finite
-
-logger = logging.getLogger(__name__)
 
 
 def json_normal(obj: Any) -> Any:

@@ -32,6 +32,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- COCO records
+def _one_step_argv(ann: Path, images: Path, out: Path, val_fraction: str) -> list[str]:
+    """A one-step `sam-composer train` of the tiny test model from random weights."""
+    return ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--random-init", "--out", str(out), "--steps", "1", "--masks-per-image", "1",
+            "--corrective", "0", "--val-fraction", val_fraction]
+
+
 def _edit(ann: Path, change) -> None:
     doc = json.loads(ann.read_text())
     change(doc)
@@ -100,9 +107,7 @@ def test_train_command_leaves_out_unusable_images_and_names_them(tmp_path, capsy
 
     _edit(ann, change)
     out = tmp_path / "o"
-    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
-            "--random-init", "--out", str(out), "--steps", "1", "--masks-per-image", "1",
-            "--corrective", "0", "--val-fraction", "0.34"]  # holds out images 1 and 4
+    argv = _one_step_argv(ann, images, out, "0.34")  # holds out images 1 and 4
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "1 training and 1 held-out image(s) could not be used" in text
@@ -147,9 +152,7 @@ def test_an_unusable_image_lists_no_skipped_annotation(tmp_path, capsys) -> None
         list(coco_items(ann, images, skipped=skipped))
     assert skipped == []
     out = tmp_path / "o"
-    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
-            "--random-init", "--out", str(out), "--steps", "1", "--masks-per-image", "1",
-            "--corrective", "0", "--val-fraction", "0"]
+    argv = _one_step_argv(ann, images, out, "0")
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "1 training and 0 held-out image(s) could not be used" in text
@@ -252,9 +255,7 @@ def test_train_command_skips_annotations_that_supply_no_mask(tmp_path, capsys) -
     it skipped, per reason."""
     ann, _, images, n3 = _defective_annotations(tmp_path)
     out = tmp_path / "o"
-    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
-            "--random-init", "--out", str(out), "--steps", "1", "--masks-per-image", "1",
-            "--corrective", "0", "--val-fraction", "0.25"]  # holds out image 1
+    argv = _one_step_argv(ann, images, out, "0.25")  # holds out image 1
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "could not be used" not in text
@@ -334,9 +335,7 @@ def test_an_undecodable_annotation_leaves_its_place_under_the_cap(tmp_path, caps
     assert int(item.layers.max()) == 64 and item.layers[0][72, 12] > 0  # annotation 65
     assert item.layers[0][72, 22] == 0  # annotation 66: beyond the cap
     out = tmp_path / "o"
-    argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
-            "--random-init", "--out", str(out), "--steps", "1", "--masks-per-image", "1",
-            "--corrective", "0", "--val-fraction", "0"]
+    argv = _one_step_argv(ann, images, out, "0")
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "5 training mask(s) beyond the 64 largest of their image are not used" in text
