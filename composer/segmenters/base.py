@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import threading
 import weakref
@@ -28,6 +29,7 @@ PREDICT_CHUNK_BYTES = 1 << 30
 
 # guards every segmenter's memo of mirrored embeddings (a module lock keeps segmenters picklable)
 _MIRROR_LOCK = threading.Lock()
+_MEMO_KEYS = itertools.count()
 
 @runtime_checkable
 class Segmenter(Protocol):
@@ -296,10 +298,10 @@ class PromptableSegmenter(ABC):
             int, tuple[weakref.ref[ImageEmbedding], tuple[str, str], ImageEmbedding]
         ] = self.__dict__.setdefault("_mirror_memo", OrderedDict())
         with _MIRROR_LOCK:
-            hit = memo.get(id(embedding))
-            if hit is not None and hit[0]() is embedding:
-                memo.move_to_end(id(embedding))
-                return hit[2]
+            for key, (ref, _, mirrored) in memo.items():
+                if ref() is embedding:
+                    memo.move_to_end(key)
+                    return mirrored
         image = refine_image(embedding)
         content = (embedding.model_id, image_hash(image))
         with _MIRROR_LOCK:
@@ -464,12 +466,11 @@ class PromptableSegmenter(ABC):
 
 def _remember(memo: OrderedDict[int, Any], embedding: ImageEmbedding, content: tuple[str, str],
               mirrored: ImageEmbedding) -> None:
-    """Put ``embedding``'s mirror in the memo as its newest entry. Its id may be the key of a
-    dead embedding's entry (the memo holds weak references, and CPython gives a freed
-    object's address to a new one): assigning to that key would leave the entry where the
-    dead one was, first in line to be evicted."""
-    memo.pop(id(embedding), None)
-    memo[id(embedding)] = (weakref.ref(embedding), content, mirrored)
+    """Put ``embedding``'s mirror in the memo as its newest entry, under a key of its own
+    (never the embedding's id: the memo holds weak references, and CPython gives a freed
+    object's address to a new one, so a new embedding's id could overwrite the entry of a
+    dead one whose pixels a later copy would still find by content)."""
+    memo[next(_MEMO_KEYS)] = (weakref.ref(embedding), content, mirrored)
 
 
 def mirror_prompts(prompts: Prompts, width: float, offset: float) -> Prompts:
