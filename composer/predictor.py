@@ -20,7 +20,7 @@ from PIL import Image
 from .embedding import ImageEmbedding, check_sizes
 from .io.image import load_image
 from .sam.common import weight_dtype
-from .segmenters.base import MaskLogits, PromptableSegmenter, refine_image, upsample_logits
+from .segmenters.base import MaskLogits, PromptableSegmenter, as_flag, refine_image, upsample_logits
 from .structures import Prompts
 
 
@@ -159,14 +159,6 @@ def _host_bytes(values: torch.Tensor) -> bytes:
         return host.numpy().tobytes()  # type: ignore[no-any-return]
     except TypeError:  # bfloat16, float8: no numpy type, and float32 holds them exactly
         return host.float().numpy().tobytes()  # type: ignore[no-any-return]
-
-
-def _flag(name: str, value: Any) -> bool:
-    """``value`` as a bool, refusing what is not one: ``multimask_output="False"`` would be
-    truthy and silently give three masks."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 # keywords of the stateless ``predict(embedding, ...)`` that the official-style form lacks
@@ -492,8 +484,8 @@ class SamPredictor(PromptableSegmenter):
         emb = self.embedding
         # weights changed since set_image (fine-tuned, reloaded, cast): the features are stale
         emb.check_model(self.model_id)
-        multimask_output = _flag("multimask_output", multimask_output)
-        return_logits = _flag("return_logits", return_logits)
+        multimask_output = as_flag("multimask_output", multimask_output)
+        return_logits = as_flag("return_logits", return_logits)
         if point_coords is not None and point_labels is None:
             raise ValueError("point_labels must be given with point_coords")
         if point_coords is None and point_labels is not None:
@@ -564,8 +556,8 @@ class SamPredictor(PromptableSegmenter):
                         return_logits: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         emb = self.embedding
         emb.check_model(self.model_id)  # stale after a change of weights since set_image
-        multimask_output = _flag("multimask_output", multimask_output)
-        return_logits = _flag("return_logits", return_logits)
+        multimask_output = as_flag("multimask_output", multimask_output)
+        return_logits = as_flag("return_logits", return_logits)
         if point_coords is not None and point_labels is None:
             raise ValueError("point_labels must be given with point_coords")
         box_arr = None if box is None else np.asarray(box, np.float32)

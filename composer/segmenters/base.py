@@ -65,6 +65,14 @@ class MaskLogits:
     feedback: torch.Tensor | None = None
 
 
+def as_flag(name: str, value: Any) -> bool:
+    """``value`` as a bool, refusing what is not one: ``multimask="no"`` or
+    ``multimask_output="False"`` would be truthy and silently give three masks."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
 def upsample_logits(logits: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
     """Low-res logits (N, M, h, w) -> logits (N, M, H, W) at the embedded image's original size.
 
@@ -200,7 +208,8 @@ class PromptableSegmenter(ABC):
             ValueError: empty prompt set, NaN, malformed boxes, prompts outside the image,
                 an embedding from another model, or an explicit refiner, rank or
                 ``tta="flip"`` with an embedding that carries no image (see ``refinement``).
-            TypeError: ``embedding`` is not an ``ImageEmbedding`` (e.g. the image itself).
+            TypeError: ``embedding`` is not an ``ImageEmbedding`` (e.g. the image itself), or
+                ``multimask`` / ``keep_low_res`` is not a bool.
         """
         if not isinstance(embedding, ImageEmbedding):
             raise TypeError(
@@ -208,6 +217,7 @@ class PromptableSegmenter(ABC):
                 f"{type(embedding).__name__}"
             )
         embedding.check_model(self.model_id)
+        multimask, keep_low_res = as_flag("multimask", multimask), as_flag("keep_low_res", keep_low_res)
         if isinstance(points, Prompts):  # DESIGN: predict(embedding, prompts, multimask=...)
             if labels is not None or boxes is not None or mask_input is not None:
                 raise TypeError("predict takes a Prompts or points/labels/boxes/mask_input, not both")

@@ -335,3 +335,14 @@ def test_a_reused_id_does_not_overwrite_a_dead_embeddings_mirror() -> None:
     finally:
         builtins.id = real_id
     assert seg.mirror_encoder_calls == 2
+
+
+@pytest.mark.parametrize("field", ["multimask", "keep_low_res"])
+def test_predict_refuses_a_flag_that_is_not_a_bool(field: str) -> None:
+    """``multimask="no"`` is truthy: predict gave three masks per prompt without a word."""
+    seg = _Cones()
+    emb = seg.embed(_image(60, 90))
+    pts, lbl = np.array([[[20.0, 30.0]]], np.float32), np.array([[1]])
+    with pytest.raises(TypeError, match=f"{field} must be a bool, got 'no'"):
+        seg.predict(emb, pts, lbl, **{field: "no"})
+    assert len(seg.predict(emb, pts, lbl, **{field: np.bool_(False)})) == (3 if field == "keep_low_res" else 1)
