@@ -126,6 +126,36 @@ class ImageEmbedding:
                 f"embedding was made by model {self.model_id!r} and cannot be decoded by {model_id!r}"
             )
 
+    def check_fits(self, pad_size: int, grid: Sequence[int] | None = None,
+                   channels: int | None = None) -> None:
+        """Raise ``ValueError`` unless the features fit a decoder of ``pad_size`` inputs.
+
+        ``check_model`` trusts the id; this checks the sizes an id does not pin down: an
+        embedding built by hand under a model's id, or made by the same weights at another
+        input size (composer_tiny's id names its weights, not its ``img_size``). Its prompts
+        would be scaled into the wrong input frame, and a decoder with fixed shapes (an ONNX
+        graph) fails with its own error, or decodes the wrong frame silently.
+
+        Args:
+            pad_size: side of the decoder's square model input.
+            grid: (h, w) feature grid the decoder reads; None skips the check.
+            channels: feature channels it reads; None skips the check (a decoder may project
+                them first).
+        """
+        shape = tuple(self.features.shape)
+        want_grid = None if grid is None else tuple(int(v) for v in grid)
+        if (
+            self.pad_size != pad_size
+            or (want_grid is not None and shape[-2:] != want_grid)
+            or (channels is not None and shape[1] != channels)
+        ):
+            what = "features" if channels is None else f"{channels}-channel features"
+            of = "" if want_grid is None else f" of a {want_grid} grid"
+            raise ValueError(
+                f"embedding features {shape} with pad_size {self.pad_size} do not fit this "
+                f"model, which decodes {what}{of} over a {pad_size} input"
+            )
+
 
 def check_sizes(original_size: Any, input_size: Any, pad_size: Any
                 ) -> tuple[tuple[int, int], tuple[int, int], int]:

@@ -329,18 +329,14 @@ class SamPredictor(PromptableSegmenter):
 
         Raises:
             ValueError: ``embedding``'s feature grid or ``pad_size`` are not this model's (an
-                embedding built by hand under this model's id).
+                embedding built by hand under this model's id, or by its weights at another
+                input size: ``ImageEmbedding.check_fits``).
         """
         dev = self.device
         image_pe = self.model.prompt_encoder.get_dense_pe()
         # the decoder adds the dense prompt embedding (of the pe's grid) to the features: the
         # grids must agree (the channels need not: a decoder may project them first)
-        if embedding.features.shape[-2:] != image_pe.shape[-2:] or embedding.pad_size != self.img_size:
-            raise ValueError(
-                f"embedding features {tuple(embedding.features.shape)} with pad_size "
-                f"{embedding.pad_size} do not fit this model, which decodes features of a "
-                f"{tuple(image_pe.shape[-2:])} grid over a {self.img_size} input"
-            )
+        embedding.check_fits(self.img_size, image_pe.shape[-2:])
         if points is not None:
             points = (points[0].to(dev, torch.float32), points[1].to(dev, torch.int))
         if boxes is not None:

@@ -106,6 +106,7 @@ class OnnxSegmenter(PromptableSegmenter):
 
     _encoder: Any
     _decoder: Any
+    embedding_shape: tuple[int, ...] | None
 
     def __init__(self, directory: str | os.PathLike[str], threads: int | None = None,
                  settings: bool = True) -> None:
@@ -211,6 +212,8 @@ class OnnxSegmenter(PromptableSegmenter):
                 + ", ".join(f"{n} {list(s)}" for n, s in fixed)
                 + "; the files belong to different exports"
             )
+        #: (1, C, h, w) of the embeddings the decoder graph takes (None: not fixed by the graphs)
+        self.embedding_shape = fixed[0][1] if fixed and len(fixed[0][1]) == 4 else None
         sizes = (
             (self._encoder, "image", "img_size", (self.img_size, self.img_size)),
             (self._decoder, "mask_input", "low_res_size", tuple(self.low_res_size)),
@@ -274,10 +277,17 @@ class OnnxSegmenter(PromptableSegmenter):
         """The decoder graph on chunks of at most ``max_batch`` prompts (``model.json``).
 
         Raises:
-            ValueError: an embedding of another model, or a graph that returns fewer masks
-                than prompts (``max_batch`` larger than the exported chunk).
+            ValueError: an embedding of another model, or one whose features or ``pad_size``
+                are not this export's (built by hand under its id, or by an export of the same
+                weights at another input size: ``ImageEmbedding.check_fits``), or a graph that
+                returns fewer masks than prompts (``max_batch`` larger than the exported chunk).
         """
         embedding.check_model(self.model_id)
+        # the graph has fixed shapes: ONNX Runtime refused another grid or channel count with
+        # its own error, and decoded another pad_size's embedding in the wrong frame silently
+        shape = self.embedding_shape
+        embedding.check_fits(self.img_size, None if shape is None else shape[-2:],
+                             None if shape is None else shape[1])
         oh, ow = embedding.original_size
         ih, iw = embedding.input_size
         scale = np.array([iw / ow, ih / oh], np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 
 import numpy as np
@@ -21,6 +22,12 @@ from composer.export import export_onnx  # noqa: E402
 from composer.interactive import ClickSession  # noqa: E402
 from composer.predictor import SamPredictor  # noqa: E402
 from composer.sam.build import build_sam_from_config  # noqa: E402
+from composer.sam.composer_tiny import (  # noqa: E402
+    MODEL_NAME,
+    PACKAGED_WEIGHTS,
+    ComposerTinyConfig,
+    build_composer_tiny,
+)
 from composer.sam.configs import CONFIGS  # noqa: E402
 from composer.segmenters import _load_onnx, load_segmenter  # noqa: E402
 from composer.segmenters.onnx import OnnxSegmenter  # noqa: E402
@@ -155,6 +162,42 @@ def test_onnx_embedding_is_refused_by_torch_model(tiny, image):
     emb = OnnxSegmenter(out.directory).embed(image)
     with pytest.raises(ValueError, match="onnx-"):
         seg.predict(emb, points=[[10, 10]], labels=[1])
+
+
+def test_embedding_of_another_grid_or_input_size_is_refused(tmp_path, tiny, image):
+    """A foreign embedding under the export's id: ONNX Runtime refused another grid or channel
+    count with its own InvalidArgument error, and decoded another pad_size's embedding in the
+    wrong frame silently; now a ValueError, as SamPredictor's."""
+    seg, out = tiny
+    ours = OnnxSegmenter(out.directory, settings=False)
+    emb = ours.embed(image)
+    ours.predict(emb, points=[[100, 70]], labels=[1])  # its own embedding decodes
+    # composer_tiny's weights at a 256 input (stride 16: the same 16 x 16 grid, 384 channels)
+    # have the same id; exported, their embeddings carry the 512 export's id too
+    small = SamPredictor(
+        build_composer_tiny(PACKAGED_WEIGHTS, config=ComposerTinyConfig(img_size=256, embed_stride=16)),
+        model_id_prefix=f"{MODEL_NAME}-packaged-",
+    )
+    assert small.model_id == seg.model_id
+    other = OnnxSegmenter(export_onnx(small, tmp_path / "s256", check=False).directory)
+    foreign = other.embed(image)
+    assert foreign.model_id == ours.model_id and foreign.features.shape == emb.features.shape
+    h, w = image.shape[:2]
+    cases = {
+        "another input size": foreign,
+        "another grid": dataclasses.replace(emb, features=torch.zeros(1, 384, 8, 8)),
+        "other channels": dataclasses.replace(emb, features=torch.zeros(1, 256, 16, 16)),
+        # another model's embedding (SAM's ViT: 64 channels, 16 x 16 over 256) under this id
+        "another model": dataclasses.replace(small_vit_sam().embed(image), model_id=ours.model_id),
+        "hand-made pad_size": dataclasses.replace(
+            emb, pad_size=1024, input_size=(round(h * 1024 / w), 1024)),
+    }
+    for bad in cases.values():  # the names say what each is
+        with pytest.raises(ValueError, match=r"do not fit this model, which decodes 384-channel "
+                                             r"features of a \(16, 16\) grid over a 512 input"):
+            ours.predict(bad, points=[[100, 70]], labels=[1])
+    # the shape travels with a copy sent to a worker process
+    assert pickle.loads(pickle.dumps(ours)).embedding_shape == (1, 384, 16, 16)
 
 
 def test_sam_vit_architecture_exports(tmp_path, image):
