@@ -5,6 +5,9 @@ automatically annotated image, to find entries that were all on disk)."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import pickle
+from collections import OrderedDict
 from itertools import islice
 from pathlib import Path
 
@@ -111,6 +114,66 @@ def test_coco_item_refs_pickle(tmp_path) -> None:
     got = copy.load()
     assert copy.image_id == got.image_id == item.image_id == "coco/2"
     assert np.array_equal(got.image, item.image) and np.array_equal(got.layers, item.layers)
+
+
+def _bulky_coco_dataset(root: Path) -> tuple[Path, Path]:
+    """Two annotated images in a json made ~200 KB by 2000 image records without annotations
+    (listed by no reference)."""
+    ann, images = _coco_dataset(root, n=2)
+    doc = json.loads(ann.read_text())
+    doc["images"] += [{"id": 100 + i, "file_name": f"none{i}.png", "height": 96, "width": 96}
+                      for i in range(2000)]
+    ann.write_text(json.dumps(doc))
+    assert ann.stat().st_size > 100_000
+    return ann, images
+
+
+def test_coco_item_refs_pickle_small_and_parse_the_json_once(tmp_path, monkeypatch) -> None:
+    """A reference pickled the whole parsed json (453 KB for the 80-image COCO subset, 450 MB
+    for COCO train, per reference sent to a worker). It names its item in a few hundred
+    bytes, resolves to the same item, and its process parses the json once for all."""
+    import composer.data.coco as coco_io
+    import composer.training.data as training_data
+
+    ann, images = _bulky_coco_dataset(tmp_path)
+    refs = list(coco_item_refs(ann, images, max_instances=2))
+    assert [r.image_id for r in refs] == ["coco/1", "coco/2"]
+    blobs = [pickle.dumps(r) for r in refs]
+    assert max(map(len, blobs)) < 2_000, [len(b) for b in blobs]  # before: 83_338 each
+    expected = list(coco_items(ann, images, max_instances=2))
+    real, parses = coco_io.load_coco, []
+
+    def load_coco(ann):  # counts the jsons read (a COCO object passed on is no read)
+        if not isinstance(ann, coco_io.COCO):
+            parses.append(ann)
+        return real(ann)
+
+    monkeypatch.setattr(coco_io, "load_coco", load_coco)
+    # a process that has parsed no json yet (e.g. a spawned worker)
+    monkeypatch.setattr(training_data, "_PARSED", OrderedDict(), raising=False)
+    for blob, item in zip(blobs, expected, strict=True):
+        got = pickle.loads(blob).load()
+        assert got.image_id == item.image_id
+        assert np.array_equal(got.image, item.image) and np.array_equal(got.layers, item.layers)
+    assert len(parses) == 1  # one parse for both references
+
+
+def test_coco_item_ref_of_a_changed_json_is_refused(tmp_path, monkeypatch) -> None:
+    """The json changed after its references were listed: they would name other items (the
+    parsed json they carried before kept the old ones); a clear error instead."""
+    import composer.training.data as training_data
+
+    ann, images = _coco_dataset(tmp_path, n=2)
+    (ref,) = coco_item_refs(ann, images, image_ids=[2])
+    copy = pickle.loads(pickle.dumps(ref))
+    monkeypatch.setattr(training_data, "_PARSED", OrderedDict(), raising=False)  # a new process
+    doc = json.loads(ann.read_text())
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] != 2]
+    ann.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"instances.json changed since its items were listed"):
+        copy.load()
+    # listed again, the new json's items come
+    assert [r.image_id for r in coco_item_refs(ann, images)] == ["coco/1"]
 
 
 def test_bsds_item_refs_are_bsds_items_unread(bsds_dir, monkeypatch) -> None:
