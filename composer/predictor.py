@@ -174,7 +174,8 @@ class SamPredictor(PromptableSegmenter):
         model: a ``Sam``-like module (``image_encoder`` with ``img_size``, ``prompt_encoder``,
             ``mask_decoder``, ``preprocess``).
         model_id: id recorded in embeddings, kept as given; defaults to ``model.model_id`` or
-            ``model_id_prefix`` + the weights' fingerprint (:func:`weights_fingerprint`).
+            ``model_id_prefix`` + the input size + the weights' fingerprint
+            (:func:`weights_fingerprint`), e.g. ``composer_tiny-packaged-512px-0da76b6b6c90``.
         prompt_batch: prompts decoded per forward pass (bounds memory).
         model_id_prefix: start of the derived id; default ``"<encoder class>-"``.
 
@@ -225,7 +226,10 @@ class SamPredictor(PromptableSegmenter):
         signature = _weights_signature(tensors)
         known = self._derived_id
         if known is None or signature != known[1]:
-            known = (tensors, signature, self._id_prefix + weights_fingerprint(self.model))
+            # the input size too: a CNN encoder's weights fit any multiple of its stride, and
+            # the same weights at another size make embeddings of another grid and frame
+            derived = f"{self._id_prefix}{self.img_size}px-{weights_fingerprint(self.model)}"
+            known = (tensors, signature, derived)
             self._derived_id = known
         return known[2]
 

@@ -172,13 +172,14 @@ def test_embedding_of_another_grid_or_input_size_is_refused(tmp_path, tiny, imag
     ours = OnnxSegmenter(out.directory, settings=False)
     emb = ours.embed(image)
     ours.predict(emb, points=[[100, 70]], labels=[1])  # its own embedding decodes
-    # composer_tiny's weights at a 256 input (stride 16: the same 16 x 16 grid, 384 channels)
-    # have the same id; exported, their embeddings carry the 512 export's id too
+    # composer_tiny's weights at a 256 input (stride 16: the same 16 x 16 grid, 384 channels),
+    # named as the 512 export (their derived ids differ: the id carries the input size)
     small = SamPredictor(
         build_composer_tiny(PACKAGED_WEIGHTS, config=ComposerTinyConfig(img_size=256, embed_stride=16)),
         model_id_prefix=f"{MODEL_NAME}-packaged-",
     )
-    assert small.model_id == seg.model_id
+    assert small.model_id != seg.model_id
+    small.model_id = seg.model_id
     other = OnnxSegmenter(export_onnx(small, tmp_path / "s256", check=False).directory)
     foreign = other.embed(image)
     assert foreign.model_id == ours.model_id and foreign.features.shape == emb.features.shape

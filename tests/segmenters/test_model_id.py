@@ -200,3 +200,23 @@ def test_the_weights_check_makes_no_float64_and_reads_bfloat16() -> None:
             if t.is_floating_point():
                 t.data.add_(1.0)  # through .data: only the probed values can tell
     assert seg.model_id != first
+
+
+def test_the_same_weights_at_another_input_size_get_another_id(image) -> None:
+    """composer_tiny's CNN encoder takes any multiple of its stride: its weights at a 256 input
+    got the packaged 512 model's id, so an EmbeddingCache handed one the other's embedding (a
+    grid over another frame), which predict then refused instead of recomputing."""
+    from composer.sam.composer_tiny import PACKAGED_WEIGHTS, ComposerTinyConfig, build_composer_tiny
+
+    seg = composer.load_segmenter("composer_tiny")
+    small = SamPredictor(
+        build_composer_tiny(PACKAGED_WEIGHTS, config=ComposerTinyConfig(img_size=256, embed_stride=16)),
+        model_id_prefix="composer_tiny-packaged-",
+    )
+    assert seg.model_id.startswith("composer_tiny-packaged-512px-")
+    assert small.model_id == seg.model_id.replace("-512px-", "-256px-")
+    cache = EmbeddingCache()
+    cache.get(image, seg)
+    emb = cache.get(image, small)
+    assert cache.encoder_calls == 2 and emb.pad_size == 256
+    assert len(small.predict(emb, points=[[60, 45]])) == 3
