@@ -41,7 +41,7 @@ def evaluate_samples(
         max_masks: masks evaluated per sample.
         seed: seed of the mask subset.
     """
-    from .trainer import decode_prompts, embed_sample
+    from .forward import decode_prompts, embed_sample
 
     rng = np.random.default_rng(seed)
     was_training = model.training

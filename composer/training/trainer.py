@@ -14,16 +14,17 @@ parameter-name prefixes). Samples that carry cached backbone ``features`` are em
 
 Checkpoints (model, optimizer, step, elapsed time, RNG state) are written atomically every
 ``checkpoint_every`` steps and at the end; :meth:`Trainer.resume` restores all of it, so a
-resumed run continues exactly where the saved one stood.
+resumed run continues exactly where the saved one stood. The file itself (where it lies, its
+atomic write, reading it back) is :mod:`composer.training.checkpoint`'s; the embedding and
+decoding calls are :mod:`composer.training.forward`'s (``embed_sample`` and ``decode_prompts``,
+re-exported here).
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
-import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -33,8 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checkpoint import checkpoint_file, load_training_state, save_training_state
 from .data import PreparedSample, masks_of
-from .features import image_to_input
+from .forward import decode_prompts, embed_sample
 from .losses import LossWeights, promptable_loss
 from .prompts import (
     corrective_points,
@@ -554,9 +556,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_path(self) -> Path:
-        if not self.config.checkpoint_dir:
-            raise ValueError("TrainConfig.checkpoint_dir is not set")
-        return Path(self.config.checkpoint_dir) / "last.pt"
+        """``checkpoint_dir/last.pt`` (ValueError without a ``checkpoint_dir``)."""
+        return checkpoint_file(self.config.checkpoint_dir)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue: model, optimizer, scaler, step, time, RNG states."""
@@ -587,10 +588,7 @@ class Trainer:
     def save_checkpoint(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Write the training state atomically (``*.part`` then rename); returns the path."""
         out = Path(path) if path is not None else self.checkpoint_path()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".part")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, out)
+        save_training_state(self.state_dict(), out)
         logger.info("checkpoint at step %d -> %s", self.step, out)
         return out
 
@@ -603,86 +601,7 @@ class Trainer:
             OSError: the file cannot be read (no permission, a failing disk).
         """
         file = Path(path) if path is not None else self.checkpoint_path()
-        if file.exists() and not file.is_file():
-            raise ValueError(f"{file} is not a file; remove it or use a fresh checkpoint folder")
-        if not file.is_file():
+        if not load_training_state(file, self.load_state_dict):
             return False
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-            self.load_state_dict(state)
-        except (RuntimeError, KeyError, ValueError, TypeError, EOFError, OSError,
-                pickle.UnpicklingError) as exc:
-            if isinstance(exc, OSError) and exc.errno != errno.EINVAL:
-                # torch.load reads some cut-off files with EINVAL; another OSError (no
-                # permission, a failing disk) says nothing of the file's content: not "delete it"
-                raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(
-                f"{file} is not a training state of this model ({first}); use a fresh "
-                "checkpoint folder or delete it"
-            ) from None
         logger.info("resumed from %s at step %d (%.0f s trained)", file, self.step, self.elapsed)
         return True
-
-
-def embed_sample(model: Any, sample: PreparedSample) -> torch.Tensor:
-    """(1, C, g, g) image embedding of a sample: its cached embedding (frozen encoders), its
-    cached backbone features through ``image_encoder.forward_neck``, or its input-frame image
-    through the whole encoder (without gradient when the encoder is frozen)."""
-    enc = model.image_encoder
-    device = model.pixel_mean.device
-    if sample.embedding is not None:
-        return sample.embedding.to(device, torch.float32)
-    if sample.features is not None:
-        if not hasattr(enc, "forward_neck"):
-            raise TypeError(f"{type(enc).__name__} cannot consume cached features")
-        feats = tuple(f[None].to(device, torch.float32) for f in sample.features)
-        return enc.forward_neck(feats)
-    if sample.image is None:
-        raise ValueError(f"sample {sample.image_id} has neither features nor an image")
-    x = image_to_input(model, sample.image)
-    if torch.is_grad_enabled() and any(p.requires_grad for p in enc.parameters()):
-        return enc(x)
-    with torch.no_grad():
-        return enc(x)
-
-
-def decode_prompts(
-    model: Any,
-    emb: torch.Tensor,
-    coords: np.ndarray | None,
-    labels: np.ndarray | None,
-    boxes: np.ndarray | None,
-    mask_in: torch.Tensor | None,
-    multimask: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode n prompts of one image.
-
-    Args:
-        model: a ``Sam``.
-        emb: (1, C, g, g) image embedding.
-        coords: (n, K, 2) float XY clicks in the input frame (K may be 0), or None.
-        labels: (n, K) int click labels (1, 0, or -1 for padding).
-        boxes: (n, 4) float XYXY boxes in the input frame, or None.
-        mask_in: (n, 1, L, L) float low-res logits of the previous round, or None.
-        multimask: three outputs instead of the single one.
-
-    Returns:
-        logits (n, M, L, L) float in the low-res frame and iou_pred (n, M) float.
-    """
-    dev = model.pixel_mean.device
-    points = None
-    if coords is not None and coords.shape[1] > 0:
-        points = (
-            torch.as_tensor(coords, dtype=torch.float32, device=dev),
-            torch.as_tensor(labels, dtype=torch.int64, device=dev),
-        )
-    box_t = None if boxes is None else torch.as_tensor(boxes, dtype=torch.float32, device=dev)
-    sparse, dense = model.prompt_encoder(points=points, boxes=box_t, masks=mask_in)
-    return model.mask_decoder(
-        image_embeddings=emb,
-        image_pe=model.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
-    )
