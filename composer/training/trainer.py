@@ -14,10 +14,9 @@ parameter-name prefixes). Samples that carry cached backbone ``features`` are em
 
 Checkpoints (model, optimizer, step, elapsed time, RNG state) are written atomically every
 ``checkpoint_every`` steps and at the end; :meth:`Trainer.resume` restores all of it, so a
-resumed run continues exactly where the saved one stood. The file itself (where it lies, its
-atomic write, reading it back) is :mod:`composer.training.checkpoint`'s; the embedding and
-decoding calls are :mod:`composer.training.forward`'s (``embed_sample`` and ``decode_prompts``,
-re-exported here).
+resumed run continues exactly where the saved one stood (the file and its checks:
+:mod:`composer.training.checkpoint`). ``embed_sample`` and ``decode_prompts`` are
+:mod:`composer.training.forward`'s, re-exported here.
 """
 
 from __future__ import annotations
@@ -34,7 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import checkpoint_file, load_training_state, save_training_state
+from .checkpoint import (
+    checkpoint_file,
+    load_training_state,
+    resume_training,
+    save_training_state,
+    training_state,
+)
 from .data import PreparedSample, masks_of
 from .forward import decode_prompts, embed_sample
 from .losses import LossWeights, promptable_loss
@@ -561,29 +566,13 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue: model, optimizer, scaler, step, time, RNG states."""
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "step": self.step,
-            "elapsed": self.elapsed,
-            "rng": self.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-            "history": self.history,
-        }
+        return training_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"], strict=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"]:
-            # a run saved where the scaler was off (the CPU) stored {}: an enabled scaler (the
-            # run resumed on CUDA) refuses to load that, so it starts from its initial scale
-            self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
-        self.elapsed = float(state["elapsed"])
-        self.rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        self.history = list(state["history"])
+        """Continue from ``state`` (a :meth:`state_dict`); ValueError if it does not fit this
+        model and these trained parameters, the trainer then left as it was (see
+        :func:`~composer.training.checkpoint.load_training_state`)."""
+        load_training_state(self, state)
 
     def save_checkpoint(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Write the training state atomically (``*.part`` then rename); returns the path."""
@@ -595,13 +584,17 @@ class Trainer:
     def resume(self, path: str | os.PathLike[str] | None = None) -> bool:
         """Load a checkpoint (default ``checkpoint_dir/last.pt``) if it exists; True if loaded.
 
+        A file that cannot be used is never deleted or written, and leaves the trainer as it
+        was; each error names the file and what to do.
+
         Raises:
-            ValueError: the path exists but is not a file, or the file is not a training state
-                of this model (another architecture, a damaged or cut-off file).
+            ValueError: the path is not a file; the file is damaged, cut off or empty; or it
+                is not a training state of this model and these trained parameters (model
+                weights alone, another architecture, another ``TrainConfig.freeze``).
             OSError: the file cannot be read (no permission, a failing disk).
         """
         file = Path(path) if path is not None else self.checkpoint_path()
-        if not load_training_state(file, self.load_state_dict):
+        if not resume_training(self, file):
             return False
         logger.info("resumed from %s at step %d (%.0f s trained)", file, self.step, self.elapsed)
         return True
