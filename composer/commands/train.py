@@ -354,6 +354,10 @@ def run(args: argparse.Namespace) -> int:
     model, start = build_model(args.model, args.checkpoint, args.random_init)
     model.to(device)
     frozen = not args.train_encoder
+    # a damaged last.pt, or one of another model, is refused now, not after the embedding
+    from ..training.checkpoint import checkpoint_file, precheck_checkpoint
+
+    precheck_checkpoint(checkpoint_file(out), model)
 
     # The images are listed from the json, and read, one at a time, only to build their
     # samples: the whole dataset at full resolution never sits in memory.

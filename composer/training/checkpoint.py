@@ -250,6 +250,33 @@ def check_training_state(
             ``model.pt``), or one of another model or of other trained parameters; the
             message names ``source`` and what does not match.
     """
+    _check_state_of(state, model, source)
+    _check_optimizer(state["optimizer"], optimizer, model, source)
+    _check_counters(state, bit_generator, source)
+
+
+def precheck_checkpoint(file: Path, model: torch.nn.Module) -> bool:
+    """What can be checked of the training state in ``file`` before a trainer exists: that it
+    can be read, is a training state and is one of ``model``'s architecture (the optimizer
+    and counters are checked when :func:`resume_training` loads it). ``sam-composer train``
+    calls it before embedding the images, which can take minutes. False if there is no file.
+
+    Raises:
+        ValueError, OSError: as :func:`resume_training`, changing nothing.
+    """
+    if not has_checkpoint(file):
+        return False
+    state = read_training_state(file)
+    try:
+        _check_state_of(state, model, str(file))
+    except ValueError as exc:
+        advice = KEEP_ADVICE if isinstance(exc, _Mismatch) else FOREIGN_ADVICE
+        raise ValueError(f"{exc}; {advice}") from None
+    return True
+
+
+def _check_state_of(state: Any, model: torch.nn.Module, source: str) -> None:
+    """``state`` is a mapping of a training state's keys whose weights fit ``model``."""
     if not isinstance(state, Mapping):
         raise ValueError(f"{source} is not a training state (it holds a {type(state).__name__})")
     if state and all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -261,8 +288,6 @@ def check_training_state(
     if missing:
         raise ValueError(f"{source} is not a training state (it has no {', '.join(missing)})")
     _check_model(state["model"], model, source)
-    _check_optimizer(state["optimizer"], optimizer, model, source)
-    _check_counters(state, bit_generator, source)
 
 
 def _check_model(saved: Any, model: torch.nn.Module, source: str) -> None:

@@ -203,13 +203,16 @@ def test_load_state_dict_checks_before_it_loads(tmp_path, saved) -> None:
 
 def test_train_command_names_a_damaged_last_pt_and_keeps_it(tmp_path, capsys) -> None:
     """A last.pt that torch.load fails on with IndexError ended `sam-composer train` with a
-    traceback."""
+    traceback; and it was found only after the embedding of every image (minutes on a real
+    set) and the held-out evaluation before training."""
     ann, images = _coco_dataset(tmp_path, n=2)
     out = tmp_path / "run"
     out.mkdir()
     (out / "last.pt").write_bytes(b".")
     assert main(_one_step_argv(ann, images, out, "0.5")) == 2
-    err = capsys.readouterr().err.strip()
+    captured = capsys.readouterr()
+    assert "embedding" not in captured.out
+    err = captured.err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("sam-composer train: error: ")
     assert f"{out / 'last.pt'} cannot be read as a training state" in err
     assert "another --out" in err
@@ -229,3 +232,18 @@ def test_a_state_saved_with_an_enabled_scaler_resumes_on_the_cpu(tmp_path, saved
     torch.save(state, tmp_path / "last.pt")
     with pytest.raises(ValueError, match="'scaler' is no gradient scaler state"):
         _tiny(tmp_path).resume()
+
+
+def test_train_command_refuses_another_models_last_pt_before_embedding(tmp_path, capsys) -> None:
+    from composer.training.checkpoint import STATE_KEYS
+
+    ann, images = _coco_dataset(tmp_path, n=2)
+    out = tmp_path / "run"
+    out.mkdir()
+    state = {k: {} for k in STATE_KEYS} | {"model": {"backbone.weight": torch.zeros(3)}}
+    torch.save(state, out / "last.pt")
+    assert main(_one_step_argv(ann, images, out, "0.5")) == 2
+    captured = capsys.readouterr()
+    assert "embedding" not in captured.out
+    assert "is not a training state of this model (another architecture?)" in captured.err
+    assert "the file is kept" in captured.err and not (out / "model.pt").exists()
