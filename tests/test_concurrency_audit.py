@@ -6,9 +6,9 @@ from __future__ import annotations
 import gc
 import pickle
 import threading
-import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -23,21 +23,37 @@ from composer.structures import Prompts
 
 
 class _SlowEncoder:
-    """Counts ``embed`` calls; each takes long enough for other threads to ask meanwhile.
-    ``fail_first`` makes the first call raise."""
+    """Counts ``embed`` calls; ``fail_first`` makes the first call raise. The first call
+    returns (or raises) only once ``waiters`` other threads wait for it (see
+    :func:`_get_in_threads`): a sleep let a thread that the OS descheduled for longer arrive
+    after the entry was done, and with no memory tier it paid a second pass (a flaky count)."""
 
     model_id = "slow"
 
     def __init__(self, fail_first: bool = False) -> None:
         self.calls = 0
         self.fail_first = fail_first
-        self._lock = threading.Lock()
+        self.waiters = 0
+        self._waiting_now = 0
+        self._changed = threading.Condition()
+
+    def wait_for(self, done: threading.Event, timeout: float | None = None) -> bool:
+        """``done.wait()`` of a thread waiting for another's pass, counted."""
+        with self._changed:
+            self._waiting_now += 1
+            self._changed.notify_all()
+        return threading.Event.wait(done, timeout)
 
     def embed(self, image: np.ndarray) -> ImageEmbedding:
-        with self._lock:
+        with self._changed:
             self.calls += 1
             first = self.calls == 1
-        time.sleep(0.2)
+            self._changed.notify_all()
+            # (a second call meanwhile: the cache did not make that thread wait, a failure)
+            if first and not self._changed.wait_for(
+                lambda: self._waiting_now >= self.waiters or self.calls > 1, 60
+            ):
+                raise AssertionError(f"{self._waiting_now} of {self.waiters} threads waited")
         if first and self.fail_first:
             raise RuntimeError("encoder failed")
         h, w = image.shape[:2]
@@ -45,7 +61,21 @@ class _SlowEncoder:
 
 
 def _get_in_threads(cache: EmbeddingCache, seg: _SlowEncoder, image: np.ndarray, n: int) -> list:
+    """``cache.get(image, seg)`` in ``n`` threads at once; ``seg``'s first pass ends once the
+    other ``n - 1`` threads wait for it."""
+    import composer.embedding as embedding_mod
+
     barrier = threading.Barrier(n)
+    seg.waiters = n - 1
+
+    class CountedEvent(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            return seg.wait_for(self, timeout)
+
+    class Pending(embedding_mod._Pending):
+        def __init__(self) -> None:
+            super().__init__()
+            self.done = CountedEvent()
 
     def one(_: int) -> ImageEmbedding | str:
         barrier.wait()
@@ -54,7 +84,7 @@ def _get_in_threads(cache: EmbeddingCache, seg: _SlowEncoder, image: np.ndarray,
         except RuntimeError as exc:
             return str(exc)
 
-    with ThreadPoolExecutor(n) as pool:
+    with mock.patch.object(embedding_mod, "_Pending", Pending), ThreadPoolExecutor(n) as pool:
         return list(pool.map(one, range(n)))
 
 
