@@ -136,19 +136,21 @@ def test_generator_reuses_one_buffer_per_crop_and_keeps_its_masks(tiny_and_photo
     whole = amg.generate(photo)  # the shipped chunk size: one or two chunks per batch
 
     monkeypatch.setattr(automatic, "_CHUNK_BYTES", 3 * 4 * photo.shape[0] * photo.shape[1])
-    storages: list[tuple[int, int]] = []
+    # each crop's Scratch itself, kept alive here: by id(), a crop's Scratch could take the
+    # address (the id) of an earlier crop's, freed, and their buffers would count as one crop's
+    storages: list[tuple[Scratch, int]] = []
 
     def spy(self, name, shape, like, dtype=None):
         out = _REAL_TAKE(self, name, shape, like, dtype)
         if name == "up":
-            storages.append((id(self), out.untyped_storage().data_ptr()))
+            storages.append((self, out.untyped_storage().data_ptr()))
         return out
 
     monkeypatch.setattr(Scratch, "take", spy)
     small = amg.generate(photo)
-    per_crop: dict[int, set[int]] = {}
-    for sid, ptr in storages:
-        per_crop.setdefault(sid, set()).add(ptr)
+    per_crop: dict[Scratch, set[int]] = {}
+    for scratch, ptr in storages:
+        per_crop.setdefault(scratch, set()).add(ptr)
     assert len(storages) > 2 * len(per_crop)  # several chunks per crop ...
     assert all(len(p) == 1 for p in per_crop.values())  # ... all in one buffer
 
