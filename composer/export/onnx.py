@@ -91,7 +91,12 @@ def sdpa_scale_exports() -> bool:
     """Whether the TorchScript exporter translates ``scaled_dot_product_attention`` with an
     explicit ``scale``. Older torch releases (2.1 to 2.3 were seen to) read the scale as a Python
     float and fail inside the exporter (``AttributeError: 'float' object has no attribute 'node'``
-    on 2.1.0, ``TypeError: z_(): incompatible function arguments`` on 2.1.2 to 2.3)."""
+    on 2.1.0, ``TypeError: z_(): incompatible function arguments`` on 2.1.2 to 2.3).
+
+    Raises:
+        OSError: the probe's graph could not be written (a full disk, no temporary folder):
+            that says nothing about the exporter, so it is raised, not remembered as False.
+    """
 
     class Probe(nn.Module):
         def forward(self, q: torch.Tensor) -> torch.Tensor:
@@ -102,6 +107,8 @@ def sdpa_scale_exports() -> bool:
             warnings.simplefilter("ignore")
             torch.onnx.export(Probe(), (torch.zeros(1, 1, 2, 4),), str(Path(tmp) / "probe.onnx"),
                               opset_version=MIN_OPSET, **_torchscript_exporter())
+    except OSError:
+        raise  # not cached: the next export probes again
     except Exception:  # noqa: BLE001 - 2.1.0 raises AttributeError, 2.1.2 to 2.3 TypeError
         return False
     return True

@@ -34,8 +34,32 @@ def test_sdpa_scale_probe_answers_once() -> None:
     first = onnx_export.sdpa_scale_exports()
     assert isinstance(first, bool)
     assert onnx_export.sdpa_scale_exports.cache_info().currsize == 1
-    if tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 14):
+    if _torch_at_least(2, 14):
         assert first  # the torch the suite pins exports the scale itself
+
+
+def test_a_probe_that_cannot_write_its_graph_is_not_remembered(monkeypatch) -> None:
+    """A full disk during the process's first export made the probe answer False for good
+    (and, in a test process, a test that patches the exporter to fail did the same to every
+    later test that reads the answer)."""
+    real = torch.onnx.export
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    onnx_export.sdpa_scale_exports.cache_clear()
+    monkeypatch.setattr(torch.onnx, "export", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        onnx_export.sdpa_scale_exports()
+    assert onnx_export.sdpa_scale_exports.cache_info().currsize == 0
+    monkeypatch.setattr(torch.onnx, "export", real)
+    answer = onnx_export.sdpa_scale_exports()  # probed again, with a working exporter
+    assert onnx_export.sdpa_scale_exports.cache_info().currsize == 1
+    assert answer or not _torch_at_least(2, 14)
+
+
+def _torch_at_least(major: int, minor: int) -> bool:
+    return tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (major, minor)
 
 
 def test_vit_exports_with_default_scales_and_keeps_its_own(tmp_path, old_exporter) -> None:
