@@ -151,6 +151,7 @@ def test_generator_reuses_one_buffer_per_crop_and_keeps_its_masks(tiny_and_photo
     per_crop: dict[Scratch, set[int]] = {}
     for scratch, ptr in storages:
         per_crop.setdefault(scratch, set()).add(ptr)
+    assert len(per_crop) == 5  # one Scratch per crop: the image and its 4 first-layer crops
     assert len(storages) > 2 * len(per_crop)  # several chunks per crop ...
     assert all(len(p) == 1 for p in per_crop.values())  # ... all in one buffer
 
