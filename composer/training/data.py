@@ -26,7 +26,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -402,10 +402,12 @@ def coco_item_refs(
     A reference to a json given by its path names its item (the path, the file's size and
     modification time, the image id and the settings) and pickles in a few hundred bytes,
     whatever the json's size (it carried the parsed json: 453 KB for the 80-image subset,
-    whose json is 1.5 MB; COCO train's is 450 MB). Loading one parses the json once per
-    process (the two most recent jsons stay parsed), and raises ``ValueError`` if the file
-    changed since the references were listed. A json given as a ``COCO`` object or a dict
-    is carried whole.
+    whose json is 1.5 MB; COCO train's is 450 MB). In the process that listed them the
+    references share the json parsed at listing, which goes when they go, so they load the
+    items as listed even if the file changes later. A copy in another process (e.g. a
+    spawned worker) parses the json once for all its copies (that process keeps the two
+    most recent jsons parsed), and raises ``ValueError`` if the file changed since the
+    references were listed. A json given as a ``COCO`` object or a dict is carried whole.
 
     Raises:
         ValueError: ``max_instances`` is not a whole number >= 1 (when the first is asked for).
@@ -415,8 +417,11 @@ def coco_item_refs(
     max_instances = _check_max_instances(max_instances)
     source: _CocoJson | Any
     if isinstance(ann_file, (str, os.PathLike)):
-        source = _CocoJson.of(ann_file)
-        coco = _parsed_coco(source)
+        taken = _CocoJson.of(ann_file)
+        # this process's references share this parse, and it goes with them (not pinned in
+        # the per-process cache, which serves copies sent to other processes)
+        coco = _parsed_coco(taken, keep=False)
+        source = replace(taken, parsed=coco)
     else:
         source = coco = load_coco(ann_file)
     for image_id in coco_item_ids(coco, image_dir, min_area, image_ids):
@@ -429,11 +434,20 @@ def coco_item_refs(
 class _CocoJson:
     """A COCO/LVIS json file named by its absolute path and the size and modification time
     (ns) it had when it was listed: what a :func:`coco_item_refs` reference carries instead
-    of the parsed json."""
+    of the parsed json.
+
+    ``parsed`` is the json as parsed at listing, in the process that listed it only: it is
+    neither compared nor pickled (a copy in another process parses the file again, once,
+    :func:`_parsed_coco`).
+    """
 
     path: str
     size: int
     mtime_ns: int
+    parsed: Any = field(default=None, compare=False, repr=False)
+
+    def __reduce__(self) -> tuple[Any, tuple[str, int, int]]:
+        return (_CocoJson, (self.path, self.size, self.mtime_ns))
 
     @classmethod
     def of(cls, path: str | os.PathLike[str]) -> _CocoJson:
@@ -458,9 +472,10 @@ _PARSED_MAX = 2
 _PARSED_LOCK = threading.Lock()
 
 
-def _parsed_coco(source: _CocoJson) -> Any:
-    """``source`` parsed (a pycocotools ``COCO``), read once per process while it is among
-    the :data:`_PARSED_MAX` most recent.
+def _parsed_coco(source: _CocoJson, keep: bool = True) -> Any:
+    """``source`` parsed (a pycocotools ``COCO``): the parse it carries (its listing
+    process), else one read once per process while it is among the :data:`_PARSED_MAX` most
+    recent (``keep``: put a new parse among them).
 
     Raises:
         ValueError: the file is gone, or changed since ``source`` was taken (its references
@@ -468,6 +483,8 @@ def _parsed_coco(source: _CocoJson) -> Any:
     """
     from ..data.coco import load_coco
 
+    if source.parsed is not None:
+        return source.parsed
     with _PARSED_LOCK:  # held while parsing: threads resolving refs of one json parse it once
         if source in _PARSED:
             _PARSED.move_to_end(source)
@@ -480,9 +497,10 @@ def _parsed_coco(source: _CocoJson) -> Any:
                 "them again"
             )
         coco = load_coco(source.path)
-        _PARSED[source] = coco
-        while len(_PARSED) > _PARSED_MAX:
-            _PARSED.popitem(last=False)
+        if keep:
+            _PARSED[source] = coco
+            while len(_PARSED) > _PARSED_MAX:
+                _PARSED.popitem(last=False)
         return coco
 
 

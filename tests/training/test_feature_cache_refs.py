@@ -218,3 +218,55 @@ def test_train_default_reads_bsds_only_where_it_needs_the_pixels(
     assert recipe.build_cache(args, model) == first
     assert loads == ([] if not warmup_shapes else ["shapes/7/0", "shapes/7/1"])
     assert sorted(first) == ["shapes/7/0", "shapes/7/1"] and all(len(v) == 2 for v in first.values())
+
+
+def test_coco_item_refs_of_three_jsons_parse_each_once_in_any_order(tmp_path, monkeypatch):
+    """The references of the process that listed them share the json parsed at listing: a
+    per-process cache of the two most recent jsons made a mix of three jsons' references
+    (e.g. shuffled together) parse a json again for almost every item, COCO train's 450 MB
+    each time."""
+    import composer.data.coco as coco_io
+
+    jsons = [_coco_dataset(tmp_path / name, n=2) for name in "abc"]
+    refs = [list(coco_item_refs(ann, images)) for ann, images in jsons]
+    real, parses = coco_io.load_coco, []
+
+    def load_coco(ann):  # counts the jsons read (a COCO object passed on is no read)
+        if not isinstance(ann, coco_io.COCO):
+            parses.append(ann)
+        return real(ann)
+
+    monkeypatch.setattr(coco_io, "load_coco", load_coco)
+    for pair in zip(*refs, strict=True):  # a, b, c, a, b, c
+        for ref in pair:
+            assert ref.load().image_id == ref.image_id
+    assert parses == []  # before: 6 parses, one per item after the listing
+
+
+def test_the_parsed_json_goes_with_its_references(tmp_path) -> None:
+    """The references carried the parsed json, which went with them; a module-level cache
+    kept the two most recent jsons parsed for the rest of the process (COCO train's json
+    is GBs parsed)."""
+    import gc
+    import weakref
+
+    import composer.data.coco as coco_io
+
+    ann, images = _coco_dataset(tmp_path, n=2)
+    seen: list[weakref.ref] = []
+    real = coco_io.load_coco
+
+    def load_coco(ann):
+        coco = real(ann)
+        if not isinstance(ann, coco_io.COCO):  # a json read, not a COCO object passed on
+            seen.append(weakref.ref(coco))
+        return coco
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(coco_io, "load_coco", load_coco)
+        refs = list(coco_item_refs(ann, images))
+    assert len(seen) == 1 and seen[0]() is not None
+    assert refs[1].load().image_id == "coco/2"
+    del refs
+    gc.collect()
+    assert seen[0]() is None
