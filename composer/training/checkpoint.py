@@ -255,11 +255,21 @@ def check_training_state(
     _check_counters(state, bit_generator, source)
 
 
-def precheck_checkpoint(file: Path, model: torch.nn.Module) -> bool:
+def precheck_checkpoint(
+    file: Path, model: torch.nn.Module, bit_generator: np.random.BitGenerator | None = None
+) -> bool:
     """What can be checked of the training state in ``file`` before a trainer exists: that it
-    can be read, is a training state and is one of ``model``'s architecture (the optimizer
-    and counters are checked when :func:`resume_training` loads it). ``sam-composer train``
-    calls it before embedding the images, which can take minutes. False if there is no file.
+    can be read, is a training state (its optimizer state, scaler, step, time, RNG states and
+    history of the right kinds) and is one of ``model``'s architecture; whether its optimizer
+    trained the same parameters as the trainer's is checked when :func:`resume_training`
+    loads it. ``sam-composer train`` calls it before embedding the images, which can take
+    minutes. False if there is no file.
+
+    Args:
+        file: the checkpoint.
+        model: the model the trainer will train.
+        bit_generator: one of the trainer's sampling RNG's kind (default: ``PCG64``, that of
+            ``np.random.default_rng``, which :class:`~composer.training.trainer.Trainer` uses).
 
     Raises:
         ValueError, OSError: as :func:`resume_training`, changing nothing.
@@ -267,8 +277,11 @@ def precheck_checkpoint(file: Path, model: torch.nn.Module) -> bool:
     if not has_checkpoint(file):
         return False
     state = read_training_state(file)
+    source = str(file)
     try:
-        _check_state_of(state, model, str(file))
+        _check_state_of(state, model, source)
+        _optimizer_parts(state["optimizer"], source)
+        _check_counters(state, bit_generator or np.random.PCG64(), source)
     except ValueError as exc:
         advice = KEEP_ADVICE if isinstance(exc, _Mismatch) else FOREIGN_ADVICE
         raise ValueError(f"{exc}; {advice}") from None
@@ -324,14 +337,7 @@ def _check_optimizer(
     """The saved optimizer state must be of the parameters this optimizer trains: torch checks
     the groups' sizes itself but not the shapes of the per-parameter state, which failed at
     the first step deep inside AdamW (or trained with another parameter's moments)."""
-    groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
-    per_param = saved.get("state") if isinstance(saved, Mapping) else None
-    if (
-        not isinstance(groups, list)
-        or not isinstance(per_param, Mapping)
-        or not all(isinstance(g, Mapping) and isinstance(g.get("params"), list) for g in groups)
-    ):
-        raise ValueError(f"{source} is not a training state (its 'optimizer' is no optimizer state)")
+    groups, per_param = _optimizer_parts(saved, source)
     saved_sizes = [len(g["params"]) for g in groups]
     own_sizes = [len(g["params"]) for g in optimizer.param_groups]
     hint = "another TrainConfig.freeze, e.g. sam-composer train's --train-encoder"
@@ -345,12 +351,7 @@ def _check_optimizer(
     for saved_group, own_group in zip(groups, optimizer.param_groups, strict=True):
         params.update(dict(zip(saved_group["params"], own_group["params"], strict=True)))
     for key, entry in per_param.items():
-        param = params.get(key)
-        if param is None or not isinstance(entry, Mapping):
-            raise ValueError(
-                f"{source} is not a training state (its optimizer has state for parameter "
-                f"{key!r}, which none of its groups lists)"
-            )
+        param = params[key]  # every key is a listed parameter's (_optimizer_parts)
         for what, value in entry.items():
             if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != param.shape:
                 raise _Mismatch(
@@ -358,6 +359,36 @@ def _check_optimizer(
                     f"{what} for {names.get(id(param), key)} has shape {tuple(value.shape)}, the "
                     f"parameter {tuple(param.shape)} ({hint})"
                 )
+
+
+def _optimizer_parts(saved: Any, source: str) -> tuple[list[Any], Mapping[Any, Any]]:
+    """The parameter groups and per-parameter state of ``saved``, an optimizer's state
+    whatever it trained: each per-parameter state belongs to a parameter a group lists.
+
+    Raises:
+        ValueError: ``saved`` is no optimizer state.
+    """
+    groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
+    per_param = saved.get("state") if isinstance(saved, Mapping) else None
+    if (
+        not isinstance(groups, list)
+        or not isinstance(per_param, Mapping)
+        or not all(
+            isinstance(g, Mapping)
+            and isinstance(g.get("params"), list)
+            and all(isinstance(p, int) for p in g["params"])
+            for g in groups
+        )
+    ):
+        raise ValueError(f"{source} is not a training state (its 'optimizer' is no optimizer state)")
+    listed = {p for g in groups for p in g["params"]}
+    for key, entry in per_param.items():
+        if key not in listed or not isinstance(entry, Mapping):
+            raise ValueError(
+                f"{source} is not a training state (its optimizer has state for parameter "
+                f"{key!r}, which none of its groups lists)"
+            )
+    return groups, per_param
 
 
 def _check_counters(state: Mapping[str, Any], bit_generator: Any, source: str) -> None:

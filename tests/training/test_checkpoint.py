@@ -247,3 +247,32 @@ def test_train_command_refuses_another_models_last_pt_before_embedding(tmp_path,
     assert "embedding" not in captured.out
     assert "is not a training state of this model (another architecture?)" in captured.err
     assert "the file is kept" in captured.err and not (out / "model.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda s: {**s, "rng": {"bit_generator": "MT19937"}}, "(its 'rng' is no PCG64 state"),
+        (lambda s: {**s, "optimizer": {}}, "(its 'optimizer' is no optimizer state)"),
+        (lambda s: {**s, "step": -1}, "(its 'step' is -1, not a whole number >= 0)"),
+    ],
+)
+def test_train_command_refuses_a_last_pt_without_a_training_state_before_embedding(
+    tmp_path, capsys, damage, reason
+) -> None:
+    """The check before the embedding looked at the keys and the weights only: a last.pt of
+    this model with an unusable RNG, optimizer or step was refused after every image was
+    embedded and the held-out set evaluated (docs/training.md: all but another
+    --train-encoder setting are found before the embedding)."""
+    ann, images = _coco_dataset(tmp_path, n=2)
+    out = tmp_path / "run"
+    argv = _one_step_argv(ann, images, out, "0.5")
+    assert main(argv) == 0
+    state = torch.load(out / "last.pt", weights_only=True)
+    torch.save(damage(state), out / "last.pt")
+    capsys.readouterr()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "embedding" not in captured.out
+    assert "last.pt is not a training state" in captured.err and reason in captured.err
+    assert "the file is kept: move it away (or delete it)" in captured.err
