@@ -20,7 +20,7 @@ import numpy as np
 
 from composer.amg_utils import encode_rles_transposed
 from composer.embedding import EmbeddingCache
-from composer.segmenters.base import best_per_prompt
+from composer.segmenters.base import as_flag, best_per_prompt
 from composer.structures import Detections, Masks
 
 from .base import TaskContext
@@ -51,6 +51,10 @@ class InstanceConfig:
             ``box_zoom`` (composer_tiny: 0.35), else off; ``"off"`` or 0: off.
         zoom_context: the crop's side in multiples of the box's longer side.
         zoom_min_crop: smallest crop side in pixels (capped by the image).
+
+    Raises:
+        TypeError: ``refine`` or ``multimask`` is not a bool (``"no"`` is truthy).
+        ValueError: a number out of its range.
     """
 
     score_threshold: float = 0.0
@@ -63,6 +67,9 @@ class InstanceConfig:
     zoom_min_crop: int = 64
 
     def __post_init__(self) -> None:
+        for flag in ("refine", "multimask"):
+            # predict refuses them too, but on every image, naming its own keywords
+            object.__setattr__(self, flag, as_flag(flag, getattr(self, flag)))
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         if isinstance(self.max_dets, bool) or not float(self.max_dets).is_integer() or self.max_dets < 1:

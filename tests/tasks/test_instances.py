@@ -330,3 +330,14 @@ def test_zoom_keeps_the_whole_image_mask_when_the_crop_decodes_nothing(image, mo
     assert out.meta["zoomed"] == 0
     assert np.array_equal(out.masks.to_dense(), plain.masks.to_dense())
     assert np.allclose(out.extras["predicted_iou"], plain.extras["predicted_iou"])
+
+
+@pytest.mark.parametrize("field", ["refine", "multimask"])
+def test_instance_config_flags_must_be_bools(field: str) -> None:
+    """predict refuses a flag that is not a bool (multimask='no' is truthy): a config with
+    refine=1 or multimask='no' was accepted and then failed on every image of a run, naming
+    predict's keep_low_res / multimask rather than the config's field."""
+    for bad in (1, "no", None):
+        with pytest.raises(TypeError, match=f"{field} must be a bool, got {bad!r}"):
+            InstanceConfig(**{field: bad})
+    assert getattr(InstanceConfig(**{field: np.bool_(True)}), field)
