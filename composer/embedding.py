@@ -132,9 +132,10 @@ class ImageEmbedding:
 
         ``check_model`` trusts the id; this checks the sizes an id does not pin down: an
         embedding built by hand under a model's id, or made by the same weights at another
-        input size (composer_tiny's id names its weights, not its ``img_size``). Its prompts
-        would be scaled into the wrong input frame, and a decoder with fixed shapes (an ONNX
-        graph) fails with its own error, or decodes the wrong frame silently.
+        input size under the same id (a fixed ``model_id``, or ONNX exports made before a
+        derived id named the input size). Its prompts would be scaled into the wrong input
+        frame, and a decoder with fixed shapes (an ONNX graph) fails with its own error, or
+        decodes the wrong frame silently.
 
         Args:
             pad_size: side of the decoder's square model input.

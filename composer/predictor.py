@@ -334,7 +334,7 @@ class SamPredictor(PromptableSegmenter):
         Raises:
             ValueError: ``embedding``'s feature grid or ``pad_size`` are not this model's (an
                 embedding built by hand under this model's id, or by its weights at another
-                input size: ``ImageEmbedding.check_fits``).
+                input size under a fixed ``model_id``: ``ImageEmbedding.check_fits``).
         """
         dev = self.device
         image_pe = self.model.prompt_encoder.get_dense_pe()

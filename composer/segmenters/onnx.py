@@ -279,8 +279,10 @@ class OnnxSegmenter(PromptableSegmenter):
         Raises:
             ValueError: an embedding of another model, or one whose features or ``pad_size``
                 are not this export's (built by hand under its id, or by an export of the same
-                weights at another input size: ``ImageEmbedding.check_fits``), or a graph that
-                returns fewer masks than prompts (``max_batch`` larger than the exported chunk).
+                weights at another input size under the same id: one of a fixed ``model_id``,
+                or made before derived ids named the input size; ``ImageEmbedding.check_fits``),
+                or a graph that returns fewer masks than prompts (``max_batch`` larger than the
+                exported chunk).
         """
         embedding.check_model(self.model_id)
         # the graph has fixed shapes: ONNX Runtime refused another grid or channel count with
