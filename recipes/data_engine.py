@@ -42,6 +42,7 @@ from _cli import check_out_dir, check_same_run, file_digest, one_line_errors  # 
 from train_default import CACHE_LOW_RES, cache_name, evaluate  # noqa: E402
 
 from composer.automatic import AmgConfig  # noqa: E402
+from composer.io.records import log_path  # noqa: E402
 from composer.sam.composer_tiny import (  # noqa: E402
     PACKAGED_WEIGHTS,
     ComposerTinyConfig,
@@ -97,7 +98,17 @@ def automatic_stage(args: argparse.Namespace, images: Path) -> Path:
         config.stability_score_thresh,
     )
     t = time.perf_counter()
-    doc = annotate_folder(images, segmenter, out, config=config, limit=args.limit)
+    try:
+        doc = annotate_folder(images, segmenter, out, config=config, limit=args.limit)
+    except ValueError as exc:
+        log = log_path(out)
+        if not str(exc).startswith(str(log)):
+            raise
+        # the folder log's advice names the CLI's --out / --overwrite, which this recipe lacks
+        raise ValueError(
+            f"{exc}; with this recipe: delete {log} to annotate every image afresh, or use "
+            "another --work-dir"
+        ) from None
     n_img, n_ann = len(doc["images"]), len(doc["annotations"])
     logging.info(
         "automatic stage: %d images, %d masks (%.1f per image), %d failures, %.0f s",

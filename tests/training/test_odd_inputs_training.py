@@ -650,3 +650,31 @@ def test_data_engine_checks_numbers_before_the_automatic_stage(
         recipe.main()
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_data_engine_names_its_own_remedy_for_a_log_of_other_settings(tmp_path) -> None:
+    """The automatic stage's folder log of other settings (e.g. one written before the model
+    id named the input size) was refused with the CLI's advice, '--out' / '--overwrite',
+    flags this recipe does not have."""
+    import argparse
+
+    from composer.io.records import log_path
+    from composer.sam.composer_tiny import PACKAGED_WEIGHTS
+
+    recipe = load_recipe("data_engine")
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(images / "a.png")
+    args = argparse.Namespace(work_dir=tmp_path / "w", weights=PACKAGED_WEIGHTS, points_per_side=2,
+                              pred_iou_thresh=None, stability_thresh=None, limit=None)
+    args.work_dir.mkdir()
+    recipe.automatic_stage(args, images)
+    args.points_per_side = 3
+    log = log_path(args.work_dir / "automatic.json")
+    with pytest.raises(ValueError, match="holds outputs of other settings") as exc:
+        recipe.automatic_stage(args, images)
+    assert str(exc.value).endswith(
+        f"with this recipe: delete {log} to annotate every image afresh, or use another --work-dir"
+    )
+    assert log.is_file()
