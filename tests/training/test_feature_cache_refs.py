@@ -116,6 +116,22 @@ def test_coco_item_refs_pickle(tmp_path) -> None:
     assert np.array_equal(got.image, item.image) and np.array_equal(got.layers, item.layers)
 
 
+def _count_parses(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The jsons that ``composer.data.coco.load_coco`` reads from now on (a COCO object passed
+    on is no read)."""
+    import composer.data.coco as coco_io
+
+    real, parses = coco_io.load_coco, []
+
+    def load_coco(ann):
+        if not isinstance(ann, coco_io.COCO):
+            parses.append(ann)
+        return real(ann)
+
+    monkeypatch.setattr(coco_io, "load_coco", load_coco)
+    return parses
+
+
 def _bulky_coco_dataset(root: Path) -> tuple[Path, Path]:
     """Two annotated images in a json made ~200 KB by 2000 image records without annotations
     (listed by no reference)."""
@@ -132,7 +148,6 @@ def test_coco_item_refs_pickle_small_and_parse_the_json_once(tmp_path, monkeypat
     """A reference pickled the whole parsed json (453 KB for the 80-image COCO subset, 450 MB
     for COCO train, per reference sent to a worker). It names its item in a few hundred
     bytes, resolves to the same item, and its process parses the json once for all."""
-    import composer.data.coco as coco_io
     import composer.training.data as training_data
 
     ann, images = _bulky_coco_dataset(tmp_path)
@@ -141,14 +156,7 @@ def test_coco_item_refs_pickle_small_and_parse_the_json_once(tmp_path, monkeypat
     blobs = [pickle.dumps(r) for r in refs]
     assert max(map(len, blobs)) < 2_000, [len(b) for b in blobs]  # before: 83_338 each
     expected = list(coco_items(ann, images, max_instances=2))
-    real, parses = coco_io.load_coco, []
-
-    def load_coco(ann):  # counts the jsons read (a COCO object passed on is no read)
-        if not isinstance(ann, coco_io.COCO):
-            parses.append(ann)
-        return real(ann)
-
-    monkeypatch.setattr(coco_io, "load_coco", load_coco)
+    parses = _count_parses(monkeypatch)
     # a process that has parsed no json yet (e.g. a spawned worker)
     monkeypatch.setattr(training_data, "_PARSED", OrderedDict(), raising=False)
     for blob, item in zip(blobs, expected, strict=True):
@@ -225,18 +233,10 @@ def test_coco_item_refs_of_three_jsons_parse_each_once_in_any_order(tmp_path, mo
     per-process cache of the two most recent jsons made a mix of three jsons' references
     (e.g. shuffled together) parse a json again for almost every item, COCO train's 450 MB
     each time."""
-    import composer.data.coco as coco_io
 
     jsons = [_coco_dataset(tmp_path / name, n=2) for name in "abc"]
     refs = [list(coco_item_refs(ann, images)) for ann, images in jsons]
-    real, parses = coco_io.load_coco, []
-
-    def load_coco(ann):  # counts the jsons read (a COCO object passed on is no read)
-        if not isinstance(ann, coco_io.COCO):
-            parses.append(ann)
-        return real(ann)
-
-    monkeypatch.setattr(coco_io, "load_coco", load_coco)
+    parses = _count_parses(monkeypatch)
     for pair in zip(*refs, strict=True):  # a, b, c, a, b, c
         for ref in pair:
             assert ref.load().image_id == ref.image_id
