@@ -276,6 +276,8 @@ def precheck_checkpoint(
     """
     if not has_checkpoint(file):
         return False
+    # read here and again at resume: holding the state (weights and optimizer moments: GBs
+    # for a ViT) through minutes of embedding would cost more than a second read
     state = read_training_state(file)
     source = str(file)
     try:

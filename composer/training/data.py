@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -461,7 +462,7 @@ class _CocoJson:
             st = p.stat()
         except OSError:
             st = None
-        if st is None or not p.is_file():
+        if st is None or not stat.S_ISREG(st.st_mode):
             raise ValueError(f"annotation file not found: {p}")
         return cls(os.path.abspath(p), int(st.st_size), int(st.st_mtime_ns))
 
