@@ -59,6 +59,7 @@ def _value_error_cases(tmp: Path) -> list[tuple[str, list[str]]]:
         ("choose_mask_refine", ["--settings", "abc", "--out", str(tmp / "o")]),
         ("first_click_slots", ["--mask-refine", "abc", "--out", str(tmp / "o")]),
         ("choose_mask_rank", ["--bins", "0", "--out", str(tmp / "o")]),
+        ("choose_click_centrality", ["--model", "nosuch", "--out", str(tmp / "o")]),
         ("click_honour", ["--model", "nosuch"]),
         ("lowres_ceiling", []),  # no datasets under SAM_COMPOSER_DATA
         ("train_default", ["--eval-only", "--output", str(tmp / "no.pt"), "--work-dir", str(tmp)]),
@@ -66,7 +67,7 @@ def _value_error_cases(tmp: Path) -> list[tuple[str, list[str]]]:
     ]
 
 
-@pytest.mark.parametrize("index", range(14))
+@pytest.mark.parametrize("index", range(15))
 def test_recipe_value_error_is_one_line_error_and_exit_2(index, tmp_path, monkeypatch, capsys):
     stem, argv = _value_error_cases(tmp_path)[index]
     monkeypatch.setenv("SAM_COMPOSER_DATA", str(tmp_path / "no_data"))
@@ -159,6 +160,7 @@ def test_recipe_refuses_bad_values_before_any_work(stem, argv, message, tmp_path
         ("choose_mask_refine", "--out"),
         ("first_click_slots", "--out"),
         ("choose_mask_rank", "--out"),
+        ("choose_click_centrality", "--out"),
         ("data_engine", "--work-dir"),
         ("train_default", "--work-dir"),
     ],
