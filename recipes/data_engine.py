@@ -42,6 +42,7 @@ from _cli import check_out_dir, check_same_run, file_digest, one_line_errors  # 
 from train_default import CACHE_LOW_RES, cache_name, evaluate  # noqa: E402
 
 from composer.automatic import AmgConfig  # noqa: E402
+from composer.hub.checkpoint import save_state_file  # noqa: E402
 from composer.io.records import log_path  # noqa: E402
 from composer.sam.composer_tiny import (  # noqa: E402
     PACKAGED_WEIGHTS,
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     results["control_human_only"] = evaluate(control, args.work_dir / "eval_control.json")
     engine = finetune(args, human + pseudo, "engine_human_plus_automatic", weights_sha256, digest)
     results["engine_human_plus_automatic"] = evaluate(engine, args.work_dir / "eval_engine.json")
-    torch.save(engine.state_dict(), args.work_dir / "engine_model.pt")
+    save_state_file(engine.state_dict(), args.work_dir / "engine_model.pt")
 
     rows = []
     for name, r in results.items():

@@ -528,10 +528,10 @@ def run(args: argparse.Namespace) -> int:
               f"{args.steps}; its weights are those of step {trainer.step} (use a fresh --out "
               "for a shorter run)")
     after = evaluate_samples(model, val) if val else None
+    from ..hub.checkpoint import save_state_file
+
     weights = out / "model.pt"
-    tmp = weights.with_suffix(".pt.part")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(weights)
+    save_state_file({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
     tail = history[-min(50, len(history)) :]
     report = {
         "model": args.model,

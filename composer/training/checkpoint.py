@@ -2,8 +2,15 @@
 
 :class:`~composer.training.trainer.Trainer` gathers its state (model, optimizer, gradient
 scaler, step, elapsed time, RNG states, history) and applies a loaded one; this module owns the
-file: where it lies (``checkpoint_dir/last.pt``), how it is written (``*.part``, then renamed,
-so a cut-off write never replaces a good checkpoint) and how a file on disk is read back.
+file: where it lies (``checkpoint_dir/last.pt``), how it is written (``*.part``, flushed to
+the disk, then renamed: a crash mid-write never replaces a good checkpoint) and how a file on
+disk is read back.
+
+Every file written here carries a SHA-256 digest of its content (:func:`state_digest`, under
+:data:`DIGEST_KEY`), checked when it is read: torch's zip format does not check its own CRCs
+on load, so a changed byte inside the tensor data otherwise loaded silently as damaged
+weights or optimizer moments. A file without a digest (written before digests) is read
+unchecked.
 
 A checkpoint is untrusted input: it is read with ``weights_only=True`` and checked against the
 trainer (:func:`check_training_state`) before anything is loaded, so a refused file leaves the
@@ -14,6 +21,8 @@ file and what to do.
 from __future__ import annotations
 
 import errno
+import hashlib
+import logging
 import math
 import os
 import pickle
@@ -24,11 +33,28 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..hub.checkpoint import save_state_file
+
+logger = logging.getLogger(__name__)
+
 #: the file name of a trainer's checkpoint in its ``checkpoint_dir``
 CHECKPOINT_NAME = "last.pt"
 
 #: what a training state holds (:meth:`~composer.training.trainer.Trainer.state_dict`)
 STATE_KEYS = ("model", "optimizer", "scaler", "step", "elapsed", "rng", "torch_rng", "history")
+
+#: the key under which a checkpoint file holds the hex SHA-256 of the rest
+#: (:func:`state_digest`)
+DIGEST_KEY = "content_sha256"
+
+#: what to do with a file whose content does not match its digest
+DAMAGED_ADVICE = (
+    "delete it to train afresh, put back a good copy of it, or use another checkpoint folder "
+    "(sam-composer train: another --out)"
+)
+
+# bytes of a tensor hashed at a time: a CUDA tensor is copied to the CPU in pieces this large
+_HASH_CHUNK = 1 << 24
 
 #: what to do with a training state of another model or of other trained parameters
 KEEP_ADVICE = (
@@ -82,13 +108,92 @@ def checkpoint_file(checkpoint_dir: str | os.PathLike[str] | None) -> Path:
     return Path(checkpoint_dir) / CHECKPOINT_NAME
 
 
-def save_training_state(state: dict[str, Any], out: Path) -> Path:
-    """Write ``state`` to ``out`` atomically (``*.part`` then rename); returns ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".part")
-    torch.save(state, tmp)
-    os.replace(tmp, out)
-    return out
+def save_training_state(state: Mapping[str, Any], out: Path) -> Path:
+    """Write ``state`` with its digest (:data:`DIGEST_KEY`) to ``out`` atomically and durably
+    (:func:`~composer.hub.checkpoint.save_state_file`: ``*.part``, fsync, rename); returns
+    ``out``.
+
+    Raises:
+        OSError: the file cannot be written; an existing ``out`` is unchanged.
+        TypeError: ``state`` holds a value the digest does not cover (see
+            :func:`state_digest`); nothing is written.
+    """
+    return save_state_file({**state, DIGEST_KEY: state_digest(state)}, out)
+
+
+def state_digest(state: Mapping[str, Any]) -> str:
+    """The hex SHA-256 of a training state's content (every key but :data:`DIGEST_KEY`).
+
+    Tensors count by dtype, shape and bytes (in row-major order, hashed in place or, on a GPU,
+    copied to the CPU in 16 MiB pieces: no copy of the whole state); mappings by their keys in
+    sorted order (so the same content built in another order has the same digest); lists and
+    tuples by their items; numbers, strings and ``None`` by type and ``repr`` (exact for
+    floats). The digest is the same for a state in memory, after ``torch.save`` and
+    ``torch.load``, and on any device.
+
+    Raises:
+        TypeError: a value of another type (a training state holds none).
+    """
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != DIGEST_KEY})
+    return h.hexdigest()
+
+
+def _feed(h: Any, value: Any) -> None:
+    """Add ``value`` to ``h`` in a form that no other value shares (tags and lengths first)."""
+    if isinstance(value, torch.Tensor):
+        _feed_tensor(h, value)
+    elif isinstance(value, Mapping):
+        keys = sorted(value, key=lambda k: (type(k).__name__, repr(k)))
+        h.update(b"{%d:" % len(keys))
+        for key in keys:
+            _feed(h, key)
+            _feed(h, value[key])
+    elif isinstance(value, (list, tuple)):
+        h.update(b"[%d:" % len(value))
+        for item in value:
+            _feed(h, item)
+    elif value is None or isinstance(
+        value, (bool, int, float, complex, str, bytes, torch.dtype, torch.device)
+    ):
+        text = f"{type(value).__name__}:{value!r}".encode("utf-8", "surrogatepass")
+        h.update(b"<%d:" % len(text) + text)
+    else:
+        raise TypeError(f"a training state's digest covers no {type(value).__name__} values")
+
+
+def _feed_tensor(h: Any, tensor: torch.Tensor) -> None:
+    if tensor.layout != torch.strided:
+        raise TypeError(f"a training state's digest covers no {tensor.layout} tensors")
+    flat = tensor.detach().reshape(-1)  # a view of a contiguous tensor, as state dicts hold
+    h.update(f"T{flat.dtype}{tuple(tensor.shape)}:".encode())
+    step = max(1, _HASH_CHUNK // max(1, flat.element_size()))
+    for start in range(0, flat.numel(), step):
+        part = flat[start : start + step].cpu().contiguous()  # in place on the CPU
+        h.update(part.view(torch.uint8).numpy())
+
+
+def _verify_digest(state: Any, source: str) -> None:
+    """Check ``state`` against its recorded digest and remove that (a state without one, from
+    before digests or built in memory, passes unchecked).
+
+    Raises:
+        ValueError: the content does not match the digest; names ``source``.
+    """
+    if not isinstance(state, dict) or DIGEST_KEY not in state:
+        logger.debug("%s holds no content digest (written before digests): not checked", source)
+        return
+    recorded = state[DIGEST_KEY]
+    try:
+        actual: str | None = state_digest(state)
+    except TypeError:
+        actual = None
+    if not isinstance(recorded, str) or actual != recorded:
+        raise ValueError(
+            f"{source} is damaged: its content does not match the SHA-256 digest written "
+            f"with it (a byte changed on the disk or in a copy); {DAMAGED_ADVICE}"
+        )
+    del state[DIGEST_KEY]
 
 
 def training_state(trainer: TrainerLike) -> dict[str, Any]:
@@ -108,10 +213,17 @@ def training_state(trainer: TrainerLike) -> dict[str, Any]:
 def load_training_state(trainer: TrainerLike, state: Any, source: str = "the state") -> None:
     """Check ``state`` (:func:`check_training_state`), then load it into ``trainer``.
 
+    A state that holds a digest (a checkpoint file's, read with ``torch.load``) is checked
+    against it first; :func:`read_training_state` has done that and removed the digest.
+
     Raises:
-        ValueError: ``state`` does not fit ``trainer`` (named as ``source``); nothing was
-            loaded (unchecked, torch's loading stops at the first mismatch, halfway).
+        ValueError: ``state`` does not match its digest or does not fit ``trainer`` (named
+            as ``source``); nothing was loaded (unchecked, torch's loading stops at the first
+            mismatch, halfway).
     """
+    if isinstance(state, dict) and DIGEST_KEY in state:
+        state = dict(state)  # the caller's state keeps its digest
+        _verify_digest(state, source)
     check_training_state(
         state, trainer.model, trainer.optimizer, trainer.rng.bit_generator, source
     )
@@ -168,17 +280,19 @@ def has_checkpoint(file: Path) -> bool:
 
 
 def read_training_state(file: Path) -> Any:
-    """The object stored in ``file`` (CPU tensors, ``weights_only``);
+    """The object stored in ``file`` (CPU tensors, ``weights_only``), checked against its
+    digest (:data:`DIGEST_KEY`, then removed; a file without one is not checked);
     :func:`check_training_state` then says whether it is a usable training state.
 
     Raises:
         ValueError: the file cannot be loaded (damaged, cut off, empty, or no torch
-            checkpoint); the message names the file and the load error.
+            checkpoint), or its content does not match its digest (a changed byte that
+            torch loads without a word); the message names the file and the load error.
         OSError: the file cannot be read (no permission, a failing disk): the same ``OSError``
             subclass, naming the file and saying it is kept.
     """
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        state = torch.load(file, map_location="cpu", weights_only=True)
     except MemoryError:
         raise
     except OSError as exc:
@@ -189,6 +303,9 @@ def read_training_state(file: Path) -> Any:
         damage: Exception = exc  # torch.load reads some cut-off files with EINVAL
     except Exception as exc:  # torch.load raises many kinds on a damaged file (IndexError too)
         damage = exc
+    else:
+        _verify_digest(state, str(file))
+        return state
     raise ValueError(
         f"{file} cannot be read as a training state ({_load_error(file, damage)}): it is "
         "damaged, cut off or no checkpoint of a trainer; delete it to train afresh, or use "
@@ -259,7 +376,7 @@ def precheck_checkpoint(
     file: Path, model: torch.nn.Module, bit_generator: np.random.BitGenerator | None = None
 ) -> bool:
     """What can be checked of the training state in ``file`` before a trainer exists: that it
-    can be read, is a training state (its optimizer state, scaler, step, time, RNG states and
+    can be read and matches its digest (:func:`read_training_state`), is a training state (its optimizer state, scaler, step, time, RNG states and
     history of the right kinds) and is one of ``model``'s architecture; whether its optimizer
     trained the same parameters as the trainer's is checked when :func:`resume_training`
     loads it. ``sam-composer train`` calls it before embedding the images, which can take

@@ -12,8 +12,9 @@ parameter-name prefixes). Samples that carry cached backbone ``features`` are em
 ``image_encoder.forward_neck`` (see :mod:`composer.training.features`); samples that carry an
 ``image`` run the whole encoder.
 
-Checkpoints (model, optimizer, step, elapsed time, RNG state) are written atomically every
-``checkpoint_every`` steps and at the end; :meth:`Trainer.resume` restores all of it, so a
+Checkpoints (model, optimizer, step, elapsed time, RNG state, and a digest of all of it) are
+written atomically every ``checkpoint_every`` steps and at the end; :meth:`Trainer.resume`
+checks the digest and restores all of it, so a
 resumed run continues exactly where the saved one stood (the file and its checks:
 :mod:`composer.training.checkpoint`). ``embed_sample`` and ``decode_prompts`` are
 :mod:`composer.training.forward`'s, re-exported here.
@@ -575,7 +576,8 @@ class Trainer:
         load_training_state(self, state)
 
     def save_checkpoint(self, path: str | os.PathLike[str] | None = None) -> Path:
-        """Write the training state atomically (``*.part`` then rename); returns the path."""
+        """Write the training state with its SHA-256 digest, atomically (``*.part``, fsync,
+        rename: a crash mid-write leaves the previous file as it was); returns the path."""
         out = Path(path) if path is not None else self.checkpoint_path()
         save_training_state(self.state_dict(), out)
         logger.info("checkpoint at step %d -> %s", self.step, out)
@@ -588,7 +590,8 @@ class Trainer:
         was; each error names the file and what to do.
 
         Raises:
-            ValueError: the path is not a file; the file is damaged, cut off or empty; or it
+            ValueError: the path is not a file; the file is damaged (its content does not
+                match its digest, or torch cannot load it), cut off or empty; or it
                 is not a training state of this model and these trained parameters (model
                 weights alone, another architecture, another ``TrainConfig.freeze``).
             OSError: the file cannot be read (no permission, a failing disk).

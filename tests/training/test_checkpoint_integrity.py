@@ -1,0 +1,249 @@
+"""A checkpoint's content digest and its atomic, durable write: a changed byte that torch
+loads without a word is refused whole, a file from before digests still resumes, and a save
+cut short leaves the previous ``last.pt`` as it was (tiny CPU model)."""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import os
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from composer.cli import main
+from composer.hub import checkpoint as hub_checkpoint
+from composer.training import checkpoint as checkpoint_module
+from composer.training.checkpoint import (
+    DIGEST_KEY,
+    precheck_checkpoint,
+    read_training_state,
+    state_digest,
+)
+from tests.training.test_checkpoint import _refused
+from tests.training.test_odd_inputs_training import _one_step_argv, _tiny
+from tests.training.test_train_cli import _coco_dataset
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> bytes:
+    """The bytes of a last.pt of two steps, as the trainer writes it."""
+    folder = tmp_path_factory.mktemp("good")
+    _tiny(folder, steps=2, checkpoint_every=2).fit()
+    return (folder / "last.pt").read_bytes()
+
+
+def _tensor_data(data: bytes) -> list[tuple[int, int]]:
+    """(offset, length) in the file of each stored tensor's bytes (``<archive>/data/<n>``),
+    largest first: torch stores them uncompressed, each behind a zip local header."""
+    spans = []
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for info in archive.infolist():
+            if "/data/" not in info.filename or info.file_size == 0:
+                continue
+            name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+            start = info.header_offset + 30 + name_len + extra_len
+            assert info.compress_type == zipfile.ZIP_STORED
+            spans.append((start, info.file_size))
+    return sorted(spans, key=lambda span: -span[1])
+
+
+def _flipped(data: bytes, where: int) -> bytes:
+    damaged = bytearray(data)
+    damaged[where] ^= 0x01
+    return bytes(damaged)
+
+
+@pytest.mark.parametrize("which", ["largest", "middle", "smallest"])
+def test_a_flipped_byte_in_tensor_data_is_refused_whole(tmp_path, good, which) -> None:
+    """torch.load reads such a file without a word (its zip CRCs are not checked on read):
+    resume loaded the damaged weights or optimizer moments and trained on."""
+    spans = _tensor_data(good)
+    start, length = {"largest": spans[0], "middle": spans[len(spans) // 2],
+                     "smallest": spans[-1]}[which]
+    damaged = _flipped(good, start + length // 2)
+    file = tmp_path / "last.pt"
+    file.write_bytes(damaged)
+    loaded = torch.load(file, map_location="cpu", weights_only=True)  # silently, as before
+    assert loaded[DIGEST_KEY] != state_digest(loaded)
+    message = _refused(tmp_path, ValueError)
+    assert message == (
+        f"{file} is damaged: its content does not match the SHA-256 digest written with it "
+        "(a byte changed on the disk or in a copy); delete it to train afresh, put back a good "
+        "copy of it, or use another checkpoint folder (sam-composer train: another --out)"
+    )
+    model = _tiny(tmp_path).model
+    with pytest.raises(ValueError, match="is damaged: its content does not match"):
+        precheck_checkpoint(file, model)
+
+
+def test_a_flipped_byte_in_the_state_outside_tensors_is_refused(tmp_path, good) -> None:
+    """A changed digit of the step or the history (the pickle) loads as another number."""
+    state = torch.load(_write(tmp_path, good), weights_only=True)
+    data = bytearray(good)
+    where = data.find(struct.pack(">d", state["history"][0]["loss"]))
+    assert where > 0  # pickle stores a float as 8 big-endian bytes
+    data[where + 7] ^= 0x01
+    _write(tmp_path, bytes(data))
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 2
+    assert "is damaged: its content does not match" in _refused(tmp_path, ValueError)
+
+
+def _write(folder: Path, data: bytes) -> Path:
+    file = folder / "last.pt"
+    file.write_bytes(data)
+    return file
+
+
+@pytest.mark.parametrize("keep", [0.25, 0.5, 0.9, 0.999])
+def test_a_cut_off_checkpoint_is_refused(tmp_path, good, keep) -> None:
+    _write(tmp_path, good[: int(len(good) * keep)])
+    message = _refused(tmp_path, ValueError)
+    assert "cannot be read as a training state" in message and "damaged, cut off" in message
+
+
+def test_a_checkpoint_from_before_digests_resumes(tmp_path, good, caplog) -> None:
+    """Written as the trainer wrote it before (no digest): loaded unchecked, a debug line."""
+    state = torch.load(_write(tmp_path, good), weights_only=True)
+    del state[DIGEST_KEY]
+    torch.save(state, tmp_path / "last.pt")
+    assert precheck_checkpoint(tmp_path / "last.pt", _tiny(tmp_path).model)
+    t = _tiny(tmp_path)
+    with caplog.at_level(logging.DEBUG, logger="composer.training.checkpoint"):
+        assert t.resume() and t.step == 2
+    assert "holds no content digest (written before digests): not checked" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    t.fit()  # trains on, and its next checkpoint carries a digest
+    assert DIGEST_KEY in torch.load(tmp_path / "last.pt", weights_only=True)
+
+
+def test_the_digest_is_stable_across_save_load_save(tmp_path, good) -> None:
+    first = torch.load(_write(tmp_path, good), weights_only=True)
+    recorded = first[DIGEST_KEY]
+    assert recorded == state_digest(first) and len(recorded) == 64
+    t = _tiny(tmp_path)
+    assert t.resume()
+    assert state_digest(t.state_dict()) == recorded  # the loaded trainer holds that content
+    again = t.save_checkpoint(tmp_path / "again.pt")
+    second = torch.load(again, weights_only=True)
+    assert second[DIGEST_KEY] == recorded
+    assert read_training_state(again).keys() == set(first) - {DIGEST_KEY}
+    # the content, not the order of the keys or the container: the same digest
+    reordered = {k: first[k] for k in reversed(list(first))}
+    assert state_digest(reordered) == recorded
+    t.step += 1
+    assert state_digest(t.state_dict()) != recorded
+
+
+def test_the_digest_covers_types_and_values() -> None:
+    base = {"a": torch.zeros(2), "n": 1, "f": [0.5, None]}
+    digests = {
+        state_digest(s)
+        for s in (
+            base,
+            {**base, "a": torch.zeros(2, dtype=torch.float64)},  # same values, other dtype
+            {**base, "a": torch.zeros(1, 2)},  # other shape
+            {**base, "n": True},  # 1 and True compare equal
+            {**base, "n": 1.0},
+            {**base, "f": [0.5]},
+            {**base, "f": [0.5, None, None]},
+        )
+    }
+    assert len(digests) == 7
+    with pytest.raises(TypeError, match="covers no object values"):
+        state_digest({"x": object()})
+
+
+def test_the_digest_of_a_tensor_hashed_in_pieces_is_that_of_the_whole(monkeypatch) -> None:
+    """A GPU tensor is copied to the CPU piece by piece; a transposed view counts by value."""
+    t = torch.arange(60, dtype=torch.float32).reshape(6, 10)
+    whole = state_digest({"t": t, "u": t.t().contiguous()})
+    monkeypatch.setattr(checkpoint_module, "_HASH_CHUNK", 28)  # 7 floats a piece, 4 at the end
+    assert state_digest({"t": t, "u": t.t().contiguous()}) == whole
+    assert state_digest({"t": t.contiguous(), "u": t.t()}) == whole
+    assert state_digest({"t": t, "u": t.t().contiguous() + 1}) != whole
+
+
+def test_load_state_dict_checks_a_digest_it_is_given(tmp_path, good) -> None:
+    """A state read with torch.load keeps its digest; Trainer.load_state_dict checks it."""
+    state = torch.load(_write(tmp_path, good), weights_only=True)
+    t = _tiny(tmp_path)
+    damaged = {**state, "step": 3}
+    with pytest.raises(ValueError, match=r"^the state is damaged: its content does not match"):
+        t.load_state_dict(damaged)
+    assert t.step == 0
+    t.load_state_dict(state)
+    assert t.step == 2 and DIGEST_KEY in state  # the caller's dict is left as it was
+
+
+def test_a_save_cut_short_leaves_the_previous_checkpoint(tmp_path, good, monkeypatch) -> None:
+    """An error (a full disk) or Ctrl-C in the middle of writing: last.pt is the previous one
+    and no half-written .part is left behind (it was, a file as large as the checkpoint)."""
+    file = _write(tmp_path, good)
+    real_save = torch.save
+
+    def cut_short(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        real_save(obj, f, *args, **kwargs)
+        f.truncate(len(good) // 2)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    t = _tiny(tmp_path)
+    assert t.resume()
+    t.step += 1
+    monkeypatch.setattr(torch, "save", cut_short)
+    with pytest.raises(OSError, match="No space left"):
+        t.save_checkpoint()
+    monkeypatch.undo()
+    assert file.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    assert _tiny(tmp_path).resume()
+
+
+def test_a_save_is_flushed_to_the_disk_before_it_replaces_the_file(tmp_path, monkeypatch):
+    """Without an fsync before the rename, a power cut could leave last.pt empty (the new
+    name written before the data on some file systems) instead of the previous one."""
+    calls: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync folder" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        calls.append(f"replace {Path(src).name} -> {Path(dst).name}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(hub_checkpoint.os, "fsync", fsync)
+    monkeypatch.setattr(hub_checkpoint.os, "replace", replace)
+    t = _tiny(tmp_path)
+    t.save_checkpoint()
+    assert calls == ["fsync file", "replace last.pt.part -> last.pt", "fsync folder"]
+    assert (tmp_path / "last.pt").is_file() and not (tmp_path / "last.pt.part").exists()
+
+
+def test_train_command_refuses_a_damaged_last_pt_before_embedding(tmp_path, capsys) -> None:
+    """Found before the images are embedded, and nothing in --out is written."""
+    ann, images = _coco_dataset(tmp_path, n=2)
+    out = tmp_path / "run"
+    argv = _one_step_argv(ann, images, out, "0.5")
+    assert main(argv) == 0
+    weights = (out / "model.pt").read_bytes()
+    last = out / "last.pt"
+    start, length = _tensor_data(last.read_bytes())[0]
+    damaged = _flipped(last.read_bytes(), start + length // 3)
+    last.write_bytes(damaged)
+    capsys.readouterr()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "embedding" not in captured.out
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{last} is damaged: its content does not match the SHA-256 digest" in err
+    assert last.read_bytes() == damaged and (out / "model.pt").read_bytes() == weights
