@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     results["control_human_only"] = evaluate(control, args.work_dir / "eval_control.json")
     engine = finetune(args, human + pseudo, "engine_human_plus_automatic", weights_sha256, digest)
     results["engine_human_plus_automatic"] = evaluate(engine, args.work_dir / "eval_engine.json")
-    save_state_file(engine.state_dict(), args.work_dir / "engine_model.pt")
+    engine_file = save_state_file(engine.state_dict(), args.work_dir / "engine_model.pt")
+    logging.info("engine weights: %s (sha256 %s)", engine_file, file_digest(engine_file))
 
     rows = []
     for name, r in results.items():

@@ -700,7 +700,10 @@ def main(argv: list[str] | None = None) -> None:
     check_same_run(args.work_dir, settings)
     train(args, model, per_id)
     out = export_fp16(model, args.output)
-    logging.info("exported fp16 weights to %s (%.2f MB)", out, out.stat().st_size / 1e6)
+    logging.info(
+        "exported fp16 weights to %s (%.2f MB, sha256 %s)", out, out.stat().st_size / 1e6,
+        file_digest(out),
+    )
     if not args.skip_eval:
         shipped = build_composer_tiny(checkpoint=out)  # the file decides the architecture
         evaluate(shipped, args.work_dir / "results.json")

@@ -14,7 +14,8 @@ it is reported before and after training.
 Writes to ``--out``: ``last.pt`` (resumable training state; re-running the same command
 continues from it), ``model.pt`` (the trained model's state dict, loadable with
 ``--checkpoint out/model.pt`` by every other command), ``run.json`` (the settings a rerun must
-share to resume) and ``train_report.json`` (with the images left out as unusable, each with
+share to resume) and ``train_report.json`` (with ``model.pt``'s SHA-256 under
+``weights_sha256``, the images left out as unusable, each with
 its reason, under ``failures``, and the annotations skipped as supplying no mask, e.g. box-only
 ones, under ``skipped_annotations``, counted per reason).
 """
@@ -529,6 +530,7 @@ def run(args: argparse.Namespace) -> int:
               "for a shorter run)")
     after = evaluate_samples(model, val) if val else None
     from ..hub.checkpoint import save_state_file
+    from ..hub.download import file_sha256
 
     weights = out / "model.pt"
     save_state_file({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
@@ -547,6 +549,8 @@ def run(args: argparse.Namespace) -> int:
         "val_oracle_miou_before": None if before is None else before.miou_oracle,
         "val_oracle_miou_after": None if after is None else after.miou_oracle,
         "weights": str(weights),
+        # the file's digest as `sha256sum` prints it: a copy of the weights can be checked
+        "weights_sha256": file_sha256(weights),
         "failures": [
             {"image_id": item_id, "held_out": held, "error": message}
             for held, group in ((False, failed), (True, val_failed))

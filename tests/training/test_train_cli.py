@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -58,6 +59,9 @@ def test_train_command_writes_loadable_weights_and_resumes(tmp_path, capsys) -> 
     assert "4 training images" in text and "2 held out" in text
     report = json.loads((out / "train_report.json").read_text())
     assert report["steps"] == 6 and report["val_single_click_miou_after"] is not None
+    # the weights' digest as sha256sum prints it: a copy of model.pt can be checked
+    sha256 = hashlib.sha256((out / "model.pt").read_bytes()).hexdigest()
+    assert report["weights_sha256"] == sha256
     model = build_sam("vit_tiny_test", checkpoint=out / "model.pt")
     trained = torch.load(out / "model.pt", weights_only=True)
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
