@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 CropBox = tuple[int, int, int, int]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ImageEmbedding:
     """The encoder output of one image (or one crop of it).
 
@@ -36,6 +36,9 @@ class ImageEmbedding:
     ``ValueError`` naming the value). ``extras`` is kept as a read-only mapping; the tensors
     themselves cannot be made read-only, so an embedding that an :class:`EmbeddingCache` hands
     out is the caller's own copy (see :meth:`clone`).
+
+    ``==`` and ``hash`` are those of the object (identity), so an embedding can key a dict or
+    sit in a set; compare contents with ``torch.equal(a.features, b.features)`` and the sizes.
 
     Attributes:
         features: (1, C, h, w) floating-point image embedding, all finite (for SAM:

@@ -86,6 +86,18 @@ def test_clone_copies_the_tensors_and_pickles() -> None:
     assert torch.equal(back.extras["x"], emb.extras["x"]) and back.original_size == (40, 60)
 
 
+def test_embeddings_compare_and_hash_by_identity() -> None:
+    """The dataclass's field-wise ``==`` compared the tensors with ``==``, whose truth value
+    raised (RuntimeError: ambiguous), and ``hash`` raised on the extras mapping (TypeError):
+    ``emb in some_list`` or a dict keyed by embeddings failed."""
+    emb = _emb(extras={"x": torch.ones(3)})
+    twin = emb.clone()
+    assert emb == emb and emb != twin and not (emb == twin)
+    assert emb in [twin, emb] and twin not in [emb]
+    seen = {emb: "a", twin: "b"}
+    assert seen[emb] == "a" and seen[twin] == "b" and len({emb, emb, twin}) == 2
+
+
 # --------------------------------------------------------------------------- checks
 @pytest.mark.parametrize(
     "changes, error, match",
