@@ -296,7 +296,11 @@ class EmbeddingCache:
         (made while its ``mask_refine``, ``flip_tta`` and ``mask_rank`` were off) gets them.
 
         Raises:
-            ValueError: a malformed or fractional ``crop_box``, or one not inside the image.
+            ValueError: a malformed or fractional ``crop_box``, or one not inside the image;
+                ``segmenter.embed`` returned an embedding of another ``model_id`` than the
+                segmenter's, or of another ``original_size`` than the pixels it was given.
+            TypeError: ``segmenter.embed`` returned no :class:`ImageEmbedding`. Nothing is
+                cached then.
         """
         from .io.image import load_image
 
@@ -353,6 +357,7 @@ class EmbeddingCache:
             return self._with_image(key, emb, segmenter, arr, box)
         pixels = arr if box is None else crop_image(arr, box)
         emb = segmenter.embed(pixels)
+        _check_embedded(emb, segmenter, key[0], pixels.shape[:2])
         if box is not None:
             emb = dataclasses.replace(emb, crop_box=box)
         with self._lock:
@@ -515,6 +520,27 @@ def _entry_digest(data: bytes, meta: Mapping[str, Any]) -> str:
     h = hashlib.sha256(data)
     h.update(json.dumps(meta, sort_keys=True).encode())
     return h.hexdigest()
+
+
+def _check_embedded(emb: Any, segmenter: Segmenter, model_id: str, size: tuple[int, ...]) -> None:
+    """Refuse what ``segmenter.embed`` returned for pixels of ``size`` (H, W) unless it is an
+    :class:`ImageEmbedding` of those pixels by ``model_id`` (the cache key's): stored, another
+    object or another model's embedding was served to every later caller (and its disk entry
+    refused as corrupt on every load), and another size's embedding gave masks of that size.
+
+    Raises:
+        TypeError: not an :class:`ImageEmbedding`.
+        ValueError: of another model id, or of another image size.
+    """
+    who = f"{type(segmenter).__name__}.embed (model_id {model_id!r})"
+    if not isinstance(emb, ImageEmbedding):
+        raise TypeError(f"{who} returned {type(emb).__name__}, not an ImageEmbedding")
+    if emb.model_id != model_id:
+        raise ValueError(f"{who} returned an embedding of model {emb.model_id!r}; an embedding "
+                         "must carry the model_id of the segmenter that made it")
+    if emb.original_size != tuple(size):
+        raise ValueError(f"{who} returned an embedding of original_size {emb.original_size} "
+                         f"for an image of {tuple(size)} (H, W)")
 
 
 class _Pending:

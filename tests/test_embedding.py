@@ -180,6 +180,47 @@ def test_the_finite_check_asks_for_no_float64() -> None:
             _emb(features=huge)
 
 
+class _Wrong(_Toy):
+    """A backend whose ``embed`` returns what ``result(image)`` makes."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__()
+        self.result = result
+
+    def embed(self, image: np.ndarray) -> Any:
+        self.calls += 1
+        return self.result(image)
+
+
+WRONG_RESULTS = {
+    # a Tensor has .nbytes: it was stored, and handed out (cloned) by the next get
+    "a tensor": (lambda im: torch.zeros(1, 2, 4, 4), TypeError, "returned Tensor, not an ImageEmbedding"),
+    "None": (lambda im: None, TypeError, "returned NoneType"),
+    # served to later callers (predict refuses it), its disk entry 'corrupt' on every load
+    "another model's": (lambda im: dataclasses.replace(_Toy().embed(im), model_id="other"),
+                        ValueError, "of model 'other'"),
+    # masks of the wrong size, from memory and from the disk tier
+    "another size's": (lambda im: _emb(original_size=(80, 120), input_size=(43, 64), model_id=_Toy.model_id),
+                       ValueError, r"original_size \(80, 120\) for an image of \(40, 60\)"),
+}
+
+
+@pytest.mark.parametrize("wrong", list(WRONG_RESULTS))
+@pytest.mark.parametrize("box", [None, (0, 0, 60, 40)])
+def test_a_backends_wrong_embedding_is_refused_not_cached(tmp_path, wrong, box) -> None:
+    result, error, match = WRONG_RESULTS[wrong]
+    cache = EmbeddingCache(disk_dir=tmp_path)
+    seg = _Wrong(result)
+    for _ in range(2):  # refused every time, never served from memory
+        with pytest.raises(error, match=match):
+            cache.get(IMAGE, seg, crop_box=box)
+    assert seg.calls == 2 and len(cache) == 0 and cache.misses == 0
+    assert not list(tmp_path.iterdir())  # nothing written to the disk tier
+    # the entry is computed once the backend is mended
+    good = _Toy()
+    assert cache.get(IMAGE, good, crop_box=box).original_size == (40, 60) and good.calls == 1
+
+
 # --------------------------------------------------------------------------- crop boxes
 def test_a_fractional_crop_box_is_refused_not_truncated() -> None:
     cache, seg = EmbeddingCache(), _Toy()
