@@ -290,7 +290,8 @@ class EmbeddingCache:
         Returns:
             The caller's own copy of the cached embedding (:meth:`ImageEmbedding.clone`, a
             memory copy of its tensors): changing its tensors in place does not reach the
-            cache or any other caller.
+            cache or any other caller. The cache stores tensors detached from autograd, so
+            its embeddings carry no graph and no gradient flows through them into the encoder.
 
         An entry cached without the pixels that ``segmenter`` now keeps in ``extras["image"]``
         (made while its ``mask_refine``, ``flip_tta`` and ``mask_rank`` were off) gets them.
@@ -358,6 +359,11 @@ class EmbeddingCache:
         pixels = arr if box is None else crop_image(arr, box)
         emb = segmenter.embed(pixels)
         _check_embedded(emb, segmenter, key[0], pixels.shape[:2])
+        if emb.features.requires_grad or any(v.requires_grad for v in emb.extras.values()):
+            # an entry holding the encoder's autograd graph keeps its activations alive (GBs
+            # for a ViT, uncounted by max_bytes) for as long as it is cached
+            emb = dataclasses.replace(emb, features=emb.features.detach(),
+                                      extras={k: v.detach() for k, v in emb.extras.items()})
         if box is not None:
             emb = dataclasses.replace(emb, crop_box=box)
         with self._lock:

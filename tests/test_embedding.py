@@ -4,10 +4,12 @@ and whole-pixel crop boxes."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import io
 import json
 import logging
+import weakref
 from typing import Any
 
 import numpy as np
@@ -219,6 +221,34 @@ def test_a_backends_wrong_embedding_is_refused_not_cached(tmp_path, wrong, box) 
     # the entry is computed once the backend is mended
     good = _Toy()
     assert cache.get(IMAGE, good, crop_box=box).original_size == (40, 60) and good.calls == 1
+
+
+def test_the_cache_keeps_no_autograd_graph() -> None:
+    """A backend that embeds with autograd on (a trainable encoder, no ``no_grad``): the cache
+    held each entry's graph and with it the encoder's activations, which ``max_bytes`` does
+    not count, for as long as the entry stayed cached."""
+    weight = torch.ones(1, requires_grad=True)
+    activations: list[torch.Tensor] = []
+
+    def grad_embedding(image: np.ndarray) -> ImageEmbedding:
+        emb = _Toy().embed(image)
+        hidden = emb.features.expand(1, 2, 4, 4).contiguous() * weight  # an activation, saved
+        activations.append(hidden)
+        return dataclasses.replace(emb, features=hidden * weight,
+                                   extras={**emb.extras, "grid": hidden.sum(1) * weight})
+
+    cache = EmbeddingCache()
+    seg = _Wrong(grad_embedding)
+    first = cache.get(IMAGE, seg)
+    assert first.features.grad_fn is None and not first.features.requires_grad
+    assert not first.extras["grid"].requires_grad
+    ((stored,),) = [list(cache._store.values())]
+    assert stored.features.grad_fn is None and stored.extras["grid"].grad_fn is None
+    assert torch.equal(first.features, _Toy().embed(IMAGE).features)
+    ref = weakref.ref(activations.pop())
+    gc.collect()
+    assert ref() is None  # the graph, and the activation it saved, are gone
+    assert cache.get(IMAGE, seg).features.grad_fn is None and seg.calls == 1
 
 
 # --------------------------------------------------------------------------- crop boxes
