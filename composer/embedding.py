@@ -372,9 +372,9 @@ class EmbeddingCache:
             self._put(key, emb)
         try:
             self._save_disk(key, emb)
-        except OSError as exc:  # a disk tier that cannot be written must not lose the embedding
-            logger.warning("embedding cache cannot write to %s (%s); keeping the entry in memory only",
-                           self.disk_dir, exc)
+        except Exception as exc:  # a disk entry that cannot be written must not lose the embedding
+            logger.warning("embedding cache cannot write to %s (%s: %s); keeping the entry in "
+                           "memory only", self.disk_dir, type(exc).__name__, exc)
         return emb
 
     def stats(self) -> dict[str, int]:
@@ -459,7 +459,8 @@ class EmbeddingCache:
             "pad_size": emb.pad_size,
             "model_id": emb.model_id,
             "crop_box": list(emb.crop_box) if emb.crop_box else None,
-            # numpy has no bfloat16: such tensors are stored as float32 (exactly) and cast back
+            # numpy has no bfloat16 or float8: such tensors are stored as float32 (exactly)
+            # and cast back
             "dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in tensors.items()},
         }
         header = {"format": _DISK_FORMAT, "sha256": _entry_digest(data, meta), **meta}
@@ -576,9 +577,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    """A CPU numpy copy of ``t``; bfloat16, which numpy lacks, as float32 (exact)."""
+    """A CPU numpy copy of ``t``; the floating dtypes numpy lacks (bfloat16, the float8s) as
+    float32, which holds their values exactly."""
     t = t.detach().cpu()
-    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+    if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+        t = t.float()
+    return t.numpy()
 
 
 def _from_numpy(arr: np.ndarray, dtype: Any) -> torch.Tensor:

@@ -345,3 +345,42 @@ def test_the_disk_entry_roundtrips_its_fields(tmp_path) -> None:
     assert emb.input_size == (48, 64) and emb.pad_size == 64
     assert torch.equal(emb.extras["image"], torch.tensor(IMAGE[0:30, 10:50]))
     assert image_hash(IMAGE) in json.loads(next(tmp_path.glob("*.json")).read_text())["key"]
+
+
+FLOAT8 = [getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n)]
+
+
+@pytest.mark.parametrize("dtype", FLOAT8, ids=str)
+def test_the_disk_tier_keeps_float8_embeddings(tmp_path, dtype) -> None:
+    """numpy has no float8: writing the entry raised TypeError out of ``get``, after the
+    embedding was computed (like bfloat16 before it)."""
+    feats = (torch.arange(32.0).reshape(1, 2, 4, 4) / 4 - 3).to(dtype)
+    seg = _Wrong(lambda im: dataclasses.replace(_Toy().embed(im), features=feats,
+                                                extras={"scale": torch.ones(2).to(dtype)}))
+    first = EmbeddingCache(disk_dir=tmp_path).get(IMAGE, seg)
+    assert first.features.dtype == dtype and list(tmp_path.glob("*.npz"))
+    again = EmbeddingCache(disk_dir=tmp_path)
+    emb = again.get(IMAGE, seg)
+    assert again.disk_hits == 1 and seg.calls == 1
+    assert emb.features.dtype == dtype and emb.extras["scale"].dtype == dtype
+    assert torch.equal(emb.features.float(), feats.float())
+
+
+def test_a_disk_entry_that_cannot_be_written_keeps_the_embedding(tmp_path, caplog,
+                                                                  monkeypatch) -> None:
+    """Only an OSError was caught: any other error while writing the entry (a tensor numpy
+    cannot hold) was raised out of ``get``, after the encoder pass."""
+    import composer.embedding as mod
+
+    def cannot(t: torch.Tensor) -> np.ndarray:
+        raise TypeError("Got unsupported ScalarType")
+
+    monkeypatch.setattr(mod, "_to_numpy", cannot)
+    cache, seg = EmbeddingCache(disk_dir=tmp_path), _Toy()
+    with caplog.at_level(logging.WARNING, logger="composer.embedding"):
+        emb = cache.get(IMAGE, seg)
+    assert "keeping the entry in memory only" in caplog.text and "TypeError" in caplog.text
+    assert torch.equal(emb.features, _Toy().embed(IMAGE).features)
+    assert not list(tmp_path.iterdir())
+    cache.get(IMAGE, seg)
+    assert seg.calls == 1 and cache.hits == 1
