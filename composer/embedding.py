@@ -254,15 +254,26 @@ class EmbeddingCache:
     others wait for it and count as hits).
 
     Args:
-        max_bytes: memory budget for cached tensors (default 2 GiB); 0 disables the memory tier.
-        disk_dir: optional folder for the persistent tier.
+        max_bytes: memory budget for cached tensors (default 2 GiB), a whole number of bytes
+            (``4e9`` passes); 0 disables the memory tier.
+        disk_dir: optional folder for the persistent tier (made on the first write).
+
+    Raises:
+        TypeError: ``max_bytes`` is not a number.
+        ValueError: ``max_bytes`` is negative, fractional or not finite, or ``disk_dir`` is
+            an existing file.
     """
 
     def __init__(self, max_bytes: int = 2 << 30, disk_dir: str | os.PathLike[str] | None = None) -> None:
-        if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        if not _is_number(max_bytes):
+            raise TypeError(f"max_bytes must be a number of bytes, got {max_bytes!r}")
+        if not (math.isfinite(max_bytes) and max_bytes >= 0 and float(max_bytes) == int(max_bytes)):
+            raise ValueError(f"max_bytes must be a whole number of bytes >= 0, got {max_bytes!r}")
         self.max_bytes = int(max_bytes)
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
+        if self.disk_dir is not None and self.disk_dir.exists() and not self.disk_dir.is_dir():
+            # else every write failed (logged) and every read missed, all run long
+            raise ValueError(f"disk_dir {str(self.disk_dir)!r} is a file, not a folder")
         self._store: OrderedDict[tuple[str, str, CropBox | None], ImageEmbedding] = OrderedDict()
         self._bytes = 0
         self._lock = threading.RLock()

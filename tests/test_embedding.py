@@ -251,6 +251,35 @@ def test_the_cache_keeps_no_autograd_graph() -> None:
     assert cache.get(IMAGE, seg).features.grad_fn is None and seg.calls == 1
 
 
+@pytest.mark.parametrize(
+    "max_bytes, error, match",
+    [
+        (-1, ValueError, "whole number of bytes >= 0, got -1"),
+        (1.5, ValueError, "got 1.5"),  # was 1, silently
+        (float("nan"), ValueError, "got nan"),  # was int()'s "cannot convert float NaN"
+        (float("inf"), ValueError, "got inf"),  # was int()'s OverflowError
+        ("1GB", TypeError, "got '1GB'"),  # was "'<' not supported between str and int"
+        (None, TypeError, "got None"),
+        (True, TypeError, "got True"),  # was a budget of 1 byte
+    ],
+)
+def test_cache_refuses_a_bad_max_bytes(max_bytes, error, match) -> None:
+    with pytest.raises(error, match=match):
+        EmbeddingCache(max_bytes=max_bytes)
+
+
+def test_cache_budgets_of_whole_bytes_pass_and_a_file_is_no_disk_dir(tmp_path) -> None:
+    assert EmbeddingCache(max_bytes=4e9).max_bytes == 4_000_000_000
+    assert EmbeddingCache(max_bytes=np.int64(0)).max_bytes == 0
+    a_file = tmp_path / "cache"
+    a_file.write_text("not a folder")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        EmbeddingCache(disk_dir=a_file)
+    cache = EmbeddingCache(disk_dir=tmp_path / "new")  # made on the first write
+    cache.get(IMAGE, _Toy())
+    assert len(list((tmp_path / "new").glob("*.npz"))) == 1
+
+
 # --------------------------------------------------------------------------- crop boxes
 def test_a_fractional_crop_box_is_refused_not_truncated() -> None:
     cache, seg = EmbeddingCache(), _Toy()

@@ -92,8 +92,9 @@ def test_click_session_checks_the_image_beside_an_embedding(seg, image):
 
 
 def test_cache_keeps_the_embedding_when_its_disk_tier_cannot_be_written(seg, image, tmp_path, caplog):
-    (tmp_path / "afile").write_text("not a folder")
     cache = EmbeddingCache(disk_dir=tmp_path / "afile")
+    # a file where the folder should be, made after the cache (one given at first is refused)
+    (tmp_path / "afile").write_text("not a folder")
     emb = cache.get(image, seg)
     assert emb.original_size == (60, 80) and "cannot write" in caplog.text
     again = cache.get(image, seg)
