@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,32 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _engine_items import Offset, add, failing_setup
 from PIL import Image
 
 from composer.automatic import AmgConfig
 from composer.runner import LocalEngine, RayEngine, make_engine
 from composer.segmenters import load_segmenter
 from tasks.everything import annotate_folder
-
-
-class Offset:
-    """A picklable setup: the worker's state is (offset, pid of the worker)."""
-
-    def __init__(self, offset: int) -> None:
-        self.offset = offset
-
-    def __call__(self) -> tuple[int, int]:
-        return self.offset, os.getpid()
-
-
-def add(state: tuple[int, int], item: int) -> tuple[int, int]:
-    if item == 3:
-        raise ValueError("item three is bad\nsecond line")
-    return state[0] + item, state[1]
-
-
-def failing_setup() -> None:
-    raise RuntimeError("no model here")
 
 
 def _check(results, n: int) -> set[int]:
@@ -153,32 +135,65 @@ def test_annotate_folder_with_worker_processes(folder, tmp_path):
     assert len(log) == 1 + 4  # settings, then one record per image as it finished
 
 
-def test_ray_engine(folder, tmp_path):
-    ray = pytest.importorskip("ray") if os.environ.get("CI") != "true" else __import__("ray")
-    before = signal.getsignal(signal.SIGTERM)
+def _cli_handler(signum, frame):  # stands for the CLI's, which turns SIGTERM into Ctrl-C
+    raise KeyboardInterrupt
 
-    def cli_handler(signum, frame):  # stands for the CLI's, which turns SIGTERM into Ctrl-C
-        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, cli_handler)
+@contextlib.contextmanager
+def _ray_session(ray):
+    """A local Ray instance, started by the engine while a SIGTERM handler like the CLI's is
+    in place; yields the SIGTERM handler found after.
+
+    Ray's own limit on a worker's start is raised: a worker process that has not registered
+    with its raylet within ``worker_register_timeout_seconds`` (60 s) is killed, and after 5
+    such starts every item fails with ActorUnschedulableError; on a heavily loaded machine a
+    worker's Python and Ray imports alone can take that long. A slow start makes the test
+    slow, not failed. (Starts that do fail are an error of each item, not a hang.)
+    """
+    assert not ray.is_initialized()  # else the engine starts nothing and checks nothing
+    env_patch = pytest.MonkeyPatch()
     try:
-        # Ray workers import this test module by name: give them its folder
-        here = str(Path(__file__).resolve().parent)
-        env = {"PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
-        engine = RayEngine(2, init_kwargs={"num_cpus": 2, "runtime_env": {"env_vars": env}})
-        results = list(engine.imap(Offset(100), add, list(range(7))))
-        assert os.getpid() not in _check(results, 7)
-        # ray.init replaced it with its own sys.exit handler: SIGTERM then skipped the
-        # CLI's stop (no summary of the finished images) and left that handler in the process
-        assert signal.getsignal(signal.SIGTERM) is cli_handler
-        failed = list(engine.imap(failing_setup, add, [0, 1, 2]))
-        assert sorted(i for i, _, _ in failed) == [0, 1, 2]
-        assert all(v is None and "no model here" in e for _, v, e in failed)
-        _same_run(_annotate(folder, tmp_path / "seq", None),
-                  _annotate(folder, tmp_path / "ray", engine))
+        env_patch.setenv("RAY_worker_register_timeout_seconds", "600")  # read by the raylet
+        before = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _cli_handler)
+        try:
+            # Ray workers import the setups and functions by module name: give them the
+            # folder of _engine_items
+            tests_dir = str(Path(__file__).resolve().parents[1])
+            env = {"PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])}
+            RayEngine(2, init_kwargs={"num_cpus": 2, "runtime_env": {"env_vars": env}})._ray()
+            after = signal.getsignal(signal.SIGTERM)
+        finally:
+            signal.signal(signal.SIGTERM, before)
+        yield after
     finally:
         ray.shutdown()
-        signal.signal(signal.SIGTERM, before)
+        env_patch.undo()
+
+
+def test_ray_engine(folder, tmp_path):
+    """One test, one Ray session (under pytest-xdist the tests of a module can go to two
+    workers, each starting Ray). Each actor started costs seconds of imports, more under
+    load: the setups and items come from a light module (_engine_items), and one actor
+    checks what needs no two."""
+    ray = pytest.importorskip("ray") if os.environ.get("CI") != "true" else __import__("ray")
+    with _ray_session(ray) as handler:
+        # ray.init replaced it with its own sys.exit handler: SIGTERM then skipped the CLI's
+        # stop (no summary of the finished images) and left that handler in the process
+        assert handler is _cli_handler
+        results = list(RayEngine(2).imap(Offset(100), add, list(range(7))))
+        assert os.getpid() not in _check(results, 7)
+        # the one actor dies in its setup: its item fails with the setup's error, and the
+        # items no actor is left for name it too
+        failed = sorted(RayEngine(1).imap(failing_setup, add, [0, 1, 2]))
+        assert [i for i, _, _ in failed] == [0, 1, 2]
+        assert all(v is None and "no model here" in e for _, v, e in failed)
+        assert [e.startswith("RuntimeError: no Ray worker left") for _, _, e in failed] == [
+            False, True, True]
+        # the segmenter reaches the actor and gives what it gives in this process (one
+        # actor: each loads the model; two actors sharing items are checked above)
+        _same_run(_annotate(folder, tmp_path / "seq", None),
+                  _annotate(folder, tmp_path / "ray", RayEngine(1)))
 
 
 def _interrupt_at(monkeypatch, name: str):
