@@ -135,8 +135,8 @@ class ImageEmbedding:
 
         ``check_model`` trusts the id; this checks the sizes an id does not pin down: an
         embedding built by hand under a model's id, or made by the same weights at another
-        input size under the same id (a fixed ``model_id``, or ONNX exports made before a
-        derived id named the input size). Its prompts would be scaled into the wrong input
+        input size under the same id (a fixed ``model_id`` in PyTorch; an ONNX export's id
+        always names its input size). Its prompts would be scaled into the wrong input
         frame, and a decoder with fixed shapes (an ONNX graph) fails with its own error, or
         decodes the wrong frame silently.
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,25 @@ def read_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
+def onnx_model_id(exported_id: str, img_size: int) -> str:
+    """The id of an export's embeddings: ``onnx-`` plus the exported model's id, with
+    ``-<img_size>px`` appended where that id does not name the input size.
+
+    A derived id names it (``composer_tiny-packaged-512px-0da76b6b6c90``) since 2026-11-25;
+    the exports made before, and those of a model given a fixed ``model_id``, carry an id
+    without it, so exports of the same weights at two input sizes shared an id, and an
+    ``EmbeddingCache`` shared by the two handed one the other's embedding (refused by
+    ``predict``, not recomputed). With the size in every id each gets its own.
+
+    Args:
+        exported_id: ``model.json``'s ``model_id``.
+        img_size: the export's square model input side (``model.json``'s ``img_size``).
+    """
+    if re.search(rf"(?<![0-9A-Za-z]){img_size}px(?![0-9A-Za-z])", exported_id) is None:
+        exported_id = f"{exported_id}-{img_size}px"
+    return f"onnx-{exported_id}"
+
+
 class OnnxSegmenter(PromptableSegmenter):
     """A promptable segmenter running an exported encoder and decoder with ONNX Runtime.
 
@@ -113,7 +133,6 @@ class OnnxSegmenter(PromptableSegmenter):
         self.directory = Path(directory)
         self.threads = threads
         self.meta = read_meta(self.directory)
-        self.model_id = f"onnx-{self.meta['model_id']}"
         try:
             self.img_size = int(self.meta["img_size"])
             low = self.meta["low_res_size"]
@@ -125,6 +144,7 @@ class OnnxSegmenter(PromptableSegmenter):
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{self.directory / META_FILE}: img_size, low_res_size and max_batch "
                              f"must be whole numbers ({exc}); export the model again") from None
+        self.model_id = onnx_model_id(str(self.meta["model_id"]), self.img_size)
         self.mask_threshold = float(self.meta["mask_threshold"])
         self._mean = np.asarray(self.meta["pixel_mean"], np.float32).reshape(3, 1, 1)
         self._std = np.asarray(self.meta["pixel_std"], np.float32).reshape(3, 1, 1)
@@ -278,10 +298,9 @@ class OnnxSegmenter(PromptableSegmenter):
 
         Raises:
             ValueError: an embedding of another model, or one whose features or ``pad_size``
-                are not this export's (built by hand under its id, or by an export of the same
-                weights at another input size under the same id: one of a fixed ``model_id``,
-                or made before derived ids named the input size; ``ImageEmbedding.check_fits``),
-                or a graph that returns fewer masks than prompts (``max_batch`` larger than the
+                are not this export's (built by hand under its id: an export of the same
+                weights at another input size has another id, :func:`onnx_model_id`;
+                ``ImageEmbedding.check_fits``), or a graph that returns fewer masks than prompts (``max_batch`` larger than the
                 exported chunk).
         """
         embedding.check_model(self.model_id)

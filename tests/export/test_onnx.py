@@ -50,6 +50,17 @@ def tiny(tmp_path_factory):
     return seg, out
 
 
+@pytest.fixture(scope="module")
+def tiny_256(tmp_path_factory):
+    """composer_tiny's packaged weights built for a 256 px input (stride 16: the same 16 x 16
+    grid and 384 channels as the 512 model's), exported; its derived id names 256px."""
+    seg = SamPredictor(
+        build_composer_tiny(PACKAGED_WEIGHTS, config=ComposerTinyConfig(img_size=256, embed_stride=16)),
+        model_id_prefix=f"{MODEL_NAME}-packaged-",
+    )
+    return seg, export_onnx(seg, tmp_path_factory.mktemp("onnx_tiny_256"), check=False)
+
+
 def assert_vit_parity(parity: dict[str, float]) -> None:
     """The small ViT's export against the model: ONNX Runtime 1.32 keeps every output within
     1e-4; 1.17 and 1.18 (``make test-oldest``) differ by 6e-4 on the decoder's logits, within the
@@ -164,7 +175,7 @@ def test_onnx_embedding_is_refused_by_torch_model(tiny, image):
         seg.predict(emb, points=[[10, 10]], labels=[1])
 
 
-def test_embedding_of_another_grid_or_input_size_is_refused(tmp_path, tiny, image):
+def test_embedding_of_another_grid_or_input_size_is_refused(tiny, tiny_256, image):
     """A foreign embedding under the export's id: ONNX Runtime refused another grid or channel
     count with its own InvalidArgument error, and decoded another pad_size's embedding in the
     wrong frame silently; now a ValueError, as SamPredictor's."""
@@ -172,17 +183,13 @@ def test_embedding_of_another_grid_or_input_size_is_refused(tmp_path, tiny, imag
     ours = OnnxSegmenter(out.directory, settings=False)
     emb = ours.embed(image)
     ours.predict(emb, points=[[100, 70]], labels=[1])  # its own embedding decodes
-    # composer_tiny's weights at a 256 input (stride 16: the same 16 x 16 grid, 384 channels),
-    # named as the 512 export (their derived ids differ: the id carries the input size)
-    small = SamPredictor(
-        build_composer_tiny(PACKAGED_WEIGHTS, config=ComposerTinyConfig(img_size=256, embed_stride=16)),
-        model_id_prefix=f"{MODEL_NAME}-packaged-",
-    )
-    assert small.model_id != seg.model_id
-    small.model_id = seg.model_id
-    other = OnnxSegmenter(export_onnx(small, tmp_path / "s256", check=False).directory)
-    foreign = other.embed(image)
-    assert foreign.model_id == ours.model_id and foreign.features.shape == emb.features.shape
+    small, small_export = tiny_256  # the same weights at a 256 input
+    assert small.model_id != seg.model_id  # the derived id carries the input size
+    other = OnnxSegmenter(small_export.directory)
+    assert other.model_id != ours.model_id
+    # under this export's id (built by hand: the ids of exports at two sizes differ)
+    foreign = dataclasses.replace(other.embed(image), model_id=ours.model_id)
+    assert foreign.features.shape == emb.features.shape and foreign.pad_size == 256
     h, w = image.shape[:2]
     cases = {
         "another input size": foreign,
@@ -199,6 +206,54 @@ def test_embedding_of_another_grid_or_input_size_is_refused(tmp_path, tiny, imag
             ours.predict(bad, points=[[100, 70]], labels=[1])
     # the shape travels with a copy sent to a worker process
     assert pickle.loads(pickle.dumps(ours)).embedding_shape == (1, 384, 16, 16)
+
+
+def _as_made_before_ids_named_the_size(export, to) -> str:
+    """A copy of ``export``'s folder in ``to`` whose model.json has the id that the export's
+    model had before 53ec658 (``composer_tiny-packaged-<fingerprint>``); that id."""
+    shutil.copytree(export.directory, to)
+    meta = json.loads((to / "model.json").read_text())
+    meta["model_id"] = old_id = meta["model_id"].replace(f"-{meta['img_size']}px-", "-")
+    assert "px" not in old_id
+    (to / "model.json").write_text(json.dumps(meta))
+    return old_id
+
+
+def test_exports_at_two_input_sizes_made_before_ids_named_it_get_two_ids(tmp_path, tiny, tiny_256, image):
+    """The same weights exported at 512 and 256 px before a derived id named the input size
+    shared an id: an EmbeddingCache used by both handed the second the first's embedding,
+    which its predict refused (check_fits) instead of computing its own. An id without the
+    size now gets it appended; an id that names it is kept."""
+    from composer.embedding import EmbeddingCache
+
+    old_ids = [_as_made_before_ids_named_the_size(export, tmp_path / name)
+               for name, (_, export) in (("e512", tiny), ("e256", tiny_256))]
+    assert old_ids[0] == old_ids[1]  # the same weights, the same old id
+    big, small = (OnnxSegmenter(tmp_path / name, settings=False) for name in ("e512", "e256"))
+    assert (big.model_id, small.model_id) == (f"onnx-{old_ids[0]}-512px", f"onnx-{old_ids[0]}-256px")
+    cache = EmbeddingCache()
+    for seg in (big, small, big, small):
+        emb = cache.get(image, seg)
+        assert emb.pad_size == seg.img_size
+        assert len(seg.predict(emb, points=[[100, 70]], labels=[1], multimask=False)) == 1
+    assert (cache.encoder_calls, cache.hits) == (2, 2)
+    # the old export decodes as the new one does, and the new one's id is kept as it is
+    new = OnnxSegmenter(tiny[1].directory, settings=False)
+    assert new.model_id == f"onnx-{tiny[0].model_id}"
+    torch.testing.assert_close(cache.get(image, new).features, cache.get(image, big).features)
+
+
+def test_onnx_model_id_names_the_input_size_once():
+    from composer.segmenters.onnx import onnx_model_id
+
+    assert onnx_model_id("composer_tiny-packaged-512px-0da76b6b6c90", 512) == \
+        "onnx-composer_tiny-packaged-512px-0da76b6b6c90"
+    assert onnx_model_id("composer_tiny-packaged-0da76b6b6c90", 512) == \
+        "onnx-composer_tiny-packaged-0da76b6b6c90-512px"
+    assert onnx_model_id("mine", 256) == "onnx-mine-256px"  # a fixed id, too
+    # another size, or the digits of another number, is not this size
+    assert onnx_model_id("mine-512px", 256) == "onnx-mine-512px-256px"
+    assert onnx_model_id("m-1512px", 512) == "onnx-m-1512px-512px"
 
 
 def test_sam_vit_architecture_exports(tmp_path, image):
