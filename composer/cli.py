@@ -231,8 +231,9 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"sam-composer {args.command}: error: out of memory ({str(exc)[:200] or type(exc).__name__}); "
               "use smaller settings (grid, batch, image side) or a larger machine", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # a folder run's says how many images are done and how to go on (RunInterrupted)
+        print(getattr(exc, "message", None) or "interrupted", file=sys.stderr)
         return 128 + _STOPPED_BY[-1] if _STOPPED_BY else 130
 
 

@@ -26,7 +26,9 @@ from composer.io.visualize import json_finite, write_json
 from composer.runner import LocalEngine, error_text
 from composer.runner.records import (
     RecordLog,
+    RunInterrupted,
     finished_message,
+    interrupted_message,
     json_normal,
     log_path,
     resume_message,
@@ -280,6 +282,10 @@ def annotate_folder(
     Raises:
         ValueError: ``folder`` is not a directory or has no images, ``limit`` or
             ``write_every`` < 1, or (``resume``) the log holds another run's settings.
+        RunInterrupted: Ctrl-C (a KeyboardInterrupt), after the json of the images finished
+            so far was written; its ``message`` says how many are done, of them how many by
+            earlier runs, and how many failed ("interrupted: N of M images done (E earlier), F
+            failed; run the same command to resume"; the CLI prints it on standard error).
     """
     src = Path(folder)
     if not src.is_dir():
@@ -378,7 +384,9 @@ def annotate_folder(
             write_json(out_path, cut, fsync=True)
             say(finished_message(len(cut["images"]), len(files), len(cut["failures"]),
                                  out_path, interrupted=True))
-            raise
+            raise RunInterrupted(interrupted_message(
+                len(cut["images"]), len(files), len(cut["failures"]),
+                len(files) - len(pending))) from None
     result = assemble()
     write_json(out_path, result, fsync=True)
     n_masks = len(result["annotations"])

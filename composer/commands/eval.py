@@ -203,9 +203,11 @@ def _finish(report: dict[str, Any], args: argparse.Namespace, title: str) -> int
 def _evaluate(args: argparse.Namespace, *what: Any, extra_meta: dict[str, Any]) -> dict[str, Any]:
     """``composer.evaluation.run`` of ``what`` (task or segmenter, dataset, evaluators) with
     ``--limit`` and ``--out``; on Ctrl-C (or SIGTERM) it first says how many images were
-    evaluated and where their report is, as the folder commands do."""
+    evaluated and where their report is, as the folder commands do, and raises
+    :class:`~composer.runner.records.RunInterrupted` with the line for standard error (an
+    evaluation does not resume: a rerun starts afresh)."""
     from ..evaluation import EvaluationInterrupted, run
-    from ..runner.records import finished_message
+    from ..runner.records import RunInterrupted, finished_message, interrupted_message
 
     try:
         return run(*what, limit=args.limit, out_dir=args.out, extra_meta=extra_meta)
@@ -217,7 +219,7 @@ def _evaluate(args: argparse.Namespace, *what: Any, extra_meta: dict[str, Any]) 
         total = min(sizes) if sizes else done + failed
         print(finished_message(done, total, failed, Path(args.out) / "report.json",
                                interrupted=True))
-        raise
+        raise RunInterrupted(interrupted_message(done, total, failed, resumable=False)) from exc
 
 
 class _ImageTask:

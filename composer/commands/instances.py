@@ -18,7 +18,14 @@ from .._tasks_import import tasks_import
 from ..io.image import IMAGE_SUFFIXES
 from ..io.visualize import write_json
 from ..runner import LocalEngine, error_text
-from ..runner.records import RecordLog, finished_message, read_log, resume_message
+from ..runner.records import (
+    RecordLog,
+    RunInterrupted,
+    finished_message,
+    interrupted_message,
+    read_log,
+    resume_message,
+)
 from ..runner.records import log_path as record_log_path
 from .common import (
     add_model_args,
@@ -52,7 +59,8 @@ EXIT_HELP = (
     "finished images whose outputs are still there (and whose file has the logged time and size) "
     "are skipped, "
     "failed ones retried; an unreadable image is reported and skipped; Ctrl-C writes "
-    "summary.json of the images finished so far; exit "
+    "summary.json of the images finished so far and says how many (those of earlier runs "
+    "too); exit "
     "status 0 when every image succeeded, 1 when some failed, 2 for unusable input (no images, "
     "bad flags, a log of other settings without --overwrite), 130 when interrupted (143: "
     "SIGTERM)."
@@ -344,13 +352,16 @@ def process_images(
     The summary and the per-image outputs are the same as a one-process run's.
 
     On Ctrl-C the summary lists the images finished so far (with ``"interrupted": true``)
-    and the log keeps them before the KeyboardInterrupt goes on.
+    and the log keeps them; then :class:`~composer.runner.records.RunInterrupted` (a
+    KeyboardInterrupt) is raised, its message the line the CLI prints on standard error
+    ("interrupted: N of M images done (E earlier), F failed; run the same command to resume").
 
     Returns:
         0 when every image succeeded, 1 when some failed.
 
     Raises:
         ValueError: (folder mode, ``resume``) the record log holds another run's settings.
+        RunInterrupted: (folder mode) Ctrl-C, after the summary was written.
     """
     if not src.is_dir():
         if process is None:
@@ -385,6 +396,7 @@ def process_images(
             # the old ones would be read as one more image by convert
             _remove_outputs(out, rec["output"])
     pending = [k for k in range(len(files)) if k not in done]
+    earlier = len(done)
     if done and log is not None:
         print(resume_message(log.path, len(done), len(files)))
     items = [(str(files[k]), stems[k]) for k in pending]
@@ -443,7 +455,8 @@ def process_images(
     write_json(summary, record, fsync=True)
     print(finished_message(len(images), len(files), len(failures), summary, interrupted))
     if interrupted:
-        raise KeyboardInterrupt
+        raise RunInterrupted(interrupted_message(len(images), len(files), len(failures),
+                                                 earlier, resumable=log is not None))
     return 1 if failures else 0
 
 

@@ -51,6 +51,29 @@ def finished_message(done: int, total: int, failed: int, output: str | os.PathLi
             + (" (interrupted)" if interrupted else "") + f" -> {output}")
 
 
+def interrupted_message(done: int, total: int, failed: int, earlier: int = 0,
+                        resumable: bool = True) -> str:
+    """The line (for standard error) a folder run stopped by Ctrl-C or SIGTERM ends with: the
+    images finished of ``total`` (``done``, of which ``earlier`` by earlier runs) and failed,
+    and what a rerun does (``resumable``: resumes; else starts afresh)."""
+    line = f"interrupted: {done} of {total} images done"
+    if earlier:
+        line += f" ({earlier} earlier)"
+    line += f", {failed} failed; "
+    return line + ("run the same command to resume" if resumable
+                   else "a rerun starts afresh (this run does not resume)")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a signal the CLI turns into one) stopped a folder run after it wrote what it
+    had finished; ``message`` is :func:`interrupted_message`'s line, which the CLI prints on
+    standard error. A KeyboardInterrupt, so callers that catch that still do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 def segmenter_settings(segmenter: Any) -> dict[str, Any]:
     """The segmenter settings that change its masks beyond its ``model_id``: mask refinement,
     mask ranking and flip TTA (a dataclass setting by its repr, another object by its type)."""

@@ -1,7 +1,8 @@
 """What the folder commands say when resumed or stopped: each run over a folder of images
 (`instances`, `text`, `everything`, `eval`) stopped by Ctrl-C or SIGTERM prints how many images
-it finished and where they are listed, and exits 130 / 143; a resumed one (the record-log
-commands) prints how many images were done earlier. Interrupted on the second image by a
+it finished and where they are listed, ends with a line on stderr that counts them (those of
+earlier runs too) and says whether a rerun resumes, and exits 130 / 143; a resumed one (the
+record-log commands) prints how many images were done earlier. Interrupted on the second image by a
 patched per-image step (no timing); the toy segmenter, or classic for box prompts."""
 
 from __future__ import annotations
@@ -151,13 +152,23 @@ def test_interrupted_and_resumed_runs_say_how_many_images_and_where(
     assert status == (130 if how == "ctrl-c" else 128 + signal.SIGTERM)
     cap = capsys.readouterr()
     assert cap.out.splitlines()[-1] == f"1 of 3 images done, 0 failed (interrupted) -> {listed}"
-    assert "Traceback" not in cap.err and "interrupted" in cap.err
+    assert "Traceback" not in cap.err
+    # the last line on stderr: the count, and what a rerun does
+    hint = ("a rerun starts afresh (this run does not resume)" if command == "eval"
+            else "run the same command to resume")
+    assert cap.err.splitlines()[-1] == f"interrupted: 1 of 3 images done, 0 failed; {hint}"
     doc = json.loads(listed.read_text())
     assert (doc.get("interrupted") or doc.get("info", doc.get("meta", {})).get("interrupted"))
     if command == "eval":
         return  # an evaluation is not resumed: a rerun starts afresh
+    stop.at = "3.png"  # resumed, and stopped again: the images of the earlier run are named
+    assert _run(_argv(command, data, out), monkeypatch) == status
+    cap = capsys.readouterr()
+    log = listed.with_name(listed.name + ".records.jsonl")
+    assert f"resuming {log}: 1 of 3 images done earlier, 2 to go" in cap.out.splitlines()
+    assert cap.err.splitlines()[-1] == (
+        "interrupted: 2 of 3 images done (1 earlier), 0 failed; run the same command to resume")
     stop.at = None
     assert _run(_argv(command, data, out), monkeypatch) == 0
     lines = capsys.readouterr().out.splitlines()
-    log = listed.with_name(listed.name + ".records.jsonl")
-    assert f"resuming {log}: 1 of 3 images done earlier, 2 to go" in lines
+    assert f"resuming {log}: 2 of 3 images done earlier, 1 to go" in lines
