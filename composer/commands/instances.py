@@ -121,7 +121,8 @@ def load_detector_from_args(args: argparse.Namespace) -> Any:
 
     kw: dict[str, Any] = {"score_threshold": args.score_threshold}
     if args.detector_weights:
-        if args.detector not in TORCHVISION_ARCHS:
+        # spelled as load_detector reads it: "FCOS_ResNet50_FPN" is fcos_resnet50_fpn
+        if str(args.detector).strip().lower() not in TORCHVISION_ARCHS:
             raise ValueError("--detector-weights needs --detector set to a torchvision arch")
         kw["weights"] = args.detector_weights
     check_slice_args(args)

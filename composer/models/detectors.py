@@ -346,14 +346,16 @@ def _load_state_strict(model: Any, state: dict[str, Any], path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ factory
-_SSD_NAMES = ("ssd", "ssd_mobilenet_v2", "ssd_mobilenet_v2_coco")
+# the last: its model id, which the commands print ("detector: ...") and record
+_SSD_NAMES = ("ssd", "ssd_mobilenet_v2", "ssd_mobilenet_v2_coco", "ssd_mobilenet_v2_coco_2018_03_29")
 
 
 def load_detector(name: str | None = None, **kwargs: Any) -> Detector:
     """A detector by name.
 
     Args:
-        name: None or "ssd" (the default, SSD-MobileNet-v2 COCO, no download); a torchvision
+        name: None or "ssd" (the default, SSD-MobileNet-v2 COCO, no download; also by its
+            model id "ssd_mobilenet_v2_coco_2018_03_29"); a torchvision
             arch (see :data:`TORCHVISION_ARCHS`) or its hub weights name ("tv_<arch>_coco");
             a ``.json`` file of COCO results.
         **kwargs: passed to the backend (``score_threshold``, ``weights``, ``image_ids`` ...).

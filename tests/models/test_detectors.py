@@ -121,6 +121,27 @@ def test_torchvision_random_weights_load_through_the_hub(fcos_file, monkeypatch)
     assert np.all(out.boxes >= 0) and np.all(out.boxes[:, [2, 3]] <= 256)
 
 
+def test_detector_weights_take_the_arch_spelled_as_load_detector_reads_it(fcos_file):
+    """--detector-weights needs a torchvision --detector; "FCOS_ResNet50_FPN " is one, as
+    load_detector reads names (it was refused); the ssd and a results json are none."""
+    import argparse
+
+    from composer.commands.instances import load_detector_from_args
+
+    path, _ = fcos_file
+
+    def args(detector: str) -> argparse.Namespace:
+        return argparse.Namespace(detector=detector, detector_weights=str(path),
+                                  score_threshold=0.3, slice=None, slice_overlap=None)
+
+    det = load_detector_from_args(args("FCOS_ResNet50_FPN "))
+    assert isinstance(det, TorchvisionDetector) and det.weights_path == path
+    assert det.model_id == load_detector_from_args(args("fcos_resnet50_fpn")).model_id
+    for other in ("ssd", "boxes.json"):
+        with pytest.raises(ValueError, match="--detector-weights needs"):
+            load_detector_from_args(args(other))
+
+
 def test_torchvision_missing_and_mismatched_weights(fcos_file, monkeypatch, tmp_path):
     monkeypatch.setenv("SAM_COMPOSER_HOME", str(tmp_path))
     with pytest.raises(ValueError, match="weights download tv_retinanet_resnet50_fpn_coco"):
@@ -216,9 +237,12 @@ def test_ground_truth_detector_skips_crowds(coco_dir):
 def test_load_detector_names(ssd_files):
     with pytest.raises(ValueError, match="unknown detector 'nope'"):
         load_detector("nope")
-    # names are read as load_segmenter reads them (case and spaces do not matter)
-    for name in ("SSD", " ssd "):
+    # names are read as load_segmenter reads them (case and spaces do not matter), and the
+    # model id the commands print ("detector: ssd_mobilenet_v2_coco_2018_03_29") is a name
+    ssd_id = load_detector("ssd").model_id
+    for name in ("SSD", " ssd ", ssd_id, ssd_id.upper()):
         assert isinstance(load_detector(name), SsdMobileNetDetector)
+        assert load_detector(name).model_id == ssd_id
 
 
 # ------------------------------------------------------------------------- sliced detection
