@@ -32,7 +32,6 @@ from composer.runner.records import (
     json_normal,
     log_path,
     resume_message,
-    segmenter_settings,
 )
 from composer.structures import Detections
 
@@ -129,12 +128,19 @@ def detections_to_annotations(
     return out
 
 
+#: Settings that logs of older versions hold and that do not decide the masks: the segmenter's
+#: predict-time settings (mask refinement, mask ranking, flip TTA), which the generator never
+#: used (it decodes its grid raw), and which `everything` no longer takes as flags.
+_NOT_SETTINGS = (("segmenter",),)
+
+
 def run_settings(task: EverythingTask) -> dict[str, Any]:
     """What decides the masks of an annotate_folder run, as stored in its record log.
 
-    The model id, the AMG config (explicit point grids as a digest; ``points_per_batch`` and
-    ``keep_low_res_logits`` left out: they do not change the masks) and the segmenter's mask
-    refinement, mask ranking and flip TTA. JSON-normal (lists, not tuples).
+    The model id and the AMG config (explicit point grids as a digest; ``points_per_batch`` and
+    ``keep_low_res_logits`` left out: they do not change the masks). Not the segmenter's
+    predict-time settings (mask refinement, mask ranking, flip TTA): automatic masks never
+    use them. JSON-normal (lists, not tuples).
     """
     config = dataclasses.asdict(task.config)
     for key in ("points_per_batch", "keep_low_res_logits"):
@@ -142,10 +148,7 @@ def run_settings(task: EverythingTask) -> dict[str, Any]:
     if config.get("point_grids") is not None:
         digest = hashlib.sha1(json.dumps(config["point_grids"]).encode()).hexdigest()[:16]
         config["point_grids"] = f"sha1:{digest}"
-    settings: dict[str, Any] = json_normal(
-        {"model_id": task.model_id, "config": config,
-         "segmenter": segmenter_settings(task.segmenter)}
-    )
+    settings: dict[str, Any] = json_normal({"model_id": task.model_id, "config": config})
     return settings
 
 
@@ -243,7 +246,7 @@ def annotate_folder(
     is computed, and ``out_json`` is rewritten atomically (temporary file + rename) every
     ``write_every`` images and at the end, so an interruption never loses finished images.
     The log starts with the run's settings (the resolved input folder and
-    :func:`run_settings`: model id, AMG config, segmenter settings). With ``resume`` an
+    :func:`run_settings`: model id and AMG config). With ``resume`` an
     existing record log is read back: finished images are skipped unless their file changed
     since (its modification time is logged with its masks), failed ones are retried; a log
     written with other settings, another folder's included, is refused (its masks would be
@@ -309,7 +312,8 @@ def annotate_folder(
     # the input folder is a setting: another folder's images of the same names are not done
     settings = {"input": str(src.resolve()), **run_settings(task)}
     log = RecordLog(log_path(out_path), settings, resume=resume,
-                    overwrite_hint="--overwrite on the command line, resume=False in Python")
+                    overwrite_hint="--overwrite on the command line, resume=False in Python",
+                    dropped=_NOT_SETTINGS)
     records = log.records
     own_cache = cache is None
     cache = EmbeddingCache() if cache is None else cache

@@ -130,6 +130,20 @@ def _unalias(
     return old
 
 
+def _without(settings: Any, paths: Sequence[tuple[str, ...]]) -> Any:
+    """``settings`` (a log's) without the keys at ``paths``."""
+    if not isinstance(settings, dict) or not paths:
+        return settings
+    settings = copy.deepcopy(settings)
+    for keys in paths:
+        d = settings
+        for key in keys[:-1]:
+            d = d.get(key) if isinstance(d, dict) else None
+        if isinstance(d, dict):
+            d.pop(keys[-1], None)
+    return settings
+
+
 class RecordLog:
     """The record log of one folder run: the earlier run's records to keep, then an append-only,
     fsync'ed file while used as a context manager.
@@ -144,6 +158,10 @@ class RecordLog:
             e.g. ``{("config", "zoom_small"): ["auto"]}`` when "auto" resolves to the recorded
             fraction: an earlier log that holds one of them resumes (older logs recorded the
             spelling, and a user may spell out what "auto" resolves to).
+        dropped: key paths of settings that an earlier log may hold but that do not decide
+            the outputs, left out of the comparison, e.g. ``[("segmenter",)]`` for automatic
+            masks, which never used the segmenter's predict-time settings that older versions
+            recorded.
 
     Attributes:
         settings: ``settings`` as written to the log.
@@ -163,10 +181,12 @@ class RecordLog:
         resume: bool = True,
         overwrite_hint: str = "--overwrite",
         aliases: Mapping[tuple[str, ...], Sequence[Any]] | None = None,
+        dropped: Sequence[tuple[str, ...]] = (),
     ) -> None:
         self.path = Path(path)
         self.settings = json_normal(settings)
         old, records = read_log(self.path) if resume else (None, {})
+        old = _without(old, dropped)
         if old is not None and aliases:
             old = _unalias(old, self.settings, aliases)
         if old != self.settings:

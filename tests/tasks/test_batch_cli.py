@@ -205,10 +205,6 @@ def test_annotate_folder_refuses_to_resume_other_settings(tmp_path):
     other_cfg = AmgConfig(points_per_side=4, pred_iou_thresh=0.6, stability_score_thresh=0.3)
     with pytest.raises(ValueError, match=r"pred_iou_thresh 0.5 \(now 0.6\).*--overwrite"):
         annotate_folder(src, ToySegmenter(), out, config=other_cfg)
-    seg = ToySegmenter()
-    seg.flip_tta = True  # a segmenter setting changes the masks too
-    with pytest.raises(ValueError, match="flip_tta"):
-        annotate_folder(src, seg, out, config=TOY)
     # same settings resume; resume=False recomputes under the new settings
     assert annotate_folder(src, ToySegmenter(), out, config=TOY) == json.loads(out.read_text())
     again = annotate_folder(src, OtherToy(), out, config=TOY, resume=False)
@@ -218,6 +214,39 @@ def test_annotate_folder_refuses_to_resume_other_settings(tmp_path):
     log = out.with_name(out.name + ".records.jsonl")
     log.write_text("".join(line + "\n" for line in log.read_text().splitlines()[1:]))
     with pytest.raises(ValueError, match="without recorded settings"):
+        annotate_folder(src, OtherToy(), out, config=TOY)
+
+
+def test_annotate_folder_resumes_whatever_the_predict_time_settings(tmp_path):
+    """Automatic masks decode their grid raw: the segmenter's mask refinement, mask ranking and
+    flip TTA change none of them, so they are no settings of the run (a change was refused),
+    and a log of an older version, which recorded them, resumes under any of them."""
+    from composer.refine import ContrastRank, GrabCutRefine
+
+    src = tmp_path / "images"
+    src.mkdir()
+    Image.fromarray(toy_scene()).save(src / "a.png")
+    Image.fromarray(np.roll(toy_scene(), 5, axis=1)).save(src / "b.png")
+    out = tmp_path / "ann.json"
+    log = out.with_name(out.name + ".records.jsonl")
+    first = annotate_folder(src, ToySegmenter(), out, config=TOY)
+    seg = ToySegmenter()
+    seg.flip_tta, seg.mask_refine, seg.mask_rank = True, GrabCutRefine(), ContrastRank(1.0)
+    # the masks are the same: a run with these settings resumes the other's
+    assert annotate_folder(src, seg, tmp_path / "other.json", config=TOY)["annotations"] == \
+        first["annotations"]
+    lines = log.read_text().splitlines()
+    assert annotate_folder(src, seg, out, config=TOY)["annotations"] == first["annotations"]
+    assert log.read_text().splitlines() == lines  # nothing recomputed
+    assert "segmenter" not in json.loads(lines[0])["settings"]
+    # as versions before 2026-11-25 wrote it, with b.png not done yet
+    head = json.loads(lines[0])
+    head["settings"]["segmenter"] = {"mask_refine": None, "mask_rank": None, "flip_tta": False}
+    log.write_text("\n".join([json.dumps(head), lines[1]]) + "\n")
+    assert annotate_folder(src, seg, out, config=TOY)["annotations"] == first["annotations"]
+    assert [json.loads(x)["file_name"] for x in log.read_text().splitlines()[1:]] == \
+        ["a.png", "b.png"]
+    with pytest.raises(ValueError, match="model_id"):  # a real change is still refused
         annotate_folder(src, OtherToy(), out, config=TOY)
 
 
