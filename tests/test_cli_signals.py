@@ -77,9 +77,12 @@ def test_ctrl_c_of_a_folder_run_counts_the_finished_images(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "composer", "everything", str(src), "--model", "classic",
            "--points-per-side", "4", "--out", str(out)]
+    # SIGINT as in a terminal: a test run started in the background (`pytest &`) has it
+    # ignored, and an ignored SIGINT stays ignored in the command (no KeyboardInterrupt)
     proc = subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = out / "annotations.json.records.jsonl"
     # a bound for a broken run only: the loop ends when an image is logged
     deadline = time.monotonic() + 600
