@@ -224,6 +224,51 @@ def test_text_prompt_and_segmenter_settings_are_settings(folder, tmp_path, calls
     assert calls.take() == []
 
 
+class WordEncoder:
+    """A sentence encoder of one-hot words: each text its own direction, ``same`` (text ->
+    text) sharing another's."""
+
+    model_id = "word-encoder"
+
+    def __init__(self, same: dict[str, str]) -> None:
+        self.same, self.index = same, {}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), 256), np.float32)
+        for i, t in enumerate(texts):
+            out[i, self.index.setdefault(self.same.get(t, t), len(self.index))] = 1.0
+        return out
+
+
+def test_text_matcher_is_a_setting_only_where_the_prompt_needs_it(
+    folder, tmp_path, calls, capsys, monkeypatch
+):
+    """A prompt that names a class ("person", by its name or a synonym) matches it before a
+    sentence encoder is asked: a run with the encoder (where it loads) and one without it
+    (another machine, offline) are one run, and resume each other (refused: text_matcher).
+    A prompt only the encoder matches is another run without it."""
+    src, boxes = folder
+    encoder = WordEncoder({"xyzzy": "person"})
+    for prompt in ("person", "xyzzy"):
+        out = tmp_path / prompt
+        argv = [*_argv("text", src, boxes, out)[:2], prompt, *_argv("text", src, boxes, out)[3:]]
+        monkeypatch.setattr("composer.models.text.load_text_encoder", lambda *a, **k: encoder)
+        assert main(argv) == 0
+        assert calls.take() == ["1.png", "2.png", "3.png"]
+        assert _log_lines(out)[0]["settings"]["text_matcher"] == "word-encoder"
+        assert all(im["count"] for im in _summary(out)["images"])  # both matched person
+        monkeypatch.setattr("composer.models.text.load_text_encoder", lambda *a, **k: None)
+        capsys.readouterr()
+        if prompt == "person":
+            assert main(argv) == 0
+            assert "3 of 3 images done earlier, 0 to go" in capsys.readouterr().out
+        else:  # without the encoder "xyzzy" matches nothing: a real change
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert "text_matcher 'word-encoder' (now 'names and synonyms only')" in err
+        assert calls.take() == []
+
+
 @COMMANDS
 def test_a_deleted_output_is_recomputed(command, folder, tmp_path, calls):
     src, boxes = folder

@@ -325,6 +325,7 @@ def process_images(
     settings: dict[str, Any] | None = None,
     resume: bool = True,
     aliases: Mapping[tuple[str, ...], Sequence[Any]] | None = None,
+    dropped: Sequence[tuple[str, ...]] = (),
 ) -> int:
     """Run ``process(path, output_stem)`` on each image; the exit status of the command.
 
@@ -343,8 +344,8 @@ def process_images(
     size the log recorded for it (records of older versions, which logged none: outputs not
     older than the image), retries the failed ones, and writes the summary of all;
     a log of other settings is refused (ValueError naming what changed; ``aliases``: other
-    spellings of a recorded value that an earlier log may hold, see
-    :class:`~composer.runner.records.RecordLog`). ``resume=False`` deletes the log and the
+    spellings of a recorded value that an earlier log may hold, ``dropped``: settings that do
+    not decide this run's outputs, see :class:`~composer.runner.records.RecordLog`). ``resume=False`` deletes the log and the
     per-image outputs it lists, and recomputes every image.
 
     ``engine`` (``composer.runner``; None: this process) runs the images: with one local worker
@@ -381,7 +382,7 @@ def process_images(
                 _remove_outputs(out, stem)
     log = None if settings is None else RecordLog(
         record_log_path(summary), {"command": command, **settings}, resume=resume,
-        aliases=aliases,
+        aliases=aliases, dropped=dropped,
     )
     # done[k]: image k's summary entry {"file_name", "output", **result} or its failure
     done: dict[int, dict[str, Any]] = {}
@@ -593,7 +594,8 @@ def run_folder_command(command: str, build_fn: BuildFn, args: argparse.Namespace
     return process_images(command, src, files, Path(args.out), process, engine=engine,
                           setup=FolderWorker.from_args(build_fn, args), settings=settings,
                           resume=not getattr(args, "overwrite", False),
-                          aliases=getattr(args, "run_settings_aliases", None))
+                          aliases=getattr(args, "run_settings_aliases", None),
+                          dropped=getattr(args, "run_settings_dropped", ()))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -77,6 +77,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, score_threshold=None, zoom_small=None)
 
 
+#: How a prompt matches a class by its names and synonyms alone, before a sentence encoder is
+#: asked (``composer.models.text.Match.method``).
+_LEXICAL = ("exact", "synonym", "head noun")
+
+
 class ResolvedPrompt:
     """A text matcher that knows one prompt's match already: folder-mode workers get the main
     process's match of the prompt (the same for every image), so none loads a sentence
@@ -103,7 +108,9 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
 
     What decides the outputs is recorded in ``args.run_settings`` (the folder run's settings):
     the prompt, the segmenter's model id (weights fingerprint) and mask settings, the detector
-    (id, score floor) and text matcher or the CLIP model, and the task config.
+    (id, score floor) and text matcher or the CLIP model, and the task config. The text
+    matcher is left out of the comparison with an earlier run (``args.run_settings_dropped``)
+    when the prompt matched by a class name or synonym, before any sentence encoder is asked.
     """
     import numpy as np
 
@@ -117,6 +124,7 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
 
     seg = load_model(args)
     header = [describe(seg)]
+    dropped: list[tuple[str, ...]] = []
     if args.strategy == "detector":
         detector = load_detector_from_args(args)
         header.append(f"detector: {detector.model_id}")
@@ -137,6 +145,10 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
         encoder = getattr(task.matcher, "encoder", None)
         matcher_id = getattr(encoder, "model_id", "names and synonyms only")
         header.append(f"text matcher: {matcher_id}")
+        if args.prompt_match[1] is not None and args.prompt_match[1].method in _LEXICAL:
+            # matched before any sentence encoder is asked: a run with another one (or none)
+            # matches the same class, so resumes
+            dropped.append(("text_matcher",))
         models: dict[str, Any] = {
             "detector": {"model_id": detector.model_id, "score_threshold": args.score_threshold},
             "text_matcher": matcher_id,
@@ -169,6 +181,7 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
         config["zoom_small"], spellings = zoom_small_setting(seg, cfg.zoom_small)
         aliases[("config", "zoom_small")] = spellings
     args.run_settings_aliases = aliases
+    args.run_settings_dropped = dropped
     args.run_settings = {"prompt": args.prompt, "model_id": seg.model_id,
                          "segmenter": segmenter_settings(seg), **models, "config": config}
     cache = EmbeddingCache()

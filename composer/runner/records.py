@@ -158,10 +158,10 @@ class RecordLog:
             e.g. ``{("config", "zoom_small"): ["auto"]}`` when "auto" resolves to the recorded
             fraction: an earlier log that holds one of them resumes (older logs recorded the
             spelling, and a user may spell out what "auto" resolves to).
-        dropped: key paths of settings that an earlier log may hold but that do not decide
-            the outputs, left out of the comparison, e.g. ``[("segmenter",)]`` for automatic
-            masks, which never used the segmenter's predict-time settings that older versions
-            recorded.
+        dropped: key paths of settings that do not decide this run's outputs, left out of the
+            comparison (``settings`` may still hold them: they are written to the log), e.g.
+            ``[("segmenter",)]`` for automatic masks, which never used the segmenter's
+            predict-time settings that older versions recorded.
 
     Attributes:
         settings: ``settings`` as written to the log.
@@ -186,16 +186,17 @@ class RecordLog:
         self.path = Path(path)
         self.settings = json_normal(settings)
         old, records = read_log(self.path) if resume else (None, {})
+        new = _without(self.settings, dropped)
         old = _without(old, dropped)
         if old is not None and aliases:
-            old = _unalias(old, self.settings, aliases)
-        if old != self.settings:
+            old = _unalias(old, new, aliases)
+        if old != new:
             if any("error" not in rec for rec in records.values()):
                 what = (
                     "was written without recorded settings"
                     if old is None
                     else "holds outputs of other settings: "
-                    + ", ".join(settings_diff(old, self.settings))
+                    + ", ".join(settings_diff(old, new))
                 )
                 raise ValueError(
                     f"{self.path} {what}; write to a fresh output folder (--out) or recompute "
