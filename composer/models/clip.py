@@ -68,7 +68,9 @@ class ClipModel:
 
     Attributes:
         model: the open_clip module (eval mode).
-        model_id: "<arch>:<weights>".
+        model_id: "<arch>:<weights>": a pretrained tag, "random", or a weights file's name
+            and the first 12 hex digits of its SHA-256 ("ViT-B-16:open_clip_model.safetensors#
+            0123456789ab").
         image_size: (h, w) of the model input.
         mean, std: per-channel normalisation of RGB in [0, 1].
     """
@@ -137,7 +139,12 @@ class ClipModel:
             with _no_random_init_warning():
                 model = oc.create_model(arch, pretrained=None)
             _load_strict(model, _read_state(path), path)
-            wid = path.name
+            # with the content's digest: Hugging Face names every open_clip file alike
+            # (open_clip_model.safetensors), and another file of the same name is another
+            # model (a text folder run resumed with the other weights' outputs)
+            from ..hub.download import file_sha256
+
+            wid = f"{path.name}#{file_sha256(path)[:12]}"
         elif weights is None:
             logger.warning(
                 "open_clip %s has random weights (weights=None); scores are meaningless", arch

@@ -166,9 +166,16 @@ def test_clip_model_loads_a_checkpoint_file(tiny_clip, tmp_path, caplog):
             clip = ClipModel.load(TINY_CLIP, weights=path)
         # open_clip's "Model initialized randomly" read as if the file were ignored
         assert "initialized randomly" not in caplog.text
-        assert clip.model_id == f"{TINY_CLIP}:{path.name}"
+        assert clip.model_id.startswith(f"{TINY_CLIP}:{path.name}#")
         assert np.allclose(clip.encode_images(crops), want_img, atol=1e-5)
         assert np.allclose(clip.encode_text(["a dog", "a cat"]), want_txt, atol=1e-5)
+    # another file of the same name (Hugging Face names every open_clip file alike) is another
+    # model: a text folder run of the other weights is not resumed
+    other = tmp_path / "other" / pt.name
+    other.parent.mkdir()
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, other)
+    assert ClipModel.load(TINY_CLIP, weights=other).model_id != \
+        ClipModel.load(TINY_CLIP, weights=pt).model_id
     bad = tmp_path / "bad.pt"
     torch.save({"visual.proj": torch.zeros(3)}, bad)  # another architecture's file: said so
     with pytest.raises(ValueError, match="does not look like a checkpoint of this architecture"):
