@@ -232,7 +232,7 @@ def _main(argv: Sequence[str] | None) -> int:
               "use smaller settings (grid, batch, image side) or a larger machine", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        # a folder run's says how many images are done and how to go on (RunInterrupted)
+        # a folder run's RunInterrupted says how many images are done and how to go on
         print(getattr(exc, "message", None) or "interrupted", file=sys.stderr)
         return 128 + _STOPPED_BY[-1] if _STOPPED_BY else 130
 

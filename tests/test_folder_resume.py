@@ -479,6 +479,14 @@ def test_record_log_refuses_other_settings_and_names_them(tmp_path):
         RecordLog(path, {"command": "text", "config": {"max_masks": 3}})
     with pytest.raises(ValueError, match=r"command 'text' \(now 'x'\)"):
         RecordLog(path, {"command": "x", "config": {"max_masks": 3}}, aliases=aliased)
+    # dropped: settings that do not decide this run's outputs, on either side, still written
+    dropped = [("config", "max_masks"), ("matcher",)]
+    kept = RecordLog(path, {"command": "text", "config": {"max_masks": 5}, "matcher": "m"},
+                     dropped=dropped)
+    assert list(kept.records) == ["1.png"] and kept.settings["matcher"] == "m"
+    with pytest.raises(ValueError, match=r"command 'text' \(now 'x'\)") as err:
+        RecordLog(path, {"command": "x", "config": {"max_masks": 5}}, dropped=dropped)
+    assert "max_masks" not in str(err.value)
     assert settings_diff(
         {"model_id": "m", "detector": {"model_id": "d"}},
         {"model_id": "m", "detector": {"model_id": "e"}},

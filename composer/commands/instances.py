@@ -345,8 +345,9 @@ def process_images(
     older than the image), retries the failed ones, and writes the summary of all;
     a log of other settings is refused (ValueError naming what changed; ``aliases``: other
     spellings of a recorded value that an earlier log may hold, ``dropped``: settings that do
-    not decide this run's outputs, see :class:`~composer.runner.records.RecordLog`). ``resume=False`` deletes the log and the
-    per-image outputs it lists, and recomputes every image.
+    not decide this run's outputs, see :class:`~composer.runner.records.RecordLog`).
+    ``resume=False`` deletes the log and the per-image outputs it lists, and recomputes every
+    image.
 
     ``engine`` (``composer.runner``; None: this process) runs the images: with one local worker
     ``process`` runs here; otherwise each worker builds its own from ``setup`` and the images

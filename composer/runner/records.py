@@ -8,6 +8,10 @@ other settings is refused instead of mixing two runs' outputs. Each further line
 image's record, keyed by its ``file_name``; a later record of a file replaces an earlier one
 (a retried failure), and a torn last line (a crash mid-write) is ignored.
 
+A run stopped by Ctrl-C (or SIGTERM) writes what it finished and raises
+:class:`RunInterrupted`, whose message (:func:`interrupted_message`) the CLI prints last on
+standard error: how many images are done, of them how many by earlier runs, and how many failed.
+
 ``tasks.everything.annotate_folder`` (``sam-composer everything DIR``) and the folder mode of
 ``sam-composer instances`` / ``text`` keep such logs. Reading one (:func:`read_log`, with
 :func:`log_path` and :data:`LOG_SUFFIX`) lives in :mod:`composer.io.records`, which readers of a
@@ -131,7 +135,7 @@ def _unalias(
 
 
 def _without(settings: Any, paths: Sequence[tuple[str, ...]]) -> Any:
-    """``settings`` (a log's) without the keys at ``paths``."""
+    """A copy of ``settings`` without the keys at ``paths`` (key paths into nested dicts)."""
     if not isinstance(settings, dict) or not paths:
         return settings
     settings = copy.deepcopy(settings)
