@@ -267,7 +267,10 @@ class EmbeddingCache:
     def __init__(self, max_bytes: int = 2 << 30, disk_dir: str | os.PathLike[str] | None = None) -> None:
         if not _is_number(max_bytes):
             raise TypeError(f"max_bytes must be a number of bytes, got {max_bytes!r}")
-        if not (math.isfinite(max_bytes) and max_bytes >= 0 and float(max_bytes) == int(max_bytes)):
+        # an int is whole as it is (``sys.maxsize`` for no limit: through float it was not)
+        whole = isinstance(max_bytes, (int, np.integer)) or (
+            math.isfinite(max_bytes) and float(max_bytes).is_integer())
+        if not (whole and max_bytes >= 0):
             raise ValueError(f"max_bytes must be a whole number of bytes >= 0, got {max_bytes!r}")
         self.max_bytes = int(max_bytes)
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None

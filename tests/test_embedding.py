@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import logging
+import sys
 import weakref
 from typing import Any
 
@@ -271,6 +272,9 @@ def test_cache_refuses_a_bad_max_bytes(max_bytes, error, match) -> None:
 def test_cache_budgets_of_whole_bytes_pass_and_a_file_is_no_disk_dir(tmp_path) -> None:
     assert EmbeddingCache(max_bytes=4e9).max_bytes == 4_000_000_000
     assert EmbeddingCache(max_bytes=np.int64(0)).max_bytes == 0
+    # ints beyond float's 53 bits are whole too (they were refused once compared via float)
+    for big in (sys.maxsize, 2**53 + 1, np.iinfo(np.int64).max, 10**400):
+        assert EmbeddingCache(max_bytes=big).max_bytes == int(big)
     a_file = tmp_path / "cache"
     a_file.write_text("not a folder")
     with pytest.raises(ValueError, match="is a file, not a folder"):
