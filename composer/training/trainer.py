@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,8 @@ class TrainConfig:
         checkpoint_every: steps between checkpoints.
         seed: seed of the sampling RNG.
 
+    Numpy scalars (``np.float32(1e-3)``) are kept as the Python numbers they hold.
+
     Raises:
         ValueError: a value out of its range (e.g. ``steps`` < 1, ``lr`` not a positive
             number, ``time_budget_s`` not positive, a probability outside [0, 1], ``seed`` < 0).
@@ -159,6 +161,12 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # numpy scalars (a sweep's np.float32 lr) as Python numbers: they reach the training
+        # state (history, optimizer groups), whose digest and weights_only load refuse them
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.generic):
+                object.__setattr__(self, f.name, value.item())
         if self.steps < 1 or self.masks_per_image < 1:
             raise ValueError(
                 f"steps and masks_per_image must be >= 1, got {self.steps}, {self.masks_per_image}"

@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -169,6 +170,19 @@ def test_the_digest_of_a_tensor_hashed_in_pieces_is_that_of_the_whole(monkeypatc
     assert state_digest({"t": t, "u": t.t().contiguous()}) == whole
     assert state_digest({"t": t.contiguous(), "u": t.t()}) == whole
     assert state_digest({"t": t, "u": t.t().contiguous() + 1}) != whole
+
+
+@pytest.mark.parametrize("lr", [np.float32(1e-3), np.float64(1e-3)], ids=lambda v: type(v).__name__)
+def test_a_numpy_learning_rate_checkpoints_and_resumes(tmp_path, lr) -> None:
+    """A sweep's numpy lr reached the history and the optimizer's groups as a numpy scalar:
+    np.float32 stopped training at the first checkpoint (the digest covers no float32), and
+    np.float64 wrote a last.pt that weights_only loading refused on resume."""
+    t = _tiny(tmp_path, steps=2, checkpoint_every=2, lr=lr, weight_decay=np.float32(0.1))
+    assert type(t.config.lr) is float and t.config.lr == float(lr)
+    t.fit()
+    assert all(type(h["lr"]) is float for h in t.history)
+    again = _tiny(tmp_path, steps=2, checkpoint_every=2, lr=lr, weight_decay=np.float32(0.1))
+    assert again.resume() and again.step == 2
 
 
 def test_load_state_dict_checks_a_digest_it_is_given(tmp_path, good) -> None:
