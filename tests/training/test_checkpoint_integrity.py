@@ -8,6 +8,7 @@ import errno
 import io
 import logging
 import os
+import stat
 import struct
 import zipfile
 from pathlib import Path
@@ -227,7 +228,8 @@ def test_a_save_is_flushed_to_the_disk_before_it_replaces_the_file(tmp_path, mon
     real_fsync, real_replace = os.fsync, os.replace
 
     def fsync(fd: int) -> None:
-        calls.append("fsync folder" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync file")
+        # fstat, not /proc/self/fd (Linux only): macOS opens and fsyncs a folder too
+        calls.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
         real_fsync(fd)
 
     def replace(src: Any, dst: Any) -> None:
