@@ -5,12 +5,14 @@
 Two states: composer_tiny's (the whole model trained: weights plus AdamW's two moments per
 parameter; ~51 MB) and, unless ``--no-vit-b``, a SAM ViT-B fine-tune's of the same kind (random
 weights; ~1.1 GB). The moments are filled in place of a training step (their
-values do not change the cost). The digest hashes every tensor where it lies (no copy), so its
+values do not change the cost). The state's per-step history (``--history-steps``, 1000 by
+default) is hashed value by value in Python: its cost grows with the steps trained. The digest hashes every tensor where it lies (no copy), so its
 cost is the hash's speed over the state's bytes; the file goes through the page cache, so a
 slow disk makes the write and read, not the digest, dearer.
 
     python benchmarks/bench_checkpoint_digest.py --repeats 3
     python benchmarks/bench_checkpoint_digest.py --no-vit-b
+    python benchmarks/bench_checkpoint_digest.py --no-vit-b --history-steps 30000
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_args import check_at_least, run_main  # noqa: E402
 
 
-def _state(model: torch.nn.Module) -> dict[str, Any]:
-    """A training state of ``model`` with every parameter trained (AdamW's moments filled)."""
+def _state(model: torch.nn.Module, history_steps: int) -> dict[str, Any]:
+    """A training state of ``model`` with every parameter trained (AdamW's moments filled)
+    and ``history_steps`` steps of history."""
     from composer.training.checkpoint import STATE_KEYS
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -45,7 +48,7 @@ def _state(model: torch.nn.Module) -> dict[str, Any]:
         "step": 1000, "elapsed": 3600.0, "rng": {"bit_generator": "PCG64"},
         "torch_rng": torch.get_rng_state(),
         "history": [{"loss": 0.5, "mask_loss": 0.4, "iou_loss": 0.1, "first_iou": 0.7,
-                     "lr": 1e-4, "seconds": 0.3}] * 1000,
+                     "lr": 1e-4, "seconds": 0.3}] * history_steps,
     }
     assert set(state) == set(STATE_KEYS)
     return state
@@ -86,18 +89,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-vit-b", action="store_true", help="skip the ViT-B state (~1 GB)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--history-steps", type=int, default=1000,
+                        help="steps of per-step history in the state (hashed value by value)")
     args = parser.parse_args(argv)
-    check_at_least(parser, [("--repeats", args.repeats, 1), ("--threads", args.threads, 1)])
+    check_at_least(parser, [("--repeats", args.repeats, 1), ("--threads", args.threads, 1),
+                            ("--history-steps", args.history_steps, 0)])
     torch.set_num_threads(args.threads)
 
     from composer.sam.build import build_sam
     from composer.sam.composer_tiny import build_composer_tiny
 
     with tempfile.TemporaryDirectory() as tmp:
-        _measure("composer_tiny", _state(build_composer_tiny()), args.repeats, Path(tmp))
+        _measure("composer_tiny", _state(build_composer_tiny(), args.history_steps), args.repeats, Path(tmp))
         if not args.no_vit_b:
             torch.manual_seed(0)
-            _measure("vit_b", _state(build_sam("vit_b", checkpoint=None)), args.repeats, Path(tmp))
+            _measure("vit_b", _state(build_sam("vit_b", checkpoint=None), args.history_steps), args.repeats, Path(tmp))
     return 0
 
 
