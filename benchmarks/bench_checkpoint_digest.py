@@ -6,7 +6,7 @@ Two states: composer_tiny's (the whole model trained: weights plus AdamW's two m
 parameter; ~51 MB) and, unless ``--no-vit-b``, a SAM ViT-B fine-tune's of the same kind (random
 weights; ~1.1 GB). The moments are filled in place of a training step (their
 values do not change the cost). The state's per-step history (``--history-steps``, 1000 by
-default) is hashed value by value in Python: its cost grows with the steps trained. The digest hashes every tensor where it lies (no copy), so its
+default) is hashed as one JSON encoding: its cost grows with the steps trained. The digest hashes every tensor where it lies (no copy), so its
 cost is the hash's speed over the state's bytes; the file goes through the page cache, so a
 slow disk makes the write and read, not the digest, dearer.
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-vit-b", action="store_true", help="skip the ViT-B state (~1 GB)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--history-steps", type=int, default=1000,
-                        help="steps of per-step history in the state (hashed value by value)")
+                        help="steps of per-step history in the state")
     args = parser.parse_args(argv)
     check_at_least(parser, [("--repeats", args.repeats, 1), ("--threads", args.threads, 1),
                             ("--history-steps", args.history_steps, 0)])

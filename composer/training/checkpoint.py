@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import math
 import os
@@ -127,7 +128,8 @@ def state_digest(state: Mapping[str, Any]) -> str:
     Tensors count by dtype, shape and bytes (in row-major order, hashed in place or, on a GPU,
     copied to the CPU in 16 MiB pieces: no copy of the whole state); mappings by their keys in
     sorted order (so the same content built in another order has the same digest); lists and
-    tuples by their items; numbers, strings and ``None`` by type and ``repr`` (exact for
+    tuples by their items, or, when they hold no tensors (the per-step history), as one
+    canonical JSON encoding (:func:`_plain_json`); numbers, strings and ``None`` by type and ``repr`` (exact for
     floats). The digest is the same for a state in memory, after ``torch.save`` and
     ``torch.load``, and on any device.
 
@@ -150,6 +152,10 @@ def _feed(h: Any, value: Any) -> None:
             _feed(h, key)
             _feed(h, value[key])
     elif isinstance(value, (list, tuple)):
+        plain = _plain_json(value)
+        if plain is not None:  # numbers, strings and such all the way down: one encoding
+            h.update(b"J%d:" % len(plain) + plain)
+            return
         h.update(b"[%d:" % len(value))
         for item in value:
             _feed(h, item)
@@ -160,6 +166,23 @@ def _feed(h: Any, value: Any) -> None:
         h.update(b"<%d:" % len(text) + text)
     else:
         raise TypeError(f"a training state's digest covers no {type(value).__name__} values")
+
+
+def _plain_json(value: list[Any] | tuple[Any, ...]) -> bytes | None:
+    """``value`` as canonical JSON (sorted keys, exact float reprs) when it holds only lists,
+    tuples, dicts (keys all strings, or all numbers: JSON writes those as strings), ``None``,
+    bools, ints, floats and strings; else None.
+
+    A trainer's per-step history (a dict of numbers per step) is most of a long run's state
+    by count: encoding it in one C pass instead of value by value keeps the digest's cost at
+    the hash's speed (30000 steps: ~0.6 s value by value). JSON keeps 1, 1.0 and True apart;
+    it does not tell a tuple from a list, which a state read back keeps as it was written.
+    """
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode("utf-8", "surrogatepass")
+    except (TypeError, ValueError):  # a tensor, a non-string key, another type, a cycle
+        return None
 
 
 def _feed_tensor(h: Any, tensor: torch.Tensor) -> None:

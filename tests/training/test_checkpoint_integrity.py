@@ -163,6 +163,30 @@ def test_the_digest_covers_types_and_values() -> None:
         state_digest({"x": object()})
 
 
+def test_a_long_history_is_hashed_in_one_encoding_that_tells_values_apart(monkeypatch) -> None:
+    """The per-step history (30000 dicts in a long run) went through the value-by-value walk,
+    several times the file's write; a list of plain values is one JSON encoding now."""
+    history = [{"step": i, "loss": 1.0 / (i + 1), "miou": None, "ok": True} for i in range(1000)]
+    calls = []
+    real_feed = checkpoint_module._feed
+
+    def counting_feed(h, value):
+        calls.append(type(value))
+        real_feed(h, value)
+
+    monkeypatch.setattr(checkpoint_module, "_feed", counting_feed)
+    base = state_digest({"history": history, "w": torch.ones(3)})
+    assert len(calls) < 10  # the state, its keys, the history, the tensor
+    changed = []
+    for key, value in (("loss", 0.5), ("step", 0.0), ("ok", 1), ("miou", 0), ("step", True)):
+        edited = [dict(row) for row in history]
+        edited[500][key] = value
+        changed.append(state_digest({"history": edited, "w": torch.ones(3)}))
+    assert len({base, *changed}) == 6
+    # a list holding a tensor is walked item by item, as before
+    assert state_digest({"l": [torch.ones(2), 1]}) != state_digest({"l": [torch.ones(2), 1.0]})
+
+
 def test_the_digest_of_a_tensor_hashed_in_pieces_is_that_of_the_whole(monkeypatch) -> None:
     """A GPU tensor is copied to the CPU piece by piece; a transposed view counts by value."""
     t = torch.arange(60, dtype=torch.float32).reshape(6, 10)
