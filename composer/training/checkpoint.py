@@ -7,7 +7,8 @@ the disk, then renamed: a crash mid-write never replaces a good checkpoint) and 
 disk is read back.
 
 Every file written here carries a SHA-256 digest of its content (:func:`state_digest`, under
-:data:`DIGEST_KEY`), checked when it is read: torch's zip format does not check its own CRCs
+:data:`DIGEST_KEY`, both from :mod:`composer.hub.digest`, where the hub's weights loader checks
+it too), checked when it is read: torch's zip format does not check its own CRCs
 on load, so a changed byte inside the tensor data otherwise loaded silently as damaged
 weights or optimizer moments. A file without a digest (written before digests) is read
 unchecked.
@@ -21,8 +22,6 @@ file and what to do.
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import logging
 import math
 import os
@@ -35,6 +34,9 @@ import numpy as np
 import torch
 
 from ..hub.checkpoint import save_state_file
+from ..hub.digest import DIGEST_KEY as DIGEST_KEY  # re-exported: tests and recipes use it here
+from ..hub.digest import state_digest as state_digest
+from ..hub.digest import verify_digest
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +46,11 @@ CHECKPOINT_NAME = "last.pt"
 #: what a training state holds (:meth:`~composer.training.trainer.Trainer.state_dict`)
 STATE_KEYS = ("model", "optimizer", "scaler", "step", "elapsed", "rng", "torch_rng", "history")
 
-#: the key under which a checkpoint file holds the hex SHA-256 of the rest
-#: (:func:`state_digest`)
-DIGEST_KEY = "content_sha256"
-
 #: what to do with a file whose content does not match its digest
 DAMAGED_ADVICE = (
     "delete it to train afresh, put back a good copy of it, or use another checkpoint folder "
     "(sam-composer train: another --out)"
 )
-
-# bytes of a tensor hashed at a time: a CUDA tensor is copied to the CPU in pieces this large
-_HASH_CHUNK = 1 << 24
 
 #: what to do with a training state of another model or of other trained parameters
 KEEP_ADVICE = (
@@ -122,101 +117,16 @@ def save_training_state(state: Mapping[str, Any], out: Path) -> Path:
     return save_state_file({**state, DIGEST_KEY: state_digest(state)}, out)
 
 
-def state_digest(state: Mapping[str, Any]) -> str:
-    """The hex SHA-256 of a training state's content (every key but :data:`DIGEST_KEY`).
-
-    Tensors count by dtype, shape and bytes (in row-major order, hashed in place or, on a GPU,
-    copied to the CPU in 16 MiB pieces: no copy of the whole state); mappings by their keys in
-    sorted order (so the same content built in another order has the same digest); lists and
-    tuples by their items, or, when they hold no tensors (the per-step history), as one
-    canonical JSON encoding (:func:`_plain_json`); numbers, strings and ``None`` by type and ``repr`` (exact for
-    floats). The digest is the same for a state in memory, after ``torch.save`` and
-    ``torch.load``, and on any device.
-
-    Raises:
-        TypeError: a value of another type (a training state holds none).
-    """
-    h = hashlib.sha256()
-    _feed(h, {k: v for k, v in state.items() if k != DIGEST_KEY})
-    return h.hexdigest()
-
-
-def _feed(h: Any, value: Any) -> None:
-    """Add ``value`` to ``h`` in a form that no other value shares (tags and lengths first)."""
-    if isinstance(value, torch.Tensor):
-        _feed_tensor(h, value)
-    elif isinstance(value, Mapping):
-        keys = sorted(value, key=lambda k: (type(k).__name__, repr(k)))
-        h.update(b"{%d:" % len(keys))
-        for key in keys:
-            _feed(h, key)
-            _feed(h, value[key])
-    elif isinstance(value, (list, tuple)):
-        plain = _plain_json(value)
-        if plain is not None:  # numbers, strings and such all the way down: one encoding
-            h.update(b"J%d:" % len(plain) + plain)
-            return
-        h.update(b"[%d:" % len(value))
-        for item in value:
-            _feed(h, item)
-    elif value is None or isinstance(
-        value, (bool, int, float, complex, str, bytes, torch.dtype, torch.device)
-    ):
-        text = f"{type(value).__name__}:{value!r}".encode("utf-8", "surrogatepass")
-        h.update(b"<%d:" % len(text) + text)
-    else:
-        raise TypeError(f"a training state's digest covers no {type(value).__name__} values")
-
-
-def _plain_json(value: list[Any] | tuple[Any, ...]) -> bytes | None:
-    """``value`` as canonical JSON (sorted keys, exact float reprs) when it holds only lists,
-    tuples, dicts (keys all strings, or all numbers: JSON writes those as strings), ``None``,
-    bools, ints, floats and strings; else None.
-
-    A trainer's per-step history (a dict of numbers per step) is most of a long run's state
-    by count: encoding it in one C pass instead of value by value keeps the digest's cost at
-    the hash's speed (30000 steps: ~0.6 s value by value). JSON keeps 1, 1.0 and True apart;
-    it does not tell a tuple from a list, which a state read back keeps as it was written.
-    """
-    try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=False).encode("utf-8", "surrogatepass")
-    except (TypeError, ValueError):  # a tensor, a non-string key, another type, a cycle
-        return None
-
-
-def _feed_tensor(h: Any, tensor: torch.Tensor) -> None:
-    if tensor.layout != torch.strided:
-        raise TypeError(f"a training state's digest covers no {tensor.layout} tensors")
-    flat = tensor.detach().reshape(-1)  # a view of a contiguous tensor, as state dicts hold
-    h.update(f"T{flat.dtype}{tuple(tensor.shape)}:".encode())
-    step = max(1, _HASH_CHUNK // max(1, flat.element_size()))
-    for start in range(0, flat.numel(), step):
-        part = flat[start : start + step].cpu().contiguous()  # in place on the CPU
-        h.update(part.view(torch.uint8).numpy())
-
-
 def _verify_digest(state: Any, source: str) -> None:
     """Check ``state`` against its recorded digest and remove that (a state without one, from
-    before digests or built in memory, passes unchecked).
+    before digests or built in memory, passes unchecked); see
+    :func:`~composer.hub.digest.verify_digest`.
 
     Raises:
         ValueError: the content does not match the digest; names ``source``.
     """
-    if not isinstance(state, dict) or DIGEST_KEY not in state:
+    if not verify_digest(state, source, DAMAGED_ADVICE):
         logger.debug("%s holds no content digest (written before digests): not checked", source)
-        return
-    recorded = state[DIGEST_KEY]
-    try:
-        actual: str | None = state_digest(state)
-    except TypeError:
-        actual = None
-    if not isinstance(recorded, str) or actual != recorded:
-        raise ValueError(
-            f"{source} is damaged: its content does not match the SHA-256 digest written "
-            f"with it (a byte changed on the disk or in a copy); {DAMAGED_ADVICE}"
-        )
-    del state[DIGEST_KEY]
 
 
 def training_state(trainer: TrainerLike) -> dict[str, Any]:

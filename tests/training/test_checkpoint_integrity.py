@@ -20,7 +20,7 @@ import torch
 
 from composer.cli import main
 from composer.hub import checkpoint as hub_checkpoint
-from composer.training import checkpoint as checkpoint_module
+from composer.hub import digest as digest_module
 from composer.training.checkpoint import (
     DIGEST_KEY,
     precheck_checkpoint,
@@ -168,13 +168,13 @@ def test_a_long_history_is_hashed_in_one_encoding_that_tells_values_apart(monkey
     several times the file's write; a list of plain values is one JSON encoding now."""
     history = [{"step": i, "loss": 1.0 / (i + 1), "miou": None, "ok": True} for i in range(1000)]
     calls = []
-    real_feed = checkpoint_module._feed
+    real_feed = digest_module._feed
 
     def counting_feed(h, value):
         calls.append(type(value))
         real_feed(h, value)
 
-    monkeypatch.setattr(checkpoint_module, "_feed", counting_feed)
+    monkeypatch.setattr(digest_module, "_feed", counting_feed)
     base = state_digest({"history": history, "w": torch.ones(3)})
     assert len(calls) < 10  # the state, its keys, the history, the tensor
     changed = []
@@ -191,7 +191,7 @@ def test_the_digest_of_a_tensor_hashed_in_pieces_is_that_of_the_whole(monkeypatc
     """A GPU tensor is copied to the CPU piece by piece; a transposed view counts by value."""
     t = torch.arange(60, dtype=torch.float32).reshape(6, 10)
     whole = state_digest({"t": t, "u": t.t().contiguous()})
-    monkeypatch.setattr(checkpoint_module, "_HASH_CHUNK", 28)  # 7 floats a piece, 4 at the end
+    monkeypatch.setattr(digest_module, "_HASH_CHUNK", 28)  # 7 floats a piece, 4 at the end
     assert state_digest({"t": t, "u": t.t().contiguous()}) == whole
     assert state_digest({"t": t.contiguous(), "u": t.t()}) == whole
     assert state_digest({"t": t, "u": t.t().contiguous() + 1}) != whole
