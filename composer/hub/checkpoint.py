@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from .digest import verify_digest
 from .download import cached_path, resolve_checkpoint
 from .registry import WEIGHTS
 
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["CheckpointLoad", "load_checkpoint", "load_state_dict_file", "save_state_file"]
 
 _KEYS_SHOWN = 10
+#: what to do with weights whose content does not match the digest written with them
+_DAMAGED_ADVICE = "put back a good copy of it, or load other weights"
 _WRAPPER_KEYS = ("model", "state_dict")
 #: prefixes that wrappers put on every key of a state dict
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -57,7 +60,9 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     ``torch.optim.swa_utils.AveragedModel``, whose ``n_averaged`` counter is dropped) or an
     ``_orig_mod.`` one (saved from a ``torch.compile``-d model; also inside keys, from a
     compiled submodule) is removed. A safetensors file (recognised by its header, whatever its
-    name) is read with ``safetensors``.
+    name) is read with ``safetensors``. A file that holds a SHA-256 digest of its content (a
+    training checkpoint, ``last.pt``: :data:`~composer.hub.digest.DIGEST_KEY`) is checked
+    against it first, as on resume; a file without one is read unchecked.
 
     Args:
         path: the checkpoint file.
@@ -67,8 +72,8 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
 
     Raises:
         ValueError: the file does not exist, cannot be read (truncated, corrupt, or holding
-            non-tensor objects), or holds no state dict of tensors; the message names the path
-            and the cause.
+            non-tensor objects), does not match the digest written with it, or holds no state
+            dict of tensors; the message names the path and the cause.
     """
     file = Path(path).expanduser()
     if not file.is_file():
@@ -87,6 +92,12 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
             f"could not read checkpoint {file}: {_describe_load_error(err, file)}"
             f"{_refetch_hint(file)}"
         ) from err
+    try:
+        # a training checkpoint (last.pt) holds a digest of its content: torch.load does not
+        # check its zip's CRCs, so a changed byte in the weights loaded without a word
+        verify_digest(obj, str(file), _DAMAGED_ADVICE)
+    except ValueError as err:
+        raise UnreadableCheckpoint(f"{err}{_refetch_hint(file)}") from None
     return _as_state_dict(obj, file)
 
 

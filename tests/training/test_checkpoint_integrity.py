@@ -287,3 +287,63 @@ def test_train_command_refuses_a_damaged_last_pt_before_embedding(tmp_path, caps
     assert len(err.splitlines()) == 1
     assert f"{last} is damaged: its content does not match the SHA-256 digest" in err
     assert last.read_bytes() == damaged and (out / "model.pt").read_bytes() == weights
+
+
+def _damaged_weights(good: bytes) -> tuple[bytes, dict[str, torch.Tensor]]:
+    """``good`` with one bit flipped inside the model's largest weight, and the good weights."""
+    weights = torch.load(io.BytesIO(good), weights_only=True)["model"]
+    name = max(weights, key=lambda k: weights[k].numel())
+    where = good.find(weights[name].numpy().tobytes())
+    assert where > 0 and good.count(weights[name].numpy().tobytes()) == 1
+    return _flipped(good, where + weights[name].numel() * 2 + 1), weights
+
+
+def test_a_damaged_last_pt_loaded_as_weights_is_refused(tmp_path, good, capsys) -> None:
+    """`--checkpoint run/last.pt` (the hub's loader) took the 'model' entry without checking
+    the digest: a changed byte in the weights loaded silently as damaged weights."""
+    from composer.hub.checkpoint import UnreadableCheckpoint, load_state_dict_file
+    from composer.sam.build import build_sam
+
+    damaged, weights = _damaged_weights(good)
+    file = _write(tmp_path, damaged)
+    expected = (
+        f"{file} is damaged: its content does not match the SHA-256 digest written with it "
+        "(a byte changed on the disk or in a copy); put back a good copy of it, or load other "
+        "weights"
+    )
+    with pytest.raises(UnreadableCheckpoint) as info:
+        load_state_dict_file(file)
+    assert str(info.value) == expected
+    with pytest.raises(UnreadableCheckpoint, match="is damaged: its content does not match"):
+        build_sam("vit_tiny_test", checkpoint=file)
+    ann, images = _coco_dataset(tmp_path, n=2)
+    argv = [*_one_step_argv(ann, images, tmp_path / "run", "0.5")]
+    argv[argv.index("--random-init")] = "--checkpoint"
+    argv.insert(argv.index("--checkpoint") + 1, str(file))  # start from last.pt's weights
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().endswith(expected)
+    assert file.read_bytes() == damaged  # the file is kept as it was
+
+    # the good file loads, its weights those the trainer wrote
+    _write(tmp_path, good)
+    loaded = load_state_dict_file(file)
+    assert loaded.keys() == weights.keys()
+    assert all(torch.equal(loaded[k], v) for k, v in weights.items())
+    model = build_sam("vit_tiny_test", checkpoint=file)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    assert main(argv) == 0
+
+
+def test_weights_without_a_digest_load_unchecked(tmp_path, good) -> None:
+    """A last.pt from before digests, or plain weights, loads as before."""
+    from composer.hub.checkpoint import load_state_dict_file
+
+    state = torch.load(io.BytesIO(good), weights_only=True)
+    del state[DIGEST_KEY]
+    state["model"]["mask_decoder.iou_token.weight"] += 1  # edited: nothing to check it against
+    torch.save(state, tmp_path / "old.pt")
+    torch.save(state["model"], tmp_path / "plain.pt")
+    for name in ("old.pt", "plain.pt"):
+        loaded = load_state_dict_file(tmp_path / name)
+        assert all(torch.equal(loaded[k], v) for k, v in state["model"].items())
