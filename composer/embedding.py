@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from ._atomic import atomic_write
 
 if TYPE_CHECKING:
     from .segmenters.base import Segmenter
@@ -579,15 +580,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
     Raises:
         OSError: the file cannot be written (the temporary file is removed).
     """
-    # a random name, not mkstemp: the file keeps the umask's permissions (shared cache folders)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.part")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # a random name (writers of one entry in other threads or processes never write into
+    # each other's), not mkstemp: the file keeps the umask's permissions (shared cache folders)
+    with atomic_write(path, "wb", unique=True) as f:
+        f.write(data)
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

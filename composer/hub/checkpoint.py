@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from .._atomic import atomic_write
 from .digest import verify_digest
 from .download import cached_path, resolve_checkpoint
 from .registry import WEIGHTS
@@ -119,32 +120,9 @@ def save_state_file(obj: Any, path: str | os.PathLike[str]) -> Path:
     """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _sync_folder(out.parent)
+    with atomic_write(out, "wb", fsync=True, sync_dir=True) as f:
+        torch.save(obj, f)
     return out
-
-
-def _sync_folder(folder: Path) -> None:
-    """Flush a folder's entries (a rename) to the disk, where the platform allows it."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows, where a folder cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on a folder; the rename still stands
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(

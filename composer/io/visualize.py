@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from .._atomic import atomic_write
 from ..structures import Detections, Masks
 
 
@@ -160,13 +161,8 @@ def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> Path:
     (an interrupted write leaves the earlier file, never a truncated one)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".part")
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(p, "wb") as f:
+        Image.fromarray(array).save(f, format="PNG")
     return p
 
 
@@ -312,17 +308,8 @@ def write_json(path: str | os.PathLike[str], data: Any, indent: int | None = Non
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(json_finite(data), indent=indent, allow_nan=False))
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # no half-written .part left behind
-        raise
+    with atomic_write(path, "w", fsync=fsync) as f:  # no half-written .part left behind
+        f.write(json.dumps(json_finite(data), indent=indent, allow_nan=False))
     return path
 
 
