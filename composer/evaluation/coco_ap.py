@@ -28,6 +28,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from .._atomic import atomic_write
 from ..data.coco import load_coco
 from ..structures import Detections
 from .base import quiet_call
@@ -308,9 +309,8 @@ class CocoResults:
         """Write all entries as a COCO results json list; returns the path."""
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".part")
-        tmp.write_text(json.dumps(self.entries))
-        os.replace(tmp, out)
+        with atomic_write(out, "w") as f:  # <name>.part, removed on an error
+            f.write(json.dumps(self.entries))
         return out
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._atomic import atomic_write
 from .data import ItemRef, PreparedSample, SegmentationItem, Variant, index_masks, prepare_sample
 
 logger = logging.getLogger(__name__)
@@ -171,10 +172,8 @@ class FeatureCache:
             input_size=np.asarray(sample.input_size, np.int64),
             image_id=np.asarray(sample.image_id),
         )
-        tmp = path.with_suffix(".npz.part")
-        with open(tmp, "wb") as f:
+        with atomic_write(path, "wb") as f:  # <key>.npz.part, removed on an error
             np.savez(f, **arrays)
-        os.replace(tmp, path)
 
     @staticmethod
     def load(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 from typing import Any
 
 import cv2
@@ -199,3 +200,24 @@ def test_no_proposals_score_like_pycocotools():
     assert ours["proposals/AR@1000"] == ref["AR@1000"] == 0.0
     assert ours["proposals/AR_small@1000"] == ref["ARs@1000"] == 0.0
     assert ours["proposals/AR_large@1000"] == ref["ARl@1000"] == -1.0
+
+
+def test_a_results_file_cut_short_leaves_no_part_file(tmp_path):
+    """A full disk while CocoEvaluator wrote results_file left a half-written
+    ``<name>.part`` beside it; the error now removes it, and an earlier file stays whole."""
+    from composer.evaluation.coco_ap import CocoResults
+    from tests.test_atomic import file_size_limit
+
+    results = CocoResults(copy.deepcopy(_small_gt()))
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 40, (4000, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 20, (4000, 2))], axis=1).astype(np.float32)
+    results.add(1, Detections(boxes=boxes, scores=rng.random(4000).astype(np.float32)), False, 1)
+    out = tmp_path / "results.json"
+    out.write_text("[]")
+    with file_size_limit(1 << 16), pytest.raises(OSError):
+        results.write(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    assert out.read_text() == "[]"
+    results.write(out)
+    assert len(json.loads(out.read_text())) == 4000 and out.stat().st_size > 1 << 16

@@ -270,3 +270,19 @@ def test_the_parsed_json_goes_with_its_references(tmp_path) -> None:
     del refs
     gc.collect()
     assert seen[0]() is None
+
+
+def test_an_entry_cut_short_leaves_no_part_file(tmp_path) -> None:
+    """A full disk mid-write left a half-written <key>.npz.part in the cache folder; the
+    error now removes it (and the next build writes the entry whole)."""
+    from tests.test_atomic import file_size_limit
+
+    model = _model()
+    items = synthetic_shapes(1, size=96, seed=5)
+    cache = FeatureCache("cut", root=tmp_path)
+    with file_size_limit(4096), pytest.raises(OSError):
+        cache.build(model, items, lambda it: make_variants(1, seed=0), low_res=64)
+    assert not list(tmp_path.rglob("*.part")) and not list(tmp_path.rglob("*.npz"))
+    paths = cache.build(model, items, lambda it: make_variants(1, seed=0), low_res=64)
+    assert [p.suffix for p in paths] == [".npz"] and paths[0].stat().st_size > 4096
+    assert not list(tmp_path.rglob("*.part"))
