@@ -435,9 +435,11 @@ def process_images(
                     entry["error"] = rec["error"]
                 else:
                     entry.update(rec["result"])
+                # done before it is logged: a Ctrl-C while the log's line goes to disk must
+                # not leave an image the log holds out of the summary and the count
+                done[k] = entry
                 if log is not None:  # with the file's stamp, which a resume compares
                     log.append({**entry, **stamps[k]} if stamps[k] else entry)
-                done[k] = entry
         except KeyboardInterrupt:
             # Ctrl-C: the images done so far keep their outputs, so the summary lists them
             interrupted = True

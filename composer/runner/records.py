@@ -247,12 +247,25 @@ class RecordLog:
         """
         if "file_name" not in rec:
             raise ValueError(f"a record needs a file_name, got keys {sorted(rec)}")
-        self._write(rec)
+        file = self._open_file()
+        line = json.dumps(json_finite(rec), allow_nan=False) + "\n"
+        # kept before it is written: a Ctrl-C that lands while the line goes to disk (the
+        # fsync takes milliseconds) left a record that the log holds out of what the stopped
+        # run listed and counted
         self.records[rec["file_name"]] = rec
+        _write_line(file, line)
 
     def _write(self, rec: dict[str, Any]) -> None:
+        _write_line(self._open_file(), json.dumps(json_finite(rec), allow_nan=False) + "\n")
+
+    def _open_file(self) -> IO[str]:
         if self._file is None:
             raise ValueError(f"{self.path} is not open: use the RecordLog in a with block")
-        self._file.write(json.dumps(json_finite(rec), allow_nan=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        return self._file
+
+
+def _write_line(file: IO[str], line: str) -> None:
+    """``line`` appended to ``file`` durably (flushed and fsync'ed)."""
+    file.write(line)
+    file.flush()
+    os.fsync(file.fileno())
