@@ -75,14 +75,17 @@ def test_ctrl_c_of_a_folder_run_counts_the_finished_images(tmp_path):
         img[10:30, 20:50] = (200, 60, 40)
         Image.fromarray(img).save(src / f"{i:02d}.png")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "composer", "everything", str(src), "--model", "classic",
-           "--points-per-side", "4", "--out", str(out)]
     # SIGINT as in a terminal: a test run started in the background (`pytest &`) has it
-    # ignored, and an ignored SIGINT stays ignored in the command (no KeyboardInterrupt)
+    # ignored, and an ignored SIGINT stays ignored in the command (no KeyboardInterrupt). A
+    # launcher puts it back to its default and execs the command (the same process): no
+    # preexec_fn, which can deadlock the child of a process with threads (pytest-xdist's)
+    launcher = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+    cmd = [sys.executable, "-c", launcher, "-m", "composer", "everything", str(src), "--model",
+           "classic", "--points-per-side", "4", "--out", str(out)]
     proc = subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            start_new_session=True)
     log = out / "annotations.json.records.jsonl"
     # a bound for a broken run only: the loop ends when an image is logged
     deadline = time.monotonic() + 600
