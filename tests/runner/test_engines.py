@@ -149,8 +149,13 @@ def _ray_session(ray):
     such starts every item fails with ActorUnschedulableError; on a heavily loaded machine a
     worker's Python and Ray imports alone can take that long. A slow start makes the test
     slow, not failed. (Starts that do fail are an error of each item, not a hang.)
+
+    The environment variables that ray.init sets in this process (RAY_AUTH_MODE,
+    RAY_USAGE_STATS_ENABLED, PYTHONBREAKPOINT), which the commands that later tests of this
+    worker start would inherit, are put back after.
     """
     assert not ray.is_initialized()  # else the engine starts nothing and checks nothing
+    environ = dict(os.environ)
     env_patch = pytest.MonkeyPatch()
     try:
         env_patch.setenv("RAY_worker_register_timeout_seconds", "600")  # read by the raylet
@@ -169,6 +174,9 @@ def _ray_session(ray):
     finally:
         ray.shutdown()
         env_patch.undo()
+        for key in set(os.environ) - set(environ):
+            del os.environ[key]
+        os.environ.update(environ)
 
 
 def test_ray_engine(folder, tmp_path):
