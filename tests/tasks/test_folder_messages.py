@@ -191,7 +191,7 @@ def test_ctrl_c_while_an_image_is_logged_keeps_it_listed_and_counted(
 
     def fsync(fd: int) -> None:
         real_fsync(fd)
-        if log.is_file() and os.fstat(fd).st_ino == log.stat().st_ino:
+        if log.is_file() and os.path.samestat(os.fstat(fd), log.stat()):
             last = json.loads(log.read_text().splitlines()[-1])
             if last.get("file_name") == "2.png":  # its line is in the file: then the Ctrl-C
                 raise KeyboardInterrupt
