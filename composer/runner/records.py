@@ -170,7 +170,9 @@ class RecordLog:
     Attributes:
         settings: ``settings`` as written to the log.
         records: the earlier run's records by ``file_name`` (empty when not resuming), failures
-            included (the caller retries them).
+            included (the caller retries them), then those :meth:`append` logs, each kept here
+            before its line is written: a run stopped while a line goes to disk lists every
+            record the log holds.
 
     Raises:
         ValueError: (``resume``) the log holds finished images of other settings, or was written
