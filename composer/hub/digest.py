@@ -65,7 +65,7 @@ def verify_digest(state: Any, source: str, advice: str) -> bool:
     recorded = state[DIGEST_KEY]
     try:
         actual: str | None = state_digest(state)
-    except TypeError:
+    except (TypeError, RecursionError):  # a value no trainer writes, lists nested too deep
         actual = None
     if not isinstance(recorded, str) or actual != recorded:
         raise ValueError(

@@ -8,8 +8,10 @@ import errno
 import io
 import logging
 import os
+import re
 import stat
 import struct
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -347,3 +349,25 @@ def test_weights_without_a_digest_load_unchecked(tmp_path, good) -> None:
     for name in ("old.pt", "plain.pt"):
         loaded = load_state_dict_file(tmp_path / name)
         assert all(torch.equal(loaded[k], v) for k, v in state["model"].items())
+
+
+def test_a_digest_over_lists_nested_too_deep_is_refused_naming_the_file(tmp_path) -> None:
+    """A file (untrusted input) whose lists nest deeper than the stack: the hub's loader raised
+    RecursionError out of the digest, not the error that names the file."""
+    from composer.hub.checkpoint import UnreadableCheckpoint, load_state_dict_file
+
+    nested: list[Any] = []
+    for _ in range(5000):
+        nested = [nested]
+    file = tmp_path / "last.pt"
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20000)  # torch.save pickles it recursively
+    try:
+        torch.save({"model": {"w": torch.ones(2)}, "history": nested, DIGEST_KEY: "0" * 64}, file)
+    finally:
+        sys.setrecursionlimit(limit)
+    damaged = f"^{re.escape(str(file))} is damaged: its content does not match"
+    with pytest.raises(UnreadableCheckpoint, match=damaged):
+        load_state_dict_file(file)
+    with pytest.raises(ValueError, match=damaged):
+        read_training_state(file)
