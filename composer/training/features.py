@@ -3,7 +3,8 @@
 Training a neck + decoder on a frozen CNN backbone needs the backbone's output only once per
 image and augmentation variant. Each entry is one uncompressed ``.npz`` (no pickle) holding the
 backbone feature maps (float16), the low-res label layers, the valid map and the input size,
-written to ``*.part`` and renamed, so an interrupted build resumes where it stopped.
+written to a ``*.part`` file of the writer's own and renamed, so an interrupted build resumes
+where it stopped and runs that share the folder may write one entry at once.
 """
 
 from __future__ import annotations
@@ -172,7 +173,9 @@ class FeatureCache:
             input_size=np.asarray(sample.input_size, np.int64),
             image_id=np.asarray(sample.image_id),
         )
-        with atomic_write(path, "wb") as f:  # <key>.npz.part, removed on an error
+        # a temporary file of this writer's own (<key>.npz.<random>.part, removed on an
+        # error): runs sharing the cache folder (the default one) may write one entry at once
+        with atomic_write(path, "wb", unique=True) as f:
             np.savez(f, **arrays)
 
     @staticmethod

@@ -286,3 +286,32 @@ def test_an_entry_cut_short_leaves_no_part_file(tmp_path) -> None:
     paths = cache.build(model, items, lambda it: make_variants(1, seed=0), low_res=64)
     assert [p.suffix for p in paths] == [".npz"] and paths[0].stat().st_size > 4096
     assert not list(tmp_path.rglob("*.part"))
+
+
+def test_two_writers_of_one_entry_both_finish_and_leave_it_whole(tmp_path, monkeypatch) -> None:
+    """Two runs sharing the cache folder (the default one) building the same entry: both wrote
+    <key>.npz.part, the second truncating the first's file, so the first renamed the second's
+    half-written bytes into place and the second's rename failed (FileNotFoundError)."""
+    model = _model()
+    items = synthetic_shapes(1, size=96, seed=5)
+    real_write, real_savez = FeatureCache._write, np.savez
+    args: list = []
+    raced: list = []
+
+    def capture(path, sample, feats):
+        args[:] = [path, sample, feats]
+        real_write(path, sample, feats)
+
+    def savez(f, **arrays):
+        if not raced:  # the other run writes the same entry, start to end, while this one does
+            raced.append(True)
+            real_write(*args)
+        real_savez(f, **arrays)
+
+    monkeypatch.setattr(FeatureCache, "_write", staticmethod(capture))
+    monkeypatch.setattr(np, "savez", savez)
+    cache = FeatureCache("race", root=tmp_path)
+    paths = cache.build(model, items, lambda it: make_variants(1, seed=0), low_res=64)
+    assert raced and [p.suffix for p in paths] == [".npz"]
+    assert not list(tmp_path.rglob("*.part"))
+    assert FeatureCache.load(paths[0]).image_id.startswith(f"{items[0].image_id}@")
