@@ -8,6 +8,7 @@ of the package, so every layer may use it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -50,7 +51,9 @@ def atomic_write(
     Raises:
         ValueError: ``mode`` is not ``"wb"`` or ``"w"``.
         OSError: the file cannot be written or renamed; ``path`` is unchanged and the temporary
-            file removed. An error in the block propagates the same way.
+            file removed (where it can be: the error raised is the write's, not the removal's).
+            An error in the block propagates the same way. A temporary file that cannot be
+            opened is left as it is.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write writes with mode 'wb' or 'w', not {mode!r}")
@@ -60,15 +63,20 @@ def atomic_write(
         mode = mode.replace("w", "x")
     else:
         tmp = out.with_name(out.name + ".part")
+    # opened before the try: a file this call could not open (another writer's, a folder) is
+    # not its to remove
+    f = open(tmp, mode, encoding=None if "b" in mode else "utf-8")
     try:
-        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+        with f:
             yield f
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, out)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        # the error (a full disk, Ctrl-C) is what the caller hears, not a failed clean-up's
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
     if sync_dir:
         sync_folder(out.parent)

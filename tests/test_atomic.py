@@ -1,5 +1,6 @@
-"""composer._atomic.atomic_write: the one "write to <name>.part, then rename" of the package
-(PNG and JSON writers, the embedding disk cache, the feature cache, COCO results, checkpoints)."""
+"""composer._atomic.atomic_write: "write to <name>.part, then rename" for the PNG and JSON
+writers, the embedding disk cache, the feature cache, COCO results and checkpoints (downloads
+and the ONNX export keep their own)."""
 
 from __future__ import annotations
 
@@ -57,12 +58,15 @@ def test_an_error_in_the_block_keeps_the_old_file_and_removes_the_part(tmp_path,
     assert out.read_bytes() == b"old" and os.listdir(tmp_path) == ["a.bin"]
 
 
-def test_a_full_disk_at_close_keeps_the_old_file_and_removes_the_part(tmp_path) -> None:
+@pytest.mark.parametrize("size", [1 << 17, 3000])
+def test_a_full_disk_keeps_the_old_file_and_removes_the_part(tmp_path, size) -> None:
+    """Past the limit in a write (1 << 17 bytes), or in the flush on close (3000 bytes, held
+    in the file's buffer until then)."""
     out = tmp_path / "a.bin"
     out.write_bytes(b"old")
-    with pytest.raises(OSError), file_size_limit(1 << 16), atomic_write(out) as f:
-        f.write(b"x" * 1000)  # buffered: fails when flushed on close
-        f.write(b"x" * (1 << 17))
+    with pytest.raises(OSError), file_size_limit(2048), atomic_write(out) as f:
+        f.write(b"x" * size)
+        assert size > 3000 or f.tell() == 3000 and os.path.getsize(f"{out}.part") == 0
     assert out.read_bytes() == b"old" and os.listdir(tmp_path) == ["a.bin"]
 
 
@@ -121,3 +125,32 @@ def test_other_modes_are_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="not 'ab'"), atomic_write(tmp_path / "x", "ab"):
         pass
     assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_clean_up_does_not_hide_the_error(tmp_path, monkeypatch) -> None:
+    """Ctrl-C (or a full disk) mid-write and a .part that cannot be removed (a read-only
+    remount, a scanner holding it on Windows): the caller got the removal's OSError."""
+    out = tmp_path / "a.bin"
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(f"cannot remove {self}")
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(KeyboardInterrupt), atomic_write(out) as f:
+        f.write(b"half")
+        raise KeyboardInterrupt
+    assert not out.exists()
+
+
+def test_a_part_it_could_not_open_is_not_removed(tmp_path, monkeypatch) -> None:
+    """The temporary name taken (another writer's file): the open fails and the other
+    writer's file was deleted by the clean-up meant for this call's own."""
+    import uuid
+
+    monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(int=7))
+    theirs = tmp_path / f"e.bin.{uuid.UUID(int=7).hex}.part"
+    theirs.write_bytes(b"another writer's")
+    with pytest.raises(FileExistsError), atomic_write(tmp_path / "e.bin", unique=True):
+        pass
+    assert theirs.read_bytes() == b"another writer's"
+    assert not (tmp_path / "e.bin").exists()
