@@ -62,6 +62,8 @@ def test_an_error_in_the_block_keeps_the_old_file_and_removes_the_part(tmp_path,
 def test_a_full_disk_keeps_the_old_file_and_removes_the_part(tmp_path, size) -> None:
     """Past the limit in a write (1 << 17 bytes), or in the flush on close (3000 bytes, held
     in the file's buffer until then)."""
+    if size == 3000 and os.stat(tmp_path).st_blksize < 4096:
+        pytest.skip("the file's buffer (the folder's block size) holds less than 3000 bytes")
     out = tmp_path / "a.bin"
     out.write_bytes(b"old")
     with pytest.raises(OSError), file_size_limit(2048), atomic_write(out) as f:
