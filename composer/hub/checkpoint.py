@@ -25,8 +25,12 @@ logger = logging.getLogger(__name__)
 __all__ = ["CheckpointLoad", "load_checkpoint", "load_state_dict_file", "save_state_file"]
 
 _KEYS_SHOWN = 10
-#: what to do with weights whose content does not match the digest written with them
-_DAMAGED_ADVICE = "put back a good copy of it, or load other weights"
+#: what to do with weights whose content does not match the digest written with them (a
+#: last.pt slimmed for shipping, its optimizer state removed, no longer matches either)
+_DAMAGED_ADVICE = (
+    "put back a good copy of it, or load other weights; a copy changed on purpose (e.g. saved "
+    "without its optimizer state) loads once its 'content_sha256' entry is removed too"
+)
 _WRAPPER_KEYS = ("model", "state_dict")
 #: prefixes that wrappers put on every key of a state dict
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")

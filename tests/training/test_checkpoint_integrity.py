@@ -311,7 +311,8 @@ def test_a_damaged_last_pt_loaded_as_weights_is_refused(tmp_path, good, capsys) 
     expected = (
         f"{file} is damaged: its content does not match the SHA-256 digest written with it "
         "(a byte changed on the disk or in a copy); put back a good copy of it, or load other "
-        "weights"
+        "weights; a copy changed on purpose (e.g. saved without its optimizer state) loads once "
+        "its 'content_sha256' entry is removed too"
     )
     with pytest.raises(UnreadableCheckpoint) as info:
         load_state_dict_file(file)
@@ -371,3 +372,23 @@ def test_a_digest_over_lists_nested_too_deep_is_refused_naming_the_file(tmp_path
         load_state_dict_file(file)
     with pytest.raises(ValueError, match=damaged):
         read_training_state(file)
+
+
+def test_a_last_pt_slimmed_for_shipping_says_how_to_load_it(tmp_path, good) -> None:
+    """Removing the optimizer state to ship a last.pt's weights (a usual edit) leaves the digest
+    of the whole: the loader called it damaged and said only to put back a good copy."""
+    from composer.hub.checkpoint import UnreadableCheckpoint, load_state_dict_file
+
+    state = torch.load(io.BytesIO(good), weights_only=True)
+    del state["optimizer"]
+    torch.save(state, tmp_path / "slim.pt")
+    with pytest.raises(UnreadableCheckpoint, match="is damaged") as info:
+        load_state_dict_file(tmp_path / "slim.pt")
+    assert str(info.value).endswith(
+        "a copy changed on purpose (e.g. saved without its optimizer state) loads once its "
+        "'content_sha256' entry is removed too"
+    )
+    del state[DIGEST_KEY]  # as the message says
+    torch.save(state, tmp_path / "slim.pt")
+    loaded = load_state_dict_file(tmp_path / "slim.pt")
+    assert all(torch.equal(loaded[k], v) for k, v in state["model"].items())
