@@ -77,7 +77,10 @@ def verify_digest(state: Any, source: str, advice: str) -> bool:
 
 
 def _feed(h: Any, value: Any) -> None:
-    """Add ``value`` to ``h`` in a form that no other value shares (tags and lengths first)."""
+    """Add ``value`` to ``h`` in a form that no other value shares (tags and lengths first;
+    inside a list encoded as JSON, a dict's number, bool or None keys are written as strings
+    and a tuple as a list: a trainer's state holds no such keys there, and pickle keeps a
+    tuple a tuple, so a changed byte cannot turn one into the other)."""
     if isinstance(value, torch.Tensor):
         _feed_tensor(h, value)
     elif isinstance(value, Mapping):
