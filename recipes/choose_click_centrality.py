@@ -36,11 +36,9 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cli import check_out_dir, one_line_errors  # noqa: E402
-from first_click_slots import SETS, TUNING, dataset, per_set_arrays  # noqa: E402
+from first_click_slots import SETS, TUNING, dataset, first_click_masks, per_set_arrays  # noqa: E402
 
 from composer.evaluation.points import mask_iou, next_click  # noqa: E402
-from composer.evaluation.runner import _item_image, point_targets  # noqa: E402
-from composer.interactive import ClickSession  # noqa: E402
 from composer.refine import ContrastRank  # noqa: E402
 from composer.segmenters import load_segmenter  # noqa: E402
 
@@ -62,20 +60,12 @@ def first_click_features(seg: Any, items: Any, rank: ContrastRank) -> np.ndarray
     """(objects, 12): predicted IoUs, IoUs, contrasts and click centralities of the three
     first-click masks (ranked by predicted IoU alone)."""
     rows = []
-    for k in range(len(items)):
-        image = _item_image(items[k])
-        emb = seg.embed(image)
-        for _, gt, ignore in point_targets(items[k]):
-            click = next_click(gt, None, ignore)
-            if click is None:
-                continue
-            point, label = click
-            masks, scores = ClickSession(seg, image, emb).click(point, label, multimask=True)
-            if len(masks) != 3:
-                raise ValueError(f"expected 3 masks for a first click, got {len(masks)}")
-            rows.append([*scores, *(mask_iou(m, gt, ignore) for m in masks),
-                         *rank.contrasts(image, masks),
-                         *(click_centrality(m, int(point[0]), int(point[1])) for m in masks)])
+    for _, image, gt, ignore, masks, scores in first_click_masks(seg, items):
+        click = next_click(gt, None, ignore)  # the click first_click_masks made (deterministic)
+        assert click is not None
+        x, y = (int(v) for v in click[0])
+        rows.append([*scores, *(mask_iou(m, gt, ignore) for m in masks),
+                     *rank.contrasts(image, masks), *(click_centrality(m, x, y) for m in masks)])
     return np.asarray(rows, np.float64).reshape(-1, 12)
 
 
