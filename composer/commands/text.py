@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -98,13 +99,32 @@ class ResolvedPrompt:
         return self._match
 
 
+def _file_stamp(path: str | None) -> tuple[str, int, int] | None:
+    """(resolved path, size, mtime_ns) of a weights file, or None where ``path`` is no file
+    (a pretrained tag): what tells a worker that the file the main process hashed is
+    unchanged."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return str(p.resolve()), st.st_size, st.st_mtime_ns
+
+
 def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
     """The models of ``args`` (segmenter, detector and text matcher, or CLIP) and the
     per-image function on them.
 
     The detector strategy matches the prompt to a class once and records the match in
     ``args.prompt_match``, where the workers of folder mode (built from a copy of ``args``)
-    find it instead of loading the sentence encoder.
+    find it instead of loading the sentence encoder. Likewise the clip strategy records the
+    weights file's SHA-256 (part of the CLIP model id) in ``args.clip_sha256``, with the
+    file's path, size and modification time, so the workers do not read a multi-GB file again
+    to hash it (a file changed since is hashed again).
 
     What decides the outputs is recorded in ``args.run_settings`` (the folder run's settings):
     the prompt, the segmenter's model id (weights fingerprint) and mask settings, the detector
@@ -160,7 +180,14 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
             raise ValueError(
                 "the clip strategy needs --clip-weights (a local open_clip weights file)"
             )
-        clip = ClipModel.load(args.clip_arch, args.clip_weights, download=args.download)
+        stamp = _file_stamp(args.clip_weights)
+        known = getattr(args, "clip_sha256", None)
+        digest = known[1] if known is not None and stamp is not None and known[0] == stamp \
+            else None
+        clip = ClipModel.load(args.clip_arch, args.clip_weights, download=args.download,
+                              sha256=digest)
+        if clip.weights_sha256 is not None and stamp is not None:
+            args.clip_sha256 = (stamp, clip.weights_sha256)
         header.append(f"clip: {clip.model_id}")
         cfg = TextConfig(strategy="clip", refine=args.refine, max_masks=args.max_masks or 3)
         task = TextToMaskTask(seg, cfg, clip=clip)

@@ -71,6 +71,10 @@ class ClipModel:
         model_id: "<arch>:<weights>": a pretrained tag, "random", or a weights file's name
             and the first 12 hex digits of its SHA-256 ("ViT-B-16:open_clip_model.safetensors#
             0123456789ab").
+        weights_sha256: the full hex SHA-256 of the weights file (None for a pretrained tag
+            or random weights); a caller that loads the same file again (a folder run's
+            workers) passes it back as ``load(..., sha256=...)`` instead of reading the file
+            twice.
         image_size: (h, w) of the model input.
         mean, std: per-channel normalisation of RGB in [0, 1].
     """
@@ -93,6 +97,7 @@ class ClipModel:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self._embed_dim: int | None = None
+        self.weights_sha256: str | None = None
 
     @classmethod
     def load(
@@ -101,6 +106,7 @@ class ClipModel:
         weights: str | os.PathLike[str] | None = None,
         device: str = "cpu",
         download: bool = False,
+        sha256: str | None = None,
     ) -> ClipModel:
         """Build ``arch`` and load ``weights``.
 
@@ -111,12 +117,23 @@ class ClipModel:
                 pretrained tag (only with ``download=True``); or None for random weights.
             device: torch device.
             download: allow open_clip to fetch a pretrained tag.
+            sha256: the weights file's hex SHA-256 when the caller knows it already (its
+                ``weights_sha256`` from an earlier load of the same, unchanged file): taken
+                as given for the model id instead of reading the file again (seconds for a
+                multi-GB ViT-H). Ignored for a pretrained tag or random weights.
 
         Raises:
             ValueError: unknown arch; a tokenizer that cannot be loaded (fetched from the Hub
                 for some architectures); a missing file; a tag without ``download``; a state
-                dict that does not fit (missing/unexpected/mis-shaped keys are named).
+                dict that does not fit (missing/unexpected/mis-shaped keys are named);
+                ``sha256`` that is not 64 hex digits.
         """
+        if sha256 is not None and (
+            not isinstance(sha256, str)
+            or len(sha256) != 64
+            or any(c not in "0123456789abcdef" for c in sha256.lower())
+        ):
+            raise ValueError(f"sha256 must be 64 hex digits (a SHA-256), got {sha256!r}")
         oc = _open_clip()
         if oc.get_model_config(arch) is None:
             raise ValueError(
@@ -133,6 +150,7 @@ class ClipModel:
                 "(e.g. ViT-B-32)"
             ) from None
         path = None if weights is None else Path(weights).expanduser()
+        digest = None
         if path is not None and path.is_file():
             # open_clip warns "Model initialized randomly" for pretrained=None, which read as
             # if the weights file were ignored: they are loaded right below
@@ -142,9 +160,12 @@ class ClipModel:
             # with the content's digest: Hugging Face names every open_clip file alike
             # (open_clip_model.safetensors), and another file of the same name is another
             # model (a text folder run resumed with the other weights' outputs)
-            from ..hub.download import file_sha256
+            if sha256 is None:
+                from ..hub.download import file_sha256
 
-            wid = f"{path.name}#{file_sha256(path)[:12]}"
+                sha256 = file_sha256(path)
+            digest = sha256.lower()
+            wid = f"{path.name}#{digest[:12]}"
         elif weights is None:
             logger.warning(
                 "open_clip %s has random weights (weights=None); scores are meaningless", arch
@@ -179,7 +200,9 @@ class ClipModel:
         std = cfg.get(
             "std", getattr(oc, "OPENAI_DATASET_STD", (0.26862954, 0.26130258, 0.27577711))
         )
-        return cls(model, tokenizer, f"{arch}:{wid}", size, mean, std, device)  # type: ignore[arg-type]
+        clip = cls(model, tokenizer, f"{arch}:{wid}", size, mean, std, device)  # type: ignore[arg-type]
+        clip.weights_sha256 = digest
+        return clip
 
     @torch.no_grad()
     def encode_text(

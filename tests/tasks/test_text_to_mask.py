@@ -191,6 +191,54 @@ def test_clip_model_loads_a_checkpoint_file(tiny_clip, tmp_path, caplog):
         ClipModel.load("ViT-Nope")
 
 
+def test_folder_workers_take_the_clip_digest_of_the_first_load(tiny_clip, tmp_path, monkeypatch):
+    """The CLIP weights file's SHA-256 (in the model id) is computed once in a folder run: the
+    setup of each worker (FolderWorker, on a copy of the main process's args) takes the one
+    the main process computed, unless the file changed since (then hashed again)."""
+    import importlib
+    import os
+
+    import composer.commands.text as text
+    from composer.cli import build_parser
+    from composer.commands.instances import FolderWorker
+    from composer.models.clip import ClipModel
+
+    # the module (composer.hub's download() function shadows its name there)
+    download = importlib.import_module("composer.hub.download")
+    hashed: list[str] = []
+    real = download.file_sha256
+
+    def counting(path: Any) -> str:
+        hashed.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(download, "file_sha256", counting)
+    weights = tmp_path / "open_clip_model.pt"
+    torch.save(tiny_clip.model.state_dict(), weights)
+    src = tmp_path / "images"
+    src.mkdir()
+    args = build_parser().parse_args(
+        ["text", str(src), "a dog", "--model", "classic", "--strategy", "clip", "--clip-arch",
+         TINY_CLIP, "--clip-weights", str(weights), "--out", str(tmp_path / "out")]
+    )
+    text.build_processor(args)  # the main process: hashes the file
+    assert len(hashed) == 1
+    worker = FolderWorker.from_args(text.build_processor, args)
+    for _ in range(2):  # two workers: neither hashes it again
+        worker()
+    assert len(hashed) == 1
+    want = ClipModel.load(TINY_CLIP, weights, sha256=None).model_id  # hashes: 2
+    assert args.run_settings["clip"] == want
+    # a file changed after the main process hashed it: the worker hashes the new content
+    torch.save({k: v + 1 if v.is_floating_point() else v
+                for k, v in tiny_clip.model.state_dict().items()}, weights)
+    os.utime(weights, ns=(0, 123_456_789))  # another time whatever the clock's resolution
+    worker()
+    assert len(hashed) == 3
+    with pytest.raises(ValueError, match="64 hex digits"):
+        ClipModel.load(TINY_CLIP, weights, sha256="abc")
+
+
 class CountingClip:
     """Wraps a ClipModel, counting image batches."""
 
