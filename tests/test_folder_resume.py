@@ -20,7 +20,8 @@ import composer.commands.instances as instances
 import composer.commands.text as text
 from composer.cli import main
 from composer.commands.instances import process_images
-from composer.runner.records import RecordLog, read_log, settings_diff
+from composer.models.text import SYNONYMS
+from composer.runner.records import NOT_RECORDED, RecordLog, read_log, settings_diff
 
 STEMS = ("1", "2", "3")
 
@@ -269,6 +270,60 @@ def test_text_matcher_is_a_setting_only_where_the_prompt_needs_it(
         assert calls.take() == []
 
 
+def test_what_the_prompt_matched_is_a_setting(folder, tmp_path, calls, capsys, monkeypatch):
+    """The text matcher is no setting where the prompt matches lexically, but what it matched
+    is: a release whose synonym table sends the prompt to another class (here "xyzzy" from
+    person to car) does not resume the earlier run's outputs of the other class."""
+    src, boxes = folder
+    out = tmp_path / "out"
+    argv = [*_argv("text", src, boxes, out)[:2], "xyzzy", *_argv("text", src, boxes, out)[3:]]
+    monkeypatch.setitem(SYNONYMS, "person", (*SYNONYMS["person"], "xyzzy"))
+    assert main(argv) == 0
+    assert calls.take() == ["1.png", "2.png", "3.png"]
+    assert _log_lines(out)[0]["settings"]["prompt_match"] == {
+        "matched_class": "person", "matched_id": 1, "match_method": "synonym"}
+    assert main(argv) == 0  # the same match: resumed
+    assert calls.take() == []
+    monkeypatch.setitem(SYNONYMS, "person", tuple(SYNONYMS["person"][:-1]))
+    monkeypatch.setitem(SYNONYMS, "car", (*SYNONYMS.get("car", ()), "xyzzy"))
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "matched_class 'person' (now 'car')" in err and "text_matcher" not in err
+    assert calls.take() == []
+
+
+def test_a_log_without_the_recorded_match_resumes_only_a_lexical_match(
+    folder, tmp_path, calls, capsys, monkeypatch
+):
+    """Logs of versions that did not record what the prompt matched: one of a prompt that
+    names a class (matched lexically, as then) resumes; one of a prompt only the sentence
+    encoder matched is refused, as its match cannot be checked."""
+    src, boxes = folder
+    encoder = WordEncoder({"xyzzy": "person"})
+    monkeypatch.setattr("composer.models.text.load_text_encoder", lambda *a, **k: encoder)
+    for prompt in ("person", "xyzzy"):
+        out = tmp_path / prompt
+        argv = [*_argv("text", src, boxes, out)[:2], prompt, *_argv("text", src, boxes, out)[3:]]
+        assert main(argv) == 0
+        assert calls.take() == ["1.png", "2.png", "3.png"]
+        log = out / "summary.json.records.jsonl"
+        lines = log.read_text().splitlines()
+        old = json.loads(lines[0])
+        del old["settings"]["prompt_match"]  # as versions before 2026-11-25 wrote it
+        log.write_text("\n".join([json.dumps(old), *lines[1:]]) + "\n")
+        capsys.readouterr()
+        if prompt == "person":
+            assert main(argv) == 0
+            assert "3 of 3 images done earlier, 0 to go" in capsys.readouterr().out
+            assert main(argv) == 0  # the log keeps its first line: resumed again
+        else:
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert "matched_class not recorded (now 'person')" in err
+        assert calls.take() == []
+
+
 @COMMANDS
 def test_a_deleted_output_is_recomputed(command, folder, tmp_path, calls):
     src, boxes = folder
@@ -487,6 +542,18 @@ def test_record_log_refuses_other_settings_and_names_them(tmp_path):
     with pytest.raises(ValueError, match=r"command 'text' \(now 'x'\)") as err:
         RecordLog(path, {"command": "x", "config": {"max_masks": 5}}, dropped=dropped)
     assert "max_masks" not in str(err.value)
+    # NOT_RECORDED: a log without the setting reads as holding this run's value
+    with RecordLog(path, {"command": "text"}, resume=False) as log:
+        log.append({"file_name": "1.png", "output": "a", "count": 1})
+    with pytest.raises(ValueError, match=r"matcher not recorded \(now 'm'\)"):
+        RecordLog(path, {"command": "text", "matcher": "m"})
+    assert list(RecordLog(path, {"command": "text", "matcher": "m"},
+                          aliases={("matcher",): [NOT_RECORDED]}).records) == ["1.png"]
+    with pytest.raises(ValueError, match=r"matcher 'm' \(now 'n'\)"):  # recorded: compared
+        with RecordLog(path, {"command": "text", "matcher": "m"}, resume=False) as log:
+            log.append({"file_name": "1.png", "output": "a", "count": 1})
+        RecordLog(path, {"command": "text", "matcher": "n"}, aliases={("matcher",): [NOT_RECORDED]})
+    assert settings_diff({"a": None}, {}) == ["a None (now not recorded)"]
     assert settings_diff(
         {"model_id": "m", "detector": {"model_id": "d"}},
         {"model_id": "m", "detector": {"model_id": "e"}},

@@ -128,9 +128,12 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
 
     What decides the outputs is recorded in ``args.run_settings`` (the folder run's settings):
     the prompt, the segmenter's model id (weights fingerprint) and mask settings, the detector
-    (id, score floor) and text matcher or the CLIP model, and the task config. The text
-    matcher is left out of the comparison with an earlier run (``args.run_settings_dropped``)
-    when the prompt matched by a class name or synonym, before any sentence encoder is asked.
+    (id, score floor), text matcher and what the prompt matched (``prompt_match``: class, id
+    and method, or None) or the CLIP model, and the task config. The text matcher is left
+    out of the comparison with an earlier run (``args.run_settings_dropped``) when the prompt
+    matched by a class name or synonym, before any sentence encoder is asked; the recorded
+    match is still compared, and a log written before it was recorded resumes on such a
+    match (``args.run_settings_aliases``), not on an encoder's.
     """
     import numpy as np
 
@@ -140,11 +143,12 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
 
     from ..embedding import EmbeddingCache
     from ..io.image import load_image
-    from ..runner.records import segmenter_settings
+    from ..runner.records import NOT_RECORDED, segmenter_settings
 
     seg = load_model(args)
     header = [describe(seg)]
     dropped: list[tuple[str, ...]] = []
+    aliases: dict[tuple[str, ...], list[Any]] = {}
     if args.strategy == "detector":
         detector = load_detector_from_args(args)
         header.append(f"detector: {detector.model_id}")
@@ -165,13 +169,22 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
         encoder = getattr(task.matcher, "encoder", None)
         matcher_id = getattr(encoder, "model_id", "names and synonyms only")
         header.append(f"text matcher: {matcher_id}")
-        if args.prompt_match[1] is not None and args.prompt_match[1].method in _LEXICAL:
+        match = args.prompt_match[1]
+        if match is not None and match.method in _LEXICAL:
             # matched before any sentence encoder is asked: a run with another one (or none)
-            # matches the same class, so resumes
+            # matches the same class (the recorded match, compared), so resumes
             dropped.append(("text_matcher",))
+            # logs written before the match was recorded: resumed on the lexical match alone
+            aliases[("prompt_match",)] = [NOT_RECORDED]
         models: dict[str, Any] = {
             "detector": {"model_id": detector.model_id, "score_threshold": args.score_threshold},
             "text_matcher": matcher_id,
+            # what the prompt matched decides the outputs: compared, so a release whose class
+            # names or synonyms match the prompt otherwise does not resume an earlier run
+            "prompt_match": None if match is None else {
+                "matched_class": match.name, "matched_id": int(match.class_id),
+                "match_method": match.method,
+            },
         }
     else:
         from ..models.clip import ClipModel
@@ -199,7 +212,6 @@ def build_processor(args: argparse.Namespace) -> tuple[ImageFn, list[str]]:
     # written before they could be None recorded SAM's 0.7 / 0.8, which still resume where
     # they are what the thresholds resolve to, or where nothing uses them (detector strategy)
     amg = task.proposal_config()
-    aliases: dict[tuple[str, ...], list[Any]] = {}
     for key, old_default in (("pred_iou_thresh", 0.7), ("stability_score_thresh", 0.8)):
         config[key] = float(getattr(amg, key))
         if cfg.strategy == "detector" or config[key] == old_default:

@@ -35,6 +35,19 @@ from ..io.records import read_log as read_log
 from ..io.visualize import json_finite
 
 
+class _NotRecorded:
+    """The type of :data:`NOT_RECORDED`."""
+
+    def __repr__(self) -> str:
+        return "NOT_RECORDED"
+
+
+#: An alias (:class:`RecordLog`'s ``aliases``) for a setting that an earlier log does not
+#: hold at all (written before the setting was recorded): such a log reads as holding the
+#: value this run records.
+NOT_RECORDED: Any = _NotRecorded()
+
+
 def json_normal(obj: Any) -> Any:
     """``obj`` as it reads back from a log: tuples as lists, NaN and infinity as None."""
     return json_finite(json.loads(json.dumps(obj)))
@@ -93,7 +106,8 @@ def segmenter_settings(segmenter: Any) -> dict[str, Any]:
 
 def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``"name old (now new)"`` for each differing setting, nested settings by their own name
-    (``config.pred_iou_thresh`` as ``pred_iou_thresh``) unless two groups share it."""
+    (``config.pred_iou_thresh`` as ``pred_iou_thresh``) unless two groups share it; a
+    setting one side does not hold reads "not recorded"."""
 
     def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -112,7 +126,11 @@ def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         leaf = key.rsplit(".", 1)[-1]
         return leaf if leaves.count(leaf) == 1 else key
 
-    return [f"{name(k)} {a.get(k)!r} (now {b.get(k)!r})" for k in keys if a.get(k) != b.get(k)]
+    def value(d: dict[str, Any], key: str) -> str:
+        return repr(d[key]) if key in d else "not recorded"
+
+    return [f"{name(k)} {value(a, k)} (now {value(b, k)})"
+            for k in keys if (k in a, a.get(k)) != (k in b, b.get(k))]
 
 
 def _unalias(
@@ -128,9 +146,13 @@ def _unalias(
             o = o.get(key) if isinstance(o, dict) else None
             n = n.get(key) if isinstance(n, dict) else None
         last = keys[-1]
-        if isinstance(o, dict) and isinstance(n, dict) and last in o and last in n:
-            if o[last] in json_normal(list(spellings)):
-                o[last] = n[last]
+        if not (isinstance(o, dict) and isinstance(n, dict) and last in n):
+            continue
+        if last not in o:
+            if any(s is NOT_RECORDED for s in spellings):
+                o[last] = copy.deepcopy(n[last])
+        elif o[last] in json_normal([s for s in spellings if s is not NOT_RECORDED]):
+            o[last] = n[last]
     return old
 
 
@@ -161,7 +183,9 @@ class RecordLog:
         aliases: other spellings of a setting that mean the recorded value, by its key path,
             e.g. ``{("config", "zoom_small"): ["auto"]}`` when "auto" resolves to the recorded
             fraction: an earlier log that holds one of them resumes (older logs recorded the
-            spelling, and a user may spell out what "auto" resolves to).
+            spelling, and a user may spell out what "auto" resolves to); :data:`NOT_RECORDED`
+            among them: a log without the setting at all (written before it was recorded)
+            resumes too.
         dropped: key paths of settings that do not decide this run's outputs, left out of the
             comparison (``settings`` may still hold them: they are written to the log), e.g.
             ``[("segmenter",)]`` for automatic masks, which never used the segmenter's
