@@ -236,14 +236,21 @@ def _stop(pool: cf.ProcessPoolExecutor) -> None:
     """End a pool whose run was cut short (Ctrl-C, or the caller stopped reading): the queued
     items are dropped and the workers terminated, not awaited. An item a worker was on is not
     reported, so a resumed run does it again; waiting for it (``shutdown(wait=True)``) could
-    hang for good after a KeyboardInterrupt inside the pool's own code."""
+    hang for good after a KeyboardInterrupt inside the pool's own code.
+
+    The pool's manager thread (which, seeing its workers gone, closes the call queue and ends
+    its feeder thread) is given up to 10 s to finish, so that no thread of the run outlives
+    it; a manager stuck on a lock the interrupted code held is left behind, not waited on."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in processes:
         if proc.is_alive():
             proc.kill()  # the workers may ignore SIGTERM (_init_worker); they hold no results
     for proc in processes:
         proc.join(timeout=10)
+    if isinstance(manager, threading.Thread) and manager is not threading.current_thread():
+        manager.join(timeout=10)
 
 
 class _RayWorker:

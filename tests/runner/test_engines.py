@@ -67,9 +67,11 @@ def test_local_engine_workers_stop_at_once_on_ctrl_c(where):
     forever (a worker interrupted inside the pool's queue code), and workers went on with
     images after it. Now the workers ignore SIGINT and the parent terminates them."""
     import multiprocessing
+    import threading
     import time
 
     engine = LocalEngine(workers=2, threads=1)
+    threads = set(threading.enumerate())
     t0 = time.monotonic()
     results = []
     with pytest.raises(KeyboardInterrupt):
@@ -80,11 +82,28 @@ def test_local_engine_workers_stop_at_once_on_ctrl_c(where):
         it.throw(KeyboardInterrupt)  # Ctrl-C while the engine waits for results
     del it
     assert results == [(0, True, None)]  # the worker ignores SIGINT
+    # the pool's manager and queue-feeder threads are done too: they outlived the run (into
+    # the caller's next work, the next test) before
+    assert set(threading.enumerate()) <= threads
     deadline = time.monotonic() + 60
     while multiprocessing.active_children() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not multiprocessing.active_children()
     assert time.monotonic() - t0 < 300  # not the 600 s an item takes
+
+
+def test_local_engine_left_unread_stops_its_workers_and_threads():
+    """A caller that stops reading (closes the iterator, or drops it) ends the run as Ctrl-C
+    does: the workers are ended, and the pool's own threads are gone when close() returns."""
+    import multiprocessing
+    import threading
+
+    threads = set(threading.enumerate())
+    it = LocalEngine(workers=2, threads=1).imap(Offset(0), nap, list(range(5)))
+    assert next(it) == (0, True, None)
+    it.close()  # items 1-4 would take 10 minutes each
+    assert set(threading.enumerate()) <= threads
+    assert not multiprocessing.active_children()
 
 
 def test_engine_arguments():
