@@ -16,7 +16,15 @@ def load_file(path: Path, name: str | None = None) -> ModuleType:
     assert spec is not None and spec.loader is not None, path
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        # most scripts put their folder (recipes/, benchmarks/, the repository) first on
+        # sys.path each time they run, as a command would once: loaded by hundreds of tests in
+        # one process the path grew by an entry per load. Only the first of equal entries
+        # counts for an import, so dropping the later ones changes no import.
+        seen: set[str] = set()
+        sys.path[:] = [p for p in sys.path if not (p in seen or seen.add(p))]
     return module
 
 
