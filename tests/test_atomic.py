@@ -84,11 +84,13 @@ def test_unique_names_let_concurrent_writers_not_write_into_each_other(tmp_path)
     assert out.read_bytes() == b"a" * 10 and os.listdir(tmp_path) == ["e.bin"]
 
 
-def test_fsync_before_the_rename_and_the_folder_after(tmp_path, monkeypatch) -> None:
+def record_fsync_and_replace(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The os.fsync (of a file or a folder) and os.replace calls from now on, in order."""
     calls: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
 
     def fsync(fd: int) -> None:
+        # fstat, not /proc/self/fd (Linux only): macOS opens and fsyncs a folder too
         calls.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
         real_fsync(fd)
 
@@ -98,6 +100,11 @@ def test_fsync_before_the_rename_and_the_folder_after(tmp_path, monkeypatch) -> 
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+def test_fsync_before_the_rename_and_the_folder_after(tmp_path, monkeypatch) -> None:
+    calls = record_fsync_and_replace(monkeypatch)
     for kw in ({}, {"fsync": True}, {"fsync": True, "sync_dir": True}):
         calls.clear()
         with atomic_write(tmp_path / "c", "w", **kw) as f:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import errno
 import io
 import logging
-import os
 import re
-import stat
 import struct
 import sys
 import zipfile
@@ -21,7 +19,6 @@ import pytest
 import torch
 
 from composer.cli import main
-from composer.hub import checkpoint as hub_checkpoint
 from composer.hub import digest as digest_module
 from composer.training.checkpoint import (
     DIGEST_KEY,
@@ -29,6 +26,7 @@ from composer.training.checkpoint import (
     read_training_state,
     state_digest,
 )
+from tests.test_atomic import record_fsync_and_replace
 from tests.training.test_checkpoint import _refused
 from tests.training.test_odd_inputs_training import _one_step_argv, _tiny
 from tests.training.test_train_cli import _coco_dataset
@@ -250,20 +248,7 @@ def test_a_save_cut_short_leaves_the_previous_checkpoint(tmp_path, good, monkeyp
 def test_a_save_is_flushed_to_the_disk_before_it_replaces_the_file(tmp_path, monkeypatch):
     """Without an fsync before the rename, a power cut could leave last.pt empty (the new
     name written before the data on some file systems) instead of the previous one."""
-    calls: list[str] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        # fstat, not /proc/self/fd (Linux only): macOS opens and fsyncs a folder too
-        calls.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
-        real_fsync(fd)
-
-    def replace(src: Any, dst: Any) -> None:
-        calls.append(f"replace {Path(src).name} -> {Path(dst).name}")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(hub_checkpoint.os, "fsync", fsync)
-    monkeypatch.setattr(hub_checkpoint.os, "replace", replace)
+    calls = record_fsync_and_replace(monkeypatch)
     t = _tiny(tmp_path)
     t.save_checkpoint()
     assert calls == ["fsync file", "replace last.pt.part -> last.pt", "fsync folder"]
