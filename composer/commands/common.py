@@ -147,7 +147,8 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
                         "Ray actors (ray; needs the ray extra; --ray-address for a cluster)")
     p.add_argument("--threads-per-worker", type=int, default=None,
                    help="torch/OpenCV threads of each worker (default: 1 with several "
-                        "workers or with --engine ray, else unchanged)")
+                        "workers or with --engine ray, else unchanged); with --engine ray "
+                        "also the CPUs each worker reserves on one Ray node")
     p.add_argument("--ray-address", default=None,
                    help="Ray cluster address for --engine ray (default: a local Ray instance)")
 

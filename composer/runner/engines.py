@@ -264,8 +264,38 @@ class _RayWorker:
         self.fn = fn
         self.state = setup()
 
+    def ready(self) -> bool:
+        """Answers once the actor is placed and its state built."""
+        return True
+
     def run(self, index: int, item: Any) -> Result:
         return _call(self.state, self.fn, index, item)
+
+
+def _largest_node_cpus(nodes: Sequence[dict[str, Any]]) -> float:
+    """The most CPUs of one alive node of ``ray.nodes()`` (0 when there is none)."""
+    cpus = [float((node.get("Resources") or {}).get("CPU", 0) or 0)
+            for node in nodes if node.get("Alive")]
+    return max(cpus, default=0.0)
+
+
+def _placement_error(nodes: Sequence[dict[str, Any]], cpus_per_worker: int,
+                     cluster: bool) -> str | None:
+    """Why no actor of ``cpus_per_worker`` CPUs can ever start on these nodes; None when one
+    can (now, or once busy nodes free their CPUs).
+
+    A cluster (``cluster``) whose alive nodes have no CPUs at all (a head node with
+    ``--num-cpus 0``, its workers yet to come) can only be waiting for its autoscaler to add
+    nodes: that is left to wait, as a busy cluster is."""
+    largest = _largest_node_cpus(nodes)
+    if largest >= cpus_per_worker or (cluster and largest == 0):
+        return None
+    where = "node of the Ray cluster" if cluster else "Ray node (the local instance)"
+    fix = (f"use --threads-per-worker {int(largest)} or less (the CPUs each Ray worker reserves)"
+           if largest >= 1 else "give Ray CPUs (num_cpus)")
+    return (f"no Ray worker can start: each needs {cpus_per_worker} CPUs "
+            f"(--threads-per-worker {cpus_per_worker}) but the largest {where} has "
+            f"{largest:g}; {fix}")
 
 
 class RayEngine:
@@ -277,8 +307,19 @@ class RayEngine:
             starts (or reuses) a local Ray instance.
         cpus_per_worker: CPUs each actor reserves; also its torch/OpenCV threads.
         init_kwargs: extra arguments of ``ray.init`` (a local instance gets
-            ``include_dashboard=False`` unless given).
+            ``include_dashboard=False`` and ``num_cpus`` of this machine's CPUs or
+            ``workers * cpus_per_worker``, the more, unless given).
+
+    An actor no node could ever hold (``cpus_per_worker`` above every alive node's CPUs) is
+    a ``ValueError`` before any actor starts, not a wait for good. Actors that wait for CPUs
+    (a busy cluster, or fewer CPUs than ``workers * cpus_per_worker``) leave the items to
+    the actors that did start, which at the end also take the items handed to actors still
+    not started. When nothing finishes for :attr:`pending_log_s` seconds while actors wait,
+    one warning line says how many (again only when that number changes).
     """
+
+    #: seconds without any finished item after which the actors not yet started are logged
+    pending_log_s: float = 60.0
 
     def __init__(self, workers: int = 2, address: str | None = None, cpus_per_worker: int = 1,
                  init_kwargs: dict[str, Any] | None = None) -> None:
@@ -317,37 +358,92 @@ class RayEngine:
                         signal.signal(sig, handler)
         return ray
 
+    def _check_placeable(self, ray: Any) -> None:
+        """A ``ValueError`` when no alive node has the CPUs of one actor (:func:`_placement_error`)."""
+        try:
+            nodes = ray.nodes()
+        except Exception:  # the check is a courtesy: a cluster that cannot say is not refused
+            logger.debug("ray.nodes() failed; the actors' placement is not checked", exc_info=True)
+            return
+        problem = _placement_error(nodes, self.cpus_per_worker, cluster=self.address is not None)
+        if problem:
+            raise ValueError(problem)
+
     def imap(self, setup: Callable[[], Any], fn: Callable[[Any, Any], Any],
              items: Sequence[Any]) -> Iterator[Result]:
         if not items:
             return
         ray = self._ray()
+        self._check_placeable(ray)
         worker: Any = ray.remote(num_cpus=self.cpus_per_worker)(_RayWorker)
         actors = [worker.remote(setup, fn, self.cpus_per_worker, allocator_tuned())
                   for _ in range(min(self.workers, len(items)))]
-        pending: dict[Any, tuple[int, Any]] = {}
+        # each actor answers ready() once placed and set up, before its first item
+        starting = {actor.ready.remote(): k for k, actor in enumerate(actors)}
+        started: set[int] = set()  # actors that answered (ran, or died): not waiting
+        pending: dict[Any, tuple[int, int]] = {}  # an item's call: (item index, actor)
+        copies: dict[int, int] = {}  # calls out per item index (2: handed on, see below)
+        done: set[int] = set()  # item indices yielded
         queue = list(enumerate(items))[::-1]
 
-        def submit(actor: Any) -> None:
-            i, item = queue.pop()
-            pending[actor.run.remote(i, item)] = (i, actor)
+        def submit(k: int, i: int, item: Any) -> None:
+            pending[actors[k].run.remote(i, item)] = (i, k)
+            copies[i] = copies.get(i, 0) + 1
+
+        def next_for(k: int) -> None:
+            """Actor ``k`` is free: the next item, or, with none left, an item that waits on
+            an actor not started (which may never be placed while this run holds the CPUs:
+            the first result of the two is kept)."""
+            if queue:
+                submit(k, *queue.pop())
+                return
+            for i, j in pending.values():
+                if j not in started and copies[i] == 1 and i not in done:
+                    submit(k, i, items[i])
+                    return
 
         last_death = ""
+        logged_waiting = 0
         try:
-            for actor in actors:
+            for k in range(len(actors)):
                 if queue:
-                    submit(actor)
-            while pending:
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
-                i, actor = pending.pop(ref)
+                    submit(k, *queue.pop())
+            while any(i not in done for i, _ in pending.values()):
+                ready, _ = ray.wait([*pending, *starting], num_returns=1,
+                                    timeout=self.pending_log_s)
+                if not ready:  # nothing finished for a while
+                    if starting and len(starting) != logged_waiting:
+                        logged_waiting = len(starting)
+                        logger.warning(
+                            "%d of %d Ray workers not started after %g s (each waits for "
+                            "%d CPU(s) free on one node, or is still setting up); the started "
+                            "ones go on", len(starting), len(actors), self.pending_log_s,
+                            self.cpus_per_worker)
+                    continue
+                ref = ready[0]
+                if ref in starting:
+                    # placed and set up, or dead (its item's call tells the death, as before):
+                    # either way its item is not handed on
+                    started.add(starting.pop(ref))
+                    with contextlib.suppress(Exception):  # read, so Ray reports no unread error
+                        ray.get(ref)
+                    continue
+                i, k = pending.pop(ref)
+                copies[i] -= 1
                 try:
-                    yield ray.get(ref)
+                    result = ray.get(ref)
                 except Exception as exc:  # the actor died (its setup failed, or it crashed)
                     last_death = error_text(exc)
-                    yield i, None, last_death
+                    if i not in done and not copies[i]:  # no other call can still give it
+                        done.add(i)
+                        yield i, None, last_death
                     continue  # this actor is gone; the others take the rest
-                if queue:
-                    submit(actor)
+                started.add(k)
+                if i not in done:
+                    done.add(i)
+                    yield result
+                    del result
+                next_for(k)
             while queue:  # every actor died
                 i, _ = queue.pop()
                 yield i, None, f"RuntimeError: no Ray worker left (the last died of {last_death})"

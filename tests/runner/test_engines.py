@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -208,7 +211,13 @@ def test_ray_engine(folder, tmp_path):
         # ray.init replaced it with its own sys.exit handler: SIGTERM then skipped the CLI's
         # stop (no summary of the finished images) and left that handler in the process
         assert handler is _cli_handler
-        results = list(RayEngine(2).imap(Offset(100), add, list(range(7))))
+        # no node of the instance (2 CPUs) could ever hold an actor of 3 CPUs: an error at
+        # once, where the run waited for good
+        with pytest.raises(ValueError, match="each needs 3 CPUs .* has 2; use --threads-per-worker 2"):
+            list(RayEngine(1, cpus_per_worker=3).imap(Offset(100), add, [0]))
+        # three actors on 2 CPUs: the third is never placed while the other two live, and the
+        # item handed to it went to one of them at the end (the run waited for it for good)
+        results = list(RayEngine(3).imap(Offset(100), add, list(range(7))))
         assert os.getpid() not in _check(results, 7)
         # the one actor dies in its setup: its item fails with the setup's error, and the
         # items no actor is left for name it too
@@ -221,6 +230,136 @@ def test_ray_engine(folder, tmp_path):
         # actor: each loads the model; two actors sharing items are checked above)
         _same_run(_annotate(folder, tmp_path / "seq", None),
                   _annotate(folder, tmp_path / "ray", RayEngine(1)))
+
+
+class _FakeRef:
+    def __init__(self, actor: _FakeActor, call) -> None:
+        self.actor, self.call = actor, call
+
+
+class _FakeActor:
+    """An actor of :class:`_FakeRay`, run in this process once placed."""
+
+    def __init__(self, ray: _FakeRay, setup, fn) -> None:
+        self.ray, self.k, self.setup, self.fn = ray, len(ray.actors), setup, fn
+        self.ready = SimpleNamespace(remote=lambda: _FakeRef(self, lambda: True))
+        self.run = SimpleNamespace(remote=lambda i, item: _FakeRef(self, lambda: self._run(i, item)))
+
+    def _run(self, i, item):
+        from composer.runner.engines import _call
+
+        self.ray.ran.append((self.k, i))
+        return _call(self.setup(), self.fn, i, item)
+
+
+class _FakeRay:
+    """Stands for the ray module: ``nodes()`` as given; actors run in this process, but only
+    those numbered in ``placed`` (and, once ``busy`` waits have timed out, all): the others
+    wait for CPUs, as on a busy or too small cluster. A ``wait`` that Ray would never answer
+    (no timeout, no call of a placed actor among the refs) fails instead of hanging."""
+
+    def __init__(self, nodes, placed=(), busy: int | None = None) -> None:
+        self._nodes, self.placed, self.busy = nodes, set(placed), busy
+        self.actors: list[_FakeActor] = []
+        self.ran: list[tuple[int, int]] = []  # (actor, item index) of each call run
+        self.timeouts = self.killed = 0
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def nodes(self):
+        return self._nodes
+
+    def remote(self, num_cpus: int):
+        def actor_class(cls):
+            def new(setup, fn, threads, tune):
+                self.actors.append(_FakeActor(self, setup, fn))
+                return self.actors[-1]
+            return SimpleNamespace(remote=new)
+        return actor_class
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        ready = [r for r in refs if r.actor.k in self.placed]
+        if ready:
+            return ready[:1], [r for r in refs if r is not ready[0]]
+        assert timeout is not None and self.timeouts < 10, "Ray would wait here for good"
+        self.timeouts += 1
+        if self.busy is not None and self.timeouts >= self.busy:
+            self.placed = set(range(len(self.actors)))  # the cluster's CPUs are free again
+        return [], list(refs)
+
+    def get(self, ref):
+        return ref.call()
+
+    def kill(self, actor) -> None:
+        self.killed += 1
+
+
+def _node(cpus: float, alive: bool = True) -> dict:
+    return {"Alive": alive, "Resources": {"CPU": cpus, "memory": 1e9}}
+
+
+def test_ray_engine_refuses_workers_that_no_node_can_hold(monkeypatch):
+    """No alive node has the CPUs of one actor (--threads-per-worker above them): Ray kept
+    the actors waiting, and the run waited for good without a word. Now it is a one-line
+    ValueError (the CLI's error) before any actor starts."""
+    fake = _FakeRay([_node(2), _node(64, alive=False)])
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with pytest.raises(ValueError, match=r"^no Ray worker can start: each needs 4 CPUs "
+                       r"\(--threads-per-worker 4\) but the largest Ray node \(the local "
+                       r"instance\) has 2; use --threads-per-worker 2 or less"):
+        list(RayEngine(2, cpus_per_worker=4).imap(Offset(0), add, [0, 1]))
+    fake._nodes = [_node(2), _node(3)]
+    with pytest.raises(ValueError, match="largest node of the Ray cluster has 3; use "
+                       "--threads-per-worker 3 or less"):
+        list(RayEngine(2, address="auto", cpus_per_worker=4).imap(Offset(0), add, [0, 1]))
+    fake._nodes = [_node(0.5)]
+    with pytest.raises(ValueError, match="has 0.5; give Ray CPUs"):
+        list(RayEngine(1).imap(Offset(0), add, [0]))
+    assert fake.actors == []
+
+
+@pytest.mark.parametrize("nodes, cluster, fits", [
+    ([_node(4), _node(8)], False, True),  # one node holds it (busy or not)
+    ([_node(4, alive=False), _node(2)], False, False),  # a dead node holds nothing
+    ([], False, False),
+    ([_node(0)], True, True),  # a cluster of no CPUs at all waits for its autoscaler
+    ([_node(0)], False, False),  # a local instance has none
+    ([_node(0), _node(2)], True, False),
+])
+def test_ray_placement_error(nodes, cluster, fits):
+    from composer.runner.engines import _placement_error
+
+    assert (_placement_error(nodes, 3, cluster) is None) == fits
+
+
+def test_ray_engine_hands_on_the_items_of_workers_never_placed(monkeypatch):
+    """Three actors where two fit (a run's own actors hold the CPUs the third waits for):
+    the item handed to the third waited for good after the others were done. Now a free
+    actor takes it too, the first result is kept, and each item comes once."""
+    fake = _FakeRay([_node(2)], placed={0, 1})
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    results = list(RayEngine(3).imap(Offset(100), add, list(range(7))))
+    _check(results, 7)
+    assert sorted(i for _, i in fake.ran) == list(range(7))  # each run once, none by actor 2
+    assert {k for k, _ in fake.ran} == {0, 1} and fake.killed == 3
+    assert fake.timeouts == 0  # nothing waited
+
+
+def test_ray_engine_says_once_that_workers_wait_for_cpus(monkeypatch, caplog):
+    """A cluster with no free CPUs (here: none at all, as an autoscaling one's head node):
+    no error, and one warning line while nothing finishes, not one per wait."""
+    fake = _FakeRay([_node(0)], busy=3)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    engine = RayEngine(2, address="auto")
+    engine.pending_log_s = 0.01  # the fake waits for nothing anyway
+    with caplog.at_level(logging.WARNING, logger="composer.runner.engines"):
+        results = list(engine.imap(Offset(100), add, list(range(5))))
+    _check(results, 5)
+    assert fake.timeouts == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        "2 of 2 Ray workers not started after 0.01 s (each waits for 1 CPU(s) free on one node, "
+        "or is still setting up); the started ones go on"]
 
 
 def _interrupt_at(monkeypatch, name: str):
