@@ -122,7 +122,8 @@ class AutomaticMaskGenerator:
     it only calls ``segmenter.decode`` and reads ``segmenter.mask_threshold``.
 
     Args:
-        segmenter: the promptable segmenter.
+        segmenter: the promptable segmenter, or a SAM-structured model (what the official
+            ``SamAutomaticMaskGenerator`` takes), which is wrapped in a ``SamPredictor``.
         config: settings (default: the official generator's defaults, with the segmenter's
             recommended quality thresholds where it has them: ``AmgConfig.for_segmenter``).
         cache: shared embedding cache; when None each crop is embedded directly (no reuse).
@@ -141,14 +142,29 @@ class AutomaticMaskGenerator:
         cache: EmbeddingCache | None = None,
         **overrides: Any,
     ) -> None:
+        if not hasattr(segmenter, "decode") and all(
+            hasattr(segmenter, attr)
+            for attr in ("image_encoder", "prompt_encoder", "mask_decoder", "preprocess")
+        ):
+            # a SAM model itself, as the official generator takes it (``SamAutomaticMaskGenerator(sam)``)
+            from .predictor import SamPredictor
+
+            segmenter = SamPredictor(segmenter)  # type: ignore[arg-type]
         for attr in ("decode", "model_id"):
             if not hasattr(segmenter, attr):
-                raise TypeError(f"segmenter has no {attr!r}; expected a PromptableSegmenter")
+                raise TypeError(
+                    f"segmenter has no {attr!r}; expected a PromptableSegmenter or a SAM model"
+                )
         config = AmgConfig.for_segmenter(segmenter) if config is None else config
         if not isinstance(config, AmgConfig):
             raise TypeError(f"config must be an AmgConfig, got {type(config).__name__}")
         if overrides:
             unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(AmgConfig)})
+            if "output_mode" in unknown:
+                raise TypeError(
+                    "output_mode is not a setting here: generate() returns Detections; "
+                    "official_records(dets, output_mode) gives the official generator's dicts"
+                )
             if unknown:
                 raise TypeError(f"unknown AmgConfig fields: {unknown}")
             if "point_grids" in overrides and "points_per_side" not in overrides:
@@ -448,3 +464,81 @@ class AutomaticMaskGenerator:
             )
         meta = {"model_id": self.model_id, "image_size": tuple(image_size)}
         return Detections.from_masks(masks, scores=iou, extras=extras, meta=meta)
+
+
+#: ``output_mode`` values of :func:`official_records` (the official generator's).
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+
+
+def official_records(dets: Detections, output_mode: str = "binary_mask") -> list[dict[str, Any]]:
+    """``generate``'s Detections as the official ``SamAutomaticMaskGenerator.generate`` returns
+    them: one dict per mask, in the same order, with its keys, types and conventions.
+
+    Args:
+        dets: the output of :meth:`AutomaticMaskGenerator.generate`.
+        output_mode: "binary_mask" ((H, W) bool array), "uncompressed_rle" (``{"size": [H, W],
+            "counts": [int, ...]}``, column-major runs starting with zeros) or "coco_rle"
+            (``{"size": [H, W], "counts": str}``).
+
+    Returns:
+        Dicts with ``segmentation``, ``area`` (int), ``bbox`` (XYWH ints, the official
+        inclusive convention: ``w`` and ``h`` are one less than the mask's pixel extent, and
+        ``[0, 0, 0, 0]`` for an empty mask), ``predicted_iou`` and ``stability_score``
+        (floats), ``point_coords`` (``[[x, y]]``, from float32 values) and ``crop_box``
+        (XYWH ints).
+
+    Raises:
+        ValueError: an unknown ``output_mode``, or Detections without masks or without the
+            generator's extras.
+    """
+    if output_mode not in OUTPUT_MODES:
+        raise ValueError(f"output_mode must be one of {list(OUTPUT_MODES)}, got {output_mode!r}")
+    needed = ("predicted_iou", "stability_score", "point_coords", "crop_box")
+    missing = [k for k in needed if k not in dets.extras]
+    if dets.masks is None or missing:
+        raise ValueError(
+            "official_records takes AutomaticMaskGenerator.generate's Detections; these have "
+            + ("no masks" if dets.masks is None else f"no extras {missing}")
+        )
+    height, width = dets.masks.image_size
+    coco = dets.masks.to_coco_rles()
+    areas = dets.masks.area
+    records = []
+    for i, rle in enumerate(coco):
+        area = int(areas[i])
+        if area:
+            x0, y0, x1, y1 = (int(v) for v in dets.boxes[i])
+            bbox = [x0, y0, x1 - 1 - x0, y1 - 1 - y0]  # official boxes hold the last pixel
+        else:
+            bbox = [0, 0, 0, 0]
+        segmentation: Any
+        if output_mode == "coco_rle":
+            segmentation = {"size": [int(height), int(width)], "counts": rle["counts"]}
+        else:
+            dense = mask_utils.decode({"size": [height, width], "counts": rle["counts"].encode()})
+            segmentation = dense.astype(bool)
+            if output_mode == "uncompressed_rle":
+                segmentation = _uncompressed_rle(segmentation)
+        cx0, cy0, cx1, cy1 = (int(v) for v in dets.extras["crop_box"][i])
+        records.append({
+            "segmentation": segmentation,
+            "area": area,
+            "bbox": bbox,
+            "predicted_iou": float(dets.extras["predicted_iou"][i]),
+            "point_coords": [[float(v) for v in dets.extras["point_coords"][i]]],
+            "stability_score": float(dets.extras["stability_score"][i]),
+            "crop_box": [cx0, cy0, cx1 - cx0, cy1 - cy0],
+        })
+    return records
+
+
+def _uncompressed_rle(mask: np.ndarray) -> dict[str, Any]:
+    """An (H, W) bool mask as the official uncompressed RLE: column-major run lengths,
+    the first a run of zeros (0 when the first pixel is set)."""
+    flat = mask.reshape(-1, order="F")
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    edges = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(edges).tolist()
+    if flat.size and flat[0]:
+        counts = [0, *counts]
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}

@@ -122,10 +122,10 @@ def model() -> torch.nn.Module:
     return tiny_official_sam()
 
 
-def official(model, image, **kw):
+def official(model, image, output_mode="coco_rle", **kw):
     from segment_anything import SamAutomaticMaskGenerator
 
-    return SamAutomaticMaskGenerator(model, output_mode="coco_rle", **kw).generate(image)
+    return SamAutomaticMaskGenerator(model, output_mode=output_mode, **kw).generate(image)
 
 
 def assert_parity(records: list[dict], dets: Detections) -> None:
@@ -190,6 +190,60 @@ def test_parity_with_official_generator(model, image_size, settings):
     assert list(dets.extras["predicted_iou"]) == pytest.approx(
         [r["predicted_iou"] for r in records], abs=1e-4
     )
+
+
+@pytest.mark.parametrize("output_mode", ["binary_mask", "uncompressed_rle", "coco_rle"])
+def test_official_records_are_the_official_generators_dicts(model, output_mode):
+    """The notebook's ``SamAutomaticMaskGenerator(sam, output_mode=...).generate(image)`` has a
+    one-line port: ``official_records(AutomaticMaskGenerator(sam).generate(image), mode)``
+    (the generator took no SAM model, and its Detections had no converter to those dicts)."""
+    from composer.automatic import official_records
+
+    image = scene()
+    settings = dict(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.5,
+                    crop_n_layers=1, min_mask_region_area=100, points_per_batch=20)
+    theirs = official(model, image, output_mode=output_mode, **settings)
+    ours = official_records(AutomaticMaskGenerator(model, **settings).generate(image), output_mode)
+    assert len(theirs) >= 20 and len(ours) == len(theirs)
+    same_masks = 0
+    for a, b in zip(theirs, ours, strict=True):
+        assert list(a) == list(b)  # the same keys in the same order
+        for key in a:
+            assert type(a[key]) is type(b[key]), key
+        assert len(b["point_coords"]) == 1
+        assert a["point_coords"][0] == pytest.approx(b["point_coords"][0], abs=1e-4)
+        assert a["predicted_iou"] == pytest.approx(b["predicted_iou"], abs=1e-4)
+        assert a["stability_score"] == pytest.approx(b["stability_score"], abs=1e-3)
+        assert a["crop_box"] == b["crop_box"]
+        sa, sb = a["segmentation"], b["segmentation"]
+        if output_mode == "binary_mask":
+            assert sa.dtype == sb.dtype == bool and sa.shape == sb.shape == image.shape[:2]
+        else:
+            assert list(sa) == list(sb) == ["size", "counts"] and sa["size"] == sb["size"]
+            assert type(sa["counts"]) is type(sb["counts"])
+        if (output_mode == "binary_mask" and (sa == sb).all()) or (
+            output_mode != "binary_mask" and sa["counts"] == sb["counts"]
+        ):
+            same_masks += 1
+            assert (a["area"], a["bbox"]) == (b["area"], b["bbox"])
+    assert same_masks >= 0.9 * len(theirs)  # the rest differ by float noise at the threshold
+
+
+def test_generator_takes_a_sam_model_and_names_output_mode(model):
+    image = scene()
+    settings = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.5)
+    direct = AutomaticMaskGenerator(model, **settings)
+    assert isinstance(direct.segmenter, SamPredictor)
+    wrapped = AutomaticMaskGenerator(SamPredictor(model), **settings)
+    assert direct.generate(image).masks == wrapped.generate(image).masks
+    with pytest.raises(TypeError, match="official_records"):
+        AutomaticMaskGenerator(model, output_mode="coco_rle")
+    with pytest.raises(TypeError, match="PromptableSegmenter or a SAM model"):
+        AutomaticMaskGenerator(torch.nn.Linear(2, 2))
+    from composer.automatic import official_records
+
+    with pytest.raises(ValueError, match="output_mode must be one of"):
+        official_records(wrapped.generate(image), "rle")
 
 
 def test_official_defaults_and_cache(model):
