@@ -123,7 +123,8 @@ class AutomaticMaskGenerator:
 
     Args:
         segmenter: the promptable segmenter, or a SAM-structured model (what the official
-            ``SamAutomaticMaskGenerator`` takes), which is wrapped in a ``SamPredictor``.
+            ``SamAutomaticMaskGenerator`` takes), which is wrapped in a ``SamPredictor``; also
+            accepted as ``model=``, the official keyword.
         config: settings (default: the official generator's defaults, with the segmenter's
             recommended quality thresholds where it has them: ``AmgConfig.for_segmenter``).
         cache: shared embedding cache; when None each crop is embedded directly (no reuse).
@@ -137,11 +138,17 @@ class AutomaticMaskGenerator:
 
     def __init__(
         self,
-        segmenter: PromptableSegmenter,
+        segmenter: PromptableSegmenter | None = None,
         config: AmgConfig | None = None,
         cache: EmbeddingCache | None = None,
         **overrides: Any,
     ) -> None:
+        if "model" in overrides:  # the official keyword: SamAutomaticMaskGenerator(model=sam)
+            if segmenter is not None:
+                raise TypeError("give the segmenter once: as segmenter or as model, not both")
+            segmenter = overrides.pop("model")
+        if segmenter is None:
+            raise TypeError("AutomaticMaskGenerator needs a segmenter (or a SAM model)")
         if not hasattr(segmenter, "decode") and all(
             hasattr(segmenter, attr)
             for attr in ("image_encoder", "prompt_encoder", "mask_decoder", "preprocess")

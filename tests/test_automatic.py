@@ -236,6 +236,12 @@ def test_generator_takes_a_sam_model_and_names_output_mode(model):
     assert isinstance(direct.segmenter, SamPredictor)
     wrapped = AutomaticMaskGenerator(SamPredictor(model), **settings)
     assert direct.generate(image).masks == wrapped.generate(image).masks
+    by_keyword = AutomaticMaskGenerator(model=model, **settings)  # the notebook's call
+    assert by_keyword.generate(image).masks == wrapped.generate(image).masks
+    with pytest.raises(TypeError, match="not both"):
+        AutomaticMaskGenerator(SamPredictor(model), model=model)
+    with pytest.raises(TypeError, match="needs a segmenter"):
+        AutomaticMaskGenerator(points_per_side=4)
     with pytest.raises(TypeError, match="official_records"):
         AutomaticMaskGenerator(model, output_mode="coco_rle")
     with pytest.raises(TypeError, match="PromptableSegmenter or a SAM model"):
