@@ -172,7 +172,8 @@ class SamPredictor(PromptableSegmenter):
 
     Args:
         model: a ``Sam``-like module (``image_encoder`` with ``img_size``, ``prompt_encoder``,
-            ``mask_decoder``, ``preprocess``).
+            ``mask_decoder``, ``preprocess``); put in eval mode here (BatchNorm and dropout
+            of a trained model must not act on predictions), unlike the official predictor.
         model_id: id recorded in embeddings, kept as given; defaults to ``model.model_id`` or
             ``model_id_prefix`` + the input size + the weights' fingerprint
             (:func:`weights_fingerprint`), e.g. ``composer_tiny-packaged-512px-0da76b6b6c90``.
