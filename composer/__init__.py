@@ -19,6 +19,7 @@ _EXPORTS = {
     "EmbeddingCache": "composer.embedding",
     "load_image": "composer.io.image",
     "build_sam": "composer.sam.build",
+    "sam_model_registry": "composer.sam.build",
     "SamPredictor": "composer.predictor",
     "Segmenter": "composer.segmenters.base",
     "load_segmenter": "composer.segmenters",

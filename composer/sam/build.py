@@ -62,6 +62,26 @@ def build_sam(
     return build_sam_from_config(CONFIGS[name], checkpoint, device=device, seed=seed, meta=meta)
 
 
+def _registry_builder(name: str) -> Callable[..., Sam]:
+    def build(checkpoint: str | os.PathLike[str] | None = None, **kwargs: Any) -> Sam:
+        return build_sam(name, checkpoint, **kwargs)
+
+    build.__name__ = build.__qualname__ = f"build_sam_{name}"
+    build.__doc__ = f"``build_sam({name!r}, checkpoint, **kwargs)``: the official registry's builder."
+    return build
+
+
+#: The official packages' ``sam_model_registry``, for code ported from them:
+#: ``sam_model_registry["vit_b"](checkpoint="sam_vit_b_01ec64.pth")`` is
+#: ``build_sam("vit_b", checkpoint=...)``. ``"default"`` is ViT-H, as in ``segment_anything``;
+#: ``"vit_t"`` is MobileSAM's (``mobile_sam``'s registry). Each builder also takes
+#: :func:`build_sam`'s keyword arguments (``device``, ``seed``, ``meta``).
+sam_model_registry: dict[str, Callable[..., Sam]] = {
+    "default": _registry_builder("vit_h"),
+    **{name: _registry_builder(name) for name in ("vit_h", "vit_l", "vit_b", "vit_t")},
+}
+
+
 def build_sam_from_config(
     config: SamConfig,
     checkpoint: str | os.PathLike[str] | None = None,

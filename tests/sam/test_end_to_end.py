@@ -35,3 +35,27 @@ def test_official_pth_through_our_stack_matches_official_predictor(tmp_path):
     _, iou, low = official.predict_torch(tp, torch.as_tensor(labels), tb, multimask_output=True)
     assert np.abs(dets.extras["low_res_logits"] - low.reshape(6, *low.shape[-2:]).numpy()).max() < 1e-3
     assert np.abs(dets.scores - iou.reshape(-1).numpy()).max() < 1e-4
+
+
+def test_sam_model_registry_ports_the_official_one(tmp_path):
+    """``sam_model_registry[name](checkpoint=...)``, as code written for segment_anything (and
+    mobile_sam's "vit_t") calls it, builds the same model as ``build_sam``."""
+    from segment_anything import sam_model_registry as official_registry
+
+    import composer
+
+    registry = composer.sam_model_registry
+    assert set(official_registry) | {"vit_t"} == set(registry)
+    default = registry["default"](meta=True)  # segment_anything's "default" is ViT-H
+    vit_h = build_sam("vit_h", meta=True)
+    assert [(n, p.shape) for n, p in default.named_parameters()] == [
+        (n, p.shape) for n, p in vit_h.named_parameters()
+    ]
+    source = build_sam("vit_t", seed=3)
+    path = tmp_path / "mobile_sam.pt"
+    torch.save(source.state_dict(), path)
+    loaded = registry["vit_t"](checkpoint=path)
+    assert not loaded.training
+    for (name, a), (_, b) in zip(source.state_dict().items(), loaded.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
