@@ -582,6 +582,9 @@ class SamPredictor(PromptableSegmenter):
                 refiner.refine_inplace(image, m, pts, lbl)
         scores = out.iou_pred[0].float().cpu().numpy()
         ranker = None if return_logits or not multimask_output else self.resolve_rank("auto", emb)
+        self.warn_if_image_missing(emb, "off" if return_logits else "auto", "auto",
+                                   "auto", multimask_output and not return_logits,
+                                   first_prompt=prompts.mask_input is None)
         if ranker is not None:
             scores = (scores + ranker.weight * ranker.contrasts(refine_image(emb), masks)).astype(np.float32)
         low = out.logits if out.feedback is None else out.feedback

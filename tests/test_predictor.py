@@ -230,3 +230,56 @@ def test_set_torch_image_refuses_sizes_that_do_not_fit_before_the_encoder(model,
         assert len(passes) == 1 and pred.is_image_set
     finally:
         hook.remove()
+
+
+@pytest.mark.parametrize(
+    "settings, named",
+    [
+        ({"flip_tta": True}, ["flip TTA"]),
+        ({"mask_rank": "rank"}, ["contrast ranking"]),
+        ({"mask_refine": "refine", "flip_tta": True}, ["mask refinement", "flip TTA"]),
+    ],
+)
+def test_an_embedding_without_the_image_says_which_settings_it_skips(
+        model, image, caplog, settings, named):
+    """An embedding without the image (set_torch_image, or made before the settings were set)
+    makes predict skip refinement, flip TTA and contrast ranking, as the README says, "with a
+    warning": the warning came only for refinement, so a segmenter with flip TTA or ranking
+    alone skipped them without a word. Each skipped setting is named; the masks are the bare
+    decoder's; an embedding that keeps the image gives no warning."""
+    import logging
+
+    from composer.refine import ContrastRank, GrabCutRefine
+
+    values = {"rank": ContrastRank(), "refine": GrabCutRefine()}
+    pred = SamPredictor(model)
+    plain = pred.embed(image)  # no setting yet: the embedding keeps no image
+    assert "image" not in plain.extras
+    bare = pred.predict(plain, points=[[90, 60]], labels=[1])
+    for name, value in settings.items():
+        setattr(pred, name, values.get(value, value) if isinstance(value, str) else value)
+    with caplog.at_level(logging.WARNING, logger="composer.segmenters.base"):
+        out = pred.predict(plain, points=[[90, 60]], labels=[1])
+    warned = [r.getMessage() for r in caplog.records if "carries no image" in r.getMessage()]
+    assert len(warned) == 1, caplog.text
+    for what in named:
+        assert what in warned[0], warned[0]
+    for what in {"mask refinement", "flip TTA", "contrast ranking"} - set(named):
+        assert what not in warned[0], warned[0]
+    np.testing.assert_array_equal(out.masks.to_dense(), bare.masks.to_dense())
+    np.testing.assert_array_equal(out.scores, bare.scores)
+    # the official pair after set_torch_image: a fresh segmenter warns there too
+    caplog.clear()
+    official = SamPredictor(model)
+    for name, value in settings.items():
+        setattr(official, name, values.get(value, value) if isinstance(value, str) else value)
+    x = torch.as_tensor(official.transform.apply_image(image)).permute(2, 0, 1)[None]
+    official.set_torch_image(x, image.shape[:2])
+    with caplog.at_level(logging.WARNING, logger="composer.segmenters.base"):
+        official.predict(point_coords=np.array([[90, 60]]), point_labels=np.array([1]))
+    assert any(named[0] in r.getMessage() for r in caplog.records), caplog.text
+    # an embedding that keeps the image: applied, no warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="composer.segmenters.base"):
+        official.predict(official.embed(image), points=[[90, 60]], labels=[1])
+    assert "carries no image" not in caplog.text

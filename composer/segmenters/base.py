@@ -232,6 +232,8 @@ class PromptableSegmenter(ABC):
         if ranker is not None and image is None:
             image = refine_image(embedding)
         flip = self.resolve_tta(tta, embedding)
+        self.warn_if_image_missing(embedding, refine, tta, rank, multimask,
+                                   first_prompt=prompts.mask_input is None)
         return self._predict_prompts(embedding, prompts, multimask, keep_low_res, refiner, image,
                                      flip, ranker)
 
@@ -249,23 +251,47 @@ class PromptableSegmenter(ABC):
         """(refiner, image) for ``predict(refine=...)``; (None, None) for no refinement.
 
         ``"auto"`` with an embedding that carries no image (made before ``mask_refine`` was
-        set, or read from an older disk cache) logs a warning and returns the decoder's masks;
-        an explicit refiner then raises ``ValueError``.
+        set, or read from an older disk cache) returns the decoder's masks (``predict`` says
+        so once, :meth:`warn_if_image_missing`); an explicit refiner then raises ``ValueError``.
         """
         refiner = self.resolve_refine(refine)
         if refiner is None:
             return None, None
         if "image" not in embedding.extras and not isinstance(refine, GrabCutRefine):
-            if not getattr(self, "_warned_no_image", False):
-                logger.warning(
-                    "%s: the embedding carries no image (made by set_torch_image, before "
-                    "mask_refine was set, or read from an older cache), so its masks are not "
-                    "refined; embed the image itself (set_image, embed) to refine them",
-                    self.model_id,
-                )
-                self._warned_no_image = True
             return None, None
         return refiner, refine_image(embedding)
+
+    def warn_if_image_missing(self, embedding: ImageEmbedding, refine: Any = "auto",
+                              tta: Any = "auto", rank: Any = "auto", multimask: bool = True,
+                              first_prompt: bool = True) -> list[str]:
+        """Log (once per segmenter) which of the segmenter's own predict-time settings an
+        embedding without the image (``extras["image"]``: one made by ``set_torch_image``,
+        before the settings were set, or read from an older disk cache) makes ``predict``
+        skip: mask refinement, flip TTA (only for a prompt without ``mask_input``) and
+        contrast ranking (only with ``multimask``), each where its argument is ``"auto"``.
+
+        Returns:
+            The names of the skipped settings (empty when the embedding keeps the image).
+        """
+        if "image" in embedding.extras:
+            return []
+        skipped = []
+        if isinstance(refine, str) and refine == "auto" and self.mask_refine is not None:
+            skipped.append("mask refinement")
+        if isinstance(tta, str) and tta == "auto" and self.flip_tta and first_prompt:
+            skipped.append("flip TTA")
+        if (isinstance(rank, str) and rank == "auto" and self.mask_rank is not None
+                and multimask):
+            skipped.append("contrast ranking")
+        if skipped and not getattr(self, "_warned_no_image", False):
+            logger.warning(
+                "%s: the embedding carries no image (made by set_torch_image, before "
+                "mask_refine, flip_tta or mask_rank was set, or read from an older cache), so "
+                "its masks get no %s; embed the image itself (set_image, embed) to apply them",
+                self.model_id, " and no ".join(skipped),
+            )
+            self._warned_no_image = True
+        return skipped
 
     def image_extras(self, rgb: np.ndarray) -> dict[str, torch.Tensor]:
         """``{"image": ...}`` for ``embed`` to add to the embedding's extras when the segmenter
