@@ -152,7 +152,8 @@ def load_coco(ann: COCO | PathLike | Mapping[str, Any]) -> COCO:
     """A pycocotools ``COCO`` from an existing COCO object, a json path or a dict.
 
     Paths and dicts go through :func:`normalise_coco_dict` (LVIS support); a given ``COCO``
-    object is returned as is.
+    object is returned as is. A file is decoded as json's UTF-8 (or UTF-16/32), whatever the
+    locale, with or without a byte-order mark.
 
     Raises:
         ValueError: the file does not exist or is not a COCO-format json.
@@ -163,11 +164,15 @@ def load_coco(ann: COCO | PathLike | Mapping[str, Any]) -> COCO:
         path = Path(ann)
         if not path.is_file():
             raise ValueError(f"annotation file not found: {path}")
-        with open(path) as f:
-            try:
-                data = json.load(f)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ValueError(f"{path} is not valid json: {exc}") from exc
+        # read as bytes: json decodes them as UTF-8 (or UTF-16/32), and a UTF-8 byte-order
+        # mark (Windows tools write one) is dropped; a text-mode open decoded the file with
+        # the locale's encoding, so a non-ASCII file_name (cafe with an accent) was garbled or
+        # refused under an ASCII or Latin-1 locale (Windows' cp1252), and a BOM was refused
+        data_bytes = path.read_bytes()
+        try:
+            data = json.loads(data_bytes)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is not valid json: {exc}") from exc
     elif isinstance(ann, Mapping):
         data = copy.deepcopy(dict(ann))
     else:

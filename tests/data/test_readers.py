@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,27 @@ def test_bsds_regions_of_a_ground_truth_without_annotators(tmp_path):
                      {"groundTruth": np.empty((1, 0), dtype=object)})
     with pytest.raises(ValueError, match=r"1\.mat has no annotators"):
         BSDSRegions("test", root=tmp_path)[0]
+
+
+def test_coco_json_is_read_as_utf8_whatever_the_locale(tmp_path):
+    """A json with a non-ASCII file_name loads under an ASCII locale (it was decoded with the
+    locale's encoding: refused there, garbled under Windows' cp1252), and a UTF-8 byte-order
+    mark, as Windows tools write, is accepted (it was 'not valid json')."""
+    import subprocess
+    import sys
+
+    doc = {"images": [{"id": 1, "file_name": "caf\u00e9/\u00f1.jpg", "height": 4, "width": 4}],
+           "annotations": [], "categories": [{"id": 1, "name": "x"}]}
+    path = tmp_path / "a.json"
+    path.write_bytes(json.dumps(doc, ensure_ascii=False).encode("utf-8"))
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load_coco(bom).imgs[1]["file_name"] == "caf\u00e9/\u00f1.jpg"
+    code = ("import sys; from composer.data.coco import load_coco; "
+            "print(ascii(load_coco(sys.argv[1]).imgs[1]['file_name']))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "PYTHONUTF8"))}
+    env.update(LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout.strip() == ascii("caf\u00e9/\u00f1.jpg")
