@@ -567,7 +567,9 @@ def run(args: argparse.Namespace) -> int:
             for s in group
         ],
     }
-    (out / "train_report.json").write_text(json.dumps(report, indent=2))
+    # atomically, as run.json and the weights: a crash or Ctrl-C mid-write leaves the
+    # previous report whole (it was written in place, and could be left cut off)
+    write_json(out / "train_report.json", report, indent=2)
     print(
         f"{trainer.step} steps in {trainer.elapsed / 60:.1f} min, final loss {report['final_loss']:.4f}"
     )
