@@ -257,7 +257,7 @@ def coco_items(
     """
     from pycocotools import mask as mask_utils
 
-    from ..data.coco import CocoDataset
+    from ..data.coco import CocoDataset, _integer
     from ..io.image import load_image, size_mismatch
     from ..structures.masks import segmentation_rle
 
@@ -280,7 +280,9 @@ def coco_items(
         n_skipped = len(skipped) if skipped is not None else 0
 
         try:
-            h, w = int(rec["height"]), int(rec["width"])
+            # whole numbers, said so (int() said "invalid literal for int() with base 10:
+            # 'abc'", or "... not 'NoneType'" for a null, and cut 120.5 to 120 unsaid)
+            h, w = (_integer(rec[k], k) for k in ("height", "width"))
             if h < 1 or w < 1:
                 raise ValueError(f"height and width must be >= 1, got {h} and {w}")
             anns = []

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from composer.cli import main
+from composer.training.data import coco_items
 from tests.test_atomic import record_fsync_and_replace
 
 from .test_train_cli import _coco_dataset
@@ -25,3 +28,20 @@ def test_train_report_is_written_atomically(tmp_path, monkeypatch) -> None:
     assert main(_argv(ann, images, tmp_path / "run")) == 0
     assert "replace train_report.json.part -> train_report.json" in calls
     assert json.loads((tmp_path / "run" / "train_report.json").read_text())["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [("abc", "'abc'"), (None, "'None'"), (95.5, "'95.5'"), (True, "'True'")]
+)
+def test_an_image_size_that_is_not_a_whole_number_is_named(tmp_path, value, shown) -> None:
+    """A record's width that is not a whole number makes its image unusable with a message
+    that says so (it was Python's "invalid literal for int() with base 10: 'abc'" or "int()
+    argument must be ... not 'NoneType'", and 95.5 was cut to 95 unsaid)."""
+    ann, images = _coco_dataset(tmp_path, n=2)
+    doc = json.loads(ann.read_text())
+    doc["images"][1]["width"] = value
+    ann.write_text(json.dumps(doc))
+    failures: list[tuple[str, str]] = []
+    items = list(coco_items(ann, images, failures=failures))
+    assert [it.image_id for it in items] == ["coco/1"]
+    assert failures == [("coco/2", f"COCO image 2 (001.png): width must be an integer, got {shown}")]
