@@ -22,11 +22,14 @@ resumed run continues exactly where the saved one stood (the file and its checks
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,41 @@ from .prompts import (
 
 logger = logging.getLogger(__name__)
 
+
+#: the stop signals held while a step's weights change (those the platform has)
+_HELD_SIGNALS = tuple(
+    sig for sig in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP"))
+    if sig is not None
+)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold the stop signals that a Python handler answers (Ctrl-C's KeyboardInterrupt, the
+    CLI's SIGTERM and SIGHUP) while the block runs, and deliver the first one, to the handler
+    it was meant for, once the block has ended without an error. Off the main thread, where
+    no handler can be set, the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[tuple[int, Any]] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        held.append((signum, frame))
+
+    previous: dict[int, Any] = {}
+    for sig in _HELD_SIGNALS:
+        handler = signal.getsignal(sig)
+        if callable(handler):
+            previous[sig] = signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if held:
+        signum, frame = held[0]
+        previous[signum](signum, frame)
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -467,18 +505,23 @@ class Trainer:
                     f"step {self.step + 1}: gradient norm is {float(norm)} on sample "
                     f"{sample.image_id} (lr {lr:.2e}); stopped before the update"
                 )
-        self._updating = True  # weights, step and history change together
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        dt = time.perf_counter() - t0
-        self.step += 1
-        self.elapsed += dt
-        stats = StepStats(
-            float(total.detach()), mask_l, iou_l, float(torch.cat(first_iou).mean()), lr, dt
-        )
-        self.history.append(asdict(stats))
-        self._step_rng = None  # before _updating: no moment counts a finished step as cut short
-        self._updating = False
+        # Ctrl-C (or the CLI's SIGTERM) while the weights change is held until the step is
+        # whole, then raised: fit checkpoints the finished step (it struck here in ~1 of 10
+        # Ctrl-C of a frozen-encoder run, and the run lost every step since the last
+        # checkpoint, up to checkpoint_every)
+        with _signals_held():
+            self._updating = True  # weights, step and history change together
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            dt = time.perf_counter() - t0
+            self.step += 1
+            self.elapsed += dt
+            stats = StepStats(
+                float(total.detach()), mask_l, iou_l, float(torch.cat(first_iou).mean()), lr, dt
+            )
+            self.history.append(asdict(stats))
+            self._step_rng = None  # before _updating: no moment counts a finished step as cut short
+            self._updating = False
         return stats
 
     # ------------------------------------------------------------------ loop
@@ -488,8 +531,10 @@ class Trainer:
         """Train until ``config.steps`` or the time budget; checkpoint along the way.
 
         Ctrl-C or an error between or inside steps writes a checkpoint of the finished steps
-        (not when it struck during the weight update, or when the weights are no longer
-        finite: the last checkpoint then stands) and re-raises.
+        (not when the weights are no longer finite, or when an error struck during the weight
+        update: the last checkpoint then stands) and re-raises. A Ctrl-C (or SIGTERM/SIGHUP
+        with a Python handler, as the CLI sets) during the weight update, in the main thread,
+        is held until the step is whole and then raised, so that step is checkpointed too.
 
         Args:
             progress: show a tqdm bar with running loss and first-round mIoU (CLI/recipes).

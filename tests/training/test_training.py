@@ -485,6 +485,33 @@ def test_ctrl_c_keeps_the_finished_steps(shapes_cache, tmp_path) -> None:
         assert torch.equal(value, b.model.state_dict()[key]), key
 
 
+def test_ctrl_c_during_the_weight_update_checkpoints_that_step(shapes_cache, tmp_path) -> None:
+    """A real SIGINT that arrives while the optimizer changes the weights is held until the
+    step is whole: the checkpoint holds that step (the interrupt struck mid-update and left
+    no checkpoint, so the run lost every step since the last one)."""
+    import signal
+
+    model0, train, _ = shapes_cache
+    cfg = _config(tmp_path, steps=50, box_prob=0.5)
+    a = Trainer(_copy_of(model0), cfg, train)
+    real_step = a.optimizer.step
+
+    def step_then_ctrl_c(*args, **kwargs):
+        if a.step == 2:
+            signal.raise_signal(signal.SIGINT)  # Python raises at its next instruction
+        return real_step(*args, **kwargs)
+
+    a.optimizer.step = step_then_ctrl_c  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        a.fit()
+    assert a.step == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    b = Trainer(_copy_of(model0), cfg, train)
+    assert b.resume() and b.step == 3 and len(b.history) == 3
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[key]), key
+
+
 def test_ctrl_c_inside_a_step_resumes_bit_identical(shapes_cache, tmp_path) -> None:
     """A step cut short by Ctrl-C is forgotten, sampling state included: the resumed run
     redoes it and ends where an uninterrupted run does."""
