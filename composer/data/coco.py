@@ -106,10 +106,10 @@ def normalise_coco_dict(data: Mapping[str, Any]) -> dict[str, Any]:
                 f"{ann['category_id']!r}, which is not among the categories"
             )
     image_ids = {im["id"] for im in out["images"]}
-    orphans = sum(a["image_id"] not in image_ids for a in out["annotations"])
+    orphans = [a for a in out["annotations"] if a["image_id"] not in image_ids]
     if orphans:
         logger.warning("%d annotation(s) name an image_id that is not among the images; they "
-                       "are not used", orphans)
+                       "are not used (%s)", len(orphans), _some_annotations(orphans))
     for im in out["images"]:
         if "file_name" not in im:
             url = im.get("coco_url")
@@ -131,19 +131,22 @@ def normalise_coco_dict(data: Mapping[str, Any]) -> dict[str, Any]:
     # polygon parts of fewer than 3 points (pycocotools cannot encode them: [] fails, and 4
     # numbers are read as a box) are left out, and so is an annotation with no part left, as
     # detectron2 does: it has no pixels to segment or to score
-    kept, empty = [], 0
+    kept, empty = [], []
     for ann in out["annotations"]:
         seg = ann.get("segmentation")
         if isinstance(seg, list) and all(isinstance(part, list) for part in seg):
             parts = [part for part in seg if len(part) >= 6]
             if not parts:
-                empty += 1
+                empty.append(ann)
                 continue
             ann["segmentation"] = parts
         kept.append(ann)
     if empty:
+        # named (a few), so the user can find them in the json: the count alone did not say
+        # which, and an image left with no other annotation is then "not used" for it
         logger.warning("%d annotation(s) have no polygon of 3 or more points (an empty "
-                       "segmentation); they are left out", empty)
+                       "segmentation); they are left out (%s)", len(empty),
+                       _some_annotations(empty))
     out["annotations"] = kept
     return out
 
@@ -351,6 +354,14 @@ class CocoDataset:
         return CocoItem(
             int(image_id), self.image_dir / rec["file_name"], size, gt, self.class_names
         )
+
+
+def _some_annotations(anns: Sequence[Mapping[str, Any]], n: int = 3) -> str:
+    """The first ``n`` of ``anns`` named by id and image id, for a warning:
+    ``"e.g. annotation 6 of image 1, annotation 9 of image 4"``."""
+    named = ", ".join(f"annotation {a.get('id')!r} of image {a.get('image_id')!r}"
+                      for a in anns[:n])
+    return f"e.g. {named}" if len(anns) > n else named
 
 
 def _add_bbox(ann: dict[str, Any], size: tuple[Any, Any] | None) -> None:

@@ -209,3 +209,25 @@ def test_coco_json_is_read_as_utf8_whatever_the_locale(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-500:]
     assert done.stdout.strip() == ascii("caf\u00e9/\u00f1.jpg")
+
+
+def test_dropped_annotations_are_named_in_the_warning(caplog):
+    """The warnings for annotations left out (a polygon of fewer than 3 points, an unknown
+    image_id) name them by id and image, a few of them: the count alone did not say which."""
+    import logging
+
+    doc = {"images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 4}],
+           "annotations": [
+               {"id": 5, "image_id": 1, "category_id": 1, "segmentation": [[0, 0, 1, 1]]},
+               {"id": 6, "image_id": 1, "category_id": 1, "segmentation": []},
+               {"id": 8, "image_id": 1, "category_id": 1, "segmentation": [[0, 0, 2, 0, 2, 2]]},
+               {"id": 9, "image_id": 42, "category_id": 1, "segmentation": [[0, 0, 2, 0, 2, 2]]},
+           ],
+           "categories": [{"id": 1, "name": "x"}]}
+    with caplog.at_level(logging.WARNING, logger="composer.data.coco"):
+        out = normalise_coco_dict(doc)
+    assert [a["id"] for a in out["annotations"]] == [8, 9]
+    assert "1 annotation(s) name an image_id that is not among the images; they are not used " \
+        "(annotation 9 of image 42)" in caplog.text
+    assert "2 annotation(s) have no polygon of 3 or more points (an empty segmentation); they " \
+        "are left out (annotation 5 of image 1, annotation 6 of image 1)" in caplog.text
