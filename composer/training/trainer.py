@@ -598,6 +598,10 @@ class Trainer:
                 and not self._updating
                 and all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
             ):
+                if bar is not None:
+                    # ends the bar's line first: the warning below was appended to it
+                    # ("train: 38%|...| 77/200 [...]WARNING ...: interrupted: ...")
+                    bar.close()
                 what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped by an error"
                 try:
                     self.save_checkpoint()

@@ -512,6 +512,33 @@ def test_ctrl_c_during_the_weight_update_checkpoints_that_step(shapes_cache, tmp
         assert torch.equal(value, b.model.state_dict()[key]), key
 
 
+def test_ctrl_c_checkpoint_warning_starts_its_own_line(shapes_cache, tmp_path, capsys) -> None:
+    """With the progress bar on, the 'interrupted: checkpoint at step N' warning is on a line
+    of its own (it was appended to the bar's line, after its carriage-return redraws)."""
+    import logging
+    import sys
+
+    model0, train, _ = shapes_cache
+    a = Trainer(_copy_of(model0), _config(tmp_path, steps=50, box_prob=0.5), train)
+
+    def stop(trainer: Trainer, stats: object) -> None:
+        if trainer.step == 2:
+            raise KeyboardInterrupt
+
+    handler = logging.StreamHandler(sys.stderr)  # the CLI's: logging to the bar's stream
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("composer.training.trainer")
+    log.addHandler(handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            a.fit(progress=True, on_step=stop)
+    finally:
+        log.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "interrupted: checkpoint at step 2" in err
+    assert "\nWARNING composer.training.trainer: interrupted: checkpoint at step 2" in err
+
+
 def test_ctrl_c_inside_a_step_resumes_bit_identical(shapes_cache, tmp_path) -> None:
     """A step cut short by Ctrl-C is forgotten, sampling state included: the resumed run
     redoes it and ends where an uninterrupted run does."""
