@@ -69,11 +69,18 @@ def polygons_rle(polygons: Sequence[Sequence[float]], image_size: Sequence[int])
 
     Parts of fewer than 3 points are skipped (no parts: an empty mask). Vertices far outside
     the image are clipped to one pixel beyond it (pycocotools would rasterise the whole
-    span); NaN or infinite coordinates raise ``ValueError``.
+    span); NaN or infinite coordinates raise ``ValueError``, and so does a part that is not a
+    list: a flat ``[x0, y0, x1, y1, ...]`` (the polygon not wrapped in a list of parts) was read
+    as parts of one number each, an empty mask, and the object was lost unsaid.
     """
     h, w = _check_size(image_size)
     parts = []
     for p in polygons:
+        if not isinstance(p, (list, tuple, np.ndarray)):
+            raise ValueError(
+                f"polygon parts must be lists of x, y coordinates, got {str(p)[:30]!r} (a flat "
+                "list of numbers? write a polygon as [[x0, y0, x1, y1, ...]])"
+            )
         xy = np.asarray(p, np.float64).ravel()
         if len(xy) < 6:
             continue

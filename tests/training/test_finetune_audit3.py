@@ -45,3 +45,23 @@ def test_an_image_size_that_is_not_a_whole_number_is_named(tmp_path, value, show
     items = list(coco_items(ann, images, failures=failures))
     assert [it.image_id for it in items] == ["coco/1"]
     assert failures == [("coco/2", f"COCO image 2 (001.png): width must be an integer, got {shown}")]
+
+
+def test_a_flat_polygon_is_named_not_an_empty_mask(tmp_path) -> None:
+    """A polygon written flat, [x0, y0, ...] instead of [[x0, y0, ...]], is an undecodable
+    segmentation that training skips and names (it was read as one-number parts: an empty
+    mask, and the object was dropped without a word)."""
+    from composer.structures.masks import segmentation_rle
+    from composer.training.data import SKIP_BAD_SEGMENTATION, SkippedAnnotation
+
+    with pytest.raises(ValueError, match="a flat list of numbers"):
+        segmentation_rle([10, 10, 80, 10, 80, 70, 10, 70], (96, 96))
+    ann, images = _coco_dataset(tmp_path, n=1)
+    doc = json.loads(ann.read_text())
+    doc["annotations"][0]["segmentation"] = [10, 10, 80, 10, 80, 70, 10, 70]
+    ann.write_text(json.dumps(doc))
+    skipped: list[SkippedAnnotation] = []
+    items = list(coco_items(ann, images, skipped=skipped))
+    assert len(items) == 1
+    assert [(s.annotation_id, s.reason) for s in skipped] == [(1, SKIP_BAD_SEGMENTATION)]
+    assert "a flat list of numbers" in skipped[0].message
