@@ -496,6 +496,10 @@ def run(args: argparse.Namespace) -> int:
         f"model {args.model} from {start}, on {device}; {n_train} training images ({len(train)} "
         f"samples), {n_val} held out; embedded in {time.perf_counter() - t0:.1f} s"
     )
+    if n_val and not val:
+        # said: a held-out set of masks too small (or none) gave no mIoU lines, unexplained
+        print(f"none of the {n_val} held-out image(s) has a mask to score (a mask must cover "
+              f"{size_rule}), so there is no held-out mIoU before and after")
     n_masks = sum(layers)
     if sum(kept) < n_masks:
         print(

@@ -65,3 +65,27 @@ def test_a_flat_polygon_is_named_not_an_empty_mask(tmp_path) -> None:
     assert len(items) == 1
     assert [(s.annotation_id, s.reason) for s in skipped] == [(1, SKIP_BAD_SEGMENTATION)]
     assert "a flat list of numbers" in skipped[0].message
+
+
+def test_a_held_out_set_without_a_mask_to_score_is_said(tmp_path, capsys) -> None:
+    """--val-data whose only masks are too small to score: the run says there is no held-out
+    mIoU and why (it printed '1 held out' and then no mIoU line, unexplained)."""
+    import numpy as np
+    from PIL import Image
+
+    ann, images = _coco_dataset(tmp_path, n=2)
+    val_images = tmp_path / "val"
+    val_images.mkdir()
+    Image.fromarray(np.full((96, 96, 3), 90, np.uint8)).save(val_images / "v.png")
+    val = {"images": [{"id": 1, "file_name": "v.png", "height": 96, "width": 96}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                            "segmentation": [[10, 10, 12, 10, 12, 12, 10, 12]], "area": 4.0,
+                            "bbox": [10, 10, 2, 2]}],
+           "categories": [{"id": 1, "name": "shape"}]}
+    (tmp_path / "val.json").write_text(json.dumps(val))
+    argv = _argv(ann, images, tmp_path / "run")[:-2]  # no --val-fraction with --val-data
+    argv += ["--val-data", str(tmp_path / "val.json"), "--val-images", str(val_images)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "none of the 1 held-out image(s) has a mask to score" in text
+    assert "no held-out mIoU before and after" in text
