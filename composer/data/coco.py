@@ -33,7 +33,7 @@ TINY80 = "coco_val2017_tiny80"
 PathLike = str | os.PathLike
 
 
-def normalise_coco_dict(data: Mapping[str, Any]) -> dict[str, Any]:
+def normalise_coco_dict(data: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
     """A COCO-format dict that pycocotools evaluates correctly, also for LVIS files.
 
     Adds ``iscrowd = 0`` where missing, ``bbox`` from the segmentation and then ``area`` from
@@ -43,6 +43,8 @@ def normalise_coco_dict(data: Mapping[str, Any]) -> dict[str, Any]:
     parts of fewer than 3 points are dropped, and so is an annotation left with none, with a
     warning (it has no pixels to segment or score, and pycocotools fails on it). Annotations
     whose image is not in ``images`` are counted in a warning. The input is not modified.
+    ``source`` (e.g. the json's path) starts every error and warning, so that with two jsons
+    (``train --data`` and ``--val-data``) the message says which one is wrong.
 
     Raises:
         ValueError: ``data`` is not a mapping; ``images``, ``annotations`` or ``categories`` is
@@ -53,6 +55,17 @@ def normalise_coco_dict(data: Mapping[str, Any]) -> dict[str, Any]:
             last and counts it twice); or an annotation's ``category_id`` is not among the
             categories (COCOeval would leave that object out of AP unseen).
     """
+    prefix = f"{source}: " if source else ""
+    try:
+        return _normalised(data, prefix)
+    except ValueError as exc:
+        if not prefix:
+            raise
+        raise ValueError(f"{prefix}{exc}") from None
+
+
+def _normalised(data: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """:func:`normalise_coco_dict`'s work; ``prefix`` starts its warnings."""
     if not isinstance(data, Mapping):
         raise ValueError(
             "COCO json must be an object with images, annotations and categories, "
@@ -108,8 +121,8 @@ def normalise_coco_dict(data: Mapping[str, Any]) -> dict[str, Any]:
     image_ids = {im["id"] for im in out["images"]}
     orphans = [a for a in out["annotations"] if a["image_id"] not in image_ids]
     if orphans:
-        logger.warning("%d annotation(s) name an image_id that is not among the images; they "
-                       "are not used (%s)", len(orphans), _some_annotations(orphans))
+        logger.warning("%s%d annotation(s) name an image_id that is not among the images; "
+                       "they are not used (%s)", prefix, len(orphans), _some_annotations(orphans))
     for im in out["images"]:
         if "file_name" not in im:
             url = im.get("coco_url")
@@ -144,8 +157,8 @@ def normalise_coco_dict(data: Mapping[str, Any]) -> dict[str, Any]:
     if empty:
         # named (a few), so the user can find them in the json: the count alone did not say
         # which, and an image left with no other annotation is then "not used" for it
-        logger.warning("%d annotation(s) have no polygon of 3 or more points (an empty "
-                       "segmentation); they are left out (%s)", len(empty),
+        logger.warning("%s%d annotation(s) have no polygon of 3 or more points (an empty "
+                       "segmentation); they are left out (%s)", prefix, len(empty),
                        _some_annotations(empty))
     out["annotations"] = kept
     return out
@@ -181,7 +194,9 @@ def load_coco(ann: COCO | PathLike | Mapping[str, Any]) -> COCO:
     else:
         raise TypeError(f"expected a COCO object, a json path or a dict, got {type(ann).__name__}")
     coco = COCO()
-    coco.dataset = normalise_coco_dict(data)
+    # a file's errors and warnings name it (train reads two jsons: --data and --val-data)
+    source = str(ann) if isinstance(ann, (str, os.PathLike)) else None
+    coco.dataset = normalise_coco_dict(data, source=source)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
     return coco

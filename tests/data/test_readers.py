@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +232,23 @@ def test_dropped_annotations_are_named_in_the_warning(caplog):
         "(annotation 9 of image 42)" in caplog.text
     assert "2 annotation(s) have no polygon of 3 or more points (an empty segmentation); they " \
         "are left out (annotation 5 of image 1, annotation 6 of image 1)" in caplog.text
+
+
+def test_a_bad_json_file_is_named_in_its_errors_and_warnings(tmp_path, caplog):
+    """With two jsons (train --data and --val-data) an error or warning of one names its file
+    (it began "COCO json annotations[0] ...", which did not say which file)."""
+    import logging
+
+    doc = {"images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 4}],
+           "annotations": [{"id": 5, "image_id": 1, "category_id": 7, "segmentation": []}],
+           "categories": [{"id": 1, "name": "x"}]}
+    path = tmp_path / "val.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: COCO json annotations\[0\] "
+                                         r"\(id 5\) has category_id 7"):
+        load_coco(path)
+    doc["annotations"][0]["category_id"] = 1
+    path.write_text(json.dumps(doc))
+    with caplog.at_level(logging.WARNING, logger="composer.data.coco"):
+        load_coco(path)
+    assert f"{path}: 1 annotation(s) have no polygon of 3 or more points" in caplog.text
