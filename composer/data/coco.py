@@ -310,6 +310,9 @@ class CocoDataset:
     ) -> None:
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
+            if self.image_dir.exists():  # was "image folder not found" for a file that exists
+                raise ValueError(f"the image folder {self.image_dir} is a file, not a folder "
+                                 "(pass the folder the json's file_names are relative to)")
             raise ValueError(f"image folder not found: {self.image_dir}")
         self.ann_file = None if isinstance(ann_file, COCO) else Path(ann_file)
         self.coco = load_coco(ann_file)

@@ -89,3 +89,14 @@ def test_a_held_out_set_without_a_mask_to_score_is_said(tmp_path, capsys) -> Non
     text = capsys.readouterr().out
     assert "none of the 1 held-out image(s) has a mask to score" in text
     assert "no held-out mIoU before and after" in text
+
+
+def test_an_image_folder_that_is_a_file_is_named_as_such(tmp_path, capsys) -> None:
+    """--images naming a file (the json, an image) says it is a file, not 'image folder not
+    found' for a path that exists."""
+    ann, images = _coco_dataset(tmp_path, n=1)
+    argv = _argv(ann, ann, tmp_path / "run")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"the image folder {ann} is a file, not a folder" in err
+    assert len(err.strip().splitlines()) == 1
