@@ -44,12 +44,14 @@ MAX_INSTANCES = 64
 def _capped_instances(coco: Any, image_ids: list[int], skipped: list[Any]) -> int:
     """How many non-crowd instances of ``image_ids`` fall beyond coco_items' per-image cap:
     of those it does not skip before the cap (a bad ``area``, no segmentation), less those it
-    skipped as undecodable (``skipped``: its SkippedAnnotations; each leaves its place under
-    the cap to the next largest)."""
+    skipped as undecodable or empty (``skipped``: its SkippedAnnotations; each leaves its place
+    under the cap to the next largest)."""
     from ..structures.masks import crowd_flag
-    from ..training.data import SKIP_BAD_SEGMENTATION, annotation_area
+    from ..training.data import SKIP_BAD_SEGMENTATION, SKIP_EMPTY_MASK, annotation_area
 
-    undecodable = Counter(s.item_id for s in skipped if s.reason == SKIP_BAD_SEGMENTATION)
+    undecodable = Counter(
+        s.item_id for s in skipped if s.reason in (SKIP_BAD_SEGMENTATION, SKIP_EMPTY_MASK)
+    )
     n = 0
     for iid in image_ids:
         usable = 0

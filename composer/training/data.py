@@ -162,6 +162,7 @@ def bsds_item_refs(
 SKIP_NO_SEGMENTATION = "no segmentation"  # a box-only annotation
 SKIP_BAD_SEGMENTATION = "undecodable segmentation"
 SKIP_BAD_AREA = "unreadable area"  # not a finite number >= 0
+SKIP_EMPTY_MASK = "empty mask"  # decodes to no pixel of the image (a polygon outside it)
 
 
 def annotation_area(ann: Mapping[str, Any]) -> float:
@@ -203,7 +204,7 @@ class SkippedAnnotation:
         item_id: the image's item id (``"coco/<image id>"``).
         annotation_id: the annotation's ``id`` as the json gives it (None without one).
         reason: one of :data:`SKIP_NO_SEGMENTATION`, :data:`SKIP_BAD_SEGMENTATION`,
-            :data:`SKIP_BAD_AREA`.
+            :data:`SKIP_BAD_AREA`, :data:`SKIP_EMPTY_MASK`.
         message: what is wrong, naming the image and the annotation.
     """
 
@@ -235,7 +236,8 @@ def coco_items(
     its number of masks.
     ``skipped``: if given, an annotation that supplies no mask (no ``segmentation``: a
     box-only one; an undecodable one; an ``area`` that is not a finite number >= 0, see
-    :func:`annotation_area`) is skipped and appended to it as a :class:`SkippedAnnotation`,
+    :func:`annotation_area`; one that decodes to no pixel of the image, e.g. a polygon
+    outside it) is skipped and appended to it as a :class:`SkippedAnnotation`,
     and the image's other masks still come (the ``max_instances`` largest of those that
     decode, an undecodable one leaving its place to the next; an image whose every instance
     is skipped comes without layers, ``(0, H, W)``); if None, such an annotation makes the image unusable (see
@@ -325,12 +327,20 @@ def coco_items(
                 except (ValueError, TypeError, KeyError) as exc:
                     skip(what, item_id, a, SKIP_BAD_SEGMENTATION, exc)
                     continue
-                taken += 1
                 # the mask within its box: a few instances of a large photo are read and
                 # written there only, not over the whole image each
                 x0, y0, bw, bh = (int(v) for v in mask_utils.toBbox(rle))
                 box = (slice(y0, y0 + bh), slice(x0, x0 + bw))
                 m = mask_utils.decode(rle)[box].astype(bool)
+                if skipped is not None and not m.any():
+                    # named, and its place goes to the next largest: an empty mask (a
+                    # polygon outside the image, or in 0..1 coordinates) was left out unsaid,
+                    # counted neither as skipped nor as too small
+                    skip(what, item_id, a, SKIP_EMPTY_MASK, ValueError(
+                        "the segmentation covers no pixel of the image (outside it, or in "
+                        "other coordinates?)"))
+                    continue
+                taken += 1
                 i = labels.index(0)  # the first unused layer
                 if pack_layers:
                     if not m.any():

@@ -100,3 +100,24 @@ def test_an_image_folder_that_is_a_file_is_named_as_such(tmp_path, capsys) -> No
     err = capsys.readouterr().err
     assert f"the image folder {ann} is a file, not a folder" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_an_empty_mask_is_skipped_and_named(tmp_path, pack) -> None:
+    """An annotation whose segmentation covers no pixel of the image (a polygon outside it,
+    or in 0..1 coordinates) is skipped as an empty mask, named, and its place under the cap
+    goes to the next (it was left out unsaid: neither skipped nor counted as too small)."""
+    from composer.training.data import SKIP_EMPTY_MASK, SkippedAnnotation
+
+    ann, images = _coco_dataset(tmp_path, n=1)
+    doc = json.loads(ann.read_text())
+    doc["annotations"].append({**doc["annotations"][0], "id": 1000})  # a good one, kept
+    n = len(doc["annotations"])
+    doc["annotations"][0].update(segmentation=[[200, 200, 300, 200, 300, 300]], area=1e6)
+    ann.write_text(json.dumps(doc))
+    skipped: list[SkippedAnnotation] = []
+    (item,) = coco_items(ann, images, max_instances=n - 1, pack_layers=pack, skipped=skipped)
+    assert [(s.annotation_id, s.reason) for s in skipped] == [(1, SKIP_EMPTY_MASK)]
+    assert "covers no pixel of the image" in skipped[0].message
+    # the n - 1 others all come, under a cap of n - 1
+    assert sum(int(layer.max()) for layer in item.layers) == n - 1
