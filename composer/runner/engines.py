@@ -314,8 +314,10 @@ class RayEngine:
     a ``ValueError`` before any actor starts, not a wait for good. Actors that wait for CPUs
     (a busy cluster, or fewer CPUs than ``workers * cpus_per_worker``) leave the items to
     the actors that did start, which at the end also take the items handed to actors still
-    not started. When nothing finishes for :attr:`pending_log_s` seconds while actors wait,
-    one warning line says how many (again only when that number changes).
+    not started (those are then ended, so that no image is done twice at once); the run ends
+    once every item is in and the calls still out have finished, none cut off mid-item. When
+    nothing finishes for :attr:`pending_log_s` seconds while actors wait, one warning line
+    says how many (again only when that number changes).
     """
 
     #: seconds without any finished item after which the actors not yet started are logged
@@ -390,15 +392,24 @@ class RayEngine:
             pending[actors[k].run.remote(i, item)] = (i, k)
             copies[i] = copies.get(i, 0) + 1
 
+        ended: set[int] = set()  # actors killed here, their items handed on
+
+        def end(k: int) -> None:
+            ended.add(k)
+            with contextlib.suppress(Exception):
+                ray.kill(actors[k])
+
         def next_for(k: int) -> None:
             """Actor ``k`` is free: the next item, or, with none left, an item that waits on
-            an actor not started (which may never be placed while this run holds the CPUs:
-            the first result of the two is kept)."""
+            an actor not started (which may never be placed while this run holds the CPUs).
+            That actor is ended first: started later, it would run the item beside ``k`` (two
+            calls writing one image's files), and be killed mid-item when the run ends."""
             if queue:
                 submit(k, *queue.pop())
                 return
             for i, j in pending.values():
-                if j not in started and copies[i] == 1 and i not in done:
+                if j not in started and j not in ended and copies[i] == 1 and i not in done:
+                    end(j)
                     submit(k, i, items[i])
                     return
 
@@ -433,7 +444,8 @@ class RayEngine:
                 try:
                     result = ray.get(ref)
                 except Exception as exc:  # the actor died (its setup failed, or it crashed)
-                    last_death = error_text(exc)
+                    if k not in ended:  # not one ended here on purpose
+                        last_death = error_text(exc)
                     if i not in done and not copies[i]:  # no other call can still give it
                         done.add(i)
                         yield i, None, last_death
@@ -443,13 +455,23 @@ class RayEngine:
                     done.add(i)
                     yield result
                     del result
-                next_for(k)
+                if k not in ended:
+                    next_for(k)
             while queue:  # every actor died
                 i, _ = queue.pop()
                 yield i, None, f"RuntimeError: no Ray worker left (the last died of {last_death})"
+            # calls still out are of items given already (an actor ended on handing its item
+            # on may have answered first): those of live actors run to their end, as a kill
+            # mid-item could leave that image's files half rewritten (or removed)
+            running = [ref for ref, (_, k) in pending.items() if k in started and k not in ended]
+            while running:
+                (ref,), running = ray.wait(running, num_returns=1)
+                with contextlib.suppress(Exception):
+                    ray.get(ref)
         finally:
-            for actor in actors:
-                ray.kill(actor)
+            for k, actor in enumerate(actors):
+                if k not in ended:
+                    ray.kill(actor)
 
 
 def make_engine(name: str = "local", workers: int = 1, threads: int | None = None,

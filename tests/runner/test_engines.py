@@ -248,7 +248,10 @@ class _FakeActor:
     def _run(self, i, item):
         from composer.runner.engines import _call
 
+        if self.k in self.ray.dead:
+            raise RuntimeError(f"actor {self.k} died")
         self.ray.ran.append((self.k, i))
+        self.ray.events.append(("run", self.k, i))
         return _call(self.setup(), self.fn, i, item)
 
 
@@ -258,10 +261,17 @@ class _FakeRay:
     wait for CPUs, as on a busy or too small cluster. A ``wait`` that Ray would never answer
     (no timeout, no call of a placed actor among the refs) fails instead of hanging."""
 
-    def __init__(self, nodes, placed=(), busy: int | None = None) -> None:
+    def __init__(self, nodes, placed=(), busy: int | None = None,
+                 placed_after: dict[int, int] | None = None, kill_too_late=()) -> None:
         self._nodes, self.placed, self.busy = nodes, set(placed), busy
+        # actor -> number of calls run after which it is placed (a late start)
+        self.placed_after = dict(placed_after or {})
+        # actors a kill reaches only after they ran what they had (it is recorded, no more)
+        self.kill_too_late = set(kill_too_late)
         self.actors: list[_FakeActor] = []
         self.ran: list[tuple[int, int]] = []  # (actor, item index) of each call run
+        self.events: list[tuple] = []  # ("run", actor, item) and ("kill", actor), in order
+        self.dead: set[int] = set()
         self.timeouts = self.killed = 0
 
     def is_initialized(self) -> bool:
@@ -279,7 +289,9 @@ class _FakeRay:
         return actor_class
 
     def wait(self, refs, num_returns=1, timeout=None):
-        ready = [r for r in refs if r.actor.k in self.placed]
+        self.placed |= {k for k, n in self.placed_after.items() if len(self.ran) >= n}
+        # a dead actor's calls answer at once (with its death)
+        ready = [r for r in refs if r.actor.k in self.placed or r.actor.k in self.dead]
         if ready:
             return ready[:1], [r for r in refs if r is not ready[0]]
         assert timeout is not None and self.timeouts < 10, "Ray would wait here for good"
@@ -293,6 +305,9 @@ class _FakeRay:
 
     def kill(self, actor) -> None:
         self.killed += 1
+        self.events.append(("kill", actor.k))
+        if actor.k not in self.kill_too_late:
+            self.dead.add(actor.k)
 
 
 def _node(cpus: float, alive: bool = True) -> dict:
@@ -344,6 +359,35 @@ def test_ray_engine_hands_on_the_items_of_workers_never_placed(monkeypatch):
     assert sorted(i for _, i in fake.ran) == list(range(7))  # each run once, none by actor 2
     assert {k for k, _ in fake.ran} == {0, 1} and fake.killed == 3
     assert fake.timeouts == 0  # nothing waited
+
+
+def test_ray_engine_ends_the_worker_whose_item_it_hands_on(monkeypatch):
+    """The item of an actor not started went to a free actor while the waiting actor stayed:
+    placed later, it ran that image beside the other (both writing its files, and the one
+    second to start killed mid-item at the end, after removing the first one's masks). Now
+    the waiting actor is ended before its item is handed on, and is ended once."""
+    fake = _FakeRay([_node(2)], placed={0, 1})
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    _check(list(RayEngine(3).imap(Offset(100), add, list(range(7)))), 7)
+    handed = [e for e in fake.events if e[0] == "run" and e[2] == 2]
+    assert len(handed) == 1 and handed[0][1] != 2
+    assert fake.events.index(("kill", 2)) < fake.events.index(handed[0])
+    assert sorted(e[1] for e in fake.events if e[0] == "kill") == [0, 1, 2]
+
+
+def test_ray_engine_lets_a_call_still_out_finish_before_it_kills(monkeypatch):
+    """The actor whose item was handed on answered first after all (the kill came too late):
+    the run ended at that answer and killed the free actor mid-item, the copy it was running
+    of the same image (its files half rewritten). Now the calls still out finish first."""
+    fake = _FakeRay([_node(2)], placed={0, 1}, placed_after={2: 6}, kill_too_late={2})
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    results = list(RayEngine(3).imap(Offset(100), add, list(range(7))))
+    _check(results, 7)
+    assert ("run", 2, 2) in fake.events  # the late actor answered item 2 first
+    copy = [e for e in fake.events if e[0] == "run" and e[2] == 2 and e[1] != 2]
+    assert len(copy) == 1, fake.events  # the free actor's copy ran to its end ...
+    assert fake.events.index(copy[0]) < fake.events.index(("kill", copy[0][1]))  # ... then the kill
+    assert fake.timeouts == 0
 
 
 def test_ray_engine_says_once_that_workers_wait_for_cpus(monkeypatch, caplog):
