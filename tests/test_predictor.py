@@ -283,3 +283,31 @@ def test_an_embedding_without_the_image_says_which_settings_it_skips(
     with caplog.at_level(logging.WARNING, logger="composer.segmenters.base"):
         official.predict(official.embed(image), points=[[90, 60]], labels=[1])
     assert "carries no image" not in caplog.text
+
+
+def test_a_setting_set_after_the_warning_about_an_embedding_without_the_image_warns_too(
+        model, image, caplog):
+    """The warning about an embedding without the image came once per segmenter: one that
+    warned of skipping flip TTA then skipped a mask refinement set later without a word.
+    Now each skipped setting is named the first time it is skipped, and only then."""
+    import logging
+
+    from composer.refine import GrabCutRefine
+
+    pred = SamPredictor(model)
+    plain = pred.embed(image)  # no setting yet: the embedding keeps no image
+    pred.flip_tta = True
+
+    def warnings() -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="composer.segmenters.base"):
+            pred.predict(plain, points=[[90, 60]], labels=[1])
+        return [r.getMessage() for r in caplog.records if "carries no image" in r.getMessage()]
+
+    first = warnings()
+    assert len(first) == 1 and "flip TTA" in first[0] and "mask refinement" not in first[0]
+    assert warnings() == []  # said once
+    pred.mask_refine = GrabCutRefine()
+    later = warnings()
+    assert len(later) == 1 and "mask refinement" in later[0], later
+    assert warnings() == []

@@ -264,11 +264,12 @@ class PromptableSegmenter(ABC):
     def warn_if_image_missing(self, embedding: ImageEmbedding, refine: Any = "auto",
                               tta: Any = "auto", rank: Any = "auto", multimask: bool = True,
                               first_prompt: bool = True) -> list[str]:
-        """Log (once per segmenter) which of the segmenter's own predict-time settings an
-        embedding without the image (``extras["image"]``: one made by ``set_torch_image``,
-        before the settings were set, or read from an older disk cache) makes ``predict``
-        skip: mask refinement, flip TTA (only for a prompt without ``mask_input``) and
-        contrast ranking (only with ``multimask``), each where its argument is ``"auto"``.
+        """Log (once per segmenter and setting) which of the segmenter's own predict-time
+        settings an embedding without the image (``extras["image"]``: one made by
+        ``set_torch_image``, before the settings were set, or read from an older disk cache)
+        makes ``predict`` skip: mask refinement, flip TTA (only for a prompt without
+        ``mask_input``) and contrast ranking (only with ``multimask``), each where its argument
+        is ``"auto"``. A setting set after the first warning warns again when first skipped.
 
         Returns:
             The names of the skipped settings (empty when the embedding keeps the image).
@@ -283,14 +284,18 @@ class PromptableSegmenter(ABC):
         if (isinstance(rank, str) and rank == "auto" and self.mask_rank is not None
                 and multimask):
             skipped.append("contrast ranking")
-        if skipped and not getattr(self, "_warned_no_image", False):
+        warned: set[str] | None = getattr(self, "_warned_no_image", None)
+        if warned is None:
+            warned = set()
+            self._warned_no_image = warned
+        if not warned.issuperset(skipped):
             logger.warning(
                 "%s: the embedding carries no image (made by set_torch_image, before "
                 "mask_refine, flip_tta or mask_rank was set, or read from an older cache), so "
                 "its masks get no %s; embed the image itself (set_image, embed) to apply them",
                 self.model_id, " and no ".join(skipped),
             )
-            self._warned_no_image = True
+            warned.update(skipped)
         return skipped
 
     def image_extras(self, rgb: np.ndarray) -> dict[str, torch.Tensor]:
