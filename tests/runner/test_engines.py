@@ -248,6 +248,8 @@ class _FakeActor:
     def _run(self, i, item):
         from composer.runner.engines import _call
 
+        if (self.k, i) in self.ray.crash:  # the item kills the actor running it
+            self.ray.dead.add(self.k)
         if self.k in self.ray.dead:
             raise RuntimeError(f"actor {self.k} died")
         self.ray.ran.append((self.k, i))
@@ -262,7 +264,9 @@ class _FakeRay:
     (no timeout, no call of a placed actor among the refs) fails instead of hanging."""
 
     def __init__(self, nodes, placed=(), busy: int | None = None,
-                 placed_after: dict[int, int] | None = None, kill_too_late=()) -> None:
+                 placed_after: dict[int, int] | None = None, kill_too_late=(),
+                 crash=()) -> None:
+        self.crash = set(crash)  # (actor, item index) calls that kill the actor
         self._nodes, self.placed, self.busy = nodes, set(placed), busy
         # actor -> number of calls run after which it is placed (a late start)
         self.placed_after = dict(placed_after or {})
@@ -373,6 +377,17 @@ def test_ray_engine_ends_the_worker_whose_item_it_hands_on(monkeypatch):
     assert len(handed) == 1 and handed[0][1] != 2
     assert fake.events.index(("kill", 2)) < fake.events.index(handed[0])
     assert sorted(e[1] for e in fake.events if e[0] == "kill") == [0, 1, 2]
+
+
+def test_ray_engine_reports_a_handed_on_item_whose_new_actor_dies(monkeypatch):
+    """The free actor that took the item of an actor never placed died on it: the run then
+    waited for good on the unplaced actor's copy. Now that actor was ended on the hand-off,
+    its copy fails at once, and the item is reported failed with the death."""
+    fake = _FakeRay([_node(1)], placed={0}, crash={(0, 1)})
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    results = sorted(RayEngine(2).imap(Offset(100), add, [0, 1]))
+    assert [(i, e) for i, _, e in results] == [(0, None), (1, "RuntimeError: actor 0 died")]
+    assert results[0][1][0] == 100 and results[1][1] is None
 
 
 def test_ray_engine_lets_a_call_still_out_finish_before_it_kills(monkeypatch):
