@@ -164,7 +164,12 @@ class AutomaticMaskGenerator:
                 )
         config = AmgConfig.for_segmenter(segmenter) if config is None else config
         if not isinstance(config, AmgConfig):
-            raise TypeError(f"config must be an AmgConfig, got {type(config).__name__}")
+            hint = ""
+            if isinstance(config, (int, float)) and not isinstance(config, bool):
+                # SamAutomaticMaskGenerator(sam, 32): the official second argument
+                hint = (f"; the official generator's positional points_per_side goes by name "
+                        f"here: points_per_side={config!r}")
+            raise TypeError(f"config must be an AmgConfig, got {type(config).__name__}{hint}")
         if overrides:
             unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(AmgConfig)})
             if "output_mode" in unknown:

@@ -244,6 +244,9 @@ def test_generator_takes_a_sam_model_and_names_output_mode(model):
         AutomaticMaskGenerator(points_per_side=4)
     with pytest.raises(TypeError, match="official_records"):
         AutomaticMaskGenerator(model, output_mode="coco_rle")
+    # the official generator's second argument is points_per_side: named in the error
+    with pytest.raises(TypeError, match=r"AmgConfig, got int; .* points_per_side=32$"):
+        AutomaticMaskGenerator(model, 32)
     with pytest.raises(TypeError, match="PromptableSegmenter or a SAM model"):
         AutomaticMaskGenerator(torch.nn.Linear(2, 2))
     from composer.automatic import official_records
