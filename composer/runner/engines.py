@@ -310,8 +310,9 @@ class RayEngine:
             ``include_dashboard=False`` and ``num_cpus`` of this machine's CPUs or
             ``workers * cpus_per_worker``, the more, unless given).
 
-    An actor no node could ever hold (``cpus_per_worker`` above every alive node's CPUs) is
-    a ``ValueError`` before any actor starts, not a wait for good. Actors that wait for CPUs
+    An actor no node of a local instance could ever hold (``cpus_per_worker`` above its CPUs)
+    is a ``ValueError`` before any actor starts, not a wait for good; on a cluster
+    (``address``) it is a warning line, since an autoscaler may add a node that fits. Actors that wait for CPUs
     (a busy cluster, or fewer CPUs than ``workers * cpus_per_worker``) leave the items to
     the actors that did start, which at the end also take the items handed to actors still
     not started (those are then ended, so that no image is done twice at once); the run ends
@@ -361,14 +362,22 @@ class RayEngine:
         return ray
 
     def _check_placeable(self, ray: Any) -> None:
-        """A ``ValueError`` when no alive node has the CPUs of one actor (:func:`_placement_error`)."""
+        """A ``ValueError`` when no alive node of the local instance has the CPUs of one actor
+        (:func:`_placement_error`); for a cluster (``address``), whose autoscaler may add a
+        node that fits, a warning line, and the actors wait."""
         try:
             nodes = ray.nodes()
         except Exception:  # the check is a courtesy: a cluster that cannot say is not refused
             logger.debug("ray.nodes() failed; the actors' placement is not checked", exc_info=True)
             return
-        problem = _placement_error(nodes, self.cpus_per_worker, cluster=self.address is not None)
-        if problem:
+        cluster = self.address is not None
+        problem = _placement_error(nodes, self.cpus_per_worker, cluster=cluster)
+        if problem and cluster:
+            # a cluster's autoscaler may still add a node that fits: waited for, but said
+            logger.warning("%s, or wait for the cluster to add a node that size (an "
+                           "autoscaler); the workers wait for one (Ctrl-C stops the run)",
+                           problem)
+        elif problem:
             raise ValueError(problem)
 
     def imap(self, setup: Callable[[], Any], fn: Callable[[Any, Any], Any],

@@ -328,10 +328,6 @@ def test_ray_engine_refuses_workers_that_no_node_can_hold(monkeypatch):
                        r"\(--threads-per-worker 4\) but the largest Ray node \(the local "
                        r"instance\) has 2; use --threads-per-worker 2 or less"):
         list(RayEngine(2, cpus_per_worker=4).imap(Offset(0), add, [0, 1]))
-    fake._nodes = [_node(2), _node(3)]
-    with pytest.raises(ValueError, match="largest node of the Ray cluster has 3; use "
-                       "--threads-per-worker 3 or less"):
-        list(RayEngine(2, address="auto", cpus_per_worker=4).imap(Offset(0), add, [0, 1]))
     fake._nodes = [_node(0.5)]
     with pytest.raises(ValueError, match="has 0.5; give Ray CPUs"):
         list(RayEngine(1).imap(Offset(0), add, [0]))
@@ -403,6 +399,22 @@ def test_ray_engine_lets_a_call_still_out_finish_before_it_kills(monkeypatch):
     assert len(copy) == 1, fake.events  # the free actor's copy ran to its end ...
     assert fake.events.index(copy[0]) < fake.events.index(("kill", copy[0][1]))  # ... then the kill
     assert fake.timeouts == 0
+
+
+def test_ray_engine_warns_of_a_cluster_whose_nodes_are_all_too_small(monkeypatch, caplog):
+    """On a cluster (an address) an autoscaler may add a node that fits: the run is not
+    refused (as a local instance's is) but says, in one line, what it waits for."""
+    fake = _FakeRay([_node(2), _node(3)], placed={0, 1})
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with caplog.at_level(logging.WARNING, logger="composer.runner.engines"):
+        results = list(RayEngine(2, address="auto", cpus_per_worker=4)
+                       .imap(Offset(100), add, [0, 1]))
+    _check(results, 2)
+    assert [r.getMessage() for r in caplog.records] == [
+        "no Ray worker can start: each needs 4 CPUs (--threads-per-worker 4) but the largest "
+        "node of the Ray cluster has 3; use --threads-per-worker 3 or less (the CPUs each Ray "
+        "worker reserves), or wait for the cluster to add a node that size (an autoscaler); "
+        "the workers wait for one (Ctrl-C stops the run)"]
 
 
 def test_ray_engine_says_once_that_workers_wait_for_cpus(monkeypatch, caplog):
