@@ -72,7 +72,12 @@ def _signals_held() -> Iterator[None]:
     """Hold the stop signals that a Python handler answers (Ctrl-C's KeyboardInterrupt, the
     CLI's SIGTERM and SIGHUP) while the block runs, and deliver the first one, to the handler
     it was meant for, once the block has ended without an error. Off the main thread, where
-    no handler can be set, the block runs as it is."""
+    no handler can be set, the block runs as it is.
+
+    The handlers are put back on every path: also when a signal's own handler raises while
+    they are being swapped (``signal.signal`` first runs the handlers of signals already
+    received), which left a swapped one holding every later Ctrl-C of the process unanswered.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -82,18 +87,35 @@ def _signals_held() -> Iterator[None]:
         held.append((signum, frame))
 
     previous: dict[int, Any] = {}
-    for sig in _HELD_SIGNALS:
-        handler = signal.getsignal(sig)
-        if callable(handler):
-            previous[sig] = signal.signal(sig, hold)
     try:
+        for sig in _HELD_SIGNALS:
+            handler = signal.getsignal(sig)
+            if callable(handler):
+                previous[sig] = signal.signal(sig, hold)
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore_handlers(previous)
     if held:
         signum, frame = held[0]
         previous[signum](signum, frame)
+
+
+def _restore_handlers(previous: dict[int, Any]) -> None:
+    """Put back every handler of ``previous`` (signal -> handler), then raise what a handler
+    raised meanwhile: ``signal.signal`` runs the handlers of signals already received before
+    it sets one, so a Ctrl-C answered while the first is put back must not leave the others
+    holding."""
+    raised: BaseException | None = None
+    for sig, handler in previous.items():
+        for _ in range(10):  # again after a handler raised (the one put back was not set)
+            try:
+                signal.signal(sig, handler)
+                break
+            except BaseException as exc:  # e.g. KeyboardInterrupt: raised once all are back
+                raised = raised or exc
+    if raised is not None:
+        raise raised
+
 
 @dataclass(frozen=True)
 class TrainConfig:

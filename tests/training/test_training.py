@@ -512,6 +512,83 @@ def test_ctrl_c_during_the_weight_update_checkpoints_that_step(shapes_cache, tmp
         assert torch.equal(value, b.model.state_dict()[key]), key
 
 
+def _stop(signum: int, frame: object) -> None:
+    """A SIGTERM handler as the CLI's: the signal answered as a Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+@pytest.fixture
+def stop_handlers():
+    """Ctrl-C's KeyboardInterrupt and the CLI's SIGTERM handler, installed for the test
+    whatever this process inherited (a background job's Python starts with SIGINT ignored,
+    and a Ctrl-C is then never raised); the process's own are put back after."""
+    import signal
+
+    real = signal.signal
+    old = {sig: real(sig, handler)
+           for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _stop))}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            real(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def test_a_signal_answered_as_the_handlers_are_held_leaves_none_holding(
+    stop_handlers, monkeypatch
+) -> None:
+    """A stop signal received just before its handler is swapped for the holding one is
+    answered by its own handler (CPython runs it as signal.signal begins), which raises: the
+    handlers already swapped are put back (Ctrl-C's was left holding, every later Ctrl-C of
+    the process then unanswered). Simulated: no signal is sent."""
+    import signal
+
+    from composer.training.trainer import _signals_held
+
+    real = signal.signal
+
+    def signal_after_a_sigterm(signum, handler):
+        if signum == signal.SIGTERM and handler is not _stop:
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # the CLI's: raises
+        return real(signum, handler)
+
+    monkeypatch.setattr(signal, "signal", signal_after_a_sigterm)
+    with pytest.raises(KeyboardInterrupt):
+        with _signals_held():
+            pytest.fail("the block ran")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is _stop
+
+
+def test_a_ctrl_c_answered_as_the_handlers_are_put_back_leaves_none_holding(
+    stop_handlers, monkeypatch
+) -> None:
+    """A Ctrl-C received at the end of the held block is answered once Ctrl-C's handler is
+    back, as signal.signal puts back the next one: that one is still put back (SIGTERM's was
+    left holding, a later `kill` unanswered), and the Ctrl-C is raised. Simulated: no signal
+    is sent."""
+    import signal
+
+    from composer.training.trainer import _signals_held
+
+    real = signal.signal
+    answered: list[int] = []
+
+    def signal_after_a_ctrl_c(signum, handler):
+        if signum == signal.SIGTERM and handler is _stop and not answered:
+            answered.append(signum)
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # Ctrl-C's, put back: raises
+        return real(signum, handler)
+
+    monkeypatch.setattr(signal, "signal", signal_after_a_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        with _signals_held():
+            pass
+    assert answered == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is _stop
+
+
 def test_ctrl_c_checkpoint_warning_starts_its_own_line(shapes_cache, tmp_path, capsys) -> None:
     """With the progress bar on, the 'interrupted: checkpoint at step N' warning is on a line
     of its own (it was appended to the bar's line, after its carriage-return redraws)."""
