@@ -485,10 +485,36 @@ def test_ctrl_c_keeps_the_finished_steps(shapes_cache, tmp_path) -> None:
         assert torch.equal(value, b.model.state_dict()[key]), key
 
 
-def test_ctrl_c_during_the_weight_update_checkpoints_that_step(shapes_cache, tmp_path) -> None:
+def _stop(signum: int, frame: object) -> None:
+    """A SIGTERM handler as the CLI's: the signal answered as a Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+@pytest.fixture
+def stop_handlers():
+    """Ctrl-C's KeyboardInterrupt and the CLI's SIGTERM handler, installed for the test
+    whatever this process inherited (a background job's Python starts with SIGINT ignored,
+    and a Ctrl-C is then never raised); the process's own are put back after."""
+    import signal
+
+    real = signal.signal
+    old = {sig: real(sig, handler)
+           for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _stop))}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            real(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def test_ctrl_c_during_the_weight_update_checkpoints_that_step(
+    shapes_cache, tmp_path, stop_handlers
+) -> None:
     """A real SIGINT that arrives while the optimizer changes the weights is held until the
     step is whole: the checkpoint holds that step (the interrupt struck mid-update and left
-    no checkpoint, so the run lost every step since the last one)."""
+    no checkpoint, so the run lost every step since the last one). Ctrl-C's handler is
+    installed by ``stop_handlers``: run from a background job (SIGINT ignored) the SIGINT was
+    ignored and the test failed."""
     import signal
 
     model0, train, _ = shapes_cache
@@ -510,28 +536,6 @@ def test_ctrl_c_during_the_weight_update_checkpoints_that_step(shapes_cache, tmp
     assert b.resume() and b.step == 3 and len(b.history) == 3
     for key, value in a.model.state_dict().items():
         assert torch.equal(value, b.model.state_dict()[key]), key
-
-
-def _stop(signum: int, frame: object) -> None:
-    """A SIGTERM handler as the CLI's: the signal answered as a Ctrl-C."""
-    raise KeyboardInterrupt
-
-
-@pytest.fixture
-def stop_handlers():
-    """Ctrl-C's KeyboardInterrupt and the CLI's SIGTERM handler, installed for the test
-    whatever this process inherited (a background job's Python starts with SIGINT ignored,
-    and a Ctrl-C is then never raised); the process's own are put back after."""
-    import signal
-
-    real = signal.signal
-    old = {sig: real(sig, handler)
-           for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _stop))}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            real(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def test_a_signal_answered_as_the_handlers_are_held_leaves_none_holding(
