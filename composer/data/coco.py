@@ -236,9 +236,15 @@ def annotations_to_detections(
         seg = a.get("segmentation")
         if seg is None:
             raise ValueError(f"annotation {a.get('id')} has no segmentation")
+        # decoded before the bbox is asked for: normalise_coco_dict gives one to every
+        # segmentation that decodes, so an annotation without one has an undecodable
+        # segmentation, whose error says what is wrong (a flat polygon was "has no bbox")
+        try:
+            rles.append(segmentation_rle(dict(seg) if isinstance(seg, Mapping) else seg, (h, w)))
+        except ValueError as exc:
+            raise ValueError(f"annotation {a.get('id')}: {exc}") from None
         if "bbox" not in a:
             raise ValueError(f"annotation {a.get('id')} has no bbox")
-        rles.append(segmentation_rle(dict(seg) if isinstance(seg, Mapping) else seg, (h, w)))
     masks = Masks._trusted(rles, (h, w))  # segmentation_rle checked each
     boxes = np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]

@@ -222,8 +222,14 @@ def test_coco_records_without_size_or_bbox_name_the_record(tmp_path):
     np.testing.assert_array_equal(gt.boxes, [[5, 5, 15, 13]])
     nothing = {**nobox, "segmentation": {"size": [H, W], "counts": "junk!"}}
     (tmp_path / "nothing.json").write_text(json.dumps({**GOOD, "annotations": [nothing]}))
-    with pytest.raises(ValueError, match="annotation 7 has no bbox"):
+    # its segmentation's error, not "has no bbox" (the box is missing as it cannot decode)
+    with pytest.raises(ValueError, match="annotation 7: compressed RLE counts"):
         CocoDataset(tmp_path / "nothing.json", tmp_path)[0]
+    # a polygon written flat ([x0, y0, ...]) too: eval said "annotation 7 has no bbox"
+    flat = {**nobox, "segmentation": [5, 5, 15, 5, 15, 13]}
+    (tmp_path / "flat.json").write_text(json.dumps({**GOOD, "annotations": [flat]}))
+    with pytest.raises(ValueError, match=r"annotation 7: polygon parts must be lists .*a flat list"):
+        CocoDataset(tmp_path / "flat.json", tmp_path)[0]
 
 
 # ---------------------------------------------------------------- eval --dataset flags
