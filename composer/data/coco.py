@@ -184,10 +184,18 @@ def load_coco(ann: COCO | PathLike | Mapping[str, Any]) -> COCO:
         # mark (Windows tools write one) is dropped; a text-mode open decoded the file with
         # the locale's encoding, so a non-ASCII file_name (cafe with an accent) was garbled or
         # refused under an ASCII or Latin-1 locale (Windows' cp1252), and a BOM was refused
-        data_bytes = path.read_bytes()
+        raw = path.read_bytes()
         try:
-            data = json.loads(data_bytes)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            text = raw.decode(json.detect_encoding(raw))
+        except UnicodeDecodeError as exc:
+            # said so: a json written in a legacy encoding (Windows' cp1252, Latin-1) was
+            # "not valid json: 'utf-8' codec can't decode byte 0xe9 ..."
+            raise ValueError(f"{path} is not valid json: it is not UTF-8 text, as json must be "
+                             f"({exc}); save it as UTF-8") from None
+        del raw  # the parse needs only the text: the bytes were held through it (GBs for LVIS)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
             raise ValueError(f"{path} is not valid json: {exc}") from exc
     elif isinstance(ann, Mapping):
         data = copy.deepcopy(dict(ann))

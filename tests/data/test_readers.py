@@ -252,3 +252,18 @@ def test_a_bad_json_file_is_named_in_its_errors_and_warnings(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="composer.data.coco"):
         load_coco(path)
     assert f"{path}: 1 annotation(s) have no polygon of 3 or more points" in caplog.text
+
+
+def test_a_coco_json_in_a_legacy_encoding_is_said_not_utf8(tmp_path):
+    """A json written as cp1252/Latin-1 (an accented file_name) is refused saying it is not
+    UTF-8 and how to fix it (it was "not valid json: 'utf-8' codec can't decode byte 0xe9")."""
+    doc = {"images": [{"id": 1, "file_name": "caf\u00e9.jpg", "height": 4, "width": 4}],
+           "annotations": [], "categories": [{"id": 1, "name": "x"}]}
+    path = tmp_path / "latin1.json"
+    path.write_bytes(json.dumps(doc, ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.json is not valid json: it is not UTF-8 "
+                                         r"text, as json must be \(.*\); save it as UTF-8"):
+        load_coco(path)
+    path.write_bytes(b'{"images": [')  # cut off: still "not valid json"
+    with pytest.raises(ValueError, match=r"latin1\.json is not valid json"):
+        load_coco(path)
