@@ -364,14 +364,14 @@ def run(args: argparse.Namespace) -> int:
 
     # The images are listed from the json, and read, one at a time, only to build their
     # samples: the whole dataset at full resolution never sits in memory.
-    coco = load_coco(args.data)
+    coco = load_coco(args.data, need_categories=False)
     ids = coco_item_ids(coco, args.images)
     if not ids:
         raise ValueError(f"{args.data} has no image with a non-crowd instance")
     _say_unannotated(args.data, coco, ids)
     ids = ids[: args.max_images]
     if args.val_data:
-        val_coco = load_coco(args.val_data)
+        val_coco = load_coco(args.val_data, need_categories=False)
         val_source, val_ids = val_coco, coco_item_ids(val_coco, args.val_images)
         _say_unannotated(args.val_data, val_coco, val_ids)
         train_ids = ids

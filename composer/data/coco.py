@@ -33,7 +33,9 @@ TINY80 = "coco_val2017_tiny80"
 PathLike = str | os.PathLike
 
 
-def normalise_coco_dict(data: Mapping[str, Any], source: str | None = None) -> dict[str, Any]:
+def normalise_coco_dict(
+    data: Mapping[str, Any], source: str | None = None, need_categories: bool = True
+) -> dict[str, Any]:
     """A COCO-format dict that pycocotools evaluates correctly, also for LVIS files.
 
     Adds ``iscrowd = 0`` where missing, ``bbox`` from the segmentation and then ``area`` from
@@ -45,6 +47,10 @@ def normalise_coco_dict(data: Mapping[str, Any], source: str | None = None) -> d
     whose image is not in ``images`` are counted in a warning. The input is not modified.
     ``source`` (e.g. the json's path) starts every error and warning, so that with two jsons
     (``train --data`` and ``--val-data``) the message says which one is wrong.
+    ``need_categories=False`` (training, which uses no category): a missing or unreadable
+    ``categories`` list, and an annotation's ``category_id`` that is missing, not an integer or
+    not among the categories, are a warning naming a few (the list is then empty, such a
+    ``category_id`` None), not an error; ``eval`` keeps the default, as AP is per category.
 
     Raises:
         ValueError: ``data`` is not a mapping; ``images``, ``annotations`` or ``categories`` is
@@ -53,18 +59,19 @@ def normalise_coco_dict(data: Mapping[str, Any], source: str | None = None) -> d
             ``category_id``); an image or category id, ``image_id`` or ``category_id`` that is
             not an integer; two images or two annotations share an id (pycocotools keeps the
             last and counts it twice); or an annotation's ``category_id`` is not among the
-            categories (COCOeval would leave that object out of AP unseen).
+            categories (COCOeval would leave that object out of AP unseen); the
+            category errors only with ``need_categories``.
     """
     prefix = f"{source}: " if source else ""
     try:
-        return _normalised(data, prefix)
+        return _normalised(data, prefix, need_categories)
     except ValueError as exc:
         if not prefix:
             raise
         raise ValueError(f"{prefix}{exc}") from None
 
 
-def _normalised(data: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+def _normalised(data: Mapping[str, Any], prefix: str, need_categories: bool) -> dict[str, Any]:
     """:func:`normalise_coco_dict`'s work; ``prefix`` starts its warnings."""
     if not isinstance(data, Mapping):
         raise ValueError(
@@ -72,12 +79,24 @@ def _normalised(data: Mapping[str, Any], prefix: str) -> dict[str, Any]:
             f"got a {type(data).__name__}"
         )
     for key in ("images", "annotations", "categories"):
-        if key not in data:
+        if key not in data and (need_categories or key != "categories"):
             raise ValueError(f"COCO json needs key {key!r}; it has {sorted(data)}")
+    categories = data.get("categories")
+    categories_said = False  # a warning said the json is read without categories
+    if not need_categories:
+        # training uses no category: a json without them (or with a list pycocotools cannot
+        # index) was refused whole
+        problem = _categories_problem(categories)
+        if problem:
+            logger.warning("%s%s; training does not use categories, so the json is read "
+                           "without them", prefix, problem)
+            categories, categories_said = [], True
     required = {"images": ("id",), "annotations": ("id", "image_id", "category_id"),
                 "categories": ("id",)}
+    if not need_categories:
+        required["annotations"] = ("id", "image_id")
     for key, fields in required.items():
-        records = data[key]
+        records = categories if key == "categories" else data[key]
         if not isinstance(records, list):
             raise ValueError(f"COCO json {key!r} must be a list, got a {type(records).__name__}")
         for i, rec in enumerate(records):
@@ -89,11 +108,13 @@ def _normalised(data: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     out = dict(data)
     out["images"] = [dict(im) for im in data["images"]]
     out["annotations"] = [dict(a) for a in data["annotations"]]
-    out["categories"] = [dict(c) for c in data["categories"]]
+    out["categories"] = [dict(c) for c in categories or ()]  # a list: checked above
     # ids as integers: pycocotools indexes by the value, and results (ours, and any detector's)
     # carry integer category and image ids, so a json with "18" would match none of them
-    for key, field in (("images", "id"), ("categories", "id"), ("annotations", "image_id"),
-                       ("annotations", "category_id")):
+    fields_ = [("images", "id"), ("categories", "id"), ("annotations", "image_id")]
+    if need_categories:
+        fields_.append(("annotations", "category_id"))
+    for key, field in fields_:
         for i, rec in enumerate(out[key]):
             rec[field] = _integer(rec[field], f"COCO json {key}[{i}] {field}")
     for key in ("images", "annotations"):
@@ -112,8 +133,22 @@ def _normalised(data: Mapping[str, Any], prefix: str) -> dict[str, Any]:
                 except ValueError:
                     pass  # a missing or bad size is reported where the image is read
     cat_ids = {c["id"] for c in out["categories"]}
+    if not need_categories:
+        unknown = []
+        for ann in out["annotations"]:
+            try:
+                ann["category_id"] = _integer(ann.get("category_id"), "")
+            except ValueError:
+                ann["category_id"] = None
+            if ann["category_id"] not in cat_ids:
+                unknown.append(ann)
+                ann["category_id"] = None  # pycocotools indexes it: a value it can hash
+        if unknown and not categories_said:  # with none, none has one: said above
+            logger.warning("%s%d annotation(s) have no category_id, or one not among the "
+                           "categories; training does not use categories, so they are "
+                           "trained on (%s)", prefix, len(unknown), _some_annotations(unknown))
     for i, ann in enumerate(out["annotations"]):
-        if ann["category_id"] not in cat_ids:
+        if need_categories and ann["category_id"] not in cat_ids:
             raise ValueError(
                 f"COCO json annotations[{i}] (id {ann['id']!r}) has category_id "
                 f"{ann['category_id']!r}, which is not among the categories"
@@ -164,11 +199,11 @@ def _normalised(data: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return out
 
 
-def load_coco(ann: COCO | PathLike | Mapping[str, Any]) -> COCO:
+def load_coco(ann: COCO | PathLike | Mapping[str, Any], need_categories: bool = True) -> COCO:
     """A pycocotools ``COCO`` from an existing COCO object, a json path or a dict.
 
-    Paths and dicts go through :func:`normalise_coco_dict` (LVIS support); a given ``COCO``
-    object is returned as is. A file is decoded as json's UTF-8 (or UTF-16/32), whatever the
+    Paths and dicts go through :func:`normalise_coco_dict` (LVIS support; ``need_categories``
+    as there: False for training, which uses none); a given ``COCO`` object is returned as is. A file is decoded as json's UTF-8 (or UTF-16/32), whatever the
     locale, with or without a byte-order mark.
 
     Raises:
@@ -204,7 +239,7 @@ def load_coco(ann: COCO | PathLike | Mapping[str, Any]) -> COCO:
     coco = COCO()
     # a file's errors and warnings name it (train reads two jsons: --data and --val-data)
     source = str(ann) if isinstance(ann, (str, os.PathLike)) else None
-    coco.dataset = normalise_coco_dict(data, source=source)
+    coco.dataset = normalise_coco_dict(data, source=source, need_categories=need_categories)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
     return coco
@@ -309,6 +344,8 @@ class CocoDataset:
         image_dir: folder holding the images named by each record's ``file_name``.
         image_ids: optional subset (and order) of image ids.
         name: dataset name for reports (default: the json file's stem).
+        need_categories: as :func:`load_coco`'s (False: training's readers, which use no
+            category; ``class_names`` is then empty where the json has no categories).
 
     Raises:
         ValueError: a missing json or image folder (the message names the path), or image ids
@@ -321,6 +358,7 @@ class CocoDataset:
         image_dir: PathLike,
         image_ids: Sequence[int] | None = None,
         name: str | None = None,
+        need_categories: bool = True,
     ) -> None:
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
@@ -329,7 +367,7 @@ class CocoDataset:
                                  "(pass the folder the json's file_names are relative to)")
             raise ValueError(f"image folder not found: {self.image_dir}")
         self.ann_file = None if isinstance(ann_file, COCO) else Path(ann_file)
-        self.coco = load_coco(ann_file)
+        self.coco = load_coco(ann_file, need_categories=need_categories)
         try:
             all_ids = [int(im["id"]) for im in self.coco.dataset["images"]]
         except (TypeError, ValueError):
@@ -386,6 +424,27 @@ class CocoDataset:
         return CocoItem(
             int(image_id), self.image_dir / rec["file_name"], size, gt, self.class_names
         )
+
+
+def _categories_problem(categories: Any) -> str | None:
+    """What makes ``categories`` (a json's list) unusable to pycocotools, or None: it is
+    missing, not a list of records, or a record has no integer ``id``."""
+    if categories is None:
+        return "the json has no categories"
+    if not isinstance(categories, list):
+        return f"its 'categories' is a {type(categories).__name__}, not a list"
+    for i, rec in enumerate(categories):
+        if not isinstance(rec, Mapping) or not _is_integer(rec.get("id")):
+            return f"its categories[{i}] has no integer id: {str(rec)[:60]!r}"
+    return None
+
+
+def _is_integer(value: Any) -> bool:
+    try:
+        _integer(value, "")
+    except ValueError:
+        return False
+    return True
 
 
 def _some_annotations(anns: Sequence[Mapping[str, Any]], n: int = 3) -> str:

@@ -225,7 +225,8 @@ def coco_items(
     skipped: list[SkippedAnnotation] | None = None,
 ) -> Iterator[SegmentationItem]:
     """Items of a COCO/LVIS json (path or loaded ``COCO``): one binary layer per non-crowd
-    instance (largest first).
+    instance (largest first). A json path is read without needing categories (see
+    :func:`~composer.data.coco.normalise_coco_dict`'s ``need_categories``): training uses none.
 
     ``image_ids`` restricts (and orders) the images, e.g. :func:`coco_subset_split`.
     ``pack_layers``: instances share a layer, as its labels 1, 2, ..., where they do not
@@ -273,7 +274,7 @@ def coco_items(
         message = f"{what}, annotation {ann.get('id')}: {detail or type(exc).__name__}"
         skipped.append(SkippedAnnotation(item_id, ann.get("id"), reason, message))
 
-    ds = CocoDataset(ann_file, image_dir, image_ids=image_ids)
+    ds = CocoDataset(ann_file, image_dir, image_ids=image_ids, need_categories=False)
     for image_id in ds.image_ids:
         rec = ds.coco.imgs[image_id]
         item_id = f"coco/{image_id}"
@@ -387,7 +388,7 @@ def coco_item_ids(
     """
     from ..data.coco import CocoDataset
 
-    ds = CocoDataset(ann_file, image_dir, image_ids=image_ids)
+    ds = CocoDataset(ann_file, image_dir, image_ids=image_ids, need_categories=False)
     out = []
     for image_id in ds.image_ids:
         for a in ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=[image_id])):
@@ -436,7 +437,7 @@ def coco_item_refs(
         coco = _parsed_coco(taken, keep=False)
         source = replace(taken, parsed=coco)
     else:
-        source = coco = load_coco(ann_file)
+        source = coco = load_coco(ann_file, need_categories=False)
     for image_id in coco_item_ids(coco, image_dir, min_area, image_ids):
         # a module-level function: a reference pickles (e.g. into a spawned worker)
         load = partial(_load_coco_item, source, image_dir, min_area, max_instances, image_id)
@@ -509,7 +510,7 @@ def _parsed_coco(source: _CocoJson, keep: bool = True) -> Any:
                 f"{now.size} bytes, modified {source.mtime_ns} -> {now.mtime_ns} ns); list "
                 "them again"
             )
-        coco = load_coco(source.path)
+        coco = load_coco(source.path, need_categories=False)
         if keep:
             _PARSED[source] = coco
             while len(_PARSED) > _PARSED_MAX:

@@ -123,10 +123,10 @@ def _count_parses(monkeypatch: pytest.MonkeyPatch) -> list[object]:
 
     real, parses = coco_io.load_coco, []
 
-    def load_coco(ann):
+    def load_coco(ann, **kwargs):
         if not isinstance(ann, coco_io.COCO):
             parses.append(ann)
-        return real(ann)
+        return real(ann, **kwargs)
 
     monkeypatch.setattr(coco_io, "load_coco", load_coco)
     return parses
@@ -256,8 +256,8 @@ def test_the_parsed_json_goes_with_its_references(tmp_path) -> None:
     seen: list[weakref.ref] = []
     real = coco_io.load_coco
 
-    def load_coco(ann):
-        coco = real(ann)
+    def load_coco(ann, **kwargs):
+        coco = real(ann, **kwargs)
         if not isinstance(ann, coco_io.COCO):  # a json read, not a COCO object passed on
             seen.append(weakref.ref(coco))
         return coco

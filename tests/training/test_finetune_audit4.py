@@ -1,0 +1,71 @@
+"""``sam-composer train`` on messy user COCO data (helper audit he): categories, sizes, odd
+polygons, Windows file names and the image counts."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from composer.cli import main
+from composer.data.coco import normalise_coco_dict
+from composer.training.data import coco_items
+
+from .test_train_cli import _coco_dataset
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _argv(ann, images, out, *extra: str) -> list[str]:
+    return ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
+            "--random-init", "--out", str(out), "--steps", "1", "--masks-per-image", "1",
+            "--corrective", "0", "--val-fraction", "0", *extra]
+
+
+def _edit(ann, change) -> None:
+    doc = json.loads(ann.read_text())
+    change(doc)
+    ann.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    ("change", "warning"),
+    [
+        (lambda d: d.pop("categories"), "the json has no categories"),
+        (lambda d: d["annotations"][1].update(category_id=7),
+         "1 annotation(s) have no category_id, or one not among the categories"),
+        (lambda d: d["annotations"][1].pop("category_id"),
+         "1 annotation(s) have no category_id, or one not among the categories"),
+        (lambda d: d.update(categories=[{"name": "shape"}]), "categories[0] has no integer id"),
+    ],
+)
+def test_train_needs_no_categories(tmp_path, caplog, change, warning) -> None:
+    """Training uses no category: a json without categories, or an annotation whose
+    category_id is missing or unknown, is a warning and the run trains on every mask (the
+    whole json was refused). eval's reader (the default) still refuses it: AP is per
+    category."""
+    ann, images = _coco_dataset(tmp_path, n=2)
+    _edit(ann, change)
+    with caplog.at_level(logging.WARNING, logger="composer.data.coco"):
+        assert main(_argv(ann, images, tmp_path / "run")) == 0
+    assert warning in caplog.text and "training does not use categories" in caplog.text
+    report = json.loads((tmp_path / "run" / "train_report.json").read_text())
+    assert report["train_images"] == 2 and report["skipped_annotations"] == []
+    # the library's training reader too
+    assert len(list(coco_items(ann, images))) == 2
+    with pytest.raises(ValueError, match="categor"):
+        normalise_coco_dict(json.loads(ann.read_text()))
+
+
+def test_unknown_category_warning_names_a_few(caplog) -> None:
+    doc = {"images": [{"id": 1, "file_name": "a.png", "height": 8, "width": 8}],
+           "annotations": [{"id": i, "image_id": 1, "category_id": 9,
+                            "segmentation": [[0, 0, 4, 0, 4, 4]]} for i in range(5)],
+           "categories": [{"id": 1}]}
+    with caplog.at_level(logging.WARNING, logger="composer.data.coco"):
+        out = normalise_coco_dict(doc, source="x.json", need_categories=False)
+    assert "x.json: 5 annotation(s) have no category_id" in caplog.text
+    assert "e.g. annotation 0 of image 1, annotation 1 of image 1, annotation 2 of image 1" \
+        in caplog.text
+    assert [a["category_id"] for a in out["annotations"]] == [None] * 5
