@@ -262,7 +262,8 @@ def annotations_to_detections(
         ``ann_id`` (N,) int64.
 
     Raises:
-        ValueError: an annotation has no segmentation or no bbox.
+        ValueError: an annotation has no segmentation, one that cannot be decoded (naming
+            the annotation), or no bbox.
     """
     h, w = image_size
     if not anns:

@@ -71,7 +71,9 @@ def polygons_rle(polygons: Sequence[Sequence[float]], image_size: Sequence[int])
     the image are clipped to one pixel beyond it (pycocotools would rasterise the whole
     span); NaN or infinite coordinates raise ``ValueError``, and so does a part that is not a
     list: a flat ``[x0, y0, x1, y1, ...]`` (the polygon not wrapped in a list of parts) was read
-    as parts of one number each, an empty mask, and the object was lost unsaid.
+    as parts of one number each, an empty mask, and the object was lost unsaid. A part of an
+    odd number of coordinates (of 3 points or more) raises too: pycocotools dropped its last
+    number unsaid, so the polygon was not the one written.
     """
     h, w = _check_size(image_size)
     parts = []
@@ -84,6 +86,11 @@ def polygons_rle(polygons: Sequence[Sequence[float]], image_size: Sequence[int])
         xy = np.asarray(p, np.float64).ravel()
         if len(xy) < 6:
             continue
+        if len(xy) % 2:
+            raise ValueError(
+                f"a polygon part has an odd number of coordinates ({len(xy)}): x, y pairs "
+                "need an even count (a number is missing or one too many)"
+            )
         if not np.all(np.isfinite(xy)):
             raise ValueError("polygon with NaN or infinite coordinates")
         xy[0::2], xy[1::2] = np.clip(xy[0::2], -1, w + 1), np.clip(xy[1::2], -1, h + 1)

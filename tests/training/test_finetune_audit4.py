@@ -69,3 +69,30 @@ def test_unknown_category_warning_names_a_few(caplog) -> None:
     assert "e.g. annotation 0 of image 1, annotation 1 of image 1, annotation 2 of image 1" \
         in caplog.text
     assert [a["category_id"] for a in out["annotations"]] == [None] * 5
+
+
+def test_a_polygon_of_an_odd_number_of_coordinates_is_named(tmp_path) -> None:
+    """A polygon part of an odd number of coordinates: pycocotools dropped the last number
+    unsaid (another polygon than the one written). Training skips it as an undecodable
+    segmentation, named; eval's reader fails the image, naming the annotation (without a bbox
+    in the json it said 'has no bbox')."""
+    from composer.data.coco import CocoDataset
+    from composer.structures.masks import segmentation_rle
+    from composer.training.data import SKIP_BAD_SEGMENTATION, SkippedAnnotation
+
+    with pytest.raises(ValueError, match=r"odd number of coordinates \(7\)"):
+        segmentation_rle([[10, 10, 80, 10, 80, 70, 10]], (96, 96))
+    assert segmentation_rle([[10, 10, 80, 10, 80, 70]], (96, 96))["size"] == [96, 96]
+    ann, images = _coco_dataset(tmp_path, n=1)
+    doc = json.loads(ann.read_text())
+    doc["annotations"].append({**doc["annotations"][0], "id": 1000})  # a good one, kept
+    doc["annotations"][0].update(segmentation=[[10, 10, 80, 10, 80, 70, 10, 70, 40]])
+    del doc["annotations"][0]["bbox"]
+    ann.write_text(json.dumps(doc))
+    skipped: list[SkippedAnnotation] = []
+    (item,) = coco_items(ann, images, skipped=skipped)
+    assert [(s.annotation_id, s.reason) for s in skipped] == [(1, SKIP_BAD_SEGMENTATION)]
+    assert "odd number of coordinates (9)" in skipped[0].message
+    assert item.layers.max() >= 1
+    with pytest.raises(ValueError, match=r"annotation 1: a polygon part has an odd number"):
+        CocoDataset(ann, images)[0]
