@@ -207,13 +207,15 @@ def _check_disjoint(train_keys: set[str], held_out: list[tuple[str, str]]) -> No
 def _samples(
     items: Any, model: Any, frozen: bool, mirror: bool, kept: list[int] | None = None,
     layers: list[int] | None = None, keep: Callable[[str, str], bool] | None = None,
+    with_masks: list[str] | None = None,
 ) -> list[Any]:
     """PreparedSamples (identity, + mirror) with cached embeddings when the encoder is frozen;
     ``kept`` (if given) gets the number of masks of each item's unmirrored sample appended,
     ``layers`` (if given) each item's number of instance masks (its layers' labels, 1..k in
     each layer: coco_items' packed layers). ``keep`` (if given) is asked
     with each item's id and pixel hash (``embedding.image_hash``) whether to build its samples;
-    the images are hashed only then. ``items`` is read one at a time (each image decoded once)
+    the images are hashed only then. ``with_masks`` (if given) gets the id of each item that
+    gives a sample (a mask of the trained size). ``items`` is read one at a time (each image decoded once)
     and no item is kept: only the samples (input-size image or embedding, low-res masks) stay
     in memory, not the full-resolution images and masks."""
     from ..embedding import image_hash
@@ -222,12 +224,13 @@ def _samples(
 
     img_size = int(model.image_encoder.img_size)
     low_res = int(model.prompt_encoder.mask_input_size[0])
-    out = []
+    out: list[Any] = []
     for item in items:
         if keep is not None and not keep(item.image_id, image_hash(item.image)):
             continue
         if layers is not None:
             layers.append(sum(int(layer.max()) for layer in item.layers))
+        n_before = len(out)
         for v in (Variant(), Variant(flip=True))[: 2 if mirror else 1]:
             s = prepare_sample(item, v, img_size, low_res, min_area=MIN_MASK_PIXELS)
             if kept is not None and not v.flip:
@@ -237,6 +240,8 @@ def _samples(
             if frozen:
                 cache_embeddings(model, [s])
             out.append(s)
+        if with_masks is not None and len(out) > n_before:
+            with_masks.append(item.image_id)
     return out
 
 
@@ -398,6 +403,10 @@ def run(args: argparse.Namespace) -> int:
     # its samples are built from.
     train_keys: set[str] = set()
     leaked: list[str] = []
+    # the images that give a sample: an image whose masks are all too small (or whose every
+    # annotation is skipped) is read but not trained on or scored
+    train_used: list[str] = []
+    val_used: list[str] = []
     # An unusable image (missing or unreadable file, a record that cannot be read) is left
     # out and named, as eval does: the run trains on the others instead of stopping at it
     # after embedding the images before it. An annotation that supplies no mask (box-only,
@@ -436,9 +445,10 @@ def run(args: argparse.Namespace) -> int:
                 overlap.append(item_id)
             return not overlap
 
-        val = _samples(val_items(), model, frozen, mirror=False, keep=val_keep)
+        val = _samples(val_items(), model, frozen, mirror=False, keep=val_keep,
+                       with_masks=val_used)
         train = _samples(train_items(), model, frozen, mirror=True, kept=kept, layers=layers,
-                         keep=train_keep)
+                         keep=train_keep, with_masks=train_used)
         _check_disjoint(train_keys, held_out)
     else:
         # The split holds out json records; the same picture listed twice (two ids) would be
@@ -454,8 +464,9 @@ def run(args: argparse.Namespace) -> int:
             return True
 
         train = _samples(train_items(), model, frozen, mirror=True, kept=kept, layers=layers,
-                         keep=train_keep)
-        val = _samples(val_items(), model, frozen, mirror=False, keep=val_keep)
+                         keep=train_keep, with_masks=train_used)
+        val = _samples(val_items(), model, frozen, mirror=False, keep=val_keep,
+                       with_masks=val_used)
     if leaked:
         print(f"{len(leaked)} held-out image(s) are also training images under another id "
               f"(e.g. {', '.join(leaked[:3])}); they are left out of the held-out mIoU")
@@ -494,9 +505,17 @@ def run(args: argparse.Namespace) -> int:
     )
     if not train:
         raise ValueError(f"no usable training mask (a mask must cover {size_rule})")
+    # images read but giving no sample are counted apart: "8 training images (14 samples)"
+    # when one of them had only masks too small said nothing of it
+    trained = f"{n_train} training images"
+    if len(train_used) < n_train:
+        trained += f", {len(train_used)} with a mask to train on"
+    scored = f"{n_val} held out"
+    if val and len(val_used) < n_val:
+        scored += f", {len(val_used)} with a mask to score"
     print(
-        f"model {args.model} from {start}, on {device}; {n_train} training images ({len(train)} "
-        f"samples), {n_val} held out; embedded in {time.perf_counter() - t0:.1f} s"
+        f"model {args.model} from {start}, on {device}; {trained} ({len(train)} samples), "
+        f"{scored}; embedded in {time.perf_counter() - t0:.1f} s"
     )
     if n_val and not val:
         # said: a held-out set of masks too small (or none) gave no mIoU lines, unexplained
@@ -545,8 +564,11 @@ def run(args: argparse.Namespace) -> int:
         "model": args.model,
         "start_weights": str(start),
         "train_images": n_train,
+        # of those, the images that gave a sample (a mask of the trained size)
+        "train_images_with_masks": len(train_used),
         "train_samples": len(train),
         "val_images": n_val,
+        "val_images_with_masks": len(val_used),
         "steps": trainer.step,
         "seconds": trainer.elapsed,
         "final_loss": sum(h["loss"] for h in tail) / max(len(tail), 1),

@@ -96,3 +96,26 @@ def test_a_polygon_of_an_odd_number_of_coordinates_is_named(tmp_path) -> None:
     assert item.layers.max() >= 1
     with pytest.raises(ValueError, match=r"annotation 1: a polygon part has an odd number"):
         CocoDataset(ann, images)[0]
+
+
+def test_the_image_counts_leave_out_images_without_a_mask(tmp_path, capsys) -> None:
+    """An image whose masks are all too small is read but gives no sample: the line said
+    "3 training images (4 samples)" as if all three were trained on; now it says how many
+    have a mask (and the report counts them), for the held-out images too."""
+    ann, images = _coco_dataset(tmp_path, n=4)
+
+    def tiny(d) -> None:  # images 2 (training) and 3 (held out): one 2 x 2 mask each
+        d["annotations"] = [a for a in d["annotations"] if a["image_id"] not in (2, 3)]
+        for i in (2, 3):
+            d["annotations"].append({"id": 100 + i, "image_id": i, "category_id": 1,
+                                     "iscrowd": 0, "area": 4.0,
+                                     "segmentation": [[10, 10, 12, 10, 12, 12, 10, 12]]})
+
+    _edit(ann, tiny)
+    assert main(_argv(ann, images, tmp_path / "run")[:-2] + ["--val-fraction", "0.5"]) == 0
+    text = capsys.readouterr().out  # holds out images 1 and 3
+    assert "2 training images, 1 with a mask to train on (2 samples), 2 held out, 1 with a " \
+        "mask to score;" in text
+    report = json.loads((tmp_path / "run" / "train_report.json").read_text())
+    assert (report["train_images"], report["train_images_with_masks"]) == (2, 1)
+    assert (report["val_images"], report["val_images_with_masks"]) == (2, 1)

@@ -263,7 +263,8 @@ def test_train_command_skips_annotations_that_supply_no_mask(tmp_path, capsys) -
     assert (f"{n} annotation(s) supply no mask and are skipped ({n - 2} of training, 2 of "
             f"held-out images; no segmentation: {1 + n3}, undecodable segmentation: 3, "
             "unreadable area: 1)") in text
-    assert "3 training images (4 samples), 1 held out" in text  # image 3: no mask
+    # image 3: no mask (the line said "3 training images (4 samples)")
+    assert "3 training images, 2 with a mask to train on (4 samples), 1 held out" in text
     report = json.loads((out / "train_report.json").read_text())
     assert report["failures"] == [] and report["train_images"] == 3
     assert report["skipped_annotations_by_reason"] == {
