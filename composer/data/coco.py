@@ -302,13 +302,43 @@ def annotations_to_detections(
     return Detections(boxes, np.ones(len(anns), np.float32), labels, masks, extras, meta)
 
 
+def image_file(image_dir: PathLike, file_name: str) -> Path:
+    """The file of a record's ``file_name`` in ``image_dir``.
+
+    A Windows-style name (``sub\\a.jpg``, written by a tool on Windows) names, on a system
+    whose separator is ``/``, a file with a backslash in its name: when no such file exists
+    and ``sub/a.jpg`` does, that one is the file (on Windows both read the same).
+    """
+    path = Path(image_dir) / file_name
+    if "\\" in file_name and os.sep != "\\" and not path.exists():
+        alt = Path(image_dir) / file_name.replace("\\", "/")
+        if alt.exists():
+            return alt
+    return path
+
+
+def check_image_file(path: Path) -> None:
+    """Refuse a missing image file whose name holds backslashes with a hint (the plain "image
+    file not found" left the user to guess that the json was written on Windows).
+
+    Raises:
+        ValueError: ``path`` does not exist and holds a backslash, on a system whose separator
+            is ``/``.
+    """
+    if os.sep != "\\" and "\\" in str(path) and not path.exists():
+        alt = Path(str(path).replace("\\", "/"))
+        raise ValueError(f"image file not found: {path} (nor {alt}, reading its backslashes as "
+                         "folder separators: a file_name written on Windows?)")
+
+
 @dataclass(frozen=True)
 class CocoItem:
     """One image of a COCO/LVIS dataset.
 
     Attributes:
         image_id: the json's integer image id.
-        path: image file (``image_dir / file_name``).
+        path: image file (``image_dir / file_name``; see :func:`image_file` for a
+            Windows-style ``file_name``).
         image_size: (H, W) from the json record.
         gt: ground truth as Detections (see :func:`annotations_to_detections`).
         class_names: category id -> name, shared by all items of the dataset.
@@ -328,6 +358,7 @@ class CocoItem:
                 is not the json's; the message names the file (and an EXIF rotation that
                 explains the difference).
         """
+        check_image_file(self.path)
         image = load_image(self.path)
         if image.shape[:2] != tuple(self.image_size):
             raise ValueError(f"{self.path.name}: "
@@ -423,7 +454,8 @@ class CocoDataset:
         gt = annotations_to_detections(anns, size, int(image_id))
         gt.meta["class_names"] = self.class_names
         return CocoItem(
-            int(image_id), self.image_dir / rec["file_name"], size, gt, self.class_names
+            int(image_id), image_file(self.image_dir, rec["file_name"]), size, gt,
+            self.class_names,
         )
 
 

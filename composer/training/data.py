@@ -260,7 +260,7 @@ def coco_items(
     """
     from pycocotools import mask as mask_utils
 
-    from ..data.coco import CocoDataset, _integer
+    from ..data.coco import CocoDataset, _integer, check_image_file, image_file
     from ..io.image import load_image, size_mismatch
     from ..structures.masks import segmentation_rle
 
@@ -354,9 +354,11 @@ def coco_items(
             name = rec.get("file_name")
             if not isinstance(name, str) or not name:
                 raise ValueError(f"file_name must be a non-empty string, got {name!r}")
-            image = load_image(ds.image_dir / name)
+            path = image_file(ds.image_dir, name)  # "sub\\a.jpg" is sub/a.jpg if that exists
+            check_image_file(path)
+            image = load_image(path)
             if image.shape[:2] != (h, w):
-                raise ValueError(size_mismatch(ds.image_dir / name, image.shape[:2], (h, w)))
+                raise ValueError(size_mismatch(path, image.shape[:2], (h, w)))
         except (ValueError, TypeError, KeyError) as exc:
             where = what if ann_id is None else f"{what}, annotation {ann_id}"
             detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc).strip()

@@ -119,3 +119,32 @@ def test_the_image_counts_leave_out_images_without_a_mask(tmp_path, capsys) -> N
     report = json.loads((tmp_path / "run" / "train_report.json").read_text())
     assert (report["train_images"], report["train_images_with_masks"]) == (2, 1)
     assert (report["val_images"], report["val_images_with_masks"]) == (2, 1)
+
+
+def test_a_windows_file_name_is_read_with_slashes(tmp_path) -> None:
+    """A file_name written on Windows (``sub\\\\000.png``) was "image file not found" on a
+    system whose separator is '/': it is read as ``sub/000.png`` where that file exists, by
+    training and eval alike; where it does not, the error says the backslashes were also
+    read as separators."""
+    import os
+
+    from composer.data.coco import CocoDataset
+
+    if os.sep == "\\":
+        pytest.skip("backslashes are separators here")
+    ann, images = _coco_dataset(tmp_path, n=2)
+    (images / "sub").mkdir()
+    (images / "000.png").rename(images / "sub" / "000.png")
+    _edit(ann, lambda d: d["images"][0].update(file_name="sub\\000.png"))
+    items = list(coco_items(ann, images))
+    assert [it.image_id for it in items] == ["coco/1", "coco/2"]
+    ds = CocoDataset(ann, images)
+    assert ds[0].path == images / "sub" / "000.png" and ds[0].load_image().shape == (96, 96, 3)
+    (images / "sub" / "000.png").unlink()
+    failures: list[tuple[str, str]] = []
+    assert len(list(coco_items(ann, images, failures=failures))) == 1
+    assert failures[0][0] == "coco/1"
+    assert f"nor {images}/sub/000.png, reading its backslashes as folder separators" \
+        in failures[0][1]
+    with pytest.raises(ValueError, match="reading its backslashes as folder separators"):
+        CocoDataset(ann, images)[0].load_image()
