@@ -184,6 +184,20 @@ def _say_unannotated(path: str, coco: Any, ids: list[int]) -> None:
               "annotation, or crowd regions only) and are not used")
 
 
+def _say_sizeless(sets: list[tuple[Any, list[int]]]) -> None:
+    """Say how many of the images used (each set: a json's COCO and its image ids) have a
+    record without ``height`` or ``width``, whose size is read from the image file."""
+    sizeless = [
+        f"image {iid} ({coco.imgs[iid].get('file_name')})"
+        for coco, ids in sets for iid in ids
+        if coco.imgs[iid].get("height") is None or coco.imgs[iid].get("width") is None
+    ]
+    if sizeless:
+        named = ("e.g. " if len(sizeless) > 3 else "") + ", ".join(sizeless[:3])
+        print(f"{len(sizeless)} image record(s) of the run have no width/height ({named}); "
+              "their size is read from the image file")
+
+
 def _check_disjoint(train_keys: set[str], held_out: list[tuple[str, str]]) -> None:
     """Refuse held-out images that are also training images (by their pixels, whatever their
     file names or ids): the mIoU reported as held-out would be measured on trained images.
@@ -392,6 +406,8 @@ def run(args: argparse.Namespace) -> int:
                   "none, so there is no held-out mIoU before and after; give a larger "
                   "--val-fraction (at least 2 images) or --val-data")
     val_images = args.val_images if args.val_data else args.images
+    # a record without width/height takes the size of its image file (it left the image out)
+    _say_sizeless([(coco, train_ids), (val_source, val_ids)])
     # the embedding of every image comes first and can take minutes: say so once the weights
     # and the json are known to be usable
     print(f"embedding {len(train_ids)} training and {len(val_ids)} held-out image(s) on "
@@ -420,11 +436,13 @@ def run(args: argparse.Namespace) -> int:
 
     def train_items() -> Any:
         return coco_items(coco, args.images, image_ids=train_ids, max_instances=MAX_INSTANCES,
-                          failures=failed, pack_layers=True, skipped=skipped)
+                          failures=failed, pack_layers=True, skipped=skipped,
+                          size_from_image=True)
 
     def val_items() -> Any:
         return coco_items(val_source, val_images, image_ids=val_ids, max_instances=MAX_INSTANCES,
-                          failures=val_failed, pack_layers=True, skipped=val_skipped)
+                          failures=val_failed, pack_layers=True, skipped=val_skipped,
+                          size_from_image=True)
 
     if args.val_data:
         # --val-data images that are also --data images (by their pixels) are refused. The

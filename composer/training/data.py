@@ -223,6 +223,7 @@ def coco_items(
     failures: list[tuple[str, str]] | None = None,
     pack_layers: bool = False,
     skipped: list[SkippedAnnotation] | None = None,
+    size_from_image: bool = False,
 ) -> Iterator[SegmentationItem]:
     """Items of a COCO/LVIS json (path or loaded ``COCO``): one binary layer per non-crowd
     instance (largest first). A json path is read without needing categories (see
@@ -245,6 +246,9 @@ def coco_items(
     Raises). An ``iscrowd`` that is not a flag is not skipped: the json loader refuses the
     whole file for it (as ``eval`` and ``convert`` do), and a ``COCO`` object with one makes
     that image unusable.
+    ``size_from_image``: an image record without ``height`` or ``width`` (or with ``null``)
+    takes its size from the image file (as read, upright per its EXIF orientation; a size the
+    record does give must match it) instead of making the image unusable.
     ``failures``: if given, an unusable image (see Raises) is appended to it as (item id,
     message) and skipped, and the items of the other images still come; if None it raises.
     An unusable image adds nothing to ``skipped``: it is left out whole, named by its failure.
@@ -275,6 +279,16 @@ def coco_items(
         skipped.append(SkippedAnnotation(item_id, ann.get("id"), reason, message))
 
     ds = CocoDataset(ann_file, image_dir, image_ids=image_ids, need_categories=False)
+
+    def read_image(rec: Mapping[str, Any]) -> tuple[np.ndarray, Path]:
+        """The pixels of an image record, and its file."""
+        name = rec.get("file_name")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"file_name must be a non-empty string, got {name!r}")
+        path = image_file(ds.image_dir, name)  # "sub\\a.jpg" is sub/a.jpg if that exists
+        check_image_file(path)
+        return load_image(path), path
+
     for image_id in ds.image_ids:
         rec = ds.coco.imgs[image_id]
         item_id = f"coco/{image_id}"
@@ -282,10 +296,20 @@ def coco_items(
         ann_id: Any = None
         n_skipped = len(skipped) if skipped is not None else 0
 
+        image: np.ndarray | None = None
         try:
-            # whole numbers, said so (int() said "invalid literal for int() with base 10:
-            # 'abc'", or "... not 'NoneType'" for a null, and cut 120.5 to 120 unsaid)
-            h, w = (_integer(rec[k], k) for k in ("height", "width"))
+            if size_from_image and (rec.get("height") is None or rec.get("width") is None):
+                # a record without a size: the file's (read now, not after the masks)
+                image, path = read_image(rec)
+                h, w = image.shape[:2]
+                for key, value in (("height", h), ("width", w)):  # the one given, if any
+                    if rec.get(key) is not None and _integer(rec[key], key) != value:
+                        raise ValueError(f"the image file is {w}x{h} (WxH) but the json's "
+                                         f"{key} is {rec[key]!r}")
+            else:
+                # whole numbers, said so (int() said "invalid literal for int() with base 10:
+                # 'abc'", or "... not 'NoneType'" for a null, and cut 120.5 to 120 unsaid)
+                h, w = (_integer(rec[k], k) for k in ("height", "width"))
             if h < 1 or w < 1:
                 raise ValueError(f"height and width must be >= 1, got {h} and {w}")
             anns = []
@@ -351,14 +375,10 @@ def coco_items(
                 layers[i][box][m] = labels[i]
             layers = layers[: labels.index(0) if 0 in labels else len(labels)]
             ann_id = None
-            name = rec.get("file_name")
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"file_name must be a non-empty string, got {name!r}")
-            path = image_file(ds.image_dir, name)  # "sub\\a.jpg" is sub/a.jpg if that exists
-            check_image_file(path)
-            image = load_image(path)
-            if image.shape[:2] != (h, w):
-                raise ValueError(size_mismatch(path, image.shape[:2], (h, w)))
+            if image is None:
+                image, path = read_image(rec)
+                if image.shape[:2] != (h, w):
+                    raise ValueError(size_mismatch(path, image.shape[:2], (h, w)))
         except (ValueError, TypeError, KeyError) as exc:
             where = what if ann_id is None else f"{what}, annotation {ann_id}"
             detail = f"no {exc}" if isinstance(exc, KeyError) else str(exc).strip()

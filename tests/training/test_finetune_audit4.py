@@ -148,3 +148,37 @@ def test_a_windows_file_name_is_read_with_slashes(tmp_path) -> None:
         in failures[0][1]
     with pytest.raises(ValueError, match="reading its backslashes as folder separators"):
         CocoDataset(ann, images)[0].load_image()
+
+
+def test_train_reads_a_missing_image_size_from_the_file(tmp_path, capsys) -> None:
+    """An image record without width/height (or with null) made its image unusable in
+    train; the size is now read from the image file, with a note naming the records.
+    coco_items without size_from_image, and eval's reader, still need the record's size."""
+    from composer.data.coco import CocoDataset
+
+    ann, images = _coco_dataset(tmp_path, n=3)
+
+    def change(d) -> None:
+        del d["images"][0]["width"], d["images"][0]["height"]
+        d["images"][2]["height"] = None
+
+    _edit(ann, change)
+    assert main(_argv(ann, images, tmp_path / "run")) == 0
+    text = capsys.readouterr().out
+    assert "2 image record(s) of the run have no width/height (image 1 (000.png), image 3 " \
+        "(002.png)); their size is read from the image file" in text
+    assert "could not be used" not in text
+    report = json.loads((tmp_path / "run" / "train_report.json").read_text())
+    assert report["train_images"] == 3 and report["failures"] == []
+    items = list(coco_items(ann, images, size_from_image=True))
+    assert [it.layers.shape[1:] for it in items] == [(96, 96)] * 3
+    with pytest.raises(ValueError, match=r"COCO image 1 \(000\.png\): no 'height'"):
+        list(coco_items(ann, images))
+    with pytest.raises(ValueError, match="needs integer height and width"):
+        CocoDataset(ann, images)[0]
+    # a size the record does give must be the file's
+    _edit(ann, lambda d: d["images"][2].update(width=80))
+    failures: list[tuple[str, str]] = []
+    assert len(list(coco_items(ann, images, size_from_image=True, failures=failures))) == 2
+    assert failures == [("coco/3", "COCO image 3 (002.png): the image file is 96x96 (WxH) but "
+                                   "the json's width is 80")]

@@ -80,19 +80,20 @@ def test_coco_items_check_the_image_file_and_need_no_bbox(tmp_path) -> None:
 
 
 def test_train_command_reports_a_bad_record_without_a_traceback(tmp_path, capsys) -> None:
-    """Every image unusable: a one-line error naming one of them."""
+    """Every image unusable: a one-line error naming one of them. (A record without a width
+    no longer makes its image unusable: train reads the file's size, test_finetune_audit4.)"""
     ann, images = _coco_dataset(tmp_path, n=2)
-    _edit(ann, lambda d: [im.pop("width") for im in d["images"]])
+    _edit(ann, lambda d: [im.update(width="wide") for im in d["images"]])
     argv = ["train", "--data", str(ann), "--images", str(images), "--model", "vit_tiny_test",
             "--random-init", "--out", str(tmp_path / "o"), "--steps", "1"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "none of the 2 training images could be used (e.g. COCO image 1 (000.png): no " \
-        "'width')" in err and len(err.strip().splitlines()) == 1
+    assert "none of the 2 training images could be used (e.g. COCO image 1 (000.png): width " \
+        "must be an integer, got 'wide')" in err and len(err.strip().splitlines()) == 1
 
 
 def test_train_command_leaves_out_unusable_images_and_names_them(tmp_path, capsys) -> None:
-    """A record without a size, a file missing on disk: the run stopped at the first such
+    """A record with a bad size, a file missing on disk: the run stopped at the first such
     image with an error, after embedding the images before it; now each is left out, named,
     and listed in train_report.json, as eval lists the images it cannot read. An image that a
     bad record hides from the held-out set is not counted as held out. A box-only annotation
@@ -100,7 +101,7 @@ def test_train_command_leaves_out_unusable_images_and_names_them(tmp_path, capsy
     ann, images = _coco_dataset(tmp_path, n=6)
 
     def change(d) -> None:
-        d["images"][1].pop("width")  # image 2
+        d["images"][1]["width"] = "wide"  # image 2
         (images / d["images"][3]["file_name"]).unlink()  # image 4: held out below
         d["annotations"].append({**d["annotations"][-1], "id": 99, "image_id": 5})
         d["annotations"][-1].pop("segmentation")  # image 5: a box-only annotation
@@ -111,7 +112,7 @@ def test_train_command_leaves_out_unusable_images_and_names_them(tmp_path, capsy
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "1 training and 1 held-out image(s) could not be used" in text
-    assert "COCO image 2 (001.png): no 'width'" in text
+    assert "COCO image 2 (001.png): width must be an integer, got 'wide'" in text
     assert "3 training images (6 samples), 1 held out" in text
     assert "1 annotation(s) supply no mask and are skipped (1 of training, 0 of held-out " \
         "images; no segmentation: 1)" in text
@@ -126,7 +127,7 @@ def test_train_command_leaves_out_unusable_images_and_names_them(tmp_path, capsy
         "error": "COCO image 5 (004.png), annotation 99: no segmentation",
     }]
     # the library reader still raises without a failures list
-    with pytest.raises(ValueError, match=r"COCO image 2 \(001\.png\): no 'width'"):
+    with pytest.raises(ValueError, match=r"COCO image 2 \(001\.png\): width must be"):
         list(coco_items(ann, images))
 
 
