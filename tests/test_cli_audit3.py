@@ -78,6 +78,26 @@ def test_folder_mode_refuses_to_write_into_the_input_folder(tmp_path, capsys):
     assert "is the input folder" in _err(capsys)
 
 
+def test_everything_refuses_to_write_into_the_input_folder(tmp_path, capsys):
+    """everything DIR --out DIR was accepted (instances and text refuse it) and replaced a
+    dataset's own annotations.json kept beside its images with the masks' json."""
+    src = tmp_path / "photos"
+    _image(src / "a.png")
+    own = src / "annotations.json"
+    own.write_text('{"images": [], "annotations": [], "categories": []}')
+    before = sorted(p.name for p in src.iterdir())
+    argv = ["everything", str(src), "--model", "classic", "--points-per-side", "2",
+            "--out", str(src / ".." / "photos")]
+    assert main(argv) == 2
+    err = _err(capsys)
+    assert "is the input folder" in err and "annotations.json" in err
+    assert own.read_text() == '{"images": [], "annotations": [], "categories": []}'
+    assert sorted(p.name for p in src.iterdir()) == before
+    # another folder is fine (and a single image may still write beside itself)
+    assert main([*argv[:-1], str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "annotations.json").is_file()
+
+
 def test_ctrl_c_in_folder_mode_keeps_the_summary_of_finished_images(tmp_path, capsys,
                                                                    monkeypatch):
     """Ctrl-C after some images: their outputs were on disk but summary.json, the list of

@@ -10,7 +10,7 @@ from typing import Any
 from .._tasks_import import tasks_import
 from ..io.image import IMAGE_SUFFIXES
 from .common import add_model_args, add_worker_args, describe, engine_from_args, load_model
-from .instances import image_files
+from .instances import check_out_not_input, image_files
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "everything",
         help="segment everything in an image (or a folder -> COCO json)",
         description="An image: <stem>_overlay.png and <stem>.json in --out. A folder: one "
-        "COCO json, annotations.json, with each image logged as it finishes "
+        "COCO json, annotations.json (--out may not be the input folder), with each image logged as it finishes "
         "(annotations.json.records.jsonl, with the model and settings), so a rerun with the "
         "same settings resumes (it says how many images were done earlier); Ctrl-C writes the "
         "json of the images finished so far and says how many; an unreadable image is "
@@ -72,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
     from ..io.visualize import write_detections
     src = Path(args.input)
     image_files(src, args.limit)  # unusable input fails here, before the model loads
+    # as instances and text: nothing of a run goes among its inputs (there, annotations.json
+    # would replace a dataset's json of that name, kept beside its images by many exports)
+    check_out_not_input(src, Path(args.out), "annotations.json and its record log would go "
+                        "among the images (replacing a json of that name there)")
     engine = engine_from_args(args)
     seg = load_model(args)
     # None (flag not given): the model's recommended value, see AmgConfig.for_segmenter.

@@ -196,17 +196,24 @@ def image_files(src: Path, limit: int | None = None) -> list[Path]:
     return [src]
 
 
-def check_out_not_input(src: Path, out: Path) -> None:
-    """Folder mode must not write into the input folder: its ``<stem>_overlay.png`` files
-    would be read as images by the next run, and would overwrite input images of that name.
+_OVERLAY_OUTPUTS = ("its outputs (<stem>_overlay.png, <stem>.json) would overwrite input "
+                    "images of those names and be read as images by the next run")
+
+
+def check_out_not_input(src: Path, out: Path, why: str = _OVERLAY_OUTPUTS) -> None:
+    """Folder mode must not write into the input folder (no folder command does): the
+    ``<stem>_overlay.png`` files of ``instances`` and ``text`` would be read as images by the
+    next run and would overwrite input images of that name; ``everything``'s
+    ``annotations.json`` would replace a dataset's json of that name kept beside its images.
+
+    Args:
+        why: what writing there would do, for the message.
 
     Raises:
         ValueError: ``src`` is a folder and ``out`` is that folder.
     """
     if src.is_dir() and out.resolve() == src.resolve():
-        raise ValueError(f"--out {out} is the input folder: its outputs (<stem>_overlay.png, "
-                         "<stem>.json) would overwrite input images of those names and be "
-                         "read as images by the next run; choose another folder")
+        raise ValueError(f"--out {out} is the input folder: {why}; choose another folder")
 
 
 def output_stems(files: Sequence[Path], reserved: Sequence[str] = ()) -> list[str]:
