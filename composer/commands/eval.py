@@ -200,26 +200,42 @@ def _finish(report: dict[str, Any], args: argparse.Namespace, title: str) -> int
     return 1 if stages or meta.get("n_failed") else 0
 
 
-def _evaluate(args: argparse.Namespace, *what: Any, extra_meta: dict[str, Any]) -> dict[str, Any]:
+def _evaluate(args: argparse.Namespace, *what: Any, extra_meta: dict[str, Any], title: str) -> int:
     """``composer.evaluation.run`` of ``what`` (task or segmenter, dataset, evaluators) with
-    ``--limit`` and ``--out``; on Ctrl-C (or SIGTERM) it first says how many images were
-    evaluated and where their report is, as the folder commands do, and raises
-    :class:`~composer.runner.records.RunInterrupted` with the line for standard error (an
-    evaluation does not resume: a rerun starts afresh)."""
+    ``--limit`` and ``--out``, then the table (:func:`_finish`); returns the exit status.
+
+    On Ctrl-C (or SIGTERM) it first says how many images were evaluated and where their report
+    is, as the folder commands do, and raises :class:`~composer.runner.records.RunInterrupted`
+    with the line for standard error (an evaluation does not resume: a rerun starts afresh).
+    A stop that lands after ``report.json`` was written (while the table prints) says the same
+    two lines, the last one telling that the report is whole (its ``meta.interrupted`` is
+    false): a bare "interrupted" left the user to guess whether it was written.
+    """
     from ..evaluation import EvaluationInterrupted, run
     from ..runner.records import RunInterrupted, finished_message, interrupted_message
 
+    path = Path(args.out) / "report.json"
     try:
-        return run(*what, limit=args.limit, out_dir=args.out, extra_meta=extra_meta)
+        report = run(*what, limit=args.limit, out_dir=args.out, extra_meta=extra_meta)
     except EvaluationInterrupted as exc:
-        meta = exc.report["meta"]
-        done, failed = int(meta.get("n_images") or 0), int(meta.get("n_failed") or 0)
-        # the images the run was to evaluate: the dataset's, or --limit of them
-        sizes = [int(v) for v in (meta.get("dataset_size"), args.limit) if v is not None]
-        total = min(sizes) if sizes else done + failed
-        print(finished_message(done, total, failed, Path(args.out) / "report.json",
-                               interrupted=True))
+        done, total, failed = _counts(exc.report["meta"], args.limit)
+        print(finished_message(done, total, failed, path, interrupted=True))
         raise RunInterrupted(interrupted_message(done, total, failed, resumable=False)) from exc
+    try:
+        return _finish(report, args, title)
+    except KeyboardInterrupt:
+        done, total, failed = _counts(report["meta"], args.limit)
+        print(finished_message(done, total, failed, path))
+        raise RunInterrupted(f"interrupted: {done} of {total} images done, {failed} failed; "
+                             "the report was written in full before the stop") from None
+
+
+def _counts(meta: dict[str, Any], limit: int | None) -> tuple[int, int, int]:
+    """(images evaluated, images the run was to evaluate, images failed) of a report's meta;
+    the run was to evaluate the dataset's images, or ``--limit`` of them."""
+    done, failed = int(meta.get("n_images") or 0), int(meta.get("n_failed") or 0)
+    sizes = [int(v) for v in (meta.get("dataset_size"), limit) if v is not None]
+    return done, (min(sizes) if sizes else done + failed), failed
 
 
 class _ImageTask:
@@ -291,8 +307,8 @@ def run_edges(args: argparse.Namespace) -> int:
     extra = _command_meta(args)
     if args.method == "segmenter":
         extra["edge_refine"] = setting  # "auto" resolved for this model
-    report = _evaluate(args, task, dataset, [wrapped], extra_meta=extra)
-    return _finish(report, args, f"edges ({args.method})")
+    return _evaluate(args, task, dataset, [wrapped], extra_meta=extra,
+                     title=f"edges ({args.method})")
 
 
 def _check_grid(points_per_side: int | None) -> None:
@@ -315,8 +331,8 @@ def run_proposals(args: argparse.Namespace) -> int:
     task = ProposalTask(seg, ProposalConfig(points_per_side=args.points_per_side))
     results = Path(args.out) / "results.json"
     ev = ProposalEvaluator(dataset.coco, results_file=results)
-    report = _evaluate(args, task, dataset, [ev], extra_meta=_command_meta(args))
-    return _finish(report, args, "proposals")
+    return _evaluate(args, task, dataset, [ev], extra_meta=_command_meta(args),
+                     title="proposals")
 
 
 def run_instances(args: argparse.Namespace) -> int:
@@ -368,8 +384,8 @@ def run_instances(args: argparse.Namespace) -> int:
         task = ScoredByPredictedIoU(task)
     results = Path(args.out) / "results.json"
     ev = CocoEvaluator(dataset.coco, iou_types=("segm", "bbox"), results_file=results)
-    report = _evaluate(args, task, dataset, [ev], extra_meta=_command_meta(args))
-    return _finish(report, args, f"instances (boxes: {args.boxes})")
+    return _evaluate(args, task, dataset, [ev], extra_meta=_command_meta(args),
+                     title=f"instances (boxes: {args.boxes})")
 
 
 def run_points(args: argparse.Namespace) -> int:
@@ -395,8 +411,8 @@ def run_points(args: argparse.Namespace) -> int:
     if zoom is not None:
         print(f"zoom-in: {zoom}")
     ev = PointEvaluator(max_clicks=args.clicks, report_clicks=report_clicks, zoom_in=zoom)
-    report = _evaluate(args, seg, dataset, [ev], extra_meta=_command_meta(args))
-    return _finish(report, args, "points")
+    return _evaluate(args, seg, dataset, [ev], extra_meta=_command_meta(args),
+                     title="points")
 
 
 def load_report(path: str | Path) -> dict[str, Any]:

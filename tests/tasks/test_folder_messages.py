@@ -210,3 +210,33 @@ def test_ctrl_c_while_an_image_is_logged_keeps_it_listed_and_counted(
     assert _run(_argv(command, data, out), monkeypatch) == 0
     assert f"resuming {log}: 2 of 3 images done earlier, 1 to go" in \
         capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_eval_stopped_after_its_report_was_written_says_the_report_is_whole(
+    how, data, stop, tmp_path, capsys, monkeypatch
+):
+    """A stop that landed after report.json was written (while the table printed) ended with
+    a bare "interrupted" (exit 143 for SIGTERM): the user could not tell whether the report
+    was written, nor of how many images; now the same two lines as a stop during the images,
+    the last one saying that the report is whole."""
+    import composer.commands.eval as eval_command
+
+    out = tmp_path / "out"
+    real_finish = eval_command._finish
+
+    def finish(*args: Any, **kwargs: Any) -> int:
+        stop.at, stop.how = "report", how
+        stop("report")  # report.json is written: the table was about to print
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(eval_command, "_finish", finish)
+    status = _run(_argv("eval", data, out), monkeypatch)
+    assert status == (130 if how == "ctrl-c" else 128 + signal.SIGTERM)
+    cap = capsys.readouterr()
+    assert "Traceback" not in cap.err
+    assert cap.out.splitlines()[-1] == f"3 of 3 images done, 0 failed -> {out / 'report.json'}"
+    assert cap.err.splitlines()[-1] == ("interrupted: 3 of 3 images done, 0 failed; the report "
+                                        "was written in full before the stop")
+    meta = json.loads((out / "report.json").read_text())["meta"]
+    assert meta["n_images"] == 3 and meta["interrupted"] is False
