@@ -218,8 +218,13 @@ def _evaluate(args: argparse.Namespace, *what: Any, extra_meta: dict[str, Any], 
     try:
         report = run(*what, limit=args.limit, out_dir=args.out, extra_meta=extra_meta)
     except EvaluationInterrupted as exc:
-        done, total, failed = _counts(exc.report["meta"], args.limit)
+        meta = exc.report["meta"]
+        done, total, failed = _counts(meta, args.limit)
         print(finished_message(done, total, failed, path, interrupted=True))
+        # stopped while the metrics were computed: the images are done, some metrics are not
+        for f in meta.get("failures", []):
+            if "stage" in f:
+                print(f"sam-composer eval: {f['stage']}: {f['error']}", file=sys.stderr)
         raise RunInterrupted(interrupted_message(done, total, failed, resumable=False)) from exc
     try:
         return _finish(report, args, title)

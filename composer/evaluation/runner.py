@@ -263,7 +263,9 @@ def run(
             (PointEvaluator with a task, any other evaluator with a bare segmenter).
         TypeError: ``task_or_segmenter`` is neither a segmenter nor callable.
         EvaluationInterrupted: Ctrl-C during the images: what was processed is evaluated
-            (and written) first, and the report rides on the exception.
+            (and written) first, and the report rides on the exception; Ctrl-C while an
+            evaluator computes its metrics: the report is written without those of that
+            evaluator and the ones after it (each a ``meta.failures`` entry with ``stage``).
     """
     with tasks_import():
         from tasks.base import TaskContext  # tasks sit above composer; import late
@@ -367,9 +369,20 @@ def run(
             )
 
     metrics: dict[str, float] = {}
-    for ev in evs:
+    for i, ev in enumerate(evs):
         try:
             result = ev.evaluate()
+        except KeyboardInterrupt:
+            # the images' work is done: a stop while the metrics are computed (COCOeval on a
+            # large json takes minutes) still writes the report, and an evaluator's results
+            # file (results.json) that it wrote before, instead of losing every image
+            interrupted = True
+            logger.warning("run interrupted while %s computed its metrics; writing the report "
+                           "without them", type(ev).__name__)
+            failures.extend({"stage": f"evaluate:{type(e).__name__}", "image_id": None,
+                             "error": "interrupted before its metrics were computed",
+                             "traceback": ""} for e in evs[i:])
+            break
         except Exception as exc:
             logger.error("evaluator %s failed: %s: %s", type(ev).__name__, type(exc).__name__, exc,
                          exc_info=logger.isEnabledFor(logging.INFO))

@@ -240,3 +240,42 @@ def test_eval_stopped_after_its_report_was_written_says_the_report_is_whole(
                                         "was written in full before the stop")
     meta = json.loads((out / "report.json").read_text())["meta"]
     assert meta["n_images"] == 3 and meta["interrupted"] is False
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_eval_stopped_while_computing_metrics_keeps_the_images_work(
+    how, data, stop, tmp_path, capsys, monkeypatch
+):
+    """A stop while COCOeval ran (minutes on a large json), after every image was done, wrote
+    nothing (no report.json) and said a bare "interrupted": all the images' work was lost.
+    Now the report is written without the metrics that were not computed (a failure with the
+    evaluator's stage, the run marked interrupted), beside the proposals already written."""
+    from composer.evaluation.coco_ap import CocoResults
+
+    out = tmp_path / "out"
+    real_cocoeval = CocoResults.cocoeval
+
+    def cocoeval(self: Any, *args: Any, **kwargs: Any) -> Any:
+        stop.at, stop.how = "metrics", how
+        stop("metrics")  # results.json is written: COCOeval was about to run
+        return real_cocoeval(self, *args, **kwargs)
+
+    monkeypatch.setattr(CocoResults, "cocoeval", cocoeval)
+    status = _run(_argv("eval", data, out), monkeypatch)
+    assert status == (130 if how == "ctrl-c" else 128 + signal.SIGTERM)
+    cap = capsys.readouterr()
+    assert "Traceback" not in cap.err
+    report = out / "report.json"
+    assert cap.out.splitlines()[-1] == f"3 of 3 images done, 0 failed (interrupted) -> {report}"
+    err = cap.err.splitlines()
+    assert err[-2] == ("sam-composer eval: evaluate:ProposalEvaluator: interrupted before its "
+                       "metrics were computed")
+    assert err[-1] == ("interrupted: 3 of 3 images done, 0 failed; a rerun starts afresh "
+                       "(this run does not resume)")
+    doc = json.loads(report.read_text())
+    assert doc["metrics"] == {}
+    meta = doc["meta"]
+    assert meta["n_images"] == 3 and meta["interrupted"] is True
+    assert [f["stage"] for f in meta["failures"]] == ["evaluate:ProposalEvaluator"]
+    assert sorted(meta["files"]) == ["report.json", "results.json"]
+    assert {e["image_id"] for e in json.loads((out / "results.json").read_text())} == {1, 2, 3}
