@@ -5,6 +5,7 @@ results lost on Ctrl-C. Each is now a one-line error (exit status 2) or kept."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,34 @@ def test_eval_instances_detector_needs_boxes_detector(tmp_path, capsys):
             "classic", "--boxes", "gt", "--detector", "ssd", "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     assert "--detector needs --boxes detector" in _err(capsys)
+
+
+def test_eval_instances_boxes_file_is_named_by_the_ground_truths_categories(tmp_path, capsys,
+                                                                             caplog):
+    """--boxes FILE with --coco: the boxes were named by COCO's 80 classes, so a user's own
+    category (200) was warned about as "not among the 80 class names (are they 0-based ...?)"
+    while a box of a category the json lacks (7, a COCO class) was scored in no AP unsaid."""
+    ann, images = _coco(tmp_path)
+    doc = json.loads(ann.read_text())
+    doc["categories"].append({"id": 200, "name": "gadget"})
+    ann.write_text(json.dumps(doc))
+    boxes = tmp_path / "dets.json"
+    boxes.write_text(json.dumps([
+        {"image_id": 1, "category_id": 1, "bbox": [15, 10, 30, 20], "score": 0.9},
+        {"image_id": 1, "category_id": 200, "bbox": [0, 0, 10, 10], "score": 0.5},
+        {"image_id": 1, "category_id": 7, "bbox": [40, 20, 10, 10], "score": 0.4}]))
+    out = tmp_path / "o"
+    argv = ["eval", "instances", "--coco", str(ann), "--images", str(images), "--model",
+            "classic", "--boxes", str(boxes), "--out", str(out)]
+    with caplog.at_level(logging.WARNING):
+        assert main(argv) == 0
+    _err(capsys)
+    warned = [r.getMessage() for r in caplog.records if "category ids" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "category ids [7] are not among the 2 categories given (1, 200)" in warned[0]
+    assert "count in no category's AP" in warned[0]
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(r["category_id"] for r in results) == [1, 7, 200]
 
 
 @pytest.mark.parametrize("flag", [["--points-per-side", "8"], ["--edge-refine", "off"],

@@ -382,7 +382,9 @@ def run_instances(args: argparse.Namespace) -> int:
         if args.slice is not None:
             detector = SlicedDetector(detector, args.slice)
     else:
-        detector = CocoJsonDetector(args.boxes)
+        # named by the ground truth's categories, not COCO's: a user's json has its own ids,
+        # and a box of a category it lacks is scored in none (a warning says so)
+        detector = CocoJsonDetector(args.boxes, class_names=dataset.class_names)
     print(f"detector: {detector.model_id}")
     task: Any = InstanceTask(seg, detector, InstanceConfig(refine=args.refine, zoom_small=zoom))
     if args.boxes == "gt":

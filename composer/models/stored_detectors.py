@@ -171,7 +171,13 @@ class CocoJsonDetector:
             self._class_names.setdefault(0, "object")
         unnamed = sorted({int(e["category_id"]) for e in entries if "category_id" in e}
                          - set(self._class_names))
-        if unnamed:  # 0-based or 80-class ids (YOLO exports) name the wrong classes or none
+        if unnamed and (class_names or names):
+            # the caller's categories (eval's ground truth): such boxes are scored in none
+            logger.warning("%s: category ids %s are not among the %d categories given (%s); "
+                           "their boxes count in no category's AP", self.model_id,
+                           unnamed[:10], len(self._class_names),
+                           ", ".join(map(str, sorted(self._class_names)[:10])))
+        elif unnamed:  # 0-based or 80-class ids (YOLO exports) name the wrong classes or none
             logger.warning("%s: category ids %s are not among the %d class names (are they "
                            "0-based or 1..80 rather than COCO's 1..90 ids?)", self.model_id,
                            unnamed[:10], len(self._class_names))
