@@ -38,8 +38,9 @@ def normalise_coco_dict(
 ) -> dict[str, Any]:
     """A COCO-format dict that pycocotools evaluates correctly, also for LVIS files.
 
-    Adds ``iscrowd = 0`` where missing, ``bbox`` from the segmentation and then ``area`` from
-    the bbox where missing, and ``file_name`` from ``coco_url`` where missing. Image and
+    Adds ``iscrowd = 0`` where missing, ``bbox`` from the segmentation where missing and
+    ``area`` where missing: the segmentation's pixel count, as COCO defines it (the bbox's
+    area only where the segmentation cannot be read), and ``file_name`` from ``coco_url`` where missing. Image and
     category ids, annotations' ``image_id`` and ``category_id`` and images' ``height`` and
     ``width`` given as integer strings or floats (``"18"``, ``18.0``) become ints. Polygon
     parts of fewer than 3 points are dropped, and so is an annotation left with none, with a
@@ -174,8 +175,15 @@ def _normalised(data: Mapping[str, Any], prefix: str, need_categories: bool) -> 
             raise ValueError(f"COCO json annotations[{i}] (id {ann['id']!r}): {exc}") from None
         if "bbox" not in ann:
             _add_bbox(ann, sizes.get(ann["image_id"]))
-        if "area" not in ann and "bbox" in ann:
-            ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
+        if "area" not in ann:
+            # COCO's area is the segmentation's pixel count (pycocotools' and detectron2's):
+            # it picks the small/medium/large bucket of APs/APm/APl, where a thin or diagonal
+            # object's box area (which this was) put it a size class too high
+            area = _mask_area(ann, sizes.get(ann["image_id"]))
+            if area is None and "bbox" in ann:
+                area = float(ann["bbox"][2]) * float(ann["bbox"][3])
+            if area is not None:
+                ann["area"] = area
     # polygon parts of fewer than 3 points (pycocotools cannot encode them: [] fails, and 4
     # numbers are read as a box) are left out, and so is an annotation with no part left, as
     # detectron2 does: it has no pixels to segment or to score
@@ -501,6 +509,20 @@ def _add_bbox(ann: dict[str, Any], size: tuple[Any, Any] | None) -> None:
     except (ValueError, TypeError, KeyError):
         return
     ann["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]
+
+
+def _mask_area(ann: Mapping[str, Any], size: tuple[Any, Any] | None) -> float | None:
+    """The pixel count of ``ann``'s segmentation, or None where the image's size or the
+    segmentation cannot be read (reading the image's ground truth then says so)."""
+    from pycocotools import mask as mask_utils
+
+    if size is None or not all(isinstance(v, int) and v > 0 for v in size):
+        return None
+    try:
+        rle = segmentation_rle(ann.get("segmentation"), size)
+    except (ValueError, TypeError, KeyError):
+        return None
+    return float(mask_utils.area(rle))
 
 
 def _integer(value: Any, what: str) -> int:

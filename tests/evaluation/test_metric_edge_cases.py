@@ -221,3 +221,41 @@ def test_a_results_file_cut_short_leaves_no_part_file(tmp_path):
     assert out.read_text() == "[]"
     results.write(out)
     assert len(json.loads(out.read_text())) == 4000 and out.stat().st_size > 1 << 16
+
+
+def test_ground_truth_without_area_is_sized_by_its_mask_as_coco_defines_it():
+    """A user's json without "area" got the box's area: a triangle filling half of a 120 x 120
+    box (7,140 pixels, COCO's medium) counted as large (14,161 > 96^2), so its AP went to APl
+    instead of APm. pycocotools on the same json with COCO's area (the mask's) is the answer."""
+    h = w = 200
+    poly = [10.0, 10.0, 130.0, 10.0, 10.0, 130.0]
+    gt = {"images": [{"id": 1, "file_name": "a.png", "height": h, "width": w}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "segmentation": [poly],
+                           "iscrowd": 0}],
+          "categories": [{"id": 3, "name": "thing"}]}
+    rle = mask_utils.merge(mask_utils.frPyObjects([poly], h, w))
+    mask = mask_utils.decode(rle).astype(bool)
+    ev = CocoEvaluator(gt, iou_types=("segm",))
+    ev.process(1, Detections(np.array([[10, 10, 130, 130]], np.float32),
+                             np.array([0.9], np.float32), np.array([3]),
+                             Masks.from_dense(mask[None])))
+    ours = ev.evaluate()
+    # pycocotools itself, on the json with COCO's area and the same results
+    ref = copy.deepcopy(gt)
+    ref["annotations"][0].update(area=float(mask_utils.area(rle)),
+                                 bbox=[float(v) for v in mask_utils.toBbox(rle)])
+    coco = COCO()
+    coco.dataset = ref
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+        enc = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        enc["counts"] = enc["counts"].decode()
+        dt = coco.loadRes([{"image_id": 1, "category_id": 3, "segmentation": enc,
+                            "score": 0.9}])
+        E = COCOeval(coco, dt, "segm")
+        E.evaluate()
+        E.accumulate()
+        E.summarize()
+    assert 32**2 < mask_utils.area(rle) < 96**2  # medium by its mask, large by its box
+    assert ours["segm/APm"] == pytest.approx(E.stats[4]) == pytest.approx(1.0)
+    assert ours["segm/APl"] == pytest.approx(E.stats[5]) == -1.0
