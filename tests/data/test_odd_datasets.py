@@ -220,11 +220,15 @@ def test_coco_records_without_size_or_bbox_name_the_record(tmp_path):
     # COCO's bbox is its mask's: computed where the json has none (eval points failed the image)
     gt = CocoDataset(tmp_path / "nobox.json", tmp_path)[0].gt
     np.testing.assert_array_equal(gt.boxes, [[5, 5, 15, 13]])
-    nothing = {**nobox, "segmentation": {"size": [H, W], "counts": "junk!"}}
-    (tmp_path / "nothing.json").write_text(json.dumps({**GOOD, "annotations": [nothing]}))
-    # its segmentation's error, not "has no bbox" (the box is missing as it cannot decode)
-    with pytest.raises(ValueError, match="annotation 7: compressed RLE counts"):
-        CocoDataset(tmp_path / "nothing.json", tmp_path)[0]
+    # a segmentation that cannot be read (so no bbox could be computed either) is named with
+    # what is wrong with it: "annotation 7 has no bbox" sent the user after the wrong field
+    for seg, why in (({"size": [H, W], "counts": "junk!"}, "compressed RLE counts hold"),
+                     ({"size": [H - 1, W], "counts": [0, 10]},
+                      rf"RLE size \[{H - 1}, {W}\] differs from image_size \[{H}, {W}\]")):
+        nothing = {**nobox, "segmentation": seg}
+        (tmp_path / "nothing.json").write_text(json.dumps({**GOOD, "annotations": [nothing]}))
+        with pytest.raises(ValueError, match=f"^annotation 7: {why}"):
+            CocoDataset(tmp_path / "nothing.json", tmp_path)[0]
     # a polygon written flat ([x0, y0, ...]) too: eval said "annotation 7 has no bbox"
     flat = {**nobox, "segmentation": [5, 5, 15, 5, 15, 13]}
     (tmp_path / "flat.json").write_text(json.dumps({**GOOD, "annotations": [flat]}))
