@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_write
 from .._tasks_import import tasks_import
 from ..embedding import EmbeddingCache
 from ..io.image import load_image
@@ -546,5 +547,8 @@ def plot_click_curves(evaluator: Any, path: str | os.PathLike, title: str = "") 
     ax.set_title(f"{title} ({n} masks)" if title else f"{n} masks", fontsize=9)
     fig.tight_layout()
     out = Path(path)
-    fig.savefig(out)
+    # atomically, as the reports: a stop or an error while it is drawn (a second Ctrl-C after
+    # an interrupted run) leaves the earlier plot whole, not a cut-off PNG
+    with atomic_write(out, "wb") as f:
+        fig.savefig(f, format="png")
     return out

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -492,3 +494,36 @@ def test_instances_cli_zoom_and_gt_boxes(coco_dir, tmp_path, capsys):
     for bad in (["--zoom-small", "x"], ["--slice", "400"]):
         assert main([*base, *bad, "--out", str(tmp_path / "bad")]) == 2
         assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_click_plot_is_written_atomically(tmp_path, monkeypatch):
+    """The mIoU-vs-clicks PNG was drawn straight into its file: a stop (or an error) while
+    matplotlib wrote it left a cut-off PNG where the earlier run's plot was."""
+    from matplotlib.figure import Figure
+
+    from composer.evaluation.runner import plot_click_curves
+
+    class Curves:
+        iou_thresholds = (0.85,)
+        traces = [None]
+
+        def curves(self) -> dict[str, np.ndarray]:
+            return {"mIoU": np.array([0.5, 0.7]), "oracle_mIoU": np.array([0.6, 0.8])}
+
+    plot = tmp_path / "points_miou_vs_clicks.png"
+    plot_click_curves(Curves(), plot)
+    before = plot.read_bytes()
+    assert before.startswith(b"\x89PNG")
+
+    def cut_off(self: Figure, target: Any, **kwargs: Any) -> None:
+        if isinstance(target, (str, os.PathLike)):
+            Path(target).write_bytes(b"\x89PNG cut")
+        else:
+            target.write(b"\x89PNG cut")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        plot_click_curves(Curves(), plot)
+    assert plot.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [plot.name]
