@@ -207,6 +207,31 @@ def test_eval_instances_boxes_file_is_named_by_the_ground_truths_categories(tmp_
     assert sorted(r["category_id"] for r in results) == [1, 7, 200]
 
 
+def test_eval_instances_refuses_boxes_of_no_image_of_the_json(tmp_path, capsys, monkeypatch):
+    """--boxes RESULTS of another json (other image ids, or 0-based ones) gave every image no
+    boxes: AP 0 and exit status 0 without a word. Refused before the model loads."""
+    import composer.commands.eval as eval_command
+
+    ann, images = _coco(tmp_path)
+    boxes = tmp_path / "dets.json"
+    boxes.write_text(json.dumps([
+        {"image_id": i, "category_id": 1, "bbox": [15, 10, 30, 20], "score": 0.9}
+        for i in (0, 2)]))
+
+    def no_model(args):
+        raise AssertionError("the model loaded")
+
+    monkeypatch.setattr(eval_command, "load_model", no_model)
+    out = tmp_path / "o"
+    argv = ["eval", "instances", "--coco", str(ann), "--images", str(images), "--model",
+            "classic", "--boxes", str(boxes), "--out", str(out)]
+    assert main(argv) == 2
+    err = _err(capsys).strip()
+    assert err == (f"sam-composer eval: error: --boxes {boxes}: none of its image ids (e.g. 0, "
+                   "2) is an image id of instances (e.g. 1); are the boxes another dataset's?")
+    assert not (out / "report.json").exists()
+
+
 @pytest.mark.parametrize("flag", [["--points-per-side", "8"], ["--edge-refine", "off"],
                                   ["--model", "classic"], ["--device", "cpu"]])
 def test_eval_edges_classical_method_refuses_segmenter_flags(tmp_path, capsys, flag):

@@ -370,6 +370,12 @@ def run_instances(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ValueError(f"--slice {args.slice}: {exc}") from None
     dataset = _dataset(args)
+    stored = None
+    if args.boxes not in ("gt", "detector"):  # read (and checked) before the model loads
+        # named by the ground truth's categories, not COCO's: a user's json has its own ids,
+        # and a box of a category it lacks is scored in none (a warning says so)
+        stored = CocoJsonDetector(args.boxes, class_names=dataset.class_names)
+        _check_boxes_match(stored.result_image_ids, dataset, args.boxes)
     seg = load_model(args)
     print(describe(seg))
     detector: Any
@@ -382,9 +388,7 @@ def run_instances(args: argparse.Namespace) -> int:
         if args.slice is not None:
             detector = SlicedDetector(detector, args.slice)
     else:
-        # named by the ground truth's categories, not COCO's: a user's json has its own ids,
-        # and a box of a category it lacks is scored in none (a warning says so)
-        detector = CocoJsonDetector(args.boxes, class_names=dataset.class_names)
+        detector = stored
     print(f"detector: {detector.model_id}")
     task: Any = InstanceTask(seg, detector, InstanceConfig(refine=args.refine, zoom_small=zoom))
     if args.boxes == "gt":
@@ -393,6 +397,23 @@ def run_instances(args: argparse.Namespace) -> int:
     ev = CocoEvaluator(dataset.coco, iou_types=("segm", "bbox"), results_file=results)
     return _evaluate(args, task, dataset, [ev], extra_meta=_command_meta(args),
                      title=f"instances (boxes: {args.boxes})")
+
+
+def _check_boxes_match(with_boxes: frozenset[int], dataset: Any, boxes: str) -> None:
+    """``--boxes RESULTS`` must have boxes for some image of the dataset: a results file of
+    another json (other ids, or 0-based ones) gave every image no boxes, and AP 0, unsaid.
+
+    Raises:
+        ValueError: the results have entries and none is for an image of the dataset.
+    """
+    ids = getattr(dataset, "image_ids", None)
+    if not with_boxes or ids is None or with_boxes & set(ids):
+        return
+    theirs = ", ".join(map(str, sorted(with_boxes)[:3]))
+    ours = ", ".join(map(str, sorted(ids)[:3]))
+    raise ValueError(f"--boxes {boxes}: none of its image ids (e.g. {theirs}) is an image id "
+                     f"of {getattr(dataset, 'name', 'the dataset')} (e.g. {ours}); are the "
+                     "boxes another dataset's?")
 
 
 def run_points(args: argparse.Namespace) -> int:

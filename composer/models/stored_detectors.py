@@ -192,6 +192,11 @@ class CocoJsonDetector:
     def class_names(self) -> Mapping[int, str]:
         return self._class_names
 
+    @property
+    def result_image_ids(self) -> frozenset[int]:
+        """The image ids that the results have entries for."""
+        return frozenset(self._by_image)
+
     def coco_id(self, image_id: Hashable | None) -> int | None:
         """The results' image id of the caller's ``image_id`` (None when it cannot be told)."""
         if image_id is None:
