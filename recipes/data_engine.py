@@ -17,8 +17,11 @@ image and its masks are read only for cache entries still missing):
      Berkeley, which no stage has seen): start weights, control, data engine.
 
 Unlabelled images: by default BSDS500 train+val minus the Berkeley/GrabCut images (their human
-labels are not read by stage 1); ``--images DIR`` takes any folder instead. Human masks: the
-BSDS500 train+val regions of ``recipes/train_default.py``. Prints a table and writes
+labels are not read by stage 1); ``--images DIR`` takes any folder instead (your own photos;
+files that cannot be read are listed as failures, the others annotated). Human masks: by default
+the BSDS500 train+val regions of ``recipes/train_default.py``; ``--labelled JSON
+--labelled-images DIR`` takes your own COCO instances json instead. Evaluation is always on
+GrabCut and Berkeley (under ``SAM_COMPOSER_DATA``). Prints a table and writes
 ``<work-dir>/data_engine.json``.
 """
 
@@ -145,18 +148,32 @@ def annotations_digest(path: str | Path) -> str:
     return hashlib.sha1(content.encode()).hexdigest()[:10]
 
 
+def labelled_digest(ann_file: Path, image_dir: Path) -> str:
+    """``--labelled``'s masks and images (:func:`annotations_digest`) and its image folder."""
+    content = f"{annotations_digest(ann_file)}|{Path(image_dir).resolve()}"
+    return hashlib.sha1(content.encode()).hexdigest()[:10]
+
+
 def finetune(
-    args, samples, tag: str, weights_sha256: str | None, data_digest: str | None = None
+    args,
+    samples,
+    tag: str,
+    weights_sha256: str | None,
+    data_digest: str | None = None,
+    labelled: str | None = None,
 ) -> torch.nn.Module:
     """Fine-tune the start weights on ``samples`` into ``<work-dir>/<tag>`` (resumable).
     ``weights_sha256``: ``file_digest(args.weights)``, taken once per run by the caller (the
     two runs share it; a large checkpoint was read once for each)."""
     # A rerun into the same --work-dir resumes this run only with the same start weights,
-    # learning rate and data (--steps may grow); anything else is refused, not reported stale.
+    # learning rate and data (--steps may grow; a --labelled json's image ids may repeat
+    # another's, so it is named by its digest); anything else is refused, not reported stale.
     check_same_run(
         args.work_dir / tag,
         {"weights_sha256": weights_sha256, "lr": args.lr,
-         "samples": [s.image_id for s in samples], "automatic_json": data_digest},
+         "samples": [s.image_id for s in samples], "automatic_json": data_digest,
+         # None (absent from runs before --labelled) for the BSDS500 masks
+         "labelled": labelled},
     )
     model = build_composer_tiny(checkpoint=str(args.weights))
     config = TrainConfig(
@@ -191,6 +208,18 @@ def main(argv: list[str] | None = None) -> None:
         "--work-dir", type=Path, default=Path.home() / ".cache/sam-composer/data_engine"
     )
     parser.add_argument("--images", type=Path, default=None, help="unlabelled images folder")
+    parser.add_argument(
+        "--labelled",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="human-labelled masks: a COCO instances json (with --labelled-images); "
+        "default: the BSDS500 train+val regions",
+    )
+    parser.add_argument(
+        "--labelled-images", type=Path, default=None, metavar="DIR",
+        help="image folder of --labelled",
+    )
     parser.add_argument("--limit", type=int, default=None, help="first N unlabelled images")
     parser.add_argument("--points-per-side", type=int, default=16)
     parser.add_argument(
@@ -218,6 +247,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--lr must be a positive number, got {args.lr}")
     if args.images is not None and not args.images.is_dir():
         parser.error(f"--images {args.images} is not a folder")
+    if (args.labelled is None) != (args.labelled_images is None):
+        parser.error("--labelled and --labelled-images go together")
+    if args.labelled is not None and not args.labelled.is_file():
+        parser.error(f"--labelled {args.labelled} is not a file")
+    if args.labelled_images is not None and not args.labelled_images.is_dir():
+        parser.error(f"--labelled-images {args.labelled_images} is not a folder")
     check_out_dir(parser, args.work_dir, "--work-dir")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -231,14 +266,16 @@ def main(argv: list[str] | None = None) -> None:
     low = ComposerTinyConfig().low_res_size
     model = build_composer_tiny(checkpoint=str(args.weights))
     # caches named by the backbone: a fine-tuned one's features are not the ImageNet one's
-    human = cached_samples(
-        model,
-        cache_name(model),
-        bsds_item_refs(("train", "val"), exclude=evaluation_bsds_ids()),
-        4,
-        low,
-        min_area=200,
-    )
+    if args.labelled is None:
+        human_refs = bsds_item_refs(("train", "val"), exclude=evaluation_bsds_ids())
+        human_cache, human_digest = cache_name(model), None
+    else:
+        # named by the masks and the image folder: entries are keyed by "coco/<image id>",
+        # which another json (or folder) reuses for other images
+        human_digest = labelled_digest(args.labelled, args.labelled_images)
+        human_refs = coco_item_refs(args.labelled, args.labelled_images)
+        human_cache = cache_name(model, f"labelled-{human_digest}")
+    human = cached_samples(model, human_cache, human_refs, 4, low, min_area=200)
     digest = annotations_digest(auto_json)
     pseudo = cached_samples(
         model, cache_name(model, f"engine-{digest}"), coco_item_refs(auto_json, images), 2, low,
@@ -254,9 +291,11 @@ def main(argv: list[str] | None = None) -> None:
         )
     }
     weights_sha256 = file_digest(args.weights)
-    control = finetune(args, human, "control_human_only", weights_sha256)
+    control = finetune(args, human, "control_human_only", weights_sha256, None, human_digest)
     results["control_human_only"] = evaluate(control, args.work_dir / "eval_control.json")
-    engine = finetune(args, human + pseudo, "engine_human_plus_automatic", weights_sha256, digest)
+    engine = finetune(
+        args, human + pseudo, "engine_human_plus_automatic", weights_sha256, digest, human_digest
+    )
     results["engine_human_plus_automatic"] = evaluate(engine, args.work_dir / "eval_engine.json")
     engine_file = save_state_file(engine.state_dict(), args.work_dir / "engine_model.pt")
     logging.info("engine weights: %s (sha256 %s)", engine_file, file_digest(engine_file))
@@ -277,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{row[0]:<30} {row[1]:9.3f} {row[2]:9.3f} {row[3]:10.3f} {row[4]:10.3f}")
     summary = {
         "automatic_json": str(auto_json),
+        "labelled": str(args.labelled) if args.labelled else "BSDS500 train+val regions",
         "human_samples": len(human),
         "automatic_samples": len(pseudo),
         "steps_per_run": args.steps,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -103,23 +104,24 @@ def test_data_engine_names_its_feature_cache_by_the_masks_not_the_file(tmp_path)
     assert engine.annotations_digest(b) == digest != engine.annotations_digest(c)
 
 
-def test_data_engine_hashes_the_start_weights_once(tmp_path, monkeypatch, capsys) -> None:
-    """The control and the engine fine-tuning each hashed --weights for their run settings:
-    a large checkpoint read twice per run. The stages around the hashing are stubbed."""
+def _stub_data_engine(engine, tmp_path, monkeypatch, improved: bool = False) -> dict:
+    """``recipes/data_engine.py`` with every stage around its bookkeeping stubbed: the
+    automatic stage returns an empty json, the caches record their names and item sources,
+    fine-tuning is done at once and the evaluation returns fixed numbers (the engine run's
+    higher than the others' when ``improved``)."""
     from types import SimpleNamespace
 
     import torch
 
-    engine = load_recipe("data_engine")
     weights = tmp_path / "start.pt"
     weights.write_bytes(b"weights")
     auto = tmp_path / "auto.json"
     auto.write_text(json.dumps({"images": [], "annotations": []}))
-    hashed: list[str] = []
-    real_digest = engine.file_digest
+    seen: dict = {"weights": weights, "auto": auto, "hashed": [], "caches": [], "sources": []}
+    real_digest = seen["real_digest"] = engine.file_digest
 
     def counting_digest(path):
-        hashed.append(str(path))
+        seen["hashed"].append(str(path))
         return real_digest(path)
 
     class DoneTrainer:
@@ -132,34 +134,44 @@ def test_data_engine_hashes_the_start_weights_once(tmp_path, monkeypatch, capsys
         def done(self) -> bool:
             return True
 
-    clicks = {"points/mIoU@1": 0.5, "points/mIoU@5": 0.6}
+    def cached_samples(model, name, items, n, low, min_area):
+        seen["caches"].append(name)
+        seen["sources"].append(items)
+        return [SimpleNamespace(image_id=name)]
+
+    def evaluate(model, out):
+        score = 0.6 if improved and out.name == "eval_engine.json" else 0.5
+        clicks = {"points/mIoU@1": score, "points/mIoU@5": 0.6}
+        return {"GrabCut": clicks, "Berkeley": clicks}
+
     monkeypatch.setattr(engine, "file_digest", counting_digest)
     monkeypatch.setattr(engine, "automatic_stage", lambda args, images: auto)
     monkeypatch.setattr(engine, "evaluation_bsds_ids", lambda: set())
     monkeypatch.setattr(engine, "build_composer_tiny", lambda checkpoint=None: torch.nn.Linear(1, 1))
-    caches: list[str] = []
-    sources: list[object] = []
-
-    def cached_samples(model, name, items, n, low, min_area):
-        caches.append(name)
-        sources.append(items)
-        return [SimpleNamespace(image_id=name)]
-
     monkeypatch.setattr(engine, "cached_samples", cached_samples)
     # the caches are built from unread items (ItemRefs): a rerun reads no image to find them
     monkeypatch.setattr(engine, "bsds_item_refs", lambda splits, exclude: "bsds refs")
-    monkeypatch.setattr(engine, "coco_item_refs", lambda ann, images: f"refs of {ann.name}")
+    monkeypatch.setattr(engine, "coco_item_refs", lambda ann, images: f"refs of {Path(ann).name}")
     # the caches are named by the model's backbone (here a stand-in's)
     monkeypatch.setattr(engine, "cache_name", lambda model, base="human": f"{base}-B")
-    monkeypatch.setattr(engine, "evaluate", lambda model, out: {"GrabCut": clicks, "Berkeley": clicks})
+    monkeypatch.setattr(engine, "evaluate", evaluate)
     monkeypatch.setattr(engine, "Trainer", DoneTrainer)
+    return seen
+
+
+def test_data_engine_hashes_the_start_weights_once(tmp_path, monkeypatch, capsys) -> None:
+    """The control and the engine fine-tuning each hashed --weights for their run settings:
+    a large checkpoint read twice per run. The stages around the hashing are stubbed."""
+    engine = load_recipe("data_engine")
+    seen = _stub_data_engine(engine, tmp_path, monkeypatch)
+    weights, auto = seen["weights"], seen["auto"]
     work = tmp_path / "work"
     engine.main(["--weights", str(weights), "--work-dir", str(work), "--images", str(tmp_path)])
     # the start weights once; the engine's exported weights are hashed for the log
-    assert hashed == [str(weights), str(work / "engine_model.pt")]
-    assert caches == ["human-B", f"engine-{engine.annotations_digest(auto)}-B"]
-    assert sources == ["bsds refs", "refs of auto.json"]
-    digest = real_digest(weights)
+    assert seen["hashed"] == [str(weights), str(work / "engine_model.pt")]
+    assert seen["caches"] == ["human-B", f"engine-{engine.annotations_digest(auto)}-B"]
+    assert seen["sources"] == ["bsds refs", "refs of auto.json"]
+    digest = seen["real_digest"](weights)
     for tag in ("control_human_only", "engine_human_plus_automatic"):
         settings = json.loads((work / tag / "run_settings.json").read_text())
         assert settings["weights_sha256"] == digest
@@ -184,3 +196,51 @@ def test_feature_caches_are_named_by_the_backbone() -> None:
     name = recipe.cache_name(model)
     assert name.startswith(f"{recipe.CACHE_NAME}-backbone-") and recipe.cache_name(model) == name
     assert recipe.cache_name(model, "engine-abc") == f"engine-abc{name[len(recipe.CACHE_NAME):]}"
+
+
+def test_data_engine_takes_the_users_labelled_coco_json(tmp_path, monkeypatch, capsys) -> None:
+    """The human masks were always BSDS500's: a user with their own labelled COCO json (and
+    no BSDS500) could not run the recipe. ``--labelled`` / ``--labelled-images`` take one; its
+    feature cache and the run settings are named by its masks and folder (its image ids,
+    "coco/1"..., repeat another json's)."""
+    engine = load_recipe("data_engine")
+    seen = _stub_data_engine(engine, tmp_path, monkeypatch)
+    labelled, photos = tmp_path / "mine.json", tmp_path / "mine"
+    photos.mkdir()
+    labelled.write_text(json.dumps({"images": [{"id": 1}], "annotations": []}))
+    work = tmp_path / "work"
+    engine.main(["--weights", str(seen["weights"]), "--work-dir", str(work), "--images",
+                 str(tmp_path), "--labelled", str(labelled), "--labelled-images", str(photos)])
+    digest = engine.labelled_digest(labelled, photos)
+    assert seen["sources"][0] == "refs of mine.json"
+    assert seen["caches"][0] == f"labelled-{digest}-B"
+    for tag in ("control_human_only", "engine_human_plus_automatic"):
+        assert json.loads((work / tag / "run_settings.json").read_text())["labelled"] == digest
+    assert json.loads((work / "data_engine.json").read_text())["labelled"] == str(labelled)
+    # another folder for the same json is other data
+    other = tmp_path / "other"
+    other.mkdir()
+    assert engine.labelled_digest(labelled, other) != digest
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--labelled", "JSON"], "--labelled and --labelled-images go together"),
+        (["--labelled-images", "DIR"], "--labelled and --labelled-images go together"),
+        (["--labelled", "DIR", "--labelled-images", "DIR"], "is not a file"),
+        (["--labelled", "JSON", "--labelled-images", "JSON"], "is not a folder"),
+    ],
+)
+def test_data_engine_checks_labelled_flags_first(extra, message, tmp_path, monkeypatch, capsys) -> None:
+    engine = load_recipe("data_engine")
+    seen = _stub_data_engine(engine, tmp_path, monkeypatch)
+    (tmp_path / "l.json").write_text("{}")
+    names = {"JSON": str(tmp_path / "l.json"), "DIR": str(tmp_path)}
+    with pytest.raises(SystemExit) as exc:
+        engine.main(["--weights", str(seen["weights"]), "--work-dir", str(tmp_path / "w"),
+                     "--images", str(tmp_path), *[names.get(a, a) for a in extra]])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
