@@ -21,7 +21,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def one_line_errors(main: F) -> F:
-    """Wrap a recipe's ``main``: a ``ValueError`` becomes ``error: MESSAGE`` and exit status 2."""
+    """Wrap a recipe's ``main``: a ``ValueError`` becomes ``error: MESSAGE`` and exit status 2;
+    Ctrl-C (a ``KeyboardInterrupt``) one line, a folder run's ``RunInterrupted`` message ("N of
+    M images done ...; run the same command to resume") or ``interrupted``, and exit status 130,
+    as ``sam-composer`` does (it was a traceback, which reads as a crash; the resumable stages
+    have written what they finished before it propagates)."""
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -32,6 +36,11 @@ def one_line_errors(main: F) -> F:
                 traceback.print_exc()
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        except KeyboardInterrupt as e:
+            if os.environ.get("SAM_COMPOSER_TRACEBACK"):
+                traceback.print_exc()
+            print(getattr(e, "message", None) or "interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
