@@ -35,6 +35,7 @@ import math
 import sys
 import time
 import zlib
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -54,6 +55,7 @@ from composer.sam.composer_tiny import (  # noqa: E402
 )
 from composer.segmenters import load_segmenter  # noqa: E402
 from composer.training.data import (  # noqa: E402
+    ItemRef,
     bsds_ids,
     bsds_item_refs,
     coco_item_refs,
@@ -125,17 +127,43 @@ def automatic_stage(args: argparse.Namespace, images: Path) -> Path:
     return out
 
 
-def cached_samples(model, name: str, items, n_variants: int, low: int, min_area: int):
+class _Unreadable(Exception):
+    """An item that cannot be read (its image or its labels), as raised by its ``load``."""
+
+
+def _load_or_tag(ref: ItemRef):
+    try:
+        return ref.load()
+    except (ValueError, OSError) as exc:
+        raise _Unreadable(str(exc)) from exc
+
+
+def cached_samples(
+    model, name: str, items, n_variants: int, low: int, min_area: int,
+    failures: list[dict] | None = None,
+):
     """The samples of ``items`` (ItemRefs: an item is read only where one of its cache
-    entries is missing, so a rerun reads no image or ground truth)."""
+    entries is missing, so a rerun reads no image or ground truth). With ``failures`` an
+    item that cannot be read (a missing or corrupt image of a user's json) is left out with
+    one WARNING line and listed there ({"image_id", "error"}); without, it raises."""
     cache = FeatureCache(name)
-    paths = cache.build(
-        model,
-        items,
-        # Same per-image seeds as recipes/train_default.py, so its cache entries are reused.
-        lambda it: make_variants(n_variants, seed=zlib.crc32(it.image_id.encode())),
-        low_res=CACHE_LOW_RES,
-    )
+    paths: list[Path] = []
+    for ref in items:
+        tagged = ItemRef(ref.image_id, partial(_load_or_tag, ref))
+        try:
+            paths += cache.build(
+                model,
+                [tagged],
+                # Same per-image seeds as recipes/train_default.py, so its cache entries are
+                # reused.
+                lambda it: make_variants(n_variants, seed=zlib.crc32(it.image_id.encode())),
+                low_res=CACHE_LOW_RES,
+            )
+        except _Unreadable as exc:
+            if failures is None:
+                raise ValueError(str(exc)) from None
+            logging.warning("left out %s: %s", ref.image_id, exc)
+            failures.append({"image_id": ref.image_id, "error": str(exc)})
     return cache.load_all(paths, min_area=min_area, low_res=low)
 
 
@@ -275,13 +303,23 @@ def main(argv: list[str] | None = None) -> None:
         human_digest = labelled_digest(args.labelled, args.labelled_images)
         human_refs = coco_item_refs(args.labelled, args.labelled_images)
         human_cache = cache_name(model, f"labelled-{human_digest}")
-    human = cached_samples(model, human_cache, human_refs, 4, low, min_area=200)
+    # a --labelled image that cannot be read is left out (named), as `sam-composer train` does
+    unreadable: list[dict] = []
+    human = cached_samples(
+        model, human_cache, human_refs, 4, low, min_area=200,
+        failures=unreadable if args.labelled is not None else None,
+    )
     digest = annotations_digest(auto_json)
     pseudo = cached_samples(
         model, cache_name(model, f"engine-{digest}"), coco_item_refs(auto_json, images), 2, low,
         min_area=50,
     )
     logging.info("human samples %d, automatic samples %d", len(human), len(pseudo))
+    if not human:
+        raise ValueError(
+            f"no usable human-labelled mask in {args.labelled} "
+            f"({len(unreadable)} images could not be read)"
+        )
     if not pseudo:
         raise SystemExit("the automatic stage produced no usable mask; lower the thresholds")
 
@@ -318,6 +356,7 @@ def main(argv: list[str] | None = None) -> None:
         "automatic_json": str(auto_json),
         "labelled": str(args.labelled) if args.labelled else "BSDS500 train+val regions",
         "human_samples": len(human),
+        "labelled_failures": unreadable,
         "automatic_samples": len(pseudo),
         "steps_per_run": args.steps,
         "results": {

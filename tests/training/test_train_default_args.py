@@ -134,7 +134,7 @@ def _stub_data_engine(engine, tmp_path, monkeypatch, improved: bool = False) -> 
         def done(self) -> bool:
             return True
 
-    def cached_samples(model, name, items, n, low, min_area):
+    def cached_samples(model, name, items, n, low, min_area, failures=None):
         seen["caches"].append(name)
         seen["sources"].append(items)
         return [SimpleNamespace(image_id=name)]
@@ -272,3 +272,42 @@ def test_data_engine_says_what_improved_and_how_it_was_measured(
     assert summary["engine_improves_over_control"] is improved
     assert summary["comparison"]["difference"] == pytest.approx(eng - ctl)
     assert summary["comparison"]["measure"] in line
+
+
+def test_data_engine_leaves_out_an_unreadable_labelled_image(tmp_path, monkeypatch, caplog) -> None:
+    """A --labelled json naming a missing or corrupt image stopped the whole run (after the
+    automatic stage) at that image; now it is left out with one WARNING line and listed,
+    as `sam-composer train` does. The feature cache is stubbed: it reads each item."""
+    import logging
+
+    from composer.training.data import ItemRef
+
+    engine = load_recipe("data_engine")
+
+    class ReadingCache:
+        def __init__(self, name) -> None:
+            pass
+
+        def build(self, model, items, variants, low_res):
+            return [it.load() for it in items]
+
+        def load_all(self, paths, min_area, low_res):
+            return paths
+
+    def unreadable():
+        raise ValueError("image file not found: labelled/missing.jpg")
+
+    monkeypatch.setattr(engine, "FeatureCache", ReadingCache)
+    refs = [ItemRef("coco/1", lambda: "item 1"), ItemRef("coco/2", unreadable),
+            ItemRef("coco/3", lambda: "item 3")]
+    failures: list = []
+    with caplog.at_level(logging.WARNING):
+        samples = engine.cached_samples(None, "c", refs, 1, 64, 0, failures=failures)
+    assert samples == ["item 1", "item 3"]
+    assert failures == [{"image_id": "coco/2", "error": "image file not found: labelled/missing.jpg"}]
+    assert [r.getMessage() for r in caplog.records] == [
+        "left out coco/2: image file not found: labelled/missing.jpg"
+    ]
+    # the BSDS500 masks and the automatic stage's (listed only when read) still stop the run
+    with pytest.raises(ValueError, match="^image file not found: labelled/missing.jpg$"):
+        engine.cached_samples(None, "c", refs, 1, 64, 0)
