@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 import zlib
@@ -66,6 +67,21 @@ from composer.training.features import FeatureCache  # noqa: E402
 from composer.training.losses import LossWeights  # noqa: E402
 from composer.training.trainer import TrainConfig, Trainer  # noqa: E402
 from tasks.everything import annotate_folder  # noqa: E402
+
+
+class _NoItemTracebacks(logging.Filter):
+    """Drops annotate_folder's INFO traceback of a failed image (``sam-composer`` shows it with
+    -v only): this recipe logs at INFO, so each unreadable photo of a user's folder printed a
+    traceback of some twenty lines after its one WARNING line, which reads as a crash.
+    ``SAM_COMPOSER_TRACEBACK=1`` keeps them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno == logging.INFO
+            and isinstance(record.msg, str)
+            and record.msg.startswith("annotate_folder: ")
+            and record.msg.endswith(" failed:\n%s")
+        )
 
 
 def unlabelled_folder(work: Path) -> Path:
@@ -283,6 +299,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--labelled-images {args.labelled_images} is not a folder")
     check_out_dir(parser, args.work_dir, "--work-dir")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if not os.environ.get("SAM_COMPOSER_TRACEBACK"):
+        item_log = logging.getLogger(annotate_folder.__module__)
+        if not any(isinstance(f, _NoItemTracebacks) for f in item_log.filters):
+            item_log.addFilter(_NoItemTracebacks())
     torch.set_num_threads(args.threads)
     if not Path(args.weights).is_file():
         raise ValueError(f"no weights at {args.weights}; run recipes/train_default.py first")

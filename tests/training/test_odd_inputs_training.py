@@ -717,3 +717,41 @@ def test_data_engine_ctrl_c_is_one_line_not_a_traceback(
             pytest.fail("Ctrl-C went out of the recipe (a traceback on the command line)")
     assert exc.value.code == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == line
+
+
+def test_data_engine_names_an_unreadable_photo_on_one_line(tmp_path, monkeypatch, caplog) -> None:
+    """An unreadable photo in --images is a per-item failure: one WARNING line, listed under
+    "failures". The recipe logs at INFO, where annotate_folder also logged its traceback
+    (some twenty lines per bad photo, read as a crash); the stages after are stubbed."""
+    import logging
+
+    recipe = load_recipe("data_engine")
+    monkeypatch.delenv("SAM_COMPOSER_TRACEBACK", raising=False)
+    images = tmp_path / "photos"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(images / "a.png")
+    (images / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    real_stage = recipe.automatic_stage
+    done = []
+
+    def stage_then_stop(args, folder):
+        done.append(real_stage(args, folder))
+        raise _Started
+
+    monkeypatch.setattr(recipe, "automatic_stage", stage_then_stop)
+    item_log = logging.getLogger(recipe.annotate_folder.__module__)
+    before = list(item_log.filters)
+    try:
+        with caplog.at_level(logging.INFO), pytest.raises(_Started):
+            recipe.main(["--work-dir", str(tmp_path / "w"), "--images", str(images),
+                         "--points-per-side", "2"])
+    finally:
+        item_log.filters[:] = before
+    doc = json.loads(done[0].read_text())
+    assert [f["file_name"] for f in doc["failures"]] == ["b.jpg"]
+    assert [i["file_name"] for i in doc["images"]] == ["a.png"]
+    failed = [r for r in caplog.records if "b.jpg" in r.getMessage()]
+    assert [r.levelname for r in failed] == ["WARNING"]
+    assert "\n" not in failed[0].getMessage()
+    assert not any("Traceback" in r.getMessage() for r in caplog.records)
