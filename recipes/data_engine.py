@@ -84,6 +84,16 @@ class _NoItemTracebacks(logging.Filter):
         )
 
 
+def check_evaluation_data() -> None:
+    """The held-out sets (GrabCut, Berkeley) are there: checked before the stages that take
+    minutes, which a user's own --images and --labelled run without reading them (a missing
+    set was found only after the automatic stage and the feature caches)."""
+    from composer.data.paths import dataset_dir
+
+    for name in ("grabcut", "berkeley"):
+        dataset_dir(name)  # ValueError naming the path and SAM_COMPOSER_DATA
+
+
 def unlabelled_folder(work: Path) -> Path:
     """A folder of links to BSDS500 train+val images minus the evaluation images."""
     from composer.data.paths import dataset_dir
@@ -306,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     if not Path(args.weights).is_file():
         raise ValueError(f"no weights at {args.weights}; run recipes/train_default.py first")
+    check_evaluation_data()
     args.work_dir.mkdir(parents=True, exist_ok=True)
 
     images = args.images or unlabelled_folder(args.work_dir)

@@ -145,6 +145,7 @@ def _stub_data_engine(engine, tmp_path, monkeypatch, improved: bool = False) -> 
         return {"GrabCut": clicks, "Berkeley": clicks}
 
     monkeypatch.setattr(engine, "file_digest", counting_digest)
+    monkeypatch.setattr(engine, "check_evaluation_data", lambda: None, raising=False)
     monkeypatch.setattr(engine, "automatic_stage", lambda args, images: auto)
     monkeypatch.setattr(engine, "evaluation_bsds_ids", lambda: set())
     monkeypatch.setattr(engine, "build_composer_tiny", lambda checkpoint=None: torch.nn.Linear(1, 1))
@@ -311,3 +312,26 @@ def test_data_engine_leaves_out_an_unreadable_labelled_image(tmp_path, monkeypat
     # the BSDS500 masks and the automatic stage's (listed only when read) still stop the run
     with pytest.raises(ValueError, match="^image file not found: labelled/missing.jpg$"):
         engine.cached_samples(None, "c", refs, 1, 64, 0)
+
+
+def test_data_engine_checks_the_evaluation_sets_before_the_stages(tmp_path, monkeypatch, capsys) -> None:
+    """With the user's own --images and --labelled nothing read SAM_COMPOSER_DATA before the
+    evaluation: a missing GrabCut/Berkeley was an error only after the automatic stage and
+    the feature caches (minutes)."""
+    engine = load_recipe("data_engine")
+    seen = _stub_data_engine(engine, tmp_path, monkeypatch)
+    monkeypatch.undo()  # the real check_evaluation_data; the stages below stay stubbed
+    started: list = []
+    monkeypatch.setattr(engine, "automatic_stage", lambda args, images: started.append(1))
+    empty = tmp_path / "data"
+    empty.mkdir()
+    monkeypatch.setenv("SAM_COMPOSER_DATA", str(empty))
+    labelled = tmp_path / "mine.json"
+    labelled.write_text("{}")
+    with pytest.raises(SystemExit) as exc:
+        engine.main(["--weights", str(seen["weights"]), "--work-dir", str(tmp_path / "w"),
+                     "--images", str(tmp_path), "--labelled", str(labelled),
+                     "--labelled-images", str(tmp_path)])
+    assert exc.value.code == 2
+    assert f"dataset 'grabcut' not found at {empty / 'grabcut'}" in capsys.readouterr().err
+    assert not started
