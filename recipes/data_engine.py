@@ -5,8 +5,9 @@ Command (after ``recipes/train_default.py``; ~35 min on one core of the 2-core C
     OMP_NUM_THREADS=1 python recipes/data_engine.py --weights composer/weights/composer_tiny.pt \\
         --work-dir ~/.cache/sam-composer/data_engine
 
-Stages (each resumes: the annotation log, the feature cache and the checkpoints are reused; an
-image and its masks are read only for cache entries still missing):
+Stages (each resumes: the annotation log, the feature cache, the checkpoints and the evaluations
+of the same weights are reused; an image and its masks are read only for cache entries still
+missing):
   1. automatic annotation (``tasks.everything.annotate_folder``): the model segments every
      "unlabelled" image with a point grid, keeping masks by predicted IoU, stability and box
      NMS, small regions cleaned (SA-1B's fully automatic stage); written as COCO json;
@@ -252,6 +253,25 @@ def finetune(
     return model.eval()
 
 
+def evaluated(model, out_json: Path, weights_digest: str | None) -> dict:
+    """``evaluate(model(), out_json)``, or what ``out_json`` holds when it was written for the
+    same weights (``weights_digest``, recorded in it as ``evaluated_weights``): a rerun after
+    an interruption evaluated every model again (minutes each) before it went on."""
+    if weights_digest is not None and out_json.is_file():
+        try:
+            done = json.loads(out_json.read_text())
+        except ValueError:
+            done = None
+        if isinstance(done, dict) and done.get("evaluated_weights") == weights_digest:
+            logging.info("%s: evaluated earlier (same weights), reused", out_json)
+            return done
+    results = evaluate(model(), out_json)
+    if weights_digest is not None:
+        results = {**results, "evaluated_weights": weights_digest}
+        out_json.write_text(json.dumps(results, indent=2))
+    return results
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
@@ -354,18 +374,26 @@ def main(argv: list[str] | None = None) -> None:
     if not pseudo:
         raise SystemExit("the automatic stage produced no usable mask; lower the thresholds")
 
+    weights_sha256 = file_digest(args.weights)
     results = {
-        "start": evaluate(
-            build_composer_tiny(checkpoint=str(args.weights)), args.work_dir / "eval_start.json"
+        "start": evaluated(
+            lambda: build_composer_tiny(checkpoint=str(args.weights)),
+            args.work_dir / "eval_start.json",
+            weights_sha256,
         )
     }
-    weights_sha256 = file_digest(args.weights)
     control = finetune(args, human, "control_human_only", weights_sha256, None, human_digest)
-    results["control_human_only"] = evaluate(control, args.work_dir / "eval_control.json")
+    results["control_human_only"] = evaluated(
+        lambda: control, args.work_dir / "eval_control.json",
+        file_digest(args.work_dir / "control_human_only" / "last.pt"),
+    )
     engine = finetune(
         args, human + pseudo, "engine_human_plus_automatic", weights_sha256, digest, human_digest
     )
-    results["engine_human_plus_automatic"] = evaluate(engine, args.work_dir / "eval_engine.json")
+    results["engine_human_plus_automatic"] = evaluated(
+        lambda: engine, args.work_dir / "eval_engine.json",
+        file_digest(args.work_dir / "engine_human_plus_automatic" / "last.pt"),
+    )
     engine_file = save_state_file(engine.state_dict(), args.work_dir / "engine_model.pt")
     logging.info("engine weights: %s (sha256 %s)", engine_file, file_digest(engine_file))
 

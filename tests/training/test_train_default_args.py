@@ -117,7 +117,8 @@ def _stub_data_engine(engine, tmp_path, monkeypatch, improved: bool = False) -> 
     weights.write_bytes(b"weights")
     auto = tmp_path / "auto.json"
     auto.write_text(json.dumps({"images": [], "annotations": []}))
-    seen: dict = {"weights": weights, "auto": auto, "hashed": [], "caches": [], "sources": []}
+    seen: dict = {"weights": weights, "auto": auto, "hashed": [], "caches": [], "sources": [],
+                  "evaluated": []}
     real_digest = seen["real_digest"] = engine.file_digest
 
     def counting_digest(path):
@@ -140,6 +141,7 @@ def _stub_data_engine(engine, tmp_path, monkeypatch, improved: bool = False) -> 
         return [SimpleNamespace(image_id=name)]
 
     def evaluate(model, out):
+        seen["evaluated"].append(out.name)
         score = 0.6 if improved and out.name == "eval_engine.json" else 0.5
         clicks = {"points/mIoU@1": score, "points/mIoU@5": 0.6, "points/n_masks": 3.0}
         return {"GrabCut": clicks, "Berkeley": clicks}
@@ -168,8 +170,14 @@ def test_data_engine_hashes_the_start_weights_once(tmp_path, monkeypatch, capsys
     weights, auto = seen["weights"], seen["auto"]
     work = tmp_path / "work"
     engine.main(["--weights", str(weights), "--work-dir", str(work), "--images", str(tmp_path)])
-    # the start weights once; the engine's exported weights are hashed for the log
-    assert seen["hashed"] == [str(weights), str(work / "engine_model.pt")]
+    # the start weights once; each run's checkpoint (its evaluation's key) and the engine's
+    # exported weights (for the log) once each
+    assert seen["hashed"] == [
+        str(weights),
+        str(work / "control_human_only" / "last.pt"),
+        str(work / "engine_human_plus_automatic" / "last.pt"),
+        str(work / "engine_model.pt"),
+    ]
     assert seen["caches"] == ["human-B", f"engine-{engine.annotations_digest(auto)}-B"]
     assert seen["sources"] == ["bsds refs", "refs of auto.json"]
     digest = seen["real_digest"](weights)
@@ -335,3 +343,30 @@ def test_data_engine_checks_the_evaluation_sets_before_the_stages(tmp_path, monk
     assert exc.value.code == 2
     assert f"dataset 'grabcut' not found at {empty / 'grabcut'}" in capsys.readouterr().err
     assert not started
+
+
+def test_data_engine_rerun_reuses_the_evaluations_of_the_same_weights(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """A rerun (e.g. after Ctrl-C in the engine's fine-tuning) evaluated the start weights and
+    the control again, minutes each, before it went on; an evaluation is now kept with the
+    digest of the weights it measured and reused for the same ones only."""
+    engine = load_recipe("data_engine")
+    seen = _stub_data_engine(engine, tmp_path, monkeypatch)
+    work = tmp_path / "work"
+    for tag in ("control_human_only", "engine_human_plus_automatic"):
+        (work / tag).mkdir(parents=True)
+        (work / tag / "last.pt").write_bytes(tag.encode())  # the stub trainer writes none
+    argv = ["--weights", str(seen["weights"]), "--work-dir", str(work), "--images", str(tmp_path)]
+    engine.main(argv)
+    assert seen["evaluated"] == ["eval_start.json", "eval_control.json", "eval_engine.json"]
+    first = (work / "data_engine.json").read_text()
+    seen["evaluated"].clear()
+    engine.main(argv)
+    assert seen["evaluated"] == []
+    assert (work / "data_engine.json").read_text() == first
+    # other weights (the engine run trained on) are evaluated again
+    (work / "engine_human_plus_automatic" / "last.pt").write_bytes(b"more steps")
+    engine.main(argv)
+    assert seen["evaluated"] == ["eval_engine.json"]
+    capsys.readouterr()
