@@ -32,6 +32,10 @@ TINY80 = "coco_val2017_tiny80"
 
 PathLike = str | os.PathLike
 
+#: the label of a ground-truth annotation without a category (``category_id`` None, as
+#: :func:`normalise_coco_dict` leaves it with ``need_categories=False``)
+NO_CATEGORY = -1
+
 
 def normalise_coco_dict(
     data: Mapping[str, Any], source: str | None = None, need_categories: bool = True
@@ -265,7 +269,8 @@ def annotations_to_detections(
 
     Returns:
         Detections with ``boxes`` (N, 4) float32 XYXY from the annotations' bbox, ``labels``
-        (N,) int64 category ids, ``scores`` all 1, ``masks`` (Masks, N) and extras
+        (N,) int64 category ids (:data:`NO_CATEGORY`, -1, where ``category_id`` is None: a
+        json read with ``need_categories=False``), ``scores`` all 1, ``masks`` (Masks, N) and extras
         ``iscrowd`` (N,) bool, ``area`` (N,) float64 (the annotation's stored area) and
         ``ann_id`` (N,) int64.
 
@@ -305,7 +310,10 @@ def annotations_to_detections(
         "area": np.asarray([float(a.get("area", 0.0)) for a in anns], np.float64),
         "ann_id": np.asarray([int(a.get("id", -1)) for a in anns], np.int64),
     }
-    labels = np.asarray([int(a["category_id"]) for a in anns], np.int64)
+    # a category_id of None: a json read with need_categories=False (training's readers) left
+    # the annotation without a category; int(None) was a TypeError traceback
+    labels = np.asarray([NO_CATEGORY if a.get("category_id") is None else int(a["category_id"])
+                         for a in anns], np.int64)
     meta = {"image_id": image_id, "image_size": (h, w)}
     return Detections(boxes, np.ones(len(anns), np.float32), labels, masks, extras, meta)
 
@@ -385,7 +393,8 @@ class CocoDataset:
         image_ids: optional subset (and order) of image ids.
         name: dataset name for reports (default: the json file's stem).
         need_categories: as :func:`load_coco`'s (False: training's readers, which use no
-            category; ``class_names`` is then empty where the json has no categories).
+            category; ``class_names`` is then empty where the json has no categories, and an
+            annotation without a known category has the label :data:`NO_CATEGORY`).
 
     Raises:
         ValueError: a missing json or image folder (the message names the path), or image ids

@@ -182,3 +182,19 @@ def test_train_reads_a_missing_image_size_from_the_file(tmp_path, capsys) -> Non
     assert len(list(coco_items(ann, images, size_from_image=True, failures=failures))) == 2
     assert failures == [("coco/3", "COCO image 3 (002.png): the image file is 96x96 (WxH) but "
                                    "the json's width is 80")]
+
+
+def test_a_dataset_read_without_categories_gives_its_ground_truth(tmp_path) -> None:
+    """CocoDataset(need_categories=False) took a json without categories (or with an unknown
+    category_id), leaving category_id None, but reading an image's ground truth then did
+    int(None): a TypeError traceback. Such an annotation is labelled NO_CATEGORY (-1)."""
+    from composer.data.coco import NO_CATEGORY, CocoDataset
+
+    ann, images = _coco_dataset(tmp_path, n=1)
+    _edit(ann, lambda d: d.pop("categories"))
+    gt = CocoDataset(ann, images, need_categories=False)[0].gt
+    assert len(gt) >= 1 and set(gt.labels.tolist()) == {NO_CATEGORY}
+    _edit(ann, lambda d: d.update(categories=[{"id": 1, "name": "shape"}]))
+    _edit(ann, lambda d: d["annotations"][0].update(category_id=9))
+    gt = CocoDataset(ann, images, need_categories=False)[0].gt
+    assert gt.labels[0] == NO_CATEGORY and set(gt.labels[1:].tolist()) <= {1}
