@@ -395,3 +395,34 @@ def test_everything_no_masks_hint_names_the_filters_that_ran(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no mask passed the quality filters (predicted IoU > " in err
     assert "area at most 0.95 of the image" in err
+
+
+def test_eval_instances_warns_of_boxes_numbered_otherwise(tmp_path, capsys):
+    """--boxes RESULTS whose ids are numbered from 0 against a json's 1, 2, ...: the results
+    share an id with the json, so the run went on unsaid, each image scored with another
+    image's boxes and the last with none. A warning names a few ids of each; results that
+    cover every image evaluated (a larger json's, e.g. all of val2017) say nothing."""
+    ann, images = _coco(tmp_path)
+    doc = json.loads(ann.read_text())
+    _image(images / "b.png")
+    doc["images"].append({**doc["images"][0], "id": 2, "file_name": "b.png"})
+    doc["annotations"].append({**doc["annotations"][0], "id": 2, "image_id": 2})
+    ann.write_text(json.dumps(doc))
+    boxes = tmp_path / "dets.json"
+
+    def run(ids, *extra: str) -> str:
+        boxes.write_text(json.dumps([
+            {"image_id": i, "category_id": 1, "bbox": [15, 10, 30, 20], "score": 0.9}
+            for i in ids]))
+        argv = ["eval", "instances", "--coco", str(ann), "--images", str(images), "--model",
+                "classic", "--boxes", str(boxes), "--out", str(tmp_path / "o"), *extra]
+        assert main(argv) == 0
+        return _err(capsys)
+
+    err = run([0, 1])
+    assert (f"sam-composer eval: warning: --boxes {boxes} has boxes for 1 image id(s) that are "
+            "not images of instances (e.g. 0; their boxes are not used) while 1 image(s) to "
+            "evaluate have none (e.g. 2): are its ids numbered otherwise (from 0)?") in err
+    assert "warning" not in run([1, 2, 3])  # a larger json's results
+    assert "warning" not in run([1])  # a detector that found nothing in image 2
+    assert "warning" not in run([0, 1], "--limit", "1")  # image 2 is not evaluated

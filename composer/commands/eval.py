@@ -375,7 +375,7 @@ def run_instances(args: argparse.Namespace) -> int:
         # named by the ground truth's categories, not COCO's: a user's json has its own ids,
         # and a box of a category it lacks is scored in none (a warning says so)
         stored = CocoJsonDetector(args.boxes, class_names=dataset.class_names)
-        _check_boxes_match(stored.result_image_ids, dataset, args.boxes)
+        _check_boxes_match(stored.result_image_ids, dataset, args.boxes, args.limit)
     seg = load_model(args)
     print(describe(seg))
     detector: Any
@@ -399,21 +399,36 @@ def run_instances(args: argparse.Namespace) -> int:
                      title=f"instances (boxes: {args.boxes})")
 
 
-def _check_boxes_match(with_boxes: frozenset[int], dataset: Any, boxes: str) -> None:
+def _check_boxes_match(with_boxes: frozenset[int], dataset: Any, boxes: str,
+                       limit: int | None = None) -> None:
     """``--boxes RESULTS`` must have boxes for some image of the dataset: a results file of
     another json (other ids, or 0-based ones) gave every image no boxes, and AP 0, unsaid.
+    Results that match only in part, with boxes for ids the dataset lacks while images to be
+    evaluated (the first ``limit``) have none, are a warning naming a few of each: ids
+    numbered from 0 against a json's 1, 2, ... match all but one image, each the wrong one.
 
     Raises:
         ValueError: the results have entries and none is for an image of the dataset.
     """
     ids = getattr(dataset, "image_ids", None)
-    if not with_boxes or ids is None or with_boxes & set(ids):
+    if not with_boxes or ids is None:
+        return
+    name = getattr(dataset, "name", "the dataset")
+    if with_boxes & set(ids):
+        foreign = sorted(with_boxes - set(ids))
+        boxless = sorted(set(ids[:limit]) - with_boxes)
+        if foreign and boxless:
+            print(f"sam-composer eval: warning: --boxes {boxes} has boxes for "
+                  f"{len(foreign)} image id(s) that are not images of {name} (e.g. "
+                  f"{', '.join(map(str, foreign[:3]))}; their boxes are not used) while "
+                  f"{len(boxless)} image(s) to evaluate have none (e.g. "
+                  f"{', '.join(map(str, boxless[:3]))}): are its ids numbered otherwise "
+                  "(from 0)?", file=sys.stderr)
         return
     theirs = ", ".join(map(str, sorted(with_boxes)[:3]))
     ours = ", ".join(map(str, sorted(ids)[:3]))
     raise ValueError(f"--boxes {boxes}: none of its image ids (e.g. {theirs}) is an image id "
-                     f"of {getattr(dataset, 'name', 'the dataset')} (e.g. {ours}); are the "
-                     "boxes another dataset's?")
+                     f"of {name} (e.g. {ours}); are the boxes another dataset's?")
 
 
 def run_points(args: argparse.Namespace) -> int:
