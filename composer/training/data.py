@@ -183,6 +183,19 @@ def annotation_area(ann: Mapping[str, Any]) -> float:
     return area
 
 
+def _segmentation_area(segmentation: Any, size: tuple[int, int]) -> float:
+    """The pixel count of a segmentation in an image of ``size``, 0 where it cannot be decoded
+    (:func:`coco_items` then skips it, named, when it decodes the masks)."""
+    from pycocotools import mask as mask_utils
+
+    from ..structures.masks import segmentation_rle
+
+    try:
+        return float(mask_utils.area(segmentation_rle(segmentation, size)))
+    except (ValueError, TypeError, KeyError):
+        return 0.0
+
+
 def _check_max_instances(value: Any) -> int:
     """``max_instances`` as an int >= 1.
 
@@ -319,6 +332,11 @@ def coco_items(
                     continue
                 try:
                     area = annotation_area(a)
+                    if "area" not in a and a.get("segmentation") is not None:
+                        # no area in the json, and none computed when it was read (a record
+                        # without a size, taken from the file): the mask's pixel count, so that
+                        # the largest come first (all were 0, the cap kept the json's first)
+                        area = _segmentation_area(a["segmentation"], (h, w))
                 except ValueError as bad:
                     skip(what, item_id, a, SKIP_BAD_AREA, bad)
                     continue

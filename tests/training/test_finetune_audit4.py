@@ -198,3 +198,26 @@ def test_a_dataset_read_without_categories_gives_its_ground_truth(tmp_path) -> N
     _edit(ann, lambda d: d["annotations"][0].update(category_id=9))
     gt = CocoDataset(ann, images, need_categories=False)[0].gt
     assert gt.labels[0] == NO_CATEGORY and set(gt.labels[1:].tolist()) <= {1}
+
+
+def test_a_sizeless_record_keeps_its_largest_masks(tmp_path) -> None:
+    """A record without width/height takes its file's size, but its annotations without area
+    had none computed when the json was read (no size then): all counted 0, so the
+    max_instances cap kept the json's first masks, not the largest."""
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(images / "a.png")
+    small = [[2, 2, 6, 2, 6, 6, 2, 6]]
+    large = [[10, 10, 50, 10, 50, 35, 10, 35]]
+    doc = {"images": [{"id": 1, "file_name": "a.png"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": small},
+                           {"id": 2, "image_id": 1, "category_id": 1, "segmentation": large}],
+           "categories": [{"id": 1, "name": "shape"}]}
+    ann = tmp_path / "a.json"
+    ann.write_text(json.dumps(doc))
+    (item,) = coco_items(ann, images, max_instances=1, size_from_image=True)
+    assert item.layers.shape == (1, 40, 60)
+    assert int((item.layers[0] > 0).sum()) > 500  # the large one, not the 4 x 4 square
