@@ -166,7 +166,15 @@ class CocoJsonDetector:
                 raise ValueError(f"results entry {i} lacks image_id or bbox: {e!r}"[:200])
             _check_result_entry(i, e)
             self._by_image.setdefault(int(e["image_id"]), []).append(e)
-        if any("category_id" not in e for e in entries):
+        classless = sum(1 for e in entries if "category_id" not in e)
+        if classless and class_names and 0 not in class_names:
+            # the caller's categories (eval's ground truth): a box without a class is in none
+            # of them, and was scored in no AP unsaid
+            logger.warning("%s: %d of %d entries have no category_id; they are objects of "
+                           "class 0, which is not among the %d categories given, so their "
+                           "boxes count in no category's AP", self.model_id,
+                           classless, len(entries), len(class_names))
+        if classless:
             # boxes without a class are objects, not persons (the old default label 1)
             self._class_names.setdefault(0, "object")
         unnamed = sorted({int(e["category_id"]) for e in entries if "category_id" in e}

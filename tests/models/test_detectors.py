@@ -564,3 +564,25 @@ def test_a_users_file_name_map_still_finds_a_digit_stem() -> None:
     det = CocoJsonDetector([{"image_id": 1, "bbox": [1, 1, 5, 5], "category_id": 18}],
                            image_ids={"1.jpg": 1, "0.jpg": 2})
     assert det.coco_id("1") == 1 and det.coco_id("0") == 2 and det.coco_id("2") is None
+
+
+def test_stored_boxes_without_a_class_are_warned_of_against_given_categories(caplog):
+    """Boxes without category_id are objects of class 0: against the caller's categories
+    (eval instances --coco FILE --boxes RESULTS names them by the json's), which lack 0, they
+    counted in no category's AP without a word, while an unknown category id was warned of."""
+    import logging
+
+    from composer.models.stored_detectors import CocoJsonDetector
+
+    entries = [{"image_id": 1, "bbox": [0, 0, 4, 4], "score": 0.9},
+               {"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "score": 0.8}]
+    with caplog.at_level(logging.WARNING, logger="composer.models.stored_detectors"):
+        CocoJsonDetector(entries, class_names={1: "thing"})
+    assert ("coco-json: 1 of 2 entries have no category_id; they are objects of class 0, which "
+            "is not among the 1 categories given, so their boxes count in no category's AP"
+            ) in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="composer.models.stored_detectors"):
+        CocoJsonDetector(entries, class_names={0: "object", 1: "thing"})
+        CocoJsonDetector(entries)  # COCO's names: class 0 is the default "object", as before
+    assert "no category_id" not in caplog.text
