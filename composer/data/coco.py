@@ -338,11 +338,12 @@ def check_image_file(path: Path) -> None:
     file not found" left the user to guess that the json was written on Windows).
 
     Raises:
-        ValueError: ``path`` does not exist and holds a backslash, on a system whose separator
-            is ``/``.
+        ValueError: ``path`` does not exist and its name holds a backslash, on a system whose
+            separator is ``/`` (a backslash in the folder's name, not the record's, says
+            nothing of the json: the plain "not found" then comes from reading the image).
     """
-    if os.sep != "\\" and "\\" in str(path) and not path.exists():
-        alt = Path(str(path).replace("\\", "/"))
+    if os.sep != "\\" and "\\" in path.name and not path.exists():
+        alt = path.parent / path.name.replace("\\", "/")
         raise ValueError(f"image file not found: {path} (nor {alt}, reading its backslashes as "
                          "folder separators: a file_name written on Windows?)")
 

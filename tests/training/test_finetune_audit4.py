@@ -221,3 +221,26 @@ def test_a_sizeless_record_keeps_its_largest_masks(tmp_path) -> None:
     (item,) = coco_items(ann, images, max_instances=1, size_from_image=True)
     assert item.layers.shape == (1, 40, 60)
     assert int((item.layers[0] > 0).sum()) > 500  # the large one, not the 4 x 4 square
+
+
+def test_a_backslash_in_the_folder_is_no_windows_file_name(tmp_path) -> None:
+    """The "nor ..., reading its backslashes as folder separators: a file_name written on
+    Windows?" hint looked at the whole path: a missing a.png in a folder whose own name holds
+    a backslash blamed the json, naming a path that was never tried. Where a file is named
+    with the backslash and the slashed one exists too, the named one is read."""
+    import os
+
+    from composer.data.coco import check_image_file, image_file
+
+    if os.sep == "\\":
+        pytest.skip("backslashes are separators here")
+    folder = tmp_path / "odd\\name"
+    folder.mkdir()
+    check_image_file(image_file(folder, "a.png"))  # no hint: the plain "not found" follows
+    with pytest.raises(ValueError, match=r"nor .*/sub/a\.png, reading its backslashes"):
+        check_image_file(image_file(folder, "sub\\a.png"))
+    (folder / "sub").mkdir()
+    (folder / "sub" / "a.png").write_bytes(b"slashed")
+    assert image_file(folder, "sub\\a.png") == folder / "sub" / "a.png"
+    (folder / "sub\\a.png").write_bytes(b"named")
+    assert image_file(folder, "sub\\a.png") == folder / "sub\\a.png"
