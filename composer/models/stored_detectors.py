@@ -76,7 +76,10 @@ def _coco_image_map(source: Path | Mapping[str, Any]) -> tuple[dict[Hashable, in
     ids: dict[Hashable, int] = {}
     for im in data.get("images", []):
         name = str(im["file_name"])
-        ids[name] = ids[Path(name).stem] = ids[Path(name).name] = int(im["id"])
+        # a file_name written on Windows (sub\\a.jpg) names a.jpg too, as the COCO readers
+        # take it (composer.data.coco.image_file): its folder's a.jpg found no boxes
+        for each in dict.fromkeys((name, name.replace("\\", "/"))):
+            ids[each] = ids[Path(each).stem] = ids[Path(each).name] = int(im["id"])
     names = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
     return ids, names
 

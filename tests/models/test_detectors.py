@@ -586,3 +586,24 @@ def test_stored_boxes_without_a_class_are_warned_of_against_given_categories(cap
         CocoJsonDetector(entries, class_names={0: "object", 1: "thing"})
         CocoJsonDetector(entries)  # COCO's names: class 0 is the default "object", as before
     assert "no category_id" not in caplog.text
+
+
+def test_stored_boxes_find_a_windows_file_name(tmp_path):
+    """A ground-truth-style --boxes json whose file_name was written on Windows (sub\\\\a.png)
+    mapped only 'sub\\\\a.png' and its POSIX stem 'sub\\\\a': the folder's a.png (the CLI passes
+    its stem) got no boxes, while the COCO readers read that file_name as sub/a.png."""
+    from composer.models.stored_detectors import CocoJsonDetector
+
+    doc = {"images": [{"id": 7, "file_name": "sub\\a.png", "height": 8, "width": 8}],
+           "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [0, 0, 4, 4]}],
+           "categories": [{"id": 1, "name": "thing"}]}
+    det = CocoJsonDetector(_as_path(tmp_path, doc))
+    assert det.coco_id("a") == det.coco_id("a.png") == det.coco_id("sub/a.png") == 7
+    assert det.coco_id("sub\\a.png") == 7
+    assert len(det(np.zeros((8, 8, 3), np.uint8), "a")) == 1
+
+
+def _as_path(tmp_path, doc):
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(doc))
+    return path
