@@ -6,8 +6,8 @@ Command (after ``recipes/train_default.py``; ~35 min on one core of the 2-core C
         --work-dir ~/.cache/sam-composer/data_engine
 
 Stages (each resumes: the annotation log, the feature cache, the checkpoints and the evaluations
-of the same weights are reused; an image and its masks are read only for cache entries still
-missing):
+of the same weights on the same held-out sets are reused; an image and its masks are read only
+for cache entries still missing):
   1. automatic annotation (``tasks.everything.annotate_folder``): the model segments every
      "unlabelled" image with a point grid, keeping masks by predicted IoU, stability and box
      NMS, small regions cleaned (SA-1B's fully automatic stage); written as COCO json;
@@ -68,6 +68,9 @@ from composer.training.features import FeatureCache  # noqa: E402
 from composer.training.losses import LossWeights  # noqa: E402
 from composer.training.trainer import TrainConfig, Trainer  # noqa: E402
 from tasks.everything import annotate_folder  # noqa: E402
+
+#: corrective clicks of the held-out evaluation (``evaluate``'s protocol; the verdict names it)
+EVAL_MAX_CLICKS = 5
 
 
 class _NoItemTracebacks(logging.Filter):
@@ -253,21 +256,37 @@ def finetune(
     return model.eval()
 
 
+def evaluation_setup() -> dict:
+    """What an evaluation measured besides the weights: the held-out sets' folders (under
+    ``SAM_COMPOSER_DATA``, resolved) and the click protocol of :func:`evaluate`."""
+    from composer.data.paths import data_root
+
+    sets = {name: str((data_root() / name).resolve()) for name in ("grabcut", "berkeley")}
+    return {"sets": sets, "max_clicks": EVAL_MAX_CLICKS}
+
+
 def evaluated(model, out_json: Path, weights_digest: str | None) -> dict:
     """``evaluate(model(), out_json)``, or what ``out_json`` holds when it was written for the
-    same weights (``weights_digest``, recorded in it as ``evaluated_weights``): a rerun after
-    an interruption evaluated every model again (minutes each) before it went on."""
+    same weights (``weights_digest``, recorded in it as ``evaluated_weights``) on the same
+    held-out sets with the same clicks (:func:`evaluation_setup`, as ``evaluated_on``): a
+    rerun after an interruption evaluated every model again (minutes each) before it went
+    on, and a rerun with another ``SAM_COMPOSER_DATA`` must not report the old sets' scores."""
+    setup = evaluation_setup()
     if weights_digest is not None and out_json.is_file():
         try:
             done = json.loads(out_json.read_text())
         except ValueError:
             done = None
-        if isinstance(done, dict) and done.get("evaluated_weights") == weights_digest:
-            logging.info("%s: evaluated earlier (same weights), reused", out_json)
+        if (
+            isinstance(done, dict)
+            and done.get("evaluated_weights") == weights_digest
+            and done.get("evaluated_on") == setup
+        ):
+            logging.info("%s: evaluated earlier (same weights and sets), reused", out_json)
             return done
-    results = evaluate(model(), out_json)
+    results = evaluate(model(), out_json, max_clicks=EVAL_MAX_CLICKS)
     if weights_digest is not None:
-        results = {**results, "evaluated_weights": weights_digest}
+        results = {**results, "evaluated_weights": weights_digest, "evaluated_on": setup}
         out_json.write_text(json.dumps(results, indent=2))
     return results
 

@@ -140,7 +140,7 @@ def _stub_data_engine(engine, tmp_path, monkeypatch, improved: bool = False) -> 
         seen["sources"].append(items)
         return [SimpleNamespace(image_id=name)]
 
-    def evaluate(model, out):
+    def evaluate(model, out, max_clicks=5):
         seen["evaluated"].append(out.name)
         score = 0.6 if improved and out.name == "eval_engine.json" else 0.5
         clicks = {"points/mIoU@1": score, "points/mIoU@5": 0.6, "points/n_masks": 3.0}
@@ -369,4 +369,30 @@ def test_data_engine_rerun_reuses_the_evaluations_of_the_same_weights(
     (work / "engine_human_plus_automatic" / "last.pt").write_bytes(b"more steps")
     engine.main(argv)
     assert seen["evaluated"] == ["eval_engine.json"]
+    capsys.readouterr()
+
+
+def test_data_engine_rerun_evaluates_again_on_other_held_out_sets(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """The evaluations were reused by the weights' digest alone: a rerun with another
+    SAM_COMPOSER_DATA (other GrabCut/Berkeley folders) reported the old sets' scores (and
+    mask counts) as its own. Now the sets' folders are part of what is reused."""
+    engine = load_recipe("data_engine")
+    seen = _stub_data_engine(engine, tmp_path, monkeypatch)
+    work = tmp_path / "work"
+    for tag in ("control_human_only", "engine_human_plus_automatic"):
+        (work / tag).mkdir(parents=True)
+        (work / tag / "last.pt").write_bytes(tag.encode())  # the stub trainer writes none
+    argv = ["--weights", str(seen["weights"]), "--work-dir", str(work), "--images", str(tmp_path)]
+    monkeypatch.setenv("SAM_COMPOSER_DATA", str(tmp_path / "data_a"))
+    engine.main(argv)
+    seen["evaluated"].clear()
+    engine.main(argv)
+    assert seen["evaluated"] == []
+    monkeypatch.setenv("SAM_COMPOSER_DATA", str(tmp_path / "data_b"))
+    engine.main(argv)
+    assert seen["evaluated"] == ["eval_start.json", "eval_control.json", "eval_engine.json"]
+    sets = json.loads((work / "eval_start.json").read_text())["evaluated_on"]["sets"]
+    assert sets["grabcut"] == str((tmp_path / "data_b" / "grabcut").resolve())
     capsys.readouterr()
