@@ -250,6 +250,13 @@ def finetune(
     )
     trainer = Trainer(model, config, samples)
     trainer.resume()
+    if trainer.step > args.steps:
+        # a finished run is not trained again, and the comparison (control against engine,
+        # "both runs N steps") would set runs of other lengths side by side
+        raise ValueError(
+            f"{args.work_dir / tag} holds a run of {trainer.step} steps, more than --steps "
+            f"{args.steps}; rerun with --steps {trainer.step} or more, or use another --work-dir"
+        )
     if not trainer.done():
         trainer.fit(progress=True)
     logging.info("%s: %d steps, %.1f min", tag, trainer.step, trainer.elapsed / 60)

@@ -127,7 +127,7 @@ def _stub_data_engine(engine, tmp_path, monkeypatch, improved: bool = False) -> 
 
     class DoneTrainer:
         def __init__(self, model, config, samples) -> None:
-            self.step, self.elapsed = 0, 0.0
+            self.step, self.elapsed = seen.get("resumed_step", 0), 0.0
 
         def resume(self) -> bool:
             return False
@@ -395,4 +395,26 @@ def test_data_engine_rerun_evaluates_again_on_other_held_out_sets(
     assert seen["evaluated"] == ["eval_start.json", "eval_control.json", "eval_engine.json"]
     sets = json.loads((work / "eval_start.json").read_text())["evaluated_on"]["sets"]
     assert sets["grabcut"] == str((tmp_path / "data_b" / "grabcut").resolve())
+    capsys.readouterr()
+
+
+def test_data_engine_refuses_a_checkpoint_longer_than_steps(tmp_path, monkeypatch, capsys) -> None:
+    """A rerun with a smaller --steps took the finished (longer) checkpoint as it was and said
+    "both runs N steps" of runs of other lengths (the control finished, the engine cut short
+    and resumed to the new N): now a one-line error naming the steps the folder holds."""
+    engine = load_recipe("data_engine")
+    seen = _stub_data_engine(engine, tmp_path, monkeypatch)
+    seen["resumed_step"] = 1500
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit) as exc:
+        engine.main(["--weights", str(seen["weights"]), "--work-dir", str(work), "--images",
+                     str(tmp_path), "--steps", "200"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "holds a run of 1500 steps, more than --steps 200" in err
+    assert not (work / "data_engine.json").exists()
+    seen["evaluated"].clear()
+    engine.main(["--weights", str(seen["weights"]), "--work-dir", str(work), "--images",
+                 str(tmp_path), "--steps", "1500"])
+    assert "1500 steps" in json.loads((work / "data_engine.json").read_text())["comparison"]["measure"]
     capsys.readouterr()
