@@ -457,8 +457,9 @@ def main(argv: list[str] | None = None) -> None:
     n_masks = {name: int(results["start"][name]["points/n_masks"]) for name in ("GrabCut", "Berkeley")}
     measure = (
         f"sum of the four held-out mIoU columns (GrabCut, {n_masks['GrabCut']} masks, and "
-        f"Berkeley, {n_masks['Berkeley']}: one centre click, then 5 clicks), neither set seen "
-        f"by any stage; both runs {args.steps} steps from the same weights, one seed each"
+        f"Berkeley, {n_masks['Berkeley']}: mIoU after the first (centre) click and after 5 "
+        f"clicks in all), neither set seen by any stage; both runs {args.steps} steps from the "
+        f"same weights, one seed each"
     )
     summary["comparison"] = {
         "measure": measure,
