@@ -345,19 +345,26 @@ def test_data_engine_checks_the_evaluation_sets_before_the_stages(tmp_path, monk
     assert not started
 
 
+def _finished_data_engine_runs(tmp_path, monkeypatch):
+    """The stubbed recipe, a work folder whose two fine-tuning runs hold a last.pt (the stub
+    trainer writes none), and the command line: (recipe, seen, work dir, argv)."""
+    engine = load_recipe("data_engine")
+    seen = _stub_data_engine(engine, tmp_path, monkeypatch)
+    work = tmp_path / "work"
+    for tag in ("control_human_only", "engine_human_plus_automatic"):
+        (work / tag).mkdir(parents=True)
+        (work / tag / "last.pt").write_bytes(tag.encode())
+    argv = ["--weights", str(seen["weights"]), "--work-dir", str(work), "--images", str(tmp_path)]
+    return engine, seen, work, argv
+
+
 def test_data_engine_rerun_reuses_the_evaluations_of_the_same_weights(
     tmp_path, monkeypatch, capsys
 ) -> None:
     """A rerun (e.g. after Ctrl-C in the engine's fine-tuning) evaluated the start weights and
     the control again, minutes each, before it went on; an evaluation is now kept with the
     digest of the weights it measured and reused for the same ones only."""
-    engine = load_recipe("data_engine")
-    seen = _stub_data_engine(engine, tmp_path, monkeypatch)
-    work = tmp_path / "work"
-    for tag in ("control_human_only", "engine_human_plus_automatic"):
-        (work / tag).mkdir(parents=True)
-        (work / tag / "last.pt").write_bytes(tag.encode())  # the stub trainer writes none
-    argv = ["--weights", str(seen["weights"]), "--work-dir", str(work), "--images", str(tmp_path)]
+    engine, seen, work, argv = _finished_data_engine_runs(tmp_path, monkeypatch)
     engine.main(argv)
     assert seen["evaluated"] == ["eval_start.json", "eval_control.json", "eval_engine.json"]
     first = (work / "data_engine.json").read_text()
@@ -378,13 +385,7 @@ def test_data_engine_rerun_evaluates_again_on_other_held_out_sets(
     """The evaluations were reused by the weights' digest alone: a rerun with another
     SAM_COMPOSER_DATA (other GrabCut/Berkeley folders) reported the old sets' scores (and
     mask counts) as its own. Now the sets' folders are part of what is reused."""
-    engine = load_recipe("data_engine")
-    seen = _stub_data_engine(engine, tmp_path, monkeypatch)
-    work = tmp_path / "work"
-    for tag in ("control_human_only", "engine_human_plus_automatic"):
-        (work / tag).mkdir(parents=True)
-        (work / tag / "last.pt").write_bytes(tag.encode())  # the stub trainer writes none
-    argv = ["--weights", str(seen["weights"]), "--work-dir", str(work), "--images", str(tmp_path)]
+    engine, seen, work, argv = _finished_data_engine_runs(tmp_path, monkeypatch)
     monkeypatch.setenv("SAM_COMPOSER_DATA", str(tmp_path / "data_a"))
     engine.main(argv)
     seen["evaluated"].clear()
