@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from ..io.image import load_image, size_mismatch
@@ -177,17 +178,21 @@ def _normalised(data: Mapping[str, Any], prefix: str, need_categories: bool) -> 
             ann["iscrowd"] = int(crowd_flag(ann.get("iscrowd")))
         except ValueError as exc:
             raise ValueError(f"COCO json annotations[{i}] (id {ann['id']!r}): {exc}") from None
-        if "bbox" not in ann:
-            _add_bbox(ann, sizes.get(ann["image_id"]))
+        if "bbox" in ann and "area" in ann:
+            continue
+        # decoded once for both (None where the image's size or the segmentation cannot be
+        # read: reading the image's ground truth then says so)
+        rle = _readable_rle(ann, sizes.get(ann["image_id"]))
+        if "bbox" not in ann and rle is not None:
+            ann["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]  # COCO's definition
         if "area" not in ann:
             # COCO's area is the segmentation's pixel count (pycocotools' and detectron2's):
             # it picks the small/medium/large bucket of APs/APm/APl, where a thin or diagonal
             # object's box area (which this was) put it a size class too high
-            area = _mask_area(ann, sizes.get(ann["image_id"]))
-            if area is None and "bbox" in ann:
-                area = float(ann["bbox"][2]) * float(ann["bbox"][3])
-            if area is not None:
-                ann["area"] = area
+            if rle is not None:
+                ann["area"] = float(mask_utils.area(rle))
+            elif "bbox" in ann:
+                ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
     # polygon parts of fewer than 3 points (pycocotools cannot encode them: [] fails, and 4
     # numbers are read as a box) are left out, and so is an annotation with no part left, as
     # detectron2 does: it has no pixels to segment or to score
@@ -421,7 +426,7 @@ class CocoDataset:
         try:
             all_ids = [int(im["id"]) for im in self.coco.dataset["images"]]
         except (TypeError, ValueError):
-            bad = next(im["id"] for im in self.coco.dataset["images"] if not _is_int(im["id"]))
+            bad = next(im["id"] for im in self.coco.dataset["images"] if not _is_integer(im["id"]))
             raise ValueError(f"COCO image ids must be integers, got {bad!r}") from None
         if image_ids is None:
             self.image_ids = all_ids
@@ -506,33 +511,15 @@ def _some_annotations(anns: Sequence[Mapping[str, Any]], n: int = 3) -> str:
     return f"e.g. {named}" if len(anns) > n else named
 
 
-def _add_bbox(ann: dict[str, Any], size: tuple[Any, Any] | None) -> None:
-    """Give ``ann`` the ``bbox`` (XYWH) of its segmentation, COCO's definition of it, where the
-    image's size and the segmentation can be read; else leave it without (reading the image's
-    ground truth then says so)."""
-    from pycocotools import mask as mask_utils
-
-    if size is None or not all(isinstance(v, int) and v > 0 for v in size):
-        return
-    try:
-        rle = segmentation_rle(ann.get("segmentation"), size)
-    except (ValueError, TypeError, KeyError):
-        return
-    ann["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]
-
-
-def _mask_area(ann: Mapping[str, Any], size: tuple[Any, Any] | None) -> float | None:
-    """The pixel count of ``ann``'s segmentation, or None where the image's size or the
-    segmentation cannot be read (reading the image's ground truth then says so)."""
-    from pycocotools import mask as mask_utils
-
+def _readable_rle(ann: Mapping[str, Any], size: tuple[Any, Any] | None) -> dict[str, Any] | None:
+    """``ann``'s segmentation as an RLE, or None where the image's size or the segmentation
+    cannot be read."""
     if size is None or not all(isinstance(v, int) and v > 0 for v in size):
         return None
     try:
-        rle = segmentation_rle(ann.get("segmentation"), size)
+        return segmentation_rle(ann.get("segmentation"), size)
     except (ValueError, TypeError, KeyError):
         return None
-    return float(mask_utils.area(rle))
 
 
 def _integer(value: Any, what: str) -> int:
@@ -554,14 +541,6 @@ def _integer(value: Any, what: str) -> int:
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return int(value)
     raise ValueError(f"{what} must be an integer, got {str(value)[:60]!r}")
-
-
-def _is_int(value: Any) -> bool:
-    try:
-        int(value)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def coco_subset(name: str = TINY80, image_ids: Sequence[int] | None = None) -> CocoDataset:
